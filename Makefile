@@ -1,0 +1,42 @@
+# Everything runs from a project-local virtualenv that the first target creates.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: help install demo test test-fast lint bench clean
+
+help:
+	@echo "make demo       set up and run a full job on the bundled sample data (results in build/demo/output)"
+	@echo "make test       set up and run lint + the whole test suite (slow end-to-end tests included)"
+	@echo "make test-fast  the test suite without tests marked slow"
+	@echo "make lint       ruff"
+	@echo "make bench      speed and memory benchmarks (figures and ratios against references)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	# Test-only oracle (see pyproject.toml); --no-deps because its metadata pins nothing useful.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps smclarify==0.5
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	rm -rf build/demo
+	$(PY) -m container.demo build/demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+test-fast: lint
+	$(PY) -m pytest -m "not slow"
+
+bench: $(STAMP)
+	$(PY) bench/bias.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

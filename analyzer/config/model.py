@@ -1,0 +1,169 @@
+"""Typed view of ``analysis_config.json`` (spec clarify-contract.md section 2).
+
+Field names follow the JSON keys. ``Locator`` is a column name, a 0-based column index, or (for JSON
+and JSON Lines datasets) a JMESPath expression, exactly as the config gives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Locator = str | int
+Scalar = int | float | str | bool
+
+DATASET_TYPES = (
+    "text/csv",
+    "application/jsonlines",
+    "application/json",
+    "application/sagemakercapturejson",
+    "application/x-parquet",
+    "application/x-image",
+)
+PRE_TRAINING_METRICS = ("CDDL", "CI", "DPL", "JS", "KL", "KS", "LP", "TVD")
+POST_TRAINING_METRICS = ("AD", "CDDPL", "DAR", "DCA", "DCR", "DI", "DPPL", "DRR", "FT", "GE", "RD", "SD", "TE")
+
+
+@dataclass(frozen=True)
+class Facet:
+    name_or_index: Locator
+    value_or_threshold: list[Scalar] | None = None  # None or [] -> one group per distinct value
+
+
+@dataclass(frozen=True)
+class BiasMethod:
+    """``methods.pre_training_bias`` / ``methods.post_training_bias``."""
+
+    methods: list[str]  # "all" is expanded to every registered metric, in alphabetical order
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    granularity: Literal["token", "sentence", "paragraph"]
+    language: str  # normalised to the lower-case language name, e.g. "english"
+    max_top_tokens: int = 50
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    model_type: str | None = None
+    num_segments: int = 20
+    segment_compactness: float = 5
+    feature_extraction_method: str = "segmentation"
+    max_objects: int = 3
+    iou_threshold: float = 0.5
+    context: float = 1.0
+    debug: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ShapMethod:
+    baseline: str | list[Any] | dict[str, Any] | None = None  # URI/path, inline rows, or JSON document
+    num_clusters: int | None = None
+    num_samples: int | None = None
+    agg_method: Literal["mean_abs", "median", "mean_sq"] = "mean_abs"
+    use_logit: bool = False
+    save_local_shap_values: bool = True
+    seed: int | None = None
+    features_to_explain: list[Locator] | None = None
+    text_config: TextConfig | None = None
+    image_config: ImageConfig | None = None
+
+
+@dataclass(frozen=True)
+class PdpMethod:
+    grid_resolution: int = 20
+    features: list[Locator] | None = None
+    top_k_features: int = 10
+
+
+@dataclass(frozen=True)
+class ReportMethod:
+    name: str = "report"
+    title: str = "Analysis Report"
+
+
+@dataclass(frozen=True)
+class AsymmetricShapleyValueMethod:
+    direction: str = "chronological"
+    granularity: str = "timewise"
+    num_samples: int | None = None
+    baseline: str | dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Methods:
+    pre_training_bias: BiasMethod | None = None
+    post_training_bias: BiasMethod | None = None
+    shap: ShapMethod | None = None
+    pdp: PdpMethod | None = None
+    report: ReportMethod | None = None
+    asymmetric_shapley_value: AsymmetricShapleyValueMethod | None = None
+
+
+@dataclass(frozen=True)
+class Predictor:
+    # Where the model is (Lucent extensions first: endpoint_url, image_uri).
+    endpoint_url: str | None = None
+    image_uri: str | None = None
+    model_name: str | None = None
+    endpoint_name: str | None = None
+    endpoint_name_prefix: str | None = None
+    instance_type: str | None = None
+    initial_instance_count: int | None = None
+    accelerator_type: str | None = None
+    target_model: str | None = None
+    custom_attributes: str | None = None
+    # Request / response format.
+    content_type: str | None = None  # defaults resolved by the parser: dataset_type for tabular data
+    accept_type: str | None = None  # defaults to content_type
+    content_template: str | dict[str, str] | None = None
+    record_template: str | None = None
+    label: Locator | None = None
+    probability: Locator | None = None
+    label_headers: list[Scalar] | None = None
+    time_series_predictor_config: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TimeSeriesDataConfig:
+    target_time_series: Locator
+    item_id: Locator
+    timestamp: Locator
+    related_time_series: list[Locator] | None = None
+    static_covariates: list[Locator] | None = None
+    dataset_format: str | None = None
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    name_or_index: Locator
+    segments: list[list[Scalar]]
+    config_name: str | None = None
+    display_aliases: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    dataset_type: str
+    methods: Methods
+    version: str = "1.0"
+    dataset_uri: str | None = None
+    headers: list[str] | None = None
+    label: Locator | None = None
+    predicted_label: Locator | None = None
+    features: str | None = None
+    label_values_or_threshold: list[Scalar] | None = None
+    probability_threshold: float = 0.5
+    facet: list[Facet] = field(default_factory=list)
+    group_variable: Locator | None = None
+    facet_dataset_uri: str | None = None
+    facet_headers: list[str] | None = None
+    predicted_label_dataset_uri: str | None = None
+    predicted_label_headers: list[str] | None = None
+    excluded_columns: list[Locator] | None = None
+    joinsource_name_or_index: Locator | None = None
+    segment_config: list[SegmentConfig] | None = None
+    time_series_data_config: TimeSeriesDataConfig | None = None
+    predictor: Predictor | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the JSON as read

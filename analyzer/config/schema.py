@@ -1,0 +1,254 @@
+"""The ``analysis_config.json`` schema as a table (spec clarify-contract.md section 2).
+
+It mirrors the SageMaker Python SDK's ``ANALYSIS_CONFIG_SCHEMA_V1_0`` (what clients send and what
+the Clarify container checks), with three deliberate differences:
+
+* booleans are not accepted where an integer is expected (``True`` is an int only in Python);
+* a few keys the SDK schema marks required have documented defaults and may be omitted:
+  ``methods.pdp.grid_resolution`` (20, the container default) and ``methods.report.name``
+  (``"report"``);
+* Lucent extension keys ``predictor.endpoint_url`` and ``predictor.image_uri``.
+
+Rules that involve more than one key live in ``analyzer.config.rules``.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlparse
+
+from analyzer.config.model import (
+    DATASET_TYPES,
+    POST_TRAINING_METRICS,
+    PRE_TRAINING_METRICS,
+    AsymmetricShapleyValueMethod,
+    BiasMethod,
+    Facet,
+    ImageConfig,
+    Methods,
+    PdpMethod,
+    Predictor,
+    ReportMethod,
+    SegmentConfig,
+    ShapMethod,
+    TextConfig,
+    TimeSeriesDataConfig,
+)
+from analyzer.config.spec import (
+    Either,
+    Enum,
+    ListOf,
+    MapOf,
+    Obj,
+    Spec,
+    Then,
+    Typed,
+    Where,
+)
+
+SUPPORTED_VERSION = "1.0"
+
+# SDK TextConfig._SUPPORTED_LANGUAGES: 62 languages plus "multi-language", each as name and ISO code.
+LANGUAGES: tuple[tuple[str, str], ...] = (
+    ("chinese", "zh"), ("danish", "da"), ("dutch", "nl"), ("english", "en"), ("french", "fr"),
+    ("german", "de"), ("greek", "el"), ("italian", "it"), ("japanese", "ja"), ("lithuanian", "lt"),
+    ("multi-language", "xx"), ("norwegian bokmål", "nb"), ("polish", "pl"), ("portuguese", "pt"),
+    ("romanian", "ro"), ("russian", "ru"), ("spanish", "es"), ("afrikaans", "af"), ("albanian", "sq"),
+    ("arabic", "ar"), ("armenian", "hy"), ("basque", "eu"), ("bengali", "bn"), ("bulgarian", "bg"),
+    ("catalan", "ca"), ("croatian", "hr"), ("czech", "cs"), ("estonian", "et"), ("finnish", "fi"),
+    ("gujarati", "gu"), ("hebrew", "he"), ("hindi", "hi"), ("hungarian", "hu"), ("icelandic", "is"),
+    ("indonesian", "id"), ("irish", "ga"), ("kannada", "kn"), ("kyrgyz", "ky"), ("latvian", "lv"),
+    ("ligurian", "lij"), ("luxembourgish", "lb"), ("macedonian", "mk"), ("malayalam", "ml"),
+    ("marathi", "mr"), ("nepali", "ne"), ("persian", "fa"), ("sanskrit", "sa"), ("serbian", "sr"),
+    ("setswana", "tn"), ("sinhala", "si"), ("slovak", "sk"), ("slovenian", "sl"), ("swedish", "sv"),
+    ("tagalog", "tl"), ("tamil", "ta"), ("tatar", "tt"), ("telugu", "te"), ("thai", "th"),
+    ("turkish", "tr"), ("ukrainian", "uk"), ("urdu", "ur"), ("vietnamese", "vi"), ("yoruba", "yo"),
+)
+
+MODEL_CONTENT_TYPES = ("text/csv", "application/jsonlines", "application/json", "image/jpeg", "image/png",
+                       "application/x-npy", "image/jpg")  # image/jpg: the SDK ModelConfig lets it through
+MODEL_ACCEPT_TYPES = ("text/csv", "application/jsonlines", "application/json")
+AGG_METHODS = ("mean_abs", "median", "mean_sq")
+ASV_DIRECTIONS = ("chronological", "anti_chronological", "bidirectional")
+ASV_GRANULARITIES = ("timewise", "fine_grained")
+# The SDK pattern, anchored at both ends: a prefix must itself be a valid endpoint-name start.
+ENDPOINT_NAME_PREFIX = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
+ENDPOINT_NAME_PREFIX_MAX = 23
+
+# -- building blocks ----------------------------------------------------------------------------
+STRING = Typed(("string",))
+BOOLEAN = Typed(("boolean",))
+COUNT = Typed(("integer",), minimum=1)  # num_samples, num_clusters, instance counts ...
+NUMBER = Typed(("number",), as_float=True)
+FRACTION = Typed(("number",), minimum=0, maximum=1, as_float=True)
+LOCATOR = Typed(("string", "integer"), minimum=0)  # column name, 0-based index or JMESPath
+LOCATORS = ListOf(LOCATOR, min_items=1)
+STRINGS = ListOf(STRING)
+VALUES = ListOf(Typed(("number", "string", "boolean")), min_items=1)  # label / facet values
+ANY_OBJECT = Typed(("object",))
+
+
+def _metric_selection(registered: tuple[str, ...]) -> Spec:
+    """``"all"`` or a list of exact metric names -> sorted unique names (Clarify outputs metrics
+    alphabetically, so the order of the list does not matter)."""
+    every = Then(Where(STRING, ((lambda v: v.lower() == "all",
+                                 'expected "all" or a list of metric names, got {value!r}'),)),
+                 lambda _: sorted(registered))
+    chosen = Then(ListOf(Enum(registered, case_sensitive=True), min_items=1), lambda v: sorted(set(v)))
+    return Either((every, chosen))
+
+
+def _http_url(value: str) -> bool:
+    parsed = urlparse(value)
+    return parsed.scheme in ("http", "https") and bool(parsed.netloc)
+
+
+def _visible_ascii(value: str) -> bool:
+    return all(32 <= ord(c) < 127 or c == "\t" for c in value)
+
+
+def _file_stem(value: str) -> bool:
+    return bool(value) and value not in (".", "..") and not re.search(r"[/\\\x00]", value)
+
+
+# -- the schema ---------------------------------------------------------------------------------
+FACET = Obj({"name_or_index": LOCATOR, "value_or_threshold": ListOf(Typed(("number", "string", "boolean")))},
+            required=("name_or_index",), model=Facet)
+
+SEGMENT = Obj({
+    "config_name": STRING,
+    "name_or_index": LOCATOR,
+    "segments": ListOf(ListOf(Typed(("string", "integer")), min_items=1), min_items=1),
+    "display_aliases": STRINGS,
+}, required=("name_or_index", "segments"), model=SegmentConfig)
+
+# All strings or all ints, like target_time_series: checked by the time-series rule.
+_TS_LOCATORS = ListOf(Where(LOCATOR, ((lambda v: v != "", "must not be an empty string"),)))
+TIME_SERIES_DATA = Obj({
+    "target_time_series": LOCATOR,
+    "item_id": LOCATOR,
+    "timestamp": LOCATOR,
+    "related_time_series": _TS_LOCATORS,
+    "static_covariates": _TS_LOCATORS,
+    "dataset_format": Enum(("columns", "item_records", "timestamp_records")),
+}, required=("target_time_series", "item_id", "timestamp"), model=TimeSeriesDataConfig)
+
+TEXT_CONFIG = Obj({
+    "granularity": Enum(("token", "sentence", "paragraph")),
+    "language": Enum(tuple(name for name, _ in LANGUAGES), aliases={code: name for name, code in LANGUAGES}),
+    "max_top_tokens": COUNT,
+}, required=("granularity", "language"), model=TextConfig)
+
+IMAGE_CONFIG = Obj({
+    "model_type": Enum(("IMAGE_CLASSIFICATION", "OBJECT_DETECTION")),
+    "num_segments": COUNT,
+    "segment_compactness": Typed(("number",), minimum=0, as_float=True),
+    "feature_extraction_method": STRING,
+    "max_objects": COUNT,
+    "iou_threshold": FRACTION,
+    "context": FRACTION,
+    "debug": Obj({"image_names": STRINGS, "class_ids": ListOf(Typed(("integer",), minimum=0)),
+                  "sample_from": Typed(("integer",), minimum=0), "sample_to": Typed(("integer",), minimum=0)}),
+}, model=ImageConfig)
+
+_CSV_ROW = ListOf(Typed(("number", "string", "null")))
+SHAP = Obj({
+    # URI / path of a baseline file, inline rows (CSV lists or JSON Lines objects), or a JSON document.
+    "baseline": Either((STRING, ListOf(Either((_CSV_ROW, ANY_OBJECT)), min_items=1), ANY_OBJECT)),
+    "num_clusters": COUNT,
+    "num_samples": COUNT,
+    "agg_method": Enum(AGG_METHODS),
+    "use_logit": BOOLEAN,
+    "save_local_shap_values": BOOLEAN,
+    "seed": Typed(("integer",)),
+    "features_to_explain": LOCATORS,
+    "text_config": TEXT_CONFIG,
+    "image_config": IMAGE_CONFIG,
+}, model=ShapMethod)
+
+PDP = Obj({"grid_resolution": COUNT, "features": LOCATORS, "top_k_features": COUNT}, model=PdpMethod)
+
+REPORT = Obj({"name": Where(STRING, ((_file_stem, "must be a file name (no '/'), got {value!r}"),)),
+              "title": STRING}, model=ReportMethod)
+
+_TEMPORAL_BASELINE = Enum(("zero", "mean"))
+ASYMMETRIC_SHAPLEY_VALUE = Obj({
+    "direction": Enum(ASV_DIRECTIONS),
+    "granularity": Enum(ASV_GRANULARITIES),
+    "num_samples": COUNT,
+    "baseline": Either((STRING, Obj({
+        "target_time_series": _TEMPORAL_BASELINE,
+        "related_time_series": _TEMPORAL_BASELINE,
+        "static_covariates": MapOf(ListOf(Typed(("number", "string")))),
+    }))),
+}, required=("direction", "granularity"), model=AsymmetricShapleyValueMethod)
+
+METHODS = Obj({
+    "pre_training_bias": Obj({"methods": _metric_selection(PRE_TRAINING_METRICS)}, required=("methods",),
+                             model=BiasMethod),
+    "post_training_bias": Obj({"methods": _metric_selection(POST_TRAINING_METRICS)}, required=("methods",),
+                              model=BiasMethod),
+    "shap": SHAP,
+    "pdp": PDP,
+    "report": REPORT,
+    "asymmetric_shapley_value": ASYMMETRIC_SHAPLEY_VALUE,
+}, model=Methods)
+
+PREDICTOR = Obj({
+    # Lucent extensions: where a self-hosted job reaches the model.
+    "endpoint_url": Where(STRING, ((_http_url, "must be an http:// or https:// URL, got {value!r}"),)),
+    "image_uri": Where(STRING, ((bool, "must not be empty"),)),
+    # SageMaker: existing endpoint, or a model deployed to a shadow endpoint.
+    "endpoint_name": STRING,
+    "endpoint_name_prefix": Where(STRING, (
+        (lambda v: len(v) <= ENDPOINT_NAME_PREFIX_MAX,
+         f"must be at most {ENDPOINT_NAME_PREFIX_MAX} characters, got {{value!r}}"),
+        (lambda v: ENDPOINT_NAME_PREFIX.fullmatch(v) is not None,
+         "Invalid endpoint_name_prefix {value!r}. Please follow pattern ^[a-zA-Z0-9](-*[a-zA-Z0-9])."),
+    )),
+    "model_name": STRING,
+    "target_model": STRING,
+    "instance_type": STRING,
+    "initial_instance_count": COUNT,
+    "accelerator_type": STRING,
+    "custom_attributes": Where(STRING, (
+        (lambda v: len(v) <= 1024, "must be at most 1024 characters"),
+        (_visible_ascii, "must be visible US-ASCII characters only"),
+    )),
+    # Request and response format.
+    "content_type": Enum(MODEL_CONTENT_TYPES),
+    "accept_type": Enum(MODEL_ACCEPT_TYPES),
+    "content_template": Either((STRING, MapOf(STRING))),
+    "record_template": STRING,
+    "label": LOCATOR,
+    "probability": LOCATOR,
+    "label_headers": ListOf(Typed(("string", "integer")), min_items=1),
+    "time_series_predictor_config": Obj({"forecast": STRING}, required=("forecast",)),
+}, model=Predictor)
+
+ANALYSIS_CONFIG = Obj({
+    "version": Where(STRING, ((lambda v: v == SUPPORTED_VERSION,
+                               f'{{value!r}} is not supported; the only version is "{SUPPORTED_VERSION}"'),)),
+    "dataset_type": Enum(DATASET_TYPES),
+    "dataset_uri": STRING,
+    "headers": ListOf(STRING, min_items=1),
+    "label": LOCATOR,
+    "predicted_label": LOCATOR,
+    "features": STRING,
+    "label_values_or_threshold": VALUES,
+    "probability_threshold": NUMBER,
+    "facet": ListOf(FACET, min_items=1),
+    "group_variable": LOCATOR,
+    "facet_dataset_uri": STRING,
+    "facet_headers": ListOf(STRING, min_items=1),
+    "predicted_label_dataset_uri": STRING,
+    "predicted_label_headers": ListOf(STRING, min_items=1),
+    "excluded_columns": LOCATORS,
+    "joinsource_name_or_index": LOCATOR,
+    "segment_config": ListOf(SEGMENT, min_items=1),
+    "time_series_data_config": TIME_SERIES_DATA,
+    "methods": METHODS,
+    "predictor": PREDICTOR,
+}, required=("dataset_type", "methods"))
+
+KEY_HOMES = ANALYSIS_CONFIG.key_homes()

@@ -1,0 +1,37 @@
+"""What this Lucent version cannot run yet, in one table.
+
+Each entry names the config key that asks for the feature, when it applies, and why. When a
+feature lands, delete its line. ``methods.report`` is deliberately absent: the job runs without it
+and logs that it skipped the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from analyzer.config.model import AnalysisConfig
+
+NOT_YET = "is not supported yet in this Lucent version"
+
+UNSUPPORTED: tuple[tuple[str, Callable[[AnalysisConfig], bool], str], ...] = (
+    ("methods.shap", lambda c: c.methods.shap is not None, f"Kernel SHAP {NOT_YET}"),
+    ("methods.pdp", lambda c: c.methods.pdp is not None, f"PDP (partial dependence plots) {NOT_YET}"),
+    ("methods.asymmetric_shapley_value", lambda c: c.methods.asymmetric_shapley_value is not None,
+     f"time-series explanation (asymmetric Shapley values) {NOT_YET}"),
+    ("dataset_type", lambda c: c.dataset_type == "application/x-image",
+     f"application/x-image (computer vision) {NOT_YET}"),
+    ("dataset_type", lambda c: c.dataset_type == "application/sagemakercapturejson",
+     f"application/sagemakercapturejson (Model Monitor capture data) {NOT_YET}"),
+    ("segment_config", lambda c: c.segment_config is not None, f"segment_config (metrics per segment) {NOT_YET}"),
+    ("methods.post_training_bias",
+     lambda c: (c.methods.post_training_bias is not None and c.predicted_label is None
+                and c.predicted_label_dataset_uri is None),
+     "getting predictions from a model is not supported yet; give predicted labels in the dataset "
+     "with 'predicted_label' or 'predicted_label_dataset_uri'"),
+)
+
+
+def unsupported_methods(config: AnalysisConfig) -> list[str]:
+    """Why this Lucent version cannot run ``config`` (one line per reason, key path first); empty
+    when it can."""
+    return [f"{path}: {reason}" for path, applies, reason in UNSUPPORTED if applies(config)]

@@ -1,0 +1,25 @@
+"""Error types that decide a job's exit code and exit message.
+
+``UserError`` is anything the user can fix (config, data, model): exit code 1 and
+``ClientError: <reason>`` in the message file. Any other exception is an internal error (exit 2).
+"""
+
+
+class UserError(Exception):
+    """A problem with the job's inputs; the message must name the key, file, row or column."""
+
+
+class ConfigError(UserError):
+    """``analysis_config.json`` is missing, unparsable or invalid.
+
+    ``problems`` holds every problem found (one line each, starting with the key path), so that
+    ``lucent validate`` can list them all at once.
+    """
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class DataError(UserError):
+    """The dataset cannot be read or does not fit the config (file, row or column named)."""

@@ -1,0 +1,87 @@
+"""``lucent``: command-line entry point of the Lucent processing job.
+
+Each subcommand is a thin layer over a function in ``container`` or ``analyzer``; argument
+parsing and exit codes live here, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analyzer import __version__
+from container.job import DEFAULT_MESSAGE_FILE, DEFAULT_PROCESSING_ROOT, JobPaths, configure_logging
+
+DESCRIPTION = """\
+Lucent: a self-hosted fairness and explainability job that reads SageMaker Clarify's
+analysis_config.json and writes Clarify's analysis.json.
+
+A processing root is the folder SageMaker Processing would mount at /opt/ml/processing:
+  <root>/input/config/analysis_config.json   the analysis config (or the one *.json there)
+  <root>/input/data/                         the dataset: a file or a folder, read recursively
+  <root>/output/                             results: analysis.json, ...
+"""
+
+EPILOG = """\
+examples:
+  lucent run --processing-root ./job          run the job in ./job, results in ./job/output
+  lucent validate --processing-root ./job     list every problem with the config and data
+exit codes: 0 success, 1 problem with the inputs (reason in the message file), 2 internal error
+"""
+
+
+def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--processing-root", type=Path, default=DEFAULT_PROCESSING_ROOT, metavar="DIR",
+                        help=f"folder with input/config, input/data and output (default: {DEFAULT_PROCESSING_ROOT})")
+    parser.add_argument("--message-file", type=Path, metavar="FILE",
+                        help=f"where to write the exit message (default: {DEFAULT_MESSAGE_FILE} for the default "
+                             "processing root, else DIR/message)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lucent", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"lucent {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a processing job",
+                              description="Run the analysis configured in <root>/input/config on the dataset "
+                                          "and write the results to <root>/output.")
+    _add_job_arguments(run)
+    validate = commands.add_parser("validate", help="check config and data without computing",
+                                   description="Check the config and the dataset the way `run` would, list every "
+                                               "problem found, and exit 0 only when the job would start.")
+    _add_job_arguments(validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # the container runs `lucent` with no arguments: that is a job run
+        args = parser.parse_args(["run", *(argv or [])])
+    configure_logging(args.verbose)
+    paths = JobPaths.for_root(args.processing_root, args.message_file)
+    if args.command == "run":
+        from container.job import run_job
+
+        return run_job(paths)
+    if args.command == "validate":
+        from container.job import validate_job
+
+        problems = validate_job(paths)
+        if not problems:
+            print("OK: the job would start.")
+            return 0
+        print(f"{len(problems)} problem(s) found:")
+        for problem in problems:
+            print(f"  - {problem}")
+        return 1
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

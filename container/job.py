@@ -1,0 +1,159 @@
+"""A processing job as SageMaker runs it: fixed folders in, ``analysis.json`` out, an exit message.
+
+Folder contract (spec clarify-contract.md section 1): the config is the JSON file in
+``<root>/input/config``, the dataset is ``<root>/input/data`` (a file or a folder, read recursively)
+unless the config's ``dataset_uri`` names another one, and results go to ``<root>/output``.
+The exit message goes to ``/opt/ml/output/message`` (where SageMaker Processing reads it), or to
+``<root>/message`` when the processing root is not the default one.
+
+Exit codes: 0 success, 1 the user's inputs are wrong (``ClientError: <reason>``), 2 internal error.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from analyzer import __version__
+from analyzer.config import AnalysisConfig, find_config_file, load_config
+from analyzer.data import resolve_local_path
+from analyzer.errors import ConfigError, UserError
+from analyzer.output import ANALYSIS_FILE, OutputStaging, dumps, write_text_atomic
+from analyzer.pipeline import check_supported, load_job_dataset, run_analysis
+
+log = logging.getLogger("lucent")
+
+DEFAULT_PROCESSING_ROOT = Path("/opt/ml/processing")
+DEFAULT_MESSAGE_FILE = Path("/opt/ml/output/message")
+SUCCESS_MESSAGE = "Completed: SageMaker XAI Analyzer ran successfully"
+EXIT_OK, EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    processing_root: Path
+    message_file: Path
+
+    @classmethod
+    def for_root(cls, processing_root: Path | str | None = None, message_file: Path | str | None = None) -> JobPaths:
+        root = Path(processing_root) if processing_root else DEFAULT_PROCESSING_ROOT
+        if message_file is None:
+            is_default = root.resolve() == DEFAULT_PROCESSING_ROOT.resolve()
+            message_file = DEFAULT_MESSAGE_FILE if is_default else root / "message"
+        return cls(root, Path(message_file))
+
+    @property
+    def config_dir(self) -> Path:
+        return self.processing_root / "input" / "config"
+
+    @property
+    def data_path(self) -> Path:
+        return self.processing_root / "input" / "data"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.processing_root / "output"
+
+
+class JobStopped(Exception):
+    """Raised in the main thread when the job receives SIGTERM (SageMaker's stop request)."""
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def dataset_path_for(config: AnalysisConfig, paths: JobPaths, config_file: Path) -> Path:
+    """``dataset_uri`` overrides the ``dataset`` input folder (spec section 1.2)."""
+    if config.dataset_uri:
+        return resolve_local_path(config.dataset_uri, base_dir=config_file.parent)
+    return paths.data_path
+
+
+def _load(paths: JobPaths) -> tuple[AnalysisConfig, Path]:
+    config_file = find_config_file(paths.config_dir)
+    log.info("Analysis config path: %s", config_file)
+    config = load_config(config_file)
+    return config, config_file
+
+
+def run_job(paths: JobPaths) -> int:
+    """Run the whole job; never raises. Returns the process exit code and writes the exit message."""
+    started = time.perf_counter()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        log.info("Starting Lucent %s processing job (SageMaker Clarify compatible)", __version__)
+        config, config_file = _load(paths)
+        log.info("Analysis result path: %s", paths.output_dir)
+        check_supported(config)
+        dataset_path = dataset_path_for(config, paths, config_file)
+        log.info("Dataset type: %s uri: %s", config.dataset_type, dataset_path)
+        dataset = load_job_dataset(config, dataset_path)
+        with OutputStaging(paths.output_dir) as staging:
+            results = run_analysis(config, dataset, staging)
+            staging.write_json(ANALYSIS_FILE, results)
+            published = staging.commit()
+        log.info("Collected analyses:\n%s", dumps(results))
+        for path in published:
+            log.info("Wrote %s", path)
+        log.info("Job finished in %.2f s", time.perf_counter() - started)
+        return _finish(paths, EXIT_OK, SUCCESS_MESSAGE)
+    except UserError as error:
+        log.error("Job failed: %s", error)
+        return _finish(paths, EXIT_USER_ERROR, f"ClientError: {error}")
+    except JobStopped:
+        log.error("Signal 15 received, cleaning up")
+        return _finish(paths, EXIT_INTERNAL_ERROR, "ClientError: the job was stopped (SIGTERM) before it finished")
+    except Exception as error:  # noqa: BLE001 - the job must always leave an exit message
+        log.error("Internal error:\n%s", traceback.format_exc())
+        return _finish(paths, EXIT_INTERNAL_ERROR,
+                       f"AlgorithmError: internal error in Lucent {__version__}: {type(error).__name__}: {error}")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def validate_job(paths: JobPaths) -> list[str]:
+    """Every problem that would stop the job, without computing any metric."""
+    try:
+        config, config_file = _load(paths)
+    except ConfigError as error:
+        return error.problems
+    except UserError as error:
+        return [str(error)]
+    problems = []
+    try:
+        check_supported(config)
+    except UserError as error:
+        problems.extend(str(error).split("; "))
+    try:
+        dataset = load_job_dataset(config, dataset_path_for(config, paths, config_file))
+        from analyzer.bias import check_bias_inputs  # the cheap typing checks of the bias layer
+
+        problems.extend(check_bias_inputs(dataset, config))
+    except UserError as error:
+        problems.append(str(error))
+    return problems
+
+
+def _finish(paths: JobPaths, code: int, message: str) -> int:
+    try:
+        write_text_atomic(paths.message_file, message + "\n")
+    except OSError as error:
+        log.warning("Could not write the exit message to %s: %s", paths.message_file, error)
+    (log.info if code == EXIT_OK else log.error)("exit_message: %s", message)
+    return code
+
+
+def _raise_stopped(signum, frame):  # noqa: ARG001
+    raise JobStopped()
+

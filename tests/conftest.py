@@ -1,0 +1,66 @@
+"""Shared fixtures: processing roots laid out on disk exactly as a job sees them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from container.demo import DEMO_CONFIG, write_demo_job
+
+
+class JobRoot:
+    """A processing root in a temporary folder, with helpers to run ``lucent`` on it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.config_dir = root / "input" / "config"
+        self.data_dir = root / "input" / "data"
+        self.output_dir = root / "output"
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, config: dict | str, name: str = "analysis_config.json") -> Path:
+        path = self.config_dir / name
+        path.write_text(config if isinstance(config, str) else json.dumps(config), encoding="utf-8")
+        return path
+
+    def write_data(self, text: str, name: str = "data.csv") -> Path:
+        path = self.data_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def run(self, *extra: str, command: str = "run") -> int:
+        from container.cli import main
+
+        return main([command, "--processing-root", str(self.root), *extra])
+
+    @property
+    def message(self) -> str:
+        return (self.root / "message").read_text(encoding="utf-8").strip()
+
+    def analysis(self) -> dict:
+        return json.loads((self.output_dir / "analysis.json").read_text(encoding="utf-8"))
+
+    def output_files(self) -> list[str]:
+        if not self.output_dir.exists():
+            return []
+        return sorted(str(p.relative_to(self.output_dir)) for p in self.output_dir.rglob("*"))
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> JobRoot:
+    return JobRoot(tmp_path / "job")
+
+
+@pytest.fixture
+def demo_job(tmp_path: Path) -> JobRoot:
+    write_demo_job(tmp_path / "demo", n_rows=600, seed=3)
+    return JobRoot(tmp_path / "demo")
+
+
+@pytest.fixture
+def demo_config() -> dict:
+    return json.loads(json.dumps(DEMO_CONFIG))
