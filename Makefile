@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# Debian packages: Pango for WeasyPrint (report.pdf), a pinned font so PDF page breaks are the same
+# everywhere, poppler-utils for the tests that turn the PDF into page images.
+SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils
 
 .PHONY: help install demo test test-fast lint bench clean
 
@@ -14,6 +17,12 @@ help:
 	@echo "make bench      speed and memory benchmarks (figures and ratios against references)"
 
 $(STAMP): pyproject.toml
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages: $$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	# Test-only oracle (see pyproject.toml); --no-deps because its metadata pins nothing useful.

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from analyzer import __version__
 from analyzer.bias import bias_analysis
 from analyzer.config import AnalysisConfig, unsupported_methods
-from analyzer.data import Dataset, load_dataset
+from analyzer.data import Column, Dataset, load_dataset
 from analyzer.errors import UserError
-from analyzer.output import OutputStaging
+from analyzer.output import ANALYSIS_FILE, OutputStaging
+from analyzer.predict import ModelClient, predicted_labels_for_bias
+from analyzer.report.summary import JobSummary
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +39,26 @@ def check_supported(config: AnalysisConfig) -> None:
         raise UserError("; ".join(reasons))
 
 
+def needs_model(config: AnalysisConfig) -> bool:
+    """Whether the job must call a model: post-training bias without predicted labels in the data."""
+    return (config.methods.post_training_bias is not None and config.predicted_label is None
+            and config.predicted_label_dataset_uri is None)
+
+
 def needs_features(config: AnalysisConfig) -> bool:
-    """Whether the model feature matrix must be loaded (only the Flip Test needs it for bias)."""
+    """Whether the model feature matrix must be loaded (model calls, and the Flip Test)."""
     post = config.methods.post_training_bias
-    return bool(post and "FT" in post.methods)
+    return needs_model(config) or bool(post and "FT" in post.methods)
+
+
+def predicted_label_column(config: AnalysisConfig, dataset: Dataset, model: ModelClient) -> Column:
+    """The model's predicted labels for every row, by Clarify's rules (spec section 5.3)."""
+    log.info("Getting predictions from the endpoint")
+    started = time.perf_counter()
+    predictions = model.predict(dataset.features)
+    labels = predicted_labels_for_bias(predictions, config.probability_threshold)
+    log.info("Got %d predictions in %.2f s", len(labels), time.perf_counter() - started)
+    return Column.from_series(labels, "predicted_label")
 
 
 def load_job_dataset(config: AnalysisConfig, dataset_path: Path) -> Dataset:
@@ -47,9 +69,35 @@ def load_job_dataset(config: AnalysisConfig, dataset_path: Path) -> Dataset:
     return dataset
 
 
-def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStaging) -> dict[str, Any]:
-    """Run every configured method on ``dataset`` and return the ``analysis.json`` document."""
-    del staging  # written to by explanations and reports in later versions
+def check_bias_inputs(config: AnalysisConfig, dataset: Dataset) -> list[str]:
+    """Problems that would fail the bias stages (column typing, thresholds, predicted labels), found by
+    running them on the loaded columns without the Flip Test, the one costly metric. Post-training
+    bias that needs a model is not run here."""
+    problems = []
+    for stage, _, _ in STAGES:
+        method = getattr(config.methods, f"{stage}_bias")
+        if method is None or (stage == "post_training" and dataset.predicted_label is None):
+            continue
+        cheap = replace(method, methods=[m for m in method.methods if m != "FT"] or ["DPPL"])
+        quick = replace(config, methods=replace(config.methods, **{f"{stage}_bias": cheap}))
+        try:
+            bias_analysis(dataset, quick, stage)
+        except UserError as error:
+            problems.append(f"methods.{stage}_bias: {error}")
+    return problems
+
+
+def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStaging,
+                 model: ModelClient | None = None) -> dict[str, Any]:
+    """Run every configured method on ``dataset`` and return the ``analysis.json`` document.
+
+    ``model`` answers for the rows when the analyses need predictions (see ``needs_model``).
+    """
+    del staging  # written to by explanations in later versions
+    if needs_model(config) and dataset.predicted_label is None:
+        if model is None:
+            raise UserError("methods.post_training_bias: the dataset has no predicted labels and no model was given")
+        dataset.predicted_label = predicted_label_column(config, dataset, model)
     results: dict[str, Any] = {"version": config.version}
     for stage, key, banner in STAGES:
         method = getattr(config.methods, f"{stage}_bias")
@@ -60,7 +108,53 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
         results[key] = bias_analysis(dataset, config, stage)
         log.info("Computed %d %s metrics for %d facet(s) in %.2f s", len(method.methods),
                  stage.replace("_", "-"), len(dataset.facets), time.perf_counter() - started)
-    if config.methods.report is not None:
-        log.info("Skipping methods.report (%s): reports are not supported yet in this Lucent version; "
-                 "analysis.json has every result", config.methods.report.name)
     return results
+
+
+def write_outputs(config: AnalysisConfig, dataset: Dataset, results: dict[str, Any], staging: OutputStaging,
+                  started_at: str) -> None:
+    """Stage ``analysis.json``, then the report. A report that fails is logged, never fatal:
+    ``analysis.json`` holds every result and must not be lost to a charting or PDF problem."""
+    staging.write_json(ANALYSIS_FILE, results)
+    report = config.methods.report
+    if report is None:
+        return
+    from analyzer.report import ReportError, write_reports
+
+    started = time.perf_counter()
+    try:
+        written = write_reports(results, job_summary(config, dataset, results, started_at), staging.staging_dir,
+                                name=report.name, title=report.title)
+        log.info("Report written (%s) in %.2f s", ", ".join(p.name for p in written), time.perf_counter() - started)
+    except ReportError as error:
+        log.error("Report incomplete, analysis.json is kept: %s", error)
+    except Exception:  # noqa: BLE001 - a report bug must not cost the user the analysis
+        log.exception("Report failed, analysis.json is kept")
+
+
+def job_summary(config: AnalysisConfig, dataset: Dataset, results: dict[str, Any], started_at: str) -> JobSummary:
+    """The facts about the job a report shows beside ``analysis.json``."""
+    label_threshold = next((results[key]["label_value_or_threshold"] for _, key, _ in STAGES if key in results), None)
+    methods = [name for name in ("pre_training_bias", "post_training_bias", "shap", "pdp")
+               if getattr(config.methods, name) is not None]
+    return JobSummary(
+        dataset_source=dataset.source,
+        dataset_type=config.dataset_type,
+        n_rows=dataset.n_rows,
+        label=dataset.label.name if dataset.label is not None else None,
+        label_values_or_threshold=label_threshold,
+        facets=list(dataset.facets),
+        methods=methods,
+        lucent_version=__version__,
+        started_at=started_at,
+        label_distribution=value_counts(dataset.label) if dataset.label is not None else None,
+        facet_distributions={name: value_counts(column) for name, column in dataset.facets.items()} or None,
+    )
+
+
+def value_counts(column: Column, limit: int = 50) -> dict[str, int]:
+    """Rows per value (the ``limit`` most frequent), missing values counted as "nan"."""
+    counts = np.bincount(column.codes + 1, minlength=column.nunique + 1)  # slot 0 = missing
+    labels = ["nan", *(str(v) for v in column.uniques)]
+    ranked = sorted(((int(c), lab) for c, lab in zip(counts, labels, strict=True) if c), reverse=True)[:limit]
+    return {lab: c for c, lab in ranked}

@@ -20,6 +20,8 @@ analysis_config.json and writes Clarify's analysis.json.
 A processing root is the folder SageMaker Processing would mount at /opt/ml/processing:
   <root>/input/config/analysis_config.json   the analysis config (or the one *.json there)
   <root>/input/data/                         the dataset: a file or a folder, read recursively
+  <root>/input/model/                        the model, when the job needs predictions and the config
+                                             names no predictor.endpoint_url / image_uri
   <root>/output/                             results: analysis.json, ...
 """
 
@@ -27,6 +29,7 @@ EPILOG = """\
 examples:
   lucent run --processing-root ./job          run the job in ./job, results in ./job/output
   lucent validate --processing-root ./job     list every problem with the config and data
+  lucent serve-model --model-dir ./model      serve a model folder on port 8080 (/ping, /invocations)
 exit codes: 0 success, 1 problem with the inputs (reason in the message file), 2 internal error
 """
 
@@ -54,14 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Check the config and the dataset the way `run` would, list every "
                                                "problem found, and exit 0 only when the job would start.")
     _add_job_arguments(validate)
+    serve = commands.add_parser("serve-model", add_help=False,
+                                help="serve a model folder over SageMaker's model-container protocol "
+                                     "(see `lucent serve-model --help`)")
+    serve.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve-model"]:  # its own parser: argparse REMAINDER would swallow no leading options
+        from container.sidecar.cli import main as serve_model
+
+        return serve_model(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:  # the container runs `lucent` with no arguments: that is a job run
-        args = parser.parse_args(["run", *(argv or [])])
+        args = parser.parse_args(["run", *argv])
     configure_logging(args.verbose)
     paths = JobPaths.for_root(args.processing_root, args.message_file)
     if args.command == "run":

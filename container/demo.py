@@ -20,6 +20,10 @@ RACES = np.array(["White", "Black", "Asian", "Hispanic", "Other"])
 RACE_SHARES = [0.6, 0.13, 0.07, 0.15, 0.05]
 AGE_GROUPS = np.array(["18-29", "30-44", "45-64", "65+"])
 
+FEATURES = COLUMNS[:7]  # what the model sees: everything but the label and the predicted label
+CATEGORICAL_FEATURES = ["sex", "race", "age_group"]
+
+# The bias job on a dataset that already holds predicted labels (no model needed).
 DEMO_CONFIG = {
     "dataset_type": "text/csv",
     "headers": COLUMNS,
@@ -29,7 +33,6 @@ DEMO_CONFIG = {
     "facet": [
         {"name_or_index": "sex", "value_or_threshold": ["Female"]},
         {"name_or_index": "race"},
-        {"name_or_index": "age", "value_or_threshold": [60]},
     ],
     "group_variable": "age_group",
     "methods": {
@@ -37,6 +40,21 @@ DEMO_CONFIG = {
         "post_training_bias": {"methods": "all"},
         "report": {"name": "report", "title": "Lucent demo: credit approval"},
     },
+}
+
+
+# The full demo: the model's predictions come from the built-in model server on input/model.
+MODEL_DEMO_CONFIG = {
+    "dataset_type": "text/csv",
+    "headers": COLUMNS[:8],
+    "label": "approved",
+    "label_values_or_threshold": [1],
+    "facet": DEMO_CONFIG["facet"],
+    "group_variable": "age_group",
+    "probability_threshold": 0.5,
+    "methods": DEMO_CONFIG["methods"],
+    # The built-in server answers predict_proba rows "p0,p1"; column 1 is the approval score.
+    "predictor": {"content_type": "text/csv", "accept_type": "text/csv", "probability": 1},
 }
 
 
@@ -63,14 +81,46 @@ def make_credit_dataset(n_rows: int = 2000, seed: int = 0) -> pd.DataFrame:
     }, columns=COLUMNS)
 
 
-def write_demo_job(root: Path, n_rows: int = 2000, seed: int = 0, config: dict | None = None) -> Path:
-    """Lay out a processing root (input/config, input/data) for the demo job; returns ``root``."""
+def train_credit_model(data: pd.DataFrame, seed: int = 0):
+    """A scikit-learn pipeline (one-hot + scaling + logistic regression) on the demo features.
+
+    Columns are selected by position so the model accepts the plain arrays the model server
+    decodes from CSV requests, with no inference script.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    categorical = [FEATURES.index(c) for c in CATEGORICAL_FEATURES]
+    numeric = [i for i in range(len(FEATURES)) if i not in categorical]
+    encode = ColumnTransformer([("categories", OneHotEncoder(handle_unknown="ignore"), categorical),
+                                ("numbers", StandardScaler(), numeric)])
+    model = make_pipeline(encode, LogisticRegression(max_iter=1000, random_state=seed))
+    return model.fit(data[FEATURES].to_numpy(dtype=object), data["approved"].to_numpy())
+
+
+def write_demo_job(root: Path, n_rows: int = 2000, seed: int = 0, config: dict | None = None,
+                   with_model: bool = False) -> Path:
+    """Lay out a processing root for the demo job; returns ``root``.
+
+    ``with_model``: also train and save the model in ``input/model`` and drop the predicted-label
+    column from the data, so post-training bias gets its predictions from the model.
+    """
+    import joblib
+
     root = Path(root)
-    (root / "input" / "config").mkdir(parents=True, exist_ok=True)
-    (root / "input" / "data").mkdir(parents=True, exist_ok=True)
-    (root / "input" / "config" / "analysis_config.json").write_text(
-        json.dumps(config or DEMO_CONFIG, indent=2) + "\n", encoding="utf-8")
-    make_credit_dataset(n_rows, seed).to_csv(root / "input" / "data" / "credit.csv", index=False, header=False)
+    for folder in ("config", "data"):
+        (root / "input" / folder).mkdir(parents=True, exist_ok=True)
+    data = make_credit_dataset(n_rows, seed)
+    if with_model:
+        (root / "input" / "model").mkdir(parents=True, exist_ok=True)
+        joblib.dump(train_credit_model(data, seed), root / "input" / "model" / "model.joblib")
+        data = data.drop(columns=["predicted_approved"])
+    config = config or (MODEL_DEMO_CONFIG if with_model else DEMO_CONFIG)
+    (root / "input" / "config" / "analysis_config.json").write_text(json.dumps(config, indent=2) + "\n",
+                                                                    encoding="utf-8")
+    data.to_csv(root / "input" / "data" / "credit.csv", index=False, header=False)
     return root
 
 
@@ -83,13 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("root", nargs="?", type=Path, default=Path("build/demo"))
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--no-model", action="store_true",
+                        help="use the predicted labels in the data instead of a model")
     args = parser.parse_args(argv)
     configure_logging()
-    write_demo_job(args.root, args.rows)
+    write_demo_job(args.root, args.rows, with_model=not args.no_model)
     code = run_job(JobPaths.for_root(args.root))
     output = args.root / "output"
     print(f"\nDemo job finished with exit code {code}.\n  config:  {args.root / 'input/config/analysis_config.json'}"
-          f"\n  data:    {args.root / 'input/data/credit.csv'} ({args.rows} rows)\n  results: {output}/")
+          f"\n  data:    {args.root / 'input/data/credit.csv'} ({args.rows} rows)"
+          f"\n  model:   {args.root / 'input/model/model.joblib'}\n  results: {output}/")
     for path in sorted(output.rglob("*")):
         if path.is_file():
             print(f"           {path}")

@@ -11,20 +11,32 @@ Exit codes: 0 success, 1 the user's inputs are wrong (``ClientError: <reason>``)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import time
 import traceback
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from analyzer import __version__
 from analyzer.config import AnalysisConfig, find_config_file, load_config
 from analyzer.data import resolve_local_path
 from analyzer.errors import ConfigError, UserError
-from analyzer.output import ANALYSIS_FILE, OutputStaging, dumps, write_text_atomic
-from analyzer.pipeline import check_supported, load_job_dataset, run_analysis
+from analyzer.output import OutputStaging, dumps, write_text_atomic
+from analyzer.pipeline import (
+    check_bias_inputs,
+    check_supported,
+    load_job_dataset,
+    needs_model,
+    run_analysis,
+    write_outputs,
+)
+from analyzer.predict import ModelClient
+from analyzer.predict.client import MAX_PAYLOAD_BYTES
+from container.model_endpoint import model_endpoint
 
 log = logging.getLogger("lucent")
 
@@ -32,6 +44,12 @@ DEFAULT_PROCESSING_ROOT = Path("/opt/ml/processing")
 DEFAULT_MESSAGE_FILE = Path("/opt/ml/output/message")
 SUCCESS_MESSAGE = "Completed: SageMaker XAI Analyzer ran successfully"
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 0, 1, 2
+LOCAL_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+
+
+def local_model(config: AnalysisConfig) -> bool:
+    """The model is Lucent's built-in server (or a sibling container) on this machine."""
+    return not (config.predictor and config.predictor.endpoint_url)
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,10 @@ class JobPaths:
         return self.processing_root / "input" / "data"
 
     @property
+    def model_dir(self) -> Path:
+        return self.processing_root / "input" / "model"
+
+    @property
     def output_dir(self) -> Path:
         return self.processing_root / "output"
 
@@ -64,13 +86,27 @@ class JobStopped(Exception):
     """Raised in the main thread when the job receives SIGTERM (SageMaker's stop request)."""
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (it may be swapped, as in tests)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    """Log lines to stderr, where SageMaker (and `docker logs`) collect them. Idempotent, and leaves
+    other handlers on the root logger alone."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
 
 
 def dataset_path_for(config: AnalysisConfig, paths: JobPaths, config_file: Path) -> Path:
@@ -90,6 +126,7 @@ def _load(paths: JobPaths) -> tuple[AnalysisConfig, Path]:
 def run_job(paths: JobPaths) -> int:
     """Run the whole job; never raises. Returns the process exit code and writes the exit message."""
     started = time.perf_counter()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     previous_handler = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         log.info("Starting Lucent %s processing job (SageMaker Clarify compatible)", __version__)
@@ -99,9 +136,18 @@ def run_job(paths: JobPaths) -> int:
         dataset_path = dataset_path_for(config, paths, config_file)
         log.info("Dataset type: %s uri: %s", config.dataset_type, dataset_path)
         dataset = load_job_dataset(config, dataset_path)
-        with OutputStaging(paths.output_dir) as staging:
-            results = run_analysis(config, dataset, staging)
-            staging.write_json(ANALYSIS_FILE, results)
+        with contextlib.ExitStack() as model_scope, OutputStaging(paths.output_dir) as staging:
+            model = None
+            if needs_model(config):
+                url = model_scope.enter_context(model_endpoint(config, paths.model_dir))
+                model = model_scope.enter_context(ModelClient(
+                    url, config.predictor, dataset.feature_names,
+                    # Lucent's own server takes bigger requests than SageMaker's 6 MB limit: fewer, larger
+                    # predict calls are most of the throughput on a local model.
+                    max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES if local_model(config) else MAX_PAYLOAD_BYTES))
+            results = run_analysis(config, dataset, staging, model)
+            model_scope.close()  # stop the model before writing reports: it is no longer needed
+            write_outputs(config, dataset, results, staging, started_at)
             published = staging.commit()
         log.info("Collected analyses:\n%s", dumps(results))
         for path in published:
@@ -137,9 +183,7 @@ def validate_job(paths: JobPaths) -> list[str]:
         problems.extend(str(error).split("; "))
     try:
         dataset = load_job_dataset(config, dataset_path_for(config, paths, config_file))
-        from analyzer.bias import check_bias_inputs  # the cheap typing checks of the bias layer
-
-        problems.extend(check_bias_inputs(dataset, config))
+        problems.extend(check_bias_inputs(config, dataset))
     except UserError as error:
         problems.append(str(error))
     return problems

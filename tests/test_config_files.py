@@ -184,12 +184,10 @@ def test_unsupported_methods(doc, expected):
     assert unsupported_methods(parse_config(json.loads(json.dumps(doc)))) == expected
 
 
-def test_post_training_bias_from_a_model_is_not_supported_yet():
+def test_post_training_bias_from_a_model_is_supported():
     doc = {k: v for k, v in BIAS.items() if k != "predicted_label"}
-    doc = dict(doc, methods={"post_training_bias": {"methods": "all"}}, predictor={"endpoint_name": "e"})
-    assert unsupported_methods(parse_config(doc)) == [
-        "methods.post_training_bias: getting predictions from a model is not supported yet; give predicted labels "
-        "in the dataset with 'predicted_label' or 'predicted_label_dataset_uri'"]
+    doc = dict(doc, methods={"post_training_bias": {"methods": "all"}}, predictor={})  # model from input/model
+    assert unsupported_methods(parse_config(doc)) == []
 
 
 def test_images_and_time_series_list_every_reason():

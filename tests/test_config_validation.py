@@ -266,8 +266,6 @@ RULE_CASES = {
     "shap needs predictor": (SHAP, {"predictor": DELETE}, "predictor", ("required: methods.shap needs model",)),
     "post-training without labels needs predictor": (BIAS, {"predicted_label": DELETE}, "predictor",
                                                      ("neither predicted_label nor predicted_label_dataset_uri",)),
-    "predictor needs a model location": (SHAP, {"predictor": {"label": 0}}, "predictor",
-                                         ("needs one of endpoint_url, image_uri, endpoint_name, model_name",)),
     "model_name needs instance settings": (SHAP, {"predictor": {"model_name": "m"}}, "predictor.instance_type",
                                            ("required with predictor.model_name",)),
     "model_name needs instance count": (SHAP, {"predictor": {"model_name": "m", "instance_type": "ml.m5.large"}},

@@ -25,7 +25,6 @@ JSON_TYPES = ("application/json", "application/jsonlines")  # locators are JMESP
 COLUMN_TYPES = ("text/csv", "application/x-parquet")  # locators are column names or indexes
 EXPLANATION_METHODS = ("shap", "pdp", "asymmetric_shapley_value")
 ANALYSIS_METHODS = ("pre_training_bias", "post_training_bias", *EXPLANATION_METHODS)
-MODEL_LOCATIONS = ("endpoint_url", "image_uri", "endpoint_name", "model_name")  # Lucent keys first
 
 RULES: list[Rule] = []
 
@@ -232,11 +231,10 @@ def predictor_present(tree: Tree) -> Iterator[Finding]:
     reason = needs_predictions(tree)
     if reason is None:
         return
+    # Without endpoint_url, image_uri, endpoint_name or model_name, Lucent serves the model folder of
+    # the job (<root>/input/model), so the predictor block itself is what is required.
     if not has(tree, "predictor"):
         yield "predictor", f"required: {reason}"
-    elif isinstance(get(tree, "predictor"), dict) and not any(has(tree, f"predictor.{k}") for k in MODEL_LOCATIONS):
-        yield "predictor", (f"needs one of {', '.join(MODEL_LOCATIONS)} to reach the model ({reason}); "
-                            "endpoint_url and image_uri are Lucent extensions")
 
 
 @rule

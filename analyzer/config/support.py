@@ -23,11 +23,6 @@ UNSUPPORTED: tuple[tuple[str, Callable[[AnalysisConfig], bool], str], ...] = (
     ("dataset_type", lambda c: c.dataset_type == "application/sagemakercapturejson",
      f"application/sagemakercapturejson (Model Monitor capture data) {NOT_YET}"),
     ("segment_config", lambda c: c.segment_config is not None, f"segment_config (metrics per segment) {NOT_YET}"),
-    ("methods.post_training_bias",
-     lambda c: (c.methods.post_training_bias is not None and c.predicted_label is None
-                and c.predicted_label_dataset_uri is None),
-     "getting predictions from a model is not supported yet; give predicted labels in the dataset "
-     "with 'predicted_label' or 'predicted_label_dataset_uri'"),
 )
 
 

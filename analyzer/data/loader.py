@@ -1,0 +1,224 @@
+"""``load_dataset``: read the dataset (and the facet / predicted label datasets) into a ``Dataset``.
+
+Steps: open the main dataset as a table (format readers: ``csv_format``, ``json_format``,
+``parquet_format``); locate every role in its headers (``locate``); read the role columns, plus the
+feature columns when ``need_features``, in one pass; read the side datasets and align them with the
+main rows (``join``).
+
+Where each role is looked up:
+
+* label, excluded columns, joinsource: the main dataset (for JSON formats the label is a JMESPath).
+* predicted label: the predicted label dataset when ``predicted_label_dataset_uri`` is set (column
+  ``predicted_label`` by default), else the main dataset.
+* facets: the facet dataset when ``facet_dataset_uri`` is set, else the main dataset.
+* group variable: the main dataset; a name found only in the facet dataset is taken from there.
+  (For facets and the group variable, an index always refers to the first dataset listed.)
+
+Features are the main headers minus the label, predicted label, excluded columns and joinsource; a
+facet that is a main-dataset column stays a feature, as in Clarify.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analyzer.config.model import AnalysisConfig, Locator
+from analyzer.data.column import Column
+from analyzer.data.csv_format import CsvTable
+from analyzer.data.dataset import Dataset
+from analyzer.data.files import list_data_files, no_data_rows, resolve_local_path
+from analyzer.data.join import rows_by_id, rows_by_order, take_rows
+from analyzer.data.json_format import JsonTable
+from analyzer.data.locate import locate_column
+from analyzer.data.parquet_format import ParquetTable
+from analyzer.data.table import Table, TableData
+from analyzer.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+_SUPPORTED_TYPES = ("text/csv", "application/jsonlines", "application/json", "application/x-parquet")
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """A role column: which table, which header."""
+
+    table: Table
+    name: str
+
+
+@dataclass
+class _Roles:
+    """Where each role of the config is."""
+
+    label: _Ref | None = None
+    predicted_label: _Ref | None = None
+    facets: list[_Ref] = field(default_factory=list)
+    group: _Ref | None = None
+    joinsource: _Ref | None = None  # in the main table; side tables have a column of the same name
+
+    def names_in(self, table: Table) -> list[str]:
+        """The headers of ``table`` that hold a role, without repeats."""
+        refs = [self.label, self.predicted_label, *self.facets, self.group, self.joinsource]
+        names = [ref.name for ref in refs if ref is not None and ref.table is table]
+        if self.joinsource is not None and table is not self.joinsource.table:
+            names.append(self.joinsource.name)
+        return list(dict.fromkeys(names))
+
+
+def load_dataset(config: AnalysisConfig, dataset_path: Path, *, need_features: bool = False,
+                 chunk_rows: int = 500_000) -> Dataset:
+    """Read the dataset at ``dataset_path`` (a file or a folder) as ``config`` describes it.
+
+    Role columns (label, predicted label, facets, group variable, joinsource) are returned as compact
+    ``Column`` objects; the feature DataFrame is built only when ``need_features`` is true. CSV and
+    Parquet are streamed ``chunk_rows`` rows at a time. Raises ``DataError`` for any problem with the
+    data, naming the file, line and column.
+    """
+    start = time.perf_counter()
+    dataset_path = Path(dataset_path)
+    logger.info("Dataset type: %s uri: %s", config.dataset_type, dataset_path)
+    logger.info("Loading dataset...")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    main = _open_table(config, dataset_path, config.headers, chunk_rows=chunk_rows)
+    facet_table = _open_side_table(config.facet_dataset_uri, config.facet_headers, "facet_dataset_uri",
+                                   chunk_rows=chunk_rows)
+    prediction_table = _open_side_table(config.predicted_label_dataset_uri, config.predicted_label_headers,
+                                        "predicted_label_dataset_uri", chunk_rows=chunk_rows)
+
+    roles = _locate_roles(config, main, facet_table, prediction_table)
+    excluded = {locate_column(c, main.headers, role="excluded_columns", source=main.source)
+                for c in config.excluded_columns or []}
+    not_features = excluded | {ref.name for ref in (roles.label, roles.predicted_label, roles.joinsource)
+                               if ref is not None and ref.table is main}
+    feature_names = [h for h in main.headers if h not in not_features]
+
+    main_roles = roles.names_in(main)
+    main_data = main.read(main_roles, [n for n in feature_names if n not in main_roles] if need_features else [])
+    if main_data.n_rows == 0:
+        raise no_data_rows(main.source, main.files)
+    data = {id(main): main_data}
+    for table in (facet_table, prediction_table):
+        if table is not None:
+            data[id(table)] = _align(table.read(roles.names_in(table)), table, main, main_data,
+                                     roles.joinsource.name if roles.joinsource else None)
+
+    def column(ref: _Ref | None) -> Column | None:
+        return data[id(ref.table)].columns[ref.name] if ref is not None else None
+
+    dataset = Dataset(
+        source=str(dataset_path),
+        n_rows=main_data.n_rows,
+        headers=list(main.headers),
+        feature_names=feature_names,
+        label=column(roles.label),
+        predicted_label=column(roles.predicted_label),
+        facets={ref.name: column(ref) for ref in roles.facets},
+        group=column(roles.group),
+        joinsource=column(roles.joinsource),
+    )
+    if need_features:
+        features = {}
+        for name in feature_names:
+            features[name] = (main_data.columns[name].to_series() if name in main_data.columns
+                              else main_data.values.pop(name))  # pop: the DataFrame takes over the array
+        dataset.features = pd.DataFrame(features, index=pd.RangeIndex(main_data.n_rows), copy=False)
+    logger.info("Loaded dataset: %d rows, %d columns (%d files) in %.1f s",
+                main_data.n_rows, len(main.headers), main.n_files, time.perf_counter() - start)
+    _log_dtypes(dataset)
+    return dataset
+
+
+def _locate_roles(config: AnalysisConfig, main: Table, facet_table: Table | None,
+                  prediction_table: Table | None) -> _Roles:
+    """Which table and header holds each role."""
+    roles = _Roles()
+    if config.label is not None:
+        roles.label = _Ref(main, _locate_main_role(main, "label", config.label))
+    if prediction_table is not None:
+        locator = config.predicted_label if config.predicted_label is not None else "predicted_label"
+        roles.predicted_label = _Ref(prediction_table, locate_column(
+            locator, prediction_table.headers, role="predicted_label", source=prediction_table.source))
+    elif config.predicted_label is not None:
+        roles.predicted_label = _Ref(main, _locate_main_role(main, "predicted_label", config.predicted_label))
+    facet_tables = [t for t in (facet_table, main) if t is not None]
+    roles.facets = [_locate_in(facet.name_or_index, facet_tables, "facet") for facet in config.facet]
+    if config.group_variable is not None:
+        group_tables = [t for t in (main, facet_table) if t is not None]
+        roles.group = _locate_in(config.group_variable, group_tables, "group_variable")
+    if config.joinsource_name_or_index is not None:
+        roles.joinsource = _Ref(main, locate_column(config.joinsource_name_or_index, main.headers,
+                                                    role="joinsource_name_or_index", source=main.source))
+        for table in (facet_table, prediction_table):  # side datasets name the id column like the main one
+            if table is not None:
+                locate_column(roles.joinsource.name, table.headers, role="joinsource_name_or_index",
+                              source=table.source)
+    return roles
+
+
+def _open_table(config: AnalysisConfig, path: Path, headers: Sequence[str] | None, *, chunk_rows: int) -> Table:
+    files = list_data_files(path)
+    source = str(path)
+    dataset_type = config.dataset_type
+    if dataset_type == "text/csv":
+        return CsvTable(files, source, headers, chunk_rows=chunk_rows)
+    if dataset_type == "application/x-parquet":
+        return ParquetTable(files, source, headers, chunk_rows=chunk_rows)
+    if dataset_type in ("application/jsonlines", "application/json"):
+        if config.time_series_data_config is not None:
+            raise DataError("Time series datasets (`time_series_data_config`) are not supported yet.")
+        return JsonTable(files, source, config, json_lines=dataset_type == "application/jsonlines")
+    raise DataError(f"dataset_type {dataset_type!r} is not supported by the data loader yet; "
+                    f"supported: {', '.join(_SUPPORTED_TYPES)}.")
+
+
+def _open_side_table(uri: str | None, headers: Sequence[str] | None, key: str, *, chunk_rows: int) -> Table | None:
+    """A facet or predicted label dataset: always CSV (Clarify accepts side datasets for CSV only)."""
+    if uri is None:
+        return None
+    path = resolve_local_path(uri)
+    return CsvTable(list_data_files(path), f"{path} (`{key}`)", headers, chunk_rows=chunk_rows,
+                    headers_key=key.replace("dataset_uri", "headers"))
+
+
+def _locate_main_role(main: Table, role: str, locator: Locator) -> str:
+    if role in main.role_columns:  # JSON formats: the JMESPath already made the column
+        return main.role_columns[role]
+    return locate_column(locator, main.headers, role=role, source=main.source)
+
+
+def _locate_in(locator: Locator, tables: list[Table], role: str) -> _Ref:
+    """The first table with a header named ``locator``; an index (or an unknown name) means tables[0]."""
+    if isinstance(locator, str):
+        for table in tables:
+            if locator in table.headers:
+                return _Ref(table, locator)
+    return _Ref(tables[0], locate_column(locator, tables[0].headers, role=role, source=tables[0].source))
+
+
+def _align(side: TableData, side_table: Table, main_table: Table, main: TableData,
+           joinsource: str | None) -> TableData:
+    """The side dataset's columns with their rows in main-dataset order."""
+    if joinsource is None:
+        rows_by_order(main.n_rows, side.n_rows, main_source=main_table.source, side_source=side_table.source)
+        return side
+    rows = rows_by_id(main.columns[joinsource], side.columns[joinsource],
+                      main_source=main_table.source, side_source=side_table.source)
+    return TableData(main.n_rows, {name: take_rows(column, rows) for name, column in side.columns.items()})
+
+
+def _log_dtypes(dataset: Dataset) -> None:
+    roles = [("label", dataset.label), ("predicted_label", dataset.predicted_label),
+             *(("facet", c) for c in dataset.facets.values()), ("group_variable", dataset.group),
+             ("joinsource", dataset.joinsource)]
+    described = [f"{role} {c.name!r}: {c.dtype} ({c.nunique} distinct{', with missing' if c.has_missing() else ''})"
+                 for role, c in roles if c is not None]
+    if described:
+        logger.info("Role columns: %s", "; ".join(described))

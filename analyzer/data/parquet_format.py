@@ -1,0 +1,126 @@
+"""Parquet datasets (``application/x-parquet``): only the needed columns, one row group at a time.
+
+Headers are the file's column names (without the index columns pandas stores), or ``headers`` from
+the config, which then renames the columns in order and must count as many. Every file of a folder
+must have the same columns. Column dtypes are those of ``pandas.read_parquet`` on the whole dataset:
+the Arrow type decides (int64, float64, bool, object strings, category for dictionary columns), with
+pyarrow's promotion when there are nulls (int -> float64, bool -> object).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from analyzer.data.accumulate import ColumnAccumulator, ToPandas, arrow_to_pandas
+from analyzer.data.table import TableData
+from analyzer.errors import DataError
+
+_HEADERS_MISMATCH = "Headers in config do not match with the number of columns in the dataset."
+
+
+class ParquetTable:
+    """A Parquet dataset (one or many files) seen as one table with ``headers``."""
+
+    def __init__(self, files: Sequence[Path], source: str, headers: Sequence[str] | None, *, chunk_rows: int):
+        self.files = list(files)
+        self.source = source
+        self.chunk_rows = chunk_rows
+        self.role_columns: dict[str, str] = {}
+        self._schemas = {path: _open(path).schema_arrow for path in self.files}
+        first = self.files[0]
+        self._file_columns = _data_columns(self._schemas[first])
+        for path, schema in self._schemas.items():
+            if _data_columns(schema) != self._file_columns:
+                raise DataError(
+                    f"{path} has columns {_data_columns(schema)} but {first} has {self._file_columns}. "
+                    "All files of a Parquet dataset need the same columns in the same order."
+                )
+        if headers is None:
+            self.headers = list(self._file_columns)
+        elif len(headers) != len(self._file_columns):
+            raise DataError(
+                f"{_HEADERS_MISMATCH} `headers` in the analysis config names {len(headers)} columns but "
+                f"{first} has {len(self._file_columns)}: {self._file_columns}. Remove `headers` to use "
+                "the Parquet column names, or list every column."
+            )
+        else:
+            self.headers = [str(h) for h in headers]
+        self._file_column_of = dict(zip(self.headers, self._file_columns, strict=True))
+
+    @property
+    def n_files(self) -> int:
+        return len(self.files)
+
+    def read(self, columns: Sequence[str], values: Sequence[str] = ()) -> TableData:
+        """Read ``columns`` as ``Column`` objects and ``values`` as Series, one row group at a time."""
+        names = [*columns, *values]
+        schema = self._schemas[self.files[0]]
+        fields = {name: schema.field(self._file_column_of[name]) for name in names}
+        accumulators = {name: ColumnAccumulator(name, _value_type(field.type)) for name, field in fields.items()}
+        categories: dict[str, list[pa.Array]] = {n: [] for n, f in fields.items() if _is_dictionary(f.type)}
+        file_columns = [self._file_column_of[name] for name in names] or self._file_columns[:1]
+        n_rows = 0
+        for path in self.files:
+            try:
+                for batch in _open(path).iter_batches(batch_size=self.chunk_rows, columns=file_columns):
+                    for name, acc in accumulators.items():
+                        values = batch.column(self._file_column_of[name])
+                        if name in categories:
+                            categories[name].append(values.dictionary)
+                            values = values.dictionary_decode()
+                        acc.add(values)
+                    n_rows += batch.num_rows
+            except (OSError, pa.ArrowException) as exc:
+                raise _unreadable(path, exc) from exc
+        data = TableData(n_rows)
+        for name, acc in accumulators.items():
+            to_pandas = (_categorical(categories[name], fields[name].type.ordered)
+                         if name in categories else arrow_to_pandas)
+            if name in values:
+                data.values[name] = acc.finish_values(to_pandas)
+            else:
+                data.columns[name] = acc.finish(to_pandas)
+        return data
+
+
+def _categorical(dictionaries: list[pa.Array], ordered: bool) -> ToPandas:
+    """Values as pandas categories: the union of the row groups' dictionaries, unused ones included."""
+    def to_pandas(distinct: pa.Array, has_null: bool) -> pd.Series:
+        del has_null  # a missing value is NaN in any categorical
+        categories = pc.unique(pa.concat_arrays(dictionaries)).to_pandas() if dictionaries else []
+        return pd.Series(pd.Categorical(distinct.to_pandas(), categories=categories, ordered=ordered))
+    return to_pandas
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    return DataError(
+        f"{path}: cannot read this file as Parquet ({exc}). Check that every file of the dataset is a "
+        "complete Parquet file (dataset_type application/x-parquet)."
+    )
+
+
+def _data_columns(schema: pa.Schema) -> list[str]:
+    """Column names, without the index columns pandas adds (``pd.read_parquet`` makes them the index)."""
+    index_columns = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+    return [name for name in schema.names if name not in index_columns]
+
+
+def _is_dictionary(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_dictionary(arrow_type)
+
+
+def _value_type(arrow_type: pa.DataType) -> pa.DataType:
+    return arrow_type.value_type if _is_dictionary(arrow_type) else arrow_type

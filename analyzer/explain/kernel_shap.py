@@ -1,0 +1,324 @@
+"""Kernel SHAP for any scoring function: batched synthetic rows, one shared solve, standard errors.
+
+The model is a plain callable ``model(rows) -> scores`` (``rows``: 2-D array of records; scores: ``(rows,)``
+or ``(rows, k)``). It is called with large blocks (every synthetic row of a group of records at once, cut into
+calls of at most ``max_rows_per_call`` rows) so that the time goes into the model, not into Python.
+
+Estimator (see docs/kernel-shap.md): for record ``x``, coalition ``z`` and baseline rows ``b``,
+``v(z) = link(mean_b model(where(z, x, b)))``; the Shapley values ``phi`` solve the weighted least squares
+``min sum_z w_z (v(z) - v(0) - z.phi)^2`` subject to ``sum(phi) = v(1) - v(0)`` (efficiency, exact). The
+constraint is imposed through the KKT system, whose inverse is computed once per design and applied to
+all records and output columns with one matrix product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .design import CoalitionDesign, make_design
+
+__all__ = ["Explanation", "KernelShap", "ModelOutputError"]
+
+Model = Callable[[np.ndarray], np.ndarray]
+
+# Scores are clipped to [eps, 1 - eps] before the logit so that 0/1 probabilities give finite log-odds
+# (|logit| <= 27.6); tighter than float rounding noise, looser than any real calibrated probability.
+LOGIT_EPS = 1e-12
+
+
+class ModelOutputError(ValueError):
+    """The model returned NaN/infinite scores; ``records`` are the affected record indices (0-based)."""
+
+    def __init__(self, message: str, records: Sequence[int]):
+        super().__init__(message)
+        self.records = list(records)
+
+
+@dataclass
+class Explanation:
+    """Local SHAP values of ``n`` records for ``k`` model outputs over the explained features.
+
+    Attributes:
+        values: ``(n, M, k)`` SHAP values; ``values[i].sum(0) == prediction[i] - reference[i]`` exactly.
+        stderr: ``(n, M, k)`` standard error of each value from coalition sampling (0 in exact mode).
+        expected_value: ``(k,)`` ``link(mean model score over the baseline)`` (Clarify's ``expected_value``).
+        reference: ``(n, k)`` per-record starting point of the attribution: equals ``expected_value`` when
+            all features are explained; with ``features_to_explain`` it is the score with only the explained
+            features taken from the baseline.
+        prediction: ``(n, k)`` ``link(model(x))``.
+        features: indices (into the record's columns) of the ``M`` explained features, ascending.
+        design: the coalition design shared by all records (needed to combine standard errors).
+        global_terms: per sampled pair, summed over records, the first-order effect of that pair on the
+            ``mean_abs`` and ``mean_sq`` aggregates; used by :func:`aggregate` for their standard errors.
+    """
+
+    values: np.ndarray
+    stderr: np.ndarray
+    expected_value: np.ndarray
+    reference: np.ndarray
+    prediction: np.ndarray
+    features: np.ndarray
+    design: CoalitionDesign
+    global_terms: dict[str, np.ndarray]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Explanation]) -> Explanation:
+        """Join explanations of consecutive record batches made with the same explainer settings."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        first = parts[0]
+        return cls(
+            values=np.concatenate([p.values for p in parts]),
+            stderr=np.concatenate([p.stderr for p in parts]),
+            expected_value=first.expected_value,
+            reference=np.concatenate([p.reference for p in parts]),
+            prediction=np.concatenate([p.prediction for p in parts]),
+            features=first.features,
+            design=first.design,
+            global_terms={key: sum(p.global_terms[key] for p in parts) for key in first.global_terms},
+        )
+
+
+class KernelShap:
+    """Kernel SHAP explainer for a scoring callable and a baseline (background) dataset.
+
+    Args:
+        model: ``model(rows: ndarray (r, P)) -> ndarray (r,) or (r, k)``.
+        baseline: ``(b, P)`` baseline rows (features only); object dtype when any column is non-numeric.
+        num_samples: coalition budget per record; default ``min(2M + 2048, 2**M - 2)``. When all
+            ``2**M - 2`` coalitions fit, the values are exact Shapley values.
+        seed: seed of the coalition sampling (``None``: not reproducible).
+        use_logit: attribute log-odds ``logit(mean_b score)`` instead of scores (scores must be in [0, 1]).
+        features_to_explain: column indices to attribute (default all). The other columns keep the
+            record's value in every synthetic row, so they are held fixed rather than attributed.
+        max_rows_per_call: largest number of rows passed to ``model`` in one call.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        baseline: np.ndarray,
+        *,
+        num_samples: int | None = None,
+        seed: int | None = None,
+        use_logit: bool = False,
+        features_to_explain: Sequence[int] | None = None,
+        max_rows_per_call: int = 100_000,
+    ):
+        self.model = model
+        self.baseline = _as_matrix(baseline, "baseline")
+        if len(self.baseline) == 0:
+            raise ValueError("baseline has no rows")
+        n_cols = self.baseline.shape[1]
+        self.features = _feature_indices(features_to_explain, n_cols)
+        if max_rows_per_call < 1:
+            raise ValueError(f"max_rows_per_call must be >= 1, got {max_rows_per_call}")
+        self.use_logit = use_logit
+        self.max_rows_per_call = int(max_rows_per_call)
+        self.design = make_design(len(self.features), num_samples, seed)
+
+        masks = np.ones((len(self.design.masks), n_cols), dtype=bool)
+        masks[:, self.features] = self.design.masks
+        self._partial = len(self.features) < n_cols
+        if self._partial:
+            # The empty coalition depends on the record when some columns stay fixed: evaluate it too.
+            empty = np.ones((1, n_cols), dtype=bool)
+            empty[0, self.features] = False
+            masks = np.vstack([masks, empty])
+        self._masks = masks
+        self._hessian, self._constraint = _kkt_inverse(self.design)
+        self._pair_effects = _pair_effects(self.design, self._hessian)
+        self._expected: np.ndarray | None = None
+
+    @property
+    def expected_value(self) -> np.ndarray:
+        """``(k,)`` link of the mean model score over the baseline (one model call on first use)."""
+        if self._expected is None:
+            scores = self._predict(self.baseline)
+            _check_finite(scores[:, None, :], 0, "baseline rows", unit="baseline row")
+            self._expected = self._link(scores.mean(axis=0))
+        return self._expected
+
+    def explain(self, records: np.ndarray) -> Explanation:
+        """SHAP values (and standard errors) of ``records`` ``(n, P)``, ``P`` = baseline columns."""
+        x = _as_matrix(records, "records")
+        if x.shape[1] != self.baseline.shape[1]:
+            raise ValueError(
+                f"baseline has {self.baseline.shape[1]} columns but records have {x.shape[1]}; "
+                "baseline rows must hold exactly the model's feature columns"
+            )
+        expected = self.expected_value
+        per_record = len(self._masks) * len(self.baseline)
+        group = max(1, self.max_rows_per_call // max(per_record, 1))
+        parts = [self._explain_group(x[i : i + group], i, expected) for i in range(0, len(x), group)]
+        if not parts:
+            k = len(expected)
+            empty = np.zeros((0, len(self.features), k))
+            return Explanation(empty, empty, expected, np.zeros((0, k)), np.zeros((0, k)),
+                               self.features, self.design, self._zero_terms(k))
+        return Explanation.concat(parts)
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _zero_terms(self, k: int) -> dict[str, np.ndarray]:
+        units = sum(s.units for s in self.design.sampled)
+        return {key: np.zeros((units, len(self.features), k)) for key in ("mean_abs", "mean_sq")}
+
+    def _explain_group(self, x: np.ndarray, offset: int, expected: np.ndarray) -> Explanation:
+        n, n_cols = x.shape
+        base = self.baseline
+        if x.dtype != base.dtype:
+            x, base = x.astype(object), base.astype(object)
+        # (record, coalition, baseline row, column): one vectorised select builds every synthetic row.
+        rows = np.where(self._masks[None, :, None, :], x[:, None, None, :], base[None, None, :, :])
+        scores = self._predict(rows.reshape(-1, n_cols)).reshape(n, len(self._masks), len(base), -1)
+        _check_finite(scores, offset, "synthetic rows")
+        v = self._link(scores.mean(axis=2))
+        fx = self._predict(x)
+        _check_finite(fx[:, None, None, :], offset, "records")
+        fx = self._link(fx)
+        if self._partial:
+            v0, v = v[:, -1, :], v[:, :-1, :]
+        else:
+            v0 = np.broadcast_to(expected, fx.shape)
+        return self._solve(v - v0[:, None, :], fx - v0, v0, fx, expected)
+
+    def _solve(self, y, delta, reference, prediction, expected) -> Explanation:
+        """Constrained WLS for every record and output column at once (``y``: (n, C, k))."""
+        design = self.design
+        z = design.masks.astype(float)
+        wz = z * design.weights[:, None]
+        b = np.einsum("cm,nck->nmk", wz, y)
+        phi = np.einsum("jm,nmk->njk", self._hessian, b) + self._constraint[None, :, None] * delta[:, None, :]
+        # Remove the last rounding residue so that efficiency holds to machine precision.
+        phi += ((delta - phi.sum(axis=1)) / phi.shape[1])[:, None, :]
+
+        m, k = phi.shape[1:]
+        var = np.zeros_like(phi)
+        terms = self._zero_terms(k)
+        if design.sampled:
+            resid = y - np.einsum("cm,nmk->nck", z, phi)
+            d = np.concatenate([
+                np.einsum("upj,nupk->unjk", q, resid[:, s.start : s.stop].reshape(len(y), s.units, 2, k))
+                for s, q in zip(design.sampled, self._pair_effects, strict=True)
+            ])
+            var = design.sampling_variance(d)
+            terms["mean_abs"] = np.einsum("unjk,njk->ujk", d, np.sign(phi))
+            terms["mean_sq"] = np.einsum("unjk,njk->ujk", d, 2 * phi)
+        return Explanation(
+            values=phi,
+            stderr=np.sqrt(var),
+            expected_value=expected,
+            reference=np.array(reference, dtype=float),
+            prediction=prediction,
+            features=self.features,
+            design=design,
+            global_terms=terms,
+        )
+
+    def _predict(self, rows: np.ndarray) -> np.ndarray:
+        chunks = []
+        for i in range(0, len(rows), self.max_rows_per_call):
+            part = rows[i : i + self.max_rows_per_call]
+            out = np.asarray(self.model(part), dtype=float)
+            if out.ndim == 1:
+                out = out[:, None]
+            if out.ndim != 2 or out.shape[0] != len(part):
+                raise ValueError(
+                    f"model returned an array of shape {out.shape} for {len(part)} rows; "
+                    "expected (rows,) or (rows, outputs)"
+                )
+            chunks.append(out)
+        return np.concatenate(chunks) if chunks else np.zeros((0, 1))
+
+    def _link(self, scores: np.ndarray) -> np.ndarray:
+        if not self.use_logit:
+            return scores
+        if np.any((scores < 0) | (scores > 1)):
+            raise ValueError("use_logit requires model scores in [0, 1] (probabilities)")
+        p = np.clip(scores, LOGIT_EPS, 1 - LOGIT_EPS)
+        return np.log(p) - np.log1p(-p)
+
+
+def _kkt_inverse(design: CoalitionDesign) -> tuple[np.ndarray, np.ndarray]:
+    """``(H, g)`` with ``phi = H @ (Z^T W y) + g * delta``: the constrained WLS solution operator.
+
+    Inverting the (M+1)-square KKT matrix ``[[Z^T W Z, 1], [1^T, 0]]`` once serves every record; ``H`` is
+    also the sensitivity of ``phi`` to the normal-equation right-hand side, used for standard errors. A
+    design too small to identify all values (budget below ~M coalitions) falls back to the minimum-norm
+    solution (pseudo-inverse).
+    """
+    m = design.n_features
+    z = design.masks.astype(float)
+    kkt = np.zeros((m + 1, m + 1))
+    kkt[:m, :m] = z.T @ (z * design.weights[:, None])
+    kkt[:m, m] = kkt[m, :m] = 1.0
+    inv = np.linalg.inv(kkt) if np.linalg.cond(kkt) < 1e10 else np.linalg.pinv(kkt)
+    return inv[:m, :m], inv[:m, m]
+
+
+def _pair_effects(design: CoalitionDesign, hessian: np.ndarray) -> list[np.ndarray]:
+    """Per sampled stratum, ``(units, 2, M)`` maps from a pair's two residuals to its effect on phi-hat.
+
+    To first order a pair moves the estimate by ``H (w z_a r_a + w z_b r_b)``. Residuals of the fitted
+    values are smaller than the true errors (each pair pulls the fit towards itself), which made the
+    plug-in variance undercover at small budgets; as in the HC3 / jackknife variance of regression, each
+    pair's residuals are first inflated by ``(I - P_uu)^-1``, ``P_uu`` being the pair's 2x2 block of the
+    weighted hat matrix. That is the exact leave-one-pair-out change of the fit.
+    """
+    z = design.masks.astype(float)
+    effect = (z * design.weights[:, None]) @ hessian.T
+    out = []
+    for s in design.sampled:
+        zs = z[s.start : s.stop].reshape(s.units, 2, -1)
+        ws = design.weights[s.start : s.stop].reshape(s.units, 2)
+        hat = np.einsum("upj,jm,uqm->upq", zs, hessian, zs) * ws[:, :, None]
+        deflate = np.linalg.inv(np.eye(2)[None] - hat)
+        out.append(np.einsum("upa,upj->uaj", deflate, effect[s.start : s.stop].reshape(s.units, 2, -1)))
+    return out
+
+
+def _check_finite(scores: np.ndarray, offset: int, what: str, unit: str = "record") -> None:
+    """Raise ModelOutputError naming how many rows and which records got NaN/inf scores.
+
+    ``scores`` is (records, coalitions, baseline rows, outputs) or a broadcastable 3-D view.
+    """
+    bad = ~np.isfinite(scores)
+    if not bad.any():
+        return
+    bad_rows = bad.reshape(bad.shape[0], -1, bad.shape[-1]).any(axis=-1)
+    per_record = bad_rows.sum(axis=1)
+    records = np.flatnonzero(per_record) + offset
+    first = records[0]
+    more = f" and {len(records) - 1} more {unit}(s)" if len(records) > 1 else ""
+    raise ModelOutputError(
+        f"model returned NaN or infinite scores for {int(per_record.sum())} {what} "
+        f"({int(per_record[first - offset])} of {bad_rows.shape[1]} for {unit} {first}{more})",
+        records.tolist(),
+    )
+
+
+def _as_matrix(data, name: str) -> np.ndarray:
+    """2-D float array, or object array when the input is not numeric (categories replace as a whole).
+
+    Object input stays object even when it looks numeric: a string category "1" must reach the model
+    as the string it was given.
+    """
+    arr = data.to_numpy() if hasattr(data, "to_numpy") else np.asarray(data)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (rows, columns), got {arr.ndim} dimension(s)")
+    return arr.astype(float, copy=False) if arr.dtype.kind in "biuf" else arr.astype(object, copy=False)
+
+
+def _feature_indices(features: Sequence[int] | None, n_cols: int) -> np.ndarray:
+    if features is None:
+        return np.arange(n_cols)
+    idx = np.asarray(list(features), dtype=int)
+    if idx.size == 0:
+        raise ValueError("features_to_explain is empty")
+    if idx.min() < 0 or idx.max() >= n_cols or len(set(idx.tolist())) != idx.size:
+        raise ValueError(f"features_to_explain must be distinct column indices in [0, {n_cols}), got {idx.tolist()}")
+    return np.sort(idx)

@@ -1,0 +1,26 @@
+"""Predictor client: feature rows -> model requests -> ``Predictions`` (spec section 5).
+
+``ModelClient`` talks to a model server's ``/invocations`` (batched, concurrent, retrying);
+``serialize_records`` / ``parse_response`` are its request and response formats on their own;
+``predicted_labels_for_bias`` applies Clarify's predicted-label rules for post-training bias.
+"""
+
+from analyzer.predict.client import ClientStats, ModelClient, ModelError, RetryPolicy, wait_until_healthy
+from analyzer.predict.decode import ResponseParser, parse_response
+from analyzer.predict.encode import EncodedRecords, RequestEncoder, serialize_records
+from analyzer.predict.predictions import Predictions, predicted_labels_for_bias
+
+__all__ = [
+    "ClientStats",
+    "EncodedRecords",
+    "ModelClient",
+    "ModelError",
+    "Predictions",
+    "RequestEncoder",
+    "ResponseParser",
+    "RetryPolicy",
+    "parse_response",
+    "predicted_labels_for_bias",
+    "serialize_records",
+    "wait_until_healthy",
+]

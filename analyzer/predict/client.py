@@ -1,0 +1,340 @@
+"""HTTP client for a model's ``POST /invocations`` (spec 5.1), batched, concurrent and fault tolerant.
+
+``ModelClient.predict(rows)`` serialises rows window by window, cuts them into requests bounded by
+record count and payload size, keeps several requests in flight on a thread pool and returns the
+predictions in input order. Model failures are handled the way Clarify users expect:
+
+* a batch the model refuses (HTTP 413, any other 4xx/5xx, or a timeout, for more than one record) is
+  re-sent as two halves, down to one record per request, and later batches start at the smaller
+  size (log ``Fallback to per-record prediction because of model error.``);
+* connection failures, HTTP 429/503 and, for single records, 5xx answers and timeouts are retried
+  with exponential backoff, bounded in count and time (``RetryPolicy``);
+* what cannot be fixed by retrying raises ``ModelError`` naming the rows concerned.
+
+urllib3 rather than requests or httpx: its ``PoolManager`` is a thread-safe keep-alive connection
+pool with per-request timeouts and little else, and it sends ``memoryview`` bodies as they are, so a
+request body is a zero-copy view of the serialised window. requests only wraps it; httpx would bring
+an async stack this thread-pool client does not use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from itertools import chain
+
+import urllib3
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError
+
+from analyzer.config.model import Predictor
+from analyzer.errors import UserError
+from analyzer.predict.decode import ResponseParser, excerpt
+from analyzer.predict.encode import CSV, EncodedRecords, RequestEncoder, Rows
+from analyzer.predict.predictions import Predictions
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker InvokeEndpoint's request limit
+MAX_RECORDS_PER_REQUEST = 100_000
+TIMEOUT_SECONDS = 60.0  # SageMaker's model response timeout
+_WINDOW_CELLS = 2_000_000  # rows are serialised this many values at a time (about 40 MB of text)
+_BUSY_STATUSES = (429, 503)  # throttling: the same batch will do once the model has capacity
+
+
+class ModelError(UserError):
+    """The model could not be reached or failed on records that cannot be split further."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry one request before giving up on it."""
+
+    attempts: int = 5  # tries per request, the first one included
+    backoff_seconds: float = 0.5  # wait before the first retry; doubles with every retry
+    max_backoff_seconds: float = 10.0
+    max_elapsed_seconds: float = 300.0  # no retry starts later than this after the first try
+
+    def delay(self, retry: int) -> float:
+        """Wait before retry number ``retry`` (1-based), with +-20% jitter so parallel retries spread."""
+        base = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (retry - 1))
+        return base * random.uniform(0.8, 1.2)
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    records: int = 0
+    bytes_sent: int = 0
+    seconds: float = 0.0  # wall time spent in predict()
+
+
+@dataclass(frozen=True)
+class _Batch:
+    records: EncodedRecords
+    start: int
+    stop: int
+    row0: int  # input row of records[0]
+
+    @property
+    def first_row(self) -> int:
+        return self.row0 + self.start
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def halves(self) -> list[_Batch]:
+        return self.pieces((len(self) + 1) // 2)
+
+    def pieces(self, size: int) -> list[_Batch]:
+        return [_Batch(self.records, start, min(start + size, self.stop), self.row0)
+                for start in range(self.start, self.stop, size)]
+
+
+class _Refused(Exception):
+    """The model failed this batch in a way that a smaller batch may not."""
+
+
+class _Aborted(Exception):
+    """Another batch failed: stop working on this one."""
+
+
+class ModelClient:
+    """Gets predictions for feature rows from a model server speaking the SageMaker protocol.
+
+    ``feature_names`` name the columns of the rows passed to ``predict`` (for templates).
+    Use as a context manager, or call ``close()``, to release connections and threads.
+    """
+
+    def __init__(self, endpoint_url: str, predictor: Predictor, feature_names: Sequence[str], *,
+                 max_payload_bytes: int = MAX_PAYLOAD_BYTES, max_records_per_request: int = MAX_RECORDS_PER_REQUEST,
+                 concurrency: int | None = None, timeout: float = TIMEOUT_SECONDS,
+                 retry: RetryPolicy | None = None, progress_interval: float = 5.0):
+        self.url = endpoint_url.rstrip("/") + "/invocations"
+        self.encoder = RequestEncoder(predictor, feature_names)
+        self.parser = ResponseParser(predictor, predictor.accept_type or predictor.content_type)
+        self.headers = {"Content-Type": predictor.content_type or CSV, "Accept": self.parser.accept_type}
+        if predictor.custom_attributes:
+            self.headers["X-Amzn-SageMaker-Custom-Attributes"] = predictor.custom_attributes
+        if predictor.target_model:
+            self.headers["X-Amzn-SageMaker-Target-Model"] = predictor.target_model
+        self.max_payload_bytes = max_payload_bytes
+        self.concurrency = max(1, concurrency or 2 * (os.cpu_count() or 1))
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.progress_interval = progress_interval
+        self.stats = ClientStats()
+        self._records_cap = max(1, max_records_per_request)
+        self._http = urllib3.PoolManager(num_pools=2, maxsize=self.concurrency, retries=False,
+                                         timeout=urllib3.Timeout(connect=timeout, read=timeout))
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._logged: set[str] = set()
+
+    def __enter__(self) -> ModelClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release threads and connections; log the request summary Clarify prints."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        self._http.clear()
+        if self.stats.requests:
+            seconds = max(self.stats.seconds, 1e-9)
+            log.info("Model endpoint delivered %.5f requests per second and a total of %d requests over %.0f "
+                     "seconds", self.stats.requests / seconds, self.stats.requests, seconds)
+
+    def predict(self, rows: Rows) -> Predictions:
+        """Predictions for every row (columns in ``feature_names`` order), in input order."""
+        started = time.perf_counter()
+        try:
+            parts = self._predict_batches(self._batches(rows), len(rows))
+        finally:
+            self.stats.seconds += time.perf_counter() - started
+        if not parts:
+            return Predictions(0, label_headers=self.parser.label_headers)
+        return Predictions.concat(parts)
+
+    def _predict_batches(self, batches: Iterator[_Batch], n_rows: int) -> list[Predictions]:
+        first = next(batches, None)
+        second = next(batches, None)
+        if first is None:
+            return []
+        if second is None:
+            return self._run(first, threading.Event())  # one request: no thread hand-off
+        executor = self._executor = self._executor or ThreadPoolExecutor(self.concurrency,
+                                                                          thread_name_prefix="predict")
+        progress = _Progress(n_rows, self.progress_interval)
+        abort = threading.Event()  # set when one batch fails: the others stop retrying and splitting
+        results: dict[int, list[Predictions]] = {}
+        pending: dict[Future[list[Predictions]], int] = {}
+
+        def collect(return_when: str) -> None:
+            done, _ = wait(pending, return_when=return_when)
+            for future in done:
+                first_row = pending.pop(future)
+                results[first_row] = future.result()
+                progress.advance(sum(len(part) for part in results[first_row]))
+
+        try:
+            for batch in chain((first, second), batches):
+                if len(pending) >= 2 * self.concurrency:  # bounded: serialised windows are not all kept
+                    collect(FIRST_COMPLETED)
+                pending[executor.submit(self._run, batch, abort)] = batch.first_row
+            while pending:
+                collect(ALL_COMPLETED)
+        except BaseException:
+            abort.set()
+            for future in pending:
+                future.cancel()
+            raise
+        return [part for first_row in sorted(results) for part in results[first_row]]
+
+    def _batches(self, rows: Rows) -> Iterator[_Batch]:
+        """Requests to send, serialising one window of rows at a time."""
+        n_rows, n_columns = len(rows), max(1, len(self.encoder.feature_names))
+        window = max(1, _WINDOW_CELLS // n_columns)
+        for row0 in range(0, n_rows, window):
+            chunk = rows.iloc[row0:row0 + window] if hasattr(rows, "iloc") else rows[row0:row0 + window]
+            records = self.encoder.encode(chunk)
+            start = 0
+            while start < len(records):
+                cap = self._records_cap
+                stop = records.cut(start, cap, self.max_payload_bytes)
+                if stop < min(len(records), start + min(cap, records.max_records or cap)):
+                    self._log_once("payload", logging.INFO, "Prediction batch size is reduced to %d to fit max "
+                                   "payload size limit.", stop - start)
+                yield _Batch(records, start, stop, row0)
+                start = stop
+
+    def _run(self, batch: _Batch, abort: threading.Event) -> list[Predictions]:
+        """Predictions for one batch, re-sending it in halves if the model refuses it."""
+        cap = self._records_cap
+        if len(batch) > cap:  # cut before the model refused a smaller batch: do not try it whole
+            return [part for piece in batch.pieces(cap) for part in self._run(piece, abort)]
+        try:
+            body = self._post(batch.records.body(batch.start, batch.stop), batch, abort)
+        except _Refused as refusal:
+            if len(batch) == 1:
+                raise ModelError(f"The model at {self.url} failed on the record at row {batch.first_row}: "
+                                 f"{refusal}") from None
+            self._log_once("fallback", logging.WARNING, "Fallback to per-record prediction because of model "
+                           "error. %s for %d records (rows %d to %d); re-sending smaller batches, down to one "
+                           "record per request.", refusal, len(batch), batch.first_row,
+                           batch.first_row + len(batch) - 1)
+            halves = batch.halves()
+            with self._lock:  # later batches start at the smaller size
+                if len(halves[0]) < self._records_cap:
+                    self._records_cap = len(halves[0])
+                    log.info("Prediction batch size is reduced to %d after a model error.", self._records_cap)
+            return [part for half in halves for part in self._run(half, abort)]
+        return [self.parser.parse(body, len(batch), batch.first_row)]
+
+    def _post(self, body: bytes | memoryview, batch: _Batch, abort: threading.Event) -> bytes:
+        """The response body of one request; retries what retrying can fix, raises ``_Refused`` otherwise."""
+        multiple = len(batch) > 1
+        deadline = time.monotonic() + self.retry.max_elapsed_seconds
+        for attempt in range(1, self.retry.attempts + 1):
+            if abort.is_set():
+                raise _Aborted
+            connect_failure = split_now = False
+            try:
+                response = self._http.request("POST", self.url, body=body, headers=self.headers)
+            except ConnectTimeoutError as error:  # includes NewConnectionError (refused, unknown host)
+                reason, connect_failure = f"cannot connect ({_reason(error)})", True
+            except ReadTimeoutError:
+                reason, split_now = f"no answer within {self.timeout:g} s", multiple
+            except HTTPError as error:  # connection reset or closed mid-request
+                reason = f"connection failed ({_reason(error)})"
+            else:
+                with self._lock:
+                    self.stats.requests += 1
+                    self.stats.records += len(batch)
+                    self.stats.bytes_sent += len(body)
+                if 200 <= response.status < 300:
+                    return response.data
+                reason = f"HTTP {response.status}: {excerpt(response.data)}"
+                if response.status not in _BUSY_STATUSES:
+                    if response.status < 500:
+                        raise _Refused(reason)  # a client error will not go away by itself
+                    split_now = multiple
+            if split_now:
+                raise _Refused(reason)
+            wait_seconds = self.retry.delay(attempt)
+            if attempt == self.retry.attempts or time.monotonic() + wait_seconds > deadline:
+                if connect_failure:
+                    raise ModelError(f"Could not connect to the model at {self.url} after {attempt} attempt(s): "
+                                     f"{reason}")
+                raise _Refused(f"{reason} (after {attempt} attempts)")
+            log.debug("Retrying rows %d to %d in %.1f s: %s", batch.first_row, batch.first_row + len(batch) - 1,
+                      wait_seconds, reason)
+            if abort.wait(wait_seconds):
+                raise _Aborted
+        raise AssertionError("unreachable")
+
+    def _log_once(self, key: str, level: int, message: str, *args: object) -> None:
+        with self._lock:
+            if key in self._logged:
+                return
+            self._logged.add(key)
+        log.log(level, message, *args)
+
+
+class _Progress:
+    """Logs rows done and throughput at most every ``interval`` seconds."""
+
+    def __init__(self, total: int, interval: float):
+        self.total, self.interval, self.done = total, interval, 0
+        self.started = self.last = time.monotonic()
+
+    def advance(self, rows: int) -> None:
+        self.done += rows
+        now = time.monotonic()
+        if now - self.last >= self.interval and self.done < self.total:
+            self.last = now
+            log.info("Predicted %d of %d rows (%.0f%%), %.0f rows/s", self.done, self.total,
+                     100 * self.done / self.total, self.done / (now - self.started))
+
+
+def wait_until_healthy(endpoint_url: str, timeout: float = 240.0, interval: float = 0.5) -> float:
+    """Poll ``GET <endpoint_url>/ping`` until it answers 200; returns the seconds waited.
+
+    Raises ``ModelError`` after ``timeout`` seconds (SageMaker allows a container 4 minutes).
+    """
+    url = endpoint_url.rstrip("/") + "/ping"
+    http = urllib3.PoolManager(retries=False)
+    started = time.monotonic()
+    last = "no answer"
+    try:
+        while True:
+            remaining = timeout - (time.monotonic() - started)
+            try:
+                response = http.request("GET", url, timeout=urllib3.Timeout(total=max(0.1, min(2.0, remaining))))
+                if response.status == 200:
+                    return time.monotonic() - started
+                last = f"HTTP {response.status}"
+            except HTTPError as error:
+                last = _reason(error)
+            remaining = timeout - (time.monotonic() - started)
+            if remaining <= 0:
+                raise ModelError(f"The model at {endpoint_url} did not become healthy within {timeout:g} s "
+                                 f"(GET /ping: {last})")
+            time.sleep(min(interval, remaining))
+    finally:
+        http.clear()
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost useful message of a urllib3 error (which nests the socket error)."""
+    while error.__context__ is not None and not str(error):
+        error = error.__context__
+    return str(error) or type(error).__name__

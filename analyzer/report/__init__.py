@@ -1,0 +1,103 @@
+"""Human-readable reports of an analysis: ``<name>.html``, ``<name>.pdf`` and ``<name>.ipynb``.
+
+Clarify writes these three files when ``methods.report`` is configured; risk and compliance teams
+read them rather than ``analysis.json``. They are built from ``analysis.json`` alone plus a small
+``JobSummary``, through one document model (``content.build_document``) rendered three ways:
+
+* HTML: one self-contained page (inline CSS, SVG charts as data URIs, no external URL);
+* PDF: the same HTML laid out for A4 by WeasyPrint;
+* notebook: markdown + code cells with stored outputs; the code reloads ``analysis.json``.
+
+Usage (the job passes its staging folder)::
+
+    paths = write_reports(analysis, summary, staging_dir, name="report", title="Analysis Report")
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from analyzer.report.summary import JobSummary
+
+__all__ = ["JobSummary", "ReportError", "write_reports"]
+
+
+class ReportError(Exception):
+    """Some report files could not be written; ``written`` lists those that were.
+
+    Raised after every other format has been written, so a missing PDF engine costs the PDF only.
+    ``analysis.json`` is never touched by this module.
+    """
+
+    def __init__(self, message: str, written: list[Path], failed: dict[str, BaseException]):
+        super().__init__(message)
+        self.written = written
+        self.failed = failed
+
+
+def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: str = "report",
+                  title: str = "Analysis Report") -> list[Path]:
+    """Write ``<name>.html``, ``<name>.pdf`` and ``<name>.ipynb`` into ``output_dir``.
+
+    Each file is written under a temporary name and renamed into place, so a reader never sees half
+    a file. Returns the paths written. If a format fails (typically the PDF, when WeasyPrint or the
+    Pango libraries are missing), the others are still written, then ``ReportError`` is raised
+    naming the failed formats and why; the caller should log it and keep ``analysis.json``.
+    """
+    # Imported here, not at module level: they pull in matplotlib, pandas, nbformat and WeasyPrint,
+    # which a job that writes no report (or `lucent validate`) should not pay for.
+    from analyzer.report.content import build_document
+    from analyzer.report.html import render_html
+    from analyzer.report.notebook import notebook_bytes
+    from analyzer.report.pdf import render_pdf
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        doc = build_document(analysis, summary, title)
+    except Exception as exc:  # a malformed analysis document: no format can be written
+        raise ReportError(f"Report not written: could not read the analysis ({exc!r})", [], {"all": exc}) from exc
+    written: list[Path] = []
+    failed: dict[str, BaseException] = {}
+    try:
+        page: dict[str, str] = {}
+
+        def html_bytes() -> bytes:
+            page["html"] = render_html(doc)
+            return page["html"].encode("utf-8")
+
+        producers: list[tuple[str, Callable[[], bytes]]] = [
+            ("html", html_bytes),
+            ("ipynb", lambda: notebook_bytes(doc)),
+            # PDF last: it needs the HTML, and its engine is the most likely to be missing.
+            ("pdf", lambda: render_pdf(page["html"] if "html" in page else render_html(doc))),
+        ]
+        for extension, produce in producers:
+            try:
+                data = produce()
+            except Exception as exc:  # one format's failure must not cost the others
+                failed[extension] = exc
+                continue
+            target = output_dir / f"{name}.{extension}"
+            _write_atomic(target, data)
+            written.append(target)
+    finally:
+        doc.close()
+    if failed:
+        reasons = "; ".join(f"{ext}: {type(exc).__name__}: {exc}" for ext, exc in failed.items())
+        raise ReportError(f"Report files not written ({reasons})", written, failed) from next(iter(failed.values()))
+    return written
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

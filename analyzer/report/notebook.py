@@ -1,0 +1,116 @@
+"""Document -> Jupyter notebook (nbformat 4) with stored outputs.
+
+Text blocks become markdown cells. Every table and chart that came from ``views`` becomes a code
+cell holding the recorded call (e.g. ``bias_chart(analysis, PRE_TRAINING, 'Sex', 0)``) and, as its
+stored output, what that call returns. The notebook therefore reads without running, and re-running
+it recomputes everything from ``analysis.json`` in the same folder: a hidden first code cell holds
+the source of ``views`` so no Lucent installation is needed, only pandas and matplotlib.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import inspect
+
+import nbformat
+import pandas as pd
+from nbformat import v4
+
+from analyzer.report import views
+from analyzer.report.document import BulletList, Document, Figure, Heading, Paragraph, Table
+
+SETUP = """\
+%matplotlib inline
+import json
+from pathlib import Path
+
+import pandas as pd
+
+pd.set_option("display.max_colwidth", None)  # show the readings in full
+analysis = json.loads(Path("analysis.json").read_text(encoding="utf-8"))"""
+
+INTRO = (
+    "This notebook is the code form of the report. Its outputs are stored, so it reads without running. "
+    "To recompute or extend it, keep it next to `analysis.json` and run all cells: the hidden cell below "
+    "defines the functions that draw every table and chart (it needs pandas and matplotlib only), and "
+    "the cell after it loads `analysis.json` into the variable `analysis`."
+)
+
+# The options under which stored table outputs are rendered: the ones SETUP sets in the kernel.
+DISPLAY_OPTIONS = ("display.max_colwidth", None)
+
+
+def _markdown_text(text: str) -> str:
+    # Raw HTML is allowed in notebook markdown, so entities keep "<" and "&" literal; "**" is the
+    # document's bold markup and is valid markdown as it is.
+    return html.escape(text, quote=False)
+
+
+def _markdown(block) -> str:
+    if isinstance(block, Heading):
+        return f"{'#' * block.level} {_markdown_text(block.text)}"
+    if isinstance(block, Paragraph):
+        text = _markdown_text(block.text)
+        return {"note": f"*{text}*", "error": f"⚠️ {text}"}.get(block.kind, text)
+    if isinstance(block, BulletList):
+        return "\n".join(f"- {_markdown_text(item)}" for item in block.items)
+    if isinstance(block, Table):
+        def row(cells: list[str]) -> str:
+            return "| " + " | ".join(_markdown_text(c).replace("|", "\\|") for c in cells) + " |"
+        lines = [row(block.columns), "|" + "---|" * len(block.columns)]
+        return "\n".join([*lines, *(row(r) for r in block.rows)])
+    raise TypeError(f"no markdown form for {type(block).__name__}")
+
+
+def _code_cell(source: str, count: int, data: dict) -> nbformat.NotebookNode:
+    cell = v4.new_code_cell(source, execution_count=count)
+    cell.outputs = [v4.new_output("execute_result", data=data, execution_count=count)]
+    return cell
+
+
+def _result_data(block: Table | Figure) -> dict:
+    """What IPython shows for the value the block's code returns."""
+    if isinstance(block, Figure):
+        return {"image/png": base64.b64encode(block.png).decode("ascii"), "text/plain": repr(block.figure)}
+    with pd.option_context(*DISPLAY_OPTIONS):
+        return {"text/html": block.frame._repr_html_(), "text/plain": repr(block.frame)}
+
+
+def render_notebook(doc: Document) -> nbformat.NotebookNode:
+    """The document as a notebook whose code cells reload ``analysis.json`` from their own folder."""
+    helpers = ("# Helper functions (Lucent's analyzer/report/views.py), copied so this notebook runs without "
+               "Lucent.\n" + inspect.getsource(views).rstrip() + "\n")
+    cells = [v4.new_markdown_cell(f"# {_markdown_text(doc.title)}\n\n{_markdown_text(doc.subtitle)}\n\n{INTRO}")]
+    hidden = v4.new_code_cell(helpers, execution_count=1)
+    hidden.metadata.update({"jupyter": {"source_hidden": True}, "tags": ["hide-input"]})
+    cells += [hidden, v4.new_code_cell(SETUP, execution_count=2)]
+    count = 2
+    pending: list[str] = []  # consecutive text blocks share one markdown cell
+
+    def flush() -> None:
+        if pending:
+            cells.append(v4.new_markdown_cell("\n\n".join(pending)))
+            pending.clear()
+
+    for block in doc.blocks:
+        if isinstance(block, Table | Figure) and block.code:
+            flush()
+            count += 1
+            cells.append(_code_cell(block.code, count, _result_data(block)))
+            if isinstance(block, Figure) and block.caption:
+                pending.append(f"*{_markdown_text(block.caption)}*")
+        else:
+            pending.append(_markdown(block))
+    flush()
+    notebook = v4.new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+        "title": doc.title,
+    })
+    nbformat.validate(notebook)
+    return notebook
+
+
+def notebook_bytes(doc: Document) -> bytes:
+    return nbformat.writes(render_notebook(doc)).encode("utf-8")

@@ -1,0 +1,22 @@
+"""The job facts a report needs beyond analysis.json (kept free of heavy imports: the job imports it early)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class JobSummary:
+    """Facts about the job that ``analysis.json`` does not hold; filled by the job from the dataset."""
+
+    dataset_source: str
+    dataset_type: str
+    n_rows: int
+    label: str | None
+    label_values_or_threshold: str | None
+    facets: list[str]
+    methods: list[str]  # e.g. ["pre_training_bias", "post_training_bias", "shap"]
+    lucent_version: str
+    started_at: str  # ISO 8601, UTC
+    label_distribution: dict[str, int] | None = None  # label value -> rows
+    facet_distributions: dict[str, dict[str, int]] | None = None  # facet -> value -> rows

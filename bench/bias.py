@@ -1,0 +1,167 @@
+"""Benchmark Lucent's bias metrics against smclarify 0.5 (the library Clarify vendors).
+
+Each bench runs both implementations side by side on the same frame, checks that the results
+agree (values to 1e-9, same errors), and prints the two timings and their ratio. Lucent's time
+includes turning the frame's columns into ``Column`` objects, which is what the job does.
+
+    python bench/bias.py                  # 1,000,000 rows, all benches
+    python bench/bias.py --rows 100000 --only metrics one_vs_rest
+
+Benches:
+  metrics      all pre- and post-training metrics except FT, one facet (target >= 20x)
+  one_vs_rest  pre-training metrics one-vs-rest over a 10-value facet (target >= 20x)
+  flip_test    FT alone, identical value required (target >= 5x)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analyzer.bias import bias_report, metric_names  # noqa: E402
+from analyzer.bias.flip_test import FT  # noqa: E402
+from analyzer.data.column import Column  # noqa: E402
+
+POST_WITHOUT_FT = [name for name in metric_names("post_training", ["all"]) if name != "FT"]
+FEATURES = ["age", "income", "hours", "education"]
+
+
+def make_frame(rows: int, seed: int = 0) -> pd.DataFrame:
+    """A census-like frame: string facets, 0/1 label and prediction, string groups, numeric features."""
+    rng = np.random.default_rng(seed)
+    label = rng.random(rows) < 0.3
+    return pd.DataFrame({
+        "sex": rng.choice(["Female", "Male"], rows, p=[0.4, 0.6]),
+        "race": rng.choice([f"race_{i}" for i in range(10)], rows),
+        "label": label.astype(np.int64),
+        "pred": np.where(rng.random(rows) < 0.8, label, ~label).astype(np.int64),
+        "group": rng.choice(["north", "south", "east", "west", "centre"], rows),
+        "age": rng.integers(18, 90, rows),
+        "income": rng.lognormal(10, 1, rows).round(0),
+        "hours": rng.integers(1, 99, rows),
+        "education": rng.integers(1, 17, rows),
+    })
+
+
+def timed(function: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - started
+
+
+def same_reports(ours: list[dict], theirs: list[dict]) -> bool:
+    """Same entries and metrics, values within 1e-9 (relative), same errors."""
+    if [e["value_or_threshold"] for e in ours] != [e["value_or_threshold"] for e in theirs]:
+        return False
+    for our_entry, their_entry in zip(ours, theirs, strict=True):
+        for mine, other in zip(our_entry["metrics"], their_entry["metrics"], strict=True):
+            if (mine["name"], mine.get("error")) != (other["name"], other.get("error")):
+                return False
+            a, b = mine["value"], other["value"]
+            if isinstance(a, str | type(None)) or isinstance(b, str | type(None)):
+                if a != b:
+                    return False
+            elif not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
+                return False
+    return True
+
+
+def lucent(df: pd.DataFrame, facet: str, facet_values: list | None, stage: str, methods: list[str]) -> list[dict]:
+    """Lucent's report, including the Column conversion of the role columns."""
+    return bias_report(
+        Column.from_series(df[facet]), facet_values, Column.from_series(df["label"]), [1], stage, methods,
+        Column.from_series(df["pred"]) if stage == "post_training" else None, Column.from_series(df["group"]))
+
+
+def smclarify(df: pd.DataFrame, facet: str, facet_values: list | None, stage: str, methods: list[str]) -> list[dict]:
+    from smclarify.bias.report import FacetColumn, LabelColumn, StageType
+    from smclarify.bias.report import bias_report as smclarify_bias_report
+
+    frame = df[[facet, "label", "pred"]]
+    return smclarify_bias_report(
+        frame, FacetColumn(facet, None if facet_values is None else list(facet_values)),
+        LabelColumn("label", frame["label"], [1]), StageType(stage),
+        LabelColumn("pred", frame["pred"]) if stage == "post_training" else None,
+        metrics=methods, group_variable=df["group"])
+
+
+def report(name: str, lucent_seconds: float, smclarify_seconds: float, target: float, identical: bool) -> dict:
+    ratio = smclarify_seconds / lucent_seconds
+    print(f"{name:<12} lucent {lucent_seconds:8.3f} s   smclarify {smclarify_seconds:8.3f} s   "
+          f"ratio {ratio:7.1f}x (target {target:g}x) {'OK' if ratio >= target else 'BELOW TARGET'}   "
+          f"results {'identical' if identical else 'DIFFER'}", flush=True)
+    return {"bench": name, "lucent_s": lucent_seconds, "smclarify_s": smclarify_seconds, "ratio": ratio,
+            "target": target, "identical": identical}
+
+
+def bench_metrics(df: pd.DataFrame) -> dict:
+    """All pre- and post-training metrics except FT, facet sex = Female."""
+    def run(implementation):
+        return (implementation(df, "sex", ["Female"], "pre_training", ["all"]),
+                implementation(df, "sex", ["Female"], "post_training", POST_WITHOUT_FT))
+
+    ours, lucent_seconds = timed(lambda: run(lucent))
+    theirs, smclarify_seconds = timed(lambda: run(smclarify))
+    identical = all(same_reports(o, t) for o, t in zip(ours, theirs, strict=True))
+    return report("metrics", lucent_seconds, smclarify_seconds, 20, identical)
+
+
+def bench_one_vs_rest(df: pd.DataFrame) -> dict:
+    """Pre-training metrics for each of the 10 values of facet race against the rest."""
+    ours, lucent_seconds = timed(lambda: lucent(df, "race", None, "pre_training", ["all"]))
+    theirs, smclarify_seconds = timed(lambda: smclarify(df, "race", None, "pre_training", ["all"]))
+    return report("one_vs_rest", lucent_seconds, smclarify_seconds, 20, same_reports(ours, theirs))
+
+
+def bench_flip_test(df: pd.DataFrame) -> dict:
+    """FT of sex = Female on four numeric features (a KD-tree search, hardly any duplicate row)."""
+    from smclarify.bias.metrics import FT as smclarify_FT
+
+    def ours() -> float:
+        sex, predicted = Column.from_series(df["sex"]), Column.from_series(df["pred"])
+        sensitive = sex.row_mask(sex.uniques.to_numpy() == "Female")
+        return FT(df[FEATURES], sensitive, predicted.row_mask(predicted.uniques.to_numpy() == 1))
+
+    value, lucent_seconds = timed(ours)
+    reference, smclarify_seconds = timed(
+        lambda: smclarify_FT(df[FEATURES], df["sex"] == "Female", df["pred"] == 1))
+    print(f"             FT lucent {value!r} smclarify {reference!r}")
+    return report("flip_test", lucent_seconds, smclarify_seconds, 5, value == reference)
+
+
+BENCHES: dict[str, Callable[[pd.DataFrame], dict]] = {
+    "metrics": bench_metrics,
+    "one_vs_rest": bench_one_vs_rest,
+    "flip_test": bench_flip_test,
+}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="+", choices=list(BENCHES), default=list(BENCHES))
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)  # both libraries log every failed metric and column typing
+    df = make_frame(args.rows, args.seed)
+    print(f"bias bench: {args.rows:,} rows", flush=True)
+    results = [BENCHES[name](df) for name in args.only]
+    failed = [r["bench"] for r in results if not r["identical"]]
+    if failed:
+        raise SystemExit(f"results differ from smclarify in: {', '.join(failed)}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

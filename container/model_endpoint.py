@@ -1,0 +1,181 @@
+"""Where a job gets its model: the endpoint that answers ``POST /invocations`` during the job.
+
+In this order (spec clarify-contract.md sections 2.5 and 5):
+
+1. ``predictor.endpoint_url`` (Lucent extension): a model server that is already running;
+2. ``predictor.image_uri`` (Lucent extension): a model image, started as a sibling container with
+   the model folder mounted at ``/opt/ml/model`` (``serve`` as SageMaker starts it), removed after;
+3. otherwise Lucent's built-in model server, started as a child process on the job's model folder
+   (``<processing-root>/input/model``: a folder, or one holding ``model.tar.gz``).
+
+SageMaker's ``model_name`` / ``endpoint_name`` cannot be reached from a self-hosted job; they are
+accepted (SDK configs carry them) and logged. Whatever was started is stopped when the job ends,
+successful or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from analyzer.config import AnalysisConfig
+from analyzer.errors import UserError
+from analyzer.predict import ModelError, wait_until_healthy
+
+log = logging.getLogger(__name__)
+
+HEALTHY_WITHIN_SECONDS = 240  # SageMaker: /ping must pass within 4 minutes of the container start
+# An endpoint that is "already running" gets less patience than one we start; overridable for slow starts.
+EXISTING_ENDPOINT_WAIT_SECONDS = float(os.environ.get("LUCENT_ENDPOINT_WAIT_SECONDS", "60"))
+MODEL_PORT = 8080
+
+
+class ModelUnavailable(UserError):
+    """The model could not be started or reached."""
+
+
+@contextlib.contextmanager
+def model_endpoint(config: AnalysisConfig, model_dir: Path) -> Iterator[str]:
+    """Start (or find) the model for ``config`` and yield its base URL; stop it afterwards."""
+    predictor = config.predictor
+    if predictor is None:
+        raise ModelUnavailable("predictor: this job needs a model but the config has no 'predictor' section")
+    for key in ("model_name", "endpoint_name"):
+        if getattr(predictor, key):
+            log.info("predictor.%s %r names a SageMaker resource; Lucent uses %s instead", key,
+                     getattr(predictor, key), _describe_source(config, model_dir))
+    if predictor.endpoint_url:
+        yield _existing_endpoint(predictor.endpoint_url)
+    elif predictor.image_uri:
+        with _model_container(predictor.image_uri, model_dir) as url:
+            yield url
+    else:
+        with _builtin_server(model_dir) as url:
+            yield url
+
+
+def _describe_source(config: AnalysisConfig, model_dir: Path) -> str:
+    if config.predictor.endpoint_url:
+        return f"the endpoint at {config.predictor.endpoint_url}"
+    if config.predictor.image_uri:
+        return f"the model image {config.predictor.image_uri}"
+    return f"the built-in model server on {model_dir}"
+
+
+def _existing_endpoint(url: str) -> str:
+    log.info("Using the model endpoint at %s", url)
+    try:
+        waited = wait_until_healthy(url, timeout=EXISTING_ENDPOINT_WAIT_SECONDS)
+    except ModelError as error:
+        raise ModelUnavailable(f"predictor.endpoint_url: {error}") from error
+    log.info("Endpoint is in service after %.0f seconds", waited)
+    return url
+
+
+def model_source(model_dir: Path) -> Path:
+    """The folder or ``model.tar.gz`` to serve, with a clear error when there is nothing to serve."""
+    if not model_dir.exists():
+        raise ModelUnavailable(f"no model: {model_dir} does not exist. Put the model folder (or model.tar.gz) "
+                               "there, or set predictor.endpoint_url / predictor.image_uri")
+    tarball = model_dir / "model.tar.gz"
+    if tarball.is_file():
+        return tarball
+    if not any(model_dir.iterdir()):
+        raise ModelUnavailable(f"model folder unloadable: {model_dir} is empty")
+    return model_dir
+
+
+@contextlib.contextmanager
+def _builtin_server(model_dir: Path) -> Iterator[str]:
+    from container.sidecar import ModelLoadError, ModelServerError, start_model_server
+
+    source = model_source(model_dir)
+    log.info("Starting the built-in model server on %s", source)
+    started = time.perf_counter()
+    try:
+        server = start_model_server(source)
+    except ModelServerError as error:
+        raise ModelUnavailable(f"model folder unloadable: {error}") from error
+    try:
+        try:
+            server.wait_healthy(timeout=HEALTHY_WITHIN_SECONDS)
+        except ModelLoadError as error:
+            raise ModelUnavailable(f"model folder unloadable: {error}") from error
+        except ModelServerError as error:
+            raise ModelUnavailable(f"the built-in model server did not start: {error}\n{server.log_tail()}") from error
+        log.info("Model server ready at %s after %.1f seconds", server.url, time.perf_counter() - started)
+        yield server.url
+        if not server.is_alive():
+            raise ModelUnavailable(f"the built-in model server died during the job:\n{server.log_tail()}")
+    finally:
+        server.stop()
+        log.info("Stopped the built-in model server")
+
+
+@contextlib.contextmanager
+def _model_container(image: str, model_dir: Path) -> Iterator[str]:
+    """Run ``image`` with ``serve`` like SageMaker hosting does, the model mounted read-only."""
+    import docker
+    import docker.errors
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as error:
+        raise ModelUnavailable(f"predictor.image_uri: no container engine reachable (DOCKER_HOST="
+                               f"{_docker_host()}): {error}") from error
+    volumes = {}
+    if model_dir.exists():
+        volumes[str(model_dir.resolve())] = {"bind": "/opt/ml/model", "mode": "ro"}
+    port = _free_port()
+    log.info("Starting model image %s (model %s) on port %d", image, model_dir if volumes else "none", port)
+    try:
+        container = client.containers.run(image, command=["serve"], detach=True, volumes=volumes,
+                                          ports={f"{MODEL_PORT}/tcp": ("127.0.0.1", port)},
+                                          labels={"lucent.role": "model"})
+    except docker.errors.ImageNotFound as error:
+        raise ModelUnavailable(f"predictor.image_uri: image {image!r} not found: {error.explanation}") from error
+    except docker.errors.APIError as error:
+        raise ModelUnavailable(f"predictor.image_uri: could not start {image!r}: {error.explanation}") from error
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_container(container, url)
+        yield url
+    finally:
+        with contextlib.suppress(docker.errors.DockerException):
+            container.remove(force=True)
+        log.info("Removed the model container %s", container.short_id)
+
+
+def _wait_for_container(container, url: str) -> None:
+    deadline = time.monotonic() + HEALTHY_WITHIN_SECONDS
+    while True:
+        container.reload()
+        if container.status in ("exited", "dead"):
+            logs = container.logs(tail=20).decode("utf-8", "replace")
+            code = container.attrs.get("State", {}).get("ExitCode")
+            raise ModelUnavailable(f"predictor.image_uri: the model container exited (code {code}) before it "
+                                   f"answered /ping. Its last lines:\n{logs}")
+        try:
+            wait_until_healthy(url, timeout=2, interval=0.2)
+            log.info("Model container %s is healthy at %s", container.short_id, url)
+            return
+        except ModelError:
+            if time.monotonic() > deadline:
+                raise ModelUnavailable(f"predictor.image_uri: the model container did not answer /ping within "
+                                       f"{HEALTHY_WITHIN_SECONDS} s") from None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _docker_host() -> str:
+    return os.environ.get("DOCKER_HOST", "unset")

@@ -1,0 +1,453 @@
+"""Model folders -> the SageMaker handler chain ``model_fn -> input_fn -> predict_fn -> output_fn``.
+
+A model folder is what SageMaker extracts to ``/opt/ml/model``. Two layouts are served:
+
+* ``code/inference.py`` (or ``code/$SAGEMAKER_PROGRAM``): the user's script, imported as the
+  SageMaker scikit-learn container imports it. Each of ``model_fn``, ``input_fn``, ``predict_fn``,
+  ``output_fn`` is optional (``transform_fn`` replaces the last three); the defaults are those of
+  that container (``predict_fn`` = ``model.predict``), except that a missing ``model_fn`` loads the
+  folder's model file as below instead of failing.
+* no script: one model file, found by name and content -- a joblib/pickle file (scikit-learn
+  estimator or pipeline, or any object with ``predict``), an XGBoost model or a LightGBM model.
+  The prediction is ``predict_proba`` when the model has it (all class columns), else ``predict``.
+
+Handlers may take one extra trailing argument, the :class:`InvocationContext` (as in the SageMaker
+inference toolkit); it carries ``X-Amzn-SageMaker-Custom-Attributes``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import logging
+import os
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from container.sidecar import codecs
+from container.sidecar.errors import ModelLoadError
+
+log = logging.getLogger("lucent.sidecar")
+
+DEFAULT_ENTRY_POINT = "inference.py"
+TARBALL_NAME = "model.tar.gz"
+# The SageMaker containers hand text bodies to user input_fn as str and everything else as bytes.
+_TEXT_TYPES = (codecs.CSV, codecs.JSON)
+
+
+class InvocationError(Exception):
+    """A request failed; ``status`` is the HTTP status and the message is the plain-text body."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class InvocationContext:
+    """What a handler that accepts a ``context`` argument gets to see of the request."""
+
+    custom_attributes: str | None = None
+    target_model: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    model_dir: str = ""
+
+    def get_request_header(self, idx: int, key: str) -> str | None:
+        """Multi Model Server style accessor (``idx`` is the batch index; always one request here)."""
+        return self.headers.get(key.lower())
+
+    @property
+    def system_properties(self) -> dict[str, Any]:
+        return {"model_dir": self.model_dir, "gpu_id": None}
+
+
+# --------------------------------------------------------------------------------------------
+# Model folder -> handlers
+# --------------------------------------------------------------------------------------------
+
+
+def prepare_model_dir(path: Path) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    """Return the folder to serve, extracting ``model.tar.gz`` into a temporary folder when given
+    the tarball itself or a folder holding only it. The caller owns the returned temp folder."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model folder {path} does not exist")
+    tarball: Path | None = None
+    if path.is_file():
+        tarball = path
+    elif (path / TARBALL_NAME).is_file() and not (path / "code").is_dir() and not _model_files(path):
+        tarball = path / TARBALL_NAME
+    if tarball is None:
+        return path, None
+    tmp = tempfile.TemporaryDirectory(prefix="lucent-model-")
+    try:
+        with tarfile.open(tarball) as archive:
+            # filter="data" refuses absolute paths, links out of the folder and device files
+            # (Python >= 3.11.4; older interpreters extract as tarfile always did).
+            archive.extractall(tmp.name, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    except (tarfile.TarError, OSError) as exc:
+        tmp.cleanup()
+        raise ModelLoadError(f"cannot extract {tarball}: {exc}") from None
+    return Path(tmp.name), tmp
+
+
+def load_handlers(model_dir: Path) -> ModelHandlers:
+    """Load the model in ``model_dir`` (already extracted) and bind its handler functions."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model folder {model_dir} does not exist or is not a folder")
+    entry = os.environ.get("SAGEMAKER_PROGRAM") or DEFAULT_ENTRY_POINT
+    script = model_dir / "code" / entry
+    if script.is_file():
+        return _load_script(model_dir, script)
+    if os.environ.get("SAGEMAKER_PROGRAM"):
+        raise ModelLoadError(f"SAGEMAKER_PROGRAM={entry} but {script} does not exist")
+    model = load_model_file(model_dir)
+    return ModelHandlers(model=model, predict_fn=predict_scores, model_dir=model_dir,
+                         source=f"{model_dir} ({_describe(model)})")
+
+
+def _load_script(model_dir: Path, script: Path) -> ModelHandlers:
+    if (script.parent / "requirements.txt").is_file():
+        log.warning("%s is not installed by Lucent: install those packages in the image", script.parent /
+                    "requirements.txt")
+    module = _import_script(script)
+    handlers = {name: getattr(module, name, None)
+                for name in ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_fn")}
+    if handlers["transform_fn"] and any(handlers[name] for name in ("input_fn", "predict_fn", "output_fn")):
+        raise ModelLoadError(f"{script.name} defines transform_fn together with input_fn/predict_fn/output_fn; "
+                             "SageMaker accepts one or the other")
+    context = InvocationContext(model_dir=str(model_dir))
+    model_fn = handlers["model_fn"]
+    try:
+        model = call_handler(model_fn, str(model_dir), context=context) if model_fn else load_model_file(model_dir)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        log.exception("model_fn failed")
+        raise ModelLoadError(f"model_fn in {script.name} failed: {_describe_exception(exc)}") from None
+    return ModelHandlers(
+        model=model,
+        input_fn=handlers["input_fn"],
+        predict_fn=handlers["predict_fn"] or _sagemaker_default_predict,
+        output_fn=handlers["output_fn"],
+        transform_fn=handlers["transform_fn"],
+        model_dir=model_dir,
+        source=f"{script} ({', '.join(n for n, f in handlers.items() if f) or 'no handlers'})",
+    )
+
+
+def _import_script(script: Path) -> ModuleType:
+    # code/ goes on sys.path so the script's own helper modules import as they do in SageMaker.
+    sys.path.insert(0, str(script.parent))
+    name = script.stem
+    spec = importlib.util.spec_from_file_location(name, script)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"{script} is not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # pickles that reference the script's classes resolve through this
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:  # SystemExit from a training script run by mistake counts too
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        log.exception("importing %s failed", script)
+        raise ModelLoadError(f"importing code/{script.name} failed: {_describe_exception(exc)}") from None
+    return module
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in model files
+# --------------------------------------------------------------------------------------------
+
+_PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+
+def _model_file_kind(path: Path) -> str | None:
+    """'pickle', 'xgboost', 'lightgbm' or None, from the name and, where ambiguous, the first bytes."""
+    name, suffix = path.name, path.suffix.lower()
+    if suffix in _PICKLE_SUFFIXES or name == "model":
+        return "pickle"
+    if name == "xgboost-model" or suffix in (".ubj", ".bst"):
+        return "xgboost"
+    if suffix in (".json", ".txt"):
+        with path.open("rb") as handle:
+            head = handle.read(256)
+        if suffix == ".json" and b'"learner"' in head:
+            return "xgboost"
+        if suffix == ".txt" and head.startswith(b"tree"):  # LightGBM text models open with "tree\nversion=..."
+            return "lightgbm"
+    return None
+
+
+def _model_files(model_dir: Path) -> list[tuple[Path, str]]:
+    found = []
+    for path in sorted(model_dir.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            kind = _model_file_kind(path)
+            if kind:
+                found.append((path, kind))
+    return found
+
+
+def load_model_file(model_dir: Path) -> Any:
+    """Find the folder's single model file and load it into an object with ``predict``."""
+    found = _model_files(model_dir)
+    if not found:
+        raise ModelLoadError(_no_model_file_message(model_dir))
+    if len(found) > 1:
+        names = ", ".join(path.name for path, _ in found)
+        raise ModelLoadError(f"several model files in {model_dir}: {names}; keep one, or add code/inference.py "
+                             "with a model_fn that loads the right one")
+    path, kind = found[0]
+    loader = {"pickle": _load_pickle, "xgboost": _load_xgboost, "lightgbm": _load_lightgbm}[kind]
+    try:
+        model = loader(path)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        log.exception("loading %s failed", path)
+        raise ModelLoadError(f"cannot load {path.name}: {_describe_exception(exc)}") from None
+    if not (hasattr(model, "predict") or hasattr(model, "predict_proba")):
+        raise ModelLoadError(f"{path.name} holds a {type(model).__module__}.{type(model).__qualname__}, "
+                             "which has no predict or predict_proba method")
+    return model
+
+
+def _no_model_file_message(model_dir: Path) -> str:
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in model_dir.iterdir() if not p.name.startswith("."))
+    expected = ("expected code/inference.py or one model file: *.joblib, *.pkl, *.pickle or 'model' (joblib), "
+                "xgboost-model, *.json or *.ubj (XGBoost), *.txt (LightGBM)")
+    if not entries:
+        return f"model folder {model_dir} is empty: {expected}"
+    hint = ""
+    if len(entries) == 1 and entries[0].endswith("/"):
+        hint = f" (model files must be at the top level: is {entries[0]} the folder that should have been served?)"
+    return f"no model file found in {model_dir}, which holds {', '.join(entries)}{hint}: {expected}"
+
+
+def _load_pickle(path: Path) -> Any:
+    import joblib  # joblib also reads plain pickle files
+
+    model = joblib.load(path)
+    return _wrap_booster(model) or model
+
+
+def _import_optional(module: str, purpose: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ModelLoadError(f"{purpose} needs the '{module}' package, which is not installed "
+                             f"(pip install {module})") from None
+
+
+def _load_xgboost(path: Path) -> Any:
+    xgb = _import_optional("xgboost", f"the XGBoost model {path.name}")
+    booster = xgb.Booster()
+    try:
+        booster.load_model(str(path))
+    except xgb.core.XGBoostError:
+        if path.name != "xgboost-model":
+            raise
+        # Older SageMaker XGBoost algorithm versions pickled the Booster under this name.
+        return _load_pickle(path)
+    return XGBoostBooster(booster)
+
+
+def _load_lightgbm(path: Path) -> Any:
+    lgb = _import_optional("lightgbm", f"the LightGBM model {path.name}")
+    return LightGBMBooster(lgb.Booster(model_file=str(path)))
+
+
+def _wrap_booster(model: Any) -> Any | None:
+    """Native boosters (pickled or loaded) need their own data wrappers; sklearn-API models don't."""
+    kind = (type(model).__module__.split(".")[0], type(model).__name__)
+    if kind == ("xgboost", "Booster"):
+        return XGBoostBooster(model)
+    if kind == ("lightgbm", "Booster"):
+        return LightGBMBooster(model)
+    return None
+
+
+class XGBoostBooster:
+    """``predict`` over an ``xgboost.Booster``: its native output (one probability per record for
+    binary:logistic, k per record for multi:softprob, the raw value for regression)."""
+
+    def __init__(self, booster: Any):
+        self.booster = booster
+        self.booster.set_param({"nthread": thread_budget()})
+
+    def predict(self, data: Any) -> Any:
+        import xgboost as xgb
+
+        names = self.booster.feature_names
+        # A model trained on a DataFrame remembers its column names; requests carry none.
+        if names is not None and getattr(data, "shape", (0, 0))[-1] == len(names) and not hasattr(data, "columns"):
+            matrix = xgb.DMatrix(data, feature_names=names)
+        else:
+            matrix = xgb.DMatrix(data)
+        return self.booster.predict(matrix)
+
+
+class LightGBMBooster:
+    """``predict`` over a ``lightgbm.Booster`` (probabilities for classifiers, as LightGBM returns them)."""
+
+    def __init__(self, booster: Any):
+        self.booster = booster
+
+    def predict(self, data: Any) -> Any:
+        return self.booster.predict(data, num_threads=thread_budget())
+
+
+def thread_budget() -> int:
+    """Threads one worker may use: the server sets OMP_NUM_THREADS to cores // workers."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
+def _describe(model: Any) -> str:
+    inner = getattr(model, "booster", model)
+    return f"{type(inner).__module__.split('.')[0]} {type(inner).__name__}"
+
+
+def _describe_exception(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------------------------
+# Invocation
+# --------------------------------------------------------------------------------------------
+
+
+def predict_scores(data: Any, model: Any) -> Any:
+    """Default prediction for a bare model file: ``predict_proba`` (every class column) when the
+    model has it, else ``predict``."""
+    if hasattr(model, "predict_proba"):
+        return model.predict_proba(data)
+    return model.predict(data)
+
+
+def _sagemaker_default_predict(data: Any, model: Any) -> Any:
+    # What the SageMaker scikit-learn container does for a script without predict_fn.
+    return model.predict(data)
+
+
+def call_handler(fn: Callable[..., Any], *args: Any, context: InvocationContext) -> Any:
+    """Call a user handler, adding ``context`` when its signature has room for it."""
+    if _wants_context(fn, len(args)):
+        return fn(*args, context)
+    return fn(*args)
+
+
+@functools.lru_cache(maxsize=64)
+def _wants_context(fn: Callable[..., Any], n_args: int) -> bool:
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) > n_args
+
+
+@dataclass
+class ModelHandlers:
+    """A loaded model and the handler chain that serves it. ``None`` handlers use the defaults."""
+
+    model: Any
+    predict_fn: Callable[..., Any]
+    input_fn: Callable[..., Any] | None = None
+    output_fn: Callable[..., Any] | None = None
+    transform_fn: Callable[..., Any] | None = None
+    model_dir: Path = Path(".")
+    source: str = ""
+
+    def invoke(self, body: bytes, content_type: str, accept: str,
+               context: InvocationContext | None = None) -> tuple[bytes, str]:
+        """Serve one request: returns the response body and its Content-Type.
+
+        Raises :class:`InvocationError`: 400/415 for a body the input stage cannot read, 406 for an
+        Accept the default output_fn cannot produce, 500 when the model or user code fails.
+        """
+        context = context or InvocationContext(model_dir=str(self.model_dir))
+        if self.transform_fn is not None:
+            result = self._stage("transform_fn", 500, self.transform_fn, self.model,
+                                 self._user_payload(body, content_type), content_type, accept, context=context)
+            return _as_response(result, accept)
+        if self.input_fn is None:
+            data = self._stage("input_fn", 400, codecs.decode, body, content_type)
+        else:
+            data = self._stage("input_fn", 400, self.input_fn, self._user_payload(body, content_type),
+                               content_type, context=context)
+        prediction = self._stage("predict_fn", 500, self.predict_fn, data, self.model, context=context)
+        if self.output_fn is None:
+            return self._stage("output_fn", 500, codecs.encode, prediction, accept), codecs.media_type(accept)
+        result = self._stage("output_fn", 500, self.output_fn, prediction, accept, context=context)
+        return _as_response(result, accept)
+
+    @staticmethod
+    def _user_payload(body: bytes, content_type: str) -> bytes | str:
+        if codecs.media_type(content_type) not in _TEXT_TYPES:
+            return body
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvocationError(f"{content_type} body is not valid UTF-8: {exc}", 400) from None
+
+    @staticmethod
+    def _stage(stage: str, status: int, fn: Callable[..., Any], *args: Any,
+               context: InvocationContext | None = None) -> Any:
+        """Run one stage, turning any failure into an InvocationError that names the stage."""
+        try:
+            if context is None:  # our own default functions take no context
+                return fn(*args)
+            return call_handler(fn, *args, context=context)
+        except codecs.CodecError as exc:
+            raise InvocationError(str(exc), exc.status) from None
+        except InvocationError:
+            raise
+        except Exception as exc:
+            message = f"{stage} failed: {_describe_exception(exc)}"
+            _log_failure(stage, message)
+            raise InvocationError(message, status) from None
+
+
+_TRACEBACKS_PER_STAGE = 3
+_failures: dict[str, int] = {}
+
+
+def _log_failure(stage: str, message: str) -> None:
+    """Log a failed request: with its traceback the first few times, then one line each. Clarify
+    retries a failing batch record by record, so a broken model would otherwise flood the log."""
+    count = _failures[stage] = _failures.get(stage, 0) + 1
+    if count <= _TRACEBACKS_PER_STAGE:
+        log.exception(message)
+    else:
+        log.error("%s (traceback logged %d times already)", message, _TRACEBACKS_PER_STAGE)
+
+
+def _as_response(result: Any, accept: str) -> tuple[bytes, str]:
+    """A user output_fn/transform_fn result -> (body, content type), accepting what SageMaker does:
+    ``(body, content_type)``, a str/bytes body, or a Flask-style response object."""
+    content_type = accept
+    if isinstance(result, tuple) and len(result) == 2:
+        result, content_type = result
+    if hasattr(result, "get_data") and hasattr(result, "mimetype"):
+        return result.get_data(), result.mimetype or content_type
+    if isinstance(result, str):
+        return result.encode("utf-8"), content_type
+    if isinstance(result, bytes | bytearray | memoryview):
+        return bytes(result), content_type
+    try:  # an array, list or DataFrame: encode it as the default output_fn would
+        return codecs.encode(result, content_type), content_type
+    except codecs.CodecError as exc:
+        raise InvocationError(f"output_fn returned a {type(result).__name__}, which cannot be sent as "
+                              f"{content_type}: {exc}", 500) from None

@@ -1,0 +1,349 @@
+"""Running the model server: pre-forked gunicorn workers on one listening socket.
+
+Why gunicorn: it is the server the SageMaker scikit-learn container itself runs, and its pre-fork
+master already does what a hand-written one would need (restart crashed workers, kill hung ones,
+graceful stop on SIGTERM) -- one small, pure-Python dependency instead of that code. Sync workers:
+requests are CPU-bound, one at a time per process, so no event loop or thread pool would help.
+
+Why the socket is bound before gunicorn starts: a taken port fails at once with a clear message
+(gunicorn would retry for five seconds), and ``port=0`` picks a free port with no race between
+choosing it and binding it. The bound socket reaches gunicorn as ``fd://N``.
+
+Why threads are capped: each worker runs its own model; OpenMP models (HistGradientBoosting,
+XGBoost, LightGBM) would otherwise start one thread per core in every worker, and N workers x N
+threads thrash. Each worker gets ``cores // workers`` threads (unless OMP_NUM_THREADS is set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from container.sidecar.errors import ModelLoadError, ModelServerError, PortInUseError
+
+log = logging.getLogger("lucent.sidecar")
+
+DEFAULT_PORT = 8080
+DEFAULT_TIMEOUT_S = 300  # per request; SageMaker allows 60 s, local batches can be larger
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (respects taskset/cgroup CPU affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_port() -> int:
+    """``SAGEMAKER_BIND_TO_PORT`` when set (inference pipelines), else 8080, as in SageMaker."""
+    return int(os.environ.get("SAGEMAKER_BIND_TO_PORT") or DEFAULT_PORT)
+
+
+def default_workers() -> int:
+    """``SAGEMAKER_MODEL_SERVER_WORKERS`` when set, else one worker per core."""
+    return int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or cpu_count())
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (0 = any free port); PortInUseError if taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # SO_REUSEADDR only skips TIME_WAIT leftovers of a previous server; a live listener still conflicts.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(f"port {port} on {host} is already in use by another program; "
+                                 "choose another port or stop that program") from None
+        raise ModelServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    return sock
+
+
+def serve(model_dir: Path, *, host: str = "0.0.0.0", port: int | None = None, workers: int | None = None,
+          timeout: int | None = None, listen_fd: int | None = None, parent_pid: int | None = None) -> int:
+    """Run the server in this process until SIGTERM/SIGINT; returns the exit code.
+
+    ``listen_fd`` is an already-listening socket (how :func:`start_model_server` hands over the
+    port it bound); ``parent_pid`` makes the server stop when that process goes away.
+    """
+    from container.sidecar.model import prepare_model_dir
+
+    if listen_fd is None:
+        # gunicorn takes the descriptor over (and closes it when it stops), hence detach().
+        listen_fd = bind_listener(host, default_port() if port is None else port).detach()
+    with socket.socket(fileno=os.dup(listen_fd)) as probe:  # a duplicate, to read the address
+        address = probe.getsockname()
+    workers = max(1, workers or default_workers())
+    threads = max(1, cpu_count() // workers)
+    for variable in _THREAD_VARIABLES:  # read by the workers' OpenMP/BLAS runtimes when they load
+        os.environ.setdefault(variable, str(threads))
+    if timeout is None:
+        timeout = int(os.environ.get("SAGEMAKER_MODEL_SERVER_TIMEOUT") or DEFAULT_TIMEOUT_S)
+
+    # A tarball is extracted once here, not once per worker; failures are served through /ping.
+    serve_dir, load_error, extracted = None, None, None
+    try:
+        serve_dir, extracted = prepare_model_dir(model_dir)
+    except ModelLoadError as exc:
+        load_error = str(exc)
+
+    log.info("Lucent model server for %s on http://%s:%d: %d worker(s) x %s thread(s)", model_dir,
+             address[0], address[1], workers, os.environ["OMP_NUM_THREADS"])
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
+    options = {
+        "bind": [f"fd://{listen_fd}"],
+        "workers": workers,
+        "worker_class": "sync",
+        "timeout": timeout,
+        "graceful_timeout": 5,
+        "proc_name": "lucent-model-server",
+        "errorlog": "-",
+        "loglevel": "info",
+    }
+    if os.path.isdir("/dev/shm"):  # worker heartbeat files: tmpfs never blocks on a slow disk
+        options["worker_tmp_dir"] = "/dev/shm"
+    try:
+        _run_gunicorn(options, serve_dir, load_error)
+    except SystemExit as exc:  # the arbiter exits through sys.exit
+        return exc.code if isinstance(exc.code, int) else 0
+    finally:
+        if extracted is not None:
+            extracted.cleanup()
+    return 0
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Stop the server (gracefully, through SIGTERM) once the process that started it is gone, so a
+    crashed job leaves no server behind. Runs in the master only: forked workers get no threads."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        log.warning("parent process %d is gone: stopping the model server", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _run_gunicorn(options: dict, model_dir: Path | None, load_error: str | None) -> None:
+    """Run the gunicorn arbiter until it is stopped; each worker builds a SidecarApp after the fork."""
+    try:
+        from gunicorn.app.base import BaseApplication
+    except ImportError:
+        raise ModelServerError("the model server needs the 'gunicorn' package (pip install gunicorn)") from None
+
+    class GunicornServer(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+            if "control_socket_disable" in self.cfg.settings:
+                # gunicorn >= 24 opens a control socket at one fixed path per user by default,
+                # which concurrent servers would fight over; nothing here uses it.
+                self.cfg.set("control_socket_disable", True)
+
+        def load(self):  # runs in each worker
+            # Loading after the fork keeps OpenMP thread pools out of the master: libgomp pools do
+            # not survive fork(), so a model_fn that warms up with a prediction would hang workers.
+            from container.sidecar.app import SidecarApp
+            from container.sidecar.model import thread_budget
+
+            app = SidecarApp(model_dir, load_error)
+            _cap_threads(thread_budget())
+            return app
+
+    GunicornServer().run()
+
+
+def _cap_threads(threads: int) -> None:
+    """Apply the per-worker thread budget to runtimes that were loaded before the variables were
+    read (numpy imported by the process that called ``serve``) and to pyarrow, which ignores them."""
+    import pyarrow
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    pyarrow.set_cpu_count(threads)
+    threadpool_limits(threads)
+
+
+# --------------------------------------------------------------------------------------------
+# Library use: the server as a child process
+# --------------------------------------------------------------------------------------------
+
+
+class ModelServer:
+    """Handle on a model server child process (its own process group, stopped as a whole)."""
+
+    def __init__(self, process: subprocess.Popen, host: str, port: int, log_path: Path,
+                 owned_log: tempfile.TemporaryDirectory | None):
+        self._process = process
+        self.host = host
+        self.port = port
+        self.log_path = log_path
+        self._owned_log = owned_log
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def is_alive(self) -> bool:
+        return self._exit_status() is None
+
+    def _exit_status(self) -> int | None:
+        """Exit code once the server process has exited (minus the signal number if killed), else
+        None. It does not reap the process: until :meth:`stop` reaps it, its pid -- which is also the
+        process group id -- cannot be reused, so signalling the group can only reach this server."""
+        if self._process.returncode is not None:
+            return self._process.returncode
+        try:
+            info = os.waitid(os.P_PID, self._process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped elsewhere
+            return self._process.poll()
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Block until ``/ping`` answers 200.
+
+        Raises :class:`ModelLoadError` at once when the server reports that the model cannot be
+        loaded, :class:`ModelServerError` if the server exits or is not healthy within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self._exit_status()
+            if code is not None:
+                raise ModelServerError(f"model server exited with code {code} before it was healthy; "
+                                       f"log ({self.log_path}):\n{self.log_tail()}")
+            remaining = deadline - time.monotonic()
+            try:
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=max(0.1, min(2.0, remaining))):
+                    return
+            except urllib.error.HTTPError as exc:
+                reason = exc.read().decode("utf-8", errors="replace").strip()
+                raise ModelLoadError(reason or f"/ping answered HTTP {exc.code}") from None
+            except (urllib.error.URLError, OSError):
+                pass  # not answering yet: workers are still importing and loading the model
+            if time.monotonic() >= deadline:
+                raise ModelServerError(f"model server at {self.url} not healthy after {timeout:g} s; "
+                                       f"log ({self.log_path}):\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def info(self) -> dict:
+        """The server's ``GET /lucent/info`` document (see :meth:`SidecarApp.info`)."""
+        with urllib.request.urlopen(f"{self.url}/lucent/info", timeout=10) as response:
+            return json.loads(response.read())
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the whole process group, SIGKILL what is left after ``timeout``; idempotent."""
+        pid = self._process.pid
+        if self._process.returncode is None:  # not reaped yet, so the group id is still this server's
+            if self._exit_status() is None:
+                _signal_group(pid, signal.SIGTERM)  # gunicorn's graceful stop: workers finish, then exit
+                deadline = time.monotonic() + timeout
+                while self._exit_status() is None and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            # Stragglers: workers of a master that died on its own, or that ignored SIGTERM.
+            _signal_group(pid, signal.SIGKILL)
+            self._process.wait()
+            _wait_group_gone(pid, timeout=2.0)  # killed orphans vanish once init has reaped them
+        if self._owned_log is not None:
+            self._owned_log.cleanup()
+            self._owned_log = None
+
+    def __enter__(self) -> ModelServer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_alive() else "stopped"
+        return f"ModelServer({self.url}, pid={self.pid}, {state})"
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)  # signal 0: only asks whether the group still has members
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.01)
+
+
+def start_model_server(model_dir: Path | str, port: int | None = None, workers: int | None = None, *,
+                       host: str = "127.0.0.1", log_file: Path | None = None) -> ModelServer:
+    """Start a model server for ``model_dir`` (folder or model.tar.gz) as a child process.
+
+    ``port`` None or 0 picks a free port. Returns at once; call :meth:`ModelServer.wait_healthy`
+    before sending requests. The server's output goes to ``log_file`` (default: a temporary file
+    removed by :meth:`ModelServer.stop`), and it stops by itself if this process dies.
+    Raises :class:`PortInUseError` when the port is taken and :class:`ModelLoadError` when
+    ``model_dir`` does not exist.
+    """
+    model_dir = Path(model_dir).expanduser().resolve()
+    if not model_dir.exists():
+        raise ModelLoadError(f"model folder {model_dir} does not exist")
+    sock = bind_listener(host, port or 0)
+    bound_port = sock.getsockname()[1]
+    owned_log = None
+    if log_file is None:
+        owned_log = tempfile.TemporaryDirectory(prefix="lucent-model-server-")
+        log_file = Path(owned_log.name) / "server.log"
+    command = [sys.executable, "-m", "container.sidecar", "--model-dir", str(model_dir), "--host", host,
+               "--listen-fd", str(sock.fileno()), "--parent-pid", str(os.getpid())]
+    if workers:
+        command += ["--workers", str(workers)]
+    env = dict(os.environ)
+    # The child imports this package however the parent found it (installed, or a source checkout).
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    try:
+        with open(log_file, "ab") as log_stream:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_stream,
+                                       stderr=subprocess.STDOUT, pass_fds=(sock.fileno(),),
+                                       start_new_session=True, env=env)
+    except BaseException:
+        if owned_log is not None:
+            owned_log.cleanup()
+        raise
+    finally:
+        sock.close()  # the child holds its own copy of the listening socket
+    return ModelServer(process, host, bound_port, Path(log_file), owned_log)

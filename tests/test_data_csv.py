@@ -1,0 +1,296 @@
+"""CSV reading: header rule, pandas-exact column typing at any chunk size, file handling, CSV errors."""
+
+from __future__ import annotations
+
+import gzip
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+import analyzer.data.csv_format as csv_format
+from analyzer.config.model import AnalysisConfig, Facet, Methods
+from analyzer.data import Column, load_dataset
+from analyzer.errors import DataError
+
+
+def csv_config(**kwargs) -> AnalysisConfig:
+    return AnalysisConfig(dataset_type="text/csv", methods=Methods(), **kwargs)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode())
+    return path
+
+
+def assert_column_is(column: Column, expected: pd.Series) -> None:
+    """The Column equals the Series pandas gives, dtype included, and its uniques follow unique()."""
+    pd.testing.assert_series_equal(column.to_series(), expected.rename(column.name), check_names=True)
+    expected_uniques = pd.Series(expected.dropna().unique(), dtype=expected.dtype)
+    pd.testing.assert_series_equal(column.uniques, expected_uniques.reset_index(drop=True), check_names=False)
+
+
+# Columns whose typing pandas decides from the whole column: each list is (name, values per row).
+def typing_columns(n: int, rng: random.Random) -> dict[str, list[str]]:
+    ints = [str(rng.randint(-50, 50)) for _ in range(n)]
+    return {
+        "int": ints,
+        "int_then_text": ints[: n // 2] + ["abc"] + ints[n // 2 + 1:],  # type changes in a late chunk
+        "int_one_missing": ints[:-3] + [""] + ints[-2:],
+        "int_and_float_spelling": [rng.choice(["1", "1.0", "2", "2.50", "-0", "3"]) for _ in range(n)],
+        "float": [f"{rng.uniform(-1e4, 1e4):.{rng.randint(0, 6)}f}" for _ in range(n)],
+        "float_long_digits": [repr(rng.random() * 10 ** rng.randint(-5, 5)) for _ in range(n)],
+        "float_forms": [rng.choice(["1e3", "-2.5E-3", ".5", "5.", "+7", " 3 ", "inf", "-inf", "0.1"]) for _ in range(n)],
+        "na_strings": [rng.choice(["1", "NA", "nan", "null", "None", "#N/A", "", "N/A", "-nan", "2.5"]) for _ in range(n)],
+        "bool": [rng.choice(["True", "False", "TRUE", "false", "true", "FALSE"]) for _ in range(n)],
+        "bool_missing": [rng.choice(["True", "False", ""]) for _ in range(n - 1)] + [""],
+        "bool_and_int": [rng.choice(["True", "1", "0"]) for _ in range(n)],
+        "numeric_strings": [rng.choice(["007", "7", "0x10", "1,000", "1e3", "x"]) for _ in range(n)],
+        "big_ints": [rng.choice(["9223372036854775807", "9223372036854775808", "18446744073709551615"]) for _ in range(n)],
+        "big_mixed_sign": [rng.choice(["-1", "18446744073709551615"]) for _ in range(n)],
+        "ints_16_to_19_digits": [str(rng.randint(10**15, 10**19 - 1)) for _ in range(n)],
+        "ints_16_digits_missing": [rng.choice([str(rng.randint(10**15, 10**16)), ""]) for _ in range(n)],
+        "strings": [rng.choice(["Male", "Female", "a \"quoted\" one", "with, comma", " spaced ", "ünïcödé"])
+                    for _ in range(n)],
+        "all_missing": [rng.choice(["", "NA"]) for _ in range(n)],
+        "leading_zeros": [rng.choice(["001", "010", "100"]) for _ in range(n)],
+        "bool_and_inf": [rng.choice(["True", "inf", "NA"]) for _ in range(n)],
+        "number_like_garbage": [rng.choice(["1e", "e5", ".", "-", "+", " ", "1", "INF", "-Infinity"]) for _ in range(n)],
+        "text_and_numbers": [rng.choice(["1", "2.5", "abc", "inf", "True", ""]) for _ in range(n)],
+    }
+
+
+def csv_text(columns: dict[str, list[str]], *, header: bool = True) -> str:
+    def field(value: str) -> str:
+        return f'"{value.replace(chr(34), chr(34) * 2)}"' if any(c in value for c in ',"\n') else value
+    rows = zip(*columns.values(), strict=True)
+    lines = ([",".join(columns)] if header else []) + [",".join(field(v) for v in row) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("chunk_rows", [500_000, 7, 1])
+def test_column_typing_equals_pandas_reading_the_whole_file(tmp_path, chunk_rows, monkeypatch):
+    monkeypatch.setattr(csv_format, "_BLOCK_BYTES", 256)  # many parse blocks (and some retries) too
+    columns = typing_columns(120, random.Random(chunk_rows))
+    path = write(tmp_path / "typing.csv", csv_text(columns))
+    expected = pd.read_csv(path, low_memory=False)
+    config = csv_config(facet=[Facet(name) for name in columns])
+
+    dataset = load_dataset(config, path, need_features=True, chunk_rows=chunk_rows)
+
+    assert dataset.n_rows == 120
+    for name in columns:
+        assert_column_is(dataset.facets[name], expected[name])
+    pd.testing.assert_frame_equal(dataset.features, expected)
+    # a few of the decisions this checks, spelled out
+    assert dataset.facets["int"].dtype == np.int64
+    assert dataset.facets["int_then_text"].dtype == object
+    assert dataset.facets["int_then_text"].uniques.map(type).eq(str).all()
+    assert dataset.facets["int_one_missing"].dtype == np.float64
+    assert dataset.facets["bool"].dtype == bool
+    assert dataset.facets["bool_missing"].dtype == object
+    assert dataset.facets["all_missing"].dtype == np.float64 and dataset.facets["all_missing"].nunique == 0
+    assert sorted(dataset.facets["int_and_float_spelling"].uniques) == [-0.0, 1.0, 2.0, 2.5, 3.0]
+
+
+@pytest.mark.parametrize("kind", ["decimals", "integers"])
+def test_plain_number_fast_path_matches_pandas_parser_bit_for_bit(tmp_path, kind):
+    rng = random.Random(kind)
+
+    def decimal() -> str:
+        n_int, n_frac = rng.randint(1, 14), rng.randint(0, 14)
+        n_frac = min(n_frac, 15 - n_int)
+        digits = "".join(rng.choice("0123456789") for _ in range(n_int + n_frac))
+        sign = rng.choice(["", "-"])
+        return sign + digits[:n_int] + ("." + digits[n_int:] if n_frac else "")
+
+    def integer() -> str:
+        return rng.choice(["", "-"]) + str(rng.randint(0, 10 ** rng.randint(1, 18) - 1))
+
+    text = [decimal() if kind == "decimals" else integer() for _ in range(20_000)]
+    values = pa.array(text)
+    missing = pc.is_in(values, value_set=csv_format._NA_STRINGS)
+    assert csv_format._plain_numbers(values, missing) is not None  # the fast path is taken
+    path = write(tmp_path / "numbers.csv", "x\n" + "\n".join(text) + "\n")
+    dataset = load_dataset(csv_config(label="x"), path)
+    expected = pd.read_csv(path)["x"]
+    assert expected.dtype == (np.float64 if kind == "decimals" else np.int64)
+    assert_column_is(dataset.label, expected)
+    # bit for bit, except that a Column (like pd.factorize) has one zero for 0.0 and -0.0
+    assert (dataset.label.to_series().to_numpy() + 0).tobytes() == (expected.to_numpy() + 0).tobytes()
+
+
+def test_header_row_is_read_from_the_first_file(tmp_path):
+    path = write(tmp_path / "d.csv", "age,sex,approved\n30,M,1\n40,F,0\n")
+    dataset = load_dataset(csv_config(label="approved", facet=[Facet("sex")]), path, need_features=True)
+    assert dataset.headers == ["age", "sex", "approved"]
+    assert dataset.feature_names == ["age", "sex"]
+    assert dataset.label.to_series().tolist() == [1, 0]
+    assert dataset.facets["sex"].to_series().tolist() == ["M", "F"]
+    assert dataset.features.to_dict("list") == {"age": [30, 40], "sex": ["M", "F"]}
+
+
+def test_config_headers_without_header_row(tmp_path):
+    path = write(tmp_path / "d.csv", "30,M,1\n40,F,0\n")
+    config = csv_config(headers=["age", "sex", "approved"], label="approved")
+    dataset = load_dataset(config, path)
+    assert dataset.n_rows == 2
+    assert dataset.label.to_series().tolist() == [1, 0]
+
+
+def test_a_header_row_equal_to_config_headers_is_skipped_in_every_file(tmp_path):
+    write(tmp_path / "data" / "part-0.csv", "age,sex,approved\n30,M,1\n")
+    write(tmp_path / "data" / "part-1.csv", " age , sex ,approved\n40,F,0\n")  # spaces ignored
+    write(tmp_path / "data" / "part-2.csv", "50,F,1\n")  # no header row
+    config = csv_config(headers=["age", "sex", "approved"], label="approved", facet=[Facet("age")])
+    dataset = load_dataset(config, tmp_path / "data")
+    assert dataset.n_rows == 3
+    assert dataset.facets["age"].to_series().tolist() == [30, 40, 50]
+    assert dataset.facets["age"].dtype == np.int64
+
+
+def test_folder_is_read_recursively_in_path_order_with_gzip_and_markers_skipped(tmp_path):
+    root = tmp_path / "data"
+    write(root / "b" / "part-2.csv", "id,y\n3,1\n")
+    write(root / "a.csv", "id,y\n1,0\n")
+    (root / "b" / "part-1.csv.gz").write_bytes(gzip.compress(b"id,y\n2,1\n"))
+    write(root / "_SUCCESS", "")
+    write(root / ".hidden.csv", "id,y\n99,9\n")
+    write(root / "_temporary" / "part-9.csv", "id,y\n98,9\n")
+    write(root / "b" / ".part-2.csv.crc", "garbage")
+    write(root / "c" / "empty.csv", "")
+    dataset = load_dataset(csv_config(label="y", joinsource_name_or_index="id"), root)
+    assert dataset.joinsource.to_series().tolist() == [1, 2, 3]
+    assert dataset.label.to_series().tolist() == [0, 1, 1]
+    assert dataset.feature_names == []
+
+
+def test_tokenizing_like_pandas(tmp_path):
+    text = ('\ufeffname,text,y\r\n'  # BOM, CRLF
+            'a,"line one\nline two",1\r\n'  # quoted newline
+            '\r\n'  # blank line
+            '   \r\n'  # whitespace-only line
+            'b,"say ""hi""",0\r\n'
+            'c,,1')  # no final newline, empty field
+    path = write(tmp_path / "d.csv", text)
+    config = csv_config(label="y", facet=[Facet("text")], group_variable="name")
+    dataset = load_dataset(config, path)
+    expected = pd.read_csv(path)
+    assert dataset.headers == ["name", "text", "y"]
+    assert_column_is(dataset.facets["text"], expected["text"])
+    assert dataset.facets["text"].to_series().tolist()[:2] == ["line one\nline two", 'say "hi"']
+    assert_column_is(dataset.group, expected["name"])
+    assert dataset.label.to_series().tolist() == [1, 0, 1]
+
+
+def test_header_names_like_pandas(tmp_path):
+    path = write(tmp_path / "d.csv", "a,a,,a.1,a\n1,2,3,4,5\n")
+    dataset = load_dataset(csv_config(label=4), path, need_features=True)
+    assert dataset.headers == list(pd.read_csv(path).columns) == ["a", "a.2", "Unnamed: 2", "a.1", "a.3"]
+    assert dataset.label.name == "a.3"
+    assert dataset.features.columns.tolist() == ["a", "a.2", "Unnamed: 2", "a.1"]
+
+
+def test_rows_longer_than_a_parse_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(csv_format, "_BLOCK_BYTES", 64)
+    long_text = "x" * 5000
+    path = write(tmp_path / "d.csv", "t,y\n" + "".join(f"{long_text}{i},{i % 2}\n" for i in range(5)))
+    dataset = load_dataset(csv_config(label="y", facet=[Facet("t")]), path, chunk_rows=2)
+    assert dataset.label.to_series().tolist() == [0, 1, 0, 1, 0]
+    assert dataset.facets["t"].to_series().str.len().tolist() == [5001] * 5
+
+
+# Errors ---------------------------------------------------------------------------------------------
+
+
+def test_error_config_headers_do_not_match_the_columns(tmp_path):
+    path = write(tmp_path / "d.csv", "1,2,3,4\n")
+    with pytest.raises(DataError) as error:
+        load_dataset(csv_config(headers=["a", "b", "c"], label="c"), path)
+    message = str(error.value)
+    assert message.startswith("Headers in config do not match with the number of columns in the dataset.")
+    assert f"{path} line 1 has 4 fields" in message and "names 3 columns" in message
+
+
+def test_error_second_file_has_other_columns(tmp_path):
+    write(tmp_path / "d" / "1.csv", "a,b\n1,2\n")
+    second = write(tmp_path / "d" / "2.csv", "\n1,2,3\n")
+    with pytest.raises(DataError, match="Headers in config do not match") as error:
+        load_dataset(csv_config(label="a"), tmp_path / "d")
+    assert f"{second} line 2 has 3 fields" in str(error.value)
+    assert "the header row of" in str(error.value)
+
+
+@pytest.mark.parametrize("bad_row", ["4,5", "4,5,6,7"])
+def test_error_row_with_another_number_of_fields(tmp_path, bad_row):
+    path = write(tmp_path / "d.csv", f'a,b,c\n1,"two\nlines",3\n\n{bad_row}\n7,8,9\n')
+    with pytest.raises(DataError) as error:
+        load_dataset(csv_config(label="a"), path)
+    assert f"{path} line 5 has {len(bad_row.split(','))} fields, but the dataset has 3 columns" in str(error.value)
+
+
+def test_error_bad_row_line_counts_leading_blank_lines(tmp_path):
+    path = write(tmp_path / "d.csv", "\n\n1,2,3\n4,5\n")
+    with pytest.raises(DataError, match=rf"{path} line 4 has 2 fields, but the dataset has 3 columns"):
+        load_dataset(csv_config(headers=["a", "b", "c"], label="a"), path)
+
+
+def test_error_bad_row_in_gzip_file_after_header(tmp_path):
+    path = tmp_path / "d.csv.gz"
+    path.write_bytes(gzip.compress(b"a,b\n1,2\n3\n"))
+    with pytest.raises(DataError, match=r"d\.csv\.gz line 3 has 1 fields"):
+        load_dataset(csv_config(label="a"), path)
+
+
+def test_error_not_utf8(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b"a,b\n1,2\n3,\xff\xfe\n")
+    with pytest.raises(DataError, match=rf"{path} line 3 is not valid UTF-8"):
+        load_dataset(csv_config(label="a"), path)
+
+
+def test_error_not_utf8_in_header(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b"a,\xff\n1,2\n")
+    with pytest.raises(DataError, match=rf"{path} line 1 is not valid UTF-8"):
+        load_dataset(csv_config(label="a"), path)
+
+
+def test_error_corrupt_gzip(tmp_path):
+    rng = np.random.default_rng(0)
+    data = b"a,b\n" + b"".join(b"%d,%d\n" % tuple(pair) for pair in rng.integers(0, 10**9, (20000, 2)))
+    path = tmp_path / "d.csv.gz"
+    path.write_bytes(gzip.compress(data)[:-4000])
+    with pytest.raises(DataError, match="cannot decompress this .gz file") as error:
+        load_dataset(csv_config(label="a"), path)
+    assert str(path) in str(error.value)
+
+
+def test_error_not_gzip_at_all(tmp_path):
+    path = write(tmp_path / "d.csv.gz", "a,b\n1,2\n")
+    with pytest.raises(DataError, match=rf"{path}: cannot decompress"):
+        load_dataset(csv_config(label="a"), path)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "a,b\n"])
+def test_error_no_data_rows(tmp_path, text):
+    path = write(tmp_path / "d.csv", text)
+    with pytest.raises(DataError, match=rf"The dataset {path} has no data rows \(files read: {path}\)"):
+        load_dataset(csv_config(label="a"), path)
+
+
+def test_error_no_data_rows_with_config_headers(tmp_path):
+    path = write(tmp_path / "d.csv", "a,b\n")  # only the header row
+    with pytest.raises(DataError, match="has no data rows"):
+        load_dataset(csv_config(headers=["a", "b"], label="a"), path)
+
+
+def test_error_duplicate_config_headers(tmp_path):
+    path = write(tmp_path / "d.csv", "1,2\n")
+    with pytest.raises(DataError, match=r"`headers` in the analysis config repeats \['a'\]"):
+        load_dataset(csv_config(headers=["a", "a"], label="a"), path)

@@ -1,0 +1,460 @@
+"""ModelClient against real HTTP servers on loopback: batching, headers, ordering, failures, retries.
+
+Each test starts a ``ThreadingHTTPServer`` whose handler calls a Python function per request, so a
+test can play a well-behaved model or a misbehaving one (refusing large batches, hanging, dropping
+connections, miscounting predictions) without mocking the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analyzer.config.model import Predictor
+from analyzer.errors import UserError
+from analyzer.predict import (
+    ModelClient,
+    ModelError,
+    RetryPolicy,
+    predicted_labels_for_bias,
+    wait_until_healthy,
+)
+
+WEIGHTS = np.array([0.5, -0.25, 1.0, 0.75])
+FEATURES = ["a", "b", "c", "d"]
+FAST_RETRY = RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05, max_elapsed_seconds=5)
+
+
+@dataclass
+class Request:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+Reply = tuple[int, bytes] | None  # None: drop the connection without answering
+
+
+class ModelServer:
+    """A loopback HTTP server answering POST /invocations with ``respond(request)``."""
+
+    def __init__(self, respond: Callable[[Request], Reply], ping: Callable[[], int] = lambda: 200):
+        self.requests: list[Request] = []
+        self.release = threading.Event()  # set at teardown so hanging handlers return
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a SageMaker model server
+            disable_nagle_algorithm = True  # else headers and body, sent apart, wait for a delayed ACK
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = Request(self.path, dict(self.headers), body)
+                server.requests.append(request)
+                reply = respond(request)
+                if reply is None:
+                    self.close_connection = True
+                    return
+                self._send(*reply)
+
+            def do_GET(self) -> None:
+                self._send(ping(), b"")
+
+            def _send(self, status: int, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def record_counts(self) -> list[int]:
+        return [_csv_rows(r.body).shape[0] for r in self.requests if r.body]
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ModelServer]]:
+    servers: list[ModelServer] = []
+
+    def start(respond: Callable[[Request], Reply], **kwargs: object) -> ModelServer:
+        servers.append(ModelServer(respond, **kwargs))  # type: ignore[arg-type]
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _csv_rows(body: bytes) -> np.ndarray:
+    return np.loadtxt(io.BytesIO(body), delimiter=",", ndmin=2)
+
+
+def score(rows: np.ndarray) -> np.ndarray:
+    # Written out rather than rows @ WEIGHTS: BLAS rounds differently for different batch sizes.
+    logit = sum(rows[:, j] * w for j, w in enumerate(WEIGHTS))
+    return 1 / (1 + np.exp(-logit))
+
+
+def linear_csv(request: Request) -> Reply:
+    """The toy model: one probability per CSV line, written round-trip exact."""
+    return 200, "\n".join(repr(float(s)) for s in score(_csv_rows(request.body))).encode()
+
+
+def data(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, len(FEATURES)))
+
+
+def client(server: ModelServer, predictor: Predictor | None = None, **options: object) -> ModelClient:
+    options = {"retry": FAST_RETRY, "timeout": 5.0, **options}
+    return ModelClient(server.url, predictor or Predictor(content_type="text/csv"), FEATURES, **options)  # type: ignore[arg-type]
+
+
+# -- well-behaved models ----------------------------------------------------------------------------
+
+def test_csv_predictions_in_order_across_batches(serve, caplog):
+    server = serve(linear_csv)
+    rows = data(2000)
+    with caplog.at_level(logging.INFO, logger="analyzer.predict"), \
+            client(server, max_payload_bytes=8_000, concurrency=4) as model:
+        out = model.predict(rows)
+    assert np.array_equal(out.scores[:, 0], score(rows))  # floats travel bit-exact both ways
+    assert len(server.requests) > 10 and sum(server.record_counts()) == 2000
+    assert max(len(r.body) for r in server.requests) <= 8_000
+    assert caplog.text.count("to fit max payload size limit.") == 1
+    assert "Model endpoint delivered" in caplog.text
+
+
+def test_record_count_limit(serve):
+    server = serve(linear_csv)
+    with client(server, max_records_per_request=7) as model:
+        model.predict(data(50))
+    assert max(server.record_counts()) == 7
+
+
+def test_headers_and_path(serve):
+    server = serve(linear_csv)
+    predictor = Predictor(content_type="text/csv", accept_type="text/csv", custom_attributes="c=1;mode=test",
+                          target_model="model-a.tar.gz")
+    with client(server, predictor) as model:
+        model.predict(data(3))
+    request = server.requests[0]
+    assert request.path == "/invocations"
+    assert request.headers["Content-Type"] == "text/csv"
+    assert request.headers["Accept"] == "text/csv"
+    assert request.headers["X-Amzn-SageMaker-Custom-Attributes"] == "c=1;mode=test"
+    assert request.headers["X-Amzn-SageMaker-Target-Model"] == "model-a.tar.gz"
+
+
+def test_jsonlines_model(serve):
+    def respond(request: Request) -> Reply:
+        rows = np.array([json.loads(line)["features"] for line in request.body.split(b"\n")])
+        return 200, b"\n".join(json.dumps({"predicted_label": int(s > 0.5), "score": s}).encode()
+                               for s in score(rows).tolist())
+
+    server = serve(respond)
+    predictor = Predictor(content_type="application/jsonlines", content_template='{"features":$features}',
+                          label="predicted_label", probability="score")
+    rows = data(300)
+    with client(server, predictor, max_payload_bytes=5_000) as model:
+        out = model.predict(pd.DataFrame(rows, columns=FEATURES))
+    assert np.array_equal(out.scores[:, 0], score(rows))
+    assert predicted_labels_for_bias(out).tolist() == (score(rows) > 0.5).astype(int).tolist()
+    assert server.requests[0].headers["Content-Type"] == "application/jsonlines"
+
+
+def test_json_model_with_records_template(serve):
+    def respond(request: Request) -> Reply:
+        rows = np.array([[r[name] for name in FEATURES] for r in json.loads(request.body)["instances"]])
+        return 200, json.dumps({"predictions": [{"score": s} for s in score(rows).tolist()]}).encode()
+
+    server = serve(respond)
+    predictor = Predictor(content_type="application/json", content_template='{"instances": $records}',
+                          record_template="$features_kvp", probability="predictions[*].score")
+    rows = data(120)
+    with client(server, predictor, max_payload_bytes=3_000) as model:
+        out = model.predict(rows)
+    assert np.array_equal(out.scores[:, 0], score(rows))
+    assert len(server.requests) > 1
+
+
+def test_single_record_template_sends_one_request_per_record(serve):
+    def respond(request: Request) -> Reply:
+        record = json.loads(request.body)
+        return 200, json.dumps({"score": float(score(np.array([[record[n] for n in FEATURES]]))[0])}).encode()
+
+    server = serve(respond)
+    predictor = Predictor(content_type="application/json", content_template="$record",
+                          record_template="$features_kvp", probability="score")
+    with client(server, predictor) as model:
+        out = model.predict(data(9))
+    assert len(server.requests) == 9
+    assert np.array_equal(out.scores[:, 0], score(data(9)))
+
+
+def test_npy_requests(serve):
+    def respond(request: Request) -> Reply:
+        rows = np.load(io.BytesIO(request.body))
+        return 200, json.dumps(score(rows).tolist()).encode()
+
+    server = serve(respond)
+    predictor = Predictor(content_type="application/x-npy", accept_type="application/json")
+    with client(server, predictor, max_payload_bytes=1_000) as model:
+        out = model.predict(data(100))
+    assert np.array_equal(out.scores[:, 0], score(data(100)))
+    assert all(len(r.body) <= 1_000 for r in server.requests)
+
+
+def test_results_in_input_order_whatever_the_completion_order(serve):
+    generator = random.Random(4)
+
+    def respond(request: Request) -> Reply:
+        time.sleep(generator.uniform(0, 0.03))
+        return linear_csv(request)
+
+    server = serve(respond)
+    rows = data(400)
+    with client(server, max_records_per_request=10, concurrency=8) as model:
+        out = model.predict(rows)
+    assert np.array_equal(out.scores[:, 0], score(rows))
+
+
+def test_several_requests_in_flight(serve):
+    lock = threading.Lock()
+    in_flight = [0, 0]  # now, most seen
+
+    def respond(request: Request) -> Reply:
+        with lock:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight[1], in_flight[0])
+        time.sleep(0.02)
+        with lock:
+            in_flight[0] -= 1
+        return linear_csv(request)
+
+    server = serve(respond)
+    with client(server, max_records_per_request=5, concurrency=4) as model:
+        model.predict(data(100))
+    assert in_flight[1] == 4
+
+
+def test_empty_input_sends_nothing(serve):
+    server = serve(linear_csv)
+    with client(server) as model:
+        out = model.predict(np.empty((0, 4)))
+    assert len(out) == 0 and out.scores.shape == (0, 0)
+    assert server.requests == []
+
+
+def test_progress_is_logged_for_long_runs(serve, caplog):
+    server = serve(linear_csv)
+    with caplog.at_level(logging.INFO, logger="analyzer.predict"), \
+            client(server, max_records_per_request=10, progress_interval=0.0) as model:
+        model.predict(data(100))
+    assert "rows/s" in caplog.text and "of 100 rows" in caplog.text
+
+
+# -- models that refuse batches ---------------------------------------------------------------------
+
+def test_model_error_for_large_batches_splits_them(serve, caplog):
+    def respond(request: Request) -> Reply:
+        if _csv_rows(request.body).shape[0] > 6:
+            return 500, b"batch too large"
+        return linear_csv(request)
+
+    server = serve(respond)
+    rows = data(200)
+    with caplog.at_level(logging.INFO, logger="analyzer.predict"), \
+            client(server, max_records_per_request=50, concurrency=2) as model:
+        out = model.predict(rows)
+    assert np.array_equal(out.scores[:, 0], score(rows))
+    assert caplog.text.count("Fallback to per-record prediction because of model error.") == 1
+    # later batches start at the size that worked instead of failing again
+    assert server.record_counts()[-1] <= 6
+    assert sum(count > 6 for count in server.record_counts()) < 10
+
+
+def test_payload_too_large_splits_batches(serve):
+    def respond(request: Request) -> Reply:
+        return (413, b"Request Entity Too Large") if len(request.body) > 600 else linear_csv(request)
+
+    server = serve(respond)
+    rows = data(100)
+    with client(server) as model:
+        out = model.predict(rows)
+    assert np.array_equal(out.scores[:, 0], score(rows))
+
+
+def test_connection_dropped_for_large_batches_splits_them_after_retries(serve):
+    server = serve(lambda request: None if _csv_rows(request.body).shape[0] > 4 else linear_csv(request))
+    rows = data(16)
+    with client(server) as model:
+        out = model.predict(rows)
+    assert np.array_equal(out.scores[:, 0], score(rows))
+    assert server.record_counts()[:3] == [16, 16, 16]  # retried as is first: a dropped connection may be transient
+
+
+def test_timeout_for_large_batches_splits_them(serve):
+    def respond(request: Request) -> Reply:
+        if _csv_rows(request.body).shape[0] > 3:
+            server.release.wait(10)
+        return linear_csv(request)
+
+    server = serve(respond)
+    rows = data(8)
+    with client(server, timeout=0.3) as model:
+        out = model.predict(rows)
+    assert np.array_equal(out.scores[:, 0], score(rows))
+
+
+def test_a_record_the_model_rejects_is_named(serve):
+    def respond(request: Request) -> Reply:
+        rows = _csv_rows(request.body)
+        return (400, b"feature c must be below 3") if (rows[:, 2] >= 3).any() else linear_csv(request)
+
+    server = serve(respond)
+    rows = data(40)
+    rows[17, 2] = 5.0
+    with client(server) as model, pytest.raises(ModelError, match=r"row 17: HTTP 400: 'feature c must be below 3'"):
+        model.predict(rows)
+
+
+def test_fewer_predictions_than_records(serve):
+    server = serve(lambda request: (200, b"0.5"))
+    with client(server, max_records_per_request=4) as model, \
+            pytest.raises(UserError, match=r"sent 4 record\(s\) \(rows 0 to 3\), got 1 line"):
+        model.predict(data(4))
+
+
+def test_wrong_count_names_the_batch_first_row(serve):
+    def respond(request: Request) -> Reply:
+        n = _csv_rows(request.body).shape[0]
+        extra = 1 if len(server.requests) == 3 else 0  # the third request (rows 10 to 14) gets one too many
+        return 200, b"\n".join([b"0.5"] * (n + extra))
+
+    server = serve(respond)
+    with client(server, max_records_per_request=5, concurrency=1) as model, \
+            pytest.raises(UserError, match=r"rows 10 to 14\), got 6 line"):
+        model.predict(data(30))
+
+
+def test_non_numeric_scores(serve):
+    server = serve(lambda request: (200, b"0.5\nhigh\n0.1"))
+    with client(server) as model, pytest.raises(UserError, match=r"row 1 is not a number: 'high'"):
+        model.predict(data(3))
+
+
+def test_label_not_in_label_headers(serve):
+    server = serve(lambda request: (200, b'{"label":"cat"}\n{"label":"cow"}'))
+    predictor = Predictor(content_type="application/jsonlines", content_template="$features", label="label",
+                          label_headers=["cat", "dog"])
+    with client(server, predictor) as model:
+        out = model.predict(data(2))
+    with pytest.raises(UserError, match="'cow' .*not one of predictor.label_headers"):
+        predicted_labels_for_bias(out)
+
+
+# -- transient failures -------------------------------------------------------------------------------
+
+def failing_first(n_failures: int, failure: Callable[[Request], Reply]) -> Callable[[Request], Reply]:
+    calls = iter(range(10**6))
+    lock = threading.Lock()
+
+    def respond(request: Request) -> Reply:
+        with lock:
+            call = next(calls)
+        return failure(request) if call < n_failures else linear_csv(request)
+
+    return respond
+
+
+@pytest.mark.parametrize("failure", [
+    lambda request: (503, b"busy"),
+    lambda request: (429, b"throttled"),
+    lambda request: None,  # connection closed mid-request
+])
+def test_transient_failures_are_retried(serve, failure):
+    server = serve(failing_first(2, failure))
+    rows = data(20)
+    with client(server) as model:
+        out = model.predict(rows)
+    assert np.array_equal(out.scores[:, 0], score(rows))
+    assert len(server.requests) == 3  # two failures, then the same batch again
+
+
+def test_server_error_for_one_record_is_retried(serve):
+    server = serve(failing_first(2, lambda request: (500, b"warming up")))
+    with client(server) as model:
+        out = model.predict(data(1))
+    assert out.scores[0, 0] == score(data(1))[0]
+    assert len(server.requests) == 3
+
+
+def test_server_error_for_one_record_is_retried_then_reported(serve):
+    server = serve(lambda request: (500, b"internal error"))
+    with client(server) as model, pytest.raises(ModelError, match=r"row 0: HTTP 500: 'internal error' \(after 3"):
+        model.predict(data(1))
+    assert len(server.requests) == 3
+
+
+def test_hanging_model_times_out(serve):
+    def respond(request: Request) -> Reply:
+        server.release.wait(10)
+        return linear_csv(request)
+
+    server = serve(respond)
+    started = time.monotonic()
+    with client(server, timeout=0.2, retry=RetryPolicy(attempts=2, backoff_seconds=0.01)) as model, \
+            pytest.raises(ModelError, match=r"no answer within 0.2 s"):
+        model.predict(data(2))
+    assert time.monotonic() - started < 5
+
+
+def test_unreachable_model(serve):
+    server = serve(linear_csv)
+    url = server.url
+    server.close()
+    model = ModelClient(url, Predictor(content_type="text/csv"), FEATURES, retry=FAST_RETRY)
+    with model, pytest.raises(ModelError, match="Could not connect to the model"):
+        model.predict(data(5))
+
+
+# -- health check -------------------------------------------------------------------------------------
+
+def test_wait_until_healthy(serve):
+    ready_at = time.monotonic() + 0.3
+    server = serve(linear_csv, ping=lambda: 200 if time.monotonic() >= ready_at else 503)
+    waited = wait_until_healthy(server.url, timeout=5, interval=0.05)
+    assert 0.2 <= waited < 5
+
+
+def test_wait_until_healthy_gives_up(serve):
+    server = serve(linear_csv, ping=lambda: 500)
+    with pytest.raises(ModelError, match=r"did not become healthy within 0.3 s \(GET /ping: HTTP 500\)"):
+        wait_until_healthy(server.url, timeout=0.3, interval=0.05)
