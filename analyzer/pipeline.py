@@ -21,7 +21,7 @@ from analyzer.config import AnalysisConfig, unsupported_methods
 from analyzer.data import Column, Dataset, load_dataset
 from analyzer.errors import UserError
 from analyzer.output import ANALYSIS_FILE, OutputStaging
-from analyzer.predict import ModelClient, predicted_labels_for_bias
+from analyzer.predict import ModelEndpoint, predicted_labels_for_bias
 from analyzer.report.summary import JobSummary
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,12 @@ def needs_features(config: AnalysisConfig) -> bool:
     return needs_model(config) or bool(post and "FT" in post.methods)
 
 
-def predicted_label_column(config: AnalysisConfig, dataset: Dataset, model: ModelClient) -> Column:
+def predicted_label_column(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint) -> Column:
     """The model's predicted labels for every row, by Clarify's rules (spec section 5.3)."""
     log.info("Getting predictions from the endpoint")
     started = time.perf_counter()
-    predictions = model.predict(dataset.features)
+    with endpoint.client() as client:
+        predictions = client.predict(dataset.features)
     labels = predicted_labels_for_bias(predictions, config.probability_threshold)
     log.info("Got %d predictions in %.2f s", len(labels), time.perf_counter() - started)
     return Column.from_series(labels, "predicted_label")
@@ -88,16 +89,16 @@ def check_bias_inputs(config: AnalysisConfig, dataset: Dataset) -> list[str]:
 
 
 def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStaging,
-                 model: ModelClient | None = None) -> dict[str, Any]:
+                 endpoint: ModelEndpoint | None = None) -> dict[str, Any]:
     """Run every configured method on ``dataset`` and return the ``analysis.json`` document.
 
-    ``model`` answers for the rows when the analyses need predictions (see ``needs_model``).
+    ``endpoint`` answers for the rows when the analyses need predictions (see ``needs_model``).
     """
     del staging  # written to by explanations in later versions
     if needs_model(config) and dataset.predicted_label is None:
-        if model is None:
+        if endpoint is None:
             raise UserError("methods.post_training_bias: the dataset has no predicted labels and no model was given")
-        dataset.predicted_label = predicted_label_column(config, dataset, model)
+        dataset.predicted_label = predicted_label_column(config, dataset, endpoint)
     results: dict[str, Any] = {"version": config.version}
     for stage, key, banner in STAGES:
         method = getattr(config.methods, f"{stage}_bias")

@@ -34,7 +34,7 @@ from analyzer.pipeline import (
     run_analysis,
     write_outputs,
 )
-from analyzer.predict import ModelClient
+from analyzer.predict import ModelEndpoint
 from analyzer.predict.client import MAX_PAYLOAD_BYTES
 from container.model_endpoint import model_endpoint
 
@@ -137,15 +137,15 @@ def run_job(paths: JobPaths) -> int:
         log.info("Dataset type: %s uri: %s", config.dataset_type, dataset_path)
         dataset = load_job_dataset(config, dataset_path)
         with contextlib.ExitStack() as model_scope, OutputStaging(paths.output_dir) as staging:
-            model = None
+            endpoint = None
             if needs_model(config):
                 url = model_scope.enter_context(model_endpoint(config, paths.model_dir))
-                model = model_scope.enter_context(ModelClient(
-                    url, config.predictor, dataset.feature_names,
+                endpoint = ModelEndpoint(
+                    url, config.predictor, tuple(dataset.feature_names),
                     # Lucent's own server takes bigger requests than SageMaker's 6 MB limit: fewer, larger
                     # predict calls are most of the throughput on a local model.
-                    max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES if local_model(config) else MAX_PAYLOAD_BYTES))
-            results = run_analysis(config, dataset, staging, model)
+                    max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES if local_model(config) else MAX_PAYLOAD_BYTES)
+            results = run_analysis(config, dataset, staging, endpoint)
             model_scope.close()  # stop the model before writing reports: it is no longer needed
             write_outputs(config, dataset, results, staging, started_at)
             published = staging.commit()

@@ -8,12 +8,14 @@
 from analyzer.predict.client import ClientStats, ModelClient, ModelError, RetryPolicy, wait_until_healthy
 from analyzer.predict.decode import ResponseParser, parse_response
 from analyzer.predict.encode import EncodedRecords, RequestEncoder, serialize_records
+from analyzer.predict.endpoint import ModelEndpoint
 from analyzer.predict.predictions import Predictions, predicted_labels_for_bias
 
 __all__ = [
     "ClientStats",
     "EncodedRecords",
     "ModelClient",
+    "ModelEndpoint",
     "ModelError",
     "Predictions",
     "RequestEncoder",
