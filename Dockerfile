@@ -1,12 +1,26 @@
 # Lucent processing-job image. Runs `lucent run` on /opt/ml/processing with no arguments,
-# as SageMaker Processing starts the Clarify container.
+# as SageMaker Processing starts the Clarify container (spec clarify-contract.md section 1.1).
+#
+#   docker build --network=host --build-arg BASE_IMAGE=python:3.11-slim -t lucent .
+#
+# Any Debian bookworm (or newer) base with python3 >= 3.11, venv and pip works.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PATH=/opt/lucent/bin:$PATH
+    PATH=/opt/lucent/bin:$PATH \
+    # Writable caches for any uid: users run the image with `--user $(id -u):$(id -g)` so the results
+    # on their mounted volume belong to them, and that uid has no home directory in the image.
+    MPLCONFIGDIR=/tmp/lucent-matplotlib \
+    XDG_CACHE_HOME=/tmp/lucent-cache
+
+# Pango for WeasyPrint (report.pdf) and a pinned font so the PDF lays out the same as on a host.
+RUN apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+       libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core >/dev/null \
+    && rm -rf /var/lib/apt/lists/*
 
 # A virtualenv keeps the image's Python packages apart from the distribution's (PEP 668 bases).
 RUN python3 -m venv /opt/lucent
@@ -16,15 +30,19 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN mkdir -p analyzer container && touch analyzer/__init__.py container/__init__.py \
     && pip install --no-cache-dir . \
-    && pip uninstall -y lucent
+    && pip uninstall -y -q lucent \
+    # setuptools' build/ keeps the empty placeholders, newer than the real sources COPY'd next.
+    && rm -rf build *.egg-info analyzer container
 
 COPY analyzer ./analyzer
 COPY container ./container
 RUN pip install --no-cache-dir --no-deps . && rm -rf /src
 
+# The output folders are world-writable (sticky) so the job also runs under the caller's uid.
 RUN useradd --create-home --uid 1000 lucent \
-    && mkdir -p /opt/ml/processing/input /opt/ml/processing/output /opt/ml/output \
-    && chown -R lucent /opt/ml
+    && mkdir -p /opt/ml/processing/input /opt/ml/processing/output /opt/ml/output /opt/ml/model \
+    && chown -R lucent /opt/ml \
+    && chmod 1777 /opt/ml/processing/output /opt/ml/output
 USER lucent
 WORKDIR /opt/ml/processing
 ENTRYPOINT ["lucent", "run"]

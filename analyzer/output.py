@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 ANALYSIS_FILE = "analysis.json"
+PUBLISHED_FILE_MODE = 0o644
 
 
 def to_json_safe(value: Any) -> Any:
@@ -75,6 +76,9 @@ class OutputStaging:
         for staged in sorted(p for p in self.staging_dir.rglob("*") if p.is_file()):
             final = self.output_dir / staged.relative_to(self.staging_dir)
             final.parent.mkdir(parents=True, exist_ok=True)
+            # Temporary files are created 0600; results are read by others (the uploader, a host user
+            # reading a container's output volume), so publish them like ordinary files.
+            os.chmod(staged, PUBLISHED_FILE_MODE)
             os.replace(staged, final)
             published.append(final)
         self._committed = True
@@ -100,6 +104,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, PUBLISHED_FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from analyzer.bias import bias_analysis
 from analyzer.config import AnalysisConfig, unsupported_methods
 from analyzer.data import Column, Dataset, load_dataset
 from analyzer.errors import UserError
+from analyzer.explain.job import explain_dataset
 from analyzer.output import ANALYSIS_FILE, OutputStaging
 from analyzer.predict import ModelEndpoint, predicted_labels_for_bias
 from analyzer.report.summary import JobSummary
@@ -40,13 +41,15 @@ def check_supported(config: AnalysisConfig) -> None:
 
 
 def needs_model(config: AnalysisConfig) -> bool:
-    """Whether the job must call a model: post-training bias without predicted labels in the data."""
+    """Whether the job must call a model: explanations, or post-training bias without predicted labels."""
+    if config.methods.shap is not None or config.methods.pdp is not None:
+        return True
     return (config.methods.post_training_bias is not None and config.predicted_label is None
             and config.predicted_label_dataset_uri is None)
 
 
 def needs_features(config: AnalysisConfig) -> bool:
-    """Whether the model feature matrix must be loaded (model calls, and the Flip Test)."""
+    """Whether the model feature matrix must be loaded (model calls, explanations, and the Flip Test)."""
     post = config.methods.post_training_bias
     return needs_model(config) or bool(post and "FT" in post.methods)
 
@@ -94,8 +97,7 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
 
     ``endpoint`` answers for the rows when the analyses need predictions (see ``needs_model``).
     """
-    del staging  # written to by explanations in later versions
-    if needs_model(config) and dataset.predicted_label is None:
+    if config.methods.post_training_bias is not None and dataset.predicted_label is None:
         if endpoint is None:
             raise UserError("methods.post_training_bias: the dataset has no predicted labels and no model was given")
         dataset.predicted_label = predicted_label_column(config, dataset, endpoint)
@@ -109,6 +111,9 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
         results[key] = bias_analysis(dataset, config, stage)
         log.info("Computed %d %s metrics for %d facet(s) in %.2f s", len(method.methods),
                  stage.replace("_", "-"), len(dataset.facets), time.perf_counter() - started)
+    explanations = explain_dataset(config, dataset, endpoint, staging, staging.output_dir / ".lucent-work")
+    if explanations:
+        results["explanations"] = explanations
     return results
 
 

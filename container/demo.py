@@ -52,7 +52,13 @@ MODEL_DEMO_CONFIG = {
     "facet": DEMO_CONFIG["facet"],
     "group_variable": "age_group",
     "probability_threshold": 0.5,
-    "methods": DEMO_CONFIG["methods"],
+    "methods": {
+        **DEMO_CONFIG["methods"],
+        # Kernel SHAP on every record against one computed baseline row (the data's centre); with 7
+        # features the 126 proper coalitions fit in the budget, so the values are exact.
+        "shap": {"num_clusters": 1, "num_samples": 256, "seed": 0, "agg_method": "mean_abs"},
+        "pdp": {"grid_resolution": 10, "top_k_features": 3},
+    },
     # The built-in server answers predict_proba rows "p0,p1"; column 1 is the approval score.
     "predictor": {"content_type": "text/csv", "accept_type": "text/csv", "probability": 1},
 }

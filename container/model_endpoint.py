@@ -21,6 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from analyzer.config import AnalysisConfig
@@ -39,9 +40,17 @@ class ModelUnavailable(UserError):
     """The model could not be started or reached."""
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    url: str
+    # The built-in server decodes requests with its default input_fn: any supported content type gives
+    # the model the same array, so the job may send numeric features as application/x-npy.
+    default_io: bool = False
+
+
 @contextlib.contextmanager
-def model_endpoint(config: AnalysisConfig, model_dir: Path) -> Iterator[str]:
-    """Start (or find) the model for ``config`` and yield its base URL; stop it afterwards."""
+def model_endpoint(config: AnalysisConfig, model_dir: Path) -> Iterator[ServedModel]:
+    """Start (or find) the model for ``config`` and yield where it is; stop it afterwards."""
     predictor = config.predictor
     if predictor is None:
         raise ModelUnavailable("predictor: this job needs a model but the config has no 'predictor' section")
@@ -50,13 +59,13 @@ def model_endpoint(config: AnalysisConfig, model_dir: Path) -> Iterator[str]:
             log.info("predictor.%s %r names a SageMaker resource; Lucent uses %s instead", key,
                      getattr(predictor, key), _describe_source(config, model_dir))
     if predictor.endpoint_url:
-        yield _existing_endpoint(predictor.endpoint_url)
+        yield ServedModel(_existing_endpoint(predictor.endpoint_url))
     elif predictor.image_uri:
         with _model_container(predictor.image_uri, model_dir) as url:
-            yield url
+            yield ServedModel(url)
     else:
-        with _builtin_server(model_dir) as url:
-            yield url
+        with _builtin_server(model_dir) as served:
+            yield served
 
 
 def _describe_source(config: AnalysisConfig, model_dir: Path) -> str:
@@ -91,7 +100,7 @@ def model_source(model_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _builtin_server(model_dir: Path) -> Iterator[str]:
+def _builtin_server(model_dir: Path) -> Iterator[ServedModel]:
     from container.sidecar import ModelLoadError, ModelServerError, start_model_server
 
     source = model_source(model_dir)
@@ -109,7 +118,7 @@ def _builtin_server(model_dir: Path) -> Iterator[str]:
         except ModelServerError as error:
             raise ModelUnavailable(f"the built-in model server did not start: {error}\n{server.log_tail()}") from error
         log.info("Model server ready at %s after %.1f seconds", server.url, time.perf_counter() - started)
-        yield server.url
+        yield ServedModel(server.url, default_io=bool(server.info().get("default_io")))
         if not server.is_alive():
             raise ModelUnavailable(f"the built-in model server died during the job:\n{server.log_tail()}")
     finally:

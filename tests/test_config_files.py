@@ -170,9 +170,10 @@ SHAP_DOC = {"dataset_type": "text/csv", "label": "y", "methods": {"shap": {"base
 @pytest.mark.parametrize("doc, expected", [
     (BIAS, []),
     (dict(BIAS, methods={"pre_training_bias": {"methods": "all"}, "report": {"name": "r"}}), []),
-    (SHAP_DOC, ["methods.shap: Kernel SHAP is not supported yet in this Lucent version"]),
-    (dict(SHAP_DOC, methods={"pdp": {"features": ["a"]}}),
-     ["methods.pdp: PDP (partial dependence plots) is not supported yet in this Lucent version"]),
+    (SHAP_DOC, []),
+    (dict(SHAP_DOC, methods={"pdp": {"features": ["a"]}}), []),
+    (dict(SHAP_DOC, methods={"shap": {"text_config": {"granularity": "token", "language": "english"}}}),
+     ["methods.shap.text_config: text explanations (text_config) is not supported yet in this Lucent version"]),
     (dict(BIAS, dataset_type="application/sagemakercapturejson"),
      ["dataset_type: application/sagemakercapturejson (Model Monitor capture data) is not supported yet in this "
       "Lucent version"]),
@@ -193,7 +194,7 @@ def test_post_training_bias_from_a_model_is_supported():
 def test_images_and_time_series_list_every_reason():
     images = {"dataset_type": "application/x-image", "methods": {"shap": {"image_config": {
         "model_type": "IMAGE_CLASSIFICATION"}}}, "predictor": {"endpoint_name": "e", "label_headers": ["cat"]}}
-    assert [r.split(":")[0] for r in unsupported_methods(parse_config(images))] == ["methods.shap", "dataset_type"]
+    assert [r.split(":")[0] for r in unsupported_methods(parse_config(images))] == ["dataset_type"]
     time_series = {"dataset_type": "application/json",
                    "time_series_data_config": {"target_time_series": 0, "item_id": 1, "timestamp": 2},
                    "methods": {"asymmetric_shapley_value": {"direction": "chronological", "granularity": "timewise"}},

@@ -68,6 +68,7 @@ def test_demo_job_matches_smclarify(demo_job, demo_config):
     assert [e["value_or_threshold"] for e in analysis["pre_training_bias_metrics"]["facets"]["race"]] == \
         list(df["race"].unique())
     assert demo_job.output_files() == ["analysis.json", "report.html", "report.ipynb", "report.pdf"]
+    assert {(demo_job.output_dir / name).stat().st_mode & 0o777 for name in demo_job.output_files()} == {0o644}
 
 
 def test_flip_test_on_numeric_features_matches_smclarify(job):

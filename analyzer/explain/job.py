@@ -1,0 +1,341 @@
+"""The job's explanations: ``methods.shap`` and ``methods.pdp`` on the dataset, through the model endpoint.
+
+``explain_dataset`` is the one entry point (called by ``analyzer.pipeline``). It resolves the config
+(features to explain, baseline, budget, seed), runs Kernel SHAP sharded over worker processes with
+checkpoints (``shards``), writes ``explanations_shap/{baseline,out,out_stderr}.csv`` and returns the
+``explanations`` section of ``analysis.json``. See docs/kernel-shap.md ("In the job").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analyzer import __version__
+from analyzer.config import AnalysisConfig
+from analyzer.config.model import Locator, ShapMethod
+from analyzer.data import Dataset, load_dataset, resolve_local_path
+from analyzer.data.csv_format import read_first_record
+from analyzer.data.files import list_data_files
+from analyzer.errors import DataError, UserError
+from analyzer.output import OutputStaging
+from analyzer.predict import ModelEndpoint
+
+from .aggregate import aggregate
+from .baseline import compute_baseline
+from .kernel_shap import Explanation, KernelShap
+from .pdp import partial_dependence
+from .shards import ShapSettings, run_shards, shard_size
+
+log = logging.getLogger(__name__)
+
+SHAP_DIR = "explanations_shap"
+STDERR_KEY = "lucent_global_shap_stderr"  # Lucent extension beside global_shap_values
+
+
+def explain_dataset(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint | None,
+                    staging: OutputStaging, work_dir: Path, *, base_dir: Path | None = None) -> dict[str, Any]:
+    """Run ``methods.shap`` and ``methods.pdp``; return ``analysis.json``'s ``explanations`` (may be empty).
+
+    ``work_dir``: the output folder's work area (``<output>/.lucent-work``), where finished shards are
+    checkpointed; it survives a failed run so that the next run resumes, and is removed on success.
+    ``base_dir``: folder that relative baseline paths are taken from: the config file's folder, by
+    default the processing-root layout's ``<root>/input/config`` next to ``<root>/output``.
+    """
+    shap, pdp = config.methods.shap, config.methods.pdp
+    if shap is None and pdp is None:
+        return {}
+    if endpoint is None or dataset.features is None:
+        raise UserError("methods.shap / methods.pdp need a model (predictor) and the dataset's features")
+    try:
+        explanations = _explain(config, dataset, endpoint, staging, work_dir,
+                                base_dir or staging.output_dir.parent / "input" / "config")
+    except BaseException:
+        if not any((work_dir / "shap").glob("*/shard-*.npz")):
+            _remove_work_area(work_dir)  # nothing to resume from: leave no trace in the output folder
+        raise
+    _remove_work_area(work_dir)
+    return explanations
+
+
+def _explain(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint, staging: OutputStaging,
+             work_dir: Path, base_dir: Path) -> dict[str, Any]:
+    shap, pdp = config.methods.shap, config.methods.pdp
+    explanations: dict[str, Any] = {}
+    global_values: dict[str, dict[str, float]] | None = None
+    if shap is not None:
+        explanations["kernel_shap"] = explain_shap(config, shap, dataset, endpoint, staging, work_dir / "shap",
+                                                   base_dir)
+        global_values = {key: entry["global_shap_values"] for key, entry in explanations["kernel_shap"].items()}
+    if pdp is not None:
+        explanations["pdp"] = partial_dependence(pdp, dataset, endpoint, global_values,
+                                                 seed=shap.seed if shap is not None and shap.seed is not None else 0)
+    return explanations
+
+
+@dataclass(frozen=True)
+class ShapInputs:
+    """The resolved ``methods.shap``: what the values depend on (and the fingerprint is made of)."""
+
+    baseline: pd.DataFrame  # feature_names columns
+    features: tuple[int, ...]  # explained columns, indices into dataset.feature_names, ascending
+    num_samples: int | None
+    use_logit: bool
+
+
+def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, endpoint: ModelEndpoint,
+                 staging: OutputStaging, work_dir: Path, base_dir: Path) -> dict[str, Any]:
+    """Kernel SHAP of every record: writes the local files, returns ``explanations.kernel_shap``."""
+    assert dataset.features is not None
+    started = time.perf_counter()
+    inputs = ShapInputs(baseline=shap_baseline(config, shap, dataset, base_dir),
+                        features=features_to_explain(shap.features_to_explain, dataset),
+                        num_samples=shap.num_samples, use_logit=shap.use_logit)
+    write_table(staging.path(f"{SHAP_DIR}/baseline.csv"), inputs.baseline)
+    baseline = inputs.baseline.to_numpy()
+
+    # The baseline scores name the outputs (label keys) and take part in the fingerprint: a changed
+    # model changes them, so a checkpoint made with another model is not reused.
+    with endpoint.client() as client:
+        predictions = client.predict(inputs.baseline)
+    label_keys = predictions.score_keys()
+    fingerprint = _fingerprint(config, dataset, inputs, predictions.scores)
+    checkpoint_dir = work_dir / fingerprint
+    _drop_stale(work_dir, keep=fingerprint)
+    seed = _job_seed(shap.seed, checkpoint_dir)
+
+    # The main process only assembles the shards: it needs the design and the expected value, and the
+    # model's scores for the baseline rows (the only rows it asks for) are already known.
+    explainer = KernelShap(lambda rows: predictions.scores, baseline, num_samples=inputs.num_samples, seed=seed,
+                           use_logit=inputs.use_logit, features_to_explain=list(inputs.features))
+    log.info("SHAP n_samples %d (%d coalitions), %d baseline row(s), %d feature(s) explained, %d output(s) %s",
+             inputs.num_samples or len(explainer.design.masks), len(explainer.design.masks), len(baseline),
+             len(inputs.features), len(label_keys), label_keys)
+    _check_finite_baseline(explainer)
+    settings = ShapSettings(endpoint=endpoint, baseline=baseline, num_samples=inputs.num_samples, seed=seed,
+                            use_logit=inputs.use_logit, features=inputs.features, checkpoint_dir=checkpoint_dir)
+    rows_per_record = (len(explainer.design.masks) + 2) * len(baseline) + 1
+    records = dataset.features.to_numpy()
+    local = run_shards(settings, records, shard_size(rows_per_record), explainer)
+
+    names = [dataset.feature_names[j] for j in inputs.features]
+    if shap.save_local_shap_values:
+        joinsource = dataset.joinsource
+        ids = joinsource.to_series().rename(joinsource.name) if joinsource is not None else None
+        write_local(staging.path(f"{SHAP_DIR}/out.csv"), local.values, names, label_keys, ids)
+        write_local(staging.path(f"{SHAP_DIR}/out_stderr.csv"), local.stderr, names, label_keys, ids)
+    result = shap_section(local, shap.agg_method, names, label_keys)
+    log.info("Kernel SHAP of %d records done in %.2f s", len(records), time.perf_counter() - started)
+    return result
+
+
+def shap_section(local: Explanation, agg_method: str, names: list[str], label_keys: list[str]) -> dict[str, Any]:
+    """``explanations.kernel_shap`` (contract 4.3) plus Lucent's global standard errors."""
+    glob = aggregate(local, agg_method)
+    return {key: {"global_shap_values": dict(zip(names, glob.values[:, c].tolist(), strict=True)),
+                  "expected_value": float(glob.expected_value[c]),
+                  STDERR_KEY: dict(zip(names, glob.stderr[:, c].tolist(), strict=True))}
+            for c, key in enumerate(label_keys)}
+
+
+# -- config resolution -------------------------------------------------------------------------------
+
+def features_to_explain(locators: list[Locator] | None, dataset: Dataset) -> tuple[int, ...]:
+    """Indices into ``dataset.feature_names`` of the features to explain (all when not configured)."""
+    if locators is None:
+        return tuple(range(len(dataset.feature_names)))
+    return tuple(sorted({feature_index(locator, dataset, "methods.shap.features_to_explain")
+                         for locator in locators}))
+
+
+def feature_index(locator: Locator, dataset: Dataset, key: str) -> int:
+    """The feature column a locator (header name, or 0-based index into the dataset's headers) names."""
+    if isinstance(locator, int) and not isinstance(locator, bool):
+        if not 0 <= locator < len(dataset.headers):
+            raise UserError(f"{key}: column index {locator} is out of range ({len(dataset.headers)} columns)")
+        name = dataset.headers[locator]
+    else:
+        name = str(locator)
+    if name in dataset.feature_names:
+        return dataset.feature_names.index(name)
+    roles = {"label": dataset.label, "predicted label": dataset.predicted_label, "joinsource": dataset.joinsource}
+    role = next((r for r, c in roles.items() if c is not None and c.name == name), None)
+    if role is not None:
+        raise UserError(f"{key}: {name!r} is the {role} column, not a feature the model sees")
+    raise UserError(f"{key}: {name!r} is not a feature column; features: {dataset.feature_names}")
+
+
+def shap_baseline(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, base_dir: Path) -> pd.DataFrame:
+    """The baseline rows (``feature_names`` columns): given inline, in a file, or computed by clustering."""
+    assert dataset.features is not None
+    names = dataset.feature_names
+    given = shap.baseline
+    if given is None:
+        started = time.perf_counter()
+        categorical = [j for j, dtype in enumerate(dataset.features.dtypes) if dtype.kind not in "biuf"]
+        rows = compute_baseline(dataset.features, shap.num_clusters, categorical=categorical,
+                                seed=shap.seed if shap.seed is not None else 0)
+        log.info("Computed a baseline of %d row(s) by clustering in %.2f s", len(rows), time.perf_counter() - started)
+        return _typed_like(pd.DataFrame(rows, columns=names), dataset.features)
+    if isinstance(given, list) and all(isinstance(row, list) for row in given):
+        for i, row in enumerate(given):
+            _check_width(len(row), names, dataset, f"row {i}")
+        return _typed_like(pd.DataFrame(given, columns=names), dataset.features)
+    if isinstance(given, str):
+        path = resolve_local_path(given, base_dir=base_dir)
+        return _load_baseline_file(config, path, dataset, given)
+    # JSON Lines rows (objects) or a JSON document: read them with the dataset's own reader.
+    return _load_baseline_document(config, given, dataset)
+
+
+def _load_baseline_document(config: AnalysisConfig, given: list | dict, dataset: Dataset) -> pd.DataFrame:
+    with tempfile.TemporaryDirectory(prefix="lucent-baseline-") as folder:
+        path = Path(folder) / "baseline"
+        if isinstance(given, list):
+            path.write_text("\n".join(json.dumps(row) for row in given) + "\n", encoding="utf-8")
+            doc_type = "application/jsonlines"
+        else:
+            path.write_text(json.dumps(given), encoding="utf-8")
+            doc_type = "application/json"
+        if config.dataset_type not in ("application/jsonlines", "application/json"):
+            raise UserError(f"methods.shap.baseline: rows as JSON objects need a JSON dataset, not {config.dataset_type}; "
+                            "give CSV rows as lists of values")
+        return _load_baseline_file(replace(config, dataset_type=doc_type), path, dataset, "the inline baseline")
+
+
+def _load_baseline_file(config: AnalysisConfig, path: Path, dataset: Dataset, what: str) -> pd.DataFrame:
+    """A baseline file in the dataset's format: features only (no label, no other role column)."""
+    assert dataset.features is not None
+    names = dataset.feature_names
+    csv_like = config.dataset_type == "text/csv"
+    # The dataset's reader, told that there is no role column; CSV gets the feature names as headers, so a
+    # header row equal to them (our own baseline.csv) is skipped and a wrong width is reported.
+    side = replace(config, dataset_uri=None, headers=names if csv_like else None, label=None, predicted_label=None,
+                   facet=[], group_variable=None, facet_dataset_uri=None, predicted_label_dataset_uri=None,
+                   excluded_columns=None, joinsource_name_or_index=None, segment_config=None)
+    try:
+        if csv_like:
+            _check_csv_width(path, names, dataset)
+        table = load_dataset(side, path, need_features=True)
+    except DataError as error:
+        raise UserError(f"methods.shap.baseline ({what}): {error}") from None
+    assert table.features is not None
+    _check_width(table.features.shape[1], names, dataset, str(path))
+    frame = table.features.set_axis(names, axis=1)
+    log.info("Read %d baseline row(s) from %s", len(frame), what)
+    return _typed_like(frame, dataset.features)
+
+
+def _check_csv_width(path: Path, names: list[str], dataset: Dataset) -> None:
+    for file in list_data_files(path):
+        first = read_first_record(file)
+        if first is not None:
+            _check_width(len(first.fields), names, dataset, f"{file} line {first.line}")
+
+
+def _check_width(width: int, names: list[str], dataset: Dataset, where: str) -> None:
+    if width == len(names):
+        return
+    hint = ""
+    if width == len(names) + 1 and dataset.label is not None:
+        hint = f" (it looks like it includes the label column {dataset.label.name!r}; leave it out)"
+    raise UserError(f"methods.shap.baseline: {where} has {width} values but the model has {len(names)} feature "
+                    f"columns {names}; baseline rows hold the features only{hint}")
+
+
+def _typed_like(frame: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
+    """Numeric baseline columns as float where the dataset's column is numeric (a category stays as given)."""
+    out = frame.copy()
+    for name in out.columns:
+        if features[name].dtype.kind in "biuf":
+            try:
+                out[name] = pd.to_numeric(out[name]).astype(float)
+            except (TypeError, ValueError):
+                raise UserError(f"methods.shap.baseline: column {name!r} is numeric in the dataset but the baseline "
+                                f"holds {out[name].tolist()[:5]}") from None
+    return out
+
+
+# -- files -------------------------------------------------------------------------------------------
+
+def write_table(path: Path, frame: pd.DataFrame) -> None:
+    """CSV with a header row; floats in full precision (the files must round-trip exactly)."""
+    frame.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)  # floats: shortest repr that round-trips
+
+
+def write_local(path: Path, values: np.ndarray, names: list[str], label_keys: list[str],
+                ids: pd.Series | None) -> None:
+    """``out.csv``: one row per record, columns ``<feature>_<label key>`` (label by label), ids first."""
+    columns = [f"{name}_{key}" for key in label_keys for name in names]
+    flat = values.transpose(0, 2, 1).reshape(len(values), -1)
+    frame = pd.DataFrame(flat, columns=columns)
+    if ids is not None:
+        frame.insert(0, str(ids.name), ids.to_numpy())
+    write_table(path, frame)
+
+
+# -- work area ---------------------------------------------------------------------------------------
+
+def _fingerprint(config: AnalysisConfig, dataset: Dataset, inputs: ShapInputs, baseline_scores: np.ndarray) -> str:
+    """A digest of everything the SHAP values depend on: config, data, baseline, model (its baseline scores)."""
+    assert dataset.features is not None
+    digest = hashlib.sha256()
+    for part in (__version__, json.dumps(config.raw, sort_keys=True, default=str),
+                 repr(inputs.features), repr(inputs.num_samples), repr(inputs.use_logit)):
+        digest.update(part.encode())
+    digest.update(pd.util.hash_pandas_object(dataset.features, index=False).to_numpy().tobytes())
+    digest.update(pd.util.hash_pandas_object(inputs.baseline, index=False).to_numpy().tobytes())
+    digest.update(np.ascontiguousarray(baseline_scores, dtype=float).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _job_seed(seed: int | None, checkpoint_dir: Path) -> int:
+    """The coalition seed. Without a configured seed one is drawn, and kept with the checkpoints so that a
+    resumed run uses the same design (all workers share it, so it is drawn once, here)."""
+    if seed is not None:
+        return seed
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    saved = checkpoint_dir / "seed.json"
+    if saved.exists():
+        return int(json.loads(saved.read_text()))
+    drawn = int(np.random.SeedSequence().entropy % 2**63)
+    saved.write_text(json.dumps(drawn))
+    return drawn
+
+
+def _drop_stale(work_dir: Path, keep: str) -> None:
+    """Checkpoints of another config, dataset, baseline or model can never be reused: remove them."""
+    if work_dir.is_dir():
+        for stale in work_dir.iterdir():
+            if stale.name != keep:
+                log.info("Removing stale SHAP checkpoints %s", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _remove_work_area(work_dir: Path) -> None:
+    shutil.rmtree(work_dir / "shap", ignore_errors=True)
+    with contextlib.suppress(OSError):
+        work_dir.rmdir()  # only when empty: other analyses may keep their own work there
+
+
+def _check_finite_baseline(explainer: KernelShap) -> None:
+    try:
+        explainer.expected_value  # noqa: B018 - computes (and checks) the baseline scores
+    except ValueError as error:
+        raise UserError(f"methods.shap.baseline: {error}") from None
+
+
+__all__ = ["explain_dataset", "explain_shap", "feature_index", "features_to_explain", "shap_baseline",
+           "write_local"]

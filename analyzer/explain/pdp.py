@@ -1,0 +1,101 @@
+"""Partial dependence (Clarify ``methods.pdp``, contract 2.2 and 4.4).
+
+For feature ``j`` and grid value ``v``, ``model_predictions[label][k]`` is the mean model score over the
+records with column ``j`` set to ``v`` (the other columns kept as recorded). Numeric features: ``v`` are the
+centres of ``grid_resolution`` equal-width buckets over the feature's range and ``data_distribution`` the
+fraction of records in each bucket; categorical features (non-numeric columns): every distinct value, most
+frequent first, with its share of records. The mean is over a seeded sample of at most ``MAX_RECORDS``
+records: the curve is an average, and ``grid x records`` model rows per feature must stay bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analyzer.config.model import PdpMethod
+from analyzer.data import Dataset
+from analyzer.errors import UserError
+from analyzer.predict import ModelEndpoint
+
+log = logging.getLogger(__name__)
+
+MAX_RECORDS = 2_000
+
+
+def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint,
+                       global_shap: dict[str, dict[str, float]] | None, *, seed: int = 0) -> list[dict[str, Any]]:
+    """``explanations.pdp``: one entry per feature, in the order chosen (config order, else SHAP rank)."""
+    from .job import feature_index  # job imports this module
+
+    features = dataset.features
+    assert features is not None
+    if pdp.features is not None:
+        columns = list(dict.fromkeys(feature_index(loc, dataset, "methods.pdp.features") for loc in pdp.features))
+    elif global_shap:
+        columns = top_features(global_shap, dataset.feature_names, pdp.top_k_features)
+    else:
+        raise UserError("methods.pdp: `features` is required when methods.shap is not requested")
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    sample = features if len(features) <= MAX_RECORDS else features.iloc[
+        np.sort(rng.choice(len(features), MAX_RECORDS, replace=False))]
+    entries = []
+    with endpoint.client() as client:
+        for j in columns:
+            column = features.iloc[:, j]
+            grid, distribution, data_type = feature_grid(column, pdp.grid_resolution)
+            # Every grid value's copy of the sample in one request batch: (grid value, record) rows.
+            rows = pd.concat([sample] * len(grid), ignore_index=True)
+            rows.isetitem(j, np.repeat(np.asarray(grid, dtype=float if data_type == "numerical" else object),
+                                       len(sample)))
+            predictions = client.predict(rows)
+            scores = predictions.scores.reshape(len(grid), len(sample), -1)
+            if not np.isfinite(scores).all():
+                raise UserError(f"methods.pdp: the model returned NaN or infinite scores for feature "
+                                f"{dataset.feature_names[j]!r}")
+            entries.append({
+                "feature_name": dataset.feature_names[j],
+                "data_type": data_type,
+                "feature_values": [_plain(v) for v in grid],
+                "data_distribution": distribution,
+                "model_predictions": scores.mean(axis=1).T.tolist(),
+                "label_headers": predictions.score_keys(),
+            })
+    log.info("Partial dependence of %d feature(s) on %d records in %.2f s", len(entries), len(sample),
+             time.perf_counter() - started)
+    return entries
+
+
+def top_features(global_shap: dict[str, dict[str, float]], names: list[str], k: int) -> list[int]:
+    """The ``k`` features with the largest global SHAP magnitude summed over labels (ties: column order)."""
+    weight: dict[str, float] = {}
+    for values in global_shap.values():
+        for name, value in values.items():
+            weight[name] = weight.get(name, 0.0) + abs(value)
+    ranked = sorted(weight, key=lambda name: (-weight[name], names.index(name)))
+    return [names.index(name) for name in ranked[:k]]
+
+
+def feature_grid(column: pd.Series, resolution: int) -> tuple[list[Any], list[float], str]:
+    """Grid values, share of records per grid cell, and the contract's ``data_type``."""
+    present = column.dropna()
+    if len(present) == 0:
+        raise UserError(f"methods.pdp: feature {column.name!r} has no values")
+    if column.dtype.kind in "biuf":
+        values = present.to_numpy(dtype=float)
+        low, high = float(values.min()), float(values.max())
+        edges = np.linspace(low, high, resolution + 1)
+        centres = (edges[:-1] + edges[1:]) / 2
+        counts = np.histogram(values, bins=edges)[0] if high > low else np.eye(resolution, dtype=int)[0] * len(values)
+        return centres.tolist(), (counts / len(column)).tolist(), "numerical"
+    counts = present.value_counts(sort=True)
+    return counts.index.tolist(), (counts.to_numpy() / len(column)).tolist(), "categorical"
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,230 @@
+"""Sharded Kernel SHAP: records cut into shards, run by worker processes, checkpointed on disk.
+
+Why shards: the synthetic rows of all records do not fit in memory (``records x coalitions x baseline
+rows``), and a long job that dies should not start over. Each shard is a fixed, contiguous range of
+records; its size depends only on the work per record, never on the number of workers, so the output
+is bit-identical whatever the worker count and whether the run was interrupted.
+
+Each worker process opens its own ``ModelClient`` (``ModelEndpoint`` is plain picklable data) and
+builds its own ``KernelShap`` with the job's coalition design (same ``M``, budget and seed, hence the
+same design). A finished shard is written atomically to ``<checkpoint_dir>/shard-<i>.npz``; a run
+that finds a shard file there skips that shard. The caller chooses ``checkpoint_dir`` so that it is
+keyed by a fingerprint of everything the values depend on (``analyzer.explain.job``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from analyzer.errors import UserError
+from analyzer.predict import ModelEndpoint
+
+from .kernel_shap import Explanation, KernelShap, ModelOutputError
+
+log = logging.getLogger(__name__)
+
+WORKERS_ENV = "LUCENT_SHAP_WORKERS"
+SHARD_ROWS_ENV = "LUCENT_SHAP_SHARD_ROWS"
+# Synthetic rows per shard: big enough that per-shard overhead (a process hand-off, a checkpoint, a few
+# requests) is noise, small enough that a shard's rows (a few hundred MB at most) fit in any worker.
+DEFAULT_SHARD_ROWS = 1_000_000
+# Rows per model call: each call is cut by the client into payload-sized requests that run concurrently.
+MAX_ROWS_PER_CALL = 400_000
+# Records per request when the client cuts a call: several requests per call keep all model workers busy.
+RECORDS_PER_REQUEST = 50_000
+
+
+@dataclass(frozen=True)
+class ShapSettings:
+    """Everything a worker needs to rebuild the job's explainer (plain data, sent to each process)."""
+
+    endpoint: ModelEndpoint
+    baseline: np.ndarray
+    num_samples: int | None
+    seed: int
+    use_logit: bool
+    features: tuple[int, ...]
+    checkpoint_dir: Path
+
+
+def shard_size(records_per_row_cost: int, shard_rows: int | None = None) -> int:
+    """Records per shard for a record costing ``records_per_row_cost`` synthetic rows."""
+    rows = shard_rows or int(os.environ.get(SHARD_ROWS_ENV, DEFAULT_SHARD_ROWS))
+    return max(1, rows // max(1, records_per_row_cost))
+
+
+def worker_count(n_shards: int) -> int:
+    """One worker per core (``LUCENT_SHAP_WORKERS`` overrides), never more than there are shards."""
+    wanted = int(os.environ.get(WORKERS_ENV) or os.cpu_count() or 1)
+    return max(1, min(wanted, n_shards))
+
+
+def shard_path(checkpoint_dir: Path, index: int) -> Path:
+    return checkpoint_dir / f"shard-{index:06d}.npz"
+
+
+def run_shards(settings: ShapSettings, records: np.ndarray, size: int, explainer: KernelShap,
+               on_done: Callable[[int], None] | None = None) -> Explanation:
+    """Explain ``records`` shard by shard (``size`` records each) and return all of them, in order.
+
+    ``explainer`` is the main process's explainer: its design and expected value assemble the result
+    from the checkpoints. ``on_done(index)`` is called in the main process after each new shard.
+    """
+    n_shards = -(-len(records) // size)
+    todo = [i for i in range(n_shards) if not shard_path(settings.checkpoint_dir, i).exists()]
+    if len(todo) < n_shards:
+        log.info("SHAP: resuming, %d of %d shards already done (checkpoints in %s)", n_shards - len(todo),
+                 n_shards, settings.checkpoint_dir)
+    workers = worker_count(len(todo)) if todo else 0
+    progress = _Progress(todo, size, len(records), explainer)
+    log.info("SHAP: %d records in %d shards of up to %d records, %d worker process(es)", len(records), n_shards,
+             size, workers)
+
+    def shard(i: int) -> tuple[int, int, np.ndarray]:
+        return i, i * size, records[i * size:(i + 1) * size]
+
+    def finished(i: int) -> None:
+        progress.advance(i)
+        if on_done is not None:
+            on_done(i)
+
+    if workers == 1:
+        _init_worker(settings)
+        try:
+            for i in todo:
+                finished(_run_shard(*shard(i)))
+        finally:
+            _close_worker()
+    elif workers > 1:
+        _run_pool(settings, (shard(i) for i in todo), workers, finished)
+    return Explanation.concat([_load(settings.checkpoint_dir, i, explainer) for i in range(n_shards)])
+
+
+def _run_pool(settings: ShapSettings, shards: Iterator[tuple[int, int, np.ndarray]], workers: int,
+              finished: Callable[[int], None]) -> None:
+    # spawn, not fork: the job process runs threads (HTTP clients, the model server's watcher), and a
+    # forked child of a threaded process can deadlock on a lock held by a thread that does not exist in it.
+    executor = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                   initargs=(settings,))
+    pending: set[Future[int]] = set()
+    try:
+        for task in shards:
+            if len(pending) >= 2 * workers:  # bounded: only a few shards' records are in flight
+                pending = _collect(pending, finished)
+            pending.add(executor.submit(_run_shard, *task))
+        while pending:
+            pending = _collect(pending, finished)
+        executor.shutdown(wait=True)
+    except BaseException:
+        # A failed or stopped job must not wait for the other shards: stop the workers we started.
+        for process in list((getattr(executor, "_processes", None) or {}).values()):
+            process.terminate()
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+
+
+def _collect(pending: set[Future[int]], finished: Callable[[int], None]) -> set[Future[int]]:
+    done, rest = wait(pending, return_when=FIRST_COMPLETED)
+    for future in done:
+        finished(future.result())  # re-raises a worker's error (UserError for bad model output)
+    return rest
+
+
+# -- worker side -------------------------------------------------------------------------------------
+
+_worker: dict = {}  # per-process state: the settings, the model client and the explainer
+
+
+def _init_worker(settings: ShapSettings) -> None:
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread per worker: there is one worker per core already.
+    _worker["limits"] = threadpool_limits(limits=1)
+    client = settings.endpoint.client(max_records_per_request=RECORDS_PER_REQUEST, progress_interval=3600)
+    _worker.update(settings=settings, client=client, explainer=KernelShap(
+        lambda rows: client.predict(rows).scores, settings.baseline, num_samples=settings.num_samples,
+        seed=settings.seed, use_logit=settings.use_logit, features_to_explain=list(settings.features),
+        max_rows_per_call=MAX_ROWS_PER_CALL))
+
+
+def _close_worker() -> None:
+    client = _worker.pop("client", None)
+    if client is not None:
+        client.close()
+    limits = _worker.pop("limits", None)
+    if limits is not None:
+        limits.unregister()
+    _worker.clear()
+
+
+def _run_shard(index: int, first: int, records: np.ndarray) -> int:
+    """Explain one shard and checkpoint it; returns ``index``."""
+    settings: ShapSettings = _worker["settings"]
+    explainer: KernelShap = _worker["explainer"]
+    try:
+        explanation = explainer.explain(records)
+    except ModelOutputError as error:
+        rows = ", ".join(str(first + r) for r in error.records[:5]) + (", ..." if len(error.records) > 5 else "")
+        raise UserError(f"methods.shap: {_renumber(str(error), first)} (dataset rows {rows}). Kernel SHAP needs a "
+                        "finite score for every synthetic row: make the model handle the baseline values "
+                        "mixed into each record") from None
+    except ValueError as error:  # wrong output shape, scores outside [0, 1] with use_logit
+        raise UserError(f"methods.shap: {error}") from None
+    _save(shard_path(settings.checkpoint_dir, index), explanation)
+    return index
+
+
+def _renumber(message: str, first: int) -> str:
+    """The explainer numbers records within the shard; name the dataset row instead."""
+    return re.sub(r"for record (\d+)", lambda m: f"for dataset row {first + int(m.group(1))}", message)
+
+
+def _save(path: Path, explanation: Explanation) -> None:
+    """Write the shard's results atomically: a checkpoint is either complete or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, values=explanation.values, stderr=explanation.stderr, reference=explanation.reference,
+                 prediction=explanation.prediction,
+                 **{f"terms_{key}": value for key, value in explanation.global_terms.items()})
+    os.replace(tmp, path)
+
+
+def _load(checkpoint_dir: Path, index: int, explainer: KernelShap) -> Explanation:
+    with np.load(shard_path(checkpoint_dir, index)) as data:
+        return Explanation(
+            values=data["values"], stderr=data["stderr"], expected_value=explainer.expected_value,
+            reference=data["reference"], prediction=data["prediction"], features=explainer.features,
+            design=explainer.design,
+            global_terms={key[len("terms_"):]: data[key] for key in data.files if key.startswith("terms_")})
+
+
+class _Progress:
+    """Logs shards done, synthetic rows per second and the time left."""
+
+    def __init__(self, todo: list[int], size: int, n_records: int, explainer: KernelShap):
+        self.todo, self.done = len(todo), 0
+        self.records_left = sum(min(size, n_records - i * size) for i in todo)
+        self.size, self.n_records = size, n_records
+        self.rows_per_record = (len(explainer.design.masks) + 1) * len(explainer.baseline)
+        self.records_done = 0
+        self.started = time.perf_counter()
+
+    def advance(self, index: int) -> None:
+        self.done += 1
+        self.records_done += min(self.size, self.n_records - index * self.size)
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = self.records_done / elapsed
+        eta = (self.records_left - self.records_done) / rate if rate else float("inf")
+        log.info("SHAP: %d of %d shards done (%d of %d records), %.0f synthetic rows/s, ETA %.0f s", self.done,
+                 self.todo, self.records_done, self.records_left, rate * self.rows_per_record, eta)
