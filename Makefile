@@ -7,7 +7,9 @@ STAMP  := $(VENV)/.installed-stamp
 # everywhere, poppler-utils for the tests that turn the PDF into page images.
 SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils
 
-.PHONY: help install demo test test-fast lint bench clean
+.PHONY: help install demo test test-fast lint bench image clean
+BASE_IMAGE ?= $(or $(LUCENT_BASE_IMAGE),python:3.11-slim)
+IMAGE      ?= lucent:dev
 
 help:
 	@echo "make demo       set up and run a full job on the bundled sample data (results in build/demo/output)"
@@ -15,6 +17,7 @@ help:
 	@echo "make test-fast  the test suite without tests marked slow"
 	@echo "make lint       ruff"
 	@echo "make bench      speed and memory benchmarks (figures and ratios against references)"
+	@echo "make image      build the container image (BASE_IMAGE=... to choose the base)"
 
 $(STAMP): pyproject.toml
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -46,6 +49,15 @@ test-fast: lint
 
 bench: $(STAMP)
 	$(PY) bench/bias.py
+	$(PY) bench/predict.py
+	$(PY) bench/shap.py
+
+image: $(STAMP)
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+	  docker build --network=host --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) . ; \
+	else \
+	  $(PY) -c 'import docker, sys; docker.from_env().images.build(path=".", tag=sys.argv[1], buildargs={"BASE_IMAGE": sys.argv[2]}, network_mode="host", rm=True); print("built", sys.argv[1])' $(IMAGE) $(BASE_IMAGE); \
+	fi
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

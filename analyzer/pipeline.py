@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from analyzer import __version__
 from analyzer.bias import bias_analysis
@@ -66,11 +67,39 @@ def predicted_label_column(config: AnalysisConfig, dataset: Dataset, endpoint: M
 
 
 def load_job_dataset(config: AnalysisConfig, dataset_path: Path) -> Dataset:
+    """Read the dataset, with the feature matrix only when an analysis will use it."""
     started = time.perf_counter()
-    dataset = load_dataset(config, dataset_path, need_features=needs_features(config))
+    if needs_features(config) and not needs_model(config):  # only the Flip Test wants the features
+        dataset = load_dataset(config, dataset_path)
+        blocked = flip_test_blockers(dataset)
+        if blocked is not None:
+            log.info("Not loading the feature matrix: the Flip Test does not support non-numeric columns and "
+                     "%s are features", ", ".join(blocked.columns))
+            dataset.features = blocked
+        else:
+            dataset = load_dataset(config, dataset_path, need_features=True)
+    else:
+        dataset = load_dataset(config, dataset_path, need_features=needs_features(config))
     log.info("Dataset ready: %d rows, %d features, facets %s (%.2f s)", dataset.n_rows,
              len(dataset.feature_names), ", ".join(dataset.facets) or "none", time.perf_counter() - started)
     return dataset
+
+
+def flip_test_blockers(dataset: Dataset) -> pd.DataFrame | None:
+    """When role columns already show the Flip Test must fail for every facet, a cheap stand-in feature
+    frame that makes it fail the same way; else None.
+
+    FT refuses non-numeric feature columns (Clarify: "FlipTest does not support non-numeric columns").
+    Facets and the group variable are often string features, and their dtypes are known before the
+    feature matrix is read; skipping that read keeps a 10M-row bias job within its memory budget.
+    """
+    roles = {column.name: column for column in (*dataset.facets.values(), dataset.group) if column is not None}
+    text = {name: column for name, column in roles.items()
+            if name in dataset.feature_names and column.dtype.kind not in "biuf"}
+    if not dataset.facets or not all(set(text) - {facet} for facet in dataset.facets):
+        return None
+    return pd.DataFrame({name: pd.Categorical.from_codes(column.codes, categories=pd.Index(range(column.nunique)))
+                         for name, column in text.items()})
 
 
 def check_bias_inputs(config: AnalysisConfig, dataset: Dataset) -> list[str]:

@@ -12,6 +12,9 @@ Benches:
   metrics      all pre- and post-training metrics except FT, one facet (target >= 20x)
   one_vs_rest  pre-training metrics one-vs-rest over a 10-value facet (target >= 20x)
   flip_test    FT alone, identical value required (target >= 5x)
+  end_to_end   `lucent run` on a --e2e-rows CSV (default 10M rows, ~0.5 GB) with the demo's bias config
+               (pre + post "all", two facets, one-vs-rest): peak RSS (target < 1.5 GiB) and rows/s,
+               against plain pandas.read_csv of the same file as the same-run reference
 """
 
 from __future__ import annotations
@@ -145,25 +148,85 @@ def bench_flip_test(df: pd.DataFrame, repeat: int = 1) -> dict:
     return report("flip_test", lucent_seconds, smclarify_seconds, 5, value == reference)
 
 
+def write_demo_csv(path: Path, rows: int, chunk: int = 1_000_000) -> None:
+    """The demo's credit table, generated and appended chunk by chunk (bounded memory)."""
+    from container.demo import make_credit_dataset
+
+    with path.open("w") as handle:
+        for start in range(0, rows, chunk):
+            make_credit_dataset(min(chunk, rows - start), seed=start).to_csv(handle, index=False, header=False)
+
+
+def run_measured(command: list[str]) -> tuple[int, float, int]:
+    """Exit code, wall seconds and peak RSS (bytes) of one child process."""
+    import os
+    import subprocess
+
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss * 1024
+
+
+def bench_end_to_end(rows: int) -> dict:
+    import json
+    import tempfile
+
+    from container.demo import COLUMNS, DEMO_CONFIG
+
+    with tempfile.TemporaryDirectory(prefix="lucent-bench-") as folder:
+        root = Path(folder)
+        (root / "input" / "config").mkdir(parents=True)
+        (root / "input" / "data").mkdir(parents=True)
+        config = dict(DEMO_CONFIG, methods={"pre_training_bias": {"methods": "all"},
+                                            "post_training_bias": {"methods": "all"}})
+        (root / "input" / "config" / "analysis_config.json").write_text(json.dumps(config))
+        data = root / "input" / "data" / "credit.csv"
+        write_demo_csv(data, rows)
+        size = data.stat().st_size
+        code, seconds, peak = run_measured([sys.executable, "-m", "container.cli", "run", "--processing-root",
+                                            str(root)])
+        if code != 0:
+            raise SystemExit(f"lucent run failed ({code}): {(root / 'message').read_text()}")
+        reader = ("import pandas, sys; pandas.read_csv(sys.argv[1], header=None, names=sys.argv[2].split(','))")
+        _, pandas_seconds, pandas_peak = run_measured([sys.executable, "-c", reader, str(data), ",".join(COLUMNS)])
+    gib = 1024 ** 3
+    print(f"end_to_end   {rows:,} rows, {size / 1e9:.2f} GB CSV: lucent run {seconds:.1f} s = {rows / seconds:,.0f} "
+          f"rows/s, peak RSS {peak / gib:.2f} GiB (target < 1.5 GiB) "
+          f"{'OK' if peak < 1.5 * gib else 'ABOVE TARGET'}", flush=True)
+    print(f"             reference pandas.read_csv alone: {pandas_seconds:.1f} s, peak RSS {pandas_peak / gib:.2f} GiB; "
+          f"lucent run / read_csv: time {seconds / pandas_seconds:.2f}x, memory {peak / pandas_peak:.2f}x", flush=True)
+    return {"bench": "end_to_end", "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
+            "peak_rss_bytes": peak, "identical": True}
+
+
 BENCHES: dict[str, Callable[[pd.DataFrame, int], dict]] = {
     "metrics": bench_metrics,
     "one_vs_rest": bench_one_vs_rest,
     "flip_test": bench_flip_test,
 }
+ALL_BENCHES = [*BENCHES, "end_to_end"]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", nargs="+", choices=list(BENCHES), default=list(BENCHES))
+    parser.add_argument("--only", nargs="+", choices=ALL_BENCHES, default=ALL_BENCHES)
+    parser.add_argument("--e2e-rows", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per timing, best counts (the FT search time varies by ~30%% on shared VMs)")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # both libraries log every failed metric and column typing
-    df = make_frame(args.rows, args.seed)
-    print(f"bias bench: {args.rows:,} rows", flush=True)
-    results = [BENCHES[name](df, args.repeat) for name in args.only]
+    in_memory = [name for name in args.only if name in BENCHES]
+    results = []
+    if in_memory:
+        df = make_frame(args.rows, args.seed)
+        print(f"bias bench: {args.rows:,} rows", flush=True)
+        results = [BENCHES[name](df, args.repeat) for name in in_memory]
+        del df
+    if "end_to_end" in args.only:
+        results.append(bench_end_to_end(args.e2e_rows))
     failed = [r["bench"] for r in results if not r["identical"]]
     if failed:
         raise SystemExit(f"results differ from smclarify in: {', '.join(failed)}")

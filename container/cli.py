@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="serve a model folder over SageMaker's model-container protocol "
                                      "(see `lucent serve-model --help`)")
     serve.add_argument("args", nargs=argparse.REMAINDER)
+    from container.launcher import add_launch_parser
+    from container.schedule import add_schedule_parser
+
+    add_launch_parser(commands)
+    add_schedule_parser(commands)
     return parser
 
 
@@ -74,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:  # the container runs `lucent` with no arguments: that is a job run
         args = parser.parse_args(["run", *argv])
+    if args.command == "launch":
+        from container.launcher import run_launch
+
+        return run_launch(args)
+    if args.command == "schedule":
+        from container.schedule import run_schedule
+
+        return run_schedule(args)
     configure_logging(args.verbose)
     paths = JobPaths.for_root(args.processing_root, args.message_file)
     if args.command == "run":

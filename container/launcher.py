@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -341,7 +342,7 @@ def run_launch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lucent")
     add_launch_parser(parser.add_subparsers(dest="command", required=True))
-    return run_launch(parser.parse_args(["launch", *(argv or [])]))
+    return run_launch(parser.parse_args(["launch", *(sys.argv[1:] if argv is None else argv)]))
 
 
 if __name__ == "__main__":

@@ -184,3 +184,14 @@ def test_model_image_that_exits_at_once(engine, image, image_job, tmp_path):
     assert "model weights missing" in image_job.message
     assert image_job.output_files() == []
     assert model_containers(engine) == []
+
+
+def test_launch_with_image_runs_the_job_in_the_container(image, host_job, tmp_path):
+    from container.launcher import main as launch
+
+    inputs = host_job.root / "input"
+    code = launch(["--config", str(inputs / "config"), "--data", str(inputs / "data"), "--model", str(inputs / "model"),
+                   "--output", str(tmp_path / "results"), "--image", image])
+    assert code == 0, (tmp_path / "results" / "message").read_text()
+    assert_same_numbers(json.loads((tmp_path / "results" / "analysis.json").read_text()), host_job.analysis())
+    assert (tmp_path / "results" / "analysis.json").stat().st_uid == os.getuid()  # the results are the caller's
