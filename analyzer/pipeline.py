@@ -7,6 +7,7 @@ content, writing any extra files through an ``OutputStaging``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import replace
@@ -66,20 +67,24 @@ def predicted_label_column(config: AnalysisConfig, dataset: Dataset, endpoint: M
     return Column.from_series(labels, "predicted_label")
 
 
-def load_job_dataset(config: AnalysisConfig, dataset_path: Path) -> Dataset:
-    """Read the dataset, with the feature matrix only when an analysis will use it."""
+def load_job_dataset(config: AnalysisConfig, dataset_path: Path, base_dir: Path | None = None) -> Dataset:
+    """Read the dataset, with the feature matrix only when an analysis will use it.
+
+    ``base_dir``: the config file's folder, which relative paths in the config are taken from.
+    """
     started = time.perf_counter()
+    load = functools.partial(load_dataset, config, dataset_path, base_dir=base_dir)
     if needs_features(config) and not needs_model(config):  # only the Flip Test wants the features
-        dataset = load_dataset(config, dataset_path)
+        dataset = load()
         blocked = flip_test_blockers(dataset)
         if blocked is not None:
             log.info("Not loading the feature matrix: the Flip Test does not support non-numeric columns and "
                      "%s are features", ", ".join(blocked.columns))
             dataset.features = blocked
         else:
-            dataset = load_dataset(config, dataset_path, need_features=True)
+            dataset = load(need_features=True)
     else:
-        dataset = load_dataset(config, dataset_path, need_features=needs_features(config))
+        dataset = load(need_features=needs_features(config))
     log.info("Dataset ready: %d rows, %d features, facets %s (%.2f s)", dataset.n_rows,
              len(dataset.feature_names), ", ".join(dataset.facets) or "none", time.perf_counter() - started)
     return dataset
@@ -121,8 +126,10 @@ def check_bias_inputs(config: AnalysisConfig, dataset: Dataset) -> list[str]:
 
 
 def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStaging,
-                 endpoint: ModelEndpoint | None = None) -> dict[str, Any]:
+                 endpoint: ModelEndpoint | None = None, base_dir: Path | None = None) -> dict[str, Any]:
     """Run every configured method on ``dataset`` and return the ``analysis.json`` document.
+
+    ``base_dir``: the config file's folder, which relative paths in the config (baselines) come from.
 
     ``endpoint`` answers for the rows when the analyses need predictions (see ``needs_model``).
     """
@@ -140,7 +147,8 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
         results[key] = bias_analysis(dataset, config, stage)
         log.info("Computed %d %s metrics for %d facet(s) in %.2f s", len(method.methods),
                  stage.replace("_", "-"), len(dataset.facets), time.perf_counter() - started)
-    explanations = explain_dataset(config, dataset, endpoint, staging, staging.output_dir / ".lucent-work")
+    explanations = explain_dataset(config, dataset, endpoint, staging, staging.output_dir / ".lucent-work",
+                                   base_dir=base_dir)
     if explanations:
         results["explanations"] = explanations
     return results

@@ -141,7 +141,8 @@ def through_sidecar(m):
     from analyzer.explain.job import explain_shap
     from analyzer.output import OutputStaging
     from analyzer.predict import ModelEndpoint
-    from container.job import LOCAL_MAX_PAYLOAD_BYTES
+    from container.job import LOCAL_MAX_PAYLOAD_BYTES, request_format
+    from container.model_endpoint import ServedModel
     from container.sidecar import start_model_server
 
     rng = np.random.default_rng(0)
@@ -162,7 +163,10 @@ def through_sidecar(m):
         dataset = load_dataset(config, root / "data.csv", need_features=True)
         with start_model_server(root / "model") as server, OutputStaging(root / "out") as staging:
             server.wait_healthy(timeout=120)
-            endpoint = ModelEndpoint(server.url, config.predictor, tuple(names), max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES)
+            # The request format `lucent run` would use with its own server (npy for numeric features).
+            served = ServedModel(server.url, default_io=bool(server.info().get("default_io")))
+            endpoint = ModelEndpoint(server.url, request_format(config, dataset, served), tuple(names),
+                                     max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES)
             start = time.perf_counter()
             explain_shap(config, config.methods.shap, dataset, endpoint, staging, root / "work", root)
             wall = time.perf_counter() - start

@@ -149,7 +149,7 @@ def run_job(paths: JobPaths) -> int:
         check_supported(config)
         dataset_path = dataset_path_for(config, paths, config_file)
         log.info("Dataset type: %s uri: %s", config.dataset_type, dataset_path)
-        dataset = load_job_dataset(config, dataset_path)
+        dataset = load_job_dataset(config, dataset_path, base_dir=config_file.parent)
         with contextlib.ExitStack() as model_scope, OutputStaging(paths.output_dir) as staging:
             endpoint = None
             if needs_model(config):
@@ -159,7 +159,7 @@ def run_job(paths: JobPaths) -> int:
                     # Lucent's own server takes bigger requests than SageMaker's 6 MB limit: fewer, larger
                     # predict calls are most of the throughput on a local model.
                     max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES if local_model(config) else MAX_PAYLOAD_BYTES)
-            results = run_analysis(config, dataset, staging, endpoint)
+            results = run_analysis(config, dataset, staging, endpoint, base_dir=config_file.parent)
             model_scope.close()  # stop the model before writing reports: it is no longer needed
             write_outputs(config, dataset, results, staging, started_at)
             published = staging.commit()
@@ -196,7 +196,8 @@ def validate_job(paths: JobPaths) -> list[str]:
     except UserError as error:
         problems.extend(str(error).split("; "))
     try:
-        dataset = load_job_dataset(config, dataset_path_for(config, paths, config_file))
+        dataset = load_job_dataset(config, dataset_path_for(config, paths, config_file),
+                                   base_dir=config_file.parent)
         problems.extend(check_bias_inputs(config, dataset))
     except UserError as error:
         problems.append(str(error))

@@ -73,13 +73,15 @@ class _Roles:
 
 
 def load_dataset(config: AnalysisConfig, dataset_path: Path, *, need_features: bool = False,
-                 chunk_rows: int = 500_000) -> Dataset:
+                 chunk_rows: int = 500_000, base_dir: Path | None = None) -> Dataset:
     """Read the dataset at ``dataset_path`` (a file or a folder) as ``config`` describes it.
 
     Role columns (label, predicted label, facets, group variable, joinsource) are returned as compact
     ``Column`` objects; the feature DataFrame is built only when ``need_features`` is true. CSV and
-    Parquet are streamed ``chunk_rows`` rows at a time. Raises ``DataError`` for any problem with the
-    data, naming the file, line and column.
+    Parquet are streamed ``chunk_rows`` rows at a time. Relative side-dataset paths
+    (``facet_dataset_uri``, ``predicted_label_dataset_uri``) are taken from ``base_dir``, the config
+    file's folder (default: the current folder). Raises ``DataError`` for any problem with the data,
+    naming the file, line and column.
     """
     start = time.perf_counter()
     dataset_path = Path(dataset_path)
@@ -89,9 +91,9 @@ def load_dataset(config: AnalysisConfig, dataset_path: Path, *, need_features: b
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
     main = _open_table(config, dataset_path, config.headers, chunk_rows=chunk_rows)
     facet_table = _open_side_table(config.facet_dataset_uri, config.facet_headers, "facet_dataset_uri",
-                                   chunk_rows=chunk_rows)
+                                   chunk_rows=chunk_rows, base_dir=base_dir)
     prediction_table = _open_side_table(config.predicted_label_dataset_uri, config.predicted_label_headers,
-                                        "predicted_label_dataset_uri", chunk_rows=chunk_rows)
+                                        "predicted_label_dataset_uri", chunk_rows=chunk_rows, base_dir=base_dir)
 
     roles = _locate_roles(config, main, facet_table, prediction_table)
     excluded = {locate_column(c, main.headers, role="excluded_columns", source=main.source)
@@ -179,11 +181,12 @@ def _open_table(config: AnalysisConfig, path: Path, headers: Sequence[str] | Non
                     f"supported: {', '.join(_SUPPORTED_TYPES)}.")
 
 
-def _open_side_table(uri: str | None, headers: Sequence[str] | None, key: str, *, chunk_rows: int) -> Table | None:
+def _open_side_table(uri: str | None, headers: Sequence[str] | None, key: str, *, chunk_rows: int,
+                     base_dir: Path | None) -> Table | None:
     """A facet or predicted label dataset: always CSV (Clarify accepts side datasets for CSV only)."""
     if uri is None:
         return None
-    path = resolve_local_path(uri)
+    path = resolve_local_path(uri, base_dir=base_dir)
     return CsvTable(list_data_files(path), f"{path} (`{key}`)", headers, chunk_rows=chunk_rows,
                     headers_key=key.replace("dataset_uri", "headers"))
 
