@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from container.engine import EngineUnavailable, connect_engine
 from container.job import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, JobPaths, configure_logging, run_job
 
 log = logging.getLogger("lucent.launch")
@@ -242,15 +243,12 @@ class Launch:
 
 def run_in_container(image: str, root: Path) -> int:
     """Run ``image`` on the staged processing root as SageMaker would: no arguments, inputs read-only."""
-    import docker
     import docker.errors
 
     try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as error:
-        raise LaunchError(f"--image: no container engine reachable (DOCKER_HOST="
-                          f"{os.environ.get('DOCKER_HOST', 'unset')}): {error}") from error
+        client = connect_engine("--image")
+    except EngineUnavailable as error:
+        raise LaunchError(str(error)) from error
     volumes = {str(root / "input"): {"bind": str(CONTAINER_ROOT / "input"), "mode": "ro"},
                str(root / "output"): {"bind": str(CONTAINER_ROOT / "output"), "mode": "rw"},
                str(root / "message-dir"): {"bind": "/opt/ml/output", "mode": "rw"}}

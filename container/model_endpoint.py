@@ -27,6 +27,7 @@ from pathlib import Path
 from analyzer.config import AnalysisConfig
 from analyzer.errors import UserError
 from analyzer.predict import ModelError, wait_until_healthy
+from container.engine import EngineUnavailable, connect_engine
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +130,12 @@ def _builtin_server(model_dir: Path) -> Iterator[ServedModel]:
 @contextlib.contextmanager
 def _model_container(image: str, model_dir: Path) -> Iterator[str]:
     """Run ``image`` with ``serve`` like SageMaker hosting does, the model mounted read-only."""
-    import docker
     import docker.errors
 
     try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as error:
-        raise ModelUnavailable(f"predictor.image_uri: no container engine reachable (DOCKER_HOST="
-                               f"{_docker_host()}): {error}") from error
+        client = connect_engine("predictor.image_uri")
+    except EngineUnavailable as error:
+        raise ModelUnavailable(str(error)) from error
     volumes = {}
     if model_dir.exists():
         volumes[str(model_dir.resolve())] = {"bind": "/opt/ml/model", "mode": "ro"}
@@ -184,7 +182,3 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _docker_host() -> str:
-    return os.environ.get("DOCKER_HOST", "unset")
