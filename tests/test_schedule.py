@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -113,3 +114,31 @@ def test_bad_job_description(tmp_path, capsys):
     (tmp_path / "job.yaml").write_text("name: x\nschedule: weekly\nconfig: c\noutput: o\n")
     assert main([str(tmp_path / "job.yaml"), "--print"]) == 1
     assert "weekly" in capsys.readouterr().err
+
+
+@pytest.fixture
+def user_crontab():
+    """The real crontab of this user, restored afterwards (the test installs into it for real)."""
+    if shutil.which("crontab") is None:
+        pytest.skip("no crontab command (Debian package cron; `make test` installs it)")
+    before = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+    subprocess.run(["crontab", "-"], input="# kept by lucent tests\n", text=True, check=True)
+    yield
+    if before.returncode == 0:
+        subprocess.run(["crontab", "-"], input=before.stdout, text=True, check=True)
+    else:
+        subprocess.run(["crontab", "-r"], capture_output=True)
+
+
+def test_install_adds_the_entry_once_and_keeps_other_lines(user_crontab, tmp_path):
+    description = {"name": "nightly-bias", "schedule": "daily(2)", "config": str(tmp_path / "c"),
+                   "data": str(tmp_path / "d"), "output": str(tmp_path / "results")}
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(description))
+    for _ in range(2):  # installing again replaces the entry instead of adding a second one
+        subprocess.run([sys.executable, "-m", "container.schedule", str(job_file), "--install"], check=True,
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    lines = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "# kept by lucent tests" in lines
+    entries = [line for line in lines if line.endswith("# lucent-schedule:nightly-bias")]
+    assert len(entries) == 1 and entries[0].startswith("0 2 * * * ")
