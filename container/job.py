@@ -46,6 +46,7 @@ SUCCESS_MESSAGE = "Completed: SageMaker XAI Analyzer ran successfully"
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 0, 1, 2
 LOCAL_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # several requests per worker balance better than a few huge ones
 NPY = "application/x-npy"
+CSV = "text/csv"
 
 
 def local_model(config: AnalysisConfig) -> bool:
@@ -111,16 +112,26 @@ def configure_logging(verbose: bool = False) -> None:
 
 
 def request_format(config: AnalysisConfig, dataset: Dataset, served: ServedModel) -> Predictor:
-    """The predictor settings to use; numeric features go to Lucent's own server as npy when it decodes
-    requests with its default handler (same array on the server side, several times cheaper than CSV)."""
+    """The predictor settings to use with this model.
+
+    Lucent's own server, when it decodes and encodes with its default handlers, gives the model the
+    same array whatever the content type and returns the model's own numbers: numeric features then go
+    as npy (several times cheaper than CSV), and so do score-only answers (read with the same column
+    indexes as CSV, without formatting and parsing every float).
+    """
     predictor = config.predictor
-    numeric = dataset.features is not None and all(
-        kind in "biuf" for kind in (dtype.kind for dtype in dataset.features.dtypes))
-    if served.default_io and numeric and predictor.content_type != NPY:
-        log.info("The built-in model server uses its default input handler: sending features as %s instead of "
-                 "%s (the model receives the same numbers, faster)", NPY, predictor.content_type)
-        return replace(predictor, content_type=NPY)
-    return predictor
+    if not served.default_io:
+        return predictor
+    changes = {}
+    numeric = dataset.features is not None and all(dtype.kind in "biuf" for dtype in dataset.features.dtypes)
+    if numeric and predictor.content_type != NPY:
+        changes["content_type"] = NPY
+    if predictor.label is None and predictor.accept_type in (None, CSV):
+        changes["accept_type"] = NPY
+    if changes:
+        log.info("The built-in model server uses its default handlers: exchanging %s as %s (the same numbers, "
+                 "faster)", " and ".join("features" if k == "content_type" else "scores" for k in changes), NPY)
+    return replace(predictor, **changes)
 
 
 def dataset_path_for(config: AnalysisConfig, paths: JobPaths, config_file: Path) -> Path:

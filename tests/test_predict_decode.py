@@ -293,3 +293,22 @@ def test_locator_fast_paths_agree_with_jmespath(expression):
     for document in DOCUMENTS:
         assert locator.search(document) == jmespath.search(expression, document)
     assert locator.search_each(DOCUMENTS) == [jmespath.search(expression, d) for d in DOCUMENTS]
+
+
+def test_npy_answers_read_like_csv_columns():
+    """Lucent's own server answers npy: the same column indexes give the same scores as CSV."""
+    import io
+
+    from analyzer.predict.decode import ResponseParser
+
+    scores = np.array([[0.25, 0.75], [0.9, 0.1], [1 / 3, 2 / 3]])
+    buffer = io.BytesIO()
+    np.save(buffer, scores)
+    csv_body = "".join(f"{a!r},{b!r}\n" for a, b in scores.tolist()).encode()
+    for probability in (1, None):
+        predictor = Predictor(content_type="text/csv", probability=probability)
+        from_npy = ResponseParser(predictor, "application/x-npy").parse(buffer.getvalue(), 3)
+        from_csv = ResponseParser(predictor, "text/csv").parse(csv_body, 3)
+        assert np.array_equal(from_npy.scores, from_csv.scores)
+    with pytest.raises(UserError, match="exactly one prediction per record"):
+        ResponseParser(Predictor(probability=1), "application/x-npy").parse(buffer.getvalue(), 4)

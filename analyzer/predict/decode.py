@@ -7,6 +7,8 @@
 * ``application/jsonlines``: one JSON document per line; locators are JMESPath per line.
 * ``application/json``: the whole body is one document; locators are JMESPath over it and must give
   one element per record.
+* ``application/x-npy`` (between Lucent and its own model server only; not a config value): an array
+  with one row per record, read like CSV columns, so ``label`` / ``probability`` indexes mean the same.
 
 Rectangular CSV is read by pyarrow's C parser and JSON by orjson, so parsing stays a small fraction
 of a prediction run; anything unusual (ragged rows, list cells) falls back to exact Python parsing.
@@ -28,11 +30,12 @@ import pyarrow.csv as pa_csv
 
 from analyzer.config.model import Locator, Predictor
 from analyzer.errors import UserError
-from analyzer.predict.encode import CSV, JSON, JSON_LINES, media_type
+from analyzer.predict.encode import CSV, JSON, JSON_LINES, NPY, media_type
 from analyzer.predict.locator import JsonLocator
 from analyzer.predict.predictions import Predictions, as_numbers
 
 ACCEPT_TYPES = (CSV, JSON_LINES, JSON)
+COLUMN_TYPES = (CSV, NPY)  # responses read as columns, located by 0-based index
 
 _CSV_READ = pa_csv.ReadOptions(autogenerate_column_names=True, use_threads=False)
 # Only empty cells are missing: "NA", "null" or "nan" may be real labels or scores.
@@ -49,11 +52,11 @@ class ResponseParser:
 
     def __init__(self, predictor: Predictor, accept_type: str | None = None):
         self.accept_type = media_type(accept_type or predictor.accept_type or predictor.content_type or CSV)
-        if self.accept_type not in ACCEPT_TYPES:
+        if self.accept_type not in (*ACCEPT_TYPES, NPY):
             raise UserError(f"predictor.accept_type {self.accept_type!r} is not supported for tabular data; use "
                             f"one of {', '.join(ACCEPT_TYPES)}")
         self.label_headers = tuple(predictor.label_headers) if predictor.label_headers is not None else None
-        compile_locator = _csv_index if self.accept_type == CSV else partial(_json_locator,
+        compile_locator = _csv_index if self.accept_type in COLUMN_TYPES else partial(_json_locator,
                                                                              accept_type=self.accept_type)
         self._label = compile_locator(predictor.label, "predictor.label")
         self._probability = compile_locator(predictor.probability, "predictor.probability")
@@ -62,6 +65,8 @@ class ResponseParser:
         """Predictions for the ``n_records`` records of one request; rows numbered from ``first_row``."""
         if self.accept_type == CSV:
             extract = self._csv(body, n_records, first_row)
+        elif self.accept_type == NPY:
+            extract = self._npy(body, n_records, first_row)
         elif self.accept_type == JSON_LINES:
             extract = self._json_lines(body, n_records, first_row)
         else:
@@ -91,6 +96,20 @@ class ResponseParser:
             outputs = _values_field([_cell(column[0]) for column in columns], "output", first_row)
             return lambda index, key: outputs
         _check_count(n_lines, n, first_row, "line(s)")
+        return self._columns(columns, n, first_row)
+
+    def _npy(self, body: bytes, n: int, first_row: int) -> Extract:
+        try:
+            array = np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, OSError) as error:
+            raise UserError(f"the model's application/x-npy answer for rows from {first_row} is not an array: "
+                            f"{error}") from error
+        array = array.reshape(len(array), -1) if array.ndim != 2 else array
+        _check_count(len(array), n, first_row, "row(s)")
+        return self._columns([array[:, j] for j in range(array.shape[1])], n, first_row)
+
+    def _columns(self, columns: list[np.ndarray], n: int, first_row: int) -> Extract:
+        """Locate outputs in per-column arrays (CSV cells or an npy matrix) by 0-based index."""
 
         def extract(index: int | None, key: str) -> np.ndarray:
             if index is None:  # the whole row
@@ -103,7 +122,7 @@ class ResponseParser:
                     matrix[:, j] = c
                 return matrix
             if index >= len(columns):
-                raise UserError(f"{key} is column {index} but the model's CSV output for row {first_row} has "
+                raise UserError(f"{key} is column {index} but the model's output for row {first_row} has "
                                 f"{len(columns)} column(s)")
             return _column_field(columns[index], key, first_row)
 
