@@ -338,9 +338,10 @@ def run_launch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lucent")
-    add_launch_parser(parser.add_subparsers(dest="command", required=True))
-    return run_launch(parser.parse_args(["launch", *(sys.argv[1:] if argv is None else argv)]))
+    """``python -m container.launcher ...`` is ``lucent launch ...``."""
+    from container.cli import main as lucent
+
+    return lucent(["launch", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

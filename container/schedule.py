@@ -223,9 +223,10 @@ def run_schedule(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lucent")
-    add_schedule_parser(parser.add_subparsers(dest="command", required=True))
-    return run_schedule(parser.parse_args(["schedule", *(sys.argv[1:] if argv is None else argv)]))
+    """``python -m container.schedule ...`` is ``lucent schedule ...``."""
+    from container.cli import main as lucent
+
+    return lucent(["schedule", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
