@@ -110,24 +110,27 @@ def make_design(n_features: int, num_samples: int | None = None, seed: int | Non
     rng = np.random.default_rng(seed)
 
     sizes = list(range(1, m // 2 + 1))
-    # Pairs per stratum and Shapley-kernel weight of one coalition of size s (same for M - s).
+    # Pairs per stratum (exact integers, astronomically large for long texts) and the stratum's total
+    # Shapley-kernel mass, in closed form: the kernel weight (M-1) / (C(M,s) s (M-s)) of one coalition
+    # times the C(M,s) coalitions of size s, plus as many of size M-s when that is a different size.
     population = [comb(m, s) if 2 * s < m else comb(m, s) // 2 for s in sizes]
-    kernel = [(m - 1) / (comb(m, s) * s * (m - s)) for s in sizes]
-    units = _allocate(population, kernel, int(num_samples) // 2)
+    mass = [(2 if 2 * s < m else 1) * (m - 1) / (s * (m - s)) for s in sizes]
+    units = _allocate(population, mass, int(num_samples) // 2)
 
     blocks: list[np.ndarray] = []
     weights: list[np.ndarray] = []
     sampled: list[Stratum] = []
     start = 0
-    for s, pop, k, u in zip(sizes, population, kernel, units, strict=True):
+    for s, pop, stratum_mass, u in zip(sizes, population, mass, units, strict=True):
         if u == 0:
             continue
         half = _enumerate(m, s) if u == pop else _sample(m, s, u, pop, rng)
         pairs = np.empty((2 * len(half), m), dtype=bool)
         pairs[0::2], pairs[1::2] = half, ~half
         blocks.append(pairs)
-        # Horvitz-Thompson: each drawn pair stands for pop / u pairs of the stratum.
-        weights.append(np.full(len(pairs), k * pop / u))
+        # Horvitz-Thompson: each drawn pair stands for pop / u pairs of the stratum, so each of its two
+        # coalitions carries kernel weight x pop / u = stratum mass / (2u).
+        weights.append(np.full(len(pairs), stratum_mass / (2 * u)))
         if u < pop:
             sampled.append(Stratum(size=s, start=start, units=u, population=pop))
         start += len(pairs)
@@ -137,7 +140,7 @@ def make_design(n_features: int, num_samples: int | None = None, seed: int | Non
     return CoalitionDesign(masks=masks, weights=w / w.sum() if w.size else w, sampled=tuple(sampled))
 
 
-def _allocate(population: list[int], kernel: list[float], budget: int) -> list[int]:
+def _allocate(population: list[int], mass: list[float], budget: int) -> list[int]:
     """Pairs to draw per stratum: proportional to kernel mass, capped at the stratum's population.
 
     Water-filling: strata whose proportional share reaches their population are enumerated and the rest
@@ -150,8 +153,7 @@ def _allocate(population: list[int], kernel: list[float], budget: int) -> list[i
     open_ = set(range(n))
     left = budget
     while open_:
-        mass = {h: 2 * kernel[h] * population[h] for h in open_}
-        total = sum(mass.values())
+        total = sum(mass[h] for h in open_)
         full = [h for h in open_ if left * mass[h] / total >= population[h]]
         if not full:
             break
@@ -161,8 +163,8 @@ def _allocate(population: list[int], kernel: list[float], budget: int) -> list[i
             open_.remove(h)
     if open_ and left > 0:
         order = sorted(open_)
-        mass = np.array([2 * kernel[h] * population[h] for h in order])
-        share = left * mass / mass.sum()
+        open_mass = np.array([mass[h] for h in order])
+        share = left * open_mass / open_mass.sum()
         take = np.floor(share).astype(int)
         # Largest remainders get the leftover pairs (ties: smaller size first, deterministic).
         for i in np.argsort(-(share - take), kind="stable")[: left - take.sum()]:

@@ -20,7 +20,8 @@ import numpy as np
 
 from .design import CoalitionDesign, make_design
 
-__all__ = ["Explanation", "KernelShap", "ModelOutputError"]
+__all__ = ["Explanation", "KernelShap", "ModelOutputError", "ScoringModel", "ShapSolver", "as_matrix",
+           "check_finite"]
 
 Model = Callable[[np.ndarray], np.ndarray]
 
@@ -82,6 +83,123 @@ class Explanation:
         )
 
 
+class ShapSolver:
+    """The constrained WLS solution for one coalition design, shared by every record explained with it.
+
+    The KKT inverse and the per-pair effects (for standard errors) are computed once; ``solve`` then
+    turns the coalition values of any number of records into SHAP values with a few matrix products.
+    """
+
+    def __init__(self, design: CoalitionDesign):
+        self.design = design
+        self.hessian, self.constraint = _kkt_inverse(design)
+        self.pair_effects = _pair_effects(design, self.hessian)
+
+    def zero_terms(self, k: int) -> dict[str, np.ndarray]:
+        units = sum(s.units for s in self.design.sampled)
+        return {key: np.zeros((units, self.design.n_features, k)) for key in ("mean_abs", "mean_sq")}
+
+    def solve(self, y: np.ndarray, delta: np.ndarray, reference: np.ndarray, prediction: np.ndarray,
+              expected: np.ndarray, features: np.ndarray) -> Explanation:
+        """SHAP values of ``n`` records from their coalition values.
+
+        ``y``: ``(n, C, k)`` value of each design coalition minus the record's reference (empty coalition);
+        ``delta``: ``(n, k)`` prediction minus reference, which the values must add up to.
+        """
+        design = self.design
+        z = design.masks.astype(float)
+        wz = z * design.weights[:, None]
+        b = np.einsum("cm,nck->nmk", wz, y)
+        phi = np.einsum("jm,nmk->njk", self.hessian, b) + self.constraint[None, :, None] * delta[:, None, :]
+        # Remove the last rounding residue so that efficiency holds to machine precision.
+        phi += ((delta - phi.sum(axis=1)) / phi.shape[1])[:, None, :]
+
+        k = phi.shape[2]
+        var = np.zeros_like(phi)
+        terms = self.zero_terms(k)
+        if design.sampled:
+            resid = y - np.einsum("cm,nmk->nck", z, phi)
+            d = np.concatenate([
+                np.einsum("upj,nupk->unjk", q, resid[:, s.start : s.stop].reshape(len(y), s.units, 2, k))
+                for s, q in zip(design.sampled, self.pair_effects, strict=True)
+            ])
+            var = design.sampling_variance(d)
+            terms["mean_abs"] = np.einsum("unjk,njk->ujk", d, np.sign(phi))
+            terms["mean_sq"] = np.einsum("unjk,njk->ujk", d, 2 * phi)
+        return Explanation(
+            values=phi,
+            stderr=np.sqrt(var),
+            expected_value=expected,
+            reference=np.array(reference, dtype=float),
+            prediction=prediction,
+            features=features,
+            design=design,
+            global_terms=terms,
+        )
+
+
+class ScoringModel:
+    """The model as Kernel SHAP sees it: calls cut to ``max_rows_per_call`` rows, checked, linked.
+
+    Shared by the tabular explainer here and the text explainer (``text_shap``).
+    """
+
+    def __init__(self, model: Model, *, use_logit: bool = False, max_rows_per_call: int = 100_000):
+        if max_rows_per_call < 1:
+            raise ValueError(f"max_rows_per_call must be >= 1, got {max_rows_per_call}")
+        self.model = model
+        self.use_logit = use_logit
+        self.max_rows_per_call = int(max_rows_per_call)
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """``(rows, k)`` scores, calling the model with at most ``max_rows_per_call`` rows at a time."""
+        chunks = []
+        for i in range(0, len(rows), self.max_rows_per_call):
+            part = rows[i : i + self.max_rows_per_call]
+            out = np.asarray(self.model(part), dtype=float)
+            if out.ndim == 1:
+                out = out[:, None]
+            if out.ndim != 2 or out.shape[0] != len(part):
+                raise ValueError(
+                    f"model returned an array of shape {out.shape} for {len(part)} rows; "
+                    "expected (rows,) or (rows, outputs)"
+                )
+            chunks.append(out)
+        return np.concatenate(chunks) if chunks else np.zeros((0, 1))
+
+    def link(self, scores: np.ndarray) -> np.ndarray:
+        """Identity, or log-odds with ``use_logit`` (scores must then be probabilities)."""
+        if not self.use_logit:
+            return scores
+        if np.any((scores < 0) | (scores > 1)):
+            raise ValueError("use_logit requires model scores in [0, 1] (probabilities)")
+        p = np.clip(scores, LOGIT_EPS, 1 - LOGIT_EPS)
+        return np.log(p) - np.log1p(-p)
+
+    def expected_value(self, baseline: np.ndarray) -> np.ndarray:
+        """``(k,)`` link of the mean score over the baseline rows (Clarify's ``expected_value``)."""
+        scores = self.predict(baseline)
+        check_finite(scores[:, None, :], 0, "baseline rows", unit="baseline row")
+        return self.link(scores.mean(axis=0))
+
+    def coalition_values(self, rows: np.ndarray, n: int, n_coalitions: int, n_baseline: int,
+                         offset: int) -> np.ndarray:
+        """``(n, coalitions, k)`` linked mean score over the baseline rows of each record's coalitions.
+
+        ``rows`` holds the synthetic rows ordered (record, coalition, baseline row); ``offset`` is the
+        index of the first record, for error messages.
+        """
+        scores = self.predict(rows).reshape(n, n_coalitions, n_baseline, -1)
+        check_finite(scores, offset, "synthetic rows")
+        return self.link(scores.mean(axis=2))
+
+    def record_values(self, records: np.ndarray, offset: int) -> np.ndarray:
+        """``(n, k)`` linked scores of the records themselves."""
+        fx = self.predict(records)
+        check_finite(fx[:, None, None, :], offset, "records")
+        return self.link(fx)
+
+
 class KernelShap:
     """Kernel SHAP explainer for a scoring callable and a baseline (background) dataset.
 
@@ -108,17 +226,14 @@ class KernelShap:
         features_to_explain: Sequence[int] | None = None,
         max_rows_per_call: int = 100_000,
     ):
-        self.model = model
-        self.baseline = _as_matrix(baseline, "baseline")
+        self.scorer = ScoringModel(model, use_logit=use_logit, max_rows_per_call=max_rows_per_call)
+        self.baseline = as_matrix(baseline, "baseline")
         if len(self.baseline) == 0:
             raise ValueError("baseline has no rows")
         n_cols = self.baseline.shape[1]
         self.features = _feature_indices(features_to_explain, n_cols)
-        if max_rows_per_call < 1:
-            raise ValueError(f"max_rows_per_call must be >= 1, got {max_rows_per_call}")
-        self.use_logit = use_logit
-        self.max_rows_per_call = int(max_rows_per_call)
         self.design = make_design(len(self.features), num_samples, seed)
+        self.solver = ShapSolver(self.design)
 
         masks = np.ones((len(self.design.masks), n_cols), dtype=bool)
         masks[:, self.features] = self.design.masks
@@ -129,22 +244,18 @@ class KernelShap:
             empty[0, self.features] = False
             masks = np.vstack([masks, empty])
         self._masks = masks
-        self._hessian, self._constraint = _kkt_inverse(self.design)
-        self._pair_effects = _pair_effects(self.design, self._hessian)
         self._expected: np.ndarray | None = None
 
     @property
     def expected_value(self) -> np.ndarray:
         """``(k,)`` link of the mean model score over the baseline (one model call on first use)."""
         if self._expected is None:
-            scores = self._predict(self.baseline)
-            _check_finite(scores[:, None, :], 0, "baseline rows", unit="baseline row")
-            self._expected = self._link(scores.mean(axis=0))
+            self._expected = self.scorer.expected_value(self.baseline)
         return self._expected
 
     def explain(self, records: np.ndarray) -> Explanation:
         """SHAP values (and standard errors) of ``records`` ``(n, P)``, ``P`` = baseline columns."""
-        x = _as_matrix(records, "records")
+        x = as_matrix(records, "records")
         if x.shape[1] != self.baseline.shape[1]:
             raise ValueError(
                 f"baseline has {self.baseline.shape[1]} columns but records have {x.shape[1]}; "
@@ -152,20 +263,14 @@ class KernelShap:
             )
         expected = self.expected_value
         per_record = len(self._masks) * len(self.baseline)
-        group = max(1, self.max_rows_per_call // max(per_record, 1))
+        group = max(1, self.scorer.max_rows_per_call // max(per_record, 1))
         parts = [self._explain_group(x[i : i + group], i, expected) for i in range(0, len(x), group)]
         if not parts:
             k = len(expected)
             empty = np.zeros((0, len(self.features), k))
             return Explanation(empty, empty, expected, np.zeros((0, k)), np.zeros((0, k)),
-                               self.features, self.design, self._zero_terms(k))
+                               self.features, self.design, self.solver.zero_terms(k))
         return Explanation.concat(parts)
-
-    # -- internals -----------------------------------------------------------------------------------
-
-    def _zero_terms(self, k: int) -> dict[str, np.ndarray]:
-        units = sum(s.units for s in self.design.sampled)
-        return {key: np.zeros((units, len(self.features), k)) for key in ("mean_abs", "mean_sq")}
 
     def _explain_group(self, x: np.ndarray, offset: int, expected: np.ndarray) -> Explanation:
         n, n_cols = x.shape
@@ -174,73 +279,13 @@ class KernelShap:
             x, base = x.astype(object), base.astype(object)
         # (record, coalition, baseline row, column): one vectorised select builds every synthetic row.
         rows = np.where(self._masks[None, :, None, :], x[:, None, None, :], base[None, None, :, :])
-        scores = self._predict(rows.reshape(-1, n_cols)).reshape(n, len(self._masks), len(base), -1)
-        _check_finite(scores, offset, "synthetic rows")
-        v = self._link(scores.mean(axis=2))
-        fx = self._predict(x)
-        _check_finite(fx[:, None, None, :], offset, "records")
-        fx = self._link(fx)
+        v = self.scorer.coalition_values(rows.reshape(-1, n_cols), n, len(self._masks), len(base), offset)
+        fx = self.scorer.record_values(x, offset)
         if self._partial:
             v0, v = v[:, -1, :], v[:, :-1, :]
         else:
             v0 = np.broadcast_to(expected, fx.shape)
-        return self._solve(v - v0[:, None, :], fx - v0, v0, fx, expected)
-
-    def _solve(self, y, delta, reference, prediction, expected) -> Explanation:
-        """Constrained WLS for every record and output column at once (``y``: (n, C, k))."""
-        design = self.design
-        z = design.masks.astype(float)
-        wz = z * design.weights[:, None]
-        b = np.einsum("cm,nck->nmk", wz, y)
-        phi = np.einsum("jm,nmk->njk", self._hessian, b) + self._constraint[None, :, None] * delta[:, None, :]
-        # Remove the last rounding residue so that efficiency holds to machine precision.
-        phi += ((delta - phi.sum(axis=1)) / phi.shape[1])[:, None, :]
-
-        m, k = phi.shape[1:]
-        var = np.zeros_like(phi)
-        terms = self._zero_terms(k)
-        if design.sampled:
-            resid = y - np.einsum("cm,nmk->nck", z, phi)
-            d = np.concatenate([
-                np.einsum("upj,nupk->unjk", q, resid[:, s.start : s.stop].reshape(len(y), s.units, 2, k))
-                for s, q in zip(design.sampled, self._pair_effects, strict=True)
-            ])
-            var = design.sampling_variance(d)
-            terms["mean_abs"] = np.einsum("unjk,njk->ujk", d, np.sign(phi))
-            terms["mean_sq"] = np.einsum("unjk,njk->ujk", d, 2 * phi)
-        return Explanation(
-            values=phi,
-            stderr=np.sqrt(var),
-            expected_value=expected,
-            reference=np.array(reference, dtype=float),
-            prediction=prediction,
-            features=self.features,
-            design=design,
-            global_terms=terms,
-        )
-
-    def _predict(self, rows: np.ndarray) -> np.ndarray:
-        chunks = []
-        for i in range(0, len(rows), self.max_rows_per_call):
-            part = rows[i : i + self.max_rows_per_call]
-            out = np.asarray(self.model(part), dtype=float)
-            if out.ndim == 1:
-                out = out[:, None]
-            if out.ndim != 2 or out.shape[0] != len(part):
-                raise ValueError(
-                    f"model returned an array of shape {out.shape} for {len(part)} rows; "
-                    "expected (rows,) or (rows, outputs)"
-                )
-            chunks.append(out)
-        return np.concatenate(chunks) if chunks else np.zeros((0, 1))
-
-    def _link(self, scores: np.ndarray) -> np.ndarray:
-        if not self.use_logit:
-            return scores
-        if np.any((scores < 0) | (scores > 1)):
-            raise ValueError("use_logit requires model scores in [0, 1] (probabilities)")
-        p = np.clip(scores, LOGIT_EPS, 1 - LOGIT_EPS)
-        return np.log(p) - np.log1p(-p)
+        return self.solver.solve(v - v0[:, None, :], fx - v0, v0, fx, expected, self.features)
 
 
 def _kkt_inverse(design: CoalitionDesign) -> tuple[np.ndarray, np.ndarray]:
@@ -274,14 +319,14 @@ def _pair_effects(design: CoalitionDesign, hessian: np.ndarray) -> list[np.ndarr
     out = []
     for s in design.sampled:
         zs = z[s.start : s.stop].reshape(s.units, 2, -1)
-        ws = design.weights[s.start : s.stop].reshape(s.units, 2)
-        hat = np.einsum("upj,jm,uqm->upq", zs, hessian, zs) * ws[:, :, None]
+        es = effect[s.start : s.stop].reshape(s.units, 2, -1)
+        hat = np.einsum("upm,uqm->upq", es, zs)  # w_p z_p H z_q, H being symmetric
         deflate = np.linalg.inv(np.eye(2)[None] - hat)
-        out.append(np.einsum("upa,upj->uaj", deflate, effect[s.start : s.stop].reshape(s.units, 2, -1)))
+        out.append(np.einsum("upa,upj->uaj", deflate, es))
     return out
 
 
-def _check_finite(scores: np.ndarray, offset: int, what: str, unit: str = "record") -> None:
+def check_finite(scores: np.ndarray, offset: int, what: str, unit: str = "record") -> None:
     """Raise ModelOutputError naming how many rows and which records got NaN/inf scores.
 
     ``scores`` is (records, coalitions, baseline rows, outputs) or a broadcastable 3-D view.
@@ -301,7 +346,7 @@ def _check_finite(scores: np.ndarray, offset: int, what: str, unit: str = "recor
     )
 
 
-def _as_matrix(data, name: str) -> np.ndarray:
+def as_matrix(data, name: str) -> np.ndarray:
     """2-D float array, or object array when the input is not numeric (categories replace as a whole).
 
     Object input stays object even when it looks numeric: a string category "1" must reach the model
