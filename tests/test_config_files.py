@@ -173,7 +173,7 @@ SHAP_DOC = {"dataset_type": "text/csv", "label": "y", "methods": {"shap": {"base
     (SHAP_DOC, []),
     (dict(SHAP_DOC, methods={"pdp": {"features": ["a"]}}), []),
     (dict(SHAP_DOC, methods={"shap": {"text_config": {"granularity": "token", "language": "english"}}}),
-     ["methods.shap.text_config: text explanations (text_config) is not supported yet in this Lucent version"]),
+     []),
     (dict(BIAS, dataset_type="application/sagemakercapturejson"),
      ["dataset_type: application/sagemakercapturejson (Model Monitor capture data) is not supported yet in this "
       "Lucent version"]),

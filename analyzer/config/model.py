@@ -42,6 +42,7 @@ class TextConfig:
     granularity: Literal["token", "sentence", "paragraph"]
     language: str  # normalised to the lower-case language name, e.g. "english"
     max_top_tokens: int = 50
+    text_features: list[Locator] | None = None  # Lucent extension; None: detected (docs/text-explanations.md)
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,8 @@ def _column_references(tree: Tree) -> Iterator[tuple[str, Any, tuple[str, ...]]]
             yield f"facet[{i}].name_or_index", get(facet, "name_or_index"), facets
     # The group variable may sit in either dataset (the SDK examples keep it in the main one).
     yield "group_variable", get(tree, "group_variable"), main + (("facet_headers",) if facets != main else ())
-    for key in ("excluded_columns", "methods.shap.features_to_explain", "methods.pdp.features"):
+    for key in ("excluded_columns", "methods.shap.features_to_explain", "methods.shap.text_config.text_features",
+                "methods.pdp.features"):
         for i, locator in enumerate(get(tree, key) or []):
             yield f"{key}[{i}]", locator, main
     for i, segment in enumerate(get(tree, "segment_config") or []):

@@ -137,6 +137,7 @@ TEXT_CONFIG = Obj({
     "granularity": Enum(("token", "sentence", "paragraph")),
     "language": Enum(tuple(name for name, _ in LANGUAGES), aliases={code: name for name, code in LANGUAGES}),
     "max_top_tokens": COUNT,
+    "text_features": LOCATORS,  # Lucent extension: which features are text (default: detected)
 }, required=("granularity", "language"), model=TextConfig)
 
 IMAGE_CONFIG = Obj({

@@ -14,8 +14,6 @@ from analyzer.config.model import AnalysisConfig
 NOT_YET = "is not supported yet in this Lucent version"
 
 UNSUPPORTED: tuple[tuple[str, Callable[[AnalysisConfig], bool], str], ...] = (
-    ("methods.shap.text_config", lambda c: c.methods.shap is not None and c.methods.shap.text_config is not None,
-     f"text explanations (text_config) {NOT_YET}"),
     ("methods.asymmetric_shapley_value", lambda c: c.methods.asymmetric_shapley_value is not None,
      f"time-series explanation (asymmetric Shapley values) {NOT_YET}"),
     ("dataset_type", lambda c: c.dataset_type == "application/x-image",

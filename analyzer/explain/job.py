@@ -16,6 +16,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,18 @@ from .aggregate import aggregate
 from .baseline import compute_baseline
 from .kernel_shap import Explanation, KernelShap
 from .pdp import partial_dependence
-from .shards import ShapSettings, run_shards, shard_size
+from .shards import ShapSettings, TextShapSettings, run_shards, run_text_shards, shard_size
+from .text_job import (
+    TEXT_BASELINE,
+    feature_data_types,
+    record_units,
+    synthetic_rows,
+    text_baseline_values,
+    text_columns,
+    text_section,
+    write_text_local,
+)
+from .text_shap import TextKernelShap
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +112,11 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
     """Kernel SHAP of every record: writes the local files, returns ``explanations.kernel_shap``."""
     assert dataset.features is not None
     started = time.perf_counter()
-    inputs = ShapInputs(baseline=shap_baseline(config, shap, dataset, base_dir),
-                        features=features_to_explain(shap.features_to_explain, dataset),
+    text = _text_inputs(shap, dataset)  # checks every text before anything else runs
+    baseline_frame = shap_baseline(config, shap, dataset, base_dir, text.columns if text else ())
+    if text:
+        baseline_frame = text_baseline_values(baseline_frame, text.columns)
+    inputs = ShapInputs(baseline=baseline_frame, features=features_to_explain(shap.features_to_explain, dataset),
                         num_samples=shap.num_samples, use_logit=shap.use_logit)
     write_table(staging.path(f"{SHAP_DIR}/baseline.csv"), inputs.baseline)
     baseline = inputs.baseline.to_numpy()
@@ -115,6 +130,10 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
     checkpoint_dir = work_dir / fingerprint
     _drop_stale(work_dir, keep=fingerprint)
     seed = _job_seed(shap.seed, checkpoint_dir)
+
+    if text:
+        return _explain_text(shap, dataset, text, inputs, endpoint, staging, checkpoint_dir, seed, label_keys,
+                             predictions.scores, started)
 
     # The main process only assembles the shards: it needs the design and the expected value, and the
     # model's scores for the baseline rows (the only rows it asks for) are already known.
@@ -138,6 +157,58 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
         write_local(staging.path(f"{SHAP_DIR}/out_stderr.csv"), local.stderr, names, label_keys, ids)
     result = shap_section(local, shap.agg_method, names, label_keys)
     log.info("Kernel SHAP of %d records done in %.2f s", len(records), time.perf_counter() - started)
+    return result
+
+
+@dataclass(frozen=True)
+class _TextInputs:
+    columns: tuple[int, ...]  # text features, indices into dataset.feature_names
+    units: list  # units[i][t]: units of record i's t-th text feature
+
+
+def _text_inputs(shap: ShapMethod, dataset: Dataset) -> _TextInputs | None:
+    text_config = shap.text_config
+    if text_config is None:
+        return None
+    explicit = None
+    if text_config.text_features is not None:
+        explicit = sorted({feature_index(locator, dataset, "methods.shap.text_config.text_features")
+                           for locator in text_config.text_features})
+    started = time.perf_counter()
+    columns = text_columns(text_config, dataset, explicit)
+    units = record_units(text_config, dataset, columns)
+    counts = [sum(len(u) for u in record) for record in units]
+    log.info("Split %d records into %s units (%s, %d to %d per record, %d in all) in %.2f s", len(units),
+             text_config.granularity, text_config.language, min(counts), max(counts), sum(counts),
+             time.perf_counter() - started)
+    return _TextInputs(columns, units)
+
+
+def _explain_text(shap: ShapMethod, dataset: Dataset, text: _TextInputs, inputs: ShapInputs,
+                  endpoint: ModelEndpoint, staging: OutputStaging, checkpoint_dir: Path, seed: int,
+                  label_keys: list[str], baseline_scores: np.ndarray, started: float) -> dict[str, Any]:
+    assert dataset.features is not None and shap.text_config is not None
+    baseline = inputs.baseline.to_numpy(dtype=object)
+    explainer = TextKernelShap(lambda rows: baseline_scores, baseline, text.columns, num_samples=inputs.num_samples,
+                               seed=seed, use_logit=inputs.use_logit)
+    _check_finite_baseline(explainer)
+    n_columns = len(dataset.feature_names)
+    rows = np.array([synthetic_rows(u, n_columns, inputs.num_samples, len(baseline)) for u in text.units])
+    log.info("Text SHAP: %d records, %d baseline row(s), %d output(s) %s, %d synthetic rows in all", len(rows),
+             len(baseline), len(label_keys), label_keys, int(rows.sum()))
+    settings = TextShapSettings(endpoint=endpoint, baseline=baseline, text_columns=text.columns,
+                                num_samples=inputs.num_samples, seed=seed, use_logit=inputs.use_logit,
+                                checkpoint_dir=checkpoint_dir)
+    local = run_text_shards(settings, dataset.features.to_numpy(dtype=object), text.units, rows, explainer)
+    names = dataset.feature_names
+    if shap.save_local_shap_values:
+        joinsource = dataset.joinsource
+        write_text_local(staging.path(f"{SHAP_DIR}/out.jsonl"), local, text.units, text.columns, names,
+                         feature_data_types(dataset, text.columns),
+                         joinsource.to_series().tolist() if joinsource is not None else None)
+    result = text_section(local, text.units, text.columns, names, label_keys, shap.agg_method,
+                          shap.text_config.max_top_tokens)
+    log.info("Kernel SHAP of %d text records done in %.2f s", len(rows), time.perf_counter() - started)
     return result
 
 
@@ -177,18 +248,30 @@ def feature_index(locator: Locator, dataset: Dataset, key: str) -> int:
     raise UserError(f"{key}: {name!r} is not a feature column; features: {dataset.feature_names}")
 
 
-def shap_baseline(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, base_dir: Path) -> pd.DataFrame:
-    """The baseline rows (``feature_names`` columns): given inline, in a file, or computed by clustering."""
+def shap_baseline(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, base_dir: Path,
+                  text_columns: Sequence[int] = ()) -> pd.DataFrame:
+    """The baseline rows (``feature_names`` columns): given inline, in a file, or computed by clustering.
+
+    A computed baseline clusters the features other than ``text_columns``; text features get
+    ``<PAD>``, the string that replaces a masked text unit.
+    """
     assert dataset.features is not None
     names = dataset.feature_names
     given = shap.baseline
     if given is None:
         started = time.perf_counter()
-        categorical = [j for j, dtype in enumerate(dataset.features.dtypes) if dtype.kind not in "biuf"]
-        rows = compute_baseline(dataset.features, shap.num_clusters, categorical=categorical,
-                                seed=shap.seed if shap.seed is not None else 0)
-        log.info("Computed a baseline of %d row(s) by clustering in %.2f s", len(rows), time.perf_counter() - started)
-        return _typed_like(pd.DataFrame(rows, columns=names), dataset.features)
+        others = [j for j in range(len(names)) if j not in text_columns]
+        frame = pd.DataFrame({names[j]: [TEXT_BASELINE] for j in text_columns}, columns=names)
+        if others:
+            table = dataset.features.iloc[:, others]
+            categorical = [i for i, dtype in enumerate(table.dtypes) if dtype.kind not in "biuf"]
+            rows = compute_baseline(table, shap.num_clusters, categorical=categorical,
+                                    seed=shap.seed if shap.seed is not None else 0)
+            frame = pd.DataFrame(rows, columns=[names[j] for j in others])
+            for j in text_columns:
+                frame.insert(j, names[j], TEXT_BASELINE)
+        log.info("Computed a baseline of %d row(s) by clustering in %.2f s", len(frame), time.perf_counter() - started)
+        return _typed_like(frame, dataset.features)
     if isinstance(given, list) and all(isinstance(row, list) for row in given):
         for i, row in enumerate(given):
             _check_width(len(row), names, dataset, f"row {i}")
@@ -330,7 +413,7 @@ def _remove_work_area(work_dir: Path) -> None:
         work_dir.rmdir()  # only when empty: other analyses may keep their own work there
 
 
-def _check_finite_baseline(explainer: KernelShap) -> None:
+def _check_finite_baseline(explainer: KernelShap | TextKernelShap) -> None:
     try:
         explainer.expected_value  # noqa: B018 - computes (and checks) the baseline scores
     except ValueError as error:

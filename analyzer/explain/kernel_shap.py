@@ -20,7 +20,7 @@ import numpy as np
 
 from .design import CoalitionDesign, make_design
 
-__all__ = ["Explanation", "KernelShap", "ModelOutputError", "ScoringModel", "ShapSolver", "as_matrix",
+__all__ = ["Explanation", "KernelShap", "ModelCallError", "ModelOutputError", "ScoringModel", "ShapSolver", "as_matrix",
            "check_finite"]
 
 Model = Callable[[np.ndarray], np.ndarray]
@@ -36,6 +36,19 @@ class ModelOutputError(ValueError):
     def __init__(self, message: str, records: Sequence[int]):
         super().__init__(message)
         self.records = list(records)
+
+
+class ModelCallError(Exception):
+    """The model refused one row of a call: ``row`` indexes the rows of the call, ``record`` (set by the
+    explainer that built the rows) the record the row was made from, ``synthetic`` whether it was a
+    synthetic row (some features from the baseline) rather than the record itself."""
+
+    def __init__(self, reason: str, row: int, record: int | None = None, synthetic: bool = False):
+        super().__init__(reason)
+        self.reason, self.row, self.record, self.synthetic = reason, row, record, synthetic
+
+    def for_record(self, record: int, synthetic: bool) -> ModelCallError:
+        return ModelCallError(self.reason, self.row, record, synthetic)
 
 
 @dataclass
@@ -156,7 +169,14 @@ class ScoringModel:
         chunks = []
         for i in range(0, len(rows), self.max_rows_per_call):
             part = rows[i : i + self.max_rows_per_call]
-            out = np.asarray(self.model(part), dtype=float)
+            try:
+                out = np.asarray(self.model(part), dtype=float)
+            except Exception as error:
+                # A model client that knows which row was refused says so (analyzer.predict.ModelError).
+                row = getattr(error, "row", None)
+                if row is None:
+                    raise
+                raise ModelCallError(getattr(error, "reason", None) or str(error), i + row) from None
             if out.ndim == 1:
                 out = out[:, None]
             if out.ndim != 2 or out.shape[0] != len(part):
@@ -279,8 +299,14 @@ class KernelShap:
             x, base = x.astype(object), base.astype(object)
         # (record, coalition, baseline row, column): one vectorised select builds every synthetic row.
         rows = np.where(self._masks[None, :, None, :], x[:, None, None, :], base[None, None, :, :])
-        v = self.scorer.coalition_values(rows.reshape(-1, n_cols), n, len(self._masks), len(base), offset)
-        fx = self.scorer.record_values(x, offset)
+        try:
+            v = self.scorer.coalition_values(rows.reshape(-1, n_cols), n, len(self._masks), len(base), offset)
+        except ModelCallError as error:
+            raise error.for_record(offset + error.row // (len(self._masks) * len(base)), synthetic=True) from None
+        try:
+            fx = self.scorer.record_values(x, offset)
+        except ModelCallError as error:
+            raise error.for_record(offset + error.row, synthetic=False) from None
         if self._partial:
             v0, v = v[:, -1, :], v[:, :-1, :]
         else:

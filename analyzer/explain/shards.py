@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -29,7 +29,8 @@ import numpy as np
 from analyzer.errors import UserError
 from analyzer.predict import ModelEndpoint
 
-from .kernel_shap import Explanation, KernelShap, ModelOutputError
+from .kernel_shap import Explanation, KernelShap, ModelCallError, ModelOutputError
+from .text_shap import TextExplanation, TextKernelShap
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ DEFAULT_SHARD_ROWS = 1_000_000
 MAX_ROWS_PER_CALL = 400_000
 # Records per request when the client cuts a call: several requests per call keep all model workers busy.
 RECORDS_PER_REQUEST = 50_000
+# Text rows per model call and per shard: a synthetic text is a few hundred bytes, not a few numbers.
+MAX_TEXT_ROWS_PER_CALL = 50_000
+DEFAULT_TEXT_SHARD_ROWS = 200_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,29 @@ class ShapSettings:
     use_logit: bool
     features: tuple[int, ...]
     checkpoint_dir: Path
+
+    def explainer(self, model: Callable[[np.ndarray], np.ndarray]) -> KernelShap:
+        return KernelShap(model, self.baseline, num_samples=self.num_samples, seed=self.seed,
+                          use_logit=self.use_logit, features_to_explain=list(self.features),
+                          max_rows_per_call=MAX_ROWS_PER_CALL)
+
+
+@dataclass(frozen=True)
+class TextShapSettings:
+    """The text explainer's settings (``text_shap.TextKernelShap``), sent to each worker process."""
+
+    endpoint: ModelEndpoint
+    baseline: np.ndarray
+    text_columns: tuple[int, ...]
+    num_samples: int | None
+    seed: int
+    use_logit: bool
+    checkpoint_dir: Path
+
+    def explainer(self, model: Callable[[np.ndarray], np.ndarray]) -> TextKernelShap:
+        # Texts make rows of hundreds of bytes: smaller calls keep a worker's strings in the tens of MB.
+        return TextKernelShap(model, self.baseline, self.text_columns, num_samples=self.num_samples,
+                              seed=self.seed, use_logit=self.use_logit, max_rows_per_call=MAX_TEXT_ROWS_PER_CALL)
 
 
 def shard_size(records_per_row_cost: int, shard_rows: int | None = None) -> int:
@@ -80,18 +107,51 @@ def run_shards(settings: ShapSettings, records: np.ndarray, size: int, explainer
     ``explainer`` is the main process's explainer: its design and expected value assemble the result
     from the checkpoints. ``on_done(index)`` is called in the main process after each new shard.
     """
-    n_shards = -(-len(records) // size)
+    bounds = list(range(0, len(records), size)) + [len(records)]
+    rows = np.full(len(records), (len(explainer.design.masks) + 1) * len(explainer.baseline))
+    parts = _run(settings, bounds, lambda a, b: (records[a:b],), rows, explainer, on_done)
+    return Explanation.concat(parts)
+
+
+def run_text_shards(settings: TextShapSettings, records: np.ndarray, units: Sequence, rows: np.ndarray,
+                    explainer: TextKernelShap, shard_rows: int | None = None) -> TextExplanation:
+    """Text records (``units[i]``: record i's units per text column) explained shard by shard.
+
+    Records cost different numbers of synthetic rows (``rows``), so a shard is a run of consecutive
+    records worth about ``shard_rows`` rows; the cut depends on the data alone, never on the workers.
+    """
+    limit = shard_rows or int(os.environ.get(SHARD_ROWS_ENV, DEFAULT_TEXT_SHARD_ROWS))
+    bounds = [0]
+    total = 0
+    for i, cost in enumerate(rows):
+        if total and total + cost > limit:
+            bounds.append(i)
+            total = 0
+        total += cost
+    bounds.append(len(records))
+    if len(records) == 0:
+        bounds = [0, 0]
+    parts = _run(settings, bounds, lambda a, b: (records[a:b], units[a:b]), rows, explainer, None)
+    return TextExplanation.concat(parts)
+
+
+def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: Callable[[int, int], tuple],
+         rows: np.ndarray, explainer: KernelShap | TextKernelShap,
+         on_done: Callable[[int], None] | None) -> list[Explanation] | list[TextExplanation]:
+    """Run the shards ``bounds[i]:bounds[i + 1]`` not checkpointed yet; return every shard's result."""
+    n_shards = len(bounds) - 1 if bounds[-1] > 0 else 0
     todo = [i for i in range(n_shards) if not shard_path(settings.checkpoint_dir, i).exists()]
     if len(todo) < n_shards:
         log.info("SHAP: resuming, %d of %d shards already done (checkpoints in %s)", n_shards - len(todo),
                  n_shards, settings.checkpoint_dir)
     workers = worker_count(len(todo)) if todo else 0
-    progress = _Progress(todo, size, len(records), explainer)
-    log.info("SHAP: %d records in %d shards of up to %d records, %d worker process(es)", len(records), n_shards,
-             size, workers)
+    progress = _Progress([int(rows[bounds[i]:bounds[i + 1]].sum()) for i in range(n_shards)],
+                         np.diff(bounds).tolist(), todo)
+    log.info("SHAP: %d records in %d shards of up to %d records, %d worker process(es)", bounds[-1], n_shards,
+             max(np.diff(bounds), default=0), workers)
 
-    def shard(i: int) -> tuple[int, int, np.ndarray]:
-        return i, i * size, records[i * size:(i + 1) * size]
+    def shard(i: int) -> tuple[int, int, tuple]:
+        return i, bounds[i], payload(bounds[i], bounds[i + 1])
 
     def finished(i: int) -> None:
         progress.advance(i)
@@ -107,10 +167,12 @@ def run_shards(settings: ShapSettings, records: np.ndarray, size: int, explainer
             _close_worker()
     elif workers > 1:
         _run_pool(settings, (shard(i) for i in todo), workers, finished)
-    return Explanation.concat([_load(settings.checkpoint_dir, i, explainer) for i in range(n_shards)])
+    if n_shards == 0:
+        return [explainer.explain(*payload(0, 0))]
+    return [_load(settings.checkpoint_dir, i, explainer) for i in range(n_shards)]
 
 
-def _run_pool(settings: ShapSettings, shards: Iterator[tuple[int, int, np.ndarray]], workers: int,
+def _run_pool(settings: ShapSettings | TextShapSettings, shards: Iterator[tuple[int, int, tuple]], workers: int,
               finished: Callable[[int], None]) -> None:
     # spawn, not fork: the job process runs threads (HTTP clients, the model server's watcher), and a
     # forked child of a threaded process can deadlock on a lock held by a thread that does not exist in it.
@@ -145,16 +207,14 @@ def _collect(pending: set[Future[int]], finished: Callable[[int], None]) -> set[
 _worker: dict = {}  # per-process state: the settings, the model client and the explainer
 
 
-def _init_worker(settings: ShapSettings) -> None:
+def _init_worker(settings: ShapSettings | TextShapSettings) -> None:
     from threadpoolctl import threadpool_limits
 
     # One BLAS thread per worker: there is one worker per core already.
     _worker["limits"] = threadpool_limits(limits=1)
     client = settings.endpoint.client(max_records_per_request=RECORDS_PER_REQUEST, progress_interval=3600)
-    _worker.update(settings=settings, client=client, explainer=KernelShap(
-        lambda rows: client.predict(rows).scores, settings.baseline, num_samples=settings.num_samples,
-        seed=settings.seed, use_logit=settings.use_logit, features_to_explain=list(settings.features),
-        max_rows_per_call=MAX_ROWS_PER_CALL))
+    _worker.update(settings=settings, client=client,
+                   explainer=settings.explainer(lambda rows: client.predict(rows).scores))
 
 
 def _close_worker() -> None:
@@ -167,17 +227,22 @@ def _close_worker() -> None:
     _worker.clear()
 
 
-def _run_shard(index: int, first: int, records: np.ndarray) -> int:
-    """Explain one shard and checkpoint it; returns ``index``."""
-    settings: ShapSettings = _worker["settings"]
-    explainer: KernelShap = _worker["explainer"]
+def _run_shard(index: int, first: int, payload: tuple) -> int:
+    """Explain one shard (``explainer.explain(*payload)``) and checkpoint it; returns ``index``."""
+    settings: ShapSettings | TextShapSettings = _worker["settings"]
+    explainer: KernelShap | TextKernelShap = _worker["explainer"]
     try:
-        explanation = explainer.explain(records)
+        explanation = explainer.explain(*payload)
     except ModelOutputError as error:
         rows = ", ".join(str(first + r) for r in error.records[:5]) + (", ..." if len(error.records) > 5 else "")
         raise UserError(f"methods.shap: {_renumber(str(error), first)} (dataset rows {rows}). Kernel SHAP needs a "
                         "finite score for every synthetic row: make the model handle the baseline values "
                         "mixed into each record") from None
+    except ModelCallError as error:
+        what = ("a synthetic row made from it (some features or text units replaced by the baseline's)"
+                if error.synthetic else "the record itself")
+        raise UserError(f"methods.shap: the model failed on dataset row {first + (error.record or 0)}, on {what}: "
+                        f"{error.reason}") from None
     except ValueError as error:  # wrong output shape, scores outside [0, 1] with use_logit
         raise UserError(f"methods.shap: {error}") from None
     _save(shard_path(settings.checkpoint_dir, index), explanation)
@@ -189,19 +254,27 @@ def _renumber(message: str, first: int) -> str:
     return re.sub(r"for record (\d+)", lambda m: f"for dataset row {first + int(m.group(1))}", message)
 
 
-def _save(path: Path, explanation: Explanation) -> None:
+def _save(path: Path, explanation: Explanation | TextExplanation) -> None:
     """Write the shard's results atomically: a checkpoint is either complete or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    arrays = dict(values=explanation.values, stderr=explanation.stderr, reference=explanation.reference,
+                  prediction=explanation.prediction)
+    if isinstance(explanation, TextExplanation):
+        arrays["offsets"] = explanation.offsets
+    else:
+        arrays.update({f"terms_{key}": value for key, value in explanation.global_terms.items()})
     with open(tmp, "wb") as handle:
-        np.savez(handle, values=explanation.values, stderr=explanation.stderr, reference=explanation.reference,
-                 prediction=explanation.prediction,
-                 **{f"terms_{key}": value for key, value in explanation.global_terms.items()})
+        np.savez(handle, **arrays)
     os.replace(tmp, path)
 
 
-def _load(checkpoint_dir: Path, index: int, explainer: KernelShap) -> Explanation:
+def _load(checkpoint_dir: Path, index: int, explainer: KernelShap | TextKernelShap) -> Explanation | TextExplanation:
     with np.load(shard_path(checkpoint_dir, index)) as data:
+        if isinstance(explainer, TextKernelShap):
+            return TextExplanation(values=data["values"], stderr=data["stderr"], offsets=data["offsets"],
+                                   expected_value=explainer.expected_value, reference=data["reference"],
+                                   prediction=data["prediction"])
         return Explanation(
             values=data["values"], stderr=data["stderr"], expected_value=explainer.expected_value,
             reference=data["reference"], prediction=data["prediction"], features=explainer.features,
@@ -212,19 +285,20 @@ def _load(checkpoint_dir: Path, index: int, explainer: KernelShap) -> Explanatio
 class _Progress:
     """Logs shards done, synthetic rows per second and the time left."""
 
-    def __init__(self, todo: list[int], size: int, n_records: int, explainer: KernelShap):
+    def __init__(self, shard_rows: list[int], shard_records: list[int], todo: list[int]):
+        self.shard_rows, self.shard_records = shard_rows, shard_records
         self.todo, self.done = len(todo), 0
-        self.records_left = sum(min(size, n_records - i * size) for i in todo)
-        self.size, self.n_records = size, n_records
-        self.rows_per_record = (len(explainer.design.masks) + 1) * len(explainer.baseline)
-        self.records_done = 0
+        self.records_left = sum(shard_records[i] for i in todo)
+        self.rows_left = sum(shard_rows[i] for i in todo)
+        self.records_done = self.rows_done = 0
         self.started = time.perf_counter()
 
     def advance(self, index: int) -> None:
         self.done += 1
-        self.records_done += min(self.size, self.n_records - index * self.size)
+        self.records_done += self.shard_records[index]
+        self.rows_done += self.shard_rows[index]
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        rate = self.records_done / elapsed
-        eta = (self.records_left - self.records_done) / rate if rate else float("inf")
+        rate = self.rows_done / elapsed
+        eta = (self.rows_left - self.rows_done) / rate if rate else float("inf")
         log.info("SHAP: %d of %d shards done (%d of %d records), %.0f synthetic rows/s, ETA %.0f s", self.done,
-                 self.todo, self.records_done, self.records_left, rate * self.rows_per_record, eta)
+                 self.todo, self.records_done, self.records_left, rate, eta)

@@ -1,0 +1,180 @@
+"""Kernel SHAP for records with text: every unit of a text column is a player, other columns one each.
+
+Records have different numbers of players ``M`` (their texts have different lengths), so they are
+grouped by ``M``: every record of a group shares one coalition design, drawn from ``(M, num_samples,
+seed)`` alone, and one ``ShapSolver``. Results therefore do not depend on how records are split into
+shards, and texts with at most 11 players are explained exactly, as tabular records are.
+
+A synthetic row keeps the record's value for the players in the coalition and takes the baseline row's
+value for the others; for a text column that means each masked unit is replaced by the baseline row's
+string for that column (``<PAD>`` by default; an empty string drops the unit), with the text's spacing
+kept (``text_units.masked_texts``). A record's values add up to ``f(record) - f(record with every unit
+and feature masked)``: with text the fully masked record depends on the record (one replacement string
+per unit), so this reference is evaluated per record; ``expected_value`` stays Clarify's mean score of
+the baseline rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .design import make_design
+from .kernel_shap import Explanation, Model, ModelCallError, ModelOutputError, ScoringModel, ShapSolver
+from .text_units import TextUnit, masked_texts
+
+__all__ = ["TextExplanation", "TextKernelShap", "player_counts"]
+
+RecordUnits = Sequence[Sequence[TextUnit]]  # per text column of one record, its units
+
+
+@dataclass
+class TextExplanation:
+    """SHAP values of ``n`` records whose numbers of players differ.
+
+    Record ``i``'s players are rows ``offsets[i]:offsets[i + 1]`` of ``values`` and ``stderr``
+    (``(players, k)``), in column order: one per non-text column, one per unit of a text column.
+    """
+
+    values: np.ndarray
+    stderr: np.ndarray
+    offsets: np.ndarray
+    expected_value: np.ndarray
+    reference: np.ndarray  # (n, k): link(score of the fully masked record)
+    prediction: np.ndarray  # (n, k)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def record(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(values, stderr)`` of record ``i``, each ``(players, k)``."""
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.values[a:b], self.stderr[a:b]
+
+    @classmethod
+    def concat(cls, parts: Sequence[TextExplanation]) -> TextExplanation:
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        starts = np.cumsum([0] + [p.offsets[-1] for p in parts[:-1]])
+        offsets = np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(parts, starts, strict=True)])
+        return cls(values=np.concatenate([p.values for p in parts]), stderr=np.concatenate([p.stderr for p in parts]),
+                   offsets=offsets, expected_value=parts[0].expected_value,
+                   reference=np.concatenate([p.reference for p in parts]),
+                   prediction=np.concatenate([p.prediction for p in parts]))
+
+
+def player_counts(units: Sequence[RecordUnits], n_columns: int) -> np.ndarray:
+    """Players per record: the non-text columns plus every unit of every text column."""
+    return np.array([n_columns - len(cols) + sum(len(u) for u in cols) for cols in units], dtype=int)
+
+
+class TextKernelShap:
+    """Kernel SHAP over text units (and the record's other columns) for a scoring callable.
+
+    Args:
+        model: ``model(rows: object ndarray (r, P)) -> ndarray (r,) or (r, k)``.
+        baseline: ``(b, P)`` baseline rows; in a text column, the string that replaces a masked unit.
+        text_columns: indices of the text columns among the ``P``.
+        num_samples, seed, use_logit, max_rows_per_call: as for :class:`KernelShap`; the default budget
+            ``min(2M + 2048, 2**M - 2)`` is taken per record, with ``M`` its number of players.
+    """
+
+    def __init__(self, model: Model, baseline: np.ndarray, text_columns: Sequence[int], *,
+                 num_samples: int | None = None, seed: int | None = None, use_logit: bool = False,
+                 max_rows_per_call: int = 100_000):
+        self.scorer = ScoringModel(model, use_logit=use_logit, max_rows_per_call=max_rows_per_call)
+        self.baseline = np.asarray(baseline, dtype=object)
+        if self.baseline.ndim != 2 or len(self.baseline) == 0:
+            raise ValueError("baseline must be a 2-D array with at least one row")
+        self.text_columns = tuple(sorted(text_columns))
+        if not self.text_columns:
+            raise ValueError("no text column to explain")
+        self.num_samples, self.seed = num_samples, seed
+        self._solvers: dict[int, ShapSolver] = {}
+        self._expected: np.ndarray | None = None
+
+    @property
+    def expected_value(self) -> np.ndarray:
+        """``(k,)`` link of the mean model score over the baseline rows (Clarify's ``expected_value``)."""
+        if self._expected is None:
+            self._expected = self.scorer.expected_value(self.baseline)
+        return self._expected
+
+    def solver(self, n_players: int) -> ShapSolver:
+        """The design and solve shared by every record with ``n_players`` players (built once)."""
+        if n_players not in self._solvers:
+            self._solvers[n_players] = ShapSolver(make_design(n_players, self.num_samples, self.seed))
+        return self._solvers[n_players]
+
+    def explain(self, records: np.ndarray, units: Sequence[RecordUnits]) -> TextExplanation:
+        """SHAP values of ``records`` ``(n, P)``; ``units[i][t]``: units of record i's t-th text column."""
+        x = np.asarray(records, dtype=object)
+        if x.ndim != 2 or x.shape[1] != self.baseline.shape[1]:
+            raise ValueError(f"records must have the baseline's {self.baseline.shape[1]} columns")
+        if len(units) != len(x):
+            raise ValueError(f"{len(units)} unit lists for {len(x)} records")
+        expected = self.expected_value
+        k = len(expected)
+        counts = player_counts(units, x.shape[1])
+        if np.any(counts < 1):
+            raise ValueError(f"record {int(np.argmin(counts))} has nothing to explain (no text unit, no feature)")
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        values, stderr = np.zeros((offsets[-1], k)), np.zeros((offsets[-1], k))
+        try:
+            prediction = self.scorer.record_values(x, 0)
+        except ModelCallError as error:
+            raise error.for_record(error.row, synthetic=False) from None
+        reference = np.zeros_like(prediction)
+        for m in np.unique(counts):  # ascending: deterministic order of model calls
+            solver = self.solver(int(m))
+            members = np.flatnonzero(counts == m)
+            per_record = (len(solver.design.masks) + 1) * len(self.baseline)
+            step = max(1, self.scorer.max_rows_per_call // per_record)
+            for i in range(0, len(members), step):
+                chunk = members[i:i + step]
+                part = self._explain_group(x, units, chunk, solver, prediction[chunk], expected)
+                for j, r in enumerate(chunk):
+                    values[offsets[r]:offsets[r + 1]] = part.values[j]
+                    stderr[offsets[r]:offsets[r + 1]] = part.stderr[j]
+                reference[chunk] = part.reference
+        return TextExplanation(values, stderr, offsets, expected, reference, prediction)
+
+    def _explain_group(self, x: np.ndarray, units: Sequence[RecordUnits], chunk: np.ndarray, solver: ShapSolver,
+                       fx: np.ndarray, expected: np.ndarray) -> Explanation:
+        design = solver.design
+        # Every design coalition, then the empty one (the record's reference point).
+        keep = np.vstack([design.masks, np.zeros((1, design.n_features), dtype=bool)])
+        rows = np.concatenate([self._synthetic_rows(x[r], units[r], keep) for r in chunk])
+        try:
+            v = self.scorer.coalition_values(rows, len(chunk), len(keep), len(self.baseline), 0)
+        except ModelCallError as error:
+            raise error.for_record(int(chunk[error.row // (len(keep) * len(self.baseline))]), synthetic=True) from None
+        except ModelOutputError as error:
+            records = [int(chunk[i]) for i in error.records]
+            raise ModelOutputError(f"model returned NaN or infinite scores for synthetic rows of record {records[0]}"
+                                   + (f" and {len(records) - 1} more record(s)" if len(records) > 1 else ""),
+                                   records) from None
+        v0, v = v[:, -1, :], v[:, :-1, :]
+        return solver.solve(v - v0[:, None, :], fx - v0, v0, fx, expected, np.arange(design.n_features))
+
+    def _synthetic_rows(self, record: np.ndarray, units: RecordUnits, keep: np.ndarray) -> np.ndarray:
+        """``(coalitions * b, P)`` rows, ordered (coalition, baseline row)."""
+        base = self.baseline
+        rows = np.empty((len(keep), len(base), len(record)), dtype=object)
+        player = 0
+        text_index = 0
+        for col, value in enumerate(record):
+            if col in self.text_columns:
+                col_units = units[text_index]
+                text_index += 1
+                span = keep[:, player:player + len(col_units)]
+                player += len(col_units)
+                for b, replacement in enumerate(base[:, col]):
+                    texts = masked_texts(value, col_units, span, replacement)
+                    rows[:, b, col] = np.fromiter(texts, dtype=object, count=len(texts))
+            else:
+                rows[:, :, col] = np.where(keep[:, player, None], value, base[None, :, col])
+                player += 1
+        return rows.reshape(-1, len(record))

@@ -1,0 +1,124 @@
+"""Text units (Clarify ``text_config``): split text into tokens, sentences or paragraphs, and rebuild it.
+
+Each unit of a text is one Kernel SHAP player. Tokens come from spaCy's rule-based tokenizer of a blank
+pipeline for the configured language (no trained weights, nothing downloaded): spaCy covers exactly the
+63 languages of Clarify's ``text_config.language``. Sentences come from spaCy's rule-based
+``sentencizer``; paragraphs are the text between blank lines. Whitespace is never part of a unit: it
+stays between units, so a text rebuilt with some units replaced keeps its original spacing.
+
+A few languages segment words with a dictionary tokenizer installed from PyPI beside spaCy: Japanese
+(SudachiPy with its core dictionary), Thai (PyThaiNLP), Vietnamese (pyvi); Chinese uses spaCy's
+character segmentation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+
+from analyzer.config.schema import LANGUAGES
+
+__all__ = ["GRANULARITIES", "TextUnit", "language_code", "masked_texts", "split_text", "split_texts"]
+
+GRANULARITIES = ("token", "sentence", "paragraph")
+_CODES = {name: code for name, code in LANGUAGES}
+# A blank line (only spaces or tabs on it) separates paragraphs.
+_PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
+
+
+class TextUnit(NamedTuple):
+    """One unit of a text: its characters and the offset of the first one in the text."""
+
+    text: str
+    start: int
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
+
+
+def language_code(language: str) -> str:
+    """spaCy's code for a Clarify language name or code (``"english"`` or ``"en"`` -> ``"en"``)."""
+    key = language.lower()
+    if key in _CODES:
+        return _CODES[key]
+    if key in _CODES.values():
+        return key
+    raise ValueError(f"unknown text_config.language {language!r}; choose one of {sorted(_CODES)} or their codes")
+
+
+@lru_cache(maxsize=8)
+def _pipeline(code: str, sentences: bool):
+    """A blank spaCy pipeline, built once per process (some languages take seconds to build)."""
+    import warnings
+
+    import spacy
+
+    with warnings.catch_warnings():  # spaCy's Japanese tokenizer calls a SudachiPy API deprecated since 0.6
+        warnings.simplefilter("ignore", DeprecationWarning)
+        nlp = spacy.blank(code)
+    if sentences:
+        nlp.add_pipe("sentencizer")
+    return nlp
+
+
+def split_texts(texts: Iterable[str], language: str, granularity: str) -> list[list[TextUnit]]:
+    """The units of each text, in order. Whitespace-only texts have no units."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown text_config.granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}")
+    texts = list(texts)
+    if granularity == "paragraph":
+        return [_paragraphs(text) for text in texts]
+    nlp = _pipeline(language_code(language), granularity == "sentence")
+    out = []
+    for doc in nlp.pipe(texts):
+        if granularity == "token":
+            out.append([TextUnit(token.text, token.idx) for token in doc if not token.is_space])
+        else:
+            out.append([unit for sent in doc.sents if (unit := _stripped(sent.text, sent.start_char))])
+    return out
+
+
+def split_text(text: str, language: str, granularity: str) -> list[TextUnit]:
+    """The units of one text (see :func:`split_texts`)."""
+    return split_texts([text], language, granularity)[0]
+
+
+def _paragraphs(text: str) -> list[TextUnit]:
+    units, start = [], 0
+    for match in _PARAGRAPH_BREAK.finditer(text):
+        if unit := _stripped(text[start:match.start()], start):
+            units.append(unit)
+        start = match.end()
+    if unit := _stripped(text[start:], start):
+        units.append(unit)
+    return units
+
+
+def _stripped(text: str, start: int) -> TextUnit | None:
+    body = text.strip()
+    if not body:
+        return None
+    return TextUnit(body, start + len(text) - len(text.lstrip()))
+
+
+def masked_texts(text: str, units: Sequence[TextUnit], keep: np.ndarray, replacement: str) -> list[str]:
+    """The text once per row of ``keep`` (``(rows, len(units))`` bool), masked units replaced.
+
+    A masked unit becomes ``replacement`` and the whitespace around it stays as it was; with an empty
+    replacement the unit is dropped together with the whitespace that follows it. Characters outside
+    every unit (leading whitespace) are kept.
+    """
+    if not units:
+        return [text] * len(keep)
+    gaps = [text[a.end:b.start] for a, b in zip(units, units[1:], strict=False)] + [text[units[-1].end:]]
+    kept = np.array([u.text + gap for u, gap in zip(units, gaps, strict=True)], dtype=object)
+    masked = np.array([replacement + gap if replacement else "" for gap in gaps], dtype=object)
+    head = text[:units[0].start]
+    if head:
+        kept[0], masked[0] = head + kept[0], head + masked[0]
+    return ["".join(row) for row in np.where(keep, kept, masked).tolist()]

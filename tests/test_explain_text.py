@@ -1,0 +1,157 @@
+"""Text Kernel SHAP: exact against brute-force Shapley values over text units, offsets, languages."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from analyzer.explain.text_shap import TextKernelShap, player_counts
+from analyzer.explain.text_units import TextUnit, language_code, masked_texts, split_text, split_texts
+
+WEIGHTS = {"love": 1.0, "great": 0.8, "bad": -1.2, "not": -0.3, "dress": 0.1, "fits": 0.4}
+
+
+def word_model(rows: np.ndarray) -> np.ndarray:
+    """Two outputs from a bag of words with an interaction ("not" flips "great") and a category effect."""
+    out = np.zeros((len(rows), 2))
+    for i, row in enumerate(rows):
+        words = str(row[0]).lower().replace("!", " ").replace(".", " ").split()
+        score = sum(WEIGHTS.get(w, 0.0) for w in words)
+        if "not" in words and "great" in words:
+            score -= 2.0
+        if len(row) > 1:
+            score += {"A": 0.5, "B": -0.25}.get(row[1], 0.0)
+        p = 1 / (1 + math.exp(-score))
+        out[i] = p, 1 - p
+    return out
+
+
+def brute_force(model, record, units, text_col, baseline):
+    """Shapley values by enumeration over all coalitions of (columns except text) + units."""
+    n_cols = len(record)
+    players = [("col", j) for j in range(n_cols) if j != text_col]
+    players[text_col:text_col] = [("unit", u) for u in range(len(units))]  # text units at the column's place
+    m = len(players)
+
+    def value(coalition):
+        keep_units = np.array([[("unit", u) in coalition for u in range(len(units))]])
+        rows = []
+        for b in baseline:
+            row = [record[j] if ("col", j) in coalition else b[j] for j in range(n_cols)]
+            row[text_col] = masked_texts(record[text_col], units, keep_units, b[text_col])[0]
+            rows.append(row)
+        return model(np.array(rows, dtype=object)).mean(axis=0)
+
+    values = {frozenset(c): value(set(c)) for r in range(m + 1) for c in itertools.combinations(players, r)}
+    phi = np.zeros((m, len(values[frozenset()])))
+    for i, p in enumerate(players):
+        others = [q for q in players if q != p]
+        for r in range(m):
+            w = math.factorial(r) * math.factorial(m - r - 1) / math.factorial(m)
+            for c in itertools.combinations(others, r):
+                phi[i] += w * (values[frozenset(c) | {p}] - values[frozenset(c)])
+    return phi, values[frozenset()]
+
+
+@pytest.mark.parametrize("granularity", ["token", "sentence"])
+@pytest.mark.parametrize("with_category", [False, True])
+def test_exact_mode_equals_brute_force(granularity, with_category):
+    texts = ["I love this dress! It is not great. Bad fit.", "Great dress. It fits! Not bad at all.",
+             "Love it."]
+    if granularity == "token":
+        texts = ["I love this great dress", "not great but fits", "bad"]
+    records = np.array([[t, c] for t, c in zip(texts, ["A", "B", "A"], strict=True)], dtype=object)
+    baseline = np.array([["<PAD>", "B"], ["", "A"]], dtype=object)
+    if not with_category:
+        records, baseline = records[:, :1], baseline[:, :1]
+    units = [[split_text(t, "en", granularity)] for t in texts]
+    explainer = TextKernelShap(word_model, baseline, [0], seed=0)
+    result = explainer.explain(records, units)
+    assert list(np.diff(result.offsets)) == list(player_counts(units, records.shape[1]))
+    for i in range(len(records)):
+        expected, empty = brute_force(word_model, records[i], units[i][0], 0, baseline)
+        values, stderr = result.record(i)
+        np.testing.assert_allclose(values, expected, atol=1e-10)
+        np.testing.assert_allclose(result.reference[i], empty, atol=1e-12)
+        assert np.all(stderr == 0)
+        np.testing.assert_allclose(values.sum(axis=0), result.prediction[i] - result.reference[i], atol=1e-12)
+    np.testing.assert_allclose(result.expected_value, word_model(baseline).mean(axis=0))
+
+
+def test_a_model_that_reads_one_word_gives_it_all_the_attribution():
+    def one_word(rows):
+        return np.array([1.0 if "excellent" in str(r[0]).split() else 0.0 for r in rows])
+
+    text = "the food was excellent and the service was slow but friendly overall"
+    units = [[split_text(text, "english", "token")]]
+    result = TextKernelShap(one_word, np.array([["<PAD>"]], dtype=object), [0], seed=1).explain(
+        np.array([[text]], dtype=object), units)
+    values, _ = result.record(0)
+    hit = [u.text for u in units[0][0]].index("excellent")
+    assert values[hit, 0] == pytest.approx(1.0, abs=1e-12)
+    assert np.abs(np.delete(values[:, 0], hit)).max() < 1e-12
+
+
+def test_sampled_mode_is_efficient_and_shard_independent():
+    rng = np.random.default_rng(0)
+    vocab = list(WEIGHTS) + ["the", "a", "it", "was", "very"]
+    texts = [" ".join(rng.choice(vocab, size=rng.integers(14, 18))) for _ in range(6)]
+    records = np.array([[t] for t in texts], dtype=object)
+    units = [[split_text(t, "en", "token")] for t in texts]
+    explainer = TextKernelShap(word_model, np.array([["<PAD>"]], dtype=object), [0], num_samples=300, seed=3)
+    whole = explainer.explain(records, units)
+    assert any(not explainer.solver(int(m)).design.exact for m in player_counts(units, 1))
+    for i in range(len(records)):
+        values, stderr = whole.record(i)
+        np.testing.assert_allclose(values.sum(axis=0), whole.prediction[i] - whole.reference[i], atol=1e-10)
+        assert np.all(stderr > 0)
+    split = [TextKernelShap(word_model, np.array([["<PAD>"]], dtype=object), [0], num_samples=300, seed=3)
+             .explain(records[a:b], units[a:b]) for a, b in ((0, 2), (2, 6))]
+    joined = type(whole).concat(split)
+    np.testing.assert_array_equal(joined.values, whole.values)
+    np.testing.assert_array_equal(joined.offsets, whole.offsets)
+
+
+@pytest.mark.parametrize("language, text, tokens, sentences", [
+    ("english", "I love it. Great fit!", ["I", "love", "it", ".", "Great", "fit", "!"], 2),
+    ("de", "Das Kleid ist schön. Ich liebe es!", ["Das", "Kleid", "ist", "schön", ".", "Ich", "liebe", "es", "!"], 2),
+    ("Japanese", "私は猫が好きです。とても可愛い。", ["私", "は", "猫", "が", "好き", "です", "。", "とても", "可愛い", "。"], 2),
+    ("zh", "我爱这条裙子。很好看！", list("我爱这条裙子。很好看！"), 2),
+    ("arabic", "أحب هذا الفستان. إنه جميل!", ["أحب", "هذا", "الفستان", ".", "إنه", "جميل", "!"], 2),
+])
+def test_languages_tokens_sentences_and_offsets(language, text, tokens, sentences):
+    for granularity in ("token", "sentence", "paragraph"):
+        units = split_text(text, language, granularity)
+        assert all(text[u.start:u.end] == u.text for u in units)
+    assert [u.text for u in split_text(text, language, "token")] == tokens
+    assert len(split_text(text, language, "sentence")) == sentences
+
+
+def test_paragraphs_split_on_blank_lines_with_offsets():
+    text = "  First line\nstill first.\n\n \t\nSecond one.  \n\n\nThird"
+    units = split_text(text, "en", "paragraph")
+    assert [u.text for u in units] == ["First line\nstill first.", "Second one.", "Third"]
+    assert all(text[u.start:u.end] == u.text for u in units)
+
+
+def test_every_language_of_the_contract_tokenizes():
+    from analyzer.config.schema import LANGUAGES
+
+    codes = [code for _, code in LANGUAGES]
+    assert len(codes) == 63
+    for name, code in LANGUAGES:
+        assert language_code(name.upper()) == code
+        units = split_texts(["Hello world. 123 ok!"], code, "token")[0]
+        assert [u.text for u in units][:1] in (["Hello"], ["H"])
+
+
+def test_masked_texts_keep_spacing():
+    text = " a  bb\tccc "
+    units = split_text(text, "en", "token")
+    keep = np.array([[True, False, True], [False, True, False], [True, True, True]])
+    assert masked_texts(text, units, keep, "<PAD>") == [" a  <PAD>\tccc ", " <PAD>  bb\t<PAD> ", text]
+    assert masked_texts(text, units, keep, "") == [" a  ccc ", " bb\t", text]
+    assert masked_texts(text, [TextUnit("a", 1)], np.array([[False]]), "[MASK]") == [" [MASK]  bb\tccc "]

@@ -1,0 +1,185 @@
+"""methods.shap with text_config as a job: out.jsonl, global_top_shap_text, exactness and bad input.
+
+The model is a small in-test JSON Lines endpoint (``predictor.endpoint_url``) wrapping the bag-of-words
+model of test_explain_text.py, the shape of the text-SHAP lab: records ``{"features": [text, category]}``
+in, ``{"predicted_label": ..., "probability": ...}`` out.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from analyzer.explain.text_units import split_text
+from tests.conftest import JobRoot
+from tests.test_explain_text import brute_force, word_model
+
+REVIEWS = [
+    ("I love this dress, it fits great", "A", 1),
+    ("Bad fabric and not great at all", "B", 0),
+    ("Love it", "A", 1),
+    ("The dress is not bad but the fit is strange", "B", 0),
+    ("Great great great", "A", 1),
+    ("It arrived late. Bad packaging, nice dress though.", "B", 0),
+]
+
+
+class _TextModel(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server API
+        self.send_response(200)
+        self.end_headers()
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        rows = np.array([json.loads(line)["features"] for line in body.splitlines() if line.strip()], dtype=object)
+        too_long = [i for i, row in enumerate(rows) if len(row[0]) > self.server.max_chars]
+        if too_long:
+            self.send_response(400)
+            self.end_headers()
+            self.wfile.write(f"input of {len(rows[too_long[0]][0])} characters exceeds the maximum".encode())
+            return
+        scores = word_model(rows)[:, 0]
+        out = "".join(json.dumps({"predicted_label": int(p > 0.5), "probability": p}) + "\n" for p in scores)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/jsonlines")
+        self.end_headers()
+        self.wfile.write(out.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def text_endpoint():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TextModel)
+    server.max_chars = 10_000
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def text_job(job: JobRoot, server, reviews=REVIEWS, text_config=None, **shap) -> None:
+    lines = [json.dumps({"id": f"r{i}", "features": [text, cat], "label": y}) for i, (text, cat, y) in enumerate(reviews)]
+    job.write_data("\n".join(lines) + "\n", name="reviews.jsonl")
+    job.write_config({
+        "dataset_type": "application/jsonlines", "headers": ["review_body", "product_category", "label"],
+        "features": "features", "label": "label",
+        "methods": {"shap": {"baseline": [{"features": ["<PAD>", "B"]}], "seed": 5,
+                             "text_config": text_config or {"granularity": "token", "language": "english"},
+                             **shap}},
+        "predictor": {"endpoint_url": f"http://127.0.0.1:{server.server_port}",
+                      "content_type": "application/jsonlines", "accept_type": "application/jsonlines",
+                      "content_template": '{"features":$features}', "probability": "probability"},
+    })
+
+
+def read_jsonl(job: JobRoot) -> list[dict]:
+    text = (job.output_dir / "explanations_shap" / "out.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("granularity", ["token", "sentence"])
+def test_text_job_outputs_are_exact_and_shaped_like_clarify(job, text_endpoint, granularity):
+    text_job(job, text_endpoint, text_config={"granularity": granularity, "language": "en", "max_top_tokens": 5})
+    assert job.run() == 0, job.message
+    lines = read_jsonl(job)
+    assert len(lines) == len(REVIEWS)
+    baseline = np.array([["<PAD>", "B"]], dtype=object)
+    for line, (text, cat, _) in zip(lines, REVIEWS, strict=True):
+        assert set(line) == {"explanations"}
+        body, category = line["explanations"]
+        assert (body["feature_name"], body["data_type"]) == ("review_body", "free_text")
+        assert (category["feature_name"], category["data_type"]) == ("product_category", "categorical")
+        assert list(category["attributions"][0]) == ["attribution"]
+        units = split_text(text, "en", granularity)
+        assert [a["description"] for a in body["attributions"]] == [
+            {"partial_text": u.text, "start_idx": u.start} for u in units]
+        for a in body["attributions"]:  # offsets point into the record's text
+            start = a["description"]["start_idx"]
+            assert text[start:start + len(a["description"]["partial_text"])] == a["description"]["partial_text"]
+        expected, _ = brute_force(word_model, np.array([text, cat], dtype=object), units, 0, baseline)
+        got = [a["attribution"][0] for a in body["attributions"]] + [category["attributions"][0]["attribution"][0]]
+        np.testing.assert_allclose(got, expected[:, 0], atol=1e-9)
+
+    kernel = job.analysis()["explanations"]["kernel_shap"]
+    assert list(kernel) == ["label0"]
+    entry = kernel["label0"]
+    assert set(entry) == {"global_shap_values", "expected_value", "global_top_shap_text"}
+    assert entry["expected_value"] == pytest.approx(word_model(baseline)[0, 0])
+    assert list(entry["global_shap_values"]) == ["review_body", "product_category"]
+    top = entry["global_top_shap_text"]["review_body"]
+    assert len(top) == 5 and list(top.values()) == sorted(top.values(), reverse=True)
+    # mean |attribution| over every occurrence of the (case-folded) unit
+    occurrences: dict[str, list[float]] = {}
+    for line in lines:
+        for a in line["explanations"][0]["attributions"]:
+            occurrences.setdefault(a["description"]["partial_text"].casefold(), []).append(a["attribution"][0])
+    best = sorted(((float(np.mean(np.abs(v))), k) for k, v in occurrences.items()), key=lambda t: (-t[0], t[1]))[:5]
+    assert [(k, pytest.approx(v)) for v, k in best] == list(top.items())
+    totals = [sum(a["attribution"][0] for a in line["explanations"][0]["attributions"]) for line in lines]
+    assert entry["global_shap_values"]["review_body"] == pytest.approx(np.mean(np.abs(totals)))
+    assert (job.output_dir / "explanations_shap" / "baseline.csv").read_text().splitlines() == [
+        "review_body,product_category", "<PAD>,B"]
+
+
+def test_joinsource_value_and_default_pad_baseline(job, text_endpoint):
+    text_job(job, text_endpoint)
+    config = json.loads((job.config_dir / "analysis_config.json").read_text())
+    del config["methods"]["shap"]["baseline"]
+    config["joinsource_name_or_index"] = "id"  # a JSON Lines joinsource is one of the `features` values
+    config["headers"] = ["id", "review_body", "product_category", "label"]
+    job.write_config(config)
+    lines = [json.dumps({"features": [f"r{i}", t, c], "label": y}) for i, (t, c, y) in enumerate(REVIEWS)]
+    job.write_data("\n".join(lines) + "\n", name="reviews.jsonl")
+    assert job.run() == 0, job.message
+    assert [line.get("join_source_value") for line in read_jsonl(job)] == [f"r{i}" for i in range(len(REVIEWS))]
+    baseline = (job.output_dir / "explanations_shap" / "baseline.csv").read_text().splitlines()
+    assert baseline[1].startswith("<PAD>,")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"text_config": {"granularity": "token", "language": "klingon"}}, "methods.shap.text_config.language"),
+    ({"text_config": {"granularity": "word", "language": "en"}}, "methods.shap.text_config.granularity"),
+    ({"features_to_explain": ["product_category"]}, "`features_to_explain` is not supported for datasets"),
+])
+def test_bad_text_configs(job, text_endpoint, change, message):
+    text_job(job, text_endpoint)
+    config = json.loads((job.config_dir / "analysis_config.json").read_text())
+    config["methods"]["shap"].update(change)
+    job.write_config(config)
+    assert job.run() == 1
+    assert message in job.message
+    assert job.output_files() == []
+
+
+@pytest.mark.parametrize("reviews, message", [
+    ([*REVIEWS[:2], ("   ", "A", 1)], "text feature 'review_body' is empty at dataset row 2"),
+    ([*REVIEWS[:3], (42, "A", 1)], "text feature 'review_body' at dataset row 3 holds 42 (int), not a string"),
+    ([*REVIEWS[:1], (None, "A", 1)], "text feature 'review_body' at dataset row 1 holds None"),
+])
+def test_bad_texts(job, text_endpoint, reviews, message):
+    text_job(job, text_endpoint, reviews=reviews, text_config={"granularity": "token", "language": "en",
+                                                               "text_features": ["review_body"]})
+    assert job.run() == 1
+    assert message in job.message, job.message
+    assert job.output_files() == []
+
+
+def test_text_longer_than_the_model_accepts_names_the_record(job, text_endpoint):
+    text_endpoint.max_chars = 40
+    text_job(job, text_endpoint)
+    assert job.run() == 1
+    assert "dataset row 3" in job.message and "exceeds the maximum" in job.message, job.message
+    assert job.output_files() == []
+
+
+def test_no_feature_looks_like_text(job, text_endpoint):
+    text_job(job, text_endpoint, reviews=[("ok", "A", 1), ("meh", "B", 0), ("good", "A", 1)])
+    assert job.run() == 1
+    assert "no feature looks like free text" in job.message and "text_features" in job.message
