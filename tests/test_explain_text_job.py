@@ -183,3 +183,20 @@ def test_no_feature_looks_like_text(job, text_endpoint):
     text_job(job, text_endpoint, reviews=[("ok", "A", 1), ("meh", "B", 0), ("good", "A", 1)])
     assert job.run() == 1
     assert "no feature looks like free text" in job.message and "text_features" in job.message
+
+
+def test_pdp_gives_text_features_clarify_s_error_entry(job, text_endpoint):
+    text_job(job, text_endpoint)
+    config = json.loads((job.config_dir / "analysis_config.json").read_text())
+    config["methods"]["pdp"] = {"grid_resolution": 5, "top_k_features": 2}
+    job.write_config(config)
+    assert job.run() == 0, job.message
+    pdp = {entry["feature_name"]: entry for entry in job.analysis()["explanations"]["pdp"]}
+    assert pdp["review_body"] == {"feature_name": "review_body", "data_type": "free_text",
+                                  "error": "Detected data type is not supported for PDP. PDP can only be "
+                                           "computed for numerical or categorical columns"}
+    category = pdp["product_category"]
+    assert category["data_type"] == "categorical" and sorted(category["feature_values"]) == ["A", "B"]
+    for value, prediction in zip(category["feature_values"], category["model_predictions"][0], strict=True):
+        rows = np.array([[text, value] for text, _, _ in REVIEWS], dtype=object)
+        assert prediction == pytest.approx(word_model(rows)[:, 0].mean())

@@ -87,13 +87,17 @@ def _explain(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint, 
     shap, pdp = config.methods.shap, config.methods.pdp
     explanations: dict[str, Any] = {}
     global_values: dict[str, dict[str, float]] | None = None
+    text_features: frozenset[str] = frozenset()
     if shap is not None:
         explanations["kernel_shap"] = explain_shap(config, shap, dataset, endpoint, staging, work_dir / "shap",
                                                    base_dir)
         global_values = {key: entry["global_shap_values"] for key, entry in explanations["kernel_shap"].items()}
+        text_features = frozenset(name for entry in explanations["kernel_shap"].values()
+                                  for name in entry.get("global_top_shap_text", {}))
     if pdp is not None:
         explanations["pdp"] = partial_dependence(pdp, dataset, endpoint, global_values,
-                                                 seed=shap.seed if shap is not None and shap.seed is not None else 0)
+                                                 seed=shap.seed if shap is not None and shap.seed is not None else 0,
+                                                 text_features=text_features)
     return explanations
 
 

@@ -27,9 +27,17 @@ log = logging.getLogger(__name__)
 MAX_RECORDS = 2_000
 
 
+FREE_TEXT_ERROR = ("Detected data type is not supported for PDP. PDP can only be computed for numerical or "
+                   "categorical columns")  # Clarify's entry for a text feature (contract 4.4)
+
+
 def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint,
-                       global_shap: dict[str, dict[str, float]] | None, *, seed: int = 0) -> list[dict[str, Any]]:
-    """``explanations.pdp``: one entry per feature, in the order chosen (config order, else SHAP rank)."""
+                       global_shap: dict[str, dict[str, float]] | None, *, seed: int = 0,
+                       text_features: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """``explanations.pdp``: one entry per feature, in the order chosen (config order, else SHAP rank).
+
+    ``text_features`` (the text features of a ``text_config`` job) get Clarify's error entry instead.
+    """
     from .job import feature_index  # job imports this module
 
     features = dataset.features
@@ -48,6 +56,10 @@ def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint
     with endpoint.client() as client:
         for j in columns:
             column = features.iloc[:, j]
+            if dataset.feature_names[j] in text_features:
+                entries.append({"feature_name": dataset.feature_names[j], "data_type": "free_text",
+                                "error": FREE_TEXT_ERROR})
+                continue
             grid, distribution, data_type = feature_grid(column, pdp.grid_resolution)
             # Every grid value's copy of the sample in one request batch: (grid value, record) rows.
             rows = pd.concat([sample] * len(grid), ignore_index=True)
