@@ -7,12 +7,13 @@ STAMP  := $(VENV)/.installed-stamp
 # everywhere, poppler-utils for the tests that turn the PDF into page images, cron for `lucent schedule --install`.
 SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils cron
 
-.PHONY: help install demo test test-fast lint bench image clean
+.PHONY: help install demo demo-text test test-fast lint bench image clean
 BASE_IMAGE ?= $(or $(LUCENT_BASE_IMAGE),python:3.11-slim)
 IMAGE      ?= lucent:dev
 
 help:
 	@echo "make demo       set up and run a full job on the bundled sample data (results in build/demo/output)"
+	@echo "make demo-text  set up and run a text job: every word of product reviews explained (build/demo-text/output)"
 	@echo "make test       set up and run lint + the whole test suite (slow end-to-end tests included)"
 	@echo "make test-fast  the test suite without tests marked slow"
 	@echo "make lint       ruff"
@@ -37,6 +38,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	rm -rf build/demo
 	$(PY) -m container.demo build/demo
+
+demo-text: $(STAMP)
+	rm -rf build/demo-text
+	$(PY) -m container.demo --text build/demo-text
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -43,9 +43,11 @@ def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: s
     """Write ``<name>.html``, ``<name>.pdf`` and ``<name>.ipynb`` into ``output_dir``.
 
     Each file is written under a temporary name and renamed into place, so a reader never sees half
-    a file. Returns the paths written. If a format fails (typically the PDF, when WeasyPrint or the
-    Pango libraries are missing), the others are still written, then ``ReportError`` is raised
-    naming the failed formats and why; the caller should log it and keep ``analysis.json``.
+    a file. A text job's report also reads ``explanations_shap/out.jsonl`` in ``output_dir`` (when
+    present) to show a few records with their words coloured by SHAP value. Returns the paths
+    written. If a format fails (typically the PDF, when WeasyPrint or the Pango libraries are
+    missing), the others are still written, then ``ReportError`` is raised naming the failed formats
+    and why; the caller should log it and keep ``analysis.json``.
     """
     # Imported here, not at module level: they pull in matplotlib, pandas, nbformat and WeasyPrint,
     # which a job that writes no report (or `lucent validate`) should not pay for.
@@ -57,7 +59,8 @@ def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: s
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        doc = build_document(analysis, summary, title)
+        doc = build_document(analysis, summary, title,
+                             local_explanations=output_dir / "explanations_shap" / "out.jsonl")
     except Exception as exc:  # a malformed analysis document: no format can be written
         raise ReportError(f"Report not written: could not read the analysis ({exc!r})", [], {"all": exc}) from exc
     written: list[Path] = []

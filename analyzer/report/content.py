@@ -8,11 +8,13 @@ only when its analysis is in the document.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from analyzer.report import views
-from analyzer.report.document import BulletList, Document, Figure, Heading, Paragraph, Table, slug
+from analyzer.report.document import BulletList, Document, Figure, Fragment, Heading, Paragraph, Table, slug
 from analyzer.report.summary import JobSummary
 
 METHOD_NAMES = {
@@ -49,6 +51,17 @@ ANALYSIS = _Analysis()
 _CONSTANTS = {views.PRE_TRAINING: "PRE_TRAINING", views.POST_TRAINING: "POST_TRAINING"}
 
 
+@dataclass(frozen=True)
+class _Bound:
+    """An argument that is ``value`` here and the notebook name ``name`` in recorded code."""
+
+    name: str
+    value: Any
+
+    def __repr__(self) -> str:
+        return self.name
+
+
 def _literal(arg: Any) -> str:
     if isinstance(arg, str) and arg in _CONSTANTS:
         return _CONSTANTS[arg]
@@ -57,12 +70,18 @@ def _literal(arg: Any) -> str:
 
 def _call(analysis: dict, fn: Callable, *args: Any) -> tuple[Any, str]:
     """Run ``fn`` from ``views`` and return its result with the code that reproduces it."""
-    real = [analysis if a is ANALYSIS else a for a in args]
+    real = [analysis if a is ANALYSIS else a.value if isinstance(a, _Bound) else a for a in args]
     return fn(*real), f"{fn.__name__}({', '.join(_literal(a) for a in args)})"
 
 
-def build_document(analysis: dict, summary: JobSummary, title: str = "Analysis Report") -> Document:
-    """The whole report for one job."""
+def build_document(analysis: dict, summary: JobSummary, title: str = "Analysis Report",
+                   local_explanations: Path | None = None) -> Document:
+    """The whole report for one job.
+
+    ``local_explanations``: the job's ``explanations_shap/out.jsonl``, from which a text job's report
+    shows a few records with their words coloured by SHAP value; None or a missing file means the
+    per-record values were not saved, which the report says.
+    """
     started = _when(summary.started_at)
     doc = Document(title=title, subtitle=f"{summary.dataset_source} · {summary.n_rows:,} rows · {started}")
     _introduction(doc, analysis)
@@ -73,6 +92,8 @@ def build_document(analysis: dict, summary: JobSummary, title: str = "Analysis R
             _bias_section(doc, analysis, stage)
     if views.shap_labels(analysis):
         _shap_section(doc, analysis)
+    if views.has_text_explanations(analysis):
+        _text_examples_section(doc, analysis, local_explanations)
     if views.pdp_entries(analysis):
         _pdp_section(doc, analysis)
     if any(analysis.get(stage) for stage in STAGE_TEXT):
@@ -129,6 +150,11 @@ def _introduction(doc: Document, analysis: dict) -> None:
     if views.shap_labels(analysis) or views.pdp_entries(analysis):
         items.append("**Explanations.** SHAP values rank the features by how much they move the model's "
                      "output; partial dependence plots show how the output changes as one feature changes.")
+    if views.has_text_explanations(analysis):
+        items.append("**Text.** Each unit of a text feature (a word, a sentence or a paragraph, as configured) is "
+                     "a feature of its own: the report lists the tokens that matter most overall and shows a "
+                     "few records with each unit coloured **green** when it raises the model's output and "
+                     "**red** when it lowers it.")
     if items:
         doc.add(BulletList(items))
 
@@ -227,10 +253,73 @@ def _shap_section(doc: Document, analysis: dict) -> None:
             continue
         figure, code = _call(analysis, views.shap_chart, ANALYSIS, label)
         caption = "Features ranked by their global SHAP value."
+        texts = views.text_features(analysis, label)
+        if texts:
+            caption += (" A text feature's bar is the combined effect of all its units (words, sentences or "
+                        "paragraphs).")
         if entry.get("lucent_global_shap_stderr"):
             caption += (" Whiskers show ± one standard error of each value (a Lucent addition to Clarify's "
                         "output): bars whose whiskers overlap are not reliably ordered.")
         doc.add(Figure(figure, caption=caption, code=code, alt=f"Bar chart of global SHAP values for {label}."))
+        for feature in texts:
+            _top_tokens(doc, analysis, label, number, feature)
+
+
+def _top_tokens(doc: Document, analysis: dict, label: str, number: int, feature: str) -> None:
+    anchor = f"shap-{slug(label)}-{number}-tokens-{slug(feature)}"
+    doc.add(Heading(f"Top tokens of {feature}", 4, anchor=anchor))
+    frame, table_code = _call(analysis, views.top_tokens_table, ANALYSIS, label, feature)
+    if frame.empty:
+        doc.add(Paragraph(f"No token of {feature} has a global SHAP value for this output.", "note"))
+        return
+    # The explanation is the chart's caption, so that in print the heading, chart and text stay together.
+    charted = min(len(frame), views.TOP_TOKENS_CHARTED)
+    caption = (f"The tokens of **{feature}** with the largest global SHAP values for output '{label}' (Clarify's "
+               f"global_top_shap_text: at most max_top_tokens of them, here {len(frame)}"
+               + (f"; the chart shows the first {charted}" if charted < len(frame) else "")
+               + "). A token's value aggregates its SHAP values wherever it occurs in the explained records.")
+    figure, code = _call(analysis, views.top_tokens_chart, ANALYSIS, label, feature)
+    doc.add(Figure(figure, caption=caption, code=code, alt=f"Bar chart of the top tokens of {feature} for {label}."),
+            Table.from_frame(frame, table_code, kind="tokens", widths=[1, 4, 2]))
+
+
+def _text_examples_section(doc: Document, analysis: dict, local: Path | None) -> None:
+    label = views.shap_labels(analysis)[0]
+    doc.add(_heading("How the words of single records move the output (text)", 2, page_break=True),
+            Paragraph("Each record below shows its text with every unit (word, sentence or paragraph) coloured "
+                      f"by its SHAP value for output '{label}': **green** units raise the output, **red** units "
+                      "lower it. The strength of the colour compares a unit with the strongest unit of the same "
+                      "record, so colours cannot be compared between records. The values are listed under "
+                      "each text; in the HTML report and the notebook, pointing at a unit shows its value."))
+    if local is None or not Path(local).is_file():
+        doc.add(Paragraph("The per-record explanations were not saved (methods.shap.save_local_shap_values is "
+                          "false), so no record can be shown.", "note"))
+        return
+    try:
+        choice = views.choose_text_records(str(local))
+    except (OSError, ValueError, LookupError, TypeError, AttributeError) as error:  # a damaged file
+        doc.add(Paragraph(f"{views.LOCAL_SHAP_FILE} could not be read: {error}", "error"))
+        return
+    doc.add(Paragraph(
+        f"Which records: of the {choice.records_read:,} records in {views.LOCAL_SHAP_FILE}, up to "
+        f"{views.TEXT_EXAMPLES} whose text raises output '{label}' the most (the largest sums of the SHAP "
+        f"values of their text units) and up to {views.TEXT_EXAMPLES} whose text lowers it the most. Rows are "
+        "counted from 1 in dataset order. The file keeps each unit and where it starts but not the spaces "
+        "between units: each gap is shown as that many spaces, so line breaks appear as spaces.", "note"))
+    local_file = _Bound("LOCAL_SHAP_FILE", str(local))
+    for side, records, heading in (("raises", choice.raises, "Texts that raise the output most"),
+                                   ("lowers", choice.lowers, "Texts that lower the output most")):
+        doc.add(Heading(heading, 3, anchor=f"text-{side}"))
+        if not records:
+            verb = "raises" if side == "raises" else "lowers"
+            doc.add(Paragraph(f"No record's text {verb} output '{label}'.", "note"))
+        for rank, record in enumerate(records):
+            key = record.record.get("join_source_value")
+            name = f"Row {record.row + 1:,}" + (f" ({key})" if key is not None else "")
+            doc.add(Heading(f"{name}: text total {views.format_signed(record.total)}", 4,
+                            anchor=f"text-{side}-{rank}"))
+            view, code = _call(analysis, views.text_example, ANALYSIS, local_file, side, rank)
+            doc.add(Fragment(view, code))
 
 
 def _pdp_section(doc: Document, analysis: dict) -> None:

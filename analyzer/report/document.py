@@ -12,7 +12,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -98,7 +98,23 @@ class Figure:
         return buffer.getvalue()
 
 
-Block = Heading | Paragraph | BulletList | Table | Figure
+@dataclass
+class Fragment:
+    """Markup made by a ``views`` object (its ``_repr_html_``), e.g. a text coloured by attribution.
+
+    ``views`` escapes every text it puts in the markup; the HTML renderer includes it as it is and the
+    notebook stores it as the output of ``code``, so all formats show the same thing.
+    """
+
+    view: Any  # has _repr_html_() and a plain-text __repr__()
+    code: str
+
+    @cached_property
+    def html(self) -> str:
+        return self.view._repr_html_()
+
+
+Block = Heading | Paragraph | BulletList | Table | Figure | Fragment
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 
-from analyzer.report.document import BOLD, BulletList, Document, Figure, Heading, Paragraph, Table
+from analyzer.report.document import BOLD, BulletList, Document, Figure, Fragment, Heading, Paragraph, Table
 
 CSS = """
 :root { --ink: #222; --muted: #5f6368; --rule: #d9dce1; --band: #f4f6f8; --accent: #0072b2; --error: #b3261e; }
@@ -51,6 +51,11 @@ figure img { display: block; width: 100%; max-width: 760px; height: auto; }
 figure figcaption { color: var(--muted); font-size: 0.88rem; margin-top: 4px; max-width: 760px; }
 figure.half { display: inline-block; width: 49%; vertical-align: top; margin-right: 0.5%; }
 figure.half img { max-width: 380px; }
+table.tokens { width: auto; min-width: 50%; }
+table.tokens td:first-child, table.tokens th:first-child { text-align: right; width: 4em; }
+table.tokens td:nth-child(3) { font-variant-numeric: tabular-nums; }
+div.text-example { margin: 0.3em 0 1.2em; max-width: 760px; }
+div.text-example div.text { font-size: 0.95rem; }
 
 @page { size: A4; margin: 15mm 13mm 17mm 13mm;
         @bottom-left { content: string(doctitle); font: 8pt "DejaVu Sans", sans-serif; color: #5f6368; }
@@ -70,7 +75,7 @@ figure.half img { max-width: 380px; }
   .page-break { break-before: page; margin-top: 0; }
   table { font-size: 9pt; }
   th, td { padding: 3px 5px; }
-  tr, figure, table.facts { break-inside: avoid; }
+  tr, figure, table.facts, div.text-example { break-inside: avoid; }
   figure img { max-width: 100%; }
   figure figcaption { font-size: 9pt; }
   p.note { font-size: 9pt; }
@@ -121,6 +126,8 @@ def _block(block) -> str:
         return _table(block)
     if isinstance(block, Figure):
         return _figure(block)
+    if isinstance(block, Fragment):  # markup from views, which escapes the text it holds
+        return block.html
     raise TypeError(f"unknown block {type(block).__name__}")
 
 

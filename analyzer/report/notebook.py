@@ -18,7 +18,7 @@ import pandas as pd
 from nbformat import v4
 
 from analyzer.report import views
-from analyzer.report.document import BulletList, Document, Figure, Heading, Paragraph, Table
+from analyzer.report.document import BulletList, Document, Figure, Fragment, Heading, Paragraph, Table
 
 SETUP = """\
 %matplotlib inline
@@ -69,8 +69,10 @@ def _code_cell(source: str, count: int, data: dict) -> nbformat.NotebookNode:
     return cell
 
 
-def _result_data(block: Table | Figure) -> dict:
+def _result_data(block: Table | Figure | Fragment) -> dict:
     """What IPython shows for the value the block's code returns."""
+    if isinstance(block, Fragment):
+        return {"text/html": block.html, "text/plain": repr(block.view)}
     if isinstance(block, Figure):
         return {"image/png": base64.b64encode(block.png).decode("ascii"), "text/plain": repr(block.figure)}
     with pd.option_context(*DISPLAY_OPTIONS):
@@ -94,7 +96,7 @@ def render_notebook(doc: Document) -> nbformat.NotebookNode:
             pending.clear()
 
     for block in doc.blocks:
-        if isinstance(block, Table | Figure) and block.code:
+        if isinstance(block, Table | Figure | Fragment) and block.code:
             flush()
             count += 1
             cells.append(_code_cell(block.code, count, _result_data(block)))

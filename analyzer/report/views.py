@@ -11,9 +11,14 @@ GUI backend (rendering goes through Agg / the SVG backend), and a notebook shows
 exactly once.
 """
 
+import heapq
+import html
+import json
 import math
+import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -640,6 +645,275 @@ def shap_chart(analysis: dict, label: str, top: int = 15) -> Figure:
     fig.suptitle(f"Feature importance for output '{label}' ({shown})", fontsize=CHART_FONT_SIZE + 1, color=INK,
                  x=0.01, ha="left")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Text explanations (methods.shap.text_config): global top tokens and single records
+
+LOCAL_SHAP_FILE = "explanations_shap/out.jsonl"  # per-record explanations, relative to analysis.json
+RAISES = (0, 158, 115)  # Okabe-Ito bluish green: the unit pushes the output up
+LOWERS = (214, 39, 40)  # red (not the bias charts' orange): the unit pushes the output down
+MAX_UNITS_SHOWN = 400  # units of one text drawn per record; the rest are counted, not drawn
+TEXT_EXAMPLES = 3  # records shown per direction (raising / lowering the output)
+TOP_TOKENS_CHARTED = 20  # tokens in a top-tokens chart (its table lists all of global_top_shap_text)
+
+
+def text_features(analysis: dict, label: str) -> list[str]:
+    """The text features of one model output that have top tokens (``global_top_shap_text``)."""
+    entry = analysis["explanations"]["kernel_shap"][label]
+    return [str(f) for f in (entry.get("global_top_shap_text") or {})]
+
+
+def has_text_explanations(analysis: dict) -> bool:
+    return any(text_features(analysis, label) for label in shap_labels(analysis))
+
+
+def _top_tokens(analysis: dict, label: str, feature: str) -> list[tuple[str, float]]:
+    tokens = analysis["explanations"]["kernel_shap"][label]["global_top_shap_text"][feature] or {}
+    items = [(str(token), as_number(value)) for token, value in tokens.items()]
+    items = [(token, value) for token, value in items if value is not None]
+    return sorted(items, key=lambda item: -item[1])  # stable: ties keep the file's order
+
+
+def top_tokens_table(analysis: dict, label: str, feature: str) -> pd.DataFrame:
+    """The tokens of one text feature with the largest global SHAP values for one output, largest first."""
+    items = _top_tokens(analysis, label, feature)
+    frame = pd.DataFrame({"Rank": range(1, len(items) + 1), "Token": [token for token, _ in items],
+                          "Global SHAP value": [format_value(value) for _, value in items]})
+    return frame.set_index("Rank")
+
+
+def _chart_text(text: str) -> str:
+    """Text drawn by matplotlib as written: ``$`` would otherwise start mathtext."""
+    return text.replace("$", r"\$")
+
+
+def top_tokens_chart(analysis: dict, label: str, feature: str, top: int = TOP_TOKENS_CHARTED) -> Figure:
+    """Bars of the ``top`` tokens of one text feature by global SHAP value, for one model output."""
+    items = _top_tokens(analysis, label, feature)
+    shown = items[:top]
+    n = len(shown)
+    fig = _new_figure(7.2, 1.0 + 0.27 * max(n, 1))
+    ax = fig.subplots()
+    positions = list(range(n))[::-1]
+    values = [value for _, value in shown]
+    ax.barh(positions, values, height=0.62, color=FOR_GROUP)
+    ax.set_yticks(positions, [_chart_text(_shorten(token, 28)) for token, _ in shown])
+    span = max([abs(v) for v in values] + [1e-12])
+    low = min([0.0, *values])
+    ax.set_xlim(low * 1.3 if low < 0 else 0, span * 1.3)
+    for y, value in zip(positions, values, strict=True):
+        pad = span * 0.015
+        ax.text(value + (pad if value >= 0 else -pad), y, format_value(value), va="center",
+                ha="left" if value >= 0 else "right", fontsize=CHART_FONT_SIZE - 1, color=INK)
+    ax.axvline(0, color=INK, linewidth=1)
+    _style_axes(ax)
+    ax.tick_params(axis="y", length=0)
+    ax.set_xlabel("global SHAP value of the token", fontsize=CHART_FONT_SIZE, color=INK)
+    count = f"top {n} of {len(items)} tokens" if len(items) > n else f"all {len(items)} tokens"
+    fig.suptitle(_chart_text(f"Top tokens of '{feature}' for output '{label}' ({count})"),
+                 fontsize=CHART_FONT_SIZE + 1, color=INK, x=0.01, ha="left")
+    return fig
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    """One line of out.jsonl: ``row`` counts from 0 in dataset order; ``total`` sums its text units."""
+
+    row: int
+    total: float
+    record: dict
+
+
+@dataclass(frozen=True)
+class TextRecordChoice:
+    """The records of out.jsonl whose text moves one output the most, in each direction."""
+
+    records_read: int
+    raises: list  # TextRecord, largest total first
+    lowers: list  # TextRecord, most negative total first
+
+
+def _text_total(record: dict, label_index: int) -> float | None:
+    """The sum of one record's text-unit SHAP values for one output; None when it has no text unit."""
+    total, units = 0.0, 0
+    for feature in record.get("explanations") or []:
+        if feature.get("data_type") != "free_text":
+            continue
+        for unit in feature.get("attributions") or []:
+            total += float(unit["attribution"][label_index])
+            units += 1
+    return total if units else None
+
+
+def choose_text_records(path: str = LOCAL_SHAP_FILE, label_index: int = 0,
+                        per_side: int = TEXT_EXAMPLES) -> TextRecordChoice:
+    """The ``per_side`` records whose text raises output ``label_index`` the most and those that lower it most.
+
+    "How much the text moves the output" is the sum of the SHAP values of the record's text units.
+    Records with a total above 0 compete for ``raises``, below 0 for ``lowers``; ties go to the
+    earlier record. The file is read line by line and only the chosen records are kept, so its size
+    does not matter; the answer is cached until the file changes.
+    """
+    stat = os.stat(path)
+    return _choose_text_records(str(path), stat.st_mtime_ns, stat.st_size, label_index, per_side)
+
+
+@lru_cache(maxsize=4)
+def _choose_text_records(path: str, mtime_ns: int, size: int, label_index: int, per_side: int) -> TextRecordChoice:
+    up: list = []  # min-heaps of (|total|, -row, record): the root is the weakest record kept
+    down: list = []
+    row = 0
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            total = _text_total(record, label_index)
+            if total:
+                heap = up if total > 0 else down
+                item = (abs(total), -row, record)
+                if len(heap) < per_side:
+                    heapq.heappush(heap, item)
+                elif item[:2] > heap[0][:2]:
+                    heapq.heapreplace(heap, item)
+            row += 1
+
+    def ordered(heap: list, sign: int) -> list:
+        return [TextRecord(-minus_row, sign * magnitude, record)
+                for magnitude, minus_row, record in sorted(heap, key=lambda item: (-item[0], -item[1]))]
+
+    return TextRecordChoice(records_read=row, raises=ordered(up, 1), lowers=ordered(down, -1))
+
+
+def format_signed(value: float) -> str:
+    """``format_value`` with a ``+`` on positive values."""
+    text = format_value(value)
+    return text if text.startswith("-") or text == "0" else "+" + text
+
+
+def _rgba(value: float, scale: float) -> str:
+    """The background of a unit: green up, red down, stronger the closer |value| is to ``scale``."""
+    red, green, blue = RAISES if value > 0 else LOWERS
+    strength = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
+    return f"rgba({red},{green},{blue},{0.75 * strength:.3f})"
+
+
+def _rebuilt_units(units: list) -> list[tuple[str, str, list]]:
+    """(gap, text, attribution) per unit, in the file's order.
+
+    out.jsonl keeps each unit's text and offset but not the characters between units (always
+    whitespace: units never contain it at their ends). The gap before a unit is rebuilt as that many
+    spaces, so the spacing of the original survives, except that line breaks become spaces. Without
+    offsets, units are separated by one space.
+    """
+    out = []
+    end = None
+    for unit in units:
+        description = unit.get("description") or {}
+        text = str(description.get("partial_text", ""))
+        start = description.get("start_idx")
+        known = isinstance(start, int) and not isinstance(start, bool)
+        if not out:
+            gap = 0
+        elif known and end is not None:
+            gap = max(start - end, 0)
+        else:
+            gap = 1
+        out.append((" " * gap, text, list(unit.get("attribution") or [])))
+        end = start + len(text) if known else None
+    return out
+
+
+class TextHighlight:
+    """One record's texts with every unit coloured by its SHAP value for one model output.
+
+    A notebook shows it as HTML (``_repr_html_``); the HTML and PDF reports embed the same markup.
+    Green raises the output, red lowers it; the colour's strength is the unit's |value| relative to the
+    largest |value| among the record's text units, so colours compare units within one record, not
+    across records. Each unit's values (every output) are in its ``title`` tooltip. All text is
+    HTML-escaped.
+    """
+
+    def __init__(self, chosen: TextRecord, labels: list, label_index: int = 0,
+                 max_units: int = MAX_UNITS_SHOWN) -> None:
+        self.row, self.total, self.record = chosen.row, chosen.total, chosen.record
+        self.label_index, self.max_units = label_index, max_units
+        features = self.record.get("explanations") or []
+        width = max([len(u.get("attribution") or []) for f in features for u in f.get("attributions") or []] + [1])
+        self.labels = [str(x) for x in labels] if len(labels) == width else [f"label{i}" for i in range(width)]
+        self.texts = [(str(f.get("feature_name")), _rebuilt_units(f.get("attributions") or []))
+                      for f in features if f.get("data_type") == "free_text"]
+        self.others = [(str(f.get("feature_name")), float(f["attributions"][0]["attribution"][label_index]))
+                       for f in features if f.get("data_type") != "free_text" and f.get("attributions")]
+        values = [abs(float(a[label_index])) for _, units in self.texts for _, _, a in units]
+        self.scale = max(values + [0.0])
+
+    @property
+    def label(self) -> str:
+        return self.labels[self.label_index]
+
+    def largest(self, count: int = 6) -> list[tuple[str, float]]:
+        """The units with the largest |value| for the chosen output, largest first."""
+        units = [(text, float(a[self.label_index])) for _, units in self.texts for _, text, a in units]
+        return sorted(units, key=lambda unit: -abs(unit[1]))[:count]
+
+    def _tooltip(self, attribution: list) -> str:
+        values = [format_signed(float(v)) for v in attribution]
+        if len(values) == 1:
+            return values[0]
+        return " · ".join(f"{name}: {value}" for name, value in zip(self.labels, values, strict=False))
+
+    def _html_text(self, units: list) -> str:
+        parts = []
+        for gap, text, attribution in units[:self.max_units]:
+            value = float(attribution[self.label_index])
+            style = f' style="background-color:{_rgba(value, self.scale)}"' if value else ""
+            parts.append(f'{gap}<span class="unit"{style} title="{html.escape(self._tooltip(attribution))}">'
+                         f"{html.escape(text)}</span>")
+        if len(units) > self.max_units:
+            parts.append(f' <span class="more" style="color:#5f6368">… ({len(units) - self.max_units:,} more '
+                         "units not shown)</span>")
+        return "".join(parts)
+
+    def _repr_html_(self) -> str:
+        muted = "color:#5f6368;font-size:0.88em"
+        swatch = "padding:0 5px;border-radius:3px;color:#222"
+        label = html.escape(self.label)
+        legend = (f'<div class="legend" style="{muted};margin:0 0 4px">'
+                  f'<span style="{swatch};background-color:{_rgba(1, 1)}">raises</span> '
+                  f'<span style="{swatch};background-color:{_rgba(-1, 1)}">lowers</span> '
+                  f"output '{label}'; full colour = the largest |SHAP value| of this record's text "
+                  f"({format_value(self.scale)}).</div>")
+        blocks = [legend]
+        for feature, units in self.texts:
+            blocks.append(f'<div class="feature" style="{muted};font-weight:600">{html.escape(feature)}</div>'
+                          '<div class="text" style="white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.9;'
+                          'border:1px solid #d9dce1;border-radius:4px;padding:4px 9px;margin:2px 0 6px">'
+                          f"{self._html_text(units)}</div>")
+        largest = " · ".join(f"“{html.escape(text)}” {format_signed(value)}" for text, value in self.largest())
+        blocks.append(f'<div class="largest" style="{muted}">Largest units: {largest}</div>')
+        if self.others:
+            others = " · ".join(f"{html.escape(name)} {format_signed(value)}" for name, value in self.others)
+            blocks.append(f'<div class="others" style="{muted}">Other features: {others}</div>')
+        return f'<div class="text-example">{"".join(blocks)}</div>'
+
+    def __repr__(self) -> str:
+        lines = [f"Row {self.row + 1}: text total {format_signed(self.total)} for output '{self.label}'"]
+        for feature, units in self.texts:
+            lines.append(f"{feature}: " + "".join(gap + text for gap, text, _ in units))
+        lines.append("largest units: " + ", ".join(f"{text!r} {format_signed(v)}" for text, v in self.largest()))
+        if self.others:
+            lines.append("other features: " + ", ".join(f"{name} {format_signed(v)}" for name, v in self.others))
+        return "\n".join(lines)
+
+
+def text_example(analysis: dict, path: str, side: str, rank: int = 0, label_index: int = 0) -> TextHighlight:
+    """The record ranked ``rank`` (0 = strongest) among those whose text ``side`` ("raises" or
+    "lowers") output ``label_index`` the most (see ``choose_text_records``), coloured by attribution."""
+    choice = choose_text_records(path, label_index)
+    chosen = (choice.raises if side == "raises" else choice.lowers)[rank]
+    return TextHighlight(chosen, shap_labels(analysis), label_index)
 
 
 # ---------------------------------------------------------------------------------------------
