@@ -19,7 +19,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Pango for WeasyPrint (report.pdf) and a pinned font so the PDF lays out the same as on a host.
 RUN apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-       libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core >/dev/null \
+       libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core fonts-wqy-microhei >/dev/null \
     && rm -rf /var/lib/apt/lists/*
 
 # A virtualenv keeps the image's Python packages apart from the distribution's (PEP 668 bases).

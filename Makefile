@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # Debian packages: Pango for WeasyPrint (report.pdf), a pinned font so PDF page breaks are the same
 # everywhere, poppler-utils for the tests that turn the PDF into page images, cron for `lucent schedule --install`.
-SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils cron
+SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core fonts-wqy-microhei poppler-utils cron
 
 .PHONY: help install demo demo-text test test-fast lint bench image clean
 BASE_IMAGE ?= $(or $(LUCENT_BASE_IMAGE),python:3.11-slim)

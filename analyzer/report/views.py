@@ -435,7 +435,21 @@ def bias_table(analysis: dict, stage: str, facet: str, index: int = 0) -> pd.Dat
     return pd.DataFrame(rows, columns=columns).set_index("Metric")
 
 
+@lru_cache(maxsize=1)
+def _font_families() -> tuple[str, ...]:
+    """DejaVu Sans, then a CJK font when one is installed (``fonts-wqy-microhei``): matplotlib falls back
+    glyph by glyph along ``font.family``, so Chinese and Japanese tokens draw instead of empty boxes."""
+    from matplotlib import font_manager
+
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    return ("DejaVu Sans", *(name for name in ("WenQuanYi Micro Hei",) if name in installed))
+
+
 def _new_figure(width: float, height: float) -> Figure:
+    import matplotlib
+
+    # Texts take their font from rcParams when created; every chart starts here, so this is where it is set.
+    matplotlib.rcParams["font.family"] = list(_font_families())
     fig = Figure(figsize=(width, height))
     fig.set_layout_engine("constrained", h_pad=0.06, w_pad=0.06)
     return fig
