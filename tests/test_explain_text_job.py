@@ -200,3 +200,37 @@ def test_pdp_gives_text_features_clarify_s_error_entry(job, text_endpoint):
     for value, prediction in zip(category["feature_values"], category["model_predictions"][0], strict=True):
         rows = np.array([[text, value] for text, _, _ in REVIEWS], dtype=object)
         assert prediction == pytest.approx(word_model(rows)[:, 0].mean())
+
+
+@pytest.mark.slow
+def test_text_shards_two_workers_and_a_resumed_run_give_identical_outputs(job, text_endpoint, monkeypatch):
+    from analyzer.explain import shards
+
+    reviews = [(f"{text} number {i}", cat, y) for i in range(4) for text, cat, y in REVIEWS]
+    text_job(job, text_endpoint, reviews=reviews, num_samples=40)
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, "150")  # a few records per shard
+    monkeypatch.setenv(shards.WORKERS_ENV, "1")
+    assert job.run() == 0, job.message
+    reference = [read_jsonl(job), job.analysis()]
+    assert any(a["attribution"][0] != 0 for a in reference[0][0]["explanations"][0]["attributions"])
+
+    monkeypatch.setenv(shards.WORKERS_ENV, "2")
+    assert job.run() == 0, job.message
+    assert [read_jsonl(job), job.analysis()] == reference
+
+    advance = shards._Progress.advance
+
+    def crash_after_three(self, index):
+        advance(self, index)
+        if self.done == 3:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(shards._Progress, "advance", crash_after_three)
+    monkeypatch.setenv(shards.WORKERS_ENV, "1")
+    assert job.run() == 2
+    checkpoints = list((job.output_dir / ".lucent-work" / "shap").glob("*/shard-*.npz"))
+    assert len(checkpoints) == 3
+    monkeypatch.setattr(shards._Progress, "advance", advance)
+    assert job.run() == 0, job.message
+    assert [read_jsonl(job), job.analysis()] == reference
+    assert not (job.output_dir / ".lucent-work").exists()
