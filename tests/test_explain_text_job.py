@@ -7,6 +7,8 @@ in, ``{"predicted_label": ..., "probability": ...}`` out.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,7 +37,11 @@ class _TextModel(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802 - http.server API
         body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-        rows = np.array([json.loads(line)["features"] for line in body.splitlines() if line.strip()], dtype=object)
+        if self.headers["Content-Type"].startswith("text/csv"):
+            rows = np.array(list(csv.reader(io.StringIO(body))), dtype=object)
+        else:
+            rows = np.array([json.loads(line)["features"] for line in body.splitlines() if line.strip()],
+                            dtype=object)
         too_long = [i for i, row in enumerate(rows) if len(row[0]) > self.server.max_chars]
         if too_long:
             self.send_response(400)
@@ -43,7 +49,10 @@ class _TextModel(BaseHTTPRequestHandler):
             self.wfile.write(f"input of {len(rows[too_long[0]][0])} characters exceeds the maximum".encode())
             return
         scores = word_model(rows)[:, 0]
-        out = "".join(json.dumps({"predicted_label": int(p > 0.5), "probability": p}) + "\n" for p in scores)
+        if self.headers["Accept"] == "text/csv":
+            out = "".join(f"{float(p)!r}\n" for p in scores)
+        else:
+            out = "".join(json.dumps({"predicted_label": int(p > 0.5), "probability": p}) + "\n" for p in scores)
         self.send_response(200)
         self.send_header("Content-Type", "application/jsonlines")
         self.end_headers()
@@ -234,3 +243,27 @@ def test_text_shards_two_workers_and_a_resumed_run_give_identical_outputs(job, t
     assert job.run() == 0, job.message
     assert [read_jsonl(job), job.analysis()] == reference
     assert not (job.output_dir / ".lucent-work").exists()
+
+
+def test_csv_dataset_like_the_nlp_docs_example(job, text_endpoint):
+    """Config (g) of the contract: CSV with a text column, a [MASK] baseline, sentence units here."""
+    reviews = [('Loved it, "truly" great. It fits!', 4), ("Not great, sadly. Bad seams, bad fit.", 2),
+               ("Great dress.\n\nWould love another.", 5)]
+    with io.StringIO() as handle:
+        csv.writer(handle).writerows([(text, rating, int(rating > 3)) for text, rating in reviews])
+        job.write_data(handle.getvalue())
+    job.write_config({"dataset_type": "text/csv", "headers": ["Comments", "Rating", "Target"], "label": "Target",
+                      "methods": {"shap": {"text_config": {"granularity": "sentence", "language": "english"},
+                                           "baseline": [["[MASK]", 4]]}},
+                      "predictor": {"endpoint_url": f"http://127.0.0.1:{text_endpoint.server_port}"}})
+    assert job.run() == 0, job.message
+    lines = read_jsonl(job)
+    baseline = np.array([["[MASK]", "4"]], dtype=object)  # a CSV request carries text: "4", as the model reads it
+    for line, (text, rating) in zip(lines, reviews, strict=True):
+        comments, rating_entry = line["explanations"]
+        assert rating_entry["data_type"] == "numerical"
+        units = split_text(text, "en", "sentence")
+        assert [a["description"]["partial_text"] for a in comments["attributions"]] == [u.text for u in units]
+        expected, _ = brute_force(word_model, np.array([text, str(rating)], dtype=object), units, 0, baseline)
+        got = [a["attribution"][0] for a in comments["attributions"]] + [rating_entry["attributions"][0]["attribution"][0]]
+        np.testing.assert_allclose(got, expected[:, 0], atol=1e-9)
