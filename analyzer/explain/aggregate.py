@@ -20,7 +20,7 @@ import numpy as np
 
 from .kernel_shap import Explanation
 
-__all__ = ["AGG_METHODS", "GlobalExplanation", "aggregate"]
+__all__ = ["AGG_METHODS", "GlobalExplanation", "aggregate", "aggregate_values"]
 
 AGG_METHODS = ("mean_abs", "median", "mean_sq")
 
@@ -35,24 +35,29 @@ class GlobalExplanation:
     agg_method: str
 
 
-def aggregate(explanation: Explanation, agg_method: str = "mean_abs") -> GlobalExplanation:
-    """Aggregate local values over records with Clarify's ``agg_method``."""
+def aggregate_values(values: np.ndarray, agg_method: str = "mean_abs") -> np.ndarray:
+    """Clarify's ``agg_method`` over axis 0 (records, or a token's occurrences)."""
     if agg_method not in AGG_METHODS:
         raise ValueError(f"Invalid agg_method {agg_method}. Please choose mean_abs, median, or mean_sq.")
-    phi = explanation.values
-    n = len(phi)
-    if n == 0:
+    if len(values) == 0:
         raise ValueError("cannot aggregate SHAP values of zero records")
+    if agg_method == "median":
+        return np.median(values, axis=0)
+    return np.abs(values).mean(axis=0) if agg_method == "mean_abs" else (values**2).mean(axis=0)
+
+
+def aggregate(explanation: Explanation, agg_method: str = "mean_abs") -> GlobalExplanation:
+    """Aggregate local values over records with Clarify's ``agg_method``."""
+    phi = explanation.values
+    values = aggregate_values(phi, agg_method)
+    n = len(phi)
     design = explanation.design
     if agg_method == "median":
-        values = np.median(phi, axis=0)
         order = np.argsort(phi, axis=0, kind="stable")
         middle = order[[(n - 1) // 2, n // 2]]
         stderr = np.take_along_axis(explanation.stderr, middle, axis=0).mean(axis=0)
+    elif design.exact:
+        stderr = np.zeros_like(values)
     else:
-        values = np.abs(phi).mean(axis=0) if agg_method == "mean_abs" else (phi**2).mean(axis=0)
-        if design.exact:
-            stderr = np.zeros_like(values)
-        else:
-            stderr = np.sqrt(design.sampling_variance(explanation.global_terms[agg_method])) / n
+        stderr = np.sqrt(design.sampling_variance(explanation.global_terms[agg_method])) / n
     return GlobalExplanation(values, stderr, explanation.expected_value, agg_method)

@@ -23,7 +23,7 @@ from analyzer.config.model import TextConfig
 from analyzer.data import Dataset
 from analyzer.errors import UserError
 
-from .aggregate import AGG_METHODS
+from .aggregate import aggregate_values
 from .design import default_num_samples
 from .text_shap import TextExplanation
 from .text_units import TextUnit, split_texts
@@ -125,8 +125,6 @@ def text_section(local: TextExplanation, units: Sequence[Sequence[Sequence[TextU
     record, aggregated over records with ``agg_method``. ``global_top_shap_text``: per text feature, the
     tokens (units, case-folded) aggregated with ``agg_method`` over all their occurrences, strongest first.
     """
-    if agg_method not in AGG_METHODS:
-        raise ValueError(f"Invalid agg_method {agg_method}")
     n, k = len(local), len(label_keys)
     totals = np.zeros((n, len(names), k))
     occurrences: dict[int, dict[str, list[np.ndarray]]] = {j: defaultdict(list) for j in columns}
@@ -137,12 +135,12 @@ def text_section(local: TextExplanation, units: Sequence[Sequence[Sequence[TextU
             if j in occurrences:
                 for unit, value in zip(units[i][columns.index(j)], values[start:stop], strict=True):
                     occurrences[j][unit.text.casefold()].append(value)
-    global_values = _aggregate(totals, agg_method)
+    global_values = aggregate_values(totals, agg_method)
     section: dict[str, Any] = {}
     for c, key in enumerate(label_keys):
         top = {}
         for j in columns:
-            scored = {token: float(_aggregate(np.array(vals)[:, None, c:c + 1], agg_method)[0, 0])
+            scored = {token: float(aggregate_values(np.array(vals)[:, None, c:c + 1], agg_method)[0, 0])
                       for token, vals in occurrences[j].items()}
             ranked = sorted(scored.items(), key=lambda item: (-item[1], item[0]))[:max_top_tokens]
             top[names[j]] = dict(ranked)
@@ -150,15 +148,6 @@ def text_section(local: TextExplanation, units: Sequence[Sequence[Sequence[TextU
                         "expected_value": float(local.expected_value[c]),
                         "global_top_shap_text": top}
     return section
-
-
-def _aggregate(values: np.ndarray, agg_method: str) -> np.ndarray:
-    """``(n, M, k) -> (M, k)`` with Clarify's agg_method (the one rule ``aggregate`` applies)."""
-    if agg_method == "mean_abs":
-        return np.abs(values).mean(axis=0)
-    if agg_method == "mean_sq":
-        return (values**2).mean(axis=0)
-    return np.median(values, axis=0)
 
 
 def _player_spans(units: Sequence[Sequence[TextUnit]], columns: Sequence[int], n_columns: int):
