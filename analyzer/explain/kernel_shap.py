@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -264,14 +265,11 @@ class KernelShap:
             empty[0, self.features] = False
             masks = np.vstack([masks, empty])
         self._masks = masks
-        self._expected: np.ndarray | None = None
 
-    @property
+    @cached_property
     def expected_value(self) -> np.ndarray:
         """``(k,)`` link of the mean model score over the baseline (one model call on first use)."""
-        if self._expected is None:
-            self._expected = self.scorer.expected_value(self.baseline)
-        return self._expected
+        return self.scorer.expected_value(self.baseline)
 
     def explain(self, records: np.ndarray) -> Explanation:
         """SHAP values (and standard errors) of ``records`` ``(n, P)``, ``P`` = baseline columns."""

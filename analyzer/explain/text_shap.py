@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -93,14 +94,11 @@ class TextKernelShap:
             raise ValueError("no text column to explain")
         self.num_samples, self.seed = num_samples, seed
         self._solvers: dict[int, ShapSolver] = {}
-        self._expected: np.ndarray | None = None
 
-    @property
+    @cached_property
     def expected_value(self) -> np.ndarray:
         """``(k,)`` link of the mean model score over the baseline rows (Clarify's ``expected_value``)."""
-        if self._expected is None:
-            self._expected = self.scorer.expected_value(self.baseline)
-        return self._expected
+        return self.scorer.expected_value(self.baseline)
 
     def solver(self, n_players: int) -> ShapSolver:
         """The design and solve shared by every record with ``n_players`` players (built once)."""
