@@ -8,9 +8,10 @@ Run from the repository root: ``python bench/shap.py`` (needs ``shap``, a benchm
   ``min(2M + 2048, 2^M - 2)``), ``l1_reg=False`` for shap (its default feature selection is not Kernel
   SHAP). Wall time in-process, and the share of it spent inside the model.
 * Through the built-in sidecar: the same GBM saved as a model folder, served by ``lucent serve-model``
-  (one worker per core), explained by the job's sharded runner (``analyzer.explain.job.explain_shap``:
-  worker processes, CSV requests of up to 64 MB). Wall time of the SHAP step against the model's own
-  in-process ``predict_proba`` time for the same number of rows (target: at most 2x).
+  (one worker per core), explained by the job's sharded runner (``analyzer.explain.job.explain_shap``)
+  with the requests ``lucent run`` sends its own server (npy rows, npy scores). Wall time of the SHAP step
+  (server already started) against the model's own in-process ``predict_proba`` time for the same number
+  of rows (target: at most 2x), and the CPU time the job process and the server's workers spent in it.
 * Accuracy at M = 12: mean absolute error against exact Shapley values (all 2^12 - 2 coalitions, our
   exact mode, which the test-suite checks against brute-force enumeration).
 * Accuracy at M = 20: models with closed-form SHAP values for a single baseline row: a linear model
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -167,9 +169,12 @@ def through_sidecar(m):
             served = ServedModel(server.url, default_io=bool(server.info().get("default_io")))
             endpoint = ModelEndpoint(server.url, request_format(config, dataset, served), tuple(names),
                                      max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES)
+            workers = _children(server.pid)
+            cpu_before, workers_before = time.process_time(), _cpu_seconds(workers)
             start = time.perf_counter()
             explain_shap(config, config.methods.shap, dataset, endpoint, staging, root / "work", root)
             wall = time.perf_counter() - start
+            job_cpu, workers_cpu = time.process_time() - cpu_before, _cpu_seconds(workers) - workers_before
     budget = default_num_samples(m)
     n_rows = N_RECORDS * (budget + 1) + 1
     synthetic = np.repeat(records, budget + 1, axis=0)
@@ -181,6 +186,29 @@ def through_sidecar(m):
           f"{n_rows:,} model rows")
     print(f"  job SHAP step {wall:6.2f} s; in-process predict_proba of the same rows {in_process:6.2f} s; "
           f"ratio {wall / in_process:4.2f} (target <= 2)")
+    print(f"  CPU during the SHAP step: job process {job_cpu:5.2f} s, {len(workers)} model server worker(s) "
+          f"{workers_cpu:5.2f} s ({os.cpu_count()} cores)")
+
+
+def _children(pid):
+    """Process ids of ``pid``'s children (the server's workers), from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+        except OSError:  # exited meanwhile
+            pass
+    return children
+
+
+def _cpu_seconds(pids):
+    """User + system CPU time of processes, in seconds (Linux /proc; 10 ms resolution)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def main():

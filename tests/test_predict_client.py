@@ -158,6 +158,21 @@ def test_record_count_limit(serve):
     assert max(server.record_counts()) == 7
 
 
+def test_requests_are_equal_parts_and_a_small_call_still_uses_every_concurrent_slot(serve):
+    server = serve(linear_csv)
+    with client(server, max_records_per_request=40) as model:
+        model.predict(data(100))  # 34 + 34 + 32 rather than 40 + 40 + 20: the parts finish together
+    assert sorted(server.record_counts()) == [32, 34, 34]
+    server = serve(linear_csv)
+    with client(server, concurrency=4) as model:
+        out = model.predict(data(20_000))  # fits one request, sent as four so that four model workers get work
+    assert server.record_counts() == [5_000] * 4 and np.array_equal(out.scores[:, 0], score(data(20_000)))
+    server = serve(linear_csv)
+    with client(server, concurrency=4) as model:
+        model.predict(data(7_000))  # parts of at least 4,000 records: the hand-off costs more than it saves
+    assert server.record_counts() == [7_000]
+
+
 def test_headers_and_path(serve):
     server = serve(linear_csv)
     predictor = Predictor(content_type="text/csv", accept_type="text/csv", custom_attributes="c=1;mode=test",

@@ -117,6 +117,25 @@ def test_npy_round_trip_and_refuses_pickles():
         decode(pickled.getvalue(), "application/x-npy")
 
 
+@pytest.mark.parametrize("array", [TRICKY, np.asfortranarray(TRICKY), np.arange(6, dtype=np.int32).reshape(2, 3),
+                                   np.array([[1.5, np.nan]], dtype=np.float32), np.zeros((0, 4))])
+def test_npy_in_a_bytearray_is_read_in_place_and_writable(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    body = bytearray(buffer.getvalue())  # how the server receives a body
+    decoded = decode(body, "application/x-npy")
+    np.testing.assert_array_equal(decoded, decode(bytes(body), "application/x-npy"))
+    assert decoded.dtype == array.dtype and decoded.flags.writeable
+    if array.size:
+        assert np.shares_memory(decoded, np.frombuffer(body, dtype=np.uint8))  # the rows are not copied
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(CodecError, match="Object arrays cannot be loaded"):
+        decode(bytearray(pickled.getvalue()), "application/x-npy")
+    with pytest.raises(CodecError, match="application/x-npy"):
+        decode(body[:-8], "application/x-npy")  # truncated: np.load's error
+
+
 def test_unsupported_content_type_and_empty_body():
     with pytest.raises(CodecError, match="unsupported Content-Type 'image/png'") as error:
         decode(b"\x89PNG", "image/png")

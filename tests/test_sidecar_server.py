@@ -230,6 +230,60 @@ def test_routes_methods_and_info(classifier_server):
     assert error.value.code == 405
 
 
+def test_large_npy_bodies_are_read_whole(classifier_server):
+    server, model = classifier_server
+    x = np.random.default_rng(2).normal(size=(60_000, 5))  # 2.4 MB: many socket reads
+    status, _, body = post(server, _bodies(x)["application/x-npy"], "application/x-npy", "application/x-npy")
+    assert status == 200, body
+    np.testing.assert_array_equal(np.load(io.BytesIO(body)), model.predict_proba(x))
+
+
+@pytest.mark.parametrize("received_with_headers", [0, 5_000, "all"])
+def test_body_read_from_the_socket_leaves_what_follows_it_to_gunicorn(received_with_headers):
+    from gunicorn.http.body import Body, LengthReader
+    from gunicorn.http.unreader import SocketUnreader
+
+    from container.sidecar.app import _read_body
+
+    body, following = os.urandom(300_000), b"POST /invocations HTTP/1.1\r\n"
+    ours, theirs = socket.socketpair()
+    unreader = SocketUnreader(theirs)
+    ahead = len(body) + len(following) if received_with_headers == "all" else received_with_headers
+    unreader.unread((body + following)[:ahead])  # what gunicorn received together with the headers
+    stream = Body(LengthReader(unreader, len(body)))
+    with ThreadPoolExecutor(1) as sender, ours, theirs:
+        sender.submit(ours.sendall, (body + following)[ahead:])
+        got = _read_body({"wsgi.input": stream, "CONTENT_LENGTH": str(len(body)), "gunicorn.socket": theirs})
+        assert isinstance(got, bytearray) and got == body  # read by recv_into, not by gunicorn's reader
+        assert stream.read(10) == b""  # gunicorn sees the body as consumed
+        assert unreader.read(len(following)) == following  # the next request is still there for gunicorn
+    assert _read_body({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}) == body  # not gunicorn
+
+
+SLOW_SECOND_WORKER = """
+    import os, time
+    import joblib
+
+    def model_fn(model_dir):
+        try:  # the first worker to get here loads at once, the others take their time
+            os.close(os.open(os.path.join(model_dir, "first-worker"), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            time.sleep(1.5)
+        return joblib.load(os.path.join(model_dir, "model.joblib"))
+"""
+
+
+def test_wait_healthy_returns_once_every_worker_has_loaded_the_model(serve, tmp_path, numeric_data):
+    x, y = numeric_data
+    joblib.dump(LogisticRegression().fit(x, y), tmp_path / "model.joblib")
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "inference.py").write_text(textwrap.dedent(SLOW_SECOND_WORKER))
+    started = time.monotonic()
+    server = serve(tmp_path, workers=2)  # /ping answers after ~1 s (the first worker); wait_healthy waits for both
+    assert time.monotonic() - started >= 1.5
+    assert server.log_tail(100).count("model loaded from") == 2
+
+
 def test_pipeline_in_a_model_tarball(serve, tmp_path, numeric_data):
     x, y = numeric_data
     model = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression())]).fit(x, y)

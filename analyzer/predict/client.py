@@ -35,7 +35,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError
 from analyzer.config.model import Predictor
 from analyzer.errors import UserError
 from analyzer.predict.decode import ResponseParser, excerpt
-from analyzer.predict.encode import CSV, EncodedRecords, RequestEncoder, Rows
+from analyzer.predict.encode import CSV, NPY, Body, EncodedRecords, RequestEncoder, Rows, SplitBody
 from analyzer.predict.predictions import Predictions
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,23 @@ MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker InvokeEndpoint's request limit
 MAX_RECORDS_PER_REQUEST = 100_000
 TIMEOUT_SECONDS = 60.0  # SageMaker's model response timeout
 _WINDOW_CELLS = 2_000_000  # rows are serialised this many values at a time (about 40 MB of text)
+# A window is cut into one request per concurrent slot at least, unless requests would get smaller than
+# this: a call of 20,000 rows then keeps every model worker busy instead of one.
+_MIN_RECORDS_TO_SPLIT = 4_000
 _BUSY_STATUSES = (429, 503)  # throttling: the same batch will do once the model has capacity
 
 
 class ModelError(UserError):
-    """The model could not be reached or failed on records that cannot be split further."""
+    """The model could not be reached or failed on records that cannot be split further.
+
+    ``row`` (index into the rows of the ``predict`` call) and ``reason`` are set when the model refused
+    one record, so that callers that built the rows can name the record they came from.
+    """
+
+    def __init__(self, message: str, *, row: int | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.row = row
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -202,19 +214,31 @@ class ModelClient:
     def _batches(self, rows: Rows) -> Iterator[_Batch]:
         """Requests to send, serialising one window of rows at a time."""
         n_rows, n_columns = len(rows), max(1, len(self.encoder.feature_names))
-        window = max(1, _WINDOW_CELLS // n_columns)
+        # npy request bodies are views of the rows, not serialised copies: no need to go window by window
+        window = n_rows if self.encoder.content_type == NPY else max(1, _WINDOW_CELLS // n_columns)
         for row0 in range(0, n_rows, window):
             chunk = rows.iloc[row0:row0 + window] if hasattr(rows, "iloc") else rows[row0:row0 + window]
             records = self.encoder.encode(chunk)
+            even = self._even_size(len(records))
             start = 0
             while start < len(records):
-                cap = self._records_cap
+                cap = min(self._records_cap, even)
                 stop = records.cut(start, cap, self.max_payload_bytes)
                 if stop < min(len(records), start + min(cap, records.max_records or cap)):
                     self._log_once("payload", logging.INFO, "Prediction batch size is reduced to %d to fit max "
                                    "payload size limit.", stop - start)
                 yield _Batch(records, start, stop, row0)
                 start = stop
+
+    def _even_size(self, n: int) -> int:
+        """Records per request for a window of ``n``: equal parts within the record cap, and at least as
+        many parts as requests run concurrently while parts keep ``_MIN_RECORDS_TO_SPLIT`` records.
+
+        Equal parts finish together (a short last request would leave the model's other workers idle);
+        enough parts keep every model worker busy on a window that fits in one request.
+        """
+        parts = max(-(-n // self._records_cap), min(self.concurrency, n // _MIN_RECORDS_TO_SPLIT), 1)
+        return max(1, -(-n // parts))
 
     def _run(self, batch: _Batch, abort: threading.Event) -> list[Predictions]:
         """Predictions for one batch, re-sending it in halves if the model refuses it."""
@@ -226,7 +250,7 @@ class ModelClient:
         except _Refused as refusal:
             if len(batch) == 1:
                 raise ModelError(f"The model at {self.url} failed on the record at row {batch.first_row}: "
-                                 f"{refusal}") from None
+                                 f"{refusal}", row=batch.first_row, reason=str(refusal)) from None
             self._log_once("fallback", logging.WARNING, "Fallback to per-record prediction because of model "
                            "error. %s for %d records (rows %d to %d); re-sending smaller batches, down to one "
                            "record per request.", refusal, len(batch), batch.first_row,
@@ -239,16 +263,19 @@ class ModelClient:
             return [part for half in halves for part in self._run(half, abort)]
         return [self.parser.parse(body, len(batch), batch.first_row)]
 
-    def _post(self, body: bytes | memoryview, batch: _Batch, abort: threading.Event) -> bytes:
+    def _post(self, body: Body, batch: _Batch, abort: threading.Event) -> bytes:
         """The response body of one request; retries what retrying can fix, raises ``_Refused`` otherwise."""
         multiple = len(batch) > 1
+        headers = self.headers
+        if isinstance(body, SplitBody):  # sent piece by piece: urllib3 would otherwise send it chunked
+            headers = {**headers, "Content-Length": str(len(body))}
         deadline = time.monotonic() + self.retry.max_elapsed_seconds
         for attempt in range(1, self.retry.attempts + 1):
             if abort.is_set():
                 raise _Aborted
             connect_failure = split_now = False
             try:
-                response = self._http.request("POST", self.url, body=body, headers=self.headers)
+                response = self._http.request("POST", self.url, body=body, headers=headers)
             except ConnectTimeoutError as error:  # includes NewConnectionError (refused, unknown host)
                 reason, connect_failure = f"cannot connect ({_reason(error)})", True
             except ReadTimeoutError:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, Literal
@@ -35,6 +35,30 @@ CONTENT_TYPES = (CSV, JSON_LINES, JSON, NPY)
 
 Rows = pd.DataFrame | np.ndarray
 Style = Literal["csv", "json"]
+
+
+class SplitBody:
+    """A request body sent as consecutive pieces, never joined into one buffer.
+
+    An npy body is a small header followed by the rows' own memory: sending the two pieces one after
+    the other avoids copying tens of MB per request (``np.save`` into a buffer copied them three times).
+    ``len()`` is the body's size in bytes and ``bytes()`` the joined body (for tests and errors).
+    """
+
+    def __init__(self, *pieces: bytes | memoryview):
+        self.pieces = pieces
+
+    def __iter__(self) -> Iterator[bytes | memoryview]:
+        return iter(self.pieces)
+
+    def __len__(self) -> int:
+        return sum(memoryview(piece).nbytes for piece in self.pieces)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.pieces)
+
+
+Body = bytes | memoryview | SplitBody
 
 _PLACEHOLDER = re.compile(
     r'"\$\{(?P<quoted>[^}]*)\}"|\$\{(?P<bare>[^}]*)\}|\$(?P<name>features_kvp|feature_names|features|records|record)'
@@ -82,8 +106,8 @@ class EncodedRecords:
         """Body size in bytes of the request carrying records ``start:stop``."""
         return self.envelope_bytes + int(self.offsets[stop] - self.offsets[start])
 
-    def body(self, start: int, stop: int) -> bytes | memoryview:
-        """The request body carrying records ``start:stop`` (bytes-like; a view of ``data`` when it can be)."""
+    def body(self, start: int, stop: int) -> Body:
+        """The request body carrying records ``start:stop`` (a view of ``data`` when it can be)."""
         if stop <= start or (self.max_records is not None and stop - start > self.max_records):
             raise ValueError(f"cannot make one request body of records {start}:{stop}")
         records = self.data[self.offsets[start]:self.offsets[stop] - len(self.separator)]
@@ -105,16 +129,18 @@ class NpyRecords(EncodedRecords):
     def __init__(self, matrix: np.ndarray):
         row_bytes = matrix.shape[1] * matrix.dtype.itemsize
         super().__init__(b"", np.arange(matrix.shape[0] + 1, dtype=np.int64) * row_bytes, b"")
-        self.matrix = matrix
+        self.matrix = np.ascontiguousarray(matrix)  # row-major: a request's rows are one block of memory
 
     @property
     def envelope_bytes(self) -> int:
         return 128  # np.save pads its header to a multiple of 64 bytes; 128 covers any 2-D shape
 
-    def body(self, start: int, stop: int) -> bytes | memoryview:
-        buffer = io.BytesIO()
-        np.save(buffer, self.matrix[start:stop], allow_pickle=False)
-        return buffer.getvalue()
+    def body(self, start: int, stop: int) -> Body:
+        rows = self.matrix[start:stop]  # their memory is the npy payload as it stands
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(rows.dtype),
+                                                      "fortran_order": False, "shape": rows.shape})
+        return SplitBody(header.getvalue(), memoryview(rows).cast("B"))
 
 
 class RequestEncoder:
@@ -224,9 +250,14 @@ class RequestEncoder:
 
     def encode(self, rows: Rows) -> EncodedRecords:
         """Serialise ``rows`` (one per record, columns in ``feature_names`` order)."""
-        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(np.asarray(rows))
-        if frame.shape[1] != len(self.feature_names):
-            raise ValueError(f"rows have {frame.shape[1]} columns, expected {len(self.feature_names)} features")
+        if not isinstance(rows, pd.DataFrame):
+            rows = np.asarray(rows)
+            if self.content_type == NPY and rows.ndim == 2 and rows.dtype.kind == "f":
+                # Float rows (SHAP's synthetic rows) go as they are: no frame, no copy when row-major.
+                self._check_width(rows.shape[1])
+                return NpyRecords(rows.astype(np.float64, copy=False))
+        frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+        self._check_width(frame.shape[1])
         matrix = _numeric_matrix(frame)
         if self.content_type == NPY:
             if matrix is None and not _all_numeric(frame):
@@ -240,6 +271,10 @@ class RequestEncoder:
         else:
             data, offsets = self._general_records(frame)
         return EncodedRecords(data, offsets, self.separator, self.head, self.tail, self.max_records)
+
+    def _check_width(self, width: int) -> None:
+        if width != len(self.feature_names):
+            raise ValueError(f"rows have {width} columns, expected {len(self.feature_names)} features")
 
     def _general_records(self, frame: pd.DataFrame) -> tuple[bytes | memoryview, np.ndarray]:
         n = len(frame)

@@ -7,9 +7,12 @@ The model is loaded when the worker starts. A model that fails to load does not 
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from pathlib import Path
@@ -122,12 +125,48 @@ def _pick_supported(accept: str) -> str:
     return offered[0].strip() if offered else default_accept()
 
 
-def _read_body(environ: dict[str, Any]) -> bytes:
+def _read_body(environ: dict[str, Any]) -> bytes | bytearray:
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
-    if length:
-        return stream.read(int(length))
-    return stream.read()  # chunked transfer encoding: read to the end
+    if not length:
+        return stream.read()  # chunked transfer encoding: read to the end
+    size = int(length)
+    body = _read_from_socket(stream, environ.get("gunicorn.socket"), size)
+    return stream.read(size) if body is None else body
+
+
+def _read_from_socket(stream: Any, sock: socket.socket | None, size: int) -> bytearray | None:
+    """The request body received straight into one buffer, under gunicorn's sync worker; else None.
+
+    gunicorn's reader passes a body through several BytesIO buffers in Python (before gunicorn 24, in
+    1 KiB steps): 9-14 ms of CPU for an 8 MB SHAP request with gunicorn 27, 3 ms with ``recv_into``.
+    It needs gunicorn's reader objects, so it only runs when they look as expected (a Content-Length
+    body, nothing of it read yet); otherwise the caller reads through ``wsgi.input``. The bytes
+    gunicorn already received with the headers come first.
+    """
+    reader = getattr(stream, "reader", None)
+    unreader = getattr(reader, "unreader", None)
+    received = getattr(unreader, "buf", None)
+    if (sock is None or getattr(unreader, "sock", None) is not sock or getattr(reader, "length", None) != size
+            or not isinstance(received, io.BytesIO) or not isinstance(getattr(stream, "buf", None), io.BytesIO)
+            or stream.buf.tell() or not callable(getattr(unreader, "unread", None))):
+        return None
+    ahead = received.getvalue()
+    body = bytearray(size)
+    got = min(len(ahead), size)
+    body[:got] = ahead[:got]
+    unreader.buf = io.BytesIO()
+    if len(ahead) > size:
+        unreader.unread(ahead[size:])  # a pipelined next request stays gunicorn's to read
+    view = memoryview(body)
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:  # gunicorn ignores a reset connection, as it does when its own reader runs dry
+            raise ConnectionResetError(errno.ECONNRESET, "the client closed the connection before the "
+                                       f"end of the body ({got} of {size} bytes)")
+        got += n
+    reader.length = 0  # the body is consumed: gunicorn must not wait for it
+    return body
 
 
 def _respond(start_response: StartResponse, status: int, body: bytes,

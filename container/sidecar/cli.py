@@ -38,9 +38,11 @@ def build_parser(prog: str = "lucent serve-model") -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=int, metavar="SECONDS",
                         help="seconds one request may take before its worker is restarted "
                              "(default: $SAGEMAKER_MODEL_SERVER_TIMEOUT, else 300)")
-    # Internal: how start_model_server hands over the socket it bound and its own pid.
+    # Internal: how start_model_server hands over the socket it bound, its own pid and the pipe on which
+    # workers report that they have loaded the model.
     parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return parser
 
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     try:
         return serve(args.model_dir, host=args.host, port=args.port, workers=args.workers, timeout=args.timeout,
-                     listen_fd=args.listen_fd, parent_pid=args.parent_pid)
+                     listen_fd=args.listen_fd, parent_pid=args.parent_pid, ready_fd=args.ready_fd)
     except ModelServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

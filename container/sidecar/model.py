@@ -370,7 +370,7 @@ class ModelHandlers:
     model_dir: Path = Path(".")
     source: str = ""
 
-    def invoke(self, body: bytes, content_type: str, accept: str,
+    def invoke(self, body: bytes | bytearray, content_type: str, accept: str,
                context: InvocationContext | None = None) -> tuple[bytes, str]:
         """Serve one request: returns the response body and its Content-Type.
 
@@ -394,9 +394,9 @@ class ModelHandlers:
         return _as_response(result, accept)
 
     @staticmethod
-    def _user_payload(body: bytes, content_type: str) -> bytes | str:
+    def _user_payload(body: bytes | bytearray, content_type: str) -> bytes | str:
         if codecs.media_type(content_type) not in _TEXT_TYPES:
-            return body
+            return bytes(body)  # user handlers get bytes, as in SageMaker (the server may read a bytearray)
         try:
             return body.decode("utf-8")
         except UnicodeDecodeError as exc:

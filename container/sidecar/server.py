@@ -9,6 +9,11 @@ Why the socket is bound before gunicorn starts: a taken port fails at once with 
 (gunicorn would retry for five seconds), and ``port=0`` picks a free port with no race between
 choosing it and binding it. The bound socket reaches gunicorn as ``fd://N``.
 
+Why workers report in: ``/ping`` answers as soon as one worker has loaded the model, and the others
+may still be loading (a second or more for scikit-learn); requests sent then all queue on the first
+worker while the others compete for the CPU. Each worker writes one byte to a pipe once its model is
+loaded (or failed to load), and :meth:`ModelServer.wait_healthy` waits for all of them.
+
 Why threads are capped: each worker runs its own model; OpenMP models (HistGradientBoosting,
 XGBoost, LightGBM) would otherwise start one thread per core in every worker, and N workers x N
 threads thrash. Each worker gets ``cores // workers`` threads (unless OMP_NUM_THREADS is set).
@@ -21,6 +26,7 @@ import errno
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -79,11 +85,13 @@ def bind_listener(host: str, port: int) -> socket.socket:
 
 
 def serve(model_dir: Path, *, host: str = "0.0.0.0", port: int | None = None, workers: int | None = None,
-          timeout: int | None = None, listen_fd: int | None = None, parent_pid: int | None = None) -> int:
+          timeout: int | None = None, listen_fd: int | None = None, parent_pid: int | None = None,
+          ready_fd: int | None = None) -> int:
     """Run the server in this process until SIGTERM/SIGINT; returns the exit code.
 
     ``listen_fd`` is an already-listening socket (how :func:`start_model_server` hands over the
-    port it bound); ``parent_pid`` makes the server stop when that process goes away.
+    port it bound); ``parent_pid`` makes the server stop when that process goes away; each worker
+    writes one byte to ``ready_fd`` once it has loaded the model (or failed to).
     """
     from container.sidecar.model import prepare_model_dir
 
@@ -123,7 +131,7 @@ def serve(model_dir: Path, *, host: str = "0.0.0.0", port: int | None = None, wo
     if os.path.isdir("/dev/shm"):  # worker heartbeat files: tmpfs never blocks on a slow disk
         options["worker_tmp_dir"] = "/dev/shm"
     try:
-        _run_gunicorn(options, serve_dir, load_error)
+        _run_gunicorn(options, serve_dir, load_error, ready_fd)
     except SystemExit as exc:  # the arbiter exits through sys.exit
         return exc.code if isinstance(exc.code, int) else 0
     finally:
@@ -145,7 +153,7 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _run_gunicorn(options: dict, model_dir: Path | None, load_error: str | None) -> None:
+def _run_gunicorn(options: dict, model_dir: Path | None, load_error: str | None, ready_fd: int | None) -> None:
     """Run the gunicorn arbiter until it is stopped; each worker builds a SidecarApp after the fork."""
     try:
         from gunicorn.app.base import BaseApplication
@@ -169,9 +177,20 @@ def _run_gunicorn(options: dict, model_dir: Path | None, load_error: str | None)
 
             app = SidecarApp(model_dir, load_error)
             _cap_threads(thread_budget())
+            if ready_fd is not None:
+                _report_ready(ready_fd)
             return app
 
     GunicornServer().run()
+
+
+def _report_ready(ready_fd: int) -> None:
+    """Tell the process that started the server that this worker is loaded (it counts the bytes)."""
+    try:
+        os.set_blocking(ready_fd, False)  # a full pipe (many worker restarts, nobody reading) must not block
+        os.write(ready_fd, b"1")
+    except OSError:  # BlockingIOError, or BrokenPipeError once the starter stopped listening
+        pass
 
 
 def _cap_threads(threads: int) -> None:
@@ -193,12 +212,15 @@ class ModelServer:
     """Handle on a model server child process (its own process group, stopped as a whole)."""
 
     def __init__(self, process: subprocess.Popen, host: str, port: int, log_path: Path,
-                 owned_log: tempfile.TemporaryDirectory | None):
+                 owned_log: tempfile.TemporaryDirectory | None, workers: int, ready_fd: int):
         self._process = process
         self.host = host
         self.port = port
         self.log_path = log_path
         self._owned_log = owned_log
+        self.workers = workers
+        self._ready_fd: int | None = ready_fd  # read end of the pipe the workers report to
+        self._workers_ready = 0
 
     @property
     def url(self) -> str:
@@ -227,7 +249,7 @@ class ModelServer:
         return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        """Block until ``/ping`` answers 200.
+        """Block until every worker has loaded the model and ``/ping`` answers 200.
 
         Raises :class:`ModelLoadError` at once when the server reports that the model cannot be
         loaded, :class:`ModelServerError` if the server exits or is not healthy within ``timeout``.
@@ -239,18 +261,38 @@ class ModelServer:
                 raise ModelServerError(f"model server exited with code {code} before it was healthy; "
                                        f"log ({self.log_path}):\n{self.log_tail()}")
             remaining = deadline - time.monotonic()
-            try:
-                with urllib.request.urlopen(f"{self.url}/ping", timeout=max(0.1, min(2.0, remaining))):
-                    return
-            except urllib.error.HTTPError as exc:
-                reason = exc.read().decode("utf-8", errors="replace").strip()
-                raise ModelLoadError(reason or f"/ping answered HTTP {exc.code}") from None
-            except (urllib.error.URLError, OSError):
-                pass  # not answering yet: workers are still importing and loading the model
+            if self._all_workers_loaded(wait=min(0.05, max(remaining, 0.0))):
+                try:
+                    with urllib.request.urlopen(f"{self.url}/ping", timeout=max(0.1, min(2.0, remaining))):
+                        return
+                except urllib.error.HTTPError as exc:
+                    reason = exc.read().decode("utf-8", errors="replace").strip()
+                    raise ModelLoadError(reason or f"/ping answered HTTP {exc.code}") from None
+                except (urllib.error.URLError, OSError):
+                    time.sleep(0.05)  # loaded but not answering yet: try again
             if time.monotonic() >= deadline:
-                raise ModelServerError(f"model server at {self.url} not healthy after {timeout:g} s; "
+                raise ModelServerError(f"model server at {self.url} not healthy after {timeout:g} s "
+                                       f"({self._workers_ready} of {self.workers} worker(s) loaded); "
                                        f"log ({self.log_path}):\n{self.log_tail()}")
-            time.sleep(0.05)
+
+    def _all_workers_loaded(self, wait: float) -> bool:
+        """Count the workers' ready bytes, waiting up to ``wait`` s for more; True once all have come."""
+        if self._ready_fd is None:
+            return True
+        if select.select([self._ready_fd], [], [], wait)[0]:
+            data = os.read(self._ready_fd, 4096)
+            self._workers_ready += len(data)
+            if not data:  # every write end closed: the server is gone (the exit check reports it)
+                time.sleep(wait)
+        if self._workers_ready < self.workers:
+            return False
+        self._close_ready_pipe()  # later bytes (restarted workers) are not needed
+        return True
+
+    def _close_ready_pipe(self) -> None:
+        if self._ready_fd is not None:
+            os.close(self._ready_fd)
+            self._ready_fd = None
 
     def info(self) -> dict:
         """The server's ``GET /lucent/info`` document (see :meth:`SidecarApp.info`)."""
@@ -277,6 +319,7 @@ class ModelServer:
             _signal_group(pid, signal.SIGKILL)
             self._process.wait()
             _wait_group_gone(pid, timeout=2.0)  # killed orphans vanish once init has reaped them
+        self._close_ready_pipe()
         if self._owned_log is not None:
             self._owned_log.cleanup()
             self._owned_log = None
@@ -327,10 +370,11 @@ def start_model_server(model_dir: Path | str, port: int | None = None, workers: 
     if log_file is None:
         owned_log = tempfile.TemporaryDirectory(prefix="lucent-model-server-")
         log_file = Path(owned_log.name) / "server.log"
+    workers = max(1, workers or default_workers())
+    ready_read, ready_write = os.pipe()
     command = [sys.executable, "-m", "container.sidecar", "--model-dir", str(model_dir), "--host", host,
-               "--listen-fd", str(sock.fileno()), "--parent-pid", str(os.getpid())]
-    if workers:
-        command += ["--workers", str(workers)]
+               "--listen-fd", str(sock.fileno()), "--parent-pid", str(os.getpid()), "--ready-fd", str(ready_write),
+               "--workers", str(workers)]
     env = dict(os.environ)
     # The child imports this package however the parent found it (installed, or a source checkout).
     package_root = str(Path(__file__).resolve().parents[2])
@@ -338,12 +382,14 @@ def start_model_server(model_dir: Path | str, port: int | None = None, workers: 
     try:
         with open(log_file, "ab") as log_stream:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_stream,
-                                       stderr=subprocess.STDOUT, pass_fds=(sock.fileno(),),
+                                       stderr=subprocess.STDOUT, pass_fds=(sock.fileno(), ready_write),
                                        start_new_session=True, env=env)
     except BaseException:
+        os.close(ready_read)
         if owned_log is not None:
             owned_log.cleanup()
         raise
     finally:
-        sock.close()  # the child holds its own copy of the listening socket
-    return ModelServer(process, host, bound_port, Path(log_file), owned_log)
+        sock.close()  # the child holds its own copies of the listening socket and the pipe's write end
+        os.close(ready_write)
+    return ModelServer(process, host, bound_port, Path(log_file), owned_log, workers, ready_read)
