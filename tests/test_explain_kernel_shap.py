@@ -303,3 +303,19 @@ def test_no_records(rng):
 def test_model_with_wrong_output_shape(rng):
     with pytest.raises(ValueError, match="model returned an array of shape"):
         KernelShap(lambda a: a[:3, 0], rng.normal(size=(1, 4))).explain(rng.normal(size=(2, 4)))
+
+
+@pytest.mark.parametrize("m, budget, seed", [(60, 100, 1), (40, 50, 2), (61, 101, 0), (80, 5, 0)])
+def test_budgets_below_the_feature_count_still_explain(m, budget, seed):
+    """Fewer coalitions than features (the text lab's num_samples=5): some pairs then have leverage 1."""
+    rng = np.random.default_rng(seed)
+    beta = rng.normal(size=m)
+
+    def model(rows):
+        x = np.asarray(rows, dtype=float)
+        return x @ beta + 0.5 * x[:, 0] * x[:, 1]
+
+    x = rng.normal(size=(3, m))
+    result = KernelShap(model, np.zeros((1, m)), num_samples=budget, seed=seed).explain(x)
+    np.testing.assert_allclose(result.values.sum(axis=1)[:, 0], model(x) - model(np.zeros((1, m))), atol=1e-9)
+    assert np.isfinite(result.values).all()

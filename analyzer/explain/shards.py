@@ -59,11 +59,15 @@ class ShapSettings:
     use_logit: bool
     features: tuple[int, ...]
     checkpoint_dir: Path
+    expected_value: np.ndarray | None = None  # known to the main process: workers need not ask the model
 
     def explainer(self, model: Callable[[np.ndarray], np.ndarray]) -> KernelShap:
-        return KernelShap(model, self.baseline, num_samples=self.num_samples, seed=self.seed,
-                          use_logit=self.use_logit, features_to_explain=list(self.features),
-                          max_rows_per_call=MAX_ROWS_PER_CALL)
+        explainer = KernelShap(model, self.baseline, num_samples=self.num_samples, seed=self.seed,
+                               use_logit=self.use_logit, features_to_explain=list(self.features),
+                               max_rows_per_call=MAX_ROWS_PER_CALL)
+        if self.expected_value is not None:
+            explainer.expected_value = self.expected_value
+        return explainer
 
 
 @dataclass(frozen=True)
@@ -77,11 +81,15 @@ class TextShapSettings:
     seed: int
     use_logit: bool
     checkpoint_dir: Path
+    expected_value: np.ndarray | None = None
 
     def explainer(self, model: Callable[[np.ndarray], np.ndarray]) -> TextKernelShap:
         # Texts make rows of hundreds of bytes: smaller calls keep a worker's strings in the tens of MB.
-        return TextKernelShap(model, self.baseline, self.text_columns, num_samples=self.num_samples,
-                              seed=self.seed, use_logit=self.use_logit, max_rows_per_call=MAX_TEXT_ROWS_PER_CALL)
+        explainer = TextKernelShap(model, self.baseline, self.text_columns, num_samples=self.num_samples,
+                                   seed=self.seed, use_logit=self.use_logit, max_rows_per_call=MAX_TEXT_ROWS_PER_CALL)
+        if self.expected_value is not None:
+            explainer.expected_value = self.expected_value
+        return explainer
 
 
 def shard_size(records_per_row_cost: int, shard_rows: int | None = None) -> int:
@@ -109,10 +117,7 @@ def run_shards(settings: ShapSettings, records: np.ndarray, size: int, explainer
     """
     bounds = list(range(0, len(records), size)) + [len(records)]
     rows = np.full(len(records), (len(explainer.design.masks) + 1) * len(explainer.baseline))
-    # Each shard's records row-major: a dataset's feature matrix is usually column-major (pandas keeps
-    # columns apart), and synthetic rows built from column-major records are column-major too, which
-    # the model client then copies into rows (~70 MB per call of 400,000 rows of 20 features).
-    parts = _run(settings, bounds, lambda a, b: (np.ascontiguousarray(records[a:b]),), rows, explainer, on_done)
+    parts = _run(settings, bounds, lambda a, b: (records[a:b],), rows, explainer, on_done)
     return Explanation.concat(parts)
 
 
