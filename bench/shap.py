@@ -177,15 +177,32 @@ def through_sidecar(m):
             job_cpu, workers_cpu = time.process_time() - cpu_before, _cpu_seconds(workers) - workers_before
     budget = default_num_samples(m)
     n_rows = N_RECORDS * (budget + 1) + 1
+    # Reference: the model's own in-process time on exactly the rows the job sends (same design, seed and
+    # baseline): captured from an in-process explanation, then timed on their own, with nothing else
+    # running. Trees cost more on these mixed rows than on the records repeated, so those are timed too.
+    captured = []
+
+    def capture(rows):
+        captured.append(np.array(rows))
+        return np.zeros((len(rows), 2))
+
+    KernelShap(capture, baseline, num_samples=budget, seed=0).explain(records)
+    rows_sent = np.concatenate(captured)
+    start = time.perf_counter()
+    for i in range(0, len(rows_sent), 100_000):
+        clf.predict_proba(rows_sent[i:i + 100_000])
+    in_process = time.perf_counter() - start
     synthetic = np.repeat(records, budget + 1, axis=0)
     start = time.perf_counter()
     for i in range(0, len(synthetic), 100_000):
         clf.predict_proba(synthetic[i:i + 100_000])
-    in_process = time.perf_counter() - start
+    repeated = time.perf_counter() - start
     print(f"\nThrough the built-in sidecar, GBM (100 trees), M = {m}, {N_RECORDS} records, 1 baseline row, "
           f"{n_rows:,} model rows")
-    print(f"  job SHAP step {wall:6.2f} s; in-process predict_proba of the same rows {in_process:6.2f} s; "
-          f"ratio {wall / in_process:4.2f} (target <= 2)")
+    print(f"  job SHAP step {wall:6.2f} s; in-process predict_proba of the same synthetic rows {in_process:6.2f} s "
+          f"({len(rows_sent):,} rows); ratio {wall / in_process:4.2f} (target <= 2)")
+    print(f"  (in-process predict_proba of the records repeated to as many rows: {repeated:6.2f} s, "
+          f"ratio {wall / repeated:4.2f})")
     print(f"  CPU during the SHAP step: job process {job_cpu:5.2f} s, {len(workers)} model server worker(s) "
           f"{workers_cpu:5.2f} s ({os.cpu_count()} cores)")
 

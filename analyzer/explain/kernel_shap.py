@@ -14,6 +14,7 @@ all records and output columns with one matrix product.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -26,6 +27,9 @@ __all__ = ["Explanation", "KernelShap", "ModelCallError", "ModelOutputError", "S
 
 Model = Callable[[np.ndarray], np.ndarray]
 
+# Synthetic rows per group of records evaluated at once: small enough that several groups pipeline
+# (one is solved while the next is with the model), large enough for requests of tens of thousands of rows.
+GROUP_ROWS = 100_000
 # Scores are clipped to [eps, 1 - eps] before the logit so that 0/1 probabilities give finite log-odds
 # (|logit| <= 27.6); tighter than float rounding noise, looser than any real calibrated probability.
 LOGIT_EPS = 1e-12
@@ -203,22 +207,26 @@ class ScoringModel:
         check_finite(scores[:, None, :], 0, "baseline rows", unit="baseline row")
         return self.link(scores.mean(axis=0))
 
-    def coalition_values(self, rows: np.ndarray, n: int, n_coalitions: int, n_baseline: int,
-                         offset: int) -> np.ndarray:
-        """``(n, coalitions, k)`` linked mean score over the baseline rows of each record's coalitions.
+    def evaluate(self, rows: np.ndarray, n: int, n_coalitions: int, n_baseline: int,
+                 offset: int) -> tuple[np.ndarray, np.ndarray]:
+        """Linked values of ``n`` records' coalitions ``(n, coalitions, k)`` and of the records ``(n, k)``.
 
-        ``rows`` holds the synthetic rows ordered (record, coalition, baseline row); ``offset`` is the
-        index of the first record, for error messages.
+        ``rows`` holds the synthetic rows ordered (record, coalition, baseline row), then the ``n``
+        records themselves: one model call for both. ``offset`` is the index of the first record, for
+        error messages; a refused row raises ``ModelCallError`` with ``record`` relative to this group.
         """
-        scores = self.predict(rows).reshape(n, n_coalitions, n_baseline, -1)
-        check_finite(scores, offset, "synthetic rows")
-        return self.link(scores.mean(axis=2))
-
-    def record_values(self, records: np.ndarray, offset: int) -> np.ndarray:
-        """``(n, k)`` linked scores of the records themselves."""
-        fx = self.predict(records)
+        synthetic = n * n_coalitions * n_baseline
+        try:
+            scores = self.predict(rows)
+        except ModelCallError as error:
+            if error.row < synthetic:
+                raise error.for_record(error.row // (n_coalitions * n_baseline), synthetic=True) from None
+            raise error.for_record(error.row - synthetic, synthetic=False) from None
+        coalitions = scores[:synthetic].reshape(n, n_coalitions, n_baseline, -1)
+        check_finite(coalitions, offset, "synthetic rows")
+        fx = scores[synthetic:]
         check_finite(fx[:, None, None, :], offset, "records")
-        return self.link(fx)
+        return self.link(coalitions.mean(axis=2)), self.link(fx)
 
 
 class KernelShap:
@@ -280,9 +288,21 @@ class KernelShap:
                 "baseline rows must hold exactly the model's feature columns"
             )
         expected = self.expected_value
-        per_record = len(self._masks) * len(self.baseline)
-        group = max(1, self.scorer.max_rows_per_call // max(per_record, 1))
-        parts = [self._explain_group(x[i : i + group], i, expected) for i in range(0, len(x), group)]
+        per_record = len(self._masks) * len(self.baseline) + 1
+        group = max(1, min(self.scorer.max_rows_per_call, GROUP_ROWS) // per_record)
+        starts = range(0, len(x), group)
+        parts = []
+        # The next group's rows are built and scored on a second thread while this one is solved, so the
+        # model server is not left idle during the solve (numpy and the HTTP waits release the GIL).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shap-evaluate") as pool:
+            pending = None
+            for i in starts:
+                future = pool.submit(self._evaluate, x[i : i + group], i)
+                if pending is not None:
+                    parts.append(self._solve(*pending.result(), expected))
+                pending = future
+            if pending is not None:
+                parts.append(self._solve(*pending.result(), expected))
         if not parts:
             k = len(expected)
             empty = np.zeros((0, len(self.features), k))
@@ -290,21 +310,25 @@ class KernelShap:
                                self.features, self.design, self.solver.zero_terms(k))
         return Explanation.concat(parts)
 
-    def _explain_group(self, x: np.ndarray, offset: int, expected: np.ndarray) -> Explanation:
+    def _evaluate(self, x: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(v, fx)``: coalition values ``(n, C, k)`` and record values ``(n, k)`` of one group."""
         n, n_cols = x.shape
         base = self.baseline
         if x.dtype != base.dtype:
             x, base = x.astype(object), base.astype(object)
-        # (record, coalition, baseline row, column): one vectorised select builds every synthetic row.
-        rows = np.where(self._masks[None, :, None, :], x[:, None, None, :], base[None, None, :, :])
+        # (record, coalition, baseline row, column), then the records: every row of the group's one call.
+        synthetic = n * len(self._masks) * len(base)
+        rows = np.empty((synthetic + n, n_cols), dtype=x.dtype)
+        view = rows[:synthetic].reshape(n, len(self._masks), len(base), n_cols)
+        view[...] = x[:, None, None, :]
+        np.copyto(view, base[None, None, :, :], where=~self._masks[None, :, None, :])
+        rows[synthetic:] = x
         try:
-            v = self.scorer.coalition_values(rows.reshape(-1, n_cols), n, len(self._masks), len(base), offset)
+            return self.scorer.evaluate(rows, n, len(self._masks), len(base), offset)
         except ModelCallError as error:
-            raise error.for_record(offset + error.row // (len(self._masks) * len(base)), synthetic=True) from None
-        try:
-            fx = self.scorer.record_values(x, offset)
-        except ModelCallError as error:
-            raise error.for_record(offset + error.row, synthetic=False) from None
+            raise error.for_record(offset + (error.record or 0), error.synthetic) from None
+
+    def _solve(self, v: np.ndarray, fx: np.ndarray, expected: np.ndarray) -> Explanation:
         if self._partial:
             v0, v = v[:, -1, :], v[:, :-1, :]
         else:

@@ -17,13 +17,14 @@ the baseline rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
 from .design import make_design
-from .kernel_shap import Explanation, Model, ModelCallError, ModelOutputError, ScoringModel, ShapSolver
+from .kernel_shap import GROUP_ROWS, Model, ModelCallError, ModelOutputError, ScoringModel, ShapSolver
 from .text_units import TextUnit, masked_texts
 
 __all__ = ["TextExplanation", "TextKernelShap", "player_counts"]
@@ -120,42 +121,50 @@ class TextKernelShap:
             raise ValueError(f"record {int(np.argmin(counts))} has nothing to explain (no text unit, no feature)")
         offsets = np.concatenate([[0], np.cumsum(counts)])
         values, stderr = np.zeros((offsets[-1], k)), np.zeros((offsets[-1], k))
-        try:
-            prediction = self.scorer.record_values(x, 0)
-        except ModelCallError as error:
-            raise error.for_record(error.row, synthetic=False) from None
-        reference = np.zeros_like(prediction)
-        for m in np.unique(counts):  # ascending: deterministic order of model calls
+        prediction, reference = np.zeros((len(x), k)), np.zeros((len(x), k))
+        groups = []  # (solver, record indices), by ascending player count: a deterministic call order
+        for m in np.unique(counts):
             solver = self.solver(int(m))
             members = np.flatnonzero(counts == m)
-            per_record = (len(solver.design.masks) + 1) * len(self.baseline)
-            step = max(1, self.scorer.max_rows_per_call // per_record)
-            for i in range(0, len(members), step):
-                chunk = members[i:i + step]
-                part = self._explain_group(x, units, chunk, solver, prediction[chunk], expected)
-                for j, r in enumerate(chunk):
-                    values[offsets[r]:offsets[r + 1]] = part.values[j]
-                    stderr[offsets[r]:offsets[r + 1]] = part.stderr[j]
-                reference[chunk] = part.reference
+            per_record = (len(solver.design.masks) + 1) * len(self.baseline) + 1
+            step = max(1, min(self.scorer.max_rows_per_call, GROUP_ROWS) // per_record)
+            groups += [(solver, members[i:i + step]) for i in range(0, len(members), step)]
+
+        def store(solver: ShapSolver, chunk: np.ndarray, v: np.ndarray, fx: np.ndarray) -> None:
+            v0, v = v[:, -1, :], v[:, :-1, :]
+            part = solver.solve(v - v0[:, None, :], fx - v0, v0, fx, expected, np.arange(solver.design.n_features))
+            for j, r in enumerate(chunk):
+                values[offsets[r]:offsets[r + 1]] = part.values[j]
+                stderr[offsets[r]:offsets[r + 1]] = part.stderr[j]
+            prediction[chunk], reference[chunk] = fx, v0
+
+        # As in KernelShap.explain: the next group is built and scored while this one is solved.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shap-evaluate") as pool:
+            pending = None
+            for solver, chunk in groups:
+                future = pool.submit(self._evaluate, x, units, chunk, solver)
+                if pending is not None:
+                    store(*pending[0], *pending[1].result())
+                pending = ((solver, chunk), future)
+            if pending is not None:
+                store(*pending[0], *pending[1].result())
         return TextExplanation(values, stderr, offsets, expected, reference, prediction)
 
-    def _explain_group(self, x: np.ndarray, units: Sequence[RecordUnits], chunk: np.ndarray, solver: ShapSolver,
-                       fx: np.ndarray, expected: np.ndarray) -> Explanation:
+    def _evaluate(self, x: np.ndarray, units: Sequence[RecordUnits], chunk: np.ndarray,
+                  solver: ShapSolver) -> tuple[np.ndarray, np.ndarray]:
+        """Coalition values (every design coalition, then the empty one) and record values of ``chunk``."""
         design = solver.design
-        # Every design coalition, then the empty one (the record's reference point).
         keep = np.vstack([design.masks, np.zeros((1, design.n_features), dtype=bool)])
-        rows = np.concatenate([self._synthetic_rows(x[r], units[r], keep) for r in chunk])
+        rows = np.concatenate([self._synthetic_rows(x[r], units[r], keep) for r in chunk] + [x[chunk]])
         try:
-            v = self.scorer.coalition_values(rows, len(chunk), len(keep), len(self.baseline), 0)
+            return self.scorer.evaluate(rows, len(chunk), len(keep), len(self.baseline), 0)
         except ModelCallError as error:
-            raise error.for_record(int(chunk[error.row // (len(keep) * len(self.baseline))]), synthetic=True) from None
+            raise error.for_record(int(chunk[error.record or 0]), error.synthetic) from None
         except ModelOutputError as error:
             records = [int(chunk[i]) for i in error.records]
-            raise ModelOutputError(f"model returned NaN or infinite scores for synthetic rows of record {records[0]}"
+            raise ModelOutputError(f"model returned NaN or infinite scores for record {records[0]}"
                                    + (f" and {len(records) - 1} more record(s)" if len(records) > 1 else ""),
                                    records) from None
-        v0, v = v[:, -1, :], v[:, :-1, :]
-        return solver.solve(v - v0[:, None, :], fx - v0, v0, fx, expected, np.arange(design.n_features))
 
     def _synthetic_rows(self, record: np.ndarray, units: RecordUnits, keep: np.ndarray) -> np.ndarray:
         """``(coalitions * b, P)`` rows, ordered (coalition, baseline row)."""
