@@ -35,6 +35,7 @@ from sklearn.ensemble import GradientBoostingClassifier
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyzer.explain import KernelShap, default_num_samples  # noqa: E402
+from bench.processes import children, cpu_seconds  # noqa: E402
 
 N_RECORDS = 200
 
@@ -169,12 +170,12 @@ def through_sidecar(m):
             served = ServedModel(server.url, default_io=bool(server.info().get("default_io")))
             endpoint = ModelEndpoint(server.url, request_format(config, dataset, served), tuple(names),
                                      max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES)
-            workers = _children(server.pid)
-            cpu_before, workers_before = time.process_time(), _cpu_seconds(workers)
+            workers = children(server.pid)
+            cpu_before, workers_before = time.process_time(), cpu_seconds(workers)
             start = time.perf_counter()
             explain_shap(config, config.methods.shap, dataset, endpoint, staging, root / "work", root)
             wall = time.perf_counter() - start
-            job_cpu, workers_cpu = time.process_time() - cpu_before, _cpu_seconds(workers) - workers_before
+            job_cpu, workers_cpu = time.process_time() - cpu_before, cpu_seconds(workers) - workers_before
     budget = default_num_samples(m)
     n_rows = N_RECORDS * (budget + 1) + 1
     # Reference: the model's own in-process time on exactly the rows the job sends (same design, seed and
@@ -205,27 +206,6 @@ def through_sidecar(m):
           f"ratio {wall / repeated:4.2f})")
     print(f"  CPU during the SHAP step: job process {job_cpu:5.2f} s, {len(workers)} model server worker(s) "
           f"{workers_cpu:5.2f} s ({os.cpu_count()} cores)")
-
-
-def _children(pid):
-    """Process ids of ``pid``'s children (the server's workers), from /proc."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(entry.name))
-        except OSError:  # exited meanwhile
-            pass
-    return children
-
-
-def _cpu_seconds(pids):
-    """User + system CPU time of processes, in seconds (Linux /proc; 10 ms resolution)."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def main():

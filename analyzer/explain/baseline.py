@@ -19,8 +19,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
 __all__ = ["compute_baseline"]
@@ -123,16 +121,26 @@ def _choose_k(scaled: np.ndarray, codes: np.ndarray, k_max: int, seed: int | Non
         labels = _cluster(scaled, codes, k, seed)
         if len(np.unique(labels)) < 2:
             continue
-        score = silhouette_score(dist, labels, metric="precomputed")
+        score = _silhouette(dist, labels)
         if score > best:
             best_k, best = k, score
     return best_k
+
+
+def _silhouette(dist: np.ndarray, labels: np.ndarray) -> float:
+    # scikit-learn is imported on first use: it takes a second, and the SHAP worker processes, which
+    # import this package but never compute a baseline, should not pay it.
+    from sklearn.metrics import silhouette_score
+
+    return float(silhouette_score(dist, labels, metric="precomputed"))
 
 
 def _cluster(scaled: np.ndarray, codes: np.ndarray, k: int, seed: int | None) -> np.ndarray:
     if k == 1:
         return np.zeros(len(scaled), dtype=np.intp)
     if codes.shape[1] == 0:
+        from sklearn.cluster import KMeans  # here, not at the top: SHAP worker processes import this module
+
         return KMeans(n_clusters=k, n_init=3, random_state=seed).fit(scaled).labels_
     return _kprototypes(scaled, codes, k, np.random.default_rng(seed))
 
