@@ -155,3 +155,20 @@ def test_masked_texts_keep_spacing():
     assert masked_texts(text, units, keep, "<PAD>") == [" a  <PAD>\tccc ", " <PAD>  bb\t<PAD> ", text]
     assert masked_texts(text, units, keep, "") == [" a  ccc ", " bb\t", text]
     assert masked_texts(text, [TextUnit("a", 1)], np.array([[False]]), "[MASK]") == [" [MASK]  bb\tccc "]
+
+
+def test_use_logit_attributes_log_odds_exactly():
+    texts = ["I love this great dress", "not great but fits"]
+    records = np.array([[t, "A"] for t in texts], dtype=object)
+    baseline = np.array([["<PAD>", "B"]], dtype=object)
+    units = [[split_text(t, "en", "token")] for t in texts]
+    result = TextKernelShap(word_model, baseline, [0], seed=0, use_logit=True).explain(records, units)
+
+    def log_odds(rows):
+        p = word_model(rows)
+        return np.log(p) - np.log1p(-p)
+
+    for i in range(len(records)):
+        expected, _ = brute_force(log_odds, records[i], units[i][0], 0, baseline)  # one baseline row: link commutes
+        np.testing.assert_allclose(result.record(i)[0], expected, atol=1e-9)
+    np.testing.assert_allclose(result.expected_value, log_odds(baseline)[0])
