@@ -22,7 +22,7 @@ from analyzer.bias import bias_analysis
 from analyzer.config import AnalysisConfig, unsupported_methods
 from analyzer.data import Column, Dataset, load_dataset
 from analyzer.errors import UserError
-from analyzer.explain.job import explain_dataset
+from analyzer.explain.job import check_shap_inputs, explain_dataset
 from analyzer.output import ANALYSIS_FILE, OutputStaging
 from analyzer.predict import ModelEndpoint, predicted_labels_for_bias
 from analyzer.report.summary import JobSummary
@@ -105,6 +105,11 @@ def flip_test_blockers(dataset: Dataset) -> pd.DataFrame | None:
         return None
     return pd.DataFrame({name: pd.Categorical.from_codes(column.codes, categories=pd.Index(range(column.nunique)))
                          for name, column in text.items()})
+
+
+def check_inputs(config: AnalysisConfig, dataset: Dataset, base_dir: Path) -> list[str]:
+    """What ``lucent validate`` reports about the data: the bias stages' problems, then SHAP's."""
+    return check_bias_inputs(config, dataset) + check_shap_inputs(config, dataset, base_dir)
 
 
 def check_bias_inputs(config: AnalysisConfig, dataset: Dataset) -> list[str]:

@@ -27,7 +27,7 @@ from analyzer.data import Dataset, resolve_local_path
 from analyzer.errors import ConfigError, UserError
 from analyzer.output import OutputStaging, dumps, write_text_atomic
 from analyzer.pipeline import (
-    check_bias_inputs,
+    check_inputs,
     check_supported,
     load_job_dataset,
     needs_model,
@@ -209,7 +209,7 @@ def validate_job(paths: JobPaths) -> list[str]:
     try:
         dataset = load_job_dataset(config, dataset_path_for(config, paths, config_file),
                                    base_dir=config_file.parent)
-        problems.extend(check_bias_inputs(config, dataset))
+        problems.extend(check_inputs(config, dataset, config_file.parent))
     except UserError as error:
         problems.append(str(error))
     return problems

@@ -37,6 +37,7 @@ class _TextModel(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802 - http.server API
         body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        self.server.requests += 1
         if self.headers["Content-Type"].startswith("text/csv"):
             rows = np.array(list(csv.reader(io.StringIO(body))), dtype=object)
         else:
@@ -66,6 +67,7 @@ class _TextModel(BaseHTTPRequestHandler):
 def text_endpoint():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _TextModel)
     server.max_chars = 10_000
+    server.requests = 0
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -268,3 +270,13 @@ def test_csv_dataset_like_the_nlp_docs_example(job, text_endpoint):
         expected, _ = brute_force(word_model, np.array([text, str(rating)], dtype=object), units, 0, baseline)
         got = [a["attribution"][0] for a in comments["attributions"]] + [rating_entry["attributions"][0]["attribution"][0]]
         np.testing.assert_allclose(got, expected[:, 0], atol=1e-9)
+
+
+def test_validate_reports_text_problems_without_running_the_model(job, text_endpoint, capsys):
+    text_job(job, text_endpoint, reviews=[*REVIEWS[:2], ("   ", "A", 1)])
+    assert job.run(command="validate") == 1
+    assert "text feature 'review_body' is empty at dataset row 2" in capsys.readouterr().out
+    assert text_endpoint.requests == 0
+    text_job(job, text_endpoint)
+    assert job.run(command="validate") == 0, job.message
+    assert text_endpoint.requests == 0

@@ -169,6 +169,24 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
     return result
 
 
+def check_shap_inputs(config: AnalysisConfig, dataset: Dataset, base_dir: Path) -> list[str]:
+    """Problems ``methods.shap`` would stop on before asking the model anything (for ``lucent validate``):
+    features to explain, text features and their texts, and a configured baseline's shape."""
+    shap = config.methods.shap
+    if shap is None or dataset.features is None:
+        return []
+    try:
+        features_to_explain(shap.features_to_explain, dataset)
+        text = _text_inputs(shap, dataset)
+        if shap.baseline is not None:
+            baseline = shap_baseline(config, shap, dataset, base_dir, text.columns if text else ())
+            if text:
+                text_baseline_values(baseline, text.columns)
+    except UserError as error:
+        return [str(error)]
+    return []
+
+
 @dataclass(frozen=True)
 class _TextInputs:
     columns: tuple[int, ...]  # text features, indices into dataset.feature_names
@@ -429,5 +447,5 @@ def _check_finite_baseline(explainer: KernelShap | TextKernelShap) -> None:
         raise UserError(f"methods.shap.baseline: {error}") from None
 
 
-__all__ = ["explain_dataset", "explain_shap", "feature_index", "features_to_explain", "shap_baseline",
+__all__ = ["check_shap_inputs", "explain_dataset", "explain_shap", "feature_index", "features_to_explain", "shap_baseline",
            "write_local"]
