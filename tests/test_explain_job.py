@@ -10,8 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from io import StringIO
 
 import joblib
@@ -21,7 +20,7 @@ import pytest
 
 from analyzer.explain import shards
 from container.job import SUCCESS_MESSAGE
-from tests.conftest import JobRoot
+from tests.conftest import JobRoot, http_server
 
 FEATURES = ["x0", "x1", "x2", "x3", "color"]
 HEADERS = ["id", *FEATURES, "y"]
@@ -80,13 +79,8 @@ class _Model(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endpoint():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Model)
-    server.request_rows = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with http_server(_Model, request_rows=[]) as server:
+        yield server
 
 
 def make_data(n: int = 30, seed: int = 1) -> pd.DataFrame:

@@ -11,10 +11,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import tracemalloc
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pandas as pd
@@ -23,6 +21,7 @@ import pytest
 from analyzer.explain import KernelShap, shards
 from analyzer.predict import Predictions
 from tests import test_explain_job
+from tests.conftest import http_server
 from tests.test_explain_job import BASELINE, FEATURES, brute_force_shap, make_data, score
 
 # ---- streaming by shard ----------------------------------------------------------------------------
@@ -101,13 +100,8 @@ def test_shap_streams_by_shard_instead_of_building_every_synthetic_row(monkeypat
 @pytest.fixture
 def endpoint():
     """The model of ``test_explain_job``: CSV requests, two outputs, a categorical term."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), test_explain_job._Model)
-    server.request_rows = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with http_server(test_explain_job._Model, request_rows=[]) as server:
+        yield server
 
 
 def _json_job(job, server, dataset_type: str, baseline, **extra) -> None:

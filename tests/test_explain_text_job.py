@@ -10,14 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
 
 from analyzer.explain.text_units import split_text
-from tests.conftest import JobRoot
+from tests.conftest import JobRoot, http_server
 from tests.test_explain_text import brute_force, word_model
 
 REVIEWS = [
@@ -65,14 +64,8 @@ class _TextModel(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def text_endpoint():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _TextModel)
-    server.max_chars = 10_000
-    server.requests = 0
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with http_server(_TextModel, max_chars=10_000, requests=0) as server:
+        yield server
 
 
 def text_job(job: JobRoot, server, reviews=REVIEWS, text_config=None, **shap) -> None:

@@ -6,8 +6,7 @@ import json
 import os
 import signal
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import joblib
@@ -17,7 +16,7 @@ import pytest
 
 from container.demo import COLUMNS, FEATURES, MODEL_DEMO_CONFIG, write_demo_job
 from container.job import SUCCESS_MESSAGE
-from tests.conftest import JobRoot
+from tests.conftest import JobRoot, http_server
 from tests.test_job import assert_same_metrics
 
 
@@ -119,12 +118,8 @@ class _Answers(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endpoint():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with http_server(_Answers) as server:
+        yield server
 
 
 def use_endpoint(job: JobRoot, server, **predictor) -> None:
