@@ -100,7 +100,9 @@ def test_text_job_outputs_are_exact_and_shaped_like_clarify(job, text_endpoint, 
         body, category = line["explanations"]
         assert (body["feature_name"], body["data_type"]) == ("review_body", "free_text")
         assert (category["feature_name"], category["data_type"]) == ("product_category", "categorical")
-        assert list(category["attributions"][0]) == ["attribution"]
+        assert list(category["attributions"][0]) == ["attribution", "lucent_stderr"]
+        errors = [a["lucent_stderr"][0] for a in body["attributions"] + category["attributions"]]
+        assert all(e == 0 for e in errors) if len(errors) <= 11 else all(e >= 0 for e in errors)  # <= 11: exact
         units = split_text(text, "en", granularity)
         assert [a["description"] for a in body["attributions"]] == [
             {"partial_text": u.text, "start_idx": u.start} for u in units]
@@ -218,6 +220,8 @@ def test_text_shards_two_workers_and_a_resumed_run_give_identical_outputs(job, t
     assert job.run() == 0, job.message
     reference = [read_jsonl(job), job.analysis()]
     assert any(a["attribution"][0] != 0 for a in reference[0][0]["explanations"][0]["attributions"])
+    # Sampled (40 coalitions for 8+ players): every value has a positive standard error.
+    assert all(a["lucent_stderr"][0] > 0 for a in reference[0][0]["explanations"][0]["attributions"])
 
     monkeypatch.setenv(shards.WORKERS_ENV, "2")
     assert job.run() == 0, job.message

@@ -162,19 +162,24 @@ def _player_spans(units: Sequence[Sequence[TextUnit]], columns: Sequence[int], n
 def write_text_local(path: Path, local: TextExplanation, units: Sequence[Sequence[Sequence[TextUnit]]],
                      columns: Sequence[int], names: list[str], data_types: list[str],
                      join_values: Sequence[Any] | None) -> None:
-    """``explanations_shap/out.jsonl``: one line per record, its features' attributions (contract 4.5)."""
+    """``explanations_shap/out.jsonl``: one line per record, its features' attributions (contract 4.5).
+
+    Each attribution also carries ``lucent_stderr`` (Lucent extension, beside Clarify's keys): the
+    standard error of each value from coalition sampling, 0 where the record's values are exact.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         for i in range(len(local)):
-            values, _ = local.record(i)
+            values, stderr = local.record(i)
             explanations = []
             for j, start, stop in _player_spans(units[i], columns, len(names)):
                 if j in columns:
-                    attributions = [{"attribution": v.tolist(), "description": {"partial_text": u.text,
-                                                                                "start_idx": u.start}}
-                                    for u, v in zip(units[i][columns.index(j)], values[start:stop], strict=True)]
+                    attributions = [{"attribution": v.tolist(), "lucent_stderr": e.tolist(),
+                                     "description": {"partial_text": u.text, "start_idx": u.start}}
+                                    for u, v, e in zip(units[i][columns.index(j)], values[start:stop],
+                                                       stderr[start:stop], strict=True)]
                 else:
-                    attributions = [{"attribution": values[start].tolist()}]
+                    attributions = [{"attribution": values[start].tolist(), "lucent_stderr": stderr[start].tolist()}]
                 explanations.append({"feature_name": names[j], "data_type": data_types[j],
                                      "attributions": attributions})
             line: dict[str, Any] = {"explanations": explanations}
