@@ -172,3 +172,20 @@ def test_use_logit_attributes_log_odds_exactly():
         expected, _ = brute_force(log_odds, records[i], units[i][0], 0, baseline)  # one baseline row: link commutes
         np.testing.assert_allclose(result.record(i)[0], expected, atol=1e-9)
     np.testing.assert_allclose(result.expected_value, log_odds(baseline)[0])
+
+
+def test_nan_scores_name_the_records_they_came_from():
+    from analyzer.explain import ModelOutputError
+
+    def nan_on_bad(rows):
+        scores = word_model(rows)
+        scores[[("bad" in str(r[0]).split()) for r in rows]] = np.nan
+        return scores
+
+    texts = ["bad fit overall here today ok", "I love it", "so bad", "great"]  # 6, 3, 2 and 1 tokens
+    units = [[split_text(t, "en", "token")] for t in texts]
+    # Records are explained by ascending number of units: "so bad" (record 2) fails first.
+    with pytest.raises(ModelOutputError, match=r"\(1 of 3 for record 2\)") as error:
+        TextKernelShap(nan_on_bad, np.array([["<PAD>"]], dtype=object), [0], seed=0).explain(
+            np.array([[t] for t in texts], dtype=object), units)
+    assert error.value.records == [2]

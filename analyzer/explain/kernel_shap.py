@@ -204,28 +204,30 @@ class ScoringModel:
     def expected_value(self, baseline: np.ndarray) -> np.ndarray:
         """``(k,)`` link of the mean score over the baseline rows (Clarify's ``expected_value``)."""
         scores = self.predict(baseline)
-        check_finite(scores[:, None, :], 0, "baseline rows", unit="baseline row")
+        check_finite(scores[:, None, :], np.arange(len(scores)), "baseline rows", unit="baseline row")
         return self.link(scores.mean(axis=0))
 
-    def evaluate(self, rows: np.ndarray, n: int, n_coalitions: int, n_baseline: int,
-                 offset: int) -> tuple[np.ndarray, np.ndarray]:
-        """Linked values of ``n`` records' coalitions ``(n, coalitions, k)`` and of the records ``(n, k)``.
+    def evaluate(self, rows: np.ndarray, records: np.ndarray, n_coalitions: int,
+                 n_baseline: int) -> tuple[np.ndarray, np.ndarray]:
+        """Linked values of some records' coalitions ``(n, coalitions, k)`` and of the records ``(n, k)``.
 
         ``rows`` holds the synthetic rows ordered (record, coalition, baseline row), then the ``n``
-        records themselves: one model call for both. ``offset`` is the index of the first record, for
-        error messages; a refused row raises ``ModelCallError`` with ``record`` relative to this group.
+        records themselves: one model call for both. ``records`` are the records' indices in the batch
+        being explained, used to name them in errors (``ModelOutputError``, ``ModelCallError``).
         """
+        n = len(records)
         synthetic = n * n_coalitions * n_baseline
         try:
             scores = self.predict(rows)
         except ModelCallError as error:
             if error.row < synthetic:
-                raise error.for_record(error.row // (n_coalitions * n_baseline), synthetic=True) from None
-            raise error.for_record(error.row - synthetic, synthetic=False) from None
+                record = records[error.row // (n_coalitions * n_baseline)]
+                raise error.for_record(int(record), synthetic=True) from None
+            raise error.for_record(int(records[error.row - synthetic]), synthetic=False) from None
         coalitions = scores[:synthetic].reshape(n, n_coalitions, n_baseline, -1)
-        check_finite(coalitions, offset, "synthetic rows")
+        check_finite(coalitions, records, "synthetic rows")
         fx = scores[synthetic:]
-        check_finite(fx[:, None, None, :], offset, "records")
+        check_finite(fx[:, None, None, :], records, "records")
         return self.link(coalitions.mean(axis=2)), self.link(fx)
 
 
@@ -323,10 +325,7 @@ class KernelShap:
         view[...] = x[:, None, None, :]
         np.copyto(view, base[None, None, :, :], where=~self._masks[None, :, None, :])
         rows[synthetic:] = x
-        try:
-            return self.scorer.evaluate(rows, n, len(self._masks), len(base), offset)
-        except ModelCallError as error:
-            raise error.for_record(offset + (error.record or 0), error.synthetic) from None
+        return self.scorer.evaluate(rows, offset + np.arange(n), len(self._masks), len(base))
 
     def _solve(self, v: np.ndarray, fx: np.ndarray, expected: np.ndarray) -> Explanation:
         if self._partial:
@@ -401,23 +400,24 @@ def _inverse_2x2(blocks: np.ndarray) -> np.ndarray:
     return out
 
 
-def check_finite(scores: np.ndarray, offset: int, what: str, unit: str = "record") -> None:
+def check_finite(scores: np.ndarray, records: np.ndarray, what: str, unit: str = "record") -> None:
     """Raise ModelOutputError naming how many rows and which records got NaN/inf scores.
 
-    ``scores`` is (records, coalitions, baseline rows, outputs) or a broadcastable 3-D view.
+    ``scores`` is (records, coalitions, baseline rows, outputs) or a broadcastable 3-D view; ``records``
+    holds the index of each of its records, for the message.
     """
     bad = ~np.isfinite(scores)
     if not bad.any():
         return
     bad_rows = bad.reshape(bad.shape[0], -1, bad.shape[-1]).any(axis=-1)
     per_record = bad_rows.sum(axis=1)
-    records = np.flatnonzero(per_record) + offset
-    first = records[0]
-    more = f" and {len(records) - 1} more {unit}(s)" if len(records) > 1 else ""
+    hit = np.flatnonzero(per_record)
+    named = [int(records[i]) for i in hit]
+    more = f" and {len(hit) - 1} more {unit}(s)" if len(hit) > 1 else ""
     raise ModelOutputError(
         f"model returned NaN or infinite scores for {int(per_record.sum())} {what} "
-        f"({int(per_record[first - offset])} of {bad_rows.shape[1]} for {unit} {first}{more})",
-        records.tolist(),
+        f"({int(per_record[hit[0]])} of {bad_rows.shape[1]} for {unit} {named[0]}{more})",
+        named,
     )
 
 

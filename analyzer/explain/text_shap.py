@@ -24,7 +24,7 @@ from functools import cached_property
 import numpy as np
 
 from .design import make_design
-from .kernel_shap import GROUP_ROWS, Model, ModelCallError, ModelOutputError, ScoringModel, ShapSolver
+from .kernel_shap import GROUP_ROWS, Model, ScoringModel, ShapSolver
 from .text_units import TextUnit, masked_texts
 
 __all__ = ["TextExplanation", "TextKernelShap", "player_counts"]
@@ -156,15 +156,7 @@ class TextKernelShap:
         design = solver.design
         keep = np.vstack([design.masks, np.zeros((1, design.n_features), dtype=bool)])
         rows = np.concatenate([self._synthetic_rows(x[r], units[r], keep) for r in chunk] + [x[chunk]])
-        try:
-            return self.scorer.evaluate(rows, len(chunk), len(keep), len(self.baseline), 0)
-        except ModelCallError as error:
-            raise error.for_record(int(chunk[error.record or 0]), error.synthetic) from None
-        except ModelOutputError as error:
-            records = [int(chunk[i]) for i in error.records]
-            raise ModelOutputError(f"model returned NaN or infinite scores for record {records[0]}"
-                                   + (f" and {len(records) - 1} more record(s)" if len(records) > 1 else ""),
-                                   records) from None
+        return self.scorer.evaluate(rows, chunk, len(keep), len(self.baseline))
 
     def _synthetic_rows(self, record: np.ndarray, units: RecordUnits, keep: np.ndarray) -> np.ndarray:
         """``(coalitions * b, P)`` rows, ordered (coalition, baseline row)."""
