@@ -70,6 +70,23 @@ def http_server(handler: type[BaseHTTPRequestHandler], **attributes) -> Iterator
         server.server_close()
 
 
+def run_crashing_after_shards(job: JobRoot, monkeypatch, shards: int) -> int:
+    """Run the job with its main process dying once ``shards`` SHAP shards are checkpointed; returns the
+    exit code. Every later run is normal again."""
+    from analyzer.explain import shards as shard_module
+
+    advance = shard_module._Progress.advance
+
+    def crash(self, index):
+        advance(self, index)
+        if self.done == shards:
+            raise RuntimeError("simulated crash")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shard_module._Progress, "advance", crash)
+        return job.run()
+
+
 @pytest.fixture
 def job(tmp_path: Path) -> JobRoot:
     return JobRoot(tmp_path / "job")

@@ -20,7 +20,7 @@ import pytest
 
 from analyzer.explain import shards
 from container.job import SUCCESS_MESSAGE
-from tests.conftest import JobRoot, http_server
+from tests.conftest import JobRoot, http_server, run_crashing_after_shards
 
 FEATURES = ["x0", "x1", "x2", "x3", "color"]
 HEADERS = ["id", *FEATURES, "y"]
@@ -192,21 +192,12 @@ def test_two_workers_and_a_resumed_run_give_identical_outputs(job, endpoint, mon
     pd.testing.assert_frame_equal(read_local(job), reference[0])
 
     # Interrupted after 3 shards (the main process dies between checkpoints), then run again.
-    advance = shards._Progress.advance
-
-    def crash_after_three(self, index):
-        advance(self, index)
-        if self.done == 3:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(shards._Progress, "advance", crash_after_three)
     monkeypatch.setenv(shards.WORKERS_ENV, "1")
     for path in job.output_dir.iterdir():
         path.unlink() if path.is_file() else None
-    assert job.run() == 2
+    assert run_crashing_after_shards(job, monkeypatch, 3) == 2
     done = sorted((job.output_dir / ".lucent-work" / "shap").glob("*/shard-*.npz"))
     assert len(done) == 3
-    monkeypatch.setattr(shards._Progress, "advance", advance)
     caplog.clear()
     assert job.run() == 0, job.message
     assert "resuming, 3 of 10 shards already done" in caplog.text

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from analyzer.explain.text_units import split_text
-from tests.conftest import JobRoot, http_server
+from tests.conftest import JobRoot, http_server, run_crashing_after_shards
 from tests.test_explain_text import brute_force, word_model
 
 REVIEWS = [
@@ -227,19 +227,10 @@ def test_text_shards_two_workers_and_a_resumed_run_give_identical_outputs(job, t
     assert job.run() == 0, job.message
     assert [read_jsonl(job), job.analysis()] == reference
 
-    advance = shards._Progress.advance
-
-    def crash_after_three(self, index):
-        advance(self, index)
-        if self.done == 3:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(shards._Progress, "advance", crash_after_three)
     monkeypatch.setenv(shards.WORKERS_ENV, "1")
-    assert job.run() == 2
+    assert run_crashing_after_shards(job, monkeypatch, 3) == 2
     checkpoints = list((job.output_dir / ".lucent-work" / "shap").glob("*/shard-*.npz"))
     assert len(checkpoints) == 3
-    monkeypatch.setattr(shards._Progress, "advance", advance)
     assert job.run() == 0, job.message
     assert [read_jsonl(job), job.analysis()] == reference
     assert not (job.output_dir / ".lucent-work").exists()

@@ -311,8 +311,7 @@ def _text_examples_section(doc: Document, analysis: dict, local: Path | None) ->
                                    ("lowers", choice.lowers, "Texts that lower the output most")):
         doc.add(Heading(heading, 3, anchor=f"text-{side}"))
         if not records:
-            verb = "raises" if side == "raises" else "lowers"
-            doc.add(Paragraph(f"No record's text {verb} output '{label}'.", "note"))
+            doc.add(Paragraph(f"No record's text {side} output '{label}'.", "note"))
         for rank, record in enumerate(records):
             key = record.record.get("join_source_value")
             name = f"Row {record.row + 1:,}" + (f" ({key})" if key is not None else "")
