@@ -35,7 +35,7 @@ from sklearn.ensemble import GradientBoostingClassifier
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyzer.explain import KernelShap, default_num_samples  # noqa: E402
-from bench.processes import children, cpu_seconds  # noqa: E402
+from bench.processes import children, cpu_seconds, served_endpoint  # noqa: E402
 
 N_RECORDS = 200
 
@@ -143,10 +143,6 @@ def through_sidecar(m):
     from analyzer.data import load_dataset
     from analyzer.explain.job import explain_shap
     from analyzer.output import OutputStaging
-    from analyzer.predict import ModelEndpoint
-    from container.job import LOCAL_MAX_PAYLOAD_BYTES, request_format
-    from container.model_endpoint import ServedModel
-    from container.sidecar import start_model_server
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000 + N_RECORDS, m))
@@ -164,12 +160,8 @@ def through_sidecar(m):
             "methods": {"shap": {"baseline": baseline.tolist(), "seed": 0, "save_local_shap_values": True}},
             "predictor": {"probability": 1}})))
         dataset = load_dataset(config, root / "data.csv", need_features=True)
-        with start_model_server(root / "model") as server, OutputStaging(root / "out") as staging:
-            server.wait_healthy(timeout=120)
-            # The request format `lucent run` would use with its own server (npy for numeric features).
-            served = ServedModel(server.url, default_io=bool(server.info().get("default_io")))
-            endpoint = ModelEndpoint(server.url, request_format(config, dataset, served), tuple(names),
-                                     max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES)
+        with served_endpoint(root / "model", config, dataset, names) as (server, endpoint), \
+                OutputStaging(root / "out") as staging:
             workers = children(server.pid)
             cpu_before, workers_before = time.process_time(), cpu_seconds(workers)
             start = time.perf_counter()

@@ -32,7 +32,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.processes import children, cpu_seconds  # noqa: E402
+from bench.processes import children, cpu_seconds, served_endpoint  # noqa: E402
 
 
 def main() -> None:
@@ -41,9 +41,9 @@ def main() -> None:
     from analyzer.config import parse_config
     from analyzer.data import load_dataset
     from analyzer.explain.job import explain_shap
+    from analyzer.explain.text_job import synthetic_rows
     from analyzer.explain.text_units import split_texts
     from analyzer.output import OutputStaging
-    from analyzer.predict import ModelEndpoint
     from container.demo import (
         REVIEW_FEATURES,
         REVIEW_INFERENCE_SCRIPT,
@@ -51,9 +51,6 @@ def main() -> None:
         make_review_dataset,
         train_review_model,
     )
-    from container.job import LOCAL_MAX_PAYLOAD_BYTES, request_format
-    from container.model_endpoint import ServedModel
-    from container.sidecar import start_model_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1000)
@@ -64,7 +61,8 @@ def main() -> None:
     train = make_review_dataset(4000, seed=1, length=args.length)
     model = train_review_model(train)
     data = make_review_dataset(args.records, seed=2, length=args.length)
-    tokens = [len(u) for u in split_texts(data["review_body"], "en", "token")]
+    units = split_texts(data["review_body"], "en", "token")
+    tokens = [len(u) for u in units]
     config = parse_config(json.loads(json.dumps({
         **TEXT_DEMO_CONFIG, "methods": {"shap": {**TEXT_DEMO_CONFIG["methods"]["shap"]}}})))
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,11 +74,8 @@ def main() -> None:
             for body, category, label in data[[*REVIEW_FEATURES, "label"]].itertuples(index=False):
                 handle.write(json.dumps({"features": [body, category], "label": int(label)}) + "\n")
         dataset = load_dataset(config, root / "reviews.jsonl", need_features=True)
-        with start_model_server(root / "model") as server, OutputStaging(root / "out") as staging:
-            server.wait_healthy(timeout=120)
-            served = ServedModel(server.url, default_io=bool(server.info().get("default_io")))
-            endpoint = ModelEndpoint(server.url, request_format(config, dataset, served), tuple(REVIEW_FEATURES),
-                                     max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES)
+        with served_endpoint(root / "model", config, dataset, REVIEW_FEATURES) as (server, endpoint), \
+                OutputStaging(root / "out") as staging:
             server_workers = children(server.pid)
             before = _own_cpu(), cpu_seconds(server_workers)
             start = time.perf_counter()
@@ -91,8 +86,7 @@ def main() -> None:
         assert lines == args.records, lines
 
     # The same number of rows through the model in-process: every record's text once per synthetic row.
-    rows_per_record = np.array([min(2 * (m + 1) + 2048, 2 ** (m + 1) - 2) + 2 for m in tokens])
-    n_rows = int(rows_per_record.sum())
+    n_rows = sum(synthetic_rows([u], len(REVIEW_FEATURES), None, 1) for u in units)
     frame = data[REVIEW_FEATURES]
     start, cpu_start = time.perf_counter(), time.process_time()
     done = 0
