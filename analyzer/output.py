@@ -8,13 +8,15 @@ from that run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ANALYSIS_FILE = "analysis.json"
 PUBLISHED_FILE_MODE = 0o644
@@ -96,16 +98,36 @@ class OutputStaging:
             self.discard()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write one file atomically (temporary name in the same folder, then rename)."""
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO]:
+    """Open ``path`` for writing so that it is either complete or untouched: the handle writes to a
+    temporary file in the same folder, renamed over ``path`` when the block ends without an exception.
+
+    ``mode`` is ``"w"`` (UTF-8 text) or ``"wb"``. The one atomic-write helper: use it (or
+    :class:`OutputStaging` for a job's whole output set) instead of another mkstemp + rename.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_writer mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
+            yield handle
         os.chmod(tmp, PUBLISHED_FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write one text file atomically."""
+    with atomic_writer(path, "w") as handle:
+        handle.write(text)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write one binary file atomically."""
+    with atomic_writer(path, "wb") as handle:
+        handle.write(data)

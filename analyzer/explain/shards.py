@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from analyzer.errors import UserError
+from analyzer.output import atomic_writer
 from analyzer.predict import ModelEndpoint
 
 from .kernel_shap import Explanation, KernelShap, ModelCallError, ModelOutputError
@@ -264,17 +265,14 @@ def _renumber(message: str, first: int) -> str:
 
 def _save(path: Path, explanation: Explanation | TextExplanation) -> None:
     """Write the shard's results atomically: a checkpoint is either complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     arrays = dict(values=explanation.values, stderr=explanation.stderr, reference=explanation.reference,
                   prediction=explanation.prediction)
     if isinstance(explanation, TextExplanation):
         arrays["offsets"] = explanation.offsets
     else:
         arrays.update({f"terms_{key}": value for key, value in explanation.global_terms.items()})
-    with open(tmp, "wb") as handle:
+    with atomic_writer(path, "wb") as handle:
         np.savez(handle, **arrays)
-    os.replace(tmp, path)
 
 
 def _load(checkpoint_dir: Path, index: int, explainer: KernelShap | TextKernelShap) -> Explanation | TextExplanation:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 from analyzer.config.model import TextConfig
 from analyzer.data import Dataset
 from analyzer.errors import UserError
+from analyzer.output import atomic_writer
 
 from .aggregate import aggregate_values
 from .design import default_num_samples
@@ -167,8 +167,7 @@ def write_text_local(path: Path, local: TextExplanation, units: Sequence[Sequenc
     Each attribution also carries ``lucent_stderr`` (Lucent extension, beside Clarify's keys): the
     standard error of each value from coalition sampling, 0 where the record's values are exact.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_writer(path, "w") as handle:
         for i in range(len(local)):
             values, stderr = local.record(i)
             explanations = []
@@ -187,7 +186,6 @@ def write_text_local(path: Path, local: TextExplanation, units: Sequence[Sequenc
                 value = join_values[i]
                 line["join_source_value"] = value.item() if isinstance(value, np.generic) else value
             handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def feature_data_types(dataset: Dataset, columns: Sequence[int]) -> list[str]:

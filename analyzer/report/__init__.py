@@ -15,11 +15,10 @@ Usage (the job passes its staging folder)::
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from analyzer.output import write_bytes_atomic
 from analyzer.report.summary import JobSummary
 
 __all__ = ["JobSummary", "ReportError", "write_reports"]
@@ -85,7 +84,7 @@ def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: s
                 failed[extension] = exc
                 continue
             target = output_dir / f"{name}.{extension}"
-            _write_atomic(target, data)
+            write_bytes_atomic(target, data)
             written.append(target)
     finally:
         doc.close()
@@ -93,14 +92,3 @@ def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: s
         reasons = "; ".join(f"{ext}: {type(exc).__name__}: {exc}" for ext, exc in failed.items())
         raise ReportError(f"Report files not written ({reasons})", written, failed) from next(iter(failed.values()))
     return written
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
