@@ -2,16 +2,27 @@
 
 What SageMaker Processing does around the Clarify container, done on this machine:
 
-1. stage the inputs (``--config``, ``--data``, ``--model``; S3 URIs or local paths) into a temporary
+1. check that ``--output`` can be written (the bucket exists, a probe object can be put and deleted; or
+   the local folder can be created and written), so a misspelled bucket fails before any computing;
+2. stage the inputs (``--config``, ``--data``, ``--model``; S3 URIs or local paths) into a temporary
    processing root, plus the datasets the config names by ``s3://`` URI (``dataset_uri``,
    ``facet_dataset_uri``, ``predicted_label_dataset_uri``, string SHAP baselines), rewriting the
-   staged config copy to their local paths (spec clarify-contract.md section 1.2);
-2. run the job, in-process or in a container (``--image``) with the staged folders mounted;
-3. upload ``output/`` to ``--output`` (managed transfer: multipart for large files, concurrent, objects
-   already there with the same size and ETag are skipped) and the exit message as ``<output>/message``.
+   staged config copy to their local paths (spec clarify-contract.md section 1.2). Every staged file
+   stays inside its folder, and the config may name no local file outside the staged inputs;
+3. run the job, in-process or in a container (``--image``) with the staged folders mounted;
+4. publish ``output/`` to ``--output``, replacing the previous results. On S3 (managed transfer:
+   multipart for large files, concurrent, objects already there with the same size and ETag skipped)
+   the old ``analysis.json`` and ``message`` are removed first, then the new files are put, every other
+   object below the prefix that this run did not produce is removed (the launch's own inputs
+   excepted), and ``analysis.json`` and ``message`` come last, so their presence marks a complete
+   result. A local folder is published as a job publishes its output folder (``OutputStaging``:
+   complete copies renamed into place; what the previous run published and this one did not is
+   removed, the user's own files are kept), with the message last. The work area (``.lucent-*``) is
+   never published.
 
-A failed job still uploads its message and exits non-zero. S3 credentials come from boto3's usual
-chain; ``--endpoint-url`` (or ``AWS_ENDPOINT_URL``) points it at MinIO, Ceph, moto, ...
+A failed job still publishes its message and exits non-zero. A failed publication keeps the local copy
+and says where it is. S3 credentials come from boto3's usual chain; ``--endpoint-url`` (or
+``AWS_ENDPOINT_URL``) points it at MinIO, Ceph, moto, ...
 """
 
 from __future__ import annotations
@@ -22,14 +33,26 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
 
+from analyzer.data import resolve_local_path
+from analyzer.errors import UserError
+from analyzer.output import (
+    ANALYSIS_FILE,
+    INTERNAL_PREFIX,
+    OutputStaging,
+    check_output_folder,
+    write_text_atomic,
+)
+from analyzer.redact import install_redaction, redact, redact_url
 from container.engine import EngineUnavailable, connect_engine
 from container.job import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, JobPaths, configure_logging, run_job
 
@@ -37,40 +60,205 @@ log = logging.getLogger("lucent.launch")
 
 PART_SIZE = 8 * 1024 * 1024  # multipart threshold and part size; the skip test recomputes ETags with it
 CONTAINER_ROOT = Path("/opt/ml/processing")
+MESSAGE_FILE = "message"
 # Config keys that name a dataset by URI: the real container downloads them itself (spec section 1.2).
 URI_KEYS = (("dataset_uri",), ("facet_dataset_uri",), ("predicted_label_dataset_uri",),
             ("methods", "shap", "baseline"), ("methods", "asymmetric_shapley_value", "baseline"))
+MAX_NAME_BYTES = 255  # NAME_MAX of Linux file systems: a longer S3 key segment cannot be a file name
+
+_SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*):")
+# Loose on purpose (legacy buckets and S3-compatible stores differ); it only has to keep URL syntax
+# (userinfo, ports, query strings) out of the bucket name.
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,254}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class LaunchError(Exception):
-    """The job could not be staged, started or published; the message says what and where."""
+class LaunchError(UserError):
+    """The job could not be staged, started or published; the message says what and where.
+
+    Redacted when made: it is printed, logged and uploaded as the exit message, and boto's errors can
+    quote an endpoint URL with credentials in it.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
+
+
+def uri_scheme(uri: str) -> str | None:
+    """The URI's scheme in lower case, or None for a plain path (one letter is a Windows drive)."""
+    match = _SCHEME.match(uri)
+    return match["scheme"].lower() if match and len(match["scheme"]) > 1 else None
+
+
+def parse_uri(uri: str) -> tuple[str, str, Path | None]:
+    """``(bucket, key, None)`` for an S3 URI, ``("", "", path)`` for a local path or ``file://`` URI.
+
+    Schemes are case-insensitive (``S3://b/k`` is S3), and anything that looks like a URI but is not a
+    well-formed S3 or file one is an error: treated as a path, ``s3:/b/k`` would quietly become a local
+    folder named ``s3:``.
+    """
+    if not uri.strip():
+        raise LaunchError("an empty URI: give s3://bucket/key or a local path")
+    scheme = uri_scheme(uri)
+    if scheme == "s3":
+        rest = uri[len("s3:"):]
+        bucket, _, key = rest[2:].partition("/")
+        if not rest.startswith("//") or not _BUCKET.fullmatch(bucket):
+            problem = "no bucket" if rest.startswith("//") and not bucket else "not a well-formed S3 URI"
+            raise LaunchError(f"{uri}: {problem} (write s3://bucket/key)")
+        return bucket, key, None
+    if scheme not in (None, "file"):
+        raise LaunchError(f"{uri}: unsupported URI scheme {scheme!r} (give s3://bucket/key, a local path or "
+                          "a file:// URI; write ./name for a local name with a colon)")
+    try:
+        return "", "", resolve_local_path(uri)
+    except UserError as error:
+        raise LaunchError(str(error)) from error
 
 
 @dataclass(frozen=True)
 class Location:
-    """An ``s3://bucket/key`` URI or a local path."""
+    """An ``s3://bucket/key`` URI or a local path (plain or ``file://``); malformed URIs raise
+    ``LaunchError`` when the location is made."""
 
     uri: str
+    bucket: str = field(init=False, default="", compare=False)
+    key: str = field(init=False, default="", compare=False)
+    local: Path | None = field(init=False, default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        bucket, key, local = parse_uri(self.uri)
+        object.__setattr__(self, "bucket", bucket)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "local", local)
 
     @property
     def is_s3(self) -> bool:
-        return self.uri.startswith("s3://")
-
-    @property
-    def bucket(self) -> str:
-        return urlparse(self.uri).netloc
-
-    @property
-    def key(self) -> str:
-        return urlparse(self.uri).path.lstrip("/")
+        return bool(self.bucket)
 
     @property
     def path(self) -> Path:
-        parsed = urlparse(self.uri)
-        return Path(parsed.path if parsed.scheme == "file" else self.uri).expanduser()
+        if self.local is None:
+            raise ValueError(f"{self.uri} is not a local path")
+        return self.local
+
+    @property
+    def prefix(self) -> str:
+        """The key as a folder (``key/``; empty for the bucket root): what lies under this location.
+        ``out`` alone would also match ``out2/...``."""
+        return f"{self.key.rstrip('/')}/" if self.key.strip("/") else ""
 
     def child(self, name: str) -> Location:
-        return Location(f"{self.uri.rstrip('/')}/{name}")
+        if self.is_s3:
+            return Location(f"s3://{self.bucket}/{self.prefix}{name}")
+        return Location(str(self.path / name))
+
+    def holds(self, bucket: str, key: str) -> bool:
+        """``s3://bucket/key`` is this object or lies below this prefix."""
+        return self.is_s3 and bucket == self.bucket and (key == self.key or key.startswith(self.prefix))
+
+    def __str__(self) -> str:
+        return redact_url(self.uri)
+
+
+def locate(option: str, uri: str) -> Location:
+    """``uri`` given for ``option`` (``--data``, ``dataset_uri``, ...), with the option named in errors."""
+    try:
+        return Location(uri)
+    except LaunchError as error:
+        raise LaunchError(f"{option}: {error}") from error
+
+
+def _segment_problem(segment: str) -> str | None:
+    """Why ``segment`` (one ``/``-separated part of an S3 key) cannot be a file name inside the staging
+    folder, or None. ``..``, empty segments (a leading or doubled ``/``) and backslashes would climb
+    out of the folder or change meaning on another system; control characters (NUL included) are
+    refused by the OS or mangle log lines."""
+    if segment in ("", ".", ".."):
+        return "an empty, '.' or '..' path segment (a leading '/', '//' or '..' in the key)"
+    if "\\" in segment:
+        return "a backslash"
+    if _CONTROL.search(segment):
+        return "a control character (NUL, newline, ...)"
+    try:
+        size = len(segment.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "a character that is not valid UTF-8"
+    if size > MAX_NAME_BYTES:
+        return f"a path segment of {size} bytes (at most {MAX_NAME_BYTES})"
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters as ``\\xNN``: an S3 key in a message must not break the message
+    file or a log line (or smuggle a NUL into them)."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match[0]):02x}", text)
+
+
+def contained_path(folder: Path, relative: str, source: str) -> Path:
+    """``folder / relative`` for a ``relative`` path someone else chose (the rest of an S3 key):
+    refused, with ``source`` named, unless every segment is an ordinary file name and the resolved
+    result is inside ``folder``."""
+    segments = relative.split("/")
+    for segment in segments:
+        problem = _segment_problem(segment)
+        if problem:
+            raise LaunchError(f"{printable(source)}: the key has {problem}, so it cannot be staged inside the "
+                              "processing root; rename or remove the object")
+    target = folder.joinpath(*segments)
+    if not target.resolve().is_relative_to(folder.resolve()):
+        raise LaunchError(f"{printable(source)}: the key would be staged outside its folder")
+    return target
+
+
+def staging_targets(location: Location, keys: Iterable[str], dest: Path) -> dict[str, Path]:
+    """Where each object of an input goes, as SageMaker's S3Prefix input lays it out: the object itself
+    (as ``dest/<name>``) if ``location`` names one, else every object below ``key/`` with its relative
+    path. Raises ``LaunchError`` for a key that cannot be staged inside ``dest`` and for two keys that
+    would make one path both a file and a folder."""
+    keys = set(keys)
+    if location.key in keys and location.key and not location.key.endswith("/"):
+        relatives = {location.key: location.key.rsplit("/", 1)[-1]}
+    else:
+        prefix = location.prefix
+        relatives = {key: key[len(prefix):] for key in keys if key.startswith(prefix) and not key.endswith("/")}
+    if not relatives:
+        raise LaunchError(f"reading {location}: no object at this key or below this prefix")
+    targets = {key: contained_path(dest, relative, f"s3://{location.bucket}/{key}")
+               for key, relative in sorted(relatives.items())}
+    _check_no_file_is_a_folder(targets)
+    return targets
+
+
+def _check_no_file_is_a_folder(targets: dict[str, Path]) -> None:
+    """``a`` and ``a/b`` both objects: S3 allows it, a file system does not."""
+    files = {target: key for key, target in targets.items()}
+    for key, target in targets.items():
+        for parent in target.parents:
+            if parent in files:
+                raise LaunchError(f"s3 objects '{printable(files[parent])}' and '{printable(key)}' would make "
+                                  f"'{printable(parent.name)}' both a file and a folder; remove one of them")
+
+
+def is_work_file(relative: PurePosixPath) -> bool:
+    """Not a result: Lucent's own files (``.lucent-*``: SHAP checkpoints in ``.lucent-work``, staging
+    leftovers, the output manifest, our probes) and temporary files of atomic writes (``.name.xxxx.tmp``)."""
+    return (any(part.startswith(INTERNAL_PREFIX) for part in relative.parts)
+            or (relative.name.startswith(".") and relative.name.endswith(".tmp")))
+
+
+def result_files(folder: Path) -> dict[str, Path]:
+    """The files to publish from the job's output folder, by relative POSIX path. Symbolic links are
+    skipped, not followed: a job (or an image) could otherwise publish any file of this machine."""
+    files = {}
+    for parent, folders, names in os.walk(folder):
+        folders[:] = sorted(name for name in folders if not name.startswith(INTERNAL_PREFIX))
+        for name in sorted(names):
+            path = Path(parent) / name
+            relative = PurePosixPath(path.relative_to(folder).as_posix())
+            if not path.is_symlink() and path.is_file() and not is_work_file(relative):
+                files[relative.as_posix()] = path
+    return files
 
 
 class Store:
@@ -94,7 +282,8 @@ class Store:
             try:
                 yield
             except S3UploadFailedError as error:  # upload_file wraps the ClientError that says why
-                raise error.__cause__ or error from None
+                cause = error.__cause__ or error.__context__
+                raise (cause if isinstance(cause, ClientError) else error) from None
         except ClientError as error:
             info = error.response.get("Error", {})
             code = info.get("Code", "?")
@@ -105,50 +294,64 @@ class Store:
         except (BotoCoreError, S3UploadFailedError, OSError) as error:  # no credentials, endpoint down, retries exhausted, ...
             raise LaunchError(f"{action} {uri}: {error}") from error
 
-    def objects(self, location: Location) -> dict[str, tuple[int, str]]:
-        """Every object under the prefix: key -> (size, ETag without quotes)."""
+    def objects(self, location: Location, prefix: str | None = None) -> dict[str, tuple[int, str]]:
+        """Every object whose key starts with ``prefix`` (default: the location's key as given):
+        key -> (size, ETag without quotes)."""
         found = {}
-        with self.errors("listing", location.uri):
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket,
-                                                                           Prefix=location.key)
+        with self.errors("listing", str(location)):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=location.bucket, Prefix=location.key if prefix is None else prefix)
             for page in pages:
                 for item in page.get("Contents", []):
                     found[item["Key"]] = (item["Size"], item["ETag"].strip('"'))
         return found
 
     def download(self, location: Location, dest: Path) -> None:
-        """SageMaker's S3Prefix input: the object itself if the key names one, else every object below
-        ``key/``, keeping their relative paths."""
-        key = location.key
-        keys = self.objects(location)
-        if key and key in keys and not key.endswith("/"):
-            targets = {key: dest / Path(key).name}
-        else:
-            prefix = key.rstrip("/") + "/" if key else ""
-            targets = {k: dest / k[len(prefix):] for k in keys if k.startswith(prefix) and not k.endswith("/")}
-        if not targets:
-            raise LaunchError(f"reading {location.uri}: no object at this key or below this prefix")
+        """Stage ``location`` into ``dest`` (see ``staging_targets``); every key is checked before
+        anything is written."""
+        targets = staging_targets(location, self.objects(location), dest)
         for source, target in targets.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
             with self.errors("downloading", f"s3://{location.bucket}/{source}"):
+                target.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(location.bucket, source, str(target), Config=self.transfer)
 
-    def upload_folder(self, folder: Path, location: Location) -> tuple[int, int]:
-        """Upload every file below ``folder`` under the prefix; returns (uploaded, unchanged)."""
+    def upload(self, files: dict[str, Path], location: Location, remote: dict[str, tuple[int, str]]) -> tuple[int, int]:
+        """Put ``files`` (key -> local path) into the location's bucket, concurrently, skipping those
+        ``remote`` already holds with the same size and ETag; returns (uploaded, unchanged)."""
         from boto3.s3.transfer import create_transfer_manager
 
-        remote = self.objects(location)
-        files = sorted(p for p in folder.rglob("*") if p.is_file())
-        changed = []
-        for path in files:
-            key = location.child(path.relative_to(folder).as_posix()).key
-            if remote.get(key) != (path.stat().st_size, etag(path)):
-                changed.append((path, key))
-        with self.errors("uploading to", location.uri), create_transfer_manager(self.client, self.transfer) as manager:
+        changed = [(path, key) for key, path in files.items() if remote.get(key) != (path.stat().st_size, etag(path))]
+        with self.errors("uploading to", str(location)), create_transfer_manager(self.client, self.transfer) as manager:
             futures = [manager.upload(str(path), location.bucket, key) for path, key in changed]
             for future in futures:
                 future.result()  # raises the first failure (after botocore's own retries)
         return len(changed), len(files) - len(changed)
+
+    def upload_folder(self, folder: Path, location: Location) -> tuple[int, int]:
+        """Upload every result file below ``folder`` under the prefix; returns (uploaded, unchanged)."""
+        files = {location.child(name).key: path for name, path in result_files(folder).items()}
+        return self.upload(files, location, self.objects(location, location.prefix))
+
+    def delete(self, location: Location, keys: Iterable[str]) -> None:
+        """Delete ``keys`` from the location's bucket, 1,000 per request (the API's limit)."""
+        keys = sorted(keys)
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start:start + 1000]]
+            with self.errors("deleting old results in", str(location)):
+                answer = self.client.delete_objects(Bucket=location.bucket, Delete={"Objects": batch, "Quiet": True})
+            for failure in answer.get("Errors", []):
+                raise LaunchError(f"deleting s3://{location.bucket}/{failure.get('Key')}: "
+                                  f"{failure.get('Code')}: {failure.get('Message', '')}")
+
+    def check_writable(self, location: Location) -> None:
+        """Put and delete a probe object under the prefix: the bucket exists and we may write and
+        delete there (publishing replaces old results, so it needs both)."""
+        probe = location.child(f"{INTERNAL_PREFIX}probe-{uuid.uuid4().hex}").key
+        with self.errors("writing to", str(location)):
+            self.client.put_object(Bucket=location.bucket, Key=probe, Body=b"")
+        with self.errors(f"deleting s3://{location.bucket}/{probe} (publishing replaces old results) in",
+                         str(location)):
+            self.client.delete_object(Bucket=location.bucket, Key=probe)
 
 
 def etag(path: Path, part_size: int = PART_SIZE) -> str:
@@ -170,6 +373,7 @@ class Launch:
     def __init__(self, endpoint_url: str | None = None):
         self.endpoint_url = endpoint_url
         self._store: Store | None = None
+        self.sources: list[Location] = []  # every input read: never removed as a stale output
 
     @property
     def store(self) -> Store:
@@ -177,8 +381,22 @@ class Launch:
             self._store = Store(self.endpoint_url)
         return self._store
 
+    def check_output(self, output: Location) -> None:
+        """Fail before any computing if the results could not be published."""
+        if output.is_s3:
+            if not output.prefix:
+                raise LaunchError(f"--output {output} is a whole bucket: give a prefix (s3://{output.bucket}/"
+                                  "results/), since publishing replaces everything under --output")
+            self.store.check_writable(output)
+        else:
+            try:
+                check_output_folder(output.path)
+            except UserError as error:
+                raise LaunchError(f"--output: {error}") from error
+
     def fetch(self, location: Location, dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
+        self.sources.append(location)
         if location.is_s3:
             self.store.download(location, dest)
         elif location.path.is_dir():
@@ -186,22 +404,53 @@ class Launch:
         elif location.path.is_file():
             shutil.copy2(location.path, dest / location.path.name)
         else:
-            raise LaunchError(f"reading {location.uri}: no such file or folder")
+            raise LaunchError(f"reading {location}: no such file or folder")
 
-    def publish(self, folder: Path, message: str, output: Location) -> str:
-        """Upload (or copy) the results and the message; returns a one-line summary."""
-        message_file = folder.parent / "message"
-        message_file.write_text(message + "\n", encoding="utf-8")
+    def publish(self, root: Path, message: str, output: Location) -> str:
+        """Replace the results at ``output`` with ``root/output`` and ``message``; returns a one-line
+        summary. ``analysis.json`` and ``message`` go last: together they mark a complete result."""
+        message_file = root / MESSAGE_FILE
+        write_text_atomic(message_file, message + "\n")
+        files = result_files(root / "output") if (root / "output").is_dir() else {}
         if output.is_s3:
-            uploaded, unchanged = self.store.upload_folder(folder, output) if folder.exists() else (0, 0)
-            with self.store.errors("uploading to", output.child("message").uri):
-                self.store.client.upload_file(str(message_file), output.bucket, output.child("message").key)
-            return f"{uploaded} file(s) uploaded, {unchanged} unchanged"
-        output.path.mkdir(parents=True, exist_ok=True)
-        if folder.exists():
-            shutil.copytree(folder, output.path, dirs_exist_ok=True)
-        shutil.copy2(message_file, output.path / "message")
-        return "copied"
+            return self._publish_s3(files, message_file, output)
+        try:
+            return self._publish_local(files, message_file, output.path)
+        except (OSError, UserError) as error:
+            raise LaunchError(f"publishing to {output.path}: {error}") from error
+
+    def _publish_s3(self, files: dict[str, Path], message_file: Path, output: Location) -> str:
+        store = self.store
+        remote = store.objects(output, output.prefix)
+        keys = {name: output.child(name).key for name in files}
+        markers = [output.child(ANALYSIS_FILE).key, output.child(MESSAGE_FILE).key]
+        store.delete(output, [key for key in markers if key in remote])
+        body = {keys[name]: path for name, path in files.items() if name != ANALYSIS_FILE}
+        uploaded, unchanged = store.upload(body, output, remote)
+        produced = set(keys.values()) | set(markers)
+        stale = [key for key in remote if key not in produced and not self._is_source(output.bucket, key)]
+        store.delete(output, stale)
+        last = [(files[ANALYSIS_FILE], markers[0])] if ANALYSIS_FILE in files else []
+        for path, key in [*last, (message_file, markers[1])]:
+            with store.errors("uploading to", f"s3://{output.bucket}/{key}"):
+                store.client.upload_file(str(path), output.bucket, key, Config=store.transfer)
+        return f"{uploaded + len(last)} file(s) uploaded, {unchanged} unchanged, {len(stale)} old removed"
+
+    def _publish_local(self, files: dict[str, Path], message_file: Path, dest: Path) -> str:
+        """The job's own publication (``OutputStaging``: staged copies, one rename each, and the files the
+        previous launch published but this one did not removed, the user's other files kept), between
+        removing the old message and writing the new one."""
+        (dest / MESSAGE_FILE).unlink(missing_ok=True)
+        (dest / ANALYSIS_FILE).unlink(missing_ok=True)
+        with OutputStaging(dest) as staging:
+            for name, path in files.items():
+                shutil.copyfile(path, staging.path(name))
+            staging.commit()
+        write_text_atomic(dest / MESSAGE_FILE, message_file.read_text(encoding="utf-8"))
+        return f"{len(files)} file(s) copied"
+
+    def _is_source(self, bucket: str, key: str) -> bool:
+        return any(source.holds(bucket, key) for source in self.sources)
 
     def stage(self, root: Path, config: Location, data: Location | None, model: Location | None,
               job_root: Path) -> None:
@@ -215,30 +464,85 @@ class Launch:
         self._stage_config_uris(inputs, job_root / "input")
 
     def _stage_config_uris(self, inputs: Path, job_inputs: Path) -> None:
-        from analyzer.config import find_config_file
-
-        try:
-            config_file = find_config_file(inputs / "config")
-            tree = json.loads(config_file.read_text(encoding="utf-8"))
-        except Exception as error:  # noqa: BLE001 - the job reports a bad config properly; stage as is
-            log.debug("config not rewritten: %s", error)
+        """Download the config's ``s3://`` datasets and point the staged config at them; refuse any other
+        location. A config fetched from elsewhere must not make the job read (and publish) a file of this
+        machine, such as ``~/.aws/credentials``."""
+        staged = _read_staged_config(inputs)
+        if staged is None:
             return
+        config_file, tree = staged
+        job_config_dir = job_inputs / config_file.parent.relative_to(inputs)
         changed = False
         for path in URI_KEYS:
-            parent = tree
-            for key in path[:-1]:
-                parent = parent.get(key) if isinstance(parent, dict) else None
-            value = parent.get(path[-1]) if isinstance(parent, dict) else None
-            if isinstance(value, str) and value.startswith("s3://"):
-                name = "_".join(path)
-                self.store.download(Location(value), inputs / name)
-                staged = list((inputs / name).iterdir())
-                relative = staged[0].relative_to(inputs) if len(staged) == 1 and staged[0].is_file() else name
-                parent[path[-1]] = str(job_inputs / relative)
-                log.info("Staged %s %s as %s", ".".join(path), value, parent[path[-1]])
+            parent, value = _lookup(tree, path)
+            if not isinstance(value, str):
+                continue  # absent, or inline rows / a JSON document
+            key = ".".join(path)
+            if uri_scheme(value) == "s3":
+                new = self._stage_s3_dataset(key, locate(key, value), inputs / "_".join(path), job_inputs)
+            else:
+                new = staged_input_path(key, value, inputs, job_inputs, job_config_dir)
+            if new != value:
+                parent[path[-1]] = new
                 changed = True
         if changed:
-            config_file.write_text(json.dumps(tree, indent=2), encoding="utf-8")
+            write_text_atomic(config_file, json.dumps(tree, indent=2))
+
+    def _stage_s3_dataset(self, key: str, location: Location, dest: Path, job_inputs: Path) -> str:
+        self.fetch(location, dest)
+        staged = list(dest.iterdir())
+        only_file = len(staged) == 1 and staged[0].is_file()
+        job_path = job_inputs / (staged[0].relative_to(dest.parent) if only_file else dest.name)
+        log.info("Staged %s %s as %s", key, location, job_path)
+        return str(job_path)
+
+
+def staged_input_path(key: str, value: str, inputs: Path, job_inputs: Path, job_config_dir: Path) -> str:
+    """The path the job will use for config ``key``'s local ``value``, which must lie in the staged
+    inputs as the job sees them (``job_inputs``; relative paths are taken from the config's folder, and
+    ``/opt/ml/processing/input/...`` is accepted for an in-process job too). Anything else, ``~/...``,
+    ``/etc/...`` or ``file:///...`` included, is a ``LaunchError`` naming ``key``."""
+    # The value goes before a word, not a colon: "passwd':" would read as a secret field to redact().
+    refusal = (f"{key}: {value!r} is not an s3:// URI or a path in the staged inputs (e.g. "
+               "/opt/ml/processing/input/data/..., or relative to the config: ../data/...); under "
+               "`lucent launch` the job reads no other local file")
+    if "\x00" in value:
+        raise LaunchError(refusal)
+    try:
+        job_path = Path(os.path.normpath(resolve_local_path(value, base_dir=job_config_dir)))
+    except UserError as error:
+        raise LaunchError(f"{key}: {error}") from error
+    for seen_as in (job_inputs, CONTAINER_ROOT / "input"):
+        if job_path.is_relative_to(seen_as):
+            relative = job_path.relative_to(seen_as)
+            break
+    else:
+        raise LaunchError(refusal)
+    if not (inputs / relative).resolve().is_relative_to(inputs.resolve()):  # a symbolic link out of the inputs
+        raise LaunchError(refusal)
+    return str(job_inputs / relative)
+
+
+def _read_staged_config(inputs: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The staged config file and its JSON, read as the job reads it (a UTF-8 BOM allowed), or None
+    when the job will refuse it anyway (then it reports the problem properly)."""
+    from analyzer.config import find_config_file
+
+    try:
+        config_file = find_config_file(inputs / "config")
+        tree = json.loads(config_file.read_bytes().decode("utf-8-sig"))
+    except (UserError, OSError, ValueError, RecursionError) as error:
+        log.debug("config not rewritten: %s", error)
+        return None
+    return (config_file, tree) if isinstance(tree, dict) else None
+
+
+def _lookup(tree: dict[str, Any], path: tuple[str, ...]) -> tuple[dict[str, Any] | None, Any]:
+    """The dict holding ``path``'s last key, and its value (None, None when a level is missing)."""
+    parent: Any = tree
+    for key in path[:-1]:
+        parent = parent.get(key) if isinstance(parent, dict) else None
+    return (parent, parent.get(path[-1])) if isinstance(parent, dict) else (None, None)
 
 
 def run_in_container(image: str, root: Path) -> int:
@@ -280,25 +584,47 @@ def run_in_container(image: str, root: Path) -> int:
 
 def launch(config: str, output: str, data: str | None = None, model: str | None = None, image: str | None = None,
            endpoint_url: str | None = None, work_dir: Path | None = None) -> tuple[int, str]:
-    """Stage, run and publish one job; returns (exit code, exit message). Raises ``LaunchError`` only when
-    not even the message could be published."""
+    """Check the output, stage, run and publish one job; returns (exit code, exit message). Raises
+    ``LaunchError`` only when not even the message could be published: then nothing was computed (the
+    output is not writable) or the local copy is kept, and the error says where."""
     runner = Launch(endpoint_url)
-    destination = Location(output)
-    with tempfile.TemporaryDirectory(prefix="lucent-launch-", dir=work_dir) as temp:
-        root = Path(temp)
-        (root / "output").mkdir()
+    destination = locate("--output", output)
+    runner.check_output(destination)
+    root = Path(tempfile.mkdtemp(prefix="lucent-launch-", dir=work_dir))
+    published = False
+    try:
+        code, message = _run(runner, root, config, data, model, image)
         try:
-            runner.stage(root, Location(config), Location(data) if data else None,
-                         Location(model) if model else None, CONTAINER_ROOT if image else root)
-            code = run_in_container(image, root) if image else run_job(JobPaths.for_root(root))
-            message = (root / "message").read_text(encoding="utf-8").strip()
+            summary = runner.publish(root, message, destination)
         except LaunchError as error:
-            code, message = EXIT_USER_ERROR, f"ClientError: {error}"
-            shutil.rmtree(root / "output", ignore_errors=True)  # nothing half-made gets published
-            log.error("%s", message)
-        summary = runner.publish(root / "output", message, destination)
-    log.info("Results in %s (%s)", output, summary)
+            raise LaunchError(f"{error}; the results are kept in {root / 'output'} and the exit message in "
+                              f"{root / MESSAGE_FILE}") from error
+        published = True
+    finally:
+        if published:
+            shutil.rmtree(root, ignore_errors=True)
+        else:  # the job's results may be the only copy: never delete them unpublished
+            log.error("Nothing (or not everything) was published to %s; the job's folder is kept: %s",
+                      destination, root)
+    log.info("Results in %s (%s)", destination, summary)
     return code, message
+
+
+def _run(runner: Launch, root: Path, config: str, data: str | None, model: str | None,
+         image: str | None) -> tuple[int, str]:
+    """Stage and run the job in ``root``; returns (exit code, redacted exit message). A problem staging
+    or starting it is the job's ``ClientError``, published like any other failure."""
+    (root / "output").mkdir()
+    try:
+        runner.stage(root, locate("--config", config), None if data is None else locate("--data", data),
+                     None if model is None else locate("--model", model), CONTAINER_ROOT if image else root)
+        code = run_in_container(image, root) if image else run_job(JobPaths.for_root(root))
+        message = (root / MESSAGE_FILE).read_text(encoding="utf-8").strip()
+    except LaunchError as error:
+        code, message = EXIT_USER_ERROR, f"ClientError: {error}"
+        shutil.rmtree(root / "output", ignore_errors=True)  # nothing half-made gets published
+        log.error("%s", message)
+    return code, redact(message)
 
 
 def add_launch_parser(subparsers) -> argparse.ArgumentParser:
@@ -323,6 +649,7 @@ def add_launch_parser(subparsers) -> argparse.ArgumentParser:
 def run_launch(args: argparse.Namespace) -> int:
     """``lucent launch``: prints where the results are and the exit message; returns the exit code."""
     configure_logging(args.verbose)
+    install_redaction()  # botocore's debug log (-v) prints request headers and credentials
     try:
         code, message = launch(args.config, args.output, args.data, args.model, args.image, args.endpoint_url,
                                args.work_dir)
@@ -331,9 +658,9 @@ def run_launch(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     except Exception as error:  # noqa: BLE001 - an unexpected failure must still end with a clear line
         log.exception("launch failed")
-        print(f"error: internal error: {type(error).__name__}: {error}")
+        print(redact(f"error: internal error: {type(error).__name__}: {error}"))
         return EXIT_INTERNAL_ERROR
-    print(f"results: {args.output}\nmessage: {message}")
+    print(f"results: {redact_url(args.output)}\nmessage: {message}")
     return code
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ moto_server = pytest.importorskip("moto.server")
 from container.demo import DEMO_CONFIG, write_demo_job  # noqa: E402
 from container.job import SUCCESS_MESSAGE  # noqa: E402
 from container.launcher import PART_SIZE, Location, Store, etag, main  # noqa: E402
-from tests.conftest import JobRoot  # noqa: E402
+from tests.conftest import JobRoot, http_server  # noqa: E402
 
 CONFIG = {**DEMO_CONFIG, "methods": {k: v for k, v in DEMO_CONFIG["methods"].items() if k != "report"}}
 
@@ -162,22 +162,21 @@ def test_upload_is_multipart_and_a_rerun_uploads_only_what_changed(s3, results):
     assert get_text(s3, "results/parts/part-007.csv") == "changed\n"
 
 
-class _FlakyProxy(BaseHTTPRequestHandler):
-    """Forwards to moto, but answers the first attempt of every upload request (PUT, or the POST that
-    completes a multipart upload) with a 500, as an overloaded or interrupted store does."""
+class S3Proxy(BaseHTTPRequestHandler):
+    """Forwards every request to moto and records it in ``server.requests`` as (method, path). A request
+    for which ``server.fault(method, path)`` returns ``(status, code, message)`` is answered with that S3
+    error instead, as an overloaded store or a bucket policy would."""
 
     protocol_version = "HTTP/1.1"
 
     def _forward(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        attempt = (self.command, self.path)
-        if self.command in ("PUT", "POST") and attempt not in self.server.failed:
-            self.server.failed.add(attempt)
-            payload = b"<Error><Code>InternalError</Code><Message>try again</Message></Error>"
-            self.send_response(500)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+        path = self.path.split("?")[0]
+        self.server.requests.append((self.command, path))
+        fault = self.server.fault(self.command, self.path)
+        if fault is not None:
+            status, code, message = fault
+            self._answer(status, f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode(), {})
             return
         # http.client, not urllib: urllib adds a form Content-Type to bodies, which moto would then parse.
         upstream = http.client.HTTPConnection(self.server.target, timeout=60)
@@ -185,14 +184,18 @@ class _FlakyProxy(BaseHTTPRequestHandler):
                          headers={k: v for k, v in self.headers.items() if k.lower() not in ("host", "expect")})
         response = upstream.getresponse()
         payload = response.read()
-        self.send_response(response.status)
-        for name, value in response.headers.items():
-            if name.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
-                self.send_header(name, value)
+        headers = {name: value for name, value in response.headers.items()
+                   if name.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date")}
+        upstream.close()
+        self._answer(response.status, payload, headers)
+
+    def _answer(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
-        upstream.close()
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward  # noqa: N815 - http.server API
 
@@ -200,17 +203,27 @@ class _FlakyProxy(BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def s3_proxy(endpoint: str, fault=lambda method, path: None):
+    """An :class:`S3Proxy` on 127.0.0.1 in front of the moto server at ``endpoint``."""
+    with http_server(S3Proxy, target=endpoint.removeprefix("http://"), requests=[], fault=fault) as server:
+        yield server
+
+
 def test_interrupted_uploads_are_retried(s3, endpoint, results, monkeypatch):
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyProxy)
-    proxy.target, proxy.failed = endpoint.removeprefix("http://"), set()
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
+    failed = set()
+
+    def fail_first_upload_attempt(method, path):
+        # Every upload request (PUT, or the POST that completes a multipart upload) fails once.
+        if method in ("PUT", "POST") and (method, path) not in failed:
+            failed.add((method, path))
+            return 500, "InternalError", "try again"
+        return None
+
+    with s3_proxy(endpoint, fail_first_upload_attempt) as proxy:
         store = Store(f"http://127.0.0.1:{proxy.server_port}")
         assert store.upload_folder(results, Location("s3://jobs/flaky")) == (201, 0)
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-    assert len(proxy.failed) >= 201  # every upload request failed once and was retried by botocore
+    assert len(failed) >= 201  # every upload request failed once and was retried by botocore
     assert len(keys(s3, "flaky/")) == 201
     big = s3.head_object(Bucket="jobs", Key="flaky/explanations_shap/out.csv")
     assert big["ETag"].strip('"') == etag(results / "explanations_shap" / "out.csv")
