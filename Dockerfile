@@ -14,7 +14,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     # Writable caches for any uid: users run the image with `--user $(id -u):$(id -g)` so the results
     # on their mounted volume belong to them, and that uid has no home directory in the image.
     MPLCONFIGDIR=/tmp/lucent-matplotlib \
-    XDG_CACHE_HOME=/tmp/lucent-cache
+    XDG_CACHE_HOME=/tmp/lucent-cache \
+    # `lucent serve-model` listens on 127.0.0.1 by default; in a container it must take connections from
+    # outside (a model image built FROM this one and started with `serve`, as SageMaker hosting does).
+    LUCENT_HOST=0.0.0.0
 
 # Pango for WeasyPrint (report.pdf) and a pinned font so the PDF lays out the same as on a host.
 RUN apt-get update -qq \

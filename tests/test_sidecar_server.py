@@ -238,28 +238,6 @@ def test_large_npy_bodies_are_read_whole(classifier_server):
     np.testing.assert_array_equal(np.load(io.BytesIO(body)), model.predict_proba(x))
 
 
-@pytest.mark.parametrize("received_with_headers", [0, 5_000, "all"])
-def test_body_read_from_the_socket_leaves_what_follows_it_to_gunicorn(received_with_headers):
-    from gunicorn.http.body import Body, LengthReader
-    from gunicorn.http.unreader import SocketUnreader
-
-    from container.sidecar.app import _read_body
-
-    body, following = os.urandom(300_000), b"POST /invocations HTTP/1.1\r\n"
-    ours, theirs = socket.socketpair()
-    unreader = SocketUnreader(theirs)
-    ahead = len(body) + len(following) if received_with_headers == "all" else received_with_headers
-    unreader.unread((body + following)[:ahead])  # what gunicorn received together with the headers
-    stream = Body(LengthReader(unreader, len(body)))
-    with ThreadPoolExecutor(1) as sender, ours, theirs:
-        sender.submit(ours.sendall, (body + following)[ahead:])
-        got = _read_body({"wsgi.input": stream, "CONTENT_LENGTH": str(len(body)), "gunicorn.socket": theirs})
-        assert isinstance(got, bytearray) and got == body  # read by recv_into, not by gunicorn's reader
-        assert stream.read(10) == b""  # gunicorn sees the body as consumed
-        assert unreader.read(len(following)) == following  # the next request is still there for gunicorn
-    assert _read_body({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}) == body  # not gunicorn
-
-
 SLOW_SECOND_WORKER = """
     import os, time
     import joblib

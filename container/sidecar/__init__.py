@@ -7,10 +7,12 @@ the user brings a model folder (what SageMaker extracts to ``/opt/ml/model``) in
 * ``lucent serve-model`` (:func:`container.sidecar.cli.main`) runs it in the foreground.
 
 Layout: ``codecs`` (body <-> arrays), ``model`` (folder -> handler chain), ``app`` (WSGI routes),
-``server`` (gunicorn workers, socket, child-process handle), ``cli``. See docs/model-server.md.
+``limits`` (body cap, read timeouts, connections), ``worker`` (receives each request in full before the
+app runs it), ``server`` (gunicorn, socket, child-process handle), ``cli``. See docs/model-server.md.
 """
 
 from container.sidecar.errors import ModelLoadError, ModelServerError, PortInUseError
+from container.sidecar.limits import RequestLimits
 from container.sidecar.model import InvocationContext
 from container.sidecar.server import ModelServer, start_model_server
 
@@ -20,5 +22,6 @@ __all__ = [
     "ModelServer",
     "ModelServerError",
     "PortInUseError",
+    "RequestLimits",
     "start_model_server",
 ]

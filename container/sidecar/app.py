@@ -7,18 +7,17 @@ The model is loaded when the worker starts. A model that fails to load does not 
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from container.sidecar import codecs
+from container.sidecar.limits import SAGEMAKER_MAX_BODY_BYTES, body_too_large_message
 from container.sidecar.model import (
     InvocationContext,
     InvocationError,
@@ -35,6 +34,35 @@ INFO_PATH = "/lucent/info"
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
+
+class RequestRefused(Exception):
+    """The request body cannot be read: answered with ``status`` and this text."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class ReceivedBody(io.RawIOBase):
+    """``wsgi.input`` for a body the server has already received in full (see ``worker.py``). The app
+    decodes ``data`` itself, in place; any other reader gets an ordinary binary stream."""
+
+    def __init__(self, data: bytearray):
+        super().__init__()
+        self.data = data
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        with memoryview(self.data) as data, memoryview(buffer) as target:
+            n = min(len(target), len(data) - self._position)
+            target[:n] = data[self._position:self._position + n]
+        self._position += n
+        return n
+
+
 def default_accept() -> str:
     """Accept used when a request has none (or ``*/*``): SageMaker's variable, else JSON as there."""
     return os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or codecs.JSON
@@ -43,9 +71,11 @@ def default_accept() -> str:
 class SidecarApp:
     """WSGI callable serving one loaded model (or the reason it could not be loaded)."""
 
-    def __init__(self, model_dir: Path | None, load_error: str | None = None):
+    def __init__(self, model_dir: Path | None, load_error: str | None = None, *,
+                 max_body_bytes: int = SAGEMAKER_MAX_BODY_BYTES):
         self.handlers: ModelHandlers | None = None
         self.load_error = load_error
+        self.max_body_bytes = max_body_bytes
         if load_error is None and model_dir is not None:
             try:
                 self.handlers = load_handlers(model_dir)
@@ -96,7 +126,10 @@ class SidecarApp:
         if self.handlers is None:
             message = f"model folder unloadable: {self.load_error or 'model not loaded'}"
             return _respond(start_response, 503, message.encode("utf-8"))
-        body = _read_body(environ)
+        try:
+            body = read_body(environ, self.max_body_bytes)
+        except RequestRefused as refusal:
+            return _respond(start_response, refusal.status, (str(refusal) + "\n").encode("utf-8"))
         # SageMaker's containers assume JSON when Content-Type is missing; so do we.
         content_type = environ.get("CONTENT_TYPE") or codecs.JSON
         accept = environ.get("HTTP_ACCEPT") or ""
@@ -125,47 +158,32 @@ def _pick_supported(accept: str) -> str:
     return offered[0].strip() if offered else default_accept()
 
 
-def _read_body(environ: dict[str, Any]) -> bytes | bytearray:
-    stream = environ["wsgi.input"]
-    length = environ.get("CONTENT_LENGTH")
-    if not length:
-        return stream.read()  # chunked transfer encoding: read to the end
-    size = int(length)
-    body = _read_from_socket(stream, environ.get("gunicorn.socket"), size)
-    return stream.read(size) if body is None else body
+def read_body(environ: dict[str, Any], max_bytes: int) -> bytes | bytearray:
+    """The request body, at most ``max_bytes``; RequestRefused (400/413) when it cannot be read.
 
-
-def _read_from_socket(stream: Any, sock: socket.socket | None, size: int) -> bytearray | None:
-    """The request body received straight into one buffer, under gunicorn's sync worker; else None.
-
-    gunicorn's reader passes a body through several BytesIO buffers in Python (before gunicorn 24, in
-    1 KiB steps): 9-14 ms of CPU for an 8 MB SHAP request with gunicorn 27, 3 ms with ``recv_into``.
-    It needs gunicorn's reader objects, so it only runs when they look as expected (a Content-Length
-    body, nothing of it read yet); otherwise the caller reads through ``wsgi.input``. The bytes
-    gunicorn already received with the headers come first.
+    Lucent's worker has already received it (:class:`ReceivedBody`, checked against the same cap);
+    under any other WSGI server it is read here, refusing an announced size over the cap before
+    reading anything and a chunked body as soon as it passes the cap.
     """
-    reader = getattr(stream, "reader", None)
-    unreader = getattr(reader, "unreader", None)
-    received = getattr(unreader, "buf", None)
-    if (sock is None or getattr(unreader, "sock", None) is not sock or getattr(reader, "length", None) != size
-            or not isinstance(received, io.BytesIO) or not isinstance(getattr(stream, "buf", None), io.BytesIO)
-            or stream.buf.tell() or not callable(getattr(unreader, "unread", None))):
-        return None
-    ahead = received.getvalue()
-    body = bytearray(size)
-    got = min(len(ahead), size)
-    body[:got] = ahead[:got]
-    unreader.buf = io.BytesIO()
-    if len(ahead) > size:
-        unreader.unread(ahead[size:])  # a pipelined next request stays gunicorn's to read
-    view = memoryview(body)
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if n == 0:  # gunicorn ignores a reset connection, as it does when its own reader runs dry
-            raise ConnectionResetError(errno.ECONNRESET, "the client closed the connection before the "
-                                       f"end of the body ({got} of {size} bytes)")
-        got += n
-    reader.length = 0  # the body is consumed: gunicorn must not wait for it
+    stream = environ["wsgi.input"]
+    if isinstance(stream, ReceivedBody):
+        return stream.data
+    length = (environ.get("CONTENT_LENGTH") or "").strip()
+    if length:
+        if not (length.isascii() and length.isdigit()):
+            raise RequestRefused(400, f"Content-Length must be a whole number of bytes, got {length[:40]!r}")
+        if len(length) > 15 or int(length) > max_bytes:
+            raise RequestRefused(413, body_too_large_message(int(length) if len(length) <= 30 else None, max_bytes))
+        size = int(length)
+        body = stream.read(size) if size else b""
+        if len(body) < size:
+            raise RequestRefused(400, f"the request body ended after {len(body):,} of {size:,} bytes")
+        return body
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return b""  # no framing: no body (PEP 3333: never read past CONTENT_LENGTH)
+    body = stream.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise RequestRefused(413, body_too_large_message(None, max_bytes, chunked=True))
     return body
 
 

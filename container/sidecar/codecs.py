@@ -19,14 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-CSV = "text/csv"
-JSONLINES = "application/jsonlines"
-JSON = "application/json"
-NPY = "application/x-npy"
-SUPPORTED_TYPES = (CSV, JSONLINES, JSON, NPY)
+from analyzer.media import CSV, JSON, JSON_LINES, NPY, REQUEST_TYPES, media_type
 
-# Spellings seen in the wild for JSON Lines; Clarify itself sends application/jsonlines.
-_ALIASES = {"application/x-jsonlines": JSONLINES, "application/jsonl": JSONLINES, "application/x-ndjson": JSONLINES}
+SUPPORTED_TYPES = REQUEST_TYPES  # what the default input_fn / output_fn read and write
 
 
 class CodecError(Exception):
@@ -39,12 +34,6 @@ class CodecError(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-def media_type(header: str | None) -> str:
-    """The bare, lower-case MIME type of a Content-Type/Accept value (parameters dropped)."""
-    mime = (header or "").split(";", 1)[0].strip().lower()
-    return _ALIASES.get(mime, mime)
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,7 +57,7 @@ def decode(body: bytes | bytearray, content_type: str) -> np.ndarray:
         raise CodecError(f"empty {mime} request body")
     if mime == CSV:
         return decode_csv(body)
-    if mime == JSONLINES:
+    if mime == JSON_LINES:
         return _decode_jsonlines(body)
     return _decode_json(body)
 
@@ -312,7 +301,7 @@ def encode(prediction: Any, accept: str) -> bytes:
     array = as_prediction_array(prediction)
     if mime == CSV:
         return _encode_csv(array)
-    if mime == JSONLINES:
+    if mime == JSON_LINES:
         return _encode_jsonlines(array)
     if mime == JSON:
         return _encode_json(array)

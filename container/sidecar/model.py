@@ -18,10 +18,13 @@ inference toolkit); it carries ``X-Amzn-SageMaker-Custom-Attributes``.
 from __future__ import annotations
 
 import functools
+import glob
 import importlib.util
 import inspect
 import logging
 import os
+import re
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -73,6 +76,47 @@ class InvocationContext:
 # --------------------------------------------------------------------------------------------
 
 
+EXTRACTED_DIR_PREFIX = "lucent-model-"  # + the pid of the server that extracted it + "-" + random
+
+
+def remove_abandoned_dirs(prefix: str, parent: Path | None = None) -> list[Path]:
+    """Remove the temporary folders ``<prefix><pid>-*`` in ``parent`` (default: the temp folder) that
+    belong to this user and whose process ``pid`` no longer exists; returns them.
+
+    A process killed with SIGKILL runs no cleanup, so each such folder is named after the process
+    that owns it and the next start removes what dead owners left. A live owner's folder is never
+    touched (a reused pid only keeps a stale folder a little longer).
+    """
+    pattern = re.compile(re.escape(prefix) + r"(\d{1,10})-[^/]+")
+    removed = []
+    for path in Path(parent or tempfile.gettempdir()).glob(f"{glob.escape(prefix)}*"):
+        match = pattern.fullmatch(path.name)
+        try:
+            owned = match is not None and path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if owned and not process_exists(int(match[1])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d temporary folder(s) left by stopped processes: %s", len(removed),
+                 ", ".join(map(str, removed)))
+    return removed
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with this id exists (owned by anyone)."""
+    if pid <= 0:
+        return True  # not a process id of ours: treat as alive, never remove
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def prepare_model_dir(path: Path) -> tuple[Path, tempfile.TemporaryDirectory | None]:
     """Return the folder to serve, extracting ``model.tar.gz`` into a temporary folder when given
     the tarball itself or a folder holding only it. The caller owns the returned temp folder."""
@@ -86,7 +130,8 @@ def prepare_model_dir(path: Path) -> tuple[Path, tempfile.TemporaryDirectory | N
         tarball = path / TARBALL_NAME
     if tarball is None:
         return path, None
-    tmp = tempfile.TemporaryDirectory(prefix="lucent-model-")
+    remove_abandoned_dirs(EXTRACTED_DIR_PREFIX)  # left by a server killed with SIGKILL
+    tmp = tempfile.TemporaryDirectory(prefix=f"{EXTRACTED_DIR_PREFIX}{os.getpid()}-")
     try:
         with tarfile.open(tarball) as archive:
             # filter="data" refuses absolute paths, links out of the folder and device files

@@ -2,8 +2,10 @@
 
 Why gunicorn: it is the server the SageMaker scikit-learn container itself runs, and its pre-fork
 master already does what a hand-written one would need (restart crashed workers, kill hung ones,
-graceful stop on SIGTERM) -- one small, pure-Python dependency instead of that code. Sync workers:
-requests are CPU-bound, one at a time per process, so no event loop or thread pool would help.
+graceful stop on SIGTERM) -- one small, pure-Python dependency instead of that code. Workers run
+requests one at a time per process (they are CPU-bound, so a thread pool would not help), after a
+selector loop in each worker has received them in full: slow clients cost no worker time (see
+``worker.py``).
 
 Why the socket is bound before gunicorn starts: a taken port fails at once with a clear message
 (gunicorn would retry for five seconds), and ``port=0`` picks a free port with no race between
@@ -32,7 +34,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,10 +41,19 @@ from pathlib import Path
 from types import TracebackType
 
 from container.sidecar.errors import ModelLoadError, ModelServerError, PortInUseError
+from container.sidecar.limits import MIB, RequestLimits
+from container.sidecar.model import remove_abandoned_dirs
 
 log = logging.getLogger("lucent.sidecar")
 
 DEFAULT_PORT = 8080
+DEFAULT_HOST = "127.0.0.1"  # the image sets LUCENT_HOST=0.0.0.0: a container's port is only reachable if published
+HOST_VARIABLE = "LUCENT_HOST"
+# Largest request body a server started by start_model_server accepts. Lucent's own client sends it
+# requests of up to this size (container.job.LOCAL_MAX_PAYLOAD_BYTES is this value): fewer, larger
+# predict calls are most of the throughput on a local model.
+STARTED_SERVER_MAX_BODY_BYTES = 16 * MIB
+LOG_DIR_PREFIX = "lucent-model-server-"  # + the pid of the process that started the server + "-" + random
 DEFAULT_TIMEOUT_S = 300  # per request; SageMaker allows 60 s, local batches can be larger
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -59,6 +69,11 @@ def cpu_count() -> int:
 def default_port() -> int:
     """``SAGEMAKER_BIND_TO_PORT`` when set (inference pipelines), else 8080, as in SageMaker."""
     return int(os.environ.get("SAGEMAKER_BIND_TO_PORT") or DEFAULT_PORT)
+
+
+def default_host() -> str:
+    """``$LUCENT_HOST`` when set (the image sets 0.0.0.0), else 127.0.0.1: this machine only."""
+    return os.environ.get(HOST_VARIABLE, "").strip() or DEFAULT_HOST
 
 
 def default_workers() -> int:
@@ -84,9 +99,9 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(model_dir: Path, *, host: str = "0.0.0.0", port: int | None = None, workers: int | None = None,
-          timeout: int | None = None, listen_fd: int | None = None, parent_pid: int | None = None,
-          ready_fd: int | None = None) -> int:
+def serve(model_dir: Path, *, host: str | None = None, port: int | None = None, workers: int | None = None,
+          timeout: int | None = None, limits: RequestLimits | None = None, listen_fd: int | None = None,
+          parent_pid: int | None = None, ready_fd: int | None = None) -> int:
     """Run the server in this process until SIGTERM/SIGINT; returns the exit code.
 
     ``listen_fd`` is an already-listening socket (how :func:`start_model_server` hands over the
@@ -95,9 +110,10 @@ def serve(model_dir: Path, *, host: str = "0.0.0.0", port: int | None = None, wo
     """
     from container.sidecar.model import prepare_model_dir
 
+    limits = limits or RequestLimits()
     if listen_fd is None:
         # gunicorn takes the descriptor over (and closes it when it stops), hence detach().
-        listen_fd = bind_listener(host, default_port() if port is None else port).detach()
+        listen_fd = bind_listener(host or default_host(), default_port() if port is None else port).detach()
     with socket.socket(fileno=os.dup(listen_fd)) as probe:  # a duplicate, to read the address
         address = probe.getsockname()
     workers = max(1, workers or default_workers())
@@ -114,14 +130,15 @@ def serve(model_dir: Path, *, host: str = "0.0.0.0", port: int | None = None, wo
     except ModelLoadError as exc:
         load_error = str(exc)
 
-    log.info("Lucent model server for %s on http://%s:%d: %d worker(s) x %s thread(s)", model_dir,
-             address[0], address[1], workers, os.environ["OMP_NUM_THREADS"])
+    log.info("Lucent model server for %s on http://%s:%d: %d worker(s) x %s thread(s); bodies up to %d bytes, "
+             "headers within %g s, bodies within %g s, %d connections per worker", model_dir, address[0],
+             address[1], workers, os.environ["OMP_NUM_THREADS"], limits.max_body_bytes, limits.header_timeout,
+             limits.body_timeout, limits.max_connections)
     if parent_pid is not None:
         _exit_with_parent(parent_pid)
     options = {
         "bind": [f"fd://{listen_fd}"],
         "workers": workers,
-        "worker_class": "sync",
         "timeout": timeout,
         "graceful_timeout": 5,
         "proc_name": "lucent-model-server",
@@ -130,8 +147,13 @@ def serve(model_dir: Path, *, host: str = "0.0.0.0", port: int | None = None, wo
     }
     if os.path.isdir("/dev/shm"):  # worker heartbeat files: tmpfs never blocks on a slow disk
         options["worker_tmp_dir"] = "/dev/shm"
+    from analyzer.redact import install_redaction
+
+    # Before gunicorn adds its own error-log handlers: the record factory covers them, and the workers
+    # (forked from this process) inherit it.
+    install_redaction()
     try:
-        _run_gunicorn(options, serve_dir, load_error, ready_fd)
+        _run_gunicorn(options, serve_dir, load_error, ready_fd, limits)
     except SystemExit as exc:  # the arbiter exits through sys.exit
         return exc.code if isinstance(exc.code, int) else 0
     finally:
@@ -142,23 +164,27 @@ def serve(model_dir: Path, *, host: str = "0.0.0.0", port: int | None = None, wo
 
 def _exit_with_parent(parent_pid: int) -> None:
     """Stop the server (gracefully, through SIGTERM) once the process that started it is gone, so a
-    crashed job leaves no server behind. Runs in the master only: forked workers get no threads."""
+    crashed job leaves no server behind. Runs in the master only: forked workers get no threads.
+    The watcher is shared with the SHAP workers (``analyzer.parent``)."""
+    from analyzer.parent import exit_with_parent
 
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
+    def stop() -> None:
         log.warning("parent process %d is gone: stopping the model server", parent_pid)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    exit_with_parent(parent_pid, stop)
 
 
-def _run_gunicorn(options: dict, model_dir: Path | None, load_error: str | None, ready_fd: int | None) -> None:
+def _run_gunicorn(options: dict, model_dir: Path | None, load_error: str | None, ready_fd: int | None,
+                  limits: RequestLimits) -> None:
     """Run the gunicorn arbiter until it is stopped; each worker builds a SidecarApp after the fork."""
     try:
         from gunicorn.app.base import BaseApplication
     except ImportError:
         raise ModelServerError("the model server needs the 'gunicorn' package (pip install gunicorn)") from None
+    from container.sidecar.worker import worker_class
+
+    options = {**options, "worker_class": worker_class(limits)}
 
     class GunicornServer(BaseApplication):
         def load_config(self) -> None:
@@ -175,7 +201,7 @@ def _run_gunicorn(options: dict, model_dir: Path | None, load_error: str | None,
             from container.sidecar.app import SidecarApp
             from container.sidecar.model import thread_budget
 
-            app = SidecarApp(model_dir, load_error)
+            app = SidecarApp(model_dir, load_error, max_body_bytes=limits.max_body_bytes)
             _cap_threads(thread_budget())
             if ready_fd is not None:
                 _report_ready(ready_fd)
@@ -212,8 +238,10 @@ class ModelServer:
     """Handle on a model server child process (its own process group, stopped as a whole)."""
 
     def __init__(self, process: subprocess.Popen, host: str, port: int, log_path: Path,
-                 owned_log: tempfile.TemporaryDirectory | None, workers: int, ready_fd: int):
+                 owned_log: tempfile.TemporaryDirectory | None, workers: int, ready_fd: int,
+                 limits: RequestLimits | None = None):
         self._process = process
+        self.limits = limits or RequestLimits()  # what the server accepts from one client
         self.host = host
         self.port = port
         self.log_path = log_path
@@ -233,6 +261,10 @@ class ModelServer:
 
     def is_alive(self) -> bool:
         return self._exit_status() is None
+
+    def exit_status(self) -> int | None:
+        """The server's exit code once it has exited (minus the signal number if killed), else None."""
+        return self._exit_status()
 
     def _exit_status(self) -> int | None:
         """Exit code once the server process has exited (minus the signal number if killed), else
@@ -352,29 +384,36 @@ def _wait_group_gone(pgid: int, timeout: float) -> None:
 
 
 def start_model_server(model_dir: Path | str, port: int | None = None, workers: int | None = None, *,
-                       host: str = "127.0.0.1", log_file: Path | None = None) -> ModelServer:
+                       host: str = "127.0.0.1", log_file: Path | None = None,
+                       limits: RequestLimits | None = None) -> ModelServer:
     """Start a model server for ``model_dir`` (folder or model.tar.gz) as a child process.
 
     ``port`` None or 0 picks a free port. Returns at once; call :meth:`ModelServer.wait_healthy`
     before sending requests. The server's output goes to ``log_file`` (default: a temporary file
-    removed by :meth:`ModelServer.stop`), and it stops by itself if this process dies.
+    removed by :meth:`ModelServer.stop`), and it stops by itself if this process dies. ``limits``
+    defaults to :class:`RequestLimits` with bodies up to ``STARTED_SERVER_MAX_BODY_BYTES`` (what
+    Lucent's client sends), whatever ``$LUCENT_MAX_BODY_MB`` says.
     Raises :class:`PortInUseError` when the port is taken and :class:`ModelLoadError` when
     ``model_dir`` does not exist.
     """
     model_dir = Path(model_dir).expanduser().resolve()
     if not model_dir.exists():
         raise ModelLoadError(f"model folder {model_dir} does not exist")
+    limits = limits or RequestLimits(max_body_bytes=STARTED_SERVER_MAX_BODY_BYTES)
     sock = bind_listener(host, port or 0)
     bound_port = sock.getsockname()[1]
     owned_log = None
     if log_file is None:
-        owned_log = tempfile.TemporaryDirectory(prefix="lucent-model-server-")
+        remove_abandoned_dirs(LOG_DIR_PREFIX)  # left by a process killed with SIGKILL
+        owned_log = tempfile.TemporaryDirectory(prefix=f"{LOG_DIR_PREFIX}{os.getpid()}-")
         log_file = Path(owned_log.name) / "server.log"
     workers = max(1, workers or default_workers())
     ready_read, ready_write = os.pipe()
     command = [sys.executable, "-m", "container.sidecar", "--model-dir", str(model_dir), "--host", host,
                "--listen-fd", str(sock.fileno()), "--parent-pid", str(os.getpid()), "--ready-fd", str(ready_write),
-               "--workers", str(workers)]
+               "--workers", str(workers), "--max-body-mb", repr(limits.max_body_bytes / MIB),
+               "--header-timeout", repr(limits.header_timeout), "--body-timeout", repr(limits.body_timeout),
+               "--max-connections", str(limits.max_connections)]
     env = dict(os.environ)
     # The child imports this package however the parent found it (installed, or a source checkout).
     package_root = str(Path(__file__).resolve().parents[2])
@@ -392,4 +431,4 @@ def start_model_server(model_dir: Path | str, port: int | None = None, workers: 
     finally:
         sock.close()  # the child holds its own copies of the listening socket and the pipe's write end
         os.close(ready_write)
-    return ModelServer(process, host, bound_port, Path(log_file), owned_log, workers, ready_read)
+    return ModelServer(process, host, bound_port, Path(log_file), owned_log, workers, ready_read, limits)
