@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,24 @@ from analyzer.data import Dataset, load_dataset, resolve_local_path
 from analyzer.data.csv_format import read_first_record
 from analyzer.data.files import list_data_files
 from analyzer.errors import DataError, UserError
-from analyzer.output import OutputStaging
+from analyzer.output import OutputStaging, write_text_atomic
 from analyzer.predict import ModelEndpoint
 
 from .aggregate import aggregate
 from .baseline import compute_baseline
 from .kernel_shap import Explanation, KernelShap
+from .limits import PY_STRING_BYTES, check_num_clusters, check_pdp_memory, check_shap_memory
 from .pdp import partial_dependence
-from .shards import ShapSettings, TextShapSettings, run_shards, run_text_shards, shard_size
+from .shards import (
+    DEFAULT_SHARD_ROWS,
+    DEFAULT_TEXT_SHARD_ROWS,
+    ShapSettings,
+    TextShapSettings,
+    configured_shard_rows,
+    run_shards,
+    run_text_shards,
+    shard_size,
+)
 from .text_job import (
     TEXT_BASELINE,
     feature_data_types,
@@ -50,7 +60,7 @@ from .text_job import (
     text_section,
     write_text_local,
 )
-from .text_shap import TextKernelShap
+from .text_shap import TextKernelShap, player_counts
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +69,13 @@ STDERR_KEY = "lucent_global_shap_stderr"  # Lucent extension beside global_shap_
 
 
 def explain_dataset(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint | None,
-                    staging: OutputStaging, work_dir: Path, *, base_dir: Path | None = None) -> dict[str, Any]:
+                    staging: OutputStaging, work_dir: Path, *, base_dir: Path | None) -> dict[str, Any]:
     """Run ``methods.shap`` and ``methods.pdp``; return ``analysis.json``'s ``explanations`` (may be empty).
 
     ``work_dir``: the output folder's work area (``<output>/.lucent-work``), where finished shards are
     checkpointed; it survives a failed run so that the next run resumes, and is removed on success.
-    ``base_dir``: folder that relative baseline paths are taken from: the config file's folder, by
-    default the processing-root layout's ``<root>/input/config`` next to ``<root>/output``.
+    ``base_dir``: folder that relative baseline paths are taken from, given by the caller (the job passes
+    the config file's folder); None: the current directory. The analyzer never guesses job folders.
     """
     shap, pdp = config.methods.shap, config.methods.pdp
     if shap is None and pdp is None:
@@ -73,8 +83,7 @@ def explain_dataset(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEnd
     if endpoint is None or dataset.features is None:
         raise UserError("methods.shap / methods.pdp need a model (predictor) and the dataset's features")
     try:
-        explanations = _explain(config, dataset, endpoint, staging, work_dir,
-                                base_dir or staging.output_dir.parent / "input" / "config")
+        explanations = _explain(config, dataset, endpoint, staging, work_dir, base_dir)
     except BaseException:
         if not any((work_dir / "shap").glob("*/shard-*.npz")):
             _remove_work_area(work_dir)  # nothing to resume from: leave no trace in the output folder
@@ -84,8 +93,10 @@ def explain_dataset(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEnd
 
 
 def _explain(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint, staging: OutputStaging,
-             work_dir: Path, base_dir: Path) -> dict[str, Any]:
+             work_dir: Path, base_dir: Path | None) -> dict[str, Any]:
     shap, pdp = config.methods.shap, config.methods.pdp
+    if pdp is not None:
+        check_pdp_memory(pdp, dataset)  # before SHAP: not after hours of it
     explanations: dict[str, Any] = {}
     global_values: dict[str, dict[str, float]] | None = None
     text_features: frozenset[str] = frozenset()
@@ -113,16 +124,18 @@ class ShapInputs:
 
 
 def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, endpoint: ModelEndpoint,
-                 staging: OutputStaging, work_dir: Path, base_dir: Path) -> dict[str, Any]:
+                 staging: OutputStaging, work_dir: Path, base_dir: Path | None) -> dict[str, Any]:
     """Kernel SHAP of every record: writes the local files, returns ``explanations.kernel_shap``."""
     assert dataset.features is not None
     started = time.perf_counter()
     text = _text_inputs(shap, dataset)  # checks every text before anything else runs
+    check_num_clusters(shap, dataset)
     baseline_frame = shap_baseline(config, shap, dataset, base_dir, text.columns if text else ())
     if text:
         baseline_frame = text_baseline_values(baseline_frame, text.columns)
     inputs = ShapInputs(baseline=baseline_frame, features=features_to_explain(shap.features_to_explain, dataset),
                         num_samples=shap.num_samples, use_logit=shap.use_logit)
+    _check_shap_memory(shap, dataset, inputs.features, text, len(inputs.baseline))
     write_table(staging.path(f"{SHAP_DIR}/baseline.csv"), inputs.baseline)
     baseline = inputs.baseline.to_numpy()
 
@@ -131,7 +144,7 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
     with endpoint.client() as client:
         predictions = client.predict(inputs.baseline)
     label_keys = predictions.score_keys()
-    fingerprint = _fingerprint(config, dataset, inputs, predictions.scores)
+    fingerprint = _fingerprint(config, shap, dataset, inputs, text, predictions.scores)
     checkpoint_dir = work_dir / fingerprint
     _drop_stale(work_dir, keep=fingerprint)
     seed = _job_seed(shap.seed, checkpoint_dir)
@@ -169,22 +182,53 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
     return result
 
 
-def check_shap_inputs(config: AnalysisConfig, dataset: Dataset, base_dir: Path) -> list[str]:
-    """Problems ``methods.shap`` would stop on before asking the model anything (for ``lucent validate``):
-    features to explain, text features and their texts, and a configured baseline's shape."""
-    shap = config.methods.shap
-    if shap is None or dataset.features is None:
+def check_explain_inputs(config: AnalysisConfig, dataset: Dataset, base_dir: Path | None) -> list[str]:
+    """Problems ``methods.shap`` / ``methods.pdp`` would stop on before asking the model anything (for
+    ``lucent validate``): features to explain, text features and their texts, a configured baseline's
+    shape, ``num_clusters`` beyond the rows, and jobs too large for the memory (``limits``)."""
+    shap, pdp = config.methods.shap, config.methods.pdp
+    if dataset.features is None:
         return []
+    problems = []
+    if pdp is not None:
+        try:
+            check_pdp_memory(pdp, dataset)
+        except UserError as error:
+            problems.append(str(error))
+    if shap is None:
+        return problems
     try:
-        features_to_explain(shap.features_to_explain, dataset)
+        features = features_to_explain(shap.features_to_explain, dataset)
         text = _text_inputs(shap, dataset)
+        check_num_clusters(shap, dataset)
+        # A computed baseline has num_clusters rows, or as many as the clustering finds (at least one).
+        n_baseline = shap.num_clusters or 1
         if shap.baseline is not None:
             baseline = shap_baseline(config, shap, dataset, base_dir, text.columns if text else ())
             if text:
                 text_baseline_values(baseline, text.columns)
+            n_baseline = len(baseline)
+        _check_shap_memory(shap, dataset, features, text, n_baseline)
     except UserError as error:
-        return [str(error)]
-    return []
+        problems.append(str(error))
+    return problems
+
+
+def _check_shap_memory(shap: ShapMethod, dataset: Dataset, features: tuple[int, ...], text: _TextInputs | None,
+                       n_baseline: int) -> None:
+    assert dataset.features is not None
+    n_columns = len(dataset.feature_names)
+    if text is None:
+        check_shap_memory(shap, n_players=len(features), n_columns=n_columns, n_baseline=n_baseline)
+    elif text.units:
+        # The longest record decides: its design and its synthetic rows, each with new strings as long as
+        # its texts.
+        players = int(player_counts(text.units, n_columns).max())
+        chars = int(dataset.features.iloc[:, list(text.columns)].map(lambda v: len(v) if isinstance(v, str) else 0)
+                    .sum(axis=1).max())
+        check_shap_memory(shap, n_players=players, n_columns=n_columns, n_baseline=n_baseline,
+                          row_extra_bytes=len(text.columns) * PY_STRING_BYTES + chars,
+                          players="players (text units and other features of the longest record)")
 
 
 @dataclass(frozen=True)
@@ -275,7 +319,7 @@ def feature_index(locator: Locator, dataset: Dataset, key: str) -> int:
     raise UserError(f"{key}: {name!r} is not a feature column; features: {dataset.feature_names}")
 
 
-def shap_baseline(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, base_dir: Path,
+def shap_baseline(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, base_dir: Path | None,
                   text_columns: Sequence[int] = ()) -> pd.DataFrame:
     """The baseline rows (``feature_names`` columns): given inline, in a file, or computed by clustering.
 
@@ -398,13 +442,36 @@ def write_local(path: Path, values: np.ndarray, names: list[str], label_keys: li
 
 # -- work area ---------------------------------------------------------------------------------------
 
-def _fingerprint(config: AnalysisConfig, dataset: Dataset, inputs: ShapInputs, baseline_scores: np.ndarray) -> str:
-    """A digest of everything the SHAP values depend on: config, data, baseline, model (its baseline scores)."""
+# Predictor keys that name or place things without changing any score: not part of the fingerprint.
+_PREDICTOR_KEYS_NOT_IN_VALUES = frozenset({"label_headers", "instance_type", "initial_instance_count",
+                                           "accelerator_type", "endpoint_name_prefix"})
+
+
+def _fingerprint(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, inputs: ShapInputs,
+                 text: _TextInputs | None, baseline_scores: np.ndarray) -> str:
+    """A digest of everything the checkpointed values and the shard boundaries depend on, and nothing else.
+
+    In: the Lucent version, the feature data (values, types, names), the baseline rows, the explained
+    features, ``num_samples``, ``use_logit``, the configured seed, the text settings, the predictor's
+    request/response format and model, the model's scores for the baseline rows (a changed model is not
+    mixed with old checkpoints) and the synthetic rows per shard (which decide each shard's records). Not
+    in: keys that only shape the outputs (report, ``agg_method``, ``save_local_shap_values``, label names,
+    bias methods, PDP), so that changing them keeps the finished shards.
+    """
     assert dataset.features is not None
-    digest = hashlib.sha256()
-    for part in (__version__, json.dumps(config.raw, sort_keys=True, default=str),
-                 repr(inputs.features), repr(inputs.num_samples), repr(inputs.use_logit)):
-        digest.update(part.encode())
+    predictor = {} if config.predictor is None else {
+        key: value for key, value in asdict(config.predictor).items() if key not in _PREDICTOR_KEYS_NOT_IN_VALUES}
+    text_settings = None
+    if text is not None and shap.text_config is not None:
+        import spacy  # the tokenizer decides the units: its version is part of the values
+
+        text_settings = (shap.text_config.granularity, shap.text_config.language, text.columns, spacy.__version__)
+    shard_rows = configured_shard_rows(DEFAULT_TEXT_SHARD_ROWS if text is not None else DEFAULT_SHARD_ROWS)
+    settings = dict(version=__version__, features=inputs.features, num_samples=inputs.num_samples,
+                    use_logit=inputs.use_logit, seed=shap.seed, text=text_settings, predictor=predictor,
+                    shard_rows=shard_rows, feature_names=dataset.feature_names,
+                    dtypes=[str(dtype) for dtype in dataset.features.dtypes])
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=repr).encode())
     digest.update(pd.util.hash_pandas_object(dataset.features, index=False).to_numpy().tobytes())
     digest.update(pd.util.hash_pandas_object(inputs.baseline, index=False).to_numpy().tobytes())
     digest.update(np.ascontiguousarray(baseline_scores, dtype=float).tobytes())
@@ -419,9 +486,14 @@ def _job_seed(seed: int | None, checkpoint_dir: Path) -> int:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     saved = checkpoint_dir / "seed.json"
     if saved.exists():
-        return int(json.loads(saved.read_text()))
+        try:
+            return int(json.loads(saved.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as error:
+            # Shards made with a lost seed cannot be told apart from others: they are checked against the
+            # seed each carries (shards.py) and recomputed.
+            log.warning("SHAP: discarding unreadable %s (%s); drawing a new coalition seed", saved, error)
     drawn = int(np.random.SeedSequence().entropy % 2**63)
-    saved.write_text(json.dumps(drawn))
+    write_text_atomic(saved, json.dumps(drawn))
     return drawn
 
 
@@ -447,5 +519,5 @@ def _check_finite_baseline(explainer: KernelShap | TextKernelShap) -> None:
         raise UserError(f"methods.shap.baseline: {error}") from None
 
 
-__all__ = ["check_shap_inputs", "explain_dataset", "explain_shap", "feature_index", "features_to_explain", "shap_baseline",
+__all__ = ["check_explain_inputs", "explain_dataset", "explain_shap", "feature_index", "features_to_explain", "shap_baseline",
            "write_local"]

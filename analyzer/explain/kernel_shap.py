@@ -13,7 +13,7 @@ all records and output columns with one matrix product.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,7 +22,7 @@ import numpy as np
 
 from .design import CoalitionDesign, make_design
 
-__all__ = ["Explanation", "KernelShap", "ModelCallError", "ModelOutputError", "ScoringModel", "ShapSolver", "as_matrix",
+__all__ = ["GLOBAL_TERMS", "Explanation", "KernelShap", "ModelCallError", "ModelOutputError", "ScoringModel", "ShapSolver", "as_matrix",
            "check_finite"]
 
 Model = Callable[[np.ndarray], np.ndarray]
@@ -33,6 +33,8 @@ GROUP_ROWS = 100_000
 # Scores are clipped to [eps, 1 - eps] before the logit so that 0/1 probabilities give finite log-odds
 # (|logit| <= 27.6); tighter than float rounding noise, looser than any real calibrated probability.
 LOGIT_EPS = 1e-12
+# The aggregates whose standard errors need per-pair terms summed over records (Explanation.global_terms).
+GLOBAL_TERMS = ("mean_abs", "mean_sq")
 
 
 class ModelOutputError(ValueError):
@@ -84,20 +86,35 @@ class Explanation:
     global_terms: dict[str, np.ndarray]
 
     @classmethod
-    def concat(cls, parts: Sequence[Explanation]) -> Explanation:
-        """Join explanations of consecutive record batches made with the same explainer settings."""
-        if not parts:
+    def concat(cls, parts: Iterable[Explanation]) -> Explanation:
+        """Join explanations of consecutive record batches made with the same explainer settings.
+
+        One pass over ``parts`` (a generator is welcome): ``global_terms`` are as large as the design
+        (``pairs x M x k``) for every batch, so they are summed as the batches arrive instead of being
+        held for all of them.
+        """
+        batches = iter(parts)
+        first = next(batches, None)
+        if first is None:
             raise ValueError("nothing to concatenate")
-        first = parts[0]
+        values, stderr, reference, prediction = [first.values], [first.stderr], [first.reference], [first.prediction]
+        terms = {key: np.array(value, dtype=float) for key, value in first.global_terms.items()}
+        for part in batches:
+            values.append(part.values)
+            stderr.append(part.stderr)
+            reference.append(part.reference)
+            prediction.append(part.prediction)
+            for key, total in terms.items():
+                total += part.global_terms[key]
         return cls(
-            values=np.concatenate([p.values for p in parts]),
-            stderr=np.concatenate([p.stderr for p in parts]),
+            values=np.concatenate(values),
+            stderr=np.concatenate(stderr),
             expected_value=first.expected_value,
-            reference=np.concatenate([p.reference for p in parts]),
-            prediction=np.concatenate([p.prediction for p in parts]),
+            reference=np.concatenate(reference),
+            prediction=np.concatenate(prediction),
             features=first.features,
             design=first.design,
-            global_terms={key: sum(p.global_terms[key] for p in parts) for key in first.global_terms},
+            global_terms=terms,
         )
 
 
@@ -113,9 +130,12 @@ class ShapSolver:
         self.hessian, self.constraint = _kkt_inverse(design)
         self.pair_effects = _pair_effects(design, self.hessian)
 
+    def terms_shape(self, k: int) -> tuple[int, int, int]:
+        """Shape of each of ``Explanation.global_terms``: (sampled pairs, M, k)."""
+        return sum(s.units for s in self.design.sampled), self.design.n_features, k
+
     def zero_terms(self, k: int) -> dict[str, np.ndarray]:
-        units = sum(s.units for s in self.design.sampled)
-        return {key: np.zeros((units, self.design.n_features, k)) for key in ("mean_abs", "mean_sq")}
+        return {key: np.zeros(self.terms_shape(k)) for key in GLOBAL_TERMS}
 
     def solve(self, y: np.ndarray, delta: np.ndarray, reference: np.ndarray, prediction: np.ndarray,
               expected: np.ndarray, features: np.ndarray) -> Explanation:
@@ -290,27 +310,28 @@ class KernelShap:
                 "baseline rows must hold exactly the model's feature columns"
             )
         expected = self.expected_value
-        per_record = len(self._masks) * len(self.baseline) + 1
-        group = max(1, min(self.scorer.max_rows_per_call, GROUP_ROWS) // per_record)
-        starts = range(0, len(x), group)
-        parts = []
-        # The next group's rows are built and scored on a second thread while this one is solved, so the
-        # model server is not left idle during the solve (numpy and the HTTP waits release the GIL).
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shap-evaluate") as pool:
-            pending = None
-            for i in starts:
-                future = pool.submit(self._evaluate, x[i : i + group], i)
-                if pending is not None:
-                    parts.append(self._solve(*pending.result(), expected))
-                pending = future
-            if pending is not None:
-                parts.append(self._solve(*pending.result(), expected))
-        if not parts:
+        if len(x) == 0:
             k = len(expected)
             empty = np.zeros((0, len(self.features), k))
             return Explanation(empty, empty, expected, np.zeros((0, k)), np.zeros((0, k)),
                                self.features, self.design, self.solver.zero_terms(k))
-        return Explanation.concat(parts)
+        return Explanation.concat(self._explain_groups(x, expected))
+
+    def _explain_groups(self, x: np.ndarray, expected: np.ndarray) -> Iterator[Explanation]:
+        """The records' explanations, group by group of about ``GROUP_ROWS`` synthetic rows."""
+        per_record = len(self._masks) * len(self.baseline) + 1
+        group = max(1, min(self.scorer.max_rows_per_call, GROUP_ROWS) // per_record)
+        # The next group's rows are built and scored on a second thread while this one is solved, so the
+        # model server is not left idle during the solve (numpy and the HTTP waits release the GIL).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shap-evaluate") as pool:
+            pending = None
+            for i in range(0, len(x), group):
+                future = pool.submit(self._evaluate, x[i : i + group], i)
+                if pending is not None:
+                    yield self._solve(*pending.result(), expected)
+                pending = future
+            if pending is not None:
+                yield self._solve(*pending.result(), expected)
 
     def _evaluate(self, x: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
         """``(v, fx)``: coalition values ``(n, C, k)`` and record values ``(n, k)`` of one group."""

@@ -7,17 +7,28 @@ is bit-identical whatever the worker count and whether the run was interrupted.
 
 Each worker process opens its own ``ModelClient`` (``ModelEndpoint`` is plain picklable data) and
 builds its own ``KernelShap`` with the job's coalition design (same ``M``, budget and seed, hence the
-same design). A finished shard is written atomically to ``<checkpoint_dir>/shard-<i>.npz``; a run
-that finds a shard file there skips that shard. The caller chooses ``checkpoint_dir`` so that it is
-keyed by a fingerprint of everything the values depend on (``analyzer.explain.job``).
+same design). A finished shard is written atomically to ``<checkpoint_dir>/shard-<i>.npz``, together
+with the records it holds (first and stop index, a digest of their values) and the coalition seed. A
+run that finds a shard file there checks it against the records that shard must hold and the arrays'
+shapes, and skips the shard only when everything matches; a checkpoint that is unreadable (truncated,
+not a zip, arrays missing) or made for other records is discarded with a warning and recomputed. The
+caller chooses ``checkpoint_dir`` so that it is keyed by a fingerprint of everything the values and the
+shard boundaries depend on (``analyzer.explain.job``).
+
+Worker processes exit when the job process dies (``analyzer.parent.exit_with_parent``): a job killed
+with ``kill -9`` leaves no worker behind, blocked on the pool's pipe.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import signal
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -25,13 +36,16 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from numpy.lib.npyio import NpzFile
 
 from analyzer.errors import UserError
 from analyzer.output import atomic_writer
+from analyzer.parent import exit_with_parent
 from analyzer.predict import ModelEndpoint
 
-from .kernel_shap import Explanation, KernelShap, ModelCallError, ModelOutputError
-from .text_shap import TextExplanation, TextKernelShap
+from .kernel_shap import GLOBAL_TERMS, Explanation, KernelShap, ModelCallError, ModelOutputError
+from .text_shap import TextExplanation, TextKernelShap, player_counts
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +107,24 @@ class TextShapSettings:
         return explainer
 
 
+def configured_shard_rows(default: int = DEFAULT_SHARD_ROWS) -> int:
+    """Synthetic rows per shard: ``LUCENT_SHAP_SHARD_ROWS``, else ``default``. It decides which records
+    each shard holds, so the job puts it in the checkpoints' fingerprint."""
+    value = os.environ.get(SHARD_ROWS_ENV, "").strip()
+    if not value:
+        return default
+    try:
+        rows = int(value)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise UserError(f"{SHARD_ROWS_ENV}={value!r}: must be a positive number of synthetic rows per shard")
+    return rows
+
+
 def shard_size(records_per_row_cost: int, shard_rows: int | None = None) -> int:
     """Records per shard for a record costing ``records_per_row_cost`` synthetic rows."""
-    rows = shard_rows or int(os.environ.get(SHARD_ROWS_ENV, DEFAULT_SHARD_ROWS))
+    rows = shard_rows or configured_shard_rows()
     return max(1, rows // max(1, records_per_row_cost))
 
 
@@ -119,7 +148,7 @@ def run_shards(settings: ShapSettings, records: np.ndarray, size: int, explainer
     bounds = list(range(0, len(records), size)) + [len(records)]
     rows = np.full(len(records), (len(explainer.design.masks) + 1) * len(explainer.baseline))
     parts = _run(settings, bounds, lambda a, b: (records[a:b],), rows, explainer, on_done)
-    return Explanation.concat(parts)
+    return Explanation.concat(parts)  # one pass: each shard's global terms are folded in as it is loaded
 
 
 def run_text_shards(settings: TextShapSettings, records: np.ndarray, units: Sequence, rows: np.ndarray,
@@ -129,7 +158,7 @@ def run_text_shards(settings: TextShapSettings, records: np.ndarray, units: Sequ
     Records cost different numbers of synthetic rows (``rows``), so a shard is a run of consecutive
     records worth about ``shard_rows`` rows; the cut depends on the data alone, never on the workers.
     """
-    limit = shard_rows or int(os.environ.get(SHARD_ROWS_ENV, DEFAULT_TEXT_SHARD_ROWS))
+    limit = shard_rows or configured_shard_rows(DEFAULT_TEXT_SHARD_ROWS)
     bounds = [0]
     total = 0
     for i, cost in enumerate(rows):
@@ -141,15 +170,17 @@ def run_text_shards(settings: TextShapSettings, records: np.ndarray, units: Sequ
     if len(records) == 0:
         bounds = [0, 0]
     parts = _run(settings, bounds, lambda a, b: (records[a:b], units[a:b]), rows, explainer, None)
-    return TextExplanation.concat(parts)
+    return TextExplanation.concat(list(parts))
 
 
 def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: Callable[[int, int], tuple],
          rows: np.ndarray, explainer: KernelShap | TextKernelShap,
-         on_done: Callable[[int], None] | None) -> list[Explanation] | list[TextExplanation]:
-    """Run the shards ``bounds[i]:bounds[i + 1]`` not checkpointed yet; return every shard's result."""
+         on_done: Callable[[int], None] | None) -> Iterator[Explanation] | Iterator[TextExplanation]:
+    """Run the shards ``bounds[i]:bounds[i + 1]`` not checkpointed yet; return every shard's result, in
+    order, loaded one at a time from its checkpoint (so that the caller can fold them as they come)."""
     n_shards = len(bounds) - 1 if bounds[-1] > 0 else 0
-    todo = [i for i in range(n_shards) if not shard_path(settings.checkpoint_dir, i).exists()]
+    checkpoints = _Checkpoints(settings, bounds, payload, explainer)
+    todo = [i for i in range(n_shards) if not checkpoints.usable(i)]
     if len(todo) < n_shards:
         log.info("SHAP: resuming, %d of %d shards already done (checkpoints in %s)", n_shards - len(todo),
                  n_shards, settings.checkpoint_dir)
@@ -159,8 +190,8 @@ def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: 
     log.info("SHAP: %d records in %d shards of up to %d records, %d worker process(es)", bounds[-1], n_shards,
              max(np.diff(bounds), default=0), workers)
 
-    def shard(i: int) -> tuple[int, int, tuple]:
-        return i, bounds[i], payload(bounds[i], bounds[i + 1])
+    def shard(i: int) -> tuple[int, int, int, tuple]:
+        return i, bounds[i], bounds[i + 1], payload(bounds[i], bounds[i + 1])
 
     def finished(i: int) -> None:
         progress.advance(i)
@@ -177,16 +208,17 @@ def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: 
     elif workers > 1:
         _run_pool(settings, (shard(i) for i in todo), workers, finished)
     if n_shards == 0:
-        return [explainer.explain(*payload(0, 0))]
-    return [_load(settings.checkpoint_dir, i, explainer) for i in range(n_shards)]
+        return iter([explainer.explain(*payload(0, 0))])
+    return (checkpoints.load(i) for i in range(n_shards))
 
 
-def _run_pool(settings: ShapSettings | TextShapSettings, shards: Iterator[tuple[int, int, tuple]], workers: int,
+def _run_pool(settings: ShapSettings | TextShapSettings, shards: Iterator[tuple[int, int, int, tuple]], workers: int,
               finished: Callable[[int], None]) -> None:
     # spawn, not fork: the job process runs threads (HTTP clients, the model server's watcher), and a
     # forked child of a threaded process can deadlock on a lock held by a thread that does not exist in it.
+    # The workers are told this process's id: they exit when it dies (a kill -9 runs no cleanup here).
     executor = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                   initargs=(settings,))
+                                   initargs=(settings, os.getpid()))
     pending: set[Future[int]] = set()
     try:
         for task in shards:
@@ -216,9 +248,11 @@ def _collect(pending: set[Future[int]], finished: Callable[[int], None]) -> set[
 _worker: dict = {}  # per-process state: the settings, the model client and the explainer
 
 
-def _init_worker(settings: ShapSettings | TextShapSettings) -> None:
+def _init_worker(settings: ShapSettings | TextShapSettings, parent_pid: int | None = None) -> None:
     from threadpoolctl import threadpool_limits
 
+    if parent_pid is not None:  # a worker process: it must not outlive the job (SIGKILL: nothing to clean up,
+        exit_with_parent(parent_pid, death_signal=signal.SIGKILL)  # checkpoints are written atomically)
     # One BLAS thread per worker: there is one worker per core already.
     _worker["limits"] = threadpool_limits(limits=1)
     client = settings.endpoint.client(max_records_per_request=RECORDS_PER_REQUEST, progress_interval=3600)
@@ -236,7 +270,7 @@ def _close_worker() -> None:
     _worker.clear()
 
 
-def _run_shard(index: int, first: int, payload: tuple) -> int:
+def _run_shard(index: int, first: int, stop: int, payload: tuple) -> int:
     """Explain one shard (``explainer.explain(*payload)``) and checkpoint it; returns ``index``."""
     settings: ShapSettings | TextShapSettings = _worker["settings"]
     explainer: KernelShap | TextKernelShap = _worker["explainer"]
@@ -254,7 +288,8 @@ def _run_shard(index: int, first: int, payload: tuple) -> int:
                         f"{error.reason}") from None
     except ValueError as error:  # wrong output shape, scores outside [0, 1] with use_logit
         raise UserError(f"methods.shap: {error}") from None
-    _save(shard_path(settings.checkpoint_dir, index), explanation)
+    _save(shard_path(settings.checkpoint_dir, index), explanation,
+          _ShardKey(first, stop, records_digest(payload[0]), settings.seed))
     return index
 
 
@@ -263,10 +298,35 @@ def _renumber(message: str, first: int) -> str:
     return re.sub(r"for record (\d+)", lambda m: f"for dataset row {first + int(m.group(1))}", message)
 
 
-def _save(path: Path, explanation: Explanation | TextExplanation) -> None:
+def records_digest(records: np.ndarray) -> str:
+    """A digest of a shard's records (shape, type and values): a checkpoint must match its records."""
+    digest = hashlib.sha256(f"{records.shape} {records.dtype.kind}".encode())
+    if records.dtype.kind in "biuf":
+        digest.update(np.ascontiguousarray(records, dtype=float).tobytes())
+    elif records.size:
+        digest.update(pd.util.hash_pandas_object(pd.DataFrame(records), index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _ShardKey:
+    """What a checkpoint must have been made for: records ``first:stop`` with these values, this seed."""
+
+    first: int
+    stop: int
+    records: str  # records_digest of the shard's records
+    seed: int
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used: unreadable, incomplete, or made for other records."""
+
+
+def _save(path: Path, explanation: Explanation | TextExplanation, key: _ShardKey) -> None:
     """Write the shard's results atomically: a checkpoint is either complete or absent."""
     arrays = dict(values=explanation.values, stderr=explanation.stderr, reference=explanation.reference,
-                  prediction=explanation.prediction)
+                  prediction=explanation.prediction, lucent_first=np.int64(key.first), lucent_stop=np.int64(key.stop),
+                  lucent_records=np.str_(key.records), lucent_seed=np.str_(str(key.seed)))
     if isinstance(explanation, TextExplanation):
         arrays["offsets"] = explanation.offsets
     else:
@@ -275,17 +335,96 @@ def _save(path: Path, explanation: Explanation | TextExplanation) -> None:
         np.savez(handle, **arrays)
 
 
-def _load(checkpoint_dir: Path, index: int, explainer: KernelShap | TextKernelShap) -> Explanation | TextExplanation:
-    with np.load(shard_path(checkpoint_dir, index)) as data:
-        if isinstance(explainer, TextKernelShap):
-            return TextExplanation(values=data["values"], stderr=data["stderr"], offsets=data["offsets"],
-                                   expected_value=explainer.expected_value, reference=data["reference"],
-                                   prediction=data["prediction"])
-        return Explanation(
-            values=data["values"], stderr=data["stderr"], expected_value=explainer.expected_value,
-            reference=data["reference"], prediction=data["prediction"], features=explainer.features,
-            design=explainer.design,
-            global_terms={key[len("terms_"):]: data[key] for key in data.files if key.startswith("terms_")})
+class _Checkpoints:
+    """The job's shard checkpoints, each checked against the records its shard must hold."""
+
+    def __init__(self, settings: ShapSettings | TextShapSettings, bounds: list[int],
+                 payload: Callable[[int, int], tuple], explainer: KernelShap | TextKernelShap):
+        self.settings, self.bounds, self.payload, self.explainer = settings, bounds, payload, explainer
+        # Half-written files of a run that was killed while writing (atomic_writer's temporary names).
+        for leftover in settings.checkpoint_dir.glob(".shard-*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+    def usable(self, index: int) -> bool:
+        """Whether shard ``index`` has a checkpoint made for its records; a bad one is removed."""
+        path = shard_path(self.settings.checkpoint_dir, index)
+        if not path.exists():
+            return False
+        try:
+            self._read(index)
+        except CheckpointError as error:
+            log.warning("SHAP: discarding checkpoint %s (%s); that shard is computed again", path, error)
+            path.unlink(missing_ok=True)
+            return False
+        return True
+
+    def load(self, index: int) -> Explanation | TextExplanation:
+        try:
+            return self._read(index)
+        except CheckpointError as error:  # it was checked, or written by this run: the disk lost it
+            raise RuntimeError(f"SHAP checkpoint {shard_path(self.settings.checkpoint_dir, index)} "
+                               f"became unusable during the run: {error}") from None
+
+    def _read(self, index: int) -> Explanation | TextExplanation:
+        first, stop = self.bounds[index], self.bounds[index + 1]
+        payload = self.payload(first, stop)
+        key = _ShardKey(first, stop, records_digest(payload[0]), self.settings.seed)
+        arrays = _read_arrays(shard_path(self.settings.checkpoint_dir, index))
+        return _explanation(arrays, key, payload, self.explainer)
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, NpzFile):
+            raise CheckpointError("not an .npz archive")
+        with data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        raise CheckpointError(f"unreadable: {type(error).__name__}: {error}") from None
+
+
+def _explanation(arrays: dict[str, np.ndarray], key: _ShardKey, payload: tuple,
+                 explainer: KernelShap | TextKernelShap) -> Explanation | TextExplanation:
+    """The shard's explanation from its checkpoint's arrays, after checking them against ``key``."""
+
+    def array(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name not in arrays:
+            raise CheckpointError(f"no {name!r} array")
+        value = arrays[name]
+        if value.shape != shape:
+            raise CheckpointError(f"{name!r} has shape {value.shape}, expected {shape}")
+        if value.dtype.kind not in "iuf" and not name.startswith("lucent_"):
+            raise CheckpointError(f"{name!r} holds {value.dtype}, not numbers")
+        return value
+
+    try:
+        made_for = (int(array("lucent_first", ())), int(array("lucent_stop", ())))
+        records, seed = str(array("lucent_records", ())), str(array("lucent_seed", ()))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"unreadable record range: {error}") from None
+    if made_for != (key.first, key.stop):
+        raise CheckpointError(f"it holds records {made_for[0]}:{made_for[1]}, the shard is {key.first}:{key.stop}")
+    if records != key.records:
+        raise CheckpointError(f"it was made from other values of records {key.first}:{key.stop}")
+    if seed != str(key.seed):
+        raise CheckpointError("it was made with another coalition seed")
+    n, k = key.stop - key.first, len(explainer.expected_value)
+    if isinstance(explainer, TextKernelShap):
+        records_in, units = payload
+        offsets = np.concatenate([[0], np.cumsum(player_counts(units, records_in.shape[1]))])
+        if not np.array_equal(array("offsets", offsets.shape), offsets):
+            raise CheckpointError("its records have other numbers of text units")
+        players = int(offsets[-1])
+        return TextExplanation(values=array("values", (players, k)), stderr=array("stderr", (players, k)),
+                               offsets=arrays["offsets"], expected_value=explainer.expected_value,
+                               reference=array("reference", (n, k)), prediction=array("prediction", (n, k)))
+    m = len(explainer.features)
+    terms_shape = explainer.solver.terms_shape(k)
+    return Explanation(
+        values=array("values", (n, m, k)), stderr=array("stderr", (n, m, k)), expected_value=explainer.expected_value,
+        reference=array("reference", (n, k)), prediction=array("prediction", (n, k)), features=explainer.features,
+        design=explainer.design, global_terms={name: array(f"terms_{name}", terms_shape) for name in GLOBAL_TERMS})
 
 
 class _Progress:

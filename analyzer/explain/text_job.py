@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,7 +166,9 @@ def write_text_local(path: Path, local: TextExplanation, units: Sequence[Sequenc
     """``explanations_shap/out.jsonl``: one line per record, its features' attributions (contract 4.5).
 
     Each attribution also carries ``lucent_stderr`` (Lucent extension, beside Clarify's keys): the
-    standard error of each value from coalition sampling, 0 where the record's values are exact.
+    standard error of each value from coalition sampling, 0 where the record's values are exact. A number
+    that is not finite (a standard error that cannot be estimated is NaN) is written as ``null``: every
+    line is strict JSON.
     """
     with atomic_writer(path, "w") as handle:
         for i in range(len(local)):
@@ -185,7 +188,24 @@ def write_text_local(path: Path, local: TextExplanation, units: Sequence[Sequenc
             if join_values is not None:
                 value = join_values[i]
                 line["join_source_value"] = value.item() if isinstance(value, np.generic) else value
-            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+            handle.write(json_line(line))
+
+
+def json_line(document: Any) -> str:
+    """One line of a JSON Lines file: strict JSON, so NaN and +/-inf become ``null`` (not ``NaN``)."""
+    return json.dumps(_finite_or_null(document), ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def feature_data_types(dataset: Dataset, columns: Sequence[int]) -> list[str]:
@@ -195,5 +215,5 @@ def feature_data_types(dataset: Dataset, columns: Sequence[int]) -> list[str]:
             for j, dtype in enumerate(dataset.features.dtypes)]
 
 
-__all__ = ["TEXT_BASELINE", "feature_data_types", "record_units", "synthetic_rows", "text_baseline_values",
+__all__ = ["TEXT_BASELINE", "feature_data_types", "json_line", "record_units", "synthetic_rows", "text_baseline_values",
            "text_columns", "text_section", "write_text_local"]

@@ -1,0 +1,304 @@
+"""SHAP checkpoints: a resumed run reuses a shard only when it was made for exactly that shard's records.
+
+Each test crashes a job after a few shards (``run_crashing_after_shards``), changes something (the shard
+size, a report-only key, a value-relevant key, the checkpoint files themselves) and runs it again: every
+record must be explained, with the values of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analyzer.explain import shards
+from tests import test_explain_job as tabular
+from tests import test_explain_text_job as text
+from tests.conftest import JobRoot, http_server, run_crashing_after_shards
+
+N_RECORDS = 30
+ROWS_PER_RECORD = (14 + 2) * 2 + 1  # num_samples 14, 2 baseline rows: synthetic rows of one record
+
+
+@pytest.fixture
+def endpoint():
+    with http_server(tabular._Model, request_rows=[]) as server:
+        yield server
+
+
+@pytest.fixture
+def text_endpoint():
+    with http_server(text._TextModel, max_chars=10_000, requests=0) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def one_worker(monkeypatch):
+    monkeypatch.setenv(shards.WORKERS_ENV, "1")
+
+
+def checkpoints(job: JobRoot) -> list[Path]:
+    return sorted((job.output_dir / ".lucent-work" / "shap").glob("*/shard-*.npz"))
+
+
+def outputs(job: JobRoot) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    return tabular.read_local(job), tabular.read_local(job, "out_stderr.csv"), job.analysis()
+
+
+def reference_run(job: JobRoot, monkeypatch, shard_rows: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """An uninterrupted run's outputs; the output folder is emptied afterwards."""
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, str(shard_rows))
+    assert job.run() == 0, job.message
+    reference = outputs(job)
+    shutil.rmtree(job.output_dir)
+    return reference
+
+
+def assert_same_outputs(job: JobRoot, reference, exact: bool = True) -> None:
+    local, stderr, analysis = outputs(job)
+    assert len(local) == N_RECORDS and local["id"].tolist() == [f"r{i}" for i in range(N_RECORDS)]
+    if exact:
+        pd.testing.assert_frame_equal(local, reference[0])
+        pd.testing.assert_frame_equal(stderr, reference[1])
+        assert analysis == reference[2]
+    else:  # other shard boundaries: the same values up to the rounding of other batch sizes
+        pd.testing.assert_frame_equal(local, reference[0], check_exact=False, rtol=1e-9, atol=1e-12)
+        pd.testing.assert_frame_equal(stderr, reference[1], check_exact=False, rtol=1e-9, atol=1e-12)
+
+
+# -- the shard size changes between the crash and the rerun -------------------------------------------
+
+@pytest.mark.parametrize("first_rows, second_rows", [
+    (2 * ROWS_PER_RECORD, 6 * ROWS_PER_RECORD),  # 2 records per shard, then 6: old shards would hold too few
+    (6 * ROWS_PER_RECORD, 2 * ROWS_PER_RECORD),  # 6, then 2: old shards would hold too many
+    (3 * ROWS_PER_RECORD, 1_000_000),  # 3, then everything in one shard
+])
+def test_resume_with_another_shard_size_explains_every_record(job, endpoint, monkeypatch, caplog,
+                                                              first_rows, second_rows):
+    tabular.shap_job(job, endpoint, num_samples=14)
+    reference = reference_run(job, monkeypatch, second_rows)
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, str(first_rows))
+    assert run_crashing_after_shards(job, monkeypatch, 2) == 2
+    assert len(checkpoints(job)) == 2
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, str(second_rows))
+    caplog.clear()
+    assert job.run() == 0, job.message
+    assert "resuming" not in caplog.text  # the shard size is part of the fingerprint: nothing reused
+    assert "Removing stale SHAP checkpoints" in caplog.text
+    assert_same_outputs(job, reference)
+
+
+def test_bad_shard_size_setting_is_a_clear_error(job, endpoint, monkeypatch):
+    tabular.shap_job(job, endpoint, num_samples=14)
+    for value in ("0", "-5", "many"):
+        monkeypatch.setenv(shards.SHARD_ROWS_ENV, value)
+        assert job.run() == 1
+        assert shards.SHARD_ROWS_ENV in job.message and repr(value) in job.message, job.message
+
+
+# -- damaged checkpoints: discarded with a warning, recomputed ----------------------------------------
+
+def _rewrite(path: Path, change) -> None:
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    change(arrays)
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _write_npy(path: Path) -> None:
+    with path.open("wb") as handle:
+        np.save(handle, np.zeros(3))
+
+
+def _pop(name: str):
+    return lambda arrays: arrays.pop(name)
+
+
+def _set(name: str, value):
+    return lambda arrays: arrays.__setitem__(name, value)
+
+
+DAMAGE = {
+    "truncated": _truncate,
+    "empty file": lambda path: path.write_bytes(b""),
+    "not a zip": lambda path: path.write_bytes(b"not a checkpoint at all"),
+    "a .npy, not an archive": lambda path: _write_npy(path),
+    "values missing": lambda path: _rewrite(path, _pop("values")),
+    "global terms missing": lambda path: _rewrite(path, _pop("terms_mean_abs")),
+    "made before checkpoints named their records": lambda path: _rewrite(
+        path, lambda arrays: [arrays.pop(name) for name in list(arrays) if name.startswith("lucent_")]),
+    "one record too many": lambda path: _rewrite(
+        path, lambda arrays: arrays.update(values=np.concatenate([arrays["values"], arrays["values"][:1]]))),
+    "values of another type": lambda path: _rewrite(path, lambda arrays: arrays.update(
+        values=arrays["values"].astype(str))),
+    "another shard's file": lambda path: shutil.copy(path.with_name("shard-000000.npz"), path),
+    "other record values": lambda path: _rewrite(path, _set("lucent_records", np.str_("0" * 64))),
+    "another seed": lambda path: _rewrite(path, _set("lucent_seed", np.str_("4"))),
+    "a range that is not a number": lambda path: _rewrite(path, _set("lucent_first", np.str_("x"))),
+}
+
+
+def test_damaged_checkpoints_are_recomputed_with_a_warning(job, endpoint, monkeypatch, caplog):
+    """Every kind of damage at once, one per checkpoint (shard 0 stays intact: it is the source of "another
+    shard's file"); each damaged shard is named in a warning and computed again."""
+    tabular.shap_job(job, endpoint, num_samples=14)
+    reference = reference_run(job, monkeypatch, 2 * ROWS_PER_RECORD)  # 15 shards of 2 records
+    assert len(DAMAGE) < 14
+    assert run_crashing_after_shards(job, monkeypatch, 14) == 2
+    damaged = {}
+    for path, (kind, damage) in zip(checkpoints(job)[1:], DAMAGE.items(), strict=False):
+        damage(path)
+        damaged[path.name] = kind
+    caplog.clear()
+    assert job.run() == 0, job.message
+    warnings = [r.getMessage() for r in caplog.records if "discarding checkpoint" in r.getMessage()]
+    missed = {name: kind for name, kind in damaged.items() if not any(name in w for w in warnings)}
+    assert not missed, f"damaged checkpoints used: {missed}"
+    assert len(warnings) == len(DAMAGE)
+    assert f"resuming, {14 - len(DAMAGE)} of 15 shards already done" in caplog.text
+    assert_same_outputs(job, reference)
+    assert not (job.output_dir / ".lucent-work").exists()
+
+
+def test_leftover_partial_writes_are_removed(job, endpoint, monkeypatch, caplog):
+    tabular.shap_job(job, endpoint, num_samples=14)
+    reference = reference_run(job, monkeypatch, 2 * ROWS_PER_RECORD)
+    assert run_crashing_after_shards(job, monkeypatch, 3) == 2
+    folder = checkpoints(job)[0].parent
+    (folder / ".shard-000003.npz.abc123.tmp").write_bytes(b"half a shard")  # killed while writing
+    caplog.clear()
+    assert job.run() == 0, job.message
+    assert "resuming, 3 of 15 shards already done" in caplog.text
+    assert_same_outputs(job, reference)
+
+
+@pytest.mark.parametrize("content", ["{", "[1, 2]"])
+def test_unreadable_drawn_seed_never_blocks_a_rerun(job, endpoint, monkeypatch, caplog, content):
+    """Without ``seed`` the drawn one is kept with the checkpoints; a damaged copy means a fresh seed, and
+    shards made with the lost one are recomputed (they carry their seed)."""
+    tabular.shap_job(job, endpoint, num_samples=14)
+    config = json.loads((job.config_dir / "analysis_config.json").read_text())
+    del config["methods"]["shap"]["seed"]
+    job.write_config(config)
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, str(2 * ROWS_PER_RECORD))
+    assert run_crashing_after_shards(job, monkeypatch, 3) == 2
+    (checkpoints(job)[0].parent / "seed.json").write_text(content)
+    caplog.clear()
+    assert job.run() == 0, job.message
+    assert "drawing a new coalition seed" in caplog.text
+    assert caplog.text.count("made with another coalition seed") == 3
+    local = tabular.read_local(job)
+    assert len(local) == N_RECORDS
+    # Efficiency holds for every record: its values add up to its score minus the expected value.
+    data = tabular.make_data()
+    expected = job.analysis()["explanations"]["kernel_shap"]["a"]["expected_value"]
+    totals = local[[f"{name}_a" for name in tabular.FEATURES]].sum(axis=1).to_numpy()
+    np.testing.assert_allclose(totals + expected, tabular.score(data[tabular.FEATURES])[:, 0], atol=1e-9)
+
+
+# -- what the fingerprint holds: the values' inputs, not the whole config -----------------------------
+
+def _report(config: dict) -> None:
+    config["methods"]["report"] = {"name": "other", "title": "A new title"}
+
+
+def _agg(config: dict) -> None:
+    config["methods"]["shap"]["agg_method"] = "median"
+
+
+def _label_names(config: dict) -> None:
+    config["predictor"]["label_headers"] = ["first", "second"]
+
+
+def _pdp(config: dict) -> None:
+    config["methods"]["pdp"] = {"grid_resolution": 3, "features": ["x0"]}
+
+
+def _no_local_values(config: dict) -> None:
+    config["methods"]["shap"]["save_local_shap_values"] = False
+
+
+@pytest.mark.parametrize("change", [pytest.param(_report, marks=pytest.mark.slow),  # renders a PDF: seconds
+                                    _agg, _label_names, _pdp, _no_local_values])
+def test_output_only_changes_keep_the_checkpoints(job, endpoint, monkeypatch, caplog, change):
+    tabular.shap_job(job, endpoint, num_samples=14)
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, str(2 * ROWS_PER_RECORD))
+    assert run_crashing_after_shards(job, monkeypatch, 3) == 2
+    config = json.loads((job.config_dir / "analysis_config.json").read_text())
+    change(config)
+    job.write_config(config)
+    caplog.clear()
+    assert job.run() == 0, job.message
+    assert "resuming, 3 of 15 shards already done" in caplog.text
+
+
+@pytest.mark.parametrize("change", [
+    {"num_samples": 16}, {"seed": 4}, {"features_to_explain": ["x0", "x1", "color"]},
+    {"baseline": [[0.0, 0.5, -0.5, 0.2, "red"], [1.0, -1.0, 0.0, 0.0, "red"]]},
+])
+def test_value_changes_do_not_reuse_checkpoints(job, endpoint, monkeypatch, caplog, change):
+    tabular.shap_job(job, endpoint, num_samples=14)
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, str(2 * ROWS_PER_RECORD))
+    assert run_crashing_after_shards(job, monkeypatch, 3) == 2
+    config = json.loads((job.config_dir / "analysis_config.json").read_text())
+    config["methods"]["shap"].update(change)
+    job.write_config(config)
+    caplog.clear()
+    assert job.run() == 0, job.message
+    assert "resuming" not in caplog.text
+    reused = job.analysis()
+    shutil.rmtree(job.output_dir)
+    assert job.run() == 0, job.message
+    assert job.analysis() == reused  # the same as a run that never saw the old checkpoints
+
+
+# -- text shards --------------------------------------------------------------------------------------
+
+TEXT_REVIEWS = [(f"{review} number {i}", category, label) for i in range(3) for review, category, label in text.REVIEWS]
+
+
+def _text_offsets_off_by_one(path: Path) -> None:
+    def change(arrays):
+        arrays["offsets"] = arrays["offsets"] + np.arange(len(arrays["offsets"]))
+    _rewrite(path, change)
+
+
+@pytest.mark.parametrize("second_rows, damage", [
+    (400, None),  # another shard size: a fresh start
+    (150, _truncate),  # the same size, one checkpoint truncated
+    (150, _text_offsets_off_by_one),  # the same size, a checkpoint whose records have other unit counts
+])
+def test_text_resume_checks_every_shard(job, text_endpoint, monkeypatch, caplog, second_rows, damage):
+    text.text_job(job, text_endpoint, reviews=TEXT_REVIEWS, num_samples=40)
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, str(second_rows))
+    assert job.run() == 0, job.message
+    reference = [text.read_jsonl(job), job.analysis()]
+    shutil.rmtree(job.output_dir)
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, "150")
+    assert run_crashing_after_shards(job, monkeypatch, 3) == 2
+    if damage is not None:
+        damage(checkpoints(job)[1])
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, str(second_rows))
+    caplog.clear()
+    assert job.run() == 0, job.message
+    lines, analysis = text.read_jsonl(job), job.analysis()
+    assert len(lines) == len(TEXT_REVIEWS)
+    if damage is None:
+        assert "resuming" not in caplog.text
+        assert analysis.keys() == reference[1].keys()
+        for line, expected in zip(lines, reference[0], strict=True):
+            for feature, want in zip(line["explanations"], expected["explanations"], strict=True):
+                got = [a["attribution"][0] for a in feature["attributions"]]
+                np.testing.assert_allclose(got, [a["attribution"][0] for a in want["attributions"]], atol=1e-12)
+    else:
+        assert "resuming, 2 of" in caplog.text and "discarding checkpoint" in caplog.text
+        assert [lines, analysis] == reference
