@@ -15,7 +15,6 @@ from analyzer.bias.metrics import (
     DAR,
     DCA,
     DCR,
-    DESCRIPTIONS,
     DI,
     DPL,
     DPPL,
@@ -36,7 +35,7 @@ from analyzer.bias.metrics import (
 from analyzer.bias.report import POST_TRAINING, PRE_TRAINING, bias_analysis, bias_report, metric_names
 
 __all__ = [
-    "AD", "CDD", "CDDL", "CDDPL", "CI", "DAR", "DCA", "DCR", "DESCRIPTIONS", "DI", "DPL", "DPPL", "DRR",
+    "AD", "CDD", "CDDL", "CDDPL", "CI", "DAR", "DCA", "DCR", "DI", "DPL", "DPPL", "DRR",
     "FT", "GE", "JS", "KL", "KS", "LP", "POST_TRAINING", "PRE_TRAINING", "RD", "SD", "TE", "TVD",
     "Confusion", "DataType", "GroupCounts", "bias_analysis", "bias_report", "classify", "divide",
     "label_value_or_threshold", "metric_names",

@@ -13,7 +13,8 @@ exactly the number smclarify returns, including its quirks:
 * a metric that cannot be computed raises ``ValueError`` with smclarify's message; the report turns
   it into a per-metric error.
 
-The Flip Test needs the feature rows themselves and lives in ``flip_test.py``.
+The Flip Test needs the feature rows themselves and lives in ``flip_test.py``. Names, descriptions,
+ranges and the stage of each metric are declared once, in ``analyzer.bias_registry``.
 """
 
 from __future__ import annotations
@@ -24,38 +25,6 @@ from typing import NamedTuple
 import numpy as np
 
 INFINITY = float("inf")
-
-PRE_TRAINING_DESCRIPTIONS = {
-    "CDDL": "Conditional Demographic Disparity in Labels (CDDL)",
-    "CI": "Class Imbalance (CI)",
-    "DPL": "Difference in Positive Proportions in Labels (DPL)",
-    "JS": "Jensen-Shannon Divergence (JS)",
-    "KL": "Kullback-Liebler Divergence (KL)",  # sic: Clarify's spelling
-    "KS": "Kolmogorov-Smirnov Distance (KS)",
-    "LP": "L-p Norm (LP)",
-    "TVD": "Total Variation Distance (TVD)",
-}
-POST_TRAINING_DESCRIPTIONS = {
-    "AD": "Accuracy Difference (AD)",
-    "CDDPL": "Conditional Demographic Disparity in Predicted Labels (CDDPL)",
-    "DAR": "Difference in Acceptance Rates (DAR)",
-    "DCA": "Difference in Conditional Acceptance (DCA)",
-    "DCR": "Difference in Conditional Rejection (DCR)",
-    "DI": "Disparate Impact (DI)",
-    "DPPL": "Difference in Positive Proportions in Predicted Labels (DPPL)",
-    "DRR": "Difference in Rejection Rates (DRR)",
-    "FT": "Flip Test (FT)",
-    "GE": "Generalized Entropy (GE)",
-    "RD": "Recall Difference (RD)",
-    "SD": "Specificity Difference (SD)",
-    "TE": "Treatment Equality (TE)",
-}
-DESCRIPTIONS = {**PRE_TRAINING_DESCRIPTIONS, **POST_TRAINING_DESCRIPTIONS}
-# Registration order in smclarify; it appears in the "Invalid metric_name" error message.
-PRE_TRAINING_REGISTRATION_ORDER = ("CI", "DPL", "KL", "JS", "LP", "TVD", "KS", "CDDL")
-POST_TRAINING_REGISTRATION_ORDER = (
-    "DPPL", "DI", "DCA", "DCR", "RD", "SD", "DAR", "DRR", "AD", "CDDPL", "TE", "FT", "GE",
-)
 
 
 class Confusion(NamedTuple):

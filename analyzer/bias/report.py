@@ -28,7 +28,18 @@ from analyzer.bias.counts import (
     one_vs_all_slot,
     one_vs_all_slots,
 )
-from analyzer.bias.flip_test import FT
+from analyzer.bias_registry import (
+    BIAS_METRICS_BY_NAME,
+    FEATURES,
+    GROUPS,
+    LABEL_DISTRIBUTIONS,
+    OVERALL,
+    POST_TRAINING,
+    PRE_TRAINING,
+    SIDES,
+    BiasMetric,
+    registered_names,
+)
 from analyzer.config.model import AnalysisConfig
 from analyzer.data.column import Column
 from analyzer.data.dataset import Dataset
@@ -36,19 +47,6 @@ from analyzer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-PRE_TRAINING = "pre_training"
-POST_TRAINING = "post_training"
-
-# Metrics of the two sides' confusion counts.
-_SIDE_METRICS: dict[str, Callable[[metrics.Confusion, metrics.Confusion], float]] = {
-    "CI": metrics.CI, "DPL": metrics.DPL, "DPPL": metrics.DPPL, "DI": metrics.DI, "DCA": metrics.DCA,
-    "DCR": metrics.DCR, "RD": metrics.RD, "SD": metrics.SD, "DAR": metrics.DAR, "DRR": metrics.DRR,
-    "AD": metrics.AD, "TE": metrics.TE,
-}
-# Metrics of the two sides' label distributions (the boolean positive label, as in Clarify's report).
-_DISTRIBUTION_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "KL": metrics.KL, "JS": metrics.JS, "LP": metrics.LP, "TVD": metrics.TVD, "KS": metrics.KS,
-}
 FT_NO_FEATURES = "FT needs the dataset's feature columns, which were not loaded for this analysis"
 
 
@@ -58,12 +56,7 @@ def metric_names(stage: str, methods: list[str]) -> list[str]:
     ``methods`` is ``["all"]`` or a list of registered names; an unknown name raises Clarify's
     ``ValueError``.
     """
-    if stage == PRE_TRAINING:
-        registered = list(metrics.PRE_TRAINING_REGISTRATION_ORDER)
-    elif stage == POST_TRAINING:
-        registered = list(metrics.POST_TRAINING_REGISTRATION_ORDER)
-    else:
-        raise ValueError("stage_type should be a Enum value of StageType")
+    registered = list(registered_names(stage))
     if list(methods) == ["all"]:
         return sorted(registered)
     if not set(methods) <= set(registered):
@@ -142,20 +135,23 @@ def _splits(facet: Column, facet_groups: list[columns.FacetGroup], outcomes: _Ou
         yield table.split(1)
 
 
-def _metric_value(name: str, split: Split, groups: _Groups, flip_test: Callable[[], float]) -> float:
-    if name in _SIDE_METRICS:
-        return _SIDE_METRICS[name](split.a, split.d)
-    if name in _DISTRIBUTION_METRICS:
-        return _DISTRIBUTION_METRICS[name](split.a.label_counts, split.d.label_counts)
-    if name == "CDDL":
-        return metrics.CDDL(groups.counts(split, outcome_axis=0))
-    if name == "CDDPL":
-        return metrics.CDDPL(groups.counts(split, outcome_axis=1))
-    if name == "GE":
-        return metrics.GE(split.overall)
-    if name == "FT":
-        return flip_test()
-    raise AssertionError(f"metric {name} has no implementation")
+FlipTestInputs = tuple[pd.DataFrame, np.ndarray, np.ndarray]  # features, sensitive rows, predictions
+
+
+def _metric_value(metric: BiasMetric, split: Split, groups: _Groups,
+                  flip_test_inputs: Callable[[], FlipTestInputs]) -> float:
+    """``metric``'s function called with the counts (or, for the Flip Test, the rows) it takes."""
+    if metric.inputs == SIDES:
+        return metric.function(split.a, split.d)
+    if metric.inputs == LABEL_DISTRIBUTIONS:
+        return metric.function(split.a.label_counts, split.d.label_counts)
+    if metric.inputs == GROUPS:  # the stage's outcome: observed labels before training, predictions after
+        return metric.function(groups.counts(split, outcome_axis=0 if metric.stage == PRE_TRAINING else 1))
+    if metric.inputs == OVERALL:
+        return metric.function(split.overall)
+    if metric.inputs == FEATURES:
+        return metric.function(*flip_test_inputs())
+    raise AssertionError(f"metric {metric.name} takes unknown inputs {metric.inputs!r}")
 
 
 def _json_value(value: float) -> float | int | str:
@@ -165,12 +161,12 @@ def _json_value(value: float) -> float | int | str:
     return value if type(value) is int else float(value)
 
 
-def _metric_entry(name: str, compute: Callable[[], float]) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": name, "description": metrics.DESCRIPTIONS[name]}
+def _metric_entry(metric: BiasMetric, compute: Callable[[], float]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": metric.name, "description": metric.description}
     try:
         entry["value"] = _json_value(compute())
     except Exception as error:  # Clarify reports any failure of one metric in place
-        logger.info("%s metric failed: %s", name, error)
+        logger.info("%s metric failed: %s", metric.name, error)
         entry["value"] = None
         entry["error"] = str(error)
     return entry
@@ -187,12 +183,13 @@ def _facet_report(facet: Column, facet_values: list[Any] | None, data_type: colu
     report = []
     for facet_group, split in zip(facet_groups, _splits(facet, facet_groups, outcomes, groups), strict=True):
 
-        def flip_test(facet_group: columns.FacetGroup = facet_group) -> float:
+        def flip_test_inputs(facet_group: columns.FacetGroup = facet_group) -> FlipTestInputs:
             if features is None:
                 raise ValueError(FT_NO_FEATURES)
-            return FT(features, facet_group.row_mask(facet), outcomes.predicted)
+            return features, facet_group.row_mask(facet), outcomes.predicted
 
-        entries = [_metric_entry(name, partial(_metric_value, name, split, groups, flip_test)) for name in names]
+        entries = [_metric_entry(metric, partial(_metric_value, metric, split, groups, flip_test_inputs))
+                   for metric in (BIAS_METRICS_BY_NAME[name] for name in names)]
         report.append({"value_or_threshold": facet_group.value_or_threshold, "metrics": entries})
     logger.info("Bias metrics for facet %s computed in %.3f s", facet.name, time.perf_counter() - started)
     return report
