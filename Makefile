@@ -16,6 +16,7 @@ help:
 	@echo "make demo-text  set up and run a text job: every word of product reviews explained (build/demo-text/output)"
 	@echo "make test       set up and run lint + the whole test suite (slow end-to-end tests included)"
 	@echo "make test-fast  the test suite without tests marked slow"
+	@echo "                (both fail when the smclarify oracle is missing; LUCENT_TESTS_WITHOUT_ORACLE=1 skips its tests)"
 	@echo "make lint       ruff"
 	@echo "make bench      speed and memory benchmarks (figures and ratios against references)"
 	@echo "make image      build the container image (BASE_IMAGE=... to choose the base)"

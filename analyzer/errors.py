@@ -1,7 +1,9 @@
 """Error types that decide a job's exit code and exit message.
 
 ``UserError`` is anything the user can fix (config, data, model): exit code 1 and
-``ClientError: <reason>`` in the message file. Any other exception is an internal error (exit 2).
+``ClientError: <reason>`` in the message file. ``DependencyError`` is something the job relies on
+failing while it runs (the model server died or stopped answering): exit code 2 and
+``AlgorithmError: <reason>``. Any other exception is an internal error (exit 2).
 """
 
 
@@ -23,3 +25,9 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """The dataset cannot be read or does not fit the config (file, row or column named)."""
+
+
+class DependencyError(Exception):
+    """Something the job relies on failed while it ran -- neither the user's inputs nor a bug in
+    Lucent's code: the model server died, the connection to the model broke, the model did not answer
+    in time. The message says what failed and where (the endpoint, the server's last log lines)."""

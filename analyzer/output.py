@@ -4,22 +4,40 @@ Everything a job produces is first written into a staging folder inside the outp
 filesystem, so the final ``os.replace`` is an atomic rename), and only moved into place when the job
 has succeeded. A job that fails removes its staging folder; the output folder then holds nothing
 from that run.
+
+Publishing replaces Lucent's whole set of outputs, never a user's own files: ``.lucent-outputs.json``
+lists what the last job published, and what it lists that the new job does not produce (a report or
+``explanations_shap/`` of a previous config) is removed. Files Lucent did not publish are never
+touched. A staging folder left by a killed job is removed when the next job starts; each live one
+holds a lock, so two jobs never remove each other's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
+
+from analyzer.errors import UserError
+
+log = logging.getLogger(__name__)
 
 ANALYSIS_FILE = "analysis.json"
 PUBLISHED_FILE_MODE = 0o644
+MANIFEST_FILE = ".lucent-outputs.json"  # what the last job published (relative paths)
+STAGING_PREFIX = ".lucent-staging-"
+INTERNAL_PREFIX = ".lucent-"  # Lucent's own bookkeeping in the output folder: never a result to upload
+# Errors of the storage itself, not of Lucent: the user fixes them with space, quota or a writable mount.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 def to_json_safe(value: Any) -> Any:
@@ -53,9 +71,17 @@ class OutputStaging:
     """
 
     def __init__(self, output_dir: Path):
+        """Create the staging folder; raises ``UserError`` naming the folder when the output folder cannot
+        be created or written (a file in the way, read-only, no space left), before any work is done."""
         self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.staging_dir = Path(tempfile.mkdtemp(prefix=".lucent-staging-", dir=self.output_dir))
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            remove_staging_leftovers(self.output_dir)
+            _check_free_space(self.output_dir)
+            self.staging_dir = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.output_dir))
+            self._lock = _lock_folder(self.staging_dir)
+        except OSError as error:
+            raise output_folder_error(self.output_dir, error) from error
         self._committed = False
 
     def path(self, relative: str) -> Path:
@@ -66,29 +92,42 @@ class OutputStaging:
 
     def write_text(self, relative: str, text: str) -> Path:
         target = self.path(relative)
-        target.write_text(text, encoding="utf-8")
+        with _naming(self.output_dir / relative):  # where the user will look, not the staging folder
+            target.write_text(text, encoding="utf-8")
         return self.output_dir / relative
 
     def write_json(self, relative: str, document: Any) -> Path:
         return self.write_text(relative, dumps(document) + "\n")
 
     def commit(self) -> list[Path]:
-        """Move every staged file to its final place (one atomic rename per file)."""
+        """Move every staged file to its final place (one atomic rename per file), then remove what the
+        previous job published and this one did not (see the module docstring)."""
+        staged_files = sorted(p for p in self.staging_dir.rglob("*") if p.is_file())
+        names = [p.relative_to(self.staging_dir).as_posix() for p in staged_files]
+        previous = read_manifest(self.output_dir)
+        # The manifest first lists both sets, so that a job killed halfway leaves nothing untracked.
+        _write_manifest(self.output_dir, sorted(set(previous) | set(names)))
         published = []
-        for staged in sorted(p for p in self.staging_dir.rglob("*") if p.is_file()):
-            final = self.output_dir / staged.relative_to(self.staging_dir)
+        for staged, name in zip(staged_files, names, strict=True):
+            final = self.output_dir / name
             final.parent.mkdir(parents=True, exist_ok=True)
             # Temporary files are created 0600; results are read by others (the uploader, a host user
             # reading a container's output volume), so publish them like ordinary files.
             os.chmod(staged, PUBLISHED_FILE_MODE)
             os.replace(staged, final)
             published.append(final)
+        for name in sorted(set(previous) - set(names)):
+            _remove_published(self.output_dir, name)
+        _write_manifest(self.output_dir, names)
         self._committed = True
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        self.discard()
         return published
 
     def discard(self) -> None:
         shutil.rmtree(self.staging_dir, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def __enter__(self) -> OutputStaging:
         return self
@@ -96,6 +135,125 @@ class OutputStaging:
     def __exit__(self, *exc_info) -> None:
         if not self._committed:
             self.discard()
+
+
+def output_folder_error(output_dir: Path, error: OSError) -> UserError:
+    """The ``UserError`` for an output folder that cannot be used, naming it and what is in the way."""
+    where = error.filename or output_dir
+    if isinstance(error, FileExistsError | NotADirectoryError):
+        return UserError(f"The output folder {output_dir} cannot be created: {where} is a file, not a folder. "
+                         "Move the file away or use another processing root.")
+    return UserError(f"The output folder {output_dir} cannot be written ({where}: {error.strerror or error}). "
+                     "Make it writable, free some space, or use another processing root.")
+
+
+def check_output_folder(output_dir: Path) -> None:
+    """Raise ``UserError`` when a job could not publish into ``output_dir``; leaves no trace (``lucent
+    validate``). A folder that does not exist yet is created and removed again."""
+    output_dir = Path(output_dir)
+    missing = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _check_free_space(output_dir)
+        os.rmdir(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
+    except OSError as error:
+        raise output_folder_error(output_dir, error) from error
+    finally:
+        for folder in missing:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def read_manifest(output_dir: Path) -> list[str]:
+    """The relative paths the last job published into ``output_dir`` (empty when unknown)."""
+    path = Path(output_dir) / MANIFEST_FILE
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as error:
+        document = str(error)
+    names = document.get("published") if isinstance(document, dict) else None
+    if not isinstance(names, list):
+        log.warning("Ignoring %s, which does not list the published files (%s): the previous job's files are kept",
+                    path, str(document)[:80])
+        return []
+    return [name for name in names if isinstance(name, str) and _is_plain_relative(name)]
+
+
+def _write_manifest(output_dir: Path, names: list[str]) -> None:
+    write_text_atomic(output_dir / MANIFEST_FILE, json.dumps({"published": names}, indent=1) + "\n")
+
+
+def _is_plain_relative(name: str) -> bool:
+    """A manifest entry Lucent could have written: relative, no ``..``, not Lucent's own bookkeeping."""
+    parts = PurePosixPath(name).parts
+    return bool(parts) and not name.startswith("/") and ".." not in parts and not parts[0].startswith(INTERNAL_PREFIX)
+
+
+def _remove_published(output_dir: Path, name: str) -> None:
+    """Remove one file of the previous job, and the folders it leaves empty. A path whose folder leads out
+    of the output folder (a link the user made) is left alone."""
+    path = output_dir / name
+    root = output_dir.resolve()
+    if not path.parent.resolve().is_relative_to(root) or (path.is_dir() and not path.is_symlink()):
+        return
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+        log.info("Removed %s, published by the previous job and not by this one", path)
+    for folder in path.parents:
+        if folder == output_dir or not folder.is_relative_to(output_dir):
+            break
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: the user's files, or this job's
+            break
+
+
+def remove_staging_leftovers(output_dir: Path) -> None:
+    """Remove the staging folders of jobs that were killed before they could clean up. A live job holds a
+    lock on its staging folder, and its folder is kept."""
+    for folder in Path(output_dir).glob(f"{STAGING_PREFIX}*"):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        lock = _lock_folder(folder)
+        if lock is None:
+            continue
+        try:
+            log.info("Removing %s, left by a job that did not finish", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(lock)
+
+
+def _lock_folder(folder: Path) -> int | None:
+    """An exclusive lock on ``folder`` (held until the descriptor is closed), or None if another process
+    holds it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _check_free_space(folder: Path) -> None:
+    stats = os.statvfs(folder)
+    if stats.f_bavail == 0:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Add ``path`` to an ``OSError`` raised without a file name (a failed ``write`` names none), so the
+    message says where the disk was full."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise
 
 
 @contextlib.contextmanager
@@ -112,7 +270,7 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
+        with _naming(path), os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
             yield handle
         os.chmod(tmp, PUBLISHED_FILE_MODE)
         os.replace(tmp, path)

@@ -22,7 +22,7 @@ from analyzer.bias import bias_analysis
 from analyzer.config import AnalysisConfig, unsupported_methods
 from analyzer.data import Column, Dataset, load_dataset
 from analyzer.errors import UserError
-from analyzer.explain.job import check_shap_inputs, explain_dataset
+from analyzer.explain.job import check_explain_inputs, explain_dataset
 from analyzer.output import ANALYSIS_FILE, OutputStaging
 from analyzer.predict import ModelEndpoint, predicted_labels_for_bias
 from analyzer.report.summary import JobSummary
@@ -108,8 +108,9 @@ def flip_test_blockers(dataset: Dataset) -> pd.DataFrame | None:
 
 
 def check_inputs(config: AnalysisConfig, dataset: Dataset, base_dir: Path) -> list[str]:
-    """What ``lucent validate`` reports about the data: the bias stages' problems, then SHAP's."""
-    return check_bias_inputs(config, dataset) + check_shap_inputs(config, dataset, base_dir)
+    """What ``lucent validate`` reports about the data: the bias stages' problems, then the explanations'
+    (SHAP and PDP inputs, and their memory estimates)."""
+    return check_bias_inputs(config, dataset) + check_explain_inputs(config, dataset, base_dir)
 
 
 def check_bias_inputs(config: AnalysisConfig, dataset: Dataset) -> list[str]:
@@ -134,7 +135,8 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
                  endpoint: ModelEndpoint | None = None, base_dir: Path | None = None) -> dict[str, Any]:
     """Run every configured method on ``dataset`` and return the ``analysis.json`` document.
 
-    ``base_dir``: the config file's folder, which relative paths in the config (baselines) come from.
+    ``base_dir``: the config file's folder, which relative paths in the config (baselines) come from
+    (None: the current directory; the analyzer never derives it from the output folder).
 
     ``endpoint`` answers for the rows when the analyses need predictions (see ``needs_model``).
     """
@@ -161,23 +163,19 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
 
 def write_outputs(config: AnalysisConfig, dataset: Dataset, results: dict[str, Any], staging: OutputStaging,
                   started_at: str) -> None:
-    """Stage ``analysis.json``, then the report. A report that fails is logged, never fatal:
-    ``analysis.json`` holds every result and must not be lost to a charting or PDF problem."""
+    """Stage ``analysis.json``, then the report. A report that cannot be written raises
+    ``analyzer.report.ReportError``: the job then fails and publishes nothing (the report is part of
+    the result the config asked for)."""
     staging.write_json(ANALYSIS_FILE, results)
     report = config.methods.report
     if report is None:
         return
-    from analyzer.report import ReportError, write_reports
+    from analyzer.report import write_reports
 
     started = time.perf_counter()
-    try:
-        written = write_reports(results, job_summary(config, dataset, results, started_at), staging.staging_dir,
-                                name=report.name, title=report.title)
-        log.info("Report written (%s) in %.2f s", ", ".join(p.name for p in written), time.perf_counter() - started)
-    except ReportError as error:
-        log.error("Report incomplete, analysis.json is kept: %s", error)
-    except Exception:  # noqa: BLE001 - a report bug must not cost the user the analysis
-        log.exception("Report failed, analysis.json is kept")
+    written = write_reports(results, job_summary(config, dataset, results, started_at), staging.staging_dir,
+                            name=report.name, title=report.title)
+    log.info("Report written (%s) in %.2f s", ", ".join(p.name for p in written), time.perf_counter() - started)
 
 
 def job_summary(config: AnalysisConfig, dataset: Dataset, results: dict[str, Any], started_at: str) -> JobSummary:

@@ -1,10 +1,14 @@
 """Keeping secrets out of logs, exit messages and outputs.
 
-A secret reaches text in three ways here: credentials in a URL's userinfo (``http://user:pass@host``),
-HTTP headers that carry credentials (``Authorization``, ``X-Amz-Security-Token``, ...) printed by a
-library's debug log, and AWS key ids or secret keys in the same logs. :func:`redact` removes all
-three from any text; :class:`RedactingFilter` applies it to every log record, whichever library
-logged it, and :func:`redact_url` is for the URLs Lucent prints itself.
+A secret reaches text in four ways here: credentials in a URL's userinfo (``http://user:pass@host``),
+HTTP headers and fields that carry credentials (``Authorization``, ``X-Amz-Security-Token``, the
+signature lines of botocore's debug log, ``"SessionToken": ...``, ``<SecretAccessKey>``), the
+query string of a presigned URL, and AWS access key ids anywhere. :func:`redact` removes all of
+them from any text, :func:`redact_url` is for the URLs Lucent prints itself, and
+:func:`install_redaction` applies :func:`redact` to every log record of the process.
+
+Redaction is deliberately broad (a value after ``token=`` is hidden even when it is harmless): a
+hidden harmless value costs a little debugging, a printed session token costs a credential.
 """
 
 from __future__ import annotations
@@ -15,63 +19,118 @@ from typing import Any
 
 REDACTED = "***"
 
-# scheme://userinfo@ -- userinfo is everything up to the last '@' before the host's end.
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#@'\"<>]+)@")
-# Header lines and dict reprs: 'Authorization': b'AWS4-HMAC-SHA256 ...', X-Amz-Security-Token: abc
-_SECRET_FIELDS = (r"authorization|proxy-authorization|x-amz-security-token|x-amz-credential|"
-                  r"aws_secret_access_key|aws_session_token|secretaccesskey|sessiontoken|"
-                  r"x-api-key|api[_-]?key|cookie|set-cookie|password|secret|token")
+# scheme://userinfo@host -- the userinfo runs to the last '@' before the authority ends ('/', '?',
+# '#', whitespace or a quote), so an unencoded '@' in a password ("p@ss") is hidden too.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#'\"<>]+)@")
+# Header lines, dict reprs, JSON and key=value fields whose value is a credential:
+#   'Authorization': b'AWS4-HMAC-SHA256 ...'   x-amz-security-token:IQo...   "SessionToken": "..."
+#   botocore.auth's "Signature:\n<hex>" (the value may start on the next line).
+_SECRET_FIELDS = (r"authorization|proxy-authorization|x-amz-security-token|x-amz-credential|x-amz-signature|"
+                  r"aws_secret_access_key|aws_session_token|secretaccesskey|secret_access_key|sessiontoken|"
+                  r"session_token|x-api-key|api[_-]?key|set-cookie|cookie|password|passwd|secret|token|"
+                  r"signature|credential")
 _FIELD_VALUE = re.compile(
-    rf"(?P<key>['\"]?(?:{_SECRET_FIELDS})['\"]?\s*[:=]\s*)"
-    r"(?P<value>b?'[^']*'|b?\"[^\"]*\"|[^\s,;&}\]]+(?:\s+Credential=[^\s,;&}\]]+)?[^\n,;&}\]]*)",
+    # The field name starts a word ("top_token: 5" is no credential), or follows an escaped line break
+    # in a bytes repr ("...\\r\\nAuthorization: ...").
+    rf"(?:(?<![\w-])|(?<=\\[rnt]))(?P<key>['\"]?(?:{_SECRET_FIELDS})['\"]?\s*[:=]\s*)"
+    # A quoted value (str or bytes repr), or an unquoted one up to the end of its line or field. A
+    # backslash ends it too: in a bytes repr ("...\r\nHost: ...") the next header follows one. A value
+    # already redacted is left as it is (redacting twice changes nothing).
+    r"(?!\*\*\*(?:[\s,;&}\]\\]|$))(?P<value>b?'[^']*'|b?\"[^\"]*\"|[^\s,;&}\]\\]+[^\n,;&}\]\\]*)",
     re.IGNORECASE)
-# Query-string credentials of presigned URLs (X-Amz-Signature=..., X-Amz-Credential=...).
+# The same fields as XML elements (AWS STS and IMDS answers in botocore's "Response body" lines).
+_XML_SECRET = re.compile(rf"(?P<open><(?P<tag>[\w:-]*(?:{_SECRET_FIELDS})[\w-]*)>)[^<]*(?=</(?P=tag)>)",
+                         re.IGNORECASE)
+# Query-string credentials of presigned URLs (X-Amz-Signature=..., X-Amz-Credential=..., SigV2's
+# Signature= and AWSAccessKeyId=).
 _QUERY_SECRET = re.compile(r"(?P<key>[?&](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|"
-                           r"AWSAccessKeyId)=)(?P<value>[^&\s'\"]+)", re.IGNORECASE)
+                           r"AWSAccessKeyId)=)(?P<value>[^&\s'\"#]+)", re.IGNORECASE)
 # AWS access key ids (long-term AKIA, temporary ASIA, ...) wherever they appear.
-_ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA|ANPA|AGPA)[A-Z0-9]{12,}\b")
+_ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA|ANPA|AGPA|ABIA|ACCA)[A-Z0-9]{12,}\b")
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its userinfo (``user:password@``) replaced by ``***@``."""
-    return _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", url)
+    """``url`` with its userinfo (``user:password@``) replaced by ``***@``; any other text is returned
+    unchanged. Use it on every URL or URI Lucent logs or puts in a message."""
+    return _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", str(url))
 
 
 def redact(text: str) -> str:
     """``text`` with URL userinfo, credential headers and fields, presigned-URL signatures and AWS
-    key ids replaced by ``***``."""
+    key ids replaced by ``***``. Text without any of them is returned unchanged, byte for byte."""
     if not text:
         return text
     text = redact_url(text)
     text = _QUERY_SECRET.sub(lambda m: f"{m['key']}{REDACTED}", text)
+    text = _XML_SECRET.sub(lambda m: f"{m['open']}{REDACTED}", text)
     text = _FIELD_VALUE.sub(lambda m: f"{m['key']}{REDACTED}", text)
     return _ACCESS_KEY_ID.sub(REDACTED, text)
 
 
-class RedactingFilter(logging.Filter):
-    """A handler filter that redacts every record: message, arguments and traceback text.
+def redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Redact a log record in place: its message (formatted with its arguments), traceback and stack.
 
-    Installed on handlers (not loggers), because a logger's filters do not see records that
-    propagate from its children -- botocore's, urllib3's and gunicorn's included.
+    The arguments are merged into the message, because a secret can be in either. A record whose
+    arguments do not fit its message is left alone, for the handler to report as usual.
+    """
+    # Skip a record already redacted, unless its message was replaced since (``logging.makeLogRecord``
+    # makes an empty record through the factory, then sets msg and args).
+    if record.args is None and getattr(record, "lucent_redacted", None) is record.msg:
+        return record
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a malformed record is the logging module's to report
+        return record
+    cleaned = redact(message)
+    record.msg, record.args = cleaned, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+    record.lucent_redacted = record.msg
+    return record
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that redacts every record that reaches the handler (see :func:`redact_record`).
+
+    On handlers, not loggers: a logger's filters do not see records that propagate from its children.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message or record.args:
-            record.msg, record.args = cleaned, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+        redact_record(record)
         return True
 
 
+def _redacting_factory(make_record):
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        return redact_record(make_record(*args, **kwargs))
+
+    factory.lucent_redacting = True
+    return factory
+
+
 def install_redaction(logger: logging.Logger | None = None) -> None:
-    """Put a :class:`RedactingFilter` on every handler of ``logger`` (default: the root logger).
-    Idempotent."""
+    """Redact every log record of this process, whichever library logs it and whichever handler
+    writes it. Idempotent.
+
+    Two layers:
+
+    * The log record factory (``logging.setLogRecordFactory``) is wrapped so that each record is
+      redacted when it is created. This is what covers handlers added later (gunicorn's error and
+      access logs, a library that calls ``basicConfig``) and loggers that do not propagate to the
+      root logger (``gunicorn.error``): every ``Logger`` makes its records through the factory.
+      The cost is formatting each record's message once, eagerly, for records that pass their
+      logger's level (the same work a handler would do).
+    * A :class:`RedactingFilter` on each handler of ``logger`` (default: the root logger) catches
+      records made without the factory (``logging.makeLogRecord``, e.g. records received from
+      another process).
+    """
+    current = logging.getLogRecordFactory()
+    if not getattr(current, "lucent_redacting", False):
+        logging.setLogRecordFactory(_redacting_factory(current))
     target = logger or logging.getLogger()
     for handler in target.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):

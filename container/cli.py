@@ -40,6 +40,11 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--message-file", type=Path, metavar="FILE",
                         help=f"where to write the exit message (default: {DEFAULT_MESSAGE_FILE} for the default "
                              "processing root, else DIR/message)")
+    parser.add_argument("--allow-paths-outside-root", action="store_true",
+                        help="let the config read files outside DIR (dataset_uri, facet_dataset_uri, "
+                             "predicted_label_dataset_uri, methods.shap.baseline, and links in the dataset "
+                             "folder); without it such paths are an error, so that a config from someone else "
+                             "cannot publish a local file such as ~/.aws/credentials in analysis.json")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -92,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from container.job import run_job
 
-        return run_job(paths)
+        return run_job(paths, allow_paths_outside_root=args.allow_paths_outside_root)
     if args.command == "validate":
         from container.job import validate_job
 
-        problems = validate_job(paths)
+        problems = validate_job(paths, allow_paths_outside_root=args.allow_paths_outside_root)
         if not problems:
             print("OK: the job would start.")
             return 0

@@ -24,8 +24,10 @@ from pathlib import Path
 from analyzer import __version__
 from analyzer.config import AnalysisConfig, Predictor, find_config_file, load_config
 from analyzer.data import Dataset, resolve_local_path
-from analyzer.errors import ConfigError, UserError
-from analyzer.output import OutputStaging, dumps, write_text_atomic
+from analyzer.data.files import first_outside
+from analyzer.errors import ConfigError, DependencyError, UserError
+from analyzer.media import CSV, NPY
+from analyzer.output import STORAGE_ERRNOS, OutputStaging, check_output_folder, dumps, write_text_atomic
 from analyzer.pipeline import (
     check_inputs,
     check_supported,
@@ -36,7 +38,10 @@ from analyzer.pipeline import (
 )
 from analyzer.predict import ModelEndpoint
 from analyzer.predict.client import MAX_PAYLOAD_BYTES
+from analyzer.redact import install_redaction, redact
+from analyzer.report import ReportError, check_report_engines
 from container.model_endpoint import ServedModel, model_endpoint
+from container.sidecar.server import STARTED_SERVER_MAX_BODY_BYTES
 
 log = logging.getLogger("lucent")
 
@@ -44,9 +49,9 @@ DEFAULT_PROCESSING_ROOT = Path("/opt/ml/processing")
 DEFAULT_MESSAGE_FILE = Path("/opt/ml/output/message")
 SUCCESS_MESSAGE = "Completed: SageMaker XAI Analyzer ran successfully"
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 0, 1, 2
-LOCAL_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # several requests per worker balance better than a few huge ones
-NPY = "application/x-npy"
-CSV = "text/csv"
+# Request size for Lucent's own model server: what the server it starts accepts (several requests per
+# worker balance better than a few huge ones).
+LOCAL_MAX_PAYLOAD_BYTES = STARTED_SERVER_MAX_BODY_BYTES
 
 
 def local_model(config: AnalysisConfig) -> bool:
@@ -102,13 +107,18 @@ class _StderrHandler(logging.StreamHandler):
 
 def configure_logging(verbose: bool = False) -> None:
     """Log lines to stderr, where SageMaker (and `docker logs`) collect them. Idempotent, and leaves
-    other handlers on the root logger alone."""
+    other handlers on the root logger alone.
+
+    Every record is redacted (``analyzer.redact.install_redaction``): URL passwords, credential
+    headers, session tokens and key ids never reach a log, botocore's debug lines under ``-v`` included.
+    """
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
+    install_redaction(root)
 
 
 def request_format(config: AnalysisConfig, dataset: Dataset, served: ServedModel) -> Predictor:
@@ -141,6 +151,40 @@ def dataset_path_for(config: AnalysisConfig, paths: JobPaths, config_file: Path)
     return paths.data_path
 
 
+def local_inputs(config: AnalysisConfig) -> list[tuple[str, str]]:
+    """(config key, value) of every config key that names a file or folder the job reads and whose
+    content can end up in the outputs."""
+    shap = config.methods.shap
+    keys = [("dataset_uri", config.dataset_uri), ("facet_dataset_uri", config.facet_dataset_uri),
+            ("predicted_label_dataset_uri", config.predicted_label_dataset_uri),
+            ("methods.shap.baseline", shap.baseline if shap is not None and isinstance(shap.baseline, str) else None)]
+    return [(key, value) for key, value in keys if value]
+
+
+def inputs_outside_root(config: AnalysisConfig, paths: JobPaths, config_file: Path) -> list[str]:
+    """One problem per input the job would read from outside the processing root: a config path (or the
+    dataset input folder) whose real location, or that of a data file below it, is elsewhere. Links are
+    followed and ``..`` resolved, so ``~/.aws/credentials`` or a link to ``/etc`` cannot be published in
+    ``analysis.json`` by a config someone else wrote. URIs that are not local paths are left to the
+    readers, which reject them."""
+    named = [] if config.dataset_uri else [("the dataset input folder", str(paths.data_path), paths.data_path)]
+    for key, value in local_inputs(config):
+        try:
+            named.append((key, value, resolve_local_path(value, base_dir=config_file.parent)))
+        except UserError:
+            continue
+    problems = []
+    for key, value, path in named:
+        outside = first_outside(path, paths.processing_root)
+        if outside is not None:
+            through = "" if outside == path else f" (through {outside})"
+            problems.append(
+                f"{key}: {value!r} is read from {outside.resolve()}{through}, outside the processing root "
+                f"{paths.processing_root}. Copy the data into the processing root, or pass "
+                f"--allow-paths-outside-root if this config is yours and you mean it.")
+    return problems
+
+
 def _load(paths: JobPaths) -> tuple[AnalysisConfig, Path]:
     config_file = find_config_file(paths.config_dir)
     log.info("Analysis config path: %s", config_file)
@@ -148,8 +192,11 @@ def _load(paths: JobPaths) -> tuple[AnalysisConfig, Path]:
     return config, config_file
 
 
-def run_job(paths: JobPaths) -> int:
-    """Run the whole job; never raises. Returns the process exit code and writes the exit message."""
+def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
+    """Run the whole job; never raises. Returns the process exit code and writes the exit message.
+
+    ``allow_paths_outside_root``: read config paths that lead outside the processing root (see
+    ``inputs_outside_root``); without it they fail the job."""
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     previous_handler = signal.signal(signal.SIGTERM, _raise_stopped)
@@ -158,10 +205,15 @@ def run_job(paths: JobPaths) -> int:
         config, config_file = _load(paths)
         log.info("Analysis result path: %s", paths.output_dir)
         check_supported(config)
+        if config.methods.report is not None:
+            check_report_engines()  # fail now, not after hours of computing
+        if not allow_paths_outside_root and (outside := inputs_outside_root(config, paths, config_file)):
+            raise UserError("; ".join(outside))
         dataset_path = dataset_path_for(config, paths, config_file)
         log.info("Dataset type: %s uri: %s", config.dataset_type, dataset_path)
-        dataset = load_job_dataset(config, dataset_path, base_dir=config_file.parent)
-        with contextlib.ExitStack() as model_scope, OutputStaging(paths.output_dir) as staging:
+        # Staging first: an output folder that cannot be written fails the job before any work is done.
+        with OutputStaging(paths.output_dir) as staging, contextlib.ExitStack() as model_scope:
+            dataset = load_job_dataset(config, dataset_path, base_dir=config_file.parent)
             endpoint = None
             if needs_model(config):
                 served = model_scope.enter_context(model_endpoint(config, paths.model_dir))
@@ -182,10 +234,24 @@ def run_job(paths: JobPaths) -> int:
     except UserError as error:
         log.error("Job failed: %s", error)
         return _finish(paths, EXIT_USER_ERROR, f"ClientError: {error}")
+    except DependencyError as error:  # the model server died or stopped answering: not the user's inputs
+        log.error("Job failed: %s", error)
+        return _finish(paths, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}")
+    except ReportError as error:
+        # The configured report is part of the result: without it the job has not done what it was
+        # asked, and publishing analysis.json alone would look like a complete result.
+        log.error("The report could not be written; nothing was published: %s", error)
+        return _finish(paths, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}; no results were published")
     except JobStopped:
         log.error("Signal 15 received, cleaning up")
         return _finish(paths, EXIT_INTERNAL_ERROR, "ClientError: the job was stopped (SIGTERM) before it finished")
     except Exception as error:  # noqa: BLE001 - the job must always leave an exit message
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:  # full disk, quota, read-only mount
+            where = error.filename or paths.output_dir
+            log.error("Job failed: cannot write %s: %s", where, error.strerror)
+            return _finish(paths, EXIT_USER_ERROR, f"ClientError: cannot write {where}: {error.strerror}. Free "
+                                                   "some space (or raise the quota) and run the job again; "
+                                                   "nothing was published")
         log.error("Internal error:\n%s", traceback.format_exc())
         return _finish(paths, EXIT_INTERNAL_ERROR,
                        f"AlgorithmError: internal error in Lucent {__version__}: {type(error).__name__}: {error}")
@@ -193,7 +259,7 @@ def run_job(paths: JobPaths) -> int:
         signal.signal(signal.SIGTERM, previous_handler)
 
 
-def validate_job(paths: JobPaths) -> list[str]:
+def validate_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> list[str]:
     """Every problem that would stop the job, without computing any metric."""
     try:
         config, config_file = _load(paths)
@@ -206,6 +272,17 @@ def validate_job(paths: JobPaths) -> list[str]:
         check_supported(config)
     except UserError as error:
         problems.extend(str(error).split("; "))
+    if config.methods.report is not None:
+        try:
+            check_report_engines()
+        except ReportError as error:
+            problems.append(f"methods.report: {error}")
+    try:
+        check_output_folder(paths.output_dir)
+    except UserError as error:
+        problems.append(str(error))
+    if not allow_paths_outside_root and (outside := inputs_outside_root(config, paths, config_file)):
+        return problems + outside  # not read, as the job would not read them
     try:
         dataset = load_job_dataset(config, dataset_path_for(config, paths, config_file),
                                    base_dir=config_file.parent)
@@ -216,6 +293,8 @@ def validate_job(paths: JobPaths) -> list[str]:
 
 
 def _finish(paths: JobPaths, code: int, message: str) -> int:
+    # The message is uploaded and shown to whoever reads the job's status: no URL password or token.
+    message = redact(message)
     try:
         write_text_atomic(paths.message_file, message + "\n")
     except OSError as error:

@@ -11,6 +11,10 @@ In this order (spec clarify-contract.md sections 2.5 and 5):
 SageMaker's ``model_name`` / ``endpoint_name`` cannot be reached from a self-hosted job; they are
 accepted (SDK configs carry them) and logged. Whatever was started is stopped when the job ends,
 successful or not.
+
+A model that cannot be started or reached at the start is the user's to fix (``ModelUnavailable``,
+exit 1). A built-in server that exits during the job, or a model that stops answering, is not
+(``DependencyError``, exit 2): the message says how the server exited and shows its last log lines.
 """
 
 from __future__ import annotations
@@ -18,16 +22,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analyzer.config import AnalysisConfig
-from analyzer.errors import UserError
-from analyzer.predict import ModelError, wait_until_healthy
+from analyzer.errors import DependencyError, UserError
+from analyzer.predict import ModelTransportError, wait_until_healthy
+from analyzer.redact import redact_url
 from container.engine import EngineUnavailable, connect_engine
+
+if TYPE_CHECKING:
+    from container.sidecar import ModelServer
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +81,17 @@ def model_endpoint(config: AnalysisConfig, model_dir: Path) -> Iterator[ServedMo
 
 def _describe_source(config: AnalysisConfig, model_dir: Path) -> str:
     if config.predictor.endpoint_url:
-        return f"the endpoint at {config.predictor.endpoint_url}"
+        return f"the endpoint at {redact_url(config.predictor.endpoint_url)}"
     if config.predictor.image_uri:
         return f"the model image {config.predictor.image_uri}"
     return f"the built-in model server on {model_dir}"
 
 
 def _existing_endpoint(url: str) -> str:
-    log.info("Using the model endpoint at %s", url)
+    log.info("Using the model endpoint at %s", redact_url(url))
     try:
         waited = wait_until_healthy(url, timeout=EXISTING_ENDPOINT_WAIT_SECONDS)
-    except ModelError as error:
+    except ModelTransportError as error:
         raise ModelUnavailable(f"predictor.endpoint_url: {error}") from error
     log.info("Endpoint is in service after %.0f seconds", waited)
     return url
@@ -116,12 +126,15 @@ def _builtin_server(model_dir: Path) -> Iterator[ServedModel]:
             server.wait_healthy(timeout=HEALTHY_WITHIN_SECONDS)
         except ModelLoadError as error:
             raise ModelUnavailable(f"model folder unloadable: {error}") from error
-        except ModelServerError as error:
-            raise ModelUnavailable(f"the built-in model server did not start: {error}\n{server.log_tail()}") from error
+        except ModelServerError as error:  # its message has the exit code and the log's last lines
+            raise ModelUnavailable(f"the built-in model server did not start: {error}") from error
         log.info("Model server ready at %s after %.1f seconds", server.url, time.perf_counter() - started)
-        yield ServedModel(server.url, default_io=bool(server.info().get("default_io")))
+        try:
+            yield ServedModel(server.url, default_io=bool(server.info().get("default_io")))
+        except ModelTransportError as error:  # read the log before stop() removes it
+            raise _server_failure(server, error) from error
         if not server.is_alive():
-            raise ModelUnavailable(f"the built-in model server died during the job:\n{server.log_tail()}")
+            raise _server_failure(server, None)
     finally:
         server.stop()
         log.info("Stopped the built-in model server")
@@ -172,10 +185,31 @@ def _wait_for_container(container, url: str) -> None:
             wait_until_healthy(url, timeout=2, interval=0.2)
             log.info("Model container %s is healthy at %s", container.short_id, url)
             return
-        except ModelError:
+        except ModelTransportError:
             if time.monotonic() > deadline:
                 raise ModelUnavailable(f"predictor.image_uri: the model container did not answer /ping within "
                                        f"{HEALTHY_WITHIN_SECONDS} s") from None
+
+
+def _server_failure(server: ModelServer, error: ModelTransportError | None) -> DependencyError:
+    """Why the job lost its built-in model server: how the server exited (if it did), what the client
+    saw, and the server's last log lines."""
+    status = server.exit_status()
+    if status is None:
+        what = f"{error}"  # the server runs, but a request failed (a worker crashed or hung)
+    else:
+        how = f"was killed by signal {-status} ({_signal_name(-status)})" if status < 0 else \
+            f"exited with code {status}"
+        what = f"the built-in model server {how} during the job" + (f" ({error})" if error else "")
+    tail = server.log_tail()
+    return DependencyError(f"{what}. The model server's last log lines:\n{tail}" if tail else what)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
 
 
 def _free_port() -> int:

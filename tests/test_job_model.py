@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -20,18 +26,43 @@ from tests.conftest import JobRoot, http_server
 from tests.test_job import assert_same_metrics
 
 
-def lucent_children() -> list[int]:
-    """Model-server processes started by this test process that are still alive."""
-    alive = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+def descendants(pid: int) -> set[int]:
+    """Live processes whose parent chain (``PPid`` in /proc) leads to ``pid``: what it started, and what
+    those started. Other jobs' processes on the machine are not counted."""
+    parent_of = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            status = Path(f"/proc/{pid}/status").read_text()
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if not fields.get("State", "").startswith("Z"):
+            parent_of[int(entry)] = int(fields["PPid"])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parent_of.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def lucent_children() -> list[int]:
+    """Model-server processes started by this test process (or by a job it started) still alive."""
+    alive = []
+    for pid in descendants(os.getpid()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"container.sidecar" in b" ".join(cmdline) and "State:\tZ" not in status:
-            alive.append(int(pid))
+        if b"container.sidecar" in cmdline:
+            alive.append(pid)
     return alive
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -41,6 +72,7 @@ def model_job(tmp_path) -> JobRoot:
 
 
 @pytest.mark.slow
+@pytest.mark.oracle
 def test_post_training_bias_through_the_builtin_sidecar_matches_smclarify(model_job):
     from smclarify.bias.report import FacetColumn, LabelColumn, StageType, bias_report
 
@@ -62,9 +94,11 @@ def test_post_training_bias_through_the_builtin_sidecar_matches_smclarify(model_
     assert lucent_children() == []
 
 
-def assert_model_error(job: JobRoot, *fragments: str) -> None:
-    assert job.run() == 1
-    assert job.message.startswith("ClientError: ")
+def assert_model_error(job: JobRoot, *fragments: str, code: int = 1) -> None:
+    """The job fails with ``code``: 1 and ClientError for the user's model or its answers, 2 and
+    AlgorithmError when the model server died or no answer came."""
+    assert job.run() == code
+    assert job.message.startswith("ClientError: " if code == 1 else "AlgorithmError: "), job.message
     for fragment in fragments:
         assert fragment in job.message, (fragment, job.message)
     assert job.output_files() == []
@@ -185,19 +219,167 @@ def test_serve_model_port_already_taken(tmp_path, capsys):
 
 def test_sigterm_during_prediction_stops_the_sidecar(model_job):
     """A job stopped by SageMaker (SIGTERM) cleans up: exit message, no outputs, no model server."""
-    import subprocess
-    import sys
-    import time
-
     process = subprocess.Popen([sys.executable, "-m", "container.cli", "run", "--processing-root",
                                 str(model_job.root)], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not lucent_children() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        wait_until(lambda: any(pid in descendants(process.pid) for pid in lucent_children()), 60,
+                   "the job starts its model server")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
     assert process.returncode != 0
     assert "Signal 15 received, cleaning up" in stderr
     assert model_job.output_files() == []
-    time.sleep(1)
-    assert lucent_children() == []
+    wait_until(lambda: lucent_children() == [], 10, "the model server is gone")
+
+
+# -- a model that stops answering, a server that dies, scores that are not numbers ---------------------
+
+class _Hangs(BaseHTTPRequestHandler):
+    """A model endpoint that is healthy but never answers a prediction (until the test releases it)."""
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        self.send_response(200)
+        self.end_headers()
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.posts += 1
+        self.server.release.wait(60)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_model_that_never_answers_fails_the_job_within_the_timeout(model_job, monkeypatch):
+    monkeypatch.setenv("LUCENT_MODEL_TIMEOUT_SECONDS", "1")
+    release = threading.Event()
+    with http_server(_Hangs, posts=0, release=release) as server:
+        try:
+            port = server.server_port
+            config = json.loads((model_job.config_dir / "analysis_config.json").read_text())
+            config["predictor"] = {"endpoint_url": f"http://lucent:hunter2@127.0.0.1:{port}"}
+            model_job.write_config(config)
+            started = time.monotonic()
+            assert_model_error(model_job, f"The model at http://***@127.0.0.1:{port}/invocations did not answer "
+                                          "within 1 s (rows 0 to 399)", "LUCENT_MODEL_TIMEOUT_SECONDS", code=2)
+            assert time.monotonic() - started < 10
+            assert server.posts == 1, "no retry and no halves after a timeout"
+            assert "hunter2" not in model_job.message
+        finally:
+            release.set()
+
+
+def test_a_bad_model_timeout_setting_is_named(model_job, endpoint, monkeypatch):
+    monkeypatch.setenv("LUCENT_MODEL_TIMEOUT_SECONDS", "ten minutes")
+    endpoint.reply = lambda n: (200, "0.9\n" * n)
+    use_endpoint(model_job, endpoint)
+    assert_model_error(model_job, "LUCENT_MODEL_TIMEOUT_SECONDS='ten minutes': must be a positive number")
+
+
+def test_an_endpoint_busy_for_longer_than_the_timeout_is_not_the_users_error(model_job, endpoint, monkeypatch):
+    monkeypatch.setenv("LUCENT_MODEL_TIMEOUT_SECONDS", "1")
+    endpoint.reply = lambda n: (503, "no capacity")
+    use_endpoint(model_job, endpoint)
+    assert_model_error(model_job, "did not answer within 1 s (rows 0 to 399; last attempt: HTTP 503: 'no capacity')",
+                       code=2)
+
+
+def write_inference_script(job: JobRoot, source: str) -> None:
+    code = job.root / "input" / "model" / "code"
+    code.mkdir()
+    (code / "inference.py").write_text(source)
+
+
+@pytest.mark.slow  # the client retries the refused connection for ~8 s before it gives up
+def test_builtin_server_killed_mid_job_says_so_with_its_last_log_lines(model_job):
+    write_inference_script(model_job, (
+        "import os, signal, sys\n"
+        "def predict_fn(data, model):\n"
+        "    print('inference.py: taking the whole model server down', file=sys.stderr, flush=True)\n"
+        "    os.killpg(os.getpgid(0), signal.SIGKILL)\n"))
+    assert_model_error(model_job, "the built-in model server was killed by signal 9 (SIGKILL) during the job",
+                       "The model server's last log lines:", "inference.py: taking the whole model server down",
+                       code=2)
+
+
+def test_builtin_server_that_cannot_start_names_its_exit_code_and_log(model_job):
+    write_inference_script(model_job, (
+        "import os, sys\n"
+        "def model_fn(model_dir):\n"
+        "    print('inference.py: giving up while loading', file=sys.stderr, flush=True)\n"
+        "    os._exit(3)\n"))
+    assert_model_error(model_job, "the built-in model server did not start", "exited with code")
+
+
+def nan_scores(n: int) -> list[float]:
+    scores = [0.75] * n
+    scores[3], scores[17], scores[250] = math.nan, math.inf, -math.inf
+    return scores
+
+
+NON_FINITE_ROWS = "for 3 of 400 record(s), at dataset rows 3 (nan), 17 (inf), 250 (-inf)"
+
+
+def test_non_finite_csv_scores_fail_the_job_naming_the_rows(model_job, endpoint):
+    endpoint.reply = lambda n: (200, "".join(f"{score}\n" for score in nan_scores(n)))
+    use_endpoint(model_job, endpoint)
+    assert_model_error(model_job, "NaN or infinite predictor.probability", NON_FINITE_ROWS)
+
+
+def test_non_finite_json_scores_fail_the_job_naming_the_rows(model_job, endpoint):
+    # Python's json writes NaN / Infinity / -Infinity, as many model servers (Lucent's own included) do.
+    endpoint.reply = lambda n: (200, json.dumps({"predictions": [{"score": s} for s in nan_scores(n)]}))
+    use_endpoint(model_job, endpoint, accept_type="application/json", probability="predictions[*].score")
+    assert_model_error(model_job, "NaN or infinite predictor.probability", NON_FINITE_ROWS)
+
+
+@pytest.mark.slow  # starts the built-in model server
+def test_non_finite_scores_from_the_builtin_server_fail_the_job(model_job):
+    write_inference_script(model_job, (
+        "import numpy as np\n"
+        "def predict_fn(data, model):\n"
+        "    scores = model.predict_proba(data)\n"
+        "    scores[[5, 42], 1] = np.nan\n"
+        "    return scores\n"))
+    assert_model_error(model_job, "for 2 of 400 record(s), at dataset rows 5 (nan), 42 (nan)")
+
+
+class _AnswersOneRecordAtATime(BaseHTTPRequestHandler):
+    """Answers a one-record request (the SHAP baseline), hangs on larger ones until released."""
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        self.send_response(200)
+        self.end_headers()
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        if len(body.strip().splitlines()) > 1:
+            self.server.release.wait(60)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/csv")
+        self.end_headers()
+        self.wfile.write(b"0.5\n")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow  # starts SHAP worker processes
+def test_a_model_that_stops_answering_shap_workers_fails_the_job_as_not_the_users_error(model_job, monkeypatch):
+    monkeypatch.setenv("LUCENT_MODEL_TIMEOUT_SECONDS", "2")
+    monkeypatch.setenv("LUCENT_SHAP_WORKERS", "2")
+    monkeypatch.setenv("LUCENT_SHAP_SHARD_ROWS", "2000")  # several shards, so the worker processes call the model
+    release = threading.Event()
+    with http_server(_AnswersOneRecordAtATime, release=release) as server:
+        try:
+            config = json.loads((model_job.config_dir / "analysis_config.json").read_text())
+            config["predictor"] = {"endpoint_url": f"http://127.0.0.1:{server.server_port}"}
+            config["methods"] = {"shap": {"baseline": [[40, "Male", "White", 12, 40, 5000, "30-44"]],
+                                          "num_samples": 20}}
+            model_job.write_config(config)
+            assert_model_error(model_job, "did not answer within 2 s", code=2)
+        finally:
+            release.set()

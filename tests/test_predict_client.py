@@ -22,11 +22,14 @@ import pandas as pd
 import pytest
 
 from analyzer.config.model import Predictor
-from analyzer.errors import UserError
+from analyzer.errors import DependencyError, UserError
 from analyzer.predict import (
     ModelClient,
+    ModelEndpoint,
     ModelError,
+    ModelTransportError,
     RetryPolicy,
+    model_timeout_seconds,
     predicted_labels_for_bias,
     wait_until_healthy,
 )
@@ -326,24 +329,68 @@ def test_payload_too_large_splits_batches(serve):
     assert np.array_equal(out.scores[:, 0], score(rows))
 
 
-def test_connection_dropped_for_large_batches_splits_them_after_retries(serve):
+def test_connection_dropped_for_large_batches_splits_them_after_one_retry(serve):
     server = serve(lambda request: None if _csv_rows(request.body).shape[0] > 4 else linear_csv(request))
     rows = data(16)
     with client(server) as model:
         out = model.predict(rows)
     assert np.array_equal(out.scores[:, 0], score(rows))
-    assert server.record_counts()[:3] == [16, 16, 16]  # retried as is first: a dropped connection may be transient
+    # retried as is once (a keep-alive connection the server closed), then split to find what crashes it
+    assert server.record_counts()[:3] == [16, 16, 8]
 
 
-def test_timeout_for_large_batches_splits_them(serve):
+def test_connection_dropped_by_one_record_is_a_transport_failure_naming_it(serve):
     def respond(request: Request) -> Reply:
-        if _csv_rows(request.body).shape[0] > 3:
-            server.release.wait(10)
+        return None if (_csv_rows(request.body)[:, 0] > 100).any() else linear_csv(request)
+
+    server = serve(respond)
+    rows = data(16)
+    rows[11, 0] = 500.0
+    with client(server) as model, pytest.raises(ModelTransportError) as caught:
+        model.predict(rows)
+    assert not isinstance(caught.value, UserError) and isinstance(caught.value, DependencyError)
+    assert "gave no answer for row 11 after 3 attempt(s): connection failed" in str(caught.value)
+    assert not hasattr(caught.value, "row")  # SHAP maps a .row to a record the model refused: not this
+
+
+def test_a_timeout_is_not_split_nor_retried(serve):
+    def respond(request: Request) -> Reply:
+        server.release.wait(10)
         return linear_csv(request)
 
     server = serve(respond)
-    rows = data(8)
-    with client(server, timeout=0.3) as model:
+    started = time.monotonic()
+    with client(server, timeout=0.3) as model, pytest.raises(ModelTransportError) as caught:
+        model.predict(data(8))
+    assert time.monotonic() - started < 3
+    assert f"The model at {server.url}/invocations did not answer within 0.3 s (rows 0 to 7)" in str(caught.value)
+    assert "LUCENT_MODEL_TIMEOUT_SECONDS" in str(caught.value)
+    assert server.record_counts() == [8]  # one request: no halves, no retry
+
+
+def test_the_wait_covers_retries_and_smaller_batches(serve):
+    # Busy (503) for ever: retried with backoff until the batch's time is up, not attempts x backoff.
+    server = serve(lambda request: (503, b"busy"))
+    slow_retry = RetryPolicy(attempts=50, backoff_seconds=0.1, max_backoff_seconds=0.1, max_elapsed_seconds=60)
+    started = time.monotonic()
+    with client(server, timeout=0.5, retry=slow_retry) as model, \
+            pytest.raises(ModelTransportError, match=r"did not answer within 0.5 s \(rows 0 to 7; last attempt: "
+                                                     r"HTTP 503: 'busy'\)"):
+        model.predict(data(8))
+    assert time.monotonic() - started < 3
+    assert 2 <= len(server.requests) < 10
+    assert server.record_counts() == [8] * len(server.requests)  # throttling is not split
+
+
+def test_every_answer_renews_the_wait(serve):
+    # 12 one-record requests of 0.1 s each take longer than the timeout together; each is answered in time.
+    def respond(request: Request) -> Reply:
+        time.sleep(0.1)  # the model's own pace
+        return linear_csv(request)
+
+    server = serve(respond)
+    rows = data(12)
+    with client(server, timeout=0.5, max_records_per_request=1, concurrency=1) as model:
         out = model.predict(rows)
     assert np.array_equal(out.scores[:, 0], score(rows))
 
@@ -409,18 +456,18 @@ def failing_first(n_failures: int, failure: Callable[[Request], Reply]) -> Calla
     return respond
 
 
-@pytest.mark.parametrize("failure", [
-    lambda request: (503, b"busy"),
-    lambda request: (429, b"throttled"),
-    lambda request: None,  # connection closed mid-request
+@pytest.mark.parametrize(("failure", "failures"), [
+    (lambda request: (503, b"busy"), 2),
+    (lambda request: (429, b"throttled"), 2),
+    (lambda request: None, 1),  # connection closed mid-request (twice: the batch is split, see above)
 ])
-def test_transient_failures_are_retried(serve, failure):
-    server = serve(failing_first(2, failure))
+def test_transient_failures_are_retried(serve, failure, failures):
+    server = serve(failing_first(failures, failure))
     rows = data(20)
     with client(server) as model:
         out = model.predict(rows)
     assert np.array_equal(out.scores[:, 0], score(rows))
-    assert len(server.requests) == 3  # two failures, then the same batch again
+    assert server.record_counts() == [20] * (failures + 1)  # the failures, then the same batch again
 
 
 def test_server_error_for_one_record_is_retried(serve):
@@ -446,8 +493,8 @@ def test_hanging_model_times_out(serve):
     server = serve(respond)
     started = time.monotonic()
     with client(server, timeout=0.2, retry=RetryPolicy(attempts=2, backoff_seconds=0.01)) as model, \
-            pytest.raises(ModelError, match=r"no answer within 0.2 s"):
-        model.predict(data(2))
+            pytest.raises(ModelTransportError, match=r"did not answer within 0.2 s \(row 0\)"):
+        model.predict(data(1))
     assert time.monotonic() - started < 5
 
 
@@ -456,8 +503,35 @@ def test_unreachable_model(serve):
     url = server.url
     server.close()
     model = ModelClient(url, Predictor(content_type="text/csv"), FEATURES, retry=FAST_RETRY)
-    with model, pytest.raises(ModelError, match="Could not connect to the model"):
+    with model, pytest.raises(ModelTransportError, match=r"gave no answer for rows 0 to 4 after 3 attempt\(s\): "
+                                                         r"cannot connect"):
         model.predict(data(5))
+
+
+def test_the_endpoint_password_is_not_in_messages(serve):
+    server = serve(lambda request: (400, b"no"))
+    url = server.url.replace("http://", "http://lucent:hunter2@")
+    with ModelClient(url, Predictor(content_type="text/csv"), FEATURES, retry=FAST_RETRY) as model, \
+            pytest.raises(ModelError) as caught:
+        model.predict(data(1))
+    assert "hunter2" not in str(caught.value) and "http://***@127.0.0.1" in str(caught.value)
+
+
+# -- the wait's configuration --------------------------------------------------------------------------
+
+def test_model_timeout_from_the_environment(monkeypatch):
+    monkeypatch.delenv("LUCENT_MODEL_TIMEOUT_SECONDS", raising=False)
+    assert model_timeout_seconds() == 600.0
+    monkeypatch.setenv("LUCENT_MODEL_TIMEOUT_SECONDS", "2.5")
+    assert model_timeout_seconds() == 2.5
+    endpoint = ModelEndpoint("http://127.0.0.1:1", Predictor(content_type="text/csv"), tuple(FEATURES))
+    assert endpoint.timeout == 2.5
+    with endpoint.client() as model:
+        assert model.timeout == 2.5
+    for bad in ("0", "-1", "ten", "nan", "inf"):
+        monkeypatch.setenv("LUCENT_MODEL_TIMEOUT_SECONDS", bad)
+        with pytest.raises(UserError, match=f"LUCENT_MODEL_TIMEOUT_SECONDS='{bad}': must be a positive number"):
+            model_timeout_seconds()
 
 
 # -- health check -------------------------------------------------------------------------------------
@@ -471,5 +545,5 @@ def test_wait_until_healthy(serve):
 
 def test_wait_until_healthy_gives_up(serve):
     server = serve(linear_csv, ping=lambda: 500)
-    with pytest.raises(ModelError, match=r"did not become healthy within 0.3 s \(GET /ping: HTTP 500\)"):
+    with pytest.raises(ModelTransportError, match=r"did not become healthy within 0.3 s \(GET /ping: HTTP 500\)"):
         wait_until_healthy(server.url, timeout=0.3, interval=0.05)

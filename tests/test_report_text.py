@@ -455,7 +455,8 @@ def test_notebook_executes_and_recomputes_the_examples(text_job: Path, tmp_path:
         if after.source.startswith(("text_example(", "top_tokens_table(")):
             assert after.outputs[0].data["text/html"] == before.outputs[0].data["text/html"]
     markdown = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
-    assert "#### Row 6: text total +" in markdown and "### Texts that lower the output most" in markdown
+    # Document text reaches markdown escaped (user data is in it): ":" is written "\\:", "+" "\\+".
+    assert "#### Row 6\\: text total \\+" in markdown and "### Texts that lower the output most" in markdown
 
 
 PDFTOPPM = shutil.which("pdftoppm")

@@ -9,19 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from analyzer.bias_registry import POST_TRAINING, PRE_TRAINING, registered_names
+from analyzer.media import DATASET_TYPES  # noqa: F401  (part of this module's interface)
+
 Locator = str | int
 Scalar = int | float | str | bool
 
-DATASET_TYPES = (
-    "text/csv",
-    "application/jsonlines",
-    "application/json",
-    "application/sagemakercapturejson",
-    "application/x-parquet",
-    "application/x-image",
-)
-PRE_TRAINING_METRICS = ("CDDL", "CI", "DPL", "JS", "KL", "KS", "LP", "TVD")
-POST_TRAINING_METRICS = ("AD", "CDDPL", "DAR", "DCA", "DCR", "DI", "DPPL", "DRR", "FT", "GE", "RD", "SD", "TE")
+# Metric names a bias method may list, in output (alphabetical) order.
+PRE_TRAINING_METRICS = tuple(sorted(registered_names(PRE_TRAINING)))
+POST_TRAINING_METRICS = tuple(sorted(registered_names(POST_TRAINING)))
 
 
 @dataclass(frozen=True)

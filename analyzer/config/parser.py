@@ -17,13 +17,15 @@ from typing import Any
 from analyzer.config.model import AnalysisConfig, Predictor
 from analyzer.config.rules import check_rules, model_accept_type, model_content_type
 from analyzer.config.schema import ANALYSIS_CONFIG, KEY_HOMES
-from analyzer.config.spec import Context
+from analyzer.config.spec import Context, child, item
 from analyzer.errors import ConfigError
 
 CONFIG_FILE_NAME = "analysis_config.json"
 # Clarify's job-level messages (spec 6.1); Lucent adds the file, key path and reason after them.
 JSON_ERROR = "Unable to load analysis configuration as JSON."
 SCHEMA_ERROR = "Analysis configuration schema validation error."
+# Deepest nesting a config may have. Clarify's own keys need 5 levels; inline baselines a few more.
+MAX_NESTING = 64
 
 
 class ConfigValidationError(ConfigError):
@@ -76,6 +78,11 @@ def load_config(path: Path) -> AnalysisConfig:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise ConfigError(f"{JSON_ERROR} {path}, line {error.lineno}, column {error.colno}: {error.msg}") from error
+    except RecursionError as error:
+        raise ConfigError(f"{JSON_ERROR} {path}: arrays or objects nested too deeply to read "
+                          f"(a config needs at most {MAX_NESTING} levels)") from error
+    except ValueError as error:  # Python's limit on digits in an integer (int_max_str_digits)
+        raise ConfigError(f"{JSON_ERROR} {path}: {error}") from error
     return parse_config(document, source=str(path))
 
 
@@ -90,6 +97,10 @@ def parse_config(doc: dict[str, Any], source: str = CONFIG_FILE_NAME) -> Analysi
     if not isinstance(doc, dict):
         ctx.add("", f"the configuration must be a JSON object, got {type(doc).__name__}")
         raise ConfigValidationError(ctx.problems, source)
+    too_deep = _too_deep(doc)
+    if too_deep is not None:
+        ctx.add(too_deep, f"nested more than {MAX_NESTING} levels deep; a config needs only a few")
+        raise ConfigValidationError(ctx.problems, source)
     tree = ANALYSIS_CONFIG.check(doc, "", ctx)
     for path, message in check_rules(tree):
         ctx.add(path, message)
@@ -99,6 +110,24 @@ def parse_config(doc: dict[str, Any], source: str = CONFIG_FILE_NAME) -> Analysi
     if "predictor" in fields:
         fields["predictor"] = _with_format_defaults(fields["predictor"], tree)
     return AnalysisConfig(**fields, raw=copy.deepcopy(doc))
+
+
+def _too_deep(doc: Any) -> str | None:
+    """The key path of the first value nested deeper than ``MAX_NESTING``, or None.
+
+    Checked before anything else walks the document: copying it, printing values in messages and
+    reading inline baselines all recurse, and Python's recursion limit must never be what stops a config.
+    """
+    stack: list[tuple[Any, str, int]] = [(doc, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return path if len(path) <= 80 else path[:77] + "..."
+        if isinstance(value, dict):
+            stack.extend((v, child(path, str(k)), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, item(path, i), depth + 1) for i, v in enumerate(value))
+    return None
 
 
 def _with_format_defaults(predictor: Predictor, tree: dict[str, Any]) -> Predictor:

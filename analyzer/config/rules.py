@@ -10,19 +10,17 @@ an ``INVALID`` value and ``has`` tells "present, even if invalid" from "absent".
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from analyzer import media
 from analyzer.config.spec import INVALID, closest
 
 Tree = dict[str, Any]
 Finding = tuple[str, str]
 Rule = Callable[[Tree], Iterator[Finding]]
 
-TABULAR_TYPES = ("text/csv", "application/jsonlines", "application/json")  # model input = dataset format
-JSON_TYPES = ("application/json", "application/jsonlines")  # locators are JMESPath expressions
-COLUMN_TYPES = ("text/csv", "application/x-parquet")  # locators are column names or indexes
+COLUMN_TYPES = (media.CSV, media.PARQUET)  # locators are column names or indexes
 EXPLANATION_METHODS = ("shap", "pdp", "asymmetric_shapley_value")
 ANALYSIS_METHODS = ("pre_training_bias", "post_training_bias", *EXPLANATION_METHODS)
 
@@ -80,9 +78,9 @@ def model_content_type(tree: Tree) -> str | None:
     if has(tree, "predictor.content_type"):
         return get(tree, "predictor.content_type")
     dataset_type = get(tree, "dataset_type")
-    if dataset_type in TABULAR_TYPES:
+    if dataset_type in media.TABULAR_TYPES:
         return dataset_type
-    return "image/jpeg" if dataset_type == "application/x-image" else None
+    return media.JPEG if dataset_type == media.IMAGE else None
 
 
 def model_accept_type(tree: Tree) -> str | None:
@@ -92,7 +90,7 @@ def model_accept_type(tree: Tree) -> str | None:
     content_type = model_content_type(tree)
     if content_type is None:
         return None
-    return content_type if content_type in TABULAR_TYPES else "application/json"
+    return content_type if content_type in media.TABULAR_TYPES else media.JSON
 
 
 # -- methods --------------------------------------------------------------------------------------
@@ -128,7 +126,7 @@ def shap_options(tree: Tree) -> Iterator[Finding]:
         value = get(tree, key)
         if to_explain and value is not None and value in to_explain:
             yield "methods.shap.features_to_explain", f"cannot include the {key.replace('_', ' ')} {value!r}"
-    if has(tree, "methods.shap.image_config") and get(tree, "dataset_type") not in (None, "application/x-image"):
+    if has(tree, "methods.shap.image_config") and get(tree, "dataset_type") not in (None, media.IMAGE):
         yield "methods.shap.image_config", "only for dataset_type application/x-image"
 
 
@@ -146,7 +144,7 @@ def dataset_type_constraints(tree: Tree) -> Iterator[Finding]:
     dataset_type = get(tree, "dataset_type")
     if dataset_type is None:
         return
-    if dataset_type != "text/csv":
+    if dataset_type != media.CSV:
         for pair in (("facet_dataset_uri", "facet_headers"),
                      ("predicted_label_dataset_uri", "predicted_label_headers")):
             given = [key for key in pair if has(tree, key)]
@@ -154,17 +152,17 @@ def dataset_type_constraints(tree: Tree) -> Iterator[Finding]:
                 yield given[0], (f"The parameters '{pair[0]}' and '{pair[1]}' are not supported for "
                                  f"dataset_type '{dataset_type}'. Only text/csv datasets can have separate "
                                  "facet or predicted-label datasets.")
-    if dataset_type == "application/x-image":
+    if dataset_type == media.IMAGE:
         for key in ("predicted_label", "excluded_columns"):
             if has(tree, key):
                 yield key, f"The parameter '{key}' is not supported for dataset_type '{dataset_type}'."
     time_series = has(tree, "time_series_data_config")
-    if dataset_type in JSON_TYPES and not has(tree, "features") and not time_series:
+    if dataset_type in media.JSON_TYPES and not has(tree, "features") and not time_series:
         yield "features", f"features JMESPath is required for {dataset_type} dataset_type"
-    if time_series and dataset_type != "application/json":
+    if time_series and dataset_type != media.JSON:
         yield "time_series_data_config", ("Currently time series explainability only supports JSON format "
                                           f"data (dataset_type application/json), not {dataset_type}.")
-    if dataset_type in JSON_TYPES:
+    if dataset_type in media.JSON_TYPES:
         for key in ("label", "predicted_label"):
             if isinstance(get(tree, key), int):
                 yield key, f"must be a JMESPath expression (a string) for {dataset_type} datasets"
@@ -200,7 +198,7 @@ def columns_exist(tree: Tree) -> Iterator[Finding]:
     """Names must be among the configured headers ("Headers must contain label.", "Unable to locate
     the facet." would otherwise stop the job after the data is read); checked only when the headers
     are given and the dataset is a table (not images, not time series)."""
-    if get(tree, "dataset_type") in (None, "application/x-image") or has(tree, "time_series_data_config"):
+    if get(tree, "dataset_type") in (None, media.IMAGE) or has(tree, "time_series_data_config"):
         return
     dataset_type = get(tree, "dataset_type")
     for path, locator, header_keys in _column_references(tree):
@@ -257,20 +255,15 @@ def predictor_location(tree: Tree) -> Iterator[Finding]:
 def predictor_formats(tree: Tree) -> Iterator[Finding]:
     if not has(tree, "predictor"):
         return
-    if get(tree, "dataset_type") == "application/x-parquet" and not has(tree, "predictor.content_type"):
+    if get(tree, "dataset_type") == media.PARQUET and not has(tree, "predictor.content_type"):
         yield "predictor.content_type", ("required when dataset_type is application/x-parquet: models do not "
                                          "take Parquet; choose text/csv, application/jsonlines or application/json")
-    if get(tree, "dataset_type") == "application/x-image" and not has(tree, "predictor.label_headers"):
+    if get(tree, "dataset_type") == media.IMAGE and not has(tree, "predictor.label_headers"):
         yield "predictor.label_headers", "required for application/x-image datasets (the class names)"
     if has(tree, "predictor.time_series_predictor_config"):
         for key, value in (("content_type", model_content_type(tree)), ("accept_type", model_accept_type(tree))):
-            if value is not None and value not in JSON_TYPES:
+            if value is not None and value not in media.JSON_TYPES:
                 yield f"predictor.{key}", f"``{key}`` must be JSON or JSONLines for time series explainability."
-
-
-_FEATURE_NAME = re.compile(r'"\$\{([^}]*)\}"')
-_RECORD_TOKENS = re.compile(r"\$(features_kvp|features|feature_names|start_time|target_time_series|"
-                            r"related_time_series|static_covariates)\b")
 
 
 @rule
@@ -280,22 +273,23 @@ def request_templates(tree: Tree) -> Iterator[Finding]:
         return
     content_type = model_content_type(tree)
     template, record = get(tree, "predictor.content_template"), get(tree, "predictor.record_template")
-    if content_type == "application/jsonlines":
+    if content_type == media.JSON_LINES:
         if not has(tree, "predictor.content_template"):
             yield "predictor.content_template", f"content_template field is required for content_type {content_type}"
         elif isinstance(template, str):
-            count = len(re.findall(r"\$features(?!_)", template))
+            count = sum(slot.name == media.FEATURES for slot in media.placeholders(template))
             if count == 0:
                 yield "predictor.content_template", (f"Invalid content_template {template}. "
                                                      "Please include a placeholder $features.")
             elif count > 1:
                 yield "predictor.content_template", f"must contain $features exactly once, found {count}"
-    elif content_type == "application/json":
+    elif content_type == media.JSON:
         missing = [k for k in ("content_template", "record_template") if not has(tree, f"predictor.{k}")]
         if missing:
             yield f"predictor.{missing[0]}", ("content_template and record_template are required for "
                                               f"content_type {content_type}")
-        if isinstance(template, str) and "$record" not in template:
+        if isinstance(template, str) and not any(slot.name in (media.RECORDS, media.RECORD)
+                                                 for slot in media.placeholders(template)):
             yield "predictor.content_template", (f"Invalid content_template {template}. "
                                                  "Please include either placeholder $records or $record.")
         if record is not None:
@@ -303,12 +297,13 @@ def request_templates(tree: Tree) -> Iterator[Finding]:
 
 
 def _record_template_problems(tree: Tree, record: str) -> Iterator[Finding]:
-    tokens = _RECORD_TOKENS.findall(record)
-    names = _FEATURE_NAME.findall(record)
+    slots = media.placeholders(record)
+    tokens = [slot.name for slot in slots if slot.name not in (None, media.RECORDS, media.RECORD)]
+    names = [slot.feature for slot in slots if slot.feature is not None]
     if not tokens and not names:
         yield "predictor.record_template", (f"Invalid record_template {record}. Please include $features, "
                                             '$features_kvp or "${feature name}" placeholders.')
-    if tokens.count("features_kvp") > 1:
+    if tokens.count(media.FEATURES_KVP) > 1:
         yield "predictor.record_template", "must contain $features_kvp at most once"
     headers = get(tree, "headers")
     if headers and not has(tree, "time_series_data_config"):

@@ -45,6 +45,7 @@ from analyzer.config.spec import (
     Typed,
     Where,
 )
+from analyzer.media import MODEL_CONTENT_TYPES, TABULAR_TYPES
 
 SUPPORTED_VERSION = "1.0"
 
@@ -65,9 +66,7 @@ LANGUAGES: tuple[tuple[str, str], ...] = (
     ("turkish", "tr"), ("ukrainian", "uk"), ("urdu", "ur"), ("vietnamese", "vi"), ("yoruba", "yo"),
 )
 
-MODEL_CONTENT_TYPES = ("text/csv", "application/jsonlines", "application/json", "image/jpeg", "image/png",
-                       "application/x-npy", "image/jpg")  # image/jpg: the SDK ModelConfig lets it through
-MODEL_ACCEPT_TYPES = ("text/csv", "application/jsonlines", "application/json")
+MODEL_ACCEPT_TYPES = TABULAR_TYPES
 AGG_METHODS = ("mean_abs", "median", "mean_sq")
 ASV_DIRECTIONS = ("chronological", "anti_chronological", "bidirectional")
 ASV_GRANULARITIES = ("timewise", "fine_grained")
@@ -161,7 +160,8 @@ SHAP = Obj({
     "agg_method": Enum(AGG_METHODS),
     "use_logit": BOOLEAN,
     "save_local_shap_values": BOOLEAN,
-    "seed": Typed(("integer",)),
+    # numpy's and scikit-learn's seeds (np.random.RandomState, KMeans random_state): 0 to 2**32 - 1.
+    "seed": Typed(("integer",), minimum=0, maximum=2**32 - 1),
     "features_to_explain": LOCATORS,
     "text_config": TEXT_CONFIG,
     "image_config": IMAGE_CONFIG,

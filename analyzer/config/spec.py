@@ -39,6 +39,7 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
 }
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _ARTICLE = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean",
             "null": "null", "object": "an object", "array": "a list"}
 
@@ -53,10 +54,12 @@ def json_type(value: Any) -> str:
 
 def shown(value: Any, limit: int = 60) -> str:
     """A short JSON rendering of a value for error messages."""
+    if isinstance(value, int) and value.bit_length() > 200:  # str() of a huge int is slow, or refused
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     try:
         text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
+    except (TypeError, ValueError, RecursionError):
+        text = object.__repr__(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -151,10 +154,15 @@ class Typed(Spec):
                 ctx.add(path, f"must be a finite number, got {shown(value)}")
                 return INVALID
             if self.minimum is not None and value < self.minimum:
-                ctx.add(path, f"must be >= {self.minimum:g}, got {shown(value)}")
+                ctx.add(path, f"must be >= {_bound(self.minimum)}, got {shown(value)}")
                 return INVALID
             if self.maximum is not None and value > self.maximum:
-                ctx.add(path, f"must be <= {self.maximum:g}, got {shown(value)}")
+                ctx.add(path, f"must be <= {_bound(self.maximum)}, got {shown(value)}")
+                return INVALID
+            if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+                # numpy, pandas and Arrow hold integers in 64 bits; bigger ones would overflow there.
+                ctx.add(path, f"is out of range: integers must fit in 64 bits ({INT64_MIN} to {INT64_MAX}), "
+                              f"got {shown(value)}")
                 return INVALID
             if self.as_float:
                 return float(value)
@@ -376,3 +384,8 @@ class Either(Spec):
 
 
 ANY = Typed(tuple(_KINDS))
+
+
+def _bound(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+

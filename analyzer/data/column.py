@@ -88,6 +88,8 @@ class Column:
             values = self.uniques.take(self.codes)
             return pd.Series(values.to_numpy() if not isinstance(self.dtype, pd.CategoricalDtype)
                              else values.array, name=self.name, dtype=self.dtype)
+        if len(self.uniques) == 0:  # every row missing (what the concat below gives, without its FutureWarning)
+            return pd.Series(np.full(len(self.codes), np.nan), name=self.name)
         with_nan = pd.concat([self.uniques, pd.Series([np.nan])], ignore_index=True)
         out = with_nan.take(np.where(self.codes == MISSING, len(self.uniques), self.codes))
         return out.reset_index(drop=True).rename(self.name)

@@ -5,10 +5,15 @@ file below it, in the order of their relative paths, so that a dataset split int
 ``part-00001``, ... keeps its row order. Hidden files and Spark/Hadoop markers (any path component
 starting with ``.`` or ``_``: ``.part-0.crc``, ``_SUCCESS``, ``_committed_123``) are not data and are
 skipped. Files whose name ends in ``.gz`` are decompressed on the fly.
+
+Symbolic links are followed, to files and to folders alike, as ``cat`` and ``aws s3 sync`` would: a
+linked folder is read as if its files were there. A link that points to one of its own parent folders
+(a loop) or to nothing is an error naming the link, never silently skipped.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -23,6 +28,8 @@ def resolve_local_path(uri: str, *, base_dir: Path | None = None) -> Path:
     Relative paths are taken from ``base_dir`` (default: the current directory). ``s3://`` URIs are
     refused for now: a later ``lucent launch`` will stage S3 data to local paths before the analysis.
     """
+    if "\x00" in uri or "%00" in uri:  # the OS refuses such names; say so instead of a ValueError later
+        raise DataError(f"{uri!r}: a path cannot contain a NUL character.")
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         raise DataError(
@@ -48,10 +55,7 @@ def list_data_files(path: Path) -> list[Path]:
         )
     if path.is_file():
         return [path]
-    files = sorted(
-        (p for p in path.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(path))),
-        key=lambda p: p.relative_to(path).as_posix(),
-    )
+    files = sorted(_walk_files(path), key=lambda p: p.relative_to(path).as_posix())
     if not files:
         raise DataError(
             f"Dataset folder {path} contains no data files (hidden files and markers starting with "
@@ -61,14 +65,58 @@ def list_data_files(path: Path) -> list[Path]:
     return files
 
 
+def _walk_files(folder: Path) -> list[Path]:
+    """Every visible file below ``folder``, following symbolic links to files and folders.
+
+    ``Path.rglob`` follows links to files but not to folders; this walk treats both alike. A folder
+    reached again through a link below itself would repeat forever: that is reported, as is a dangling link.
+    """
+    files = []
+    # (folder, real paths of the folders from the root down to it): a link back into that chain is a loop
+    pending = [(folder, (folder.resolve(),))]
+    while pending:
+        current, chain = pending.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError as exc:
+            raise DataError(f"Cannot list the dataset folder {current}: {exc.strerror or exc}") from exc
+        for entry in entries:
+            if entry.name.startswith((".", "_")):
+                continue
+            entry_path = Path(entry.path)
+            if entry.is_dir():  # follows links
+                real = entry_path.resolve()
+                if real in chain:
+                    raise DataError(f"Dataset folder {folder}: the link {entry_path} points to {real}, a folder "
+                                    "that contains it, so the dataset would never end. Remove the link.")
+                pending.append((entry_path, (*chain, real)))
+            elif entry.is_file():
+                files.append(entry_path)
+            elif entry.is_symlink() and not entry_path.exists():
+                raise DataError(f"Dataset folder {folder}: the link {entry_path} points to "
+                                f"{os.readlink(entry_path)}, which does not exist. Fix or remove the link.")
+    return files
+
+
+def first_outside(path: Path, root: Path) -> Path | None:
+    """The first of ``path`` and the data files below it whose real location (links followed, ``..``
+    resolved) is not inside ``root``; None when all are inside. A missing ``path`` is checked by name."""
+    root = root.resolve()
+    if not path.resolve().is_relative_to(root):
+        return path
+    if not path.is_dir():
+        return None
+    try:
+        files = list_data_files(path)
+    except DataError:  # an empty folder or a link loop: reading the dataset reports it
+        return None
+    return next((file for file in files if not file.resolve().is_relative_to(root)), None)
+
+
 def no_data_rows(source: str, files: list[Path]) -> DataError:
     names = ", ".join(str(f) for f in files[:3]) + (f", ... ({len(files) - 3} more)" if len(files) > 3 else "")
     return DataError(f"The dataset {source} has no data rows (files read: {names}). Check the path, and "
                      "that the files are not empty or only a header row.")
-
-
-def _is_hidden(relative: Path) -> bool:
-    return any(part.startswith((".", "_")) for part in relative.parts)
 
 
 def is_gzip(path: Path) -> bool:

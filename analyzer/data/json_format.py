@@ -96,7 +96,7 @@ class JsonTable:
                 continue
             where = f"{path} line {line_number}"
             try:
-                record = json.loads(line)
+                record = _loads(line, where)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where} is not valid JSON ({exc.msg}, column {exc.colno}). Each line of a "
                                 "JSON Lines file must hold one JSON record.") from None
@@ -113,7 +113,7 @@ class JsonTable:
         if not text.strip():
             return
         try:
-            document = json.loads(text)
+            document = _loads(text, str(path))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path} line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg}). "
                             "An application/json dataset file must be one JSON document.") from None
@@ -202,6 +202,19 @@ def _compile(key: str, expression: Any) -> jmespath.parser.ParsedResult:
         return jmespath.compile(expression)
     except jmespath.exceptions.JMESPathError as exc:
         raise DataError(f"`{key}` {expression!r} is not a valid JMESPath expression ({exc}).") from None
+
+
+def _loads(text: str, where: str) -> Any:
+    """``json.loads``, with the limits of Python's parser (nesting depth, digits in an integer) reported
+    as a ``DataError`` naming ``where``; syntax errors are left to the caller, which knows the format."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise DataError(f"{where}: arrays or objects nested too deeply to read. Flatten the records.") from None
+    except ValueError as exc:  # int_max_str_digits: "Exceeds the limit (4300 digits) for integer string ..."
+        raise DataError(f"{where}: a number has too many digits to read ({exc}). Store it as a string.") from None
 
 
 def _text(path: Path) -> str:

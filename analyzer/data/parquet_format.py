@@ -22,6 +22,9 @@ from analyzer.data.table import TableData
 from analyzer.errors import DataError
 
 _HEADERS_MISMATCH = "Headers in config do not match with the number of columns in the dataset."
+# What pyarrow raises on a damaged file: I/O and Arrow errors, and ValueError (UnicodeDecodeError, bad JSON)
+# for metadata that is not valid UTF-8 or JSON.
+_CORRUPT = (OSError, ValueError, pa.ArrowException)
 
 
 class ParquetTable:
@@ -32,7 +35,7 @@ class ParquetTable:
         self.source = source
         self.chunk_rows = chunk_rows
         self.role_columns: dict[str, str] = {}
-        self._schemas = {path: _open(path).schema_arrow for path in self.files}
+        self._schemas = {path: _schema(path) for path in self.files}
         first = self.files[0]
         self._file_columns = _data_columns(self._schemas[first])
         for path, schema in self._schemas.items():
@@ -76,16 +79,20 @@ class ParquetTable:
                             values = values.dictionary_decode()
                         acc.add(values)
                     n_rows += batch.num_rows
-            except (OSError, pa.ArrowException) as exc:
+            except _CORRUPT as exc:
                 raise _unreadable(path, exc) from exc
         data = TableData(n_rows)
         for name, acc in accumulators.items():
             to_pandas = (_categorical(categories[name], fields[name].type.ordered)
                          if name in categories else arrow_to_pandas)
-            if name in values:
-                data.values[name] = acc.finish_values(to_pandas)
-            else:
-                data.columns[name] = acc.finish(to_pandas)
+            try:
+                if name in values:
+                    data.values[name] = acc.finish_values(to_pandas)
+                else:
+                    data.columns[name] = acc.finish(to_pandas)
+            except pa.ArrowException as exc:  # e.g. a string column with bytes that are not UTF-8
+                raise DataError(f"Column {name!r} of {self.source} cannot be converted ({exc}). Check that "
+                                "the Parquet files are not corrupt and that text columns hold UTF-8.") from exc
         return data
 
 
@@ -101,8 +108,18 @@ def _categorical(dictionaries: list[pa.Array], ordered: bool) -> ToPandas:
 def _open(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as exc:
+    except _CORRUPT as exc:
         raise _unreadable(path, exc) from exc
+
+
+def _schema(path: Path) -> pa.Schema:
+    """The file's schema, with its pandas metadata (JSON in the footer) checked to be readable."""
+    schema = _open(path).schema_arrow
+    try:
+        _data_columns(schema)
+    except _CORRUPT as exc:
+        raise _unreadable(path, exc) from exc
+    return schema
 
 
 def _unreadable(path: Path, exc: Exception) -> DataError:

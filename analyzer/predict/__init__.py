@@ -5,7 +5,15 @@
 ``predicted_labels_for_bias`` applies Clarify's predicted-label rules for post-training bias.
 """
 
-from analyzer.predict.client import ClientStats, ModelClient, ModelError, RetryPolicy, wait_until_healthy
+from analyzer.predict.client import (
+    ClientStats,
+    ModelClient,
+    ModelError,
+    ModelTransportError,
+    RetryPolicy,
+    model_timeout_seconds,
+    wait_until_healthy,
+)
 from analyzer.predict.decode import ResponseParser, parse_response
 from analyzer.predict.encode import EncodedRecords, RequestEncoder, serialize_records
 from analyzer.predict.endpoint import ModelEndpoint
@@ -17,11 +25,13 @@ __all__ = [
     "ModelClient",
     "ModelEndpoint",
     "ModelError",
+    "ModelTransportError",
     "Predictions",
     "RequestEncoder",
     "ResponseParser",
     "RetryPolicy",
     "parse_response",
+    "model_timeout_seconds",
     "predicted_labels_for_bias",
     "serialize_records",
     "wait_until_healthy",

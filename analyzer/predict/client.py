@@ -4,12 +4,20 @@
 record count and payload size, keeps several requests in flight on a thread pool and returns the
 predictions in input order. Model failures are handled the way Clarify users expect:
 
-* a batch the model refuses (HTTP 413, any other 4xx/5xx, or a timeout, for more than one record) is
-  re-sent as two halves, down to one record per request, and later batches start at the smaller
-  size (log ``Fallback to per-record prediction because of model error.``);
-* connection failures, HTTP 429/503 and, for single records, 5xx answers and timeouts are retried
-  with exponential backoff, bounded in count and time (``RetryPolicy``);
-* what cannot be fixed by retrying raises ``ModelError`` naming the rows concerned.
+* a batch the model refuses (HTTP 413, any other 4xx/5xx, or a connection dropped twice, for more than
+  one record) is re-sent as two halves, down to one record per request, and later batches start at
+  the smaller size (log ``Fallback to per-record prediction because of model error.``);
+* connection failures, HTTP 429/503 and, for single records, 5xx answers are retried with exponential
+  backoff, bounded in count and time (``RetryPolicy``);
+* the job waits at most ``timeout`` seconds (``LUCENT_MODEL_TIMEOUT_SECONDS``, default 10 minutes) for
+  the model to answer any part of a batch, retries and smaller batches included. A request that gets
+  no answer in that time is neither retried nor split: a model that does not answer a batch would not
+  answer its halves either, and waiting again is how a hung model used to take 16 minutes to fail.
+
+Two kinds of failure, for the job's exit code: a ``UserError`` when the model answered but refused a
+record (``ModelError``) or gave an answer that cannot be used (the parser's errors); a
+``ModelTransportError`` (a ``DependencyError``) when no answer came: connection refused or broken,
+or no answer in time.
 
 urllib3 rather than requests or httpx: its ``PoolManager`` is a thread-safe keep-alive connection
 pool with per-request timeouts and little else, and it sends ``memoryview`` bodies as they are, so a
@@ -20,6 +28,7 @@ an async stack this thread-pool client does not use.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -33,16 +42,20 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError
 
 from analyzer.config.model import Predictor
-from analyzer.errors import UserError
+from analyzer.errors import DependencyError, UserError
+from analyzer.media import CSV, NPY
 from analyzer.predict.decode import ResponseParser, excerpt
-from analyzer.predict.encode import CSV, NPY, Body, EncodedRecords, RequestEncoder, Rows, SplitBody
+from analyzer.predict.encode import Body, EncodedRecords, RequestEncoder, Rows, SplitBody
 from analyzer.predict.predictions import Predictions
+from analyzer.redact import redact_url
 
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker InvokeEndpoint's request limit
 MAX_RECORDS_PER_REQUEST = 100_000
-TIMEOUT_SECONDS = 60.0  # SageMaker's model response timeout
+MODEL_TIMEOUT_VARIABLE = "LUCENT_MODEL_TIMEOUT_SECONDS"
+DEFAULT_MODEL_TIMEOUT_SECONDS = 600.0  # how long the job waits for the model to answer a batch
+CONNECT_TIMEOUT_SECONDS = 30.0  # to open a connection, within the time left for the batch
 _WINDOW_CELLS = 2_000_000  # rows are serialised this many values at a time (about 40 MB of text)
 # A window is cut into one request per concurrent slot at least, unless requests would get smaller than
 # this: a call of 20,000 rows then keeps every model worker busy instead of one.
@@ -51,7 +64,7 @@ _BUSY_STATUSES = (429, 503)  # throttling: the same batch will do once the model
 
 
 class ModelError(UserError):
-    """The model could not be reached or failed on records that cannot be split further.
+    """The model answered, but not usably: it refused a record that cannot be split further.
 
     ``row`` (index into the rows of the ``predict`` call) and ``reason`` are set when the model refused
     one record, so that callers that built the rows can name the record they came from.
@@ -61,6 +74,28 @@ class ModelError(UserError):
         super().__init__(message)
         self.row = row
         self.reason = reason
+
+
+class ModelTransportError(DependencyError):
+    """No answer came from the model: connection refused or broken, or nothing within the timeout.
+
+    Not the user's input's fault, so it carries no ``row`` (callers map a ``row`` to a refused record).
+    """
+
+
+def model_timeout_seconds() -> float:
+    """How long the job waits for the model to answer a batch: ``LUCENT_MODEL_TIMEOUT_SECONDS`` when
+    set, else 10 minutes."""
+    text = os.environ.get(MODEL_TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MODEL_TIMEOUT_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UserError(f"{MODEL_TIMEOUT_VARIABLE}={text!r}: must be a positive number of seconds")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -116,18 +151,34 @@ class _Aborted(Exception):
     """Another batch failed: stop working on this one."""
 
 
+class _Patience:
+    """The time the model has left to answer some part of one batch; every answer renews it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.renew()
+
+    def renew(self) -> None:
+        self.deadline = time.monotonic() + self.seconds
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
 class ModelClient:
     """Gets predictions for feature rows from a model server speaking the SageMaker protocol.
 
-    ``feature_names`` name the columns of the rows passed to ``predict`` (for templates).
+    ``feature_names`` name the columns of the rows passed to ``predict`` (for templates). ``timeout``:
+    seconds to wait for the model to answer some part of a batch (default ``model_timeout_seconds()``).
     Use as a context manager, or call ``close()``, to release connections and threads.
     """
 
     def __init__(self, endpoint_url: str, predictor: Predictor, feature_names: Sequence[str], *,
                  max_payload_bytes: int = MAX_PAYLOAD_BYTES, max_records_per_request: int = MAX_RECORDS_PER_REQUEST,
-                 concurrency: int | None = None, timeout: float = TIMEOUT_SECONDS,
+                 concurrency: int | None = None, timeout: float | None = None,
                  retry: RetryPolicy | None = None, progress_interval: float = 5.0):
         self.url = endpoint_url.rstrip("/") + "/invocations"
+        self.shown_url = redact_url(self.url)  # for messages and logs: no password from the URL
         self.encoder = RequestEncoder(predictor, feature_names)
         self.parser = ResponseParser(predictor, predictor.accept_type or predictor.content_type)
         self.headers = {"Content-Type": predictor.content_type or CSV, "Accept": self.parser.accept_type}
@@ -137,13 +188,12 @@ class ModelClient:
             self.headers["X-Amzn-SageMaker-Target-Model"] = predictor.target_model
         self.max_payload_bytes = max_payload_bytes
         self.concurrency = max(1, concurrency or 2 * (os.cpu_count() or 1))
-        self.timeout = timeout
+        self.timeout = model_timeout_seconds() if timeout is None else timeout
         self.retry = retry or RetryPolicy()
         self.progress_interval = progress_interval
         self.stats = ClientStats()
         self._records_cap = max(1, max_records_per_request)
-        self._http = urllib3.PoolManager(num_pools=2, maxsize=self.concurrency, retries=False,
-                                         timeout=urllib3.Timeout(connect=timeout, read=timeout))
+        self._http = urllib3.PoolManager(num_pools=2, maxsize=self.concurrency, retries=False)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._logged: set[str] = set()
@@ -240,16 +290,18 @@ class ModelClient:
         parts = max(-(-n // self._records_cap), min(self.concurrency, n // _MIN_RECORDS_TO_SPLIT), 1)
         return max(1, -(-n // parts))
 
-    def _run(self, batch: _Batch, abort: threading.Event) -> list[Predictions]:
-        """Predictions for one batch, re-sending it in halves if the model refuses it."""
+    def _run(self, batch: _Batch, abort: threading.Event, patience: _Patience | None = None) -> list[Predictions]:
+        """Predictions for one batch, re-sending it in halves if the model refuses it. ``patience`` is
+        shared by the pieces of one batch: the model must answer one of them every ``timeout`` s."""
+        patience = patience or _Patience(self.timeout)
         cap = self._records_cap
         if len(batch) > cap:  # cut before the model refused a smaller batch: do not try it whole
-            return [part for piece in batch.pieces(cap) for part in self._run(piece, abort)]
+            return [part for piece in batch.pieces(cap) for part in self._run(piece, abort, patience)]
         try:
-            body = self._post(batch.records.body(batch.start, batch.stop), batch, abort)
+            body = self._post(batch.records.body(batch.start, batch.stop), batch, abort, patience)
         except _Refused as refusal:
             if len(batch) == 1:
-                raise ModelError(f"The model at {self.url} failed on the record at row {batch.first_row}: "
+                raise ModelError(f"The model at {self.shown_url} failed on the record at row {batch.first_row}: "
                                  f"{refusal}", row=batch.first_row, reason=str(refusal)) from None
             self._log_once("fallback", logging.WARNING, "Fallback to per-record prediction because of model "
                            "error. %s for %d records (rows %d to %d); re-sending smaller batches, down to one "
@@ -260,53 +312,75 @@ class ModelClient:
                 if len(halves[0]) < self._records_cap:
                     self._records_cap = len(halves[0])
                     log.info("Prediction batch size is reduced to %d after a model error.", self._records_cap)
-            return [part for half in halves for part in self._run(half, abort)]
+            return [part for half in halves for part in self._run(half, abort, patience)]
         return [self.parser.parse(body, len(batch), batch.first_row)]
 
-    def _post(self, body: Body, batch: _Batch, abort: threading.Event) -> bytes:
-        """The response body of one request; retries what retrying can fix, raises ``_Refused`` otherwise."""
+    def _post(self, body: Body, batch: _Batch, abort: threading.Event, patience: _Patience) -> bytes:
+        """The response body of one request; retries what retrying can fix, raises ``_Refused`` when a
+        smaller batch may fare better and ``ModelTransportError`` when no answer came."""
         multiple = len(batch) > 1
         headers = self.headers
         if isinstance(body, SplitBody):  # sent piece by piece: urllib3 would otherwise send it chunked
             headers = {**headers, "Content-Length": str(len(body))}
-        deadline = time.monotonic() + self.retry.max_elapsed_seconds
+        retry_deadline = time.monotonic() + self.retry.max_elapsed_seconds
+        reason = ""
         for attempt in range(1, self.retry.attempts + 1):
             if abort.is_set():
                 raise _Aborted
-            connect_failure = split_now = False
+            remaining = patience.remaining()
+            if remaining <= 0:
+                raise self._no_answer(batch, reason)
+            no_answer = split_now = False
+            timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT_SECONDS, remaining), read=remaining)
             try:
-                response = self._http.request("POST", self.url, body=body, headers=headers)
+                response = self._http.request("POST", self.url, body=body, headers=headers, timeout=timeout)
             except ConnectTimeoutError as error:  # includes NewConnectionError (refused, unknown host)
-                reason, connect_failure = f"cannot connect ({_reason(error)})", True
+                reason, no_answer = f"cannot connect ({_reason(error)})", True
             except ReadTimeoutError:
-                reason, split_now = f"no answer within {self.timeout:g} s", multiple
+                # The whole wait is spent. Not split: a model that does not answer a batch in time would
+                # not answer its halves either, and the halves would wait as long again, level by level.
+                raise self._no_answer(batch, reason) from None
             except HTTPError as error:  # connection reset or closed mid-request
-                reason = f"connection failed ({_reason(error)})"
+                reason, no_answer = f"connection failed ({_reason(error)})", True
+                # Once may be a keep-alive connection the server closed; twice, this batch may be what
+                # crashes the model's worker: smaller batches find the record.
+                split_now = multiple and attempt > 1
             else:
                 with self._lock:
                     self.stats.requests += 1
                     self.stats.records += len(batch)
                     self.stats.bytes_sent += len(body)
                 if 200 <= response.status < 300:
+                    patience.renew()
                     return response.data
                 reason = f"HTTP {response.status}: {excerpt(response.data)}"
-                if response.status not in _BUSY_STATUSES:
-                    if response.status < 500:
-                        raise _Refused(reason)  # a client error will not go away by itself
+                if response.status in _BUSY_STATUSES:
+                    no_answer = True  # the same batch will do once the model has capacity; a smaller one no sooner
+                elif response.status < 500:
+                    raise _Refused(reason)  # a client error will not go away by itself
+                else:
                     split_now = multiple
             if split_now:
                 raise _Refused(reason)
             wait_seconds = self.retry.delay(attempt)
-            if attempt == self.retry.attempts or time.monotonic() + wait_seconds > deadline:
-                if connect_failure:
-                    raise ModelError(f"Could not connect to the model at {self.url} after {attempt} attempt(s): "
-                                     f"{reason}")
+            resume_at = time.monotonic() + wait_seconds
+            if resume_at >= patience.deadline:
+                raise self._no_answer(batch, reason)
+            if attempt == self.retry.attempts or resume_at > retry_deadline:
+                if no_answer:
+                    raise ModelTransportError(f"The model at {self.shown_url} gave no answer for {_rows(batch)} "
+                                              f"after {attempt} attempt(s): {reason}")
                 raise _Refused(f"{reason} (after {attempt} attempts)")
-            log.debug("Retrying rows %d to %d in %.1f s: %s", batch.first_row, batch.first_row + len(batch) - 1,
-                      wait_seconds, reason)
+            log.debug("Retrying %s in %.1f s: %s", _rows(batch), wait_seconds, reason)
             if abort.wait(wait_seconds):
                 raise _Aborted
         raise AssertionError("unreachable")
+
+    def _no_answer(self, batch: _Batch, reason: str) -> ModelTransportError:
+        last = f"; last attempt: {reason}" if reason else ""
+        return ModelTransportError(
+            f"The model at {self.shown_url} did not answer within {self.timeout:g} s ({_rows(batch)}{last}). "
+            f"Set {MODEL_TIMEOUT_VARIABLE} to wait longer for a slow model")
 
     def _log_once(self, key: str, level: int, message: str, *args: object) -> None:
         with self._lock:
@@ -335,7 +409,7 @@ class _Progress:
 def wait_until_healthy(endpoint_url: str, timeout: float = 240.0, interval: float = 0.5) -> float:
     """Poll ``GET <endpoint_url>/ping`` until it answers 200; returns the seconds waited.
 
-    Raises ``ModelError`` after ``timeout`` seconds (SageMaker allows a container 4 minutes).
+    Raises ``ModelTransportError`` after ``timeout`` seconds (SageMaker allows a container 4 minutes).
     """
     url = endpoint_url.rstrip("/") + "/ping"
     http = urllib3.PoolManager(retries=False)
@@ -353,11 +427,16 @@ def wait_until_healthy(endpoint_url: str, timeout: float = 240.0, interval: floa
                 last = _reason(error)
             remaining = timeout - (time.monotonic() - started)
             if remaining <= 0:
-                raise ModelError(f"The model at {endpoint_url} did not become healthy within {timeout:g} s "
-                                 f"(GET /ping: {last})")
+                raise ModelTransportError(f"The model at {redact_url(endpoint_url)} did not become healthy within "
+                                          f"{timeout:g} s (GET /ping: {last})")
             time.sleep(min(interval, remaining))
     finally:
         http.clear()
+
+
+def _rows(batch: _Batch) -> str:
+    last = batch.first_row + len(batch) - 1
+    return f"row {last}" if len(batch) == 1 else f"rows {batch.first_row} to {last}"
 
 
 def _reason(error: BaseException) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import csv
 import io
+import json
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -30,11 +31,11 @@ import pyarrow.csv as pa_csv
 
 from analyzer.config.model import Locator, Predictor
 from analyzer.errors import UserError
-from analyzer.predict.encode import CSV, JSON, JSON_LINES, NPY, media_type
+from analyzer.media import CSV, JSON_LINES, NPY, TABULAR_TYPES, media_type
 from analyzer.predict.locator import JsonLocator
 from analyzer.predict.predictions import Predictions, as_numbers
 
-ACCEPT_TYPES = (CSV, JSON_LINES, JSON)
+ACCEPT_TYPES = TABULAR_TYPES  # what a model may answer in (npy: only Lucent's own server, not a config value)
 COLUMN_TYPES = (CSV, NPY)  # responses read as columns, located by 0-based index
 
 _CSV_READ = pa_csv.ReadOptions(autogenerate_column_names=True, use_threads=False)
@@ -160,7 +161,7 @@ class ResponseParser:
 
     def _json(self, body: bytes, n: int, first_row: int) -> Extract:
         try:
-            document = orjson.loads(body)
+            document = _load_json(body)
         except orjson.JSONDecodeError as error:
             raise UserError(f"The model's application/json response for row {first_row} is not valid JSON "
                             f"({error}): {excerpt(body)}") from None
@@ -310,11 +311,25 @@ def _json_lines(body: bytes) -> list[Any]:
         if not line.strip():
             continue
         try:
-            documents.append(orjson.loads(line))
+            documents.append(_load_json(line))
         except orjson.JSONDecodeError as error:
             raise UserError(f"Line {number} of the model's application/jsonlines response is not valid JSON "
                             f"({error}): {excerpt(line)}") from None
     return documents
+
+
+def _load_json(data: bytes) -> Any:
+    """One JSON document. Python's ``json`` writes NaN and infinite numbers as ``NaN`` / ``Infinity``,
+    which orjson rejects: they are read as the floats they stand for, so that the score checks name the
+    records concerned instead of calling the whole answer invalid."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(data)
+        except ValueError:
+            pass
+        raise
 
 
 def excerpt(data: bytes, limit: int = 200) -> str:

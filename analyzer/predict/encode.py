@@ -14,7 +14,6 @@ path that is still vectorised per distinct value where it can be.
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -26,12 +25,20 @@ import pandas as pd
 
 from analyzer.config.model import Predictor
 from analyzer.errors import UserError
-
-CSV = "text/csv"
-JSON_LINES = "application/jsonlines"
-JSON = "application/json"
-NPY = "application/x-npy"
-CONTENT_TYPES = (CSV, JSON_LINES, JSON, NPY)
+from analyzer.media import (
+    CSV,
+    FEATURE_NAMES,
+    FEATURES,
+    FEATURES_KVP,
+    JSON,
+    JSON_LINES,
+    NPY,
+    RECORD,
+    RECORDS,
+    REQUEST_TYPES,
+    media_type,
+    placeholders,
+)
 
 Rows = pd.DataFrame | np.ndarray
 Style = Literal["csv", "json"]
@@ -60,15 +67,7 @@ class SplitBody:
 
 Body = bytes | memoryview | SplitBody
 
-_PLACEHOLDER = re.compile(
-    r'"\$\{(?P<quoted>[^}]*)\}"|\$\{(?P<bare>[^}]*)\}|\$(?P<name>features_kvp|feature_names|features|records|record)'
-)
 _EXACT_INT_LIMIT = 2**53  # largest integer range float64 holds exactly
-
-
-def media_type(content_type: str) -> str:
-    """``"Text/CSV; charset=utf-8"`` -> ``"text/csv"``."""
-    return content_type.split(";", 1)[0].strip().lower()
 
 
 @dataclass(frozen=True)
@@ -180,22 +179,22 @@ class RequestEncoder:
             self.style, self.parts = "json", []
         else:
             raise UserError(f"predictor.content_type {predictor.content_type!r} is not supported for tabular "
-                            f"data; use one of {', '.join(CONTENT_TYPES)}")
+                            f"data; use one of {', '.join(REQUEST_TYPES)}")
 
     def _json_envelope(self, predictor: Predictor) -> None:
         content = _template_text(predictor.content_template, "content_template")
         record = _template_text(predictor.record_template, "record_template")
         if content is None or record is None:
             raise UserError("content_template and record_template are required for content_type application/json")
-        slots = [m for m in _PLACEHOLDER.finditer(content) if m.group("name") in ("records", "record")]
+        slots = [slot for slot in placeholders(content) if slot.name in (RECORDS, RECORD)]
         if not slots:
             raise UserError(f"Invalid content_template {content}. Please include either placeholder $records or "
                             "$record.")
         if len(slots) > 1:
             raise UserError(f"Invalid content_template {content}. Please include only one $records or $record.")
         slot = slots[0]
-        head, tail = self._constants(content[:slot.start()]), self._constants(content[slot.end():])
-        if slot.group("name") == "records":
+        head, tail = self._constants(content[:slot.start]), self._constants(content[slot.end:])
+        if slot.name == RECORDS:
             self.head, self.tail = head + b"[", b"]" + tail
         else:
             self.head, self.tail, self.max_records = head, tail, 1
@@ -222,29 +221,30 @@ class RequestEncoder:
             elif text:
                 parts.append(text)
 
-        for match in _PLACEHOLDER.finditer(template):
-            literal(template[position:match.start()].encode())
-            position = match.end()
-            name = match.group("name")
-            feature = match.group("quoted") if match.group("quoted") is not None else match.group("bare")
+        for slot in placeholders(template):
+            literal(template[position:slot.start].encode())
+            position = slot.end
+            name, feature = slot.name, slot.feature
             if feature is not None:
                 if feature not in self.feature_names:
                     raise UserError(f"{key} placeholder ${{{feature}}} does not name a feature; features are "
                                     f"{', '.join(self.feature_names)}")
                 parts.append(_Cells("feature", self.feature_names.index(feature)))
-            elif name == "features":
+            elif name == FEATURES:
                 literal(b"[")
                 parts.append(_Cells("cells"))
                 literal(b"]")
-            elif name == "features_kvp":
+            elif name == FEATURES_KVP:
                 literal(b"{")
                 parts.append(_Cells("kvp"))
                 literal(b"}")
-            elif name == "feature_names":
+            elif name == FEATURE_NAMES:
                 literal(b"[" + self.value_separator.join(orjson.dumps(n) for n in self.feature_names) + b"]")
-            else:
+            elif name in (RECORDS, RECORD):
                 raise UserError(f"{key} {template!r}: ${name} is only allowed in content_template of "
                                 "content_type application/json")
+            else:
+                raise UserError(f"{key} {template!r}: ${name} is only for time-series explanations")
         literal(template[position:].encode())
         return parts
 

@@ -7,6 +7,9 @@ list. Two readings are derived from them:
 * ``scores`` for SHAP / PDP: the probability values, else the label values, as a float matrix.
 * ``predicted_labels`` for post-training bias: the rules of spec 5.3 (scalar label; argmax over a
   label list; argmax over ``label_headers``; a single score cut at ``probability_threshold``).
+  A NaN or infinite score (or numeric label) fails it with the rows named: NaN > 0.5 is False and
+  argmax picks a NaN first, so such a record would otherwise quietly get a label and shift DI and the
+  other post-training metrics.
 """
 
 from __future__ import annotations
@@ -71,18 +74,22 @@ class Predictions:
         """One predicted label per record for post-training bias (spec 5.3 rules, in order)."""
         label, probability = self.label, self.probability
         if label is not None and label.ndim == 1:
+            check_finite_outputs(label, "predictor.label", self.first_row)
             labels = label  # 1. the model names its predicted label
         elif label is not None:
             if probability is None or probability.ndim != 2 or probability.shape[1] != label.shape[1]:
                 raise UserError(
                     f"predictor.label gives a list of {label.shape[1]} labels per record; predictor.probability must "
                     "give a list of as many scores so that the label with the highest score can be chosen")
-            best = np.argmax(as_numbers(probability, "predictor.probability", self.first_row), axis=1)
+            scores = as_numbers(probability, "predictor.probability", self.first_row)
+            check_finite_outputs(scores, "predictor.probability", self.first_row)
+            best = np.argmax(scores, axis=1)
             labels = label[np.arange(self.n_records), best]  # 2. label list + score list
         elif probability is None:
             raise UserError("The model output has no predicted label: set predictor.label or predictor.probability")
         else:
             scores = self.scores
+            check_finite_outputs(scores, "predictor.probability", self.first_row)
             if scores.shape[1] == 1:  # 4. one score per record, cut at the threshold
                 return (scores[:, 0] > probability_threshold).astype(np.int64)
             best = np.argmax(scores, axis=1)
@@ -153,6 +160,36 @@ def as_numbers(values: np.ndarray, what: str, first_row: int = 0, hint: str = ""
                             f"{_quote(value)}{hint}") from None
     assert numbers is not None
     return numbers  # NaN written as such by the model
+
+
+def check_finite_outputs(values: np.ndarray, what: str, first_row: int = 0) -> None:
+    """A ``UserError`` naming the rows (numbered from ``first_row``) whose model output ``values`` -- one
+    row per record, numbers or labels -- hold NaN or an infinity. Text labels pass as they are."""
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values)
+    elif values.dtype.kind == "O":
+        bad = np.vectorize(_non_finite_number, otypes=[bool])(values) if values.size else np.zeros(values.shape, bool)
+    else:
+        return  # integers, booleans and strings are always finite
+    rows = np.flatnonzero(bad.reshape(len(values), -1).any(axis=1))
+    if not len(rows):
+        return
+    shown = ", ".join(f"{first_row + int(row)} ({_first_non_finite(values[row])})" for row in rows[:10])
+    more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+    raise UserError(f"The model returned NaN or infinite {what} for {len(rows)} of {len(values)} record(s), at "
+                    f"dataset rows {shown}{more}. Post-training bias needs a finite value for every record: "
+                    "fix the model's output for these rows")
+
+
+def _non_finite_number(value: Any) -> bool:
+    return isinstance(value, float | np.floating) and not np.isfinite(value)
+
+
+def _first_non_finite(row_values: Any) -> str:
+    for value in np.atleast_1d(row_values).tolist():
+        if isinstance(value, float) and not np.isfinite(value):
+            return repr(value)
+    return "?"
 
 
 def _quote(value: Any) -> str:

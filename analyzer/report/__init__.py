@@ -21,20 +21,32 @@ from pathlib import Path
 from analyzer.output import write_bytes_atomic
 from analyzer.report.summary import JobSummary
 
-__all__ = ["JobSummary", "ReportError", "write_reports"]
+__all__ = ["JobSummary", "ReportError", "check_report_engines", "write_reports"]
 
 
 class ReportError(Exception):
     """Some report files could not be written; ``written`` lists those that were.
 
-    Raised after every other format has been written, so a missing PDF engine costs the PDF only.
-    ``analysis.json`` is never touched by this module.
+    Raised after every other format has been tried, so that the message names every format that
+    failed. A job treats it as a failure of the whole job (its staging folder, with the files
+    written, is discarded); ``analysis.json`` is never touched by this module.
     """
 
     def __init__(self, message: str, written: list[Path], failed: dict[str, BaseException]):
         super().__init__(message)
         self.written = written
         self.failed = failed
+
+
+def check_report_engines() -> None:
+    """Raise ``ReportError`` now if a report format cannot be rendered on this machine (the PDF
+    engine is missing), so that a job fails before it computes for hours rather than after."""
+    from analyzer.report.pdf import PdfEngineMissing, require_pdf_engine
+
+    try:
+        require_pdf_engine()
+    except PdfEngineMissing as exc:
+        raise ReportError(f"the report cannot be written: pdf: {exc}", [], {"pdf": exc}) from exc
 
 
 def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: str = "report",
@@ -46,7 +58,7 @@ def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: s
     present) to show a few records with their words coloured by SHAP value. Returns the paths
     written. If a format fails (typically the PDF, when WeasyPrint or the Pango libraries are
     missing), the others are still written, then ``ReportError`` is raised naming the failed formats
-    and why; the caller should log it and keep ``analysis.json``.
+    and why. A job treats that as a failed job and publishes nothing.
     """
     # Imported here, not at module level: they pull in matplotlib, pandas, nbformat and WeasyPrint,
     # which a job that writes no report (or `lucent validate`) should not pay for.
@@ -61,7 +73,8 @@ def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: s
         doc = build_document(analysis, summary, title,
                              local_explanations=output_dir / "explanations_shap" / "out.jsonl")
     except Exception as exc:  # a malformed analysis document: no format can be written
-        raise ReportError(f"Report not written: could not read the analysis ({exc!r})", [], {"all": exc}) from exc
+        raise ReportError(f"the report could not be written: could not read the analysis ({exc!r})", [],
+                          {"all": exc}) from exc
     written: list[Path] = []
     failed: dict[str, BaseException] = {}
     try:
@@ -90,5 +103,5 @@ def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: s
         doc.close()
     if failed:
         reasons = "; ".join(f"{ext}: {type(exc).__name__}: {exc}" for ext, exc in failed.items())
-        raise ReportError(f"Report files not written ({reasons})", written, failed) from next(iter(failed.values()))
+        raise ReportError(f"the report could not be written ({reasons})", written, failed) from next(iter(failed.values()))
     return written

@@ -347,7 +347,7 @@ def _glossary(doc: Document, analysis: dict) -> None:
             for metric in analysis[stage]["facets"][facet][index].get("metrics", []):
                 if metric.get("name") in views.METRICS and metric["name"] not in present:
                     present.append(metric["name"])
-    rows = [[m.name, m.description, m.measures, format(m.ideal, "g"), m.range]
+    rows = [[m.name, m.description, m.measures, format(m.ideal, "g"), views.range_text(m)]
             for m in (views.METRICS[name] for name in present)]
     doc.add(_heading("About the metrics", 2, page_break=True),
             Paragraph("What each metric in this report measures. “Inside the group” is the group named in the "

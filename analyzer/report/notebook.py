@@ -10,15 +10,16 @@ the source of ``views`` so no Lucent installation is needed, only pandas and mat
 from __future__ import annotations
 
 import base64
-import html
 import inspect
+import re
 
 import nbformat
 import pandas as pd
 from nbformat import v4
 
+from analyzer import bias_registry
 from analyzer.report import views
-from analyzer.report.document import BulletList, Document, Figure, Fragment, Heading, Paragraph, Table
+from analyzer.report.document import BOLD, BulletList, Document, Figure, Fragment, Heading, Paragraph, Table
 
 SETUP = """\
 %matplotlib inline
@@ -41,10 +42,29 @@ INTRO = (
 DISPLAY_OPTIONS = ("display.max_colwidth", None)
 
 
+# Every ASCII punctuation character may be backslash-escaped in CommonMark (and in marked, which
+# Jupyter uses); "<", ">" and "&" become entities instead, which every renderer reads literally.
+_MARKDOWN_PUNCTUATION = re.compile(r"([!\"#$%'()*+,\-./:;=?@\[\\\]^_`{|}~])")
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def markdown_escape(text: str) -> str:
+    """``text`` as literal markdown: no link, image, autolink, raw HTML, emphasis, heading, list or
+    table syntax in it survives. Line breaks become spaces (a new line could start a block)."""
+    text = _MARKDOWN_PUNCTUATION.sub(r"\\\1", re.sub(r"\s*[\r\n]\s*", " ", text))
+    return re.sub(r"[&<>]", lambda m: _ENTITIES[m[0]], text)  # after: the entities' ";" stays as it is
+
+
 def _markdown_text(text: str) -> str:
-    # Raw HTML is allowed in notebook markdown, so entities keep "<" and "&" literal; "**" is the
-    # document's bold markup and is valid markdown as it is.
-    return html.escape(text, quote=False)
+    """A document text (plain text with ``**bold**`` markup) as markdown: the bold markup is kept,
+    everything else is escaped. Every text that reaches a markdown cell goes through here; user data
+    (feature names, facet and label values, text units) is in those texts."""
+    parts, start = [], 0
+    for match in BOLD.finditer(text):
+        parts += [markdown_escape(text[start:match.start()]), f"**{markdown_escape(match[1])}**"]
+        start = match.end()
+    parts.append(markdown_escape(text[start:]))
+    return "".join(parts)
 
 
 def _markdown(block) -> str:
@@ -57,7 +77,7 @@ def _markdown(block) -> str:
         return "\n".join(f"- {_markdown_text(item)}" for item in block.items)
     if isinstance(block, Table):
         def row(cells: list[str]) -> str:
-            return "| " + " | ".join(_markdown_text(c).replace("|", "\\|") for c in cells) + " |"
+            return "| " + " | ".join(_markdown_text(c) for c in cells) + " |"
         lines = [row(block.columns), "|" + "---|" * len(block.columns)]
         return "\n".join([*lines, *(row(r) for r in block.rows)])
     raise TypeError(f"no markdown form for {type(block).__name__}")
@@ -79,10 +99,20 @@ def _result_data(block: Table | Figure | Fragment) -> dict:
         return {"text/html": block.frame._repr_html_(), "text/plain": repr(block.frame)}
 
 
+def helper_source() -> str:
+    """The source of ``views`` standing alone: after a copy of the metric registry it imports, whose
+    import line is dropped (both import only the standard library, pandas and matplotlib)."""
+    registry_import = re.compile(rf"^from {re.escape(bias_registry.__name__)} import .*\n", re.MULTILINE)
+    own, found = registry_import.subn("", inspect.getsource(views))
+    if found != 1:
+        raise AssertionError(f"views must import {bias_registry.__name__} in one line, found {found}")
+    return inspect.getsource(bias_registry).rstrip() + "\n\n\n" + own.rstrip() + "\n"
+
+
 def render_notebook(doc: Document) -> nbformat.NotebookNode:
     """The document as a notebook whose code cells reload ``analysis.json`` from their own folder."""
-    helpers = ("# Helper functions (Lucent's analyzer/report/views.py), copied so this notebook runs without "
-               "Lucent.\n" + inspect.getsource(views).rstrip() + "\n")
+    helpers = ("# Helper functions (Lucent's analyzer/bias_registry.py and analyzer/report/views.py), "
+               "copied so this notebook runs without Lucent.\n" + helper_source())
     cells = [v4.new_markdown_cell(f"# {_markdown_text(doc.title)}\n\n{_markdown_text(doc.subtitle)}\n\n{INTRO}")]
     hidden = v4.new_code_cell(helpers, execution_count=1)
     hidden.metadata.update({"jupyter": {"source_hidden": True}, "tags": ["hide-input"]})

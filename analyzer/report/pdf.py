@@ -14,14 +14,20 @@ class PdfEngineMissing(RuntimeError):
     """WeasyPrint or the system libraries it needs are not installed."""
 
 
-def render_pdf(html: str) -> bytes:
-    """The PDF of an HTML report page."""
+def require_pdf_engine():
+    """The ``weasyprint`` module; ``PdfEngineMissing`` if it or the libraries it loads are missing."""
     try:
         import weasyprint
     except (ImportError, OSError) as exc:  # OSError: Pango missing, raised while loading the library
         raise PdfEngineMissing(
             f"WeasyPrint is not usable ({exc}); install the Python package 'weasyprint' and the Debian "
             "packages libpango-1.0-0 and libpangoft2-1.0-0") from exc
+    return weasyprint
+
+
+def render_pdf(html: str) -> bytes:
+    """The PDF of an HTML report page."""
+    weasyprint = require_pdf_engine()
     # The page embeds everything as data: URIs; allowing nothing else keeps PDF rendering offline
     # even if a future change slipped in a link to a resource.
     fetcher = weasyprint.URLFetcher(allowed_protocols={"data"}) if hasattr(weasyprint, "URLFetcher") else None

@@ -1,10 +1,11 @@
 """Tables and charts of a Clarify ``analysis.json``: pandas DataFrames and matplotlib Figures.
 
 This module is where every number, reading and chart of the report is computed from the analysis
-document. It imports only the standard library, pandas and matplotlib (never Lucent) because its
-source is copied verbatim into the report notebook: the notebook's code cells call these same
-functions on ``analysis.json``, so a reader can re-run and extend it without installing Lucent, and
-the notebook cannot drift from the HTML and PDF reports.
+document. It imports only the standard library, pandas, matplotlib and ``analyzer.bias_registry``
+(itself standard library only) because its source is copied verbatim into the report notebook, after
+a copy of the registry: the notebook's code cells call these same functions on ``analysis.json``, so
+a reader can re-run and extend it without installing Lucent, and the notebook cannot drift from the
+HTML and PDF reports.
 
 Figures are built with ``matplotlib.figure.Figure`` rather than ``pyplot``: no global state, no
 GUI backend (rendering goes through Agg / the SVG backend), and a notebook shows a returned figure
@@ -24,6 +25,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from analyzer.bias_registry import BIAS_METRICS, BiasMetric
+
 PRE_TRAINING = "pre_training_bias_metrics"
 POST_TRAINING = "post_training_bias_metrics"
 
@@ -36,75 +39,17 @@ INK = "#222222"
 CHART_FONT_SIZE = 9  # points; the PDF shows charts at about 1:1 scale, so this is the printed size
 
 
-@dataclass(frozen=True)
-class MetricInfo:
-    """What a reader needs to know about one bias metric, independent of its value."""
-
-    name: str
-    description: str  # Clarify's exact description string
-    measures: str  # one plain sentence
-    ideal: float
-    range: str
-    # +1: positive values favour everyone else (point against the group); -1: negative values do;
-    # 0: no direction (a distance). Follows bias-metrics.md 4.3, with FT in its implementation sign.
-    direction: int
+# Each metric's facts (name, description, range, ideal, direction, what it measures) come from the one
+# registry; the report notebook's copy of this module has a copy of the registry above it.
+METRICS: dict[str, BiasMetric] = {metric.name: metric for metric in BIAS_METRICS}
+_RANGE_BOUNDS = {math.inf: "∞", -math.inf: "−∞", math.log(2): "ln 2 ≈ 0.69", math.sqrt(2): "√2 ≈ 1.41"}
 
 
-_M = MetricInfo
-METRICS: dict[str, MetricInfo] = {m.name: m for m in (
-    _M("CDDL", "Conditional Demographic Disparity in Labels (CDDL)",
-       "Within each subgroup of the group variable, how much larger the group's share of the negative "
-       "labels is than its share of the positive labels, averaged over subgroups.", 0, "−1 to 1", +1),
-    _M("CI", "Class Imbalance (CI)",
-       "Whether the group has fewer rows than everyone else (positive) or more (negative).", 0, "−1 to 1", +1),
-    _M("DPL", "Difference in Positive Proportions in Labels (DPL)",
-       "Share of positive labels outside the group minus the share inside it.", 0, "−1 to 1", +1),
-    _M("JS", "Jensen-Shannon Divergence (JS)",
-       "How different the label distributions of the group and everyone else are (symmetric).",
-       0, "0 to ln 2 ≈ 0.69", 0),
-    _M("KL", "Kullback-Liebler Divergence (KL)",
-       "How different the label distribution of the group is from everyone else's (in nats).",
-       0, "0 to ∞", 0),
-    _M("KS", "Kolmogorov-Smirnov Distance (KS)",
-       "The largest gap between the two groups in the share of any one label value.", 0, "0 to 1", 0),
-    _M("LP", "L-p Norm (LP)",
-       "Euclidean distance between the label distributions of the group and everyone else.",
-       0, "0 to √2 ≈ 1.41", 0),
-    _M("TVD", "Total Variation Distance (TVD)",
-       "Half the summed difference between the two label distributions.", 0, "0 to 1", 0),
-    _M("AD", "Accuracy Difference (AD)",
-       "Accuracy of the predictions outside the group minus inside it.", 0, "−1 to 1", +1),
-    _M("CDDPL", "Conditional Demographic Disparity in Predicted Labels (CDDPL)",
-       "CDDL computed on the model's predictions instead of the labels.", 0, "−1 to 1", +1),
-    _M("DAR", "Difference in Acceptance Rates (DAR)",
-       "Precision (how often a positive prediction is right) outside the group minus inside it.",
-       0, "−1 to 1", +1),
-    _M("DCA", "Difference in Conditional Acceptance (DCA)",
-       "Ratio of actual to predicted positives outside the group minus inside it.", 0, "−∞ to ∞", -1),
-    _M("DCR", "Difference in Conditional Rejection (DCR)",
-       "Ratio of actual to predicted negatives inside the group minus outside it.", 0, "−∞ to ∞", -1),
-    _M("DI", "Disparate Impact (DI)",
-       "Rate of positive predictions inside the group divided by the rate outside it.", 1, "0 to ∞", +1),
-    _M("DPPL", "Difference in Positive Proportions in Predicted Labels (DPPL)",
-       "Share of positive predictions outside the group minus the share inside it.", 0, "−1 to 1", +1),
-    _M("DRR", "Difference in Rejection Rates (DRR)",
-       "How often a negative prediction is right inside the group minus outside it.", 0, "−1 to 1", -1),
-    _M("FT", "Flip Test (FT)",
-       "Compares each group member's prediction with the predictions for their most similar people "
-       "outside the group (sign as in Clarify's implementation: negative = against the group).",
-       0, "−1 to 1", -1),
-    _M("GE", "Generalized Entropy (GE)",
-       "Inequality, over all rows, of the benefit the model gives each person (1 + prediction − label). "
-       "The same for every group.", 0, "0 and up", 0),
-    _M("RD", "Recall Difference (RD)",
-       "Of the actually positive rows, the share predicted positive outside the group minus inside it.",
-       0, "−1 to 1", +1),
-    _M("SD", "Specificity Difference (SD)",
-       "Of the actually negative rows, the share predicted negative inside the group minus outside it.",
-       0, "−1 to 1", -1),
-    _M("TE", "Treatment Equality (TE)",
-       "False negatives per false positive inside the group minus outside it.", 0, "−∞ to ∞", +1),
-)}
+def range_text(metric: BiasMetric) -> str:
+    """The values ``metric`` can take, as the report prints them: ``"−1 to 1"``, ``"0 to ∞"``."""
+    low, high = (_RANGE_BOUNDS.get(bound, format(bound, "g").replace("-", "−"))
+                 for bound in (metric.low, metric.high))
+    return f"{low} to {high}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +333,7 @@ def reading(metric: dict, context: Context) -> str:
     read = READINGS.get(metric.get("name", ""))
     if value is None or read is None:
         return ""
-    if math.isinf(value) and metric["name"] not in ("DI", "DCA", "DCR", "TE"):
+    if math.isinf(value) and not METRICS[metric["name"]].infinite:
         return "Infinite: a division by zero for this group."
     return read(value, context)
 
@@ -428,7 +373,7 @@ def bias_table(analysis: dict, stage: str, facet: str, index: int = 0) -> pd.Dat
             "Full name": metric.get("description") or (info.description if info else ""),
             "Value": format_value(metric.get("value")),
             "Ideal": _ideal(info.ideal) if info else "",
-            "Range": info.range if info else "",
+            "Range": range_text(info) if info else "",
             "What this value means": reading(metric, context),
         })
     columns = ["Metric", "Full name", "Value", "Ideal", "Range", "What this value means"]
