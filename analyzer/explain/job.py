@@ -37,7 +37,7 @@ from analyzer.predict import ModelEndpoint
 
 from .aggregate import aggregate
 from .baseline import compute_baseline
-from .kernel_shap import Explanation, KernelShap
+from .kernel_shap import Explanation, KernelShap, baseline_expected_value, fit_kernel_shap
 from .limits import PY_STRING_BYTES, check_num_clusters, check_pdp_memory, check_shap_memory
 from .pdp import partial_dependence
 from .shards import (
@@ -157,16 +157,17 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
     # model's scores for the baseline rows (the only rows it asks for) are already known.
     # One BLAS thread: the design's products would otherwise leave BLAS threads spinning on the cores the
     # model server needs (~0.1 s of CPU at M = 20).
+    _check_finite_baseline(predictions.scores, inputs.use_logit)
     with threadpool_limits(limits=1):
-        explainer = KernelShap(lambda rows: predictions.scores, baseline, num_samples=inputs.num_samples,
-                               seed=seed, use_logit=inputs.use_logit, features_to_explain=list(inputs.features))
+        fitted = fit_kernel_shap(baseline, predictions.scores, num_samples=inputs.num_samples, seed=seed,
+                                 use_logit=inputs.use_logit, features_to_explain=list(inputs.features))
+    explainer = KernelShap.from_fit(fitted, None)  # assembles the shards' checkpoints: never scores
     log.info("SHAP n_samples %d (%d coalitions), %d baseline row(s), %d feature(s) explained, %d output(s) %s",
              inputs.num_samples or len(explainer.design.masks), len(explainer.design.masks), len(baseline),
              len(inputs.features), len(label_keys), label_keys)
-    _check_finite_baseline(explainer)
     settings = ShapSettings(endpoint=endpoint, baseline=baseline, num_samples=inputs.num_samples, seed=seed,
                             use_logit=inputs.use_logit, features=inputs.features, checkpoint_dir=checkpoint_dir,
-                            expected_value=explainer.expected_value)
+                            fitted=fitted)
     rows_per_record = (len(explainer.design.masks) + 2) * len(baseline) + 1
     records = dataset.features.to_numpy()
     local = run_shards(settings, records, shard_size(rows_per_record), explainer)
@@ -260,16 +261,16 @@ def _explain_text(shap: ShapMethod, dataset: Dataset, text: _TextInputs, inputs:
                   label_keys: list[str], baseline_scores: np.ndarray, started: float) -> dict[str, Any]:
     assert dataset.features is not None and shap.text_config is not None
     baseline = inputs.baseline.to_numpy(dtype=object)
-    explainer = TextKernelShap(lambda rows: baseline_scores, baseline, text.columns, num_samples=inputs.num_samples,
-                               seed=seed, use_logit=inputs.use_logit)
-    _check_finite_baseline(explainer)
+    _check_finite_baseline(baseline_scores, inputs.use_logit)
+    explainer = TextKernelShap(None, baseline, text.columns, num_samples=inputs.num_samples, seed=seed,
+                               use_logit=inputs.use_logit, baseline_scores=baseline_scores)
     n_columns = len(dataset.feature_names)
     rows = np.array([synthetic_rows(u, n_columns, inputs.num_samples, len(baseline)) for u in text.units])
     log.info("Text SHAP: %d records, %d baseline row(s), %d output(s) %s, %d synthetic rows in all", len(rows),
              len(baseline), len(label_keys), label_keys, int(rows.sum()))
     settings = TextShapSettings(endpoint=endpoint, baseline=baseline, text_columns=text.columns,
                                 num_samples=inputs.num_samples, seed=seed, use_logit=inputs.use_logit,
-                                checkpoint_dir=checkpoint_dir, expected_value=explainer.expected_value)
+                                checkpoint_dir=checkpoint_dir, baseline_scores=baseline_scores)
     local = run_text_shards(settings, dataset.features.to_numpy(dtype=object), text.units, rows, explainer)
     names = dataset.feature_names
     if shap.save_local_shap_values:
@@ -512,9 +513,9 @@ def _remove_work_area(work_dir: Path) -> None:
         work_dir.rmdir()  # only when empty: other analyses may keep their own work there
 
 
-def _check_finite_baseline(explainer: KernelShap | TextKernelShap) -> None:
+def _check_finite_baseline(baseline_scores: np.ndarray, use_logit: bool) -> None:
     try:
-        explainer.expected_value  # noqa: B018 - computes (and checks) the baseline scores
+        baseline_expected_value(baseline_scores, use_logit)
     except ValueError as error:
         raise UserError(f"methods.shap.baseline: {error}") from None
 

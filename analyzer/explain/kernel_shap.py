@@ -9,6 +9,11 @@ Estimator (see docs/kernel-shap.md): for record ``x``, coalition ``z`` and basel
 ``min sum_z w_z (v(z) - v(0) - z.phi)^2`` subject to ``sum(phi) = v(1) - v(0)`` (efficiency, exact). The
 constraint is imposed through the KKT system, whose inverse is computed once per design and applied to
 all records and output columns with one matrix product.
+
+What is learned from the baseline (the design, its solver, the synthetic-row masks and the expected
+value) is one plain object, :class:`KernelShapFit`, made by :func:`fit_kernel_shap` from the baseline rows
+and their scores: no model, no dataset, no files. The batch job (``shards``) and the online endpoint
+(``online``) explain with the same fitted object; :class:`KernelShap` adds a model and batching.
 """
 
 from __future__ import annotations
@@ -16,14 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
 from .design import CoalitionDesign, make_design
 
-__all__ = ["GLOBAL_TERMS", "Explanation", "KernelShap", "ModelCallError", "ModelOutputError", "ScoringModel", "ShapSolver", "as_matrix",
-           "check_finite"]
+__all__ = ["GLOBAL_TERMS", "Explanation", "KernelShap", "KernelShapFit", "ModelCallError", "ModelOutputError",
+           "ScoringModel", "ShapSolver", "as_matrix", "baseline_expected_value", "check_finite", "coalition_values",
+           "fit_kernel_shap", "link"]
 
 Model = Callable[[np.ndarray], np.ndarray]
 
@@ -128,7 +133,16 @@ class ShapSolver:
     def __init__(self, design: CoalitionDesign):
         self.design = design
         self.hessian, self.constraint = _kkt_inverse(design)
+        # Every sampled pair's effect map, all strata stacked ``(pairs, 2, M)``, and the design rows they
+        # act on: the standard errors then take one batched product, whatever the number of strata.
         self.pair_effects = _pair_effects(design, self.hessian)
+        rows = np.concatenate([np.arange(s.start, s.stop) for s in design.sampled] or [np.zeros(0, dtype=np.intp)])
+        # Usually one run of rows (the middle sizes are the sampled ones): a slice then, not a gather.
+        contiguous = rows.size > 0 and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size))
+        self._pair_rows: slice | np.ndarray = slice(int(rows[0]), int(rows[0]) + rows.size) if contiguous else rows
+        # The masks as floats and weighted, once: an online request then costs only the products below.
+        self._z = design.masks.astype(float)
+        self._wz = self._z * design.weights[:, None]
 
     def terms_shape(self, k: int) -> tuple[int, int, int]:
         """Shape of each of ``Explanation.global_terms``: (sampled pairs, M, k)."""
@@ -138,15 +152,16 @@ class ShapSolver:
         return {key: np.zeros(self.terms_shape(k)) for key in GLOBAL_TERMS}
 
     def solve(self, y: np.ndarray, delta: np.ndarray, reference: np.ndarray, prediction: np.ndarray,
-              expected: np.ndarray, features: np.ndarray) -> Explanation:
+              expected: np.ndarray, features: np.ndarray, *, global_terms: bool = True) -> Explanation:
         """SHAP values of ``n`` records from their coalition values.
 
         ``y``: ``(n, C, k)`` value of each design coalition minus the record's reference (empty coalition);
         ``delta``: ``(n, k)`` prediction minus reference, which the values must add up to.
+        ``global_terms``: also sum the per-pair terms of the global aggregates (a job needs them, a
+        request explaining a few records does not: they are then left at zero).
         """
         design = self.design
-        z = design.masks.astype(float)
-        wz = z * design.weights[:, None]
+        z, wz = self._z, self._wz
         # matmul, not einsum: these contractions go through BLAS (einsum without optimize loops in C, ~30x
         # slower at M = 20, and that time is spent with the model server idle).
         b = np.matmul(wz.T, y)
@@ -158,12 +173,13 @@ class ShapSolver:
         var = np.zeros_like(phi)
         terms = self.zero_terms(k)
         if design.sampled:
-            resid = y - np.matmul(z, phi)
-            d = np.concatenate([_pair_terms(q, resid[:, s.start : s.stop].reshape(len(y), s.units, 2, k))
-                                for s, q in zip(design.sampled, self.pair_effects, strict=True)])
+            rows = self._pair_rows
+            resid = (y[:, rows] - np.matmul(z[rows], phi)).reshape(len(y), -1, 2, k)
+            d = _pair_terms(self.pair_effects, resid)
             var = design.sampling_variance(d).transpose(1, 0, 2)
-            terms["mean_abs"] = np.einsum("ujnk,njk->ujk", d, np.sign(phi))
-            terms["mean_sq"] = np.einsum("ujnk,njk->ujk", d, 2 * phi)
+            if global_terms:
+                terms["mean_abs"] = np.einsum("ujnk,njk->ujk", d, np.sign(phi))
+                terms["mean_sq"] = np.einsum("ujnk,njk->ujk", d, 2 * phi)
         return Explanation(
             values=phi,
             stderr=np.sqrt(var),
@@ -182,7 +198,7 @@ class ScoringModel:
     Shared by the tabular explainer here and the text explainer (``text_shap``).
     """
 
-    def __init__(self, model: Model, *, use_logit: bool = False, max_rows_per_call: int = 100_000):
+    def __init__(self, model: Model | None, *, use_logit: bool = False, max_rows_per_call: int = 100_000):
         if max_rows_per_call < 1:
             raise ValueError(f"max_rows_per_call must be >= 1, got {max_rows_per_call}")
         self.model = model
@@ -191,6 +207,8 @@ class ScoringModel:
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """``(rows, k)`` scores, calling the model with at most ``max_rows_per_call`` rows at a time."""
+        if self.model is None:
+            raise RuntimeError("this explainer only assembles results: it has no model to score rows with")
         chunks = []
         for i in range(0, len(rows), self.max_rows_per_call):
             part = rows[i : i + self.max_rows_per_call]
@@ -214,18 +232,11 @@ class ScoringModel:
 
     def link(self, scores: np.ndarray) -> np.ndarray:
         """Identity, or log-odds with ``use_logit`` (scores must then be probabilities)."""
-        if not self.use_logit:
-            return scores
-        if np.any((scores < 0) | (scores > 1)):
-            raise ValueError("use_logit requires model scores in [0, 1] (probabilities)")
-        p = np.clip(scores, LOGIT_EPS, 1 - LOGIT_EPS)
-        return np.log(p) - np.log1p(-p)
+        return link(scores, self.use_logit)
 
     def expected_value(self, baseline: np.ndarray) -> np.ndarray:
         """``(k,)`` link of the mean score over the baseline rows (Clarify's ``expected_value``)."""
-        scores = self.predict(baseline)
-        check_finite(scores[:, None, :], np.arange(len(scores)), "baseline rows", unit="baseline row")
-        return self.link(scores.mean(axis=0))
+        return baseline_expected_value(self.predict(baseline), self.use_logit)
 
     def evaluate(self, rows: np.ndarray, records: np.ndarray, n_coalitions: int,
                  n_baseline: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,15 +255,185 @@ class ScoringModel:
                 record = records[error.row // (n_coalitions * n_baseline)]
                 raise error.for_record(int(record), synthetic=True) from None
             raise error.for_record(int(records[error.row - synthetic]), synthetic=False) from None
-        coalitions = scores[:synthetic].reshape(n, n_coalitions, n_baseline, -1)
-        check_finite(coalitions, records, "synthetic rows")
-        fx = scores[synthetic:]
-        check_finite(fx[:, None, None, :], records, "records")
-        return self.link(coalitions.mean(axis=2)), self.link(fx)
+        return coalition_values(scores, records, n_coalitions, n_baseline, self.use_logit)
+
+
+def link(scores: np.ndarray, use_logit: bool) -> np.ndarray:
+    """Identity, or log-odds with ``use_logit`` (scores must then be probabilities)."""
+    if not use_logit:
+        return scores
+    if np.any((scores < 0) | (scores > 1)):
+        raise ValueError("use_logit requires model scores in [0, 1] (probabilities)")
+    p = np.clip(scores, LOGIT_EPS, 1 - LOGIT_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def baseline_expected_value(baseline_scores: np.ndarray, use_logit: bool) -> np.ndarray:
+    """``(k,)`` link of the mean score over the baseline rows (Clarify's ``expected_value``).
+
+    ``baseline_scores``: ``(b,)`` or ``(b, k)``, the model's scores of the ``b`` baseline rows.
+    """
+    scores = np.asarray(baseline_scores, dtype=float)
+    if scores.ndim == 1:
+        scores = scores[:, None]
+    if scores.ndim != 2 or len(scores) == 0:
+        raise ValueError(f"baseline scores must be (rows,) or (rows, outputs) with at least one row, got {scores.shape}")
+    check_finite(scores[:, None, :], np.arange(len(scores)), "baseline rows", unit="baseline row")
+    return link(scores.mean(axis=0), use_logit)
+
+
+def coalition_values(scores: np.ndarray, records: np.ndarray, n_coalitions: int, n_baseline: int,
+                     use_logit: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(v, fx)`` from the scores of rows ordered (record, coalition, baseline row), then the records.
+
+    ``v``: ``(n, coalitions, k)`` linked mean over the baseline rows; ``fx``: ``(n, k)`` linked record
+    scores. NaN/inf scores raise ``ModelOutputError`` naming ``records`` (the records' indices).
+    """
+    n = len(records)
+    synthetic = n * n_coalitions * n_baseline
+    coalitions = scores[:synthetic].reshape(n, n_coalitions, n_baseline, -1)
+    check_finite(coalitions, records, "synthetic rows")
+    fx = scores[synthetic:]
+    check_finite(fx[:, None, None, :], records, "records")
+    return link(coalitions.mean(axis=2), use_logit), link(fx, use_logit)
+
+
+@dataclass(frozen=True)
+class KernelShapFit:
+    """What Kernel SHAP learns from the baseline, once, and shares with every record it explains.
+
+    Made by :func:`fit_kernel_shap`. Holds no model: explaining is ``synthetic_rows`` (one array),
+    the caller's scores of those rows, then ``solve``; :meth:`explain` does the three with a scoring callable.
+    Plain data (picklable): the batch job sends it to its worker processes.
+
+    Attributes:
+        baseline: ``(b, P)`` baseline rows.
+        features: indices of the ``M`` explained columns, ascending.
+        design, solver: the coalition design over the ``M`` features and its constrained WLS solution.
+        masks: ``(C, P)`` per synthetic coalition, True where the row takes the record's value (columns not
+            explained are always the record's); with ``partial`` the last row is the empty coalition.
+        expected_value: ``(k,)`` link of the mean score of the baseline rows.
+        use_logit: whether values are in log-odds.
+    """
+
+    baseline: np.ndarray
+    features: np.ndarray
+    design: CoalitionDesign
+    solver: ShapSolver
+    masks: np.ndarray
+    expected_value: np.ndarray
+    use_logit: bool
+
+    @property
+    def partial(self) -> bool:
+        """Some columns are held at the record's value: the empty coalition then depends on the record."""
+        return len(self.features) < self.baseline.shape[1]
+
+    @property
+    def rows_per_record(self) -> int:
+        """Model rows one record costs: its synthetic rows and the record itself."""
+        return len(self.masks) * len(self.baseline) + 1
+
+    def check_records(self, records: np.ndarray) -> np.ndarray:
+        """``records`` as a matrix with the baseline's columns (ValueError otherwise)."""
+        x = as_matrix(records, "records")
+        if x.shape[1] != self.baseline.shape[1]:
+            raise ValueError(
+                f"baseline has {self.baseline.shape[1]} columns but records have {x.shape[1]}; "
+                "baseline rows must hold exactly the model's feature columns"
+            )
+        return x
+
+    def synthetic_rows(self, x: np.ndarray) -> np.ndarray:
+        """The rows to score for records ``x`` ``(n, P)``: ordered (record, coalition, baseline row), then
+        the ``n`` records themselves, so that one model call serves both."""
+        n, n_cols = x.shape
+        base = self.baseline
+        if x.dtype != base.dtype:
+            x, base = x.astype(object), base.astype(object)
+        synthetic = n * len(self.masks) * len(base)
+        rows = np.empty((synthetic + n, n_cols), dtype=x.dtype)
+        view = rows[:synthetic].reshape(n, len(self.masks), len(base), n_cols)
+        view[...] = x[:, None, None, :]
+        np.copyto(view, base[None, None, :, :], where=~self.masks[None, :, None, :])
+        rows[synthetic:] = x
+        return rows
+
+    def values(self, scores: np.ndarray, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(v, fx)`` from the ``(rows, k)`` scores of ``synthetic_rows`` (``records``: their indices, for errors)."""
+        return coalition_values(scores, records, len(self.masks), len(self.baseline), self.use_logit)
+
+    def solve(self, v: np.ndarray, fx: np.ndarray, *, global_terms: bool = True) -> Explanation:
+        """SHAP values from coalition values ``v`` ``(n, C, k)`` and record values ``fx`` ``(n, k)``."""
+        expected = self.expected_value
+        if v.shape[-1] != len(expected):
+            raise ValueError(f"the model returned {v.shape[-1]} output(s) per row, but {len(expected)} for the "
+                             "baseline rows")
+        if self.partial:
+            v0, v = v[:, -1, :], v[:, :-1, :]
+        else:
+            v0 = np.broadcast_to(expected, fx.shape)
+        return self.solver.solve(v - v0[:, None, :], fx - v0, v0, fx, expected, self.features,
+                                 global_terms=global_terms)
+
+    def empty(self) -> Explanation:
+        """The explanation of no record."""
+        k = len(self.expected_value)
+        values = np.zeros((0, len(self.features), k))
+        return Explanation(values, values, self.expected_value, np.zeros((0, k)), np.zeros((0, k)),
+                           self.features, self.design, self.solver.zero_terms(k))
+
+    def explain(self, records: np.ndarray, score: Model, *, global_terms: bool = True) -> Explanation:
+        """SHAP values of ``records`` with one call ``score(rows)`` (no batching: meant for a few records)."""
+        x = self.check_records(records)
+        if len(x) == 0:
+            return self.empty()
+        scores = np.asarray(score(self.synthetic_rows(x)), dtype=float)
+        if scores.ndim == 1:
+            scores = scores[:, None]
+        expected_rows = len(x) * self.rows_per_record
+        if scores.ndim != 2 or scores.shape[0] != expected_rows:
+            raise ValueError(f"model returned an array of shape {scores.shape} for {expected_rows} rows; "
+                             "expected (rows,) or (rows, outputs)")
+        return self.solve(*self.values(scores, np.arange(len(x))), global_terms=global_terms)
+
+
+def fit_kernel_shap(baseline: np.ndarray, baseline_scores: np.ndarray, *, num_samples: int | None = None,
+                    seed: int | None = None, use_logit: bool = False,
+                    features_to_explain: Sequence[int] | None = None) -> KernelShapFit:
+    """Fit Kernel SHAP to a baseline: the coalition design, its solver and the expected value.
+
+    ``baseline``: ``(b, P)`` rows (features only); ``baseline_scores``: the model's scores of those rows,
+    ``(b,)`` or ``(b, k)``. ``num_samples``, ``seed``, ``use_logit``, ``features_to_explain``: as for
+    :class:`KernelShap`. No model is called here.
+    """
+    base = as_matrix(baseline, "baseline")
+    if len(base) == 0:
+        raise ValueError("baseline has no rows")
+    n_cols = base.shape[1]
+    features = _feature_indices(features_to_explain, n_cols)
+    design = make_design(len(features), num_samples, seed)
+    scores = np.asarray(baseline_scores, dtype=float)
+    if scores.shape[:1] != (len(base),):
+        raise ValueError(f"{len(base)} baseline row(s) but scores of shape {scores.shape}")
+    expected = baseline_expected_value(scores, use_logit)
+
+    masks = np.ones((len(design.masks), n_cols), dtype=bool)
+    masks[:, features] = design.masks
+    if len(features) < n_cols:
+        # The empty coalition depends on the record when some columns stay fixed: evaluate it too.
+        empty = np.ones((1, n_cols), dtype=bool)
+        empty[0, features] = False
+        masks = np.vstack([masks, empty])
+    return KernelShapFit(baseline=base, features=features, design=design, solver=ShapSolver(design), masks=masks,
+                         expected_value=expected, use_logit=use_logit)
 
 
 class KernelShap:
     """Kernel SHAP explainer for a scoring callable and a baseline (background) dataset.
+
+    A :class:`KernelShapFit` (fitted on construction: the model scores the baseline once) plus the model,
+    called with large blocks of records' synthetic rows.
 
     Args:
         model: ``model(rows: ndarray (r, P)) -> ndarray (r,) or (r, k)``.
@@ -278,49 +459,54 @@ class KernelShap:
         max_rows_per_call: int = 100_000,
     ):
         self.scorer = ScoringModel(model, use_logit=use_logit, max_rows_per_call=max_rows_per_call)
-        self.baseline = as_matrix(baseline, "baseline")
-        if len(self.baseline) == 0:
+        base = as_matrix(baseline, "baseline")
+        if len(base) == 0:
             raise ValueError("baseline has no rows")
-        n_cols = self.baseline.shape[1]
-        self.features = _feature_indices(features_to_explain, n_cols)
-        self.design = make_design(len(self.features), num_samples, seed)
-        self.solver = ShapSolver(self.design)
+        self.fitted = fit_kernel_shap(base, self.scorer.predict(base), num_samples=num_samples, seed=seed,
+                                      use_logit=use_logit, features_to_explain=features_to_explain)
 
-        masks = np.ones((len(self.design.masks), n_cols), dtype=bool)
-        masks[:, self.features] = self.design.masks
-        self._partial = len(self.features) < n_cols
-        if self._partial:
-            # The empty coalition depends on the record when some columns stay fixed: evaluate it too.
-            empty = np.ones((1, n_cols), dtype=bool)
-            empty[0, self.features] = False
-            masks = np.vstack([masks, empty])
-        self._masks = masks
+    @classmethod
+    def from_fit(cls, fitted: KernelShapFit, model: Model | None, *, max_rows_per_call: int = 100_000) -> KernelShap:
+        """An explainer over an existing fit (``model`` None: it can only assemble, never score)."""
+        explainer = cls.__new__(cls)
+        explainer.scorer = ScoringModel(model, use_logit=fitted.use_logit, max_rows_per_call=max_rows_per_call)
+        explainer.fitted = fitted
+        return explainer
 
-    @cached_property
+    @property
+    def baseline(self) -> np.ndarray:
+        return self.fitted.baseline
+
+    @property
+    def features(self) -> np.ndarray:
+        return self.fitted.features
+
+    @property
+    def design(self) -> CoalitionDesign:
+        return self.fitted.design
+
+    @property
+    def solver(self) -> ShapSolver:
+        return self.fitted.solver
+
+    @property
     def expected_value(self) -> np.ndarray:
-        """``(k,)`` link of the mean model score over the baseline (one model call on first use)."""
-        return self.scorer.expected_value(self.baseline)
+        """``(k,)`` link of the mean model score over the baseline."""
+        return self.fitted.expected_value
 
     def explain(self, records: np.ndarray) -> Explanation:
         """SHAP values (and standard errors) of ``records`` ``(n, P)``, ``P`` = baseline columns."""
-        x = as_matrix(records, "records")
-        if x.shape[1] != self.baseline.shape[1]:
-            raise ValueError(
-                f"baseline has {self.baseline.shape[1]} columns but records have {x.shape[1]}; "
-                "baseline rows must hold exactly the model's feature columns"
-            )
-        expected = self.expected_value
+        x = self.fitted.check_records(records)
         if len(x) == 0:
-            k = len(expected)
-            empty = np.zeros((0, len(self.features), k))
-            return Explanation(empty, empty, expected, np.zeros((0, k)), np.zeros((0, k)),
-                               self.features, self.design, self.solver.zero_terms(k))
-        return Explanation.concat(self._explain_groups(x, expected))
+            return self.fitted.empty()
+        return Explanation.concat(self._explain_groups(x))
 
-    def _explain_groups(self, x: np.ndarray, expected: np.ndarray) -> Iterator[Explanation]:
+    def _explain_groups(self, x: np.ndarray) -> Iterator[Explanation]:
         """The records' explanations, group by group of about ``GROUP_ROWS`` synthetic rows."""
-        per_record = len(self._masks) * len(self.baseline) + 1
-        group = max(1, min(self.scorer.max_rows_per_call, GROUP_ROWS) // per_record)
+        group = max(1, min(self.scorer.max_rows_per_call, GROUP_ROWS) // self.fitted.rows_per_record)
+        if len(x) <= group:  # one group: nothing to overlap, no thread to start
+            yield self.fitted.solve(*self._evaluate(x, 0))
+            return
         # The next group's rows are built and scored on a second thread while this one is solved, so the
         # model server is not left idle during the solve (numpy and the HTTP waits release the GIL).
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shap-evaluate") as pool:
@@ -328,32 +514,15 @@ class KernelShap:
             for i in range(0, len(x), group):
                 future = pool.submit(self._evaluate, x[i : i + group], i)
                 if pending is not None:
-                    yield self._solve(*pending.result(), expected)
+                    yield self.fitted.solve(*pending.result())
                 pending = future
             if pending is not None:
-                yield self._solve(*pending.result(), expected)
+                yield self.fitted.solve(*pending.result())
 
     def _evaluate(self, x: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
         """``(v, fx)``: coalition values ``(n, C, k)`` and record values ``(n, k)`` of one group."""
-        n, n_cols = x.shape
-        base = self.baseline
-        if x.dtype != base.dtype:
-            x, base = x.astype(object), base.astype(object)
-        # (record, coalition, baseline row, column), then the records: every row of the group's one call.
-        synthetic = n * len(self._masks) * len(base)
-        rows = np.empty((synthetic + n, n_cols), dtype=x.dtype)
-        view = rows[:synthetic].reshape(n, len(self._masks), len(base), n_cols)
-        view[...] = x[:, None, None, :]
-        np.copyto(view, base[None, None, :, :], where=~self._masks[None, :, None, :])
-        rows[synthetic:] = x
-        return self.scorer.evaluate(rows, offset + np.arange(n), len(self._masks), len(base))
-
-    def _solve(self, v: np.ndarray, fx: np.ndarray, expected: np.ndarray) -> Explanation:
-        if self._partial:
-            v0, v = v[:, -1, :], v[:, :-1, :]
-        else:
-            v0 = np.broadcast_to(expected, fx.shape)
-        return self.solver.solve(v - v0[:, None, :], fx - v0, v0, fx, expected, self.features)
+        return self.scorer.evaluate(self.fitted.synthetic_rows(x), offset + np.arange(len(x)),
+                                    len(self.fitted.masks), len(self.fitted.baseline))
 
 
 def _kkt_inverse(design: CoalitionDesign) -> tuple[np.ndarray, np.ndarray]:
@@ -373,8 +542,9 @@ def _kkt_inverse(design: CoalitionDesign) -> tuple[np.ndarray, np.ndarray]:
     return inv[:m, :m], inv[:m, m]
 
 
-def _pair_effects(design: CoalitionDesign, hessian: np.ndarray) -> list[np.ndarray]:
-    """Per sampled stratum, ``(units, 2, M)`` maps from a pair's two residuals to its effect on phi-hat.
+def _pair_effects(design: CoalitionDesign, hessian: np.ndarray) -> np.ndarray:
+    """``(pairs, 2, M)``: for each sampled pair (strata in order), the map from its two residuals to its
+    effect on phi-hat.
 
     To first order a pair moves the estimate by ``H (w z_a r_a + w z_b r_b)``. Residuals of the fitted
     values are smaller than the true errors (each pair pulls the fit towards itself), which made the
@@ -391,7 +561,7 @@ def _pair_effects(design: CoalitionDesign, hessian: np.ndarray) -> list[np.ndarr
         hat = np.einsum("upm,uqm->upq", es, zs)  # w_p z_p H z_q, H being symmetric
         deflate = _inverse_2x2(np.eye(2)[None] - hat)
         out.append(np.einsum("upa,upj->uaj", deflate, es))
-    return out
+    return np.concatenate(out) if out else np.zeros((0, 2, design.n_features))
 
 
 def _pair_terms(effects: np.ndarray, resid: np.ndarray) -> np.ndarray:

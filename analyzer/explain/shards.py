@@ -6,8 +6,8 @@ records; its size depends only on the work per record, never on the number of wo
 is bit-identical whatever the worker count and whether the run was interrupted.
 
 Each worker process opens its own ``ModelClient`` (``ModelEndpoint`` is plain picklable data) and
-builds its own ``KernelShap`` with the job's coalition design (same ``M``, budget and seed, hence the
-same design). A finished shard is written atomically to ``<checkpoint_dir>/shard-<i>.npz``, together
+explains with the main process's ``KernelShapFit`` (the job's coalition design, solver and expected
+value, sent once to each worker). A finished shard is written atomically to ``<checkpoint_dir>/shard-<i>.npz``, together
 with the records it holds (first and stop index, a digest of their values) and the coalition seed. A
 run that finds a shard file there checks it against the records that shard must hold and the arrays'
 shapes, and skips the shard only when everything matches; a checkpoint that is unreadable (truncated,
@@ -44,7 +44,14 @@ from analyzer.output import atomic_writer
 from analyzer.parent import exit_with_parent
 from analyzer.predict import ModelEndpoint
 
-from .kernel_shap import GLOBAL_TERMS, Explanation, KernelShap, ModelCallError, ModelOutputError
+from .kernel_shap import (
+    GLOBAL_TERMS,
+    Explanation,
+    KernelShap,
+    KernelShapFit,
+    ModelCallError,
+    ModelOutputError,
+)
 from .text_shap import TextExplanation, TextKernelShap, player_counts
 
 log = logging.getLogger(__name__)
@@ -74,15 +81,16 @@ class ShapSettings:
     use_logit: bool
     features: tuple[int, ...]
     checkpoint_dir: Path
-    expected_value: np.ndarray | None = None  # known to the main process: workers need not ask the model
+    # The main process's fit (design, solver, expected value): workers explain with the very same object
+    # instead of drawing the design again and asking the model for the baseline's scores.
+    fitted: KernelShapFit | None = None
 
     def explainer(self, model: Callable[[np.ndarray], np.ndarray]) -> KernelShap:
-        explainer = KernelShap(model, self.baseline, num_samples=self.num_samples, seed=self.seed,
-                               use_logit=self.use_logit, features_to_explain=list(self.features),
-                               max_rows_per_call=MAX_ROWS_PER_CALL)
-        if self.expected_value is not None:
-            explainer.expected_value = self.expected_value
-        return explainer
+        if self.fitted is not None:
+            return KernelShap.from_fit(self.fitted, model, max_rows_per_call=MAX_ROWS_PER_CALL)
+        return KernelShap(model, self.baseline, num_samples=self.num_samples, seed=self.seed,
+                          use_logit=self.use_logit, features_to_explain=list(self.features),
+                          max_rows_per_call=MAX_ROWS_PER_CALL)
 
 
 @dataclass(frozen=True)
@@ -96,15 +104,13 @@ class TextShapSettings:
     seed: int
     use_logit: bool
     checkpoint_dir: Path
-    expected_value: np.ndarray | None = None
+    baseline_scores: np.ndarray | None = None  # known to the main process: workers need not ask the model
 
     def explainer(self, model: Callable[[np.ndarray], np.ndarray]) -> TextKernelShap:
         # Texts make rows of hundreds of bytes: smaller calls keep a worker's strings in the tens of MB.
-        explainer = TextKernelShap(model, self.baseline, self.text_columns, num_samples=self.num_samples,
-                                   seed=self.seed, use_logit=self.use_logit, max_rows_per_call=MAX_TEXT_ROWS_PER_CALL)
-        if self.expected_value is not None:
-            explainer.expected_value = self.expected_value
-        return explainer
+        return TextKernelShap(model, self.baseline, self.text_columns, num_samples=self.num_samples,
+                              seed=self.seed, use_logit=self.use_logit, max_rows_per_call=MAX_TEXT_ROWS_PER_CALL,
+                              baseline_scores=self.baseline_scores)
 
 
 def configured_shard_rows(default: int = DEFAULT_SHARD_ROWS) -> int:

@@ -24,7 +24,7 @@ from functools import cached_property
 import numpy as np
 
 from .design import make_design
-from .kernel_shap import GROUP_ROWS, Model, ScoringModel, ShapSolver
+from .kernel_shap import GROUP_ROWS, Model, ScoringModel, ShapSolver, baseline_expected_value
 from .text_units import TextUnit, masked_texts
 
 __all__ = ["TextExplanation", "TextKernelShap", "player_counts"]
@@ -81,12 +81,15 @@ class TextKernelShap:
         text_columns: indices of the text columns among the ``P``.
         num_samples, seed, use_logit, max_rows_per_call: as for :class:`KernelShap`; the default budget
             ``min(2M + 2048, 2**M - 2)`` is taken per record, with ``M`` its number of players.
+        baseline_scores: the model's scores of the baseline rows when already known (else the model is
+            asked once). ``model`` may be None for an explainer that only assembles results.
     """
 
-    def __init__(self, model: Model, baseline: np.ndarray, text_columns: Sequence[int], *,
+    def __init__(self, model: Model | None, baseline: np.ndarray, text_columns: Sequence[int], *,
                  num_samples: int | None = None, seed: int | None = None, use_logit: bool = False,
-                 max_rows_per_call: int = 100_000):
+                 max_rows_per_call: int = 100_000, baseline_scores: np.ndarray | None = None):
         self.scorer = ScoringModel(model, use_logit=use_logit, max_rows_per_call=max_rows_per_call)
+        self.baseline_scores = baseline_scores
         self.baseline = np.asarray(baseline, dtype=object)
         if self.baseline.ndim != 2 or len(self.baseline) == 0:
             raise ValueError("baseline must be a 2-D array with at least one row")
@@ -99,7 +102,9 @@ class TextKernelShap:
     @cached_property
     def expected_value(self) -> np.ndarray:
         """``(k,)`` link of the mean model score over the baseline rows (Clarify's ``expected_value``)."""
-        return self.scorer.expected_value(self.baseline)
+        if self.baseline_scores is None:
+            return self.scorer.expected_value(self.baseline)
+        return baseline_expected_value(self.baseline_scores, self.scorer.use_logit)
 
     def solver(self, n_players: int) -> ShapSolver:
         """The design and solve shared by every record with ``n_players`` players (built once)."""
@@ -132,12 +137,17 @@ class TextKernelShap:
 
         def store(solver: ShapSolver, chunk: np.ndarray, v: np.ndarray, fx: np.ndarray) -> None:
             v0, v = v[:, -1, :], v[:, :-1, :]
-            part = solver.solve(v - v0[:, None, :], fx - v0, v0, fx, expected, np.arange(solver.design.n_features))
+            # TextExplanation keeps no global terms (text aggregates are per unit): not computed.
+            part = solver.solve(v - v0[:, None, :], fx - v0, v0, fx, expected, np.arange(solver.design.n_features),
+                                global_terms=False)
             for j, r in enumerate(chunk):
                 values[offsets[r]:offsets[r + 1]] = part.values[j]
                 stderr[offsets[r]:offsets[r + 1]] = part.stderr[j]
             prediction[chunk], reference[chunk] = fx, v0
 
+        if len(groups) == 1:  # one group (an online request): nothing to overlap, no thread to start
+            store(*groups[0], *self._evaluate(x, units, groups[0][1], groups[0][0]))
+            return TextExplanation(values, stderr, offsets, expected, reference, prediction)
         # As in KernelShap.explain: the next group is built and scored while this one is solved.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shap-evaluate") as pool:
             pending = None
