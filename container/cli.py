@@ -30,6 +30,8 @@ examples:
   lucent run --processing-root ./job          run the job in ./job, results in ./job/output
   lucent validate --processing-root ./job     list every problem with the config and data
   lucent serve-model --model-dir ./model      serve a model folder on port 8080 (/ping, /invocations)
+  lucent endpoint --config endpoint-config.json --endpoint-name demo --model-dir ./model
+                                              a SageMaker endpoint (boto3 invoke_endpoint) on port 8080
 exit codes: 0 success, 1 problem with the inputs (reason in the message file), 2 internal error
 """
 
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="serve a model folder over SageMaker's model-container protocol "
                                      "(see `lucent serve-model --help`)")
     serve.add_argument("args", nargs=argparse.REMAINDER)
+    endpoint = commands.add_parser("endpoint", add_help=False,
+                                   help="serve a SageMaker endpoint (runtime API, data capture, online "
+                                        "explanations) in front of a model (see `lucent endpoint --help`)")
+    endpoint.add_argument("args", nargs=argparse.REMAINDER)
     from container.launcher import add_launch_parser
     from container.schedule import add_schedule_parser
 
@@ -80,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         from container.sidecar.cli import main as serve_model
 
         return serve_model(argv[1:])
+    if argv[:1] == ["endpoint"]:
+        from container.endpoint.cli import main as serve_endpoint
+
+        return serve_endpoint(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:  # the container runs `lucent` with no arguments: that is a job run

@@ -1,0 +1,350 @@
+"""The endpoint's routes, independent of the HTTP server that feeds them.
+
+* ``POST /endpoints/{EndpointName}/invocations``: SageMaker runtime ``InvokeEndpoint``, so boto3's
+  ``sagemaker-runtime`` client and the SDK's ``Predictor`` work unchanged; ``POST /invocations`` is the
+  same call under the container contract's path.
+* ``GET /ping``: 200 while the model container answers its own ``/ping``.
+* ``GET /metrics``: Prometheus text format.
+
+Errors take the runtime API's shapes (botocore's rest-json parser reads the code from the
+``x-amzn-ErrorType`` header and ``message`` from the JSON body, and the modelled members of the
+error's shape from the body), so boto3 raises ``client.exceptions.ModelError`` (424, with
+``OriginalStatusCode`` and ``OriginalMessage``) and ``ValidationError`` (400) as it does against
+SageMaker. Model errors use SageMaker's own wording (``Received server error (500) from primary with
+message "..."``; a timeout is status 0).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+import jmespath
+import jmespath.exceptions
+
+from analyzer.errors import UserError
+from analyzer.media import JSON
+from analyzer.predict import ModelTransportError
+from container.endpoint.auth import AuthenticationError, SigV4Verifier
+from container.endpoint.config import ENDPOINT_NAME_PATTERN, ExplainerSettings
+from container.endpoint.scoring import (
+    CUSTOM_ATTRIBUTES,
+    TARGET_MODEL,
+    ModelContainer,
+    ModelUnreachable,
+    RecordError,
+    label_headers_from_output,
+    parse_outputs,
+    parse_records,
+)
+
+log = logging.getLogger("lucent.endpoint")
+
+INFERENCE_ID = "X-Amzn-SageMaker-Inference-Id"
+ENABLE_EXPLANATIONS = "X-Amzn-SageMaker-Enable-Explanations"
+INVOKED_VARIANT = "x-Amzn-Invoked-Production-Variant"
+REQUEST_ID = "x-amzn-RequestId"
+ERROR_TYPE = "x-amzn-ErrorType"
+CONTAINER_NAME = "primary"  # what SageMaker calls a single-container endpoint's container in its messages
+_MESSAGE_EXCERPT = 1024
+_INVOCATIONS = re.compile(r"/endpoints/(?P<name>[^/?]*)/invocations")
+_HISTOGRAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class Request:
+    method: str
+    target: str  # path and query, as received
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    def header(self, name: str) -> str | None:
+        lower = name.lower()
+        return next((value for key, value in self.headers if key.lower() == lower), None)
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ApiError(Exception):
+    """An error answered in the runtime API's shape: ``code`` is the error shape's name."""
+
+    def __init__(self, status: int, code: str, message: str, **members: Any):
+        super().__init__(message)
+        self.status, self.code, self.members = status, code, members
+
+    def response(self) -> Response:
+        body = json.dumps({"message": str(self), **self.members}).encode()
+        return Response(self.status, body, "application/json", {ERROR_TYPE: self.code})
+
+
+def model_error(status: int, message: str) -> ApiError:
+    """SageMaker's ModelError for a container that answered ``status`` (0: no answer) with ``message``."""
+    kind = "an unusable answer" if 200 <= status < 300 else "client error" if 400 <= status < 500 else "server error"
+    return ApiError(424, "ModelError", f'Received {kind} ({status}) from {CONTAINER_NAME} with message '
+                    f'"{message}". See the endpoint\'s log for more information.',
+                    OriginalStatusCode=status, OriginalMessage=message)
+
+
+def validation_error(message: str, status: int = 400) -> ApiError:
+    return ApiError(status, "ValidationError", message)
+
+
+class Metrics:
+    """Counters and one latency histogram, rendered in the Prometheus text format (version 0.0.4)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, int], int] = {}
+        self.errors: dict[str, int] = {}
+        self.explained_records = 0
+        self._bucket_counts = [0] * (len(_HISTOGRAM_BUCKETS) + 1)
+        self._latency_sum = 0.0
+
+    def observe(self, route: str, status: int, seconds: float, error: str | None, explained: int) -> None:
+        with self._lock:
+            self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
+            if error is not None:
+                self.errors[error] = self.errors.get(error, 0) + 1
+            self.explained_records += explained
+            if route == "invocations":
+                index = next((i for i, bound in enumerate(_HISTOGRAM_BUCKETS) if seconds <= bound),
+                             len(_HISTOGRAM_BUCKETS))
+                self._bucket_counts[index] += 1
+                self._latency_sum += seconds
+
+    def render(self, capture: Any | None) -> str:
+        with self._lock:
+            lines = ["# HELP lucent_endpoint_requests_total Requests answered, by route and HTTP status.",
+                     "# TYPE lucent_endpoint_requests_total counter"]
+            lines += [f'lucent_endpoint_requests_total{{route="{route}",code="{status}"}} {count}'
+                      for (route, status), count in sorted(self.requests.items())]
+            lines += ["# HELP lucent_endpoint_errors_total Invocations that failed, by runtime API error.",
+                      "# TYPE lucent_endpoint_errors_total counter"]
+            lines += [f'lucent_endpoint_errors_total{{type="{kind}"}} {count}' for kind, count in sorted(self.errors.items())]
+            lines += ["# HELP lucent_endpoint_invocation_seconds Invocation latency, model and explanations included.",
+                      "# TYPE lucent_endpoint_invocation_seconds histogram"]
+            cumulative = 0
+            for bound, count in zip((*_HISTOGRAM_BUCKETS, float("inf")), self._bucket_counts, strict=True):
+                cumulative += count
+                label = "+Inf" if bound == float("inf") else f"{bound:g}"
+                lines.append(f'lucent_endpoint_invocation_seconds_bucket{{le="{label}"}} {cumulative}')
+            lines += [f"lucent_endpoint_invocation_seconds_sum {self._latency_sum:.6f}",
+                      f"lucent_endpoint_invocation_seconds_count {cumulative}",
+                      "# HELP lucent_endpoint_explained_records_total Records returned with explanations.",
+                      "# TYPE lucent_endpoint_explained_records_total counter",
+                      f"lucent_endpoint_explained_records_total {self.explained_records}"]
+        if capture is not None:
+            lines += ["# HELP lucent_endpoint_captured_records_total Invocations written to capture files.",
+                      "# TYPE lucent_endpoint_captured_records_total counter",
+                      f"lucent_endpoint_captured_records_total {capture.captured}",
+                      "# HELP lucent_endpoint_capture_dropped_records_total Sampled invocations not captured, "
+                      "by reason (queue full, disk full, write error).",
+                      "# TYPE lucent_endpoint_capture_dropped_records_total counter"]
+            lines += [f'lucent_endpoint_capture_dropped_records_total{{reason="{reason}"}} {count}'
+                      for reason, count in sorted(capture.dropped_by_reason.items())]
+            lines += ["# HELP lucent_endpoint_capture_sampled_out_total Invocations not sampled for capture.",
+                      "# TYPE lucent_endpoint_capture_sampled_out_total counter",
+                      f"lucent_endpoint_capture_sampled_out_total {capture.sampled_out}",
+                      "# TYPE lucent_endpoint_capture_queued_records gauge",
+                      f"lucent_endpoint_capture_queued_records {capture.queued}"]
+        return "\n".join(lines) + "\n"
+
+
+class Explanations:
+    """Online explanations for one endpoint: the fitted explainer plus what the response needs."""
+
+    def __init__(self, settings: ExplainerSettings, explainer: Any):
+        self.settings = settings
+        self.explainer = explainer
+        self.feature_headers = settings.inference.feature_headers
+
+    def respond(self, body: bytes, content_type: str, answer_body: bytes, answer_type: str,
+                header_expression: str | None) -> tuple[bytes, int]:
+        """The spec section 5 document for one invocation, and the number of records explained."""
+        from analyzer.explain.online import enable_explanations, response_document
+
+        inference = self.settings.inference
+        try:
+            records = parse_records(body, content_type, features_attribute=inference.features_attribute,
+                                    feature_types=inference.feature_types)
+        except (RecordError, UnicodeDecodeError) as error:
+            raise validation_error(f"the request body cannot be explained: {error}") from None
+        try:
+            outputs = parse_outputs(answer_body, answer_type, len(records))
+        except RecordError as error:
+            raise model_error(200, str(error)) from None
+        expression = header_expression if header_expression is not None else self.settings.enable_explanations
+        if expression is None:
+            enabled = [True] * len(records)
+        else:
+            try:
+                enabled = enable_explanations(expression, outputs)
+            except ValueError as error:
+                raise validation_error(f"EnableExplanations {expression!r}: {error}") from None
+        chosen = [index for index, on in enumerate(enabled) if on]
+        explained: list[Any] = [None] * len(records)
+        if chosen:
+            try:
+                for index, entry in zip(chosen, self.explainer.explain(records[chosen]), strict=True):
+                    explained[index] = entry
+            except ModelTransportError as error:
+                raise model_error(0, f"the model container gave no answer for the synthetic records: {error}") from None
+            except ValueError as error:  # records that do not fit the fitted explainer (width, text cells)
+                raise validation_error(f"the request's records cannot be explained: {error}") from None
+            except UserError as error:  # the container refused synthetic records, or answered unusably
+                raise model_error(200, f"explaining the request failed: {error}") from None
+        label_headers = list(inference.label_headers) if inference.label_headers is not None else None
+        if label_headers is None and outputs:
+            label_headers = label_headers_from_output(outputs[0], inference.label_index, inference.label_attribute)
+        document = response_document(answer_body, answer_type, explained, self.feature_headers, label_headers)
+        return json.dumps(document).encode(), len(chosen)
+
+
+class EndpointApp:
+    """Routes requests to the model container, the explainer and the capture writer."""
+
+    def __init__(self, endpoint_name: str, variant: str, model: ModelContainer, *,
+                 explanations: Explanations | None = None, capture: Any | None = None,
+                 verifier: SigV4Verifier | None = None):
+        self.endpoint_name = endpoint_name
+        self.variant = variant
+        self.model = model
+        self.explanations = explanations
+        self.capture = capture
+        self.verifier = verifier
+        self.metrics = Metrics()
+
+    def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        outcome: dict[str, Any] = {"route": "other", "error": None, "explained": 0}
+        response = self._route(request, outcome)
+        response.headers.setdefault(REQUEST_ID, request_id())
+        self.metrics.observe(outcome["route"], response.status, time.perf_counter() - started, outcome["error"],
+                             outcome["explained"])
+        return response
+
+    def _route(self, request: Request, outcome: dict[str, Any]) -> Response:
+        try:
+            path = request.path
+            if path == "/ping" and request.method in ("GET", "HEAD"):
+                outcome["route"] = "ping"  # unauthenticated: health checks carry no data
+                return Response(200, b"") if self.model.ping() else Response(503, b"model container not healthy\n")
+            self._authenticate(request)
+            if path == "/metrics" and request.method == "GET":
+                outcome["route"] = "metrics"
+                text = self.metrics.render(self.capture)
+                return Response(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+            match = _INVOCATIONS.fullmatch(path)
+            if not match and path != "/invocations":
+                raise validation_error(f"no route {request.method} {path[:200]}", 404)
+            outcome["route"] = "invocations"
+            if request.method != "POST":
+                raise validation_error(f"{request.method} is not supported here: invocations are POST", 405)
+            if match:
+                self._check_endpoint_name(match["name"])
+            response, outcome["explained"] = self._invoke(request)
+            return response
+        except ApiError as error:
+            outcome["error"] = error.code
+            if error.status >= 500 or error.code == "ModelError":
+                log.warning("%s %s: %s %s", request.method, outcome["route"], error.code, error)
+            return error.response()
+        except Exception:  # a bug: answered as the API's InternalFailure, logged with its traceback
+            outcome["error"] = "InternalFailure"
+            log.exception("internal error on %s %s", request.method, outcome["route"])
+            return ApiError(500, "InternalFailure", "internal error; see the endpoint's log").response()
+
+    def _authenticate(self, request: Request) -> None:
+        if self.verifier is None:
+            return
+        try:
+            self.verifier.verify(request.method, request.target, request.headers, request.body)
+        except AuthenticationError as error:
+            log.info("refused an unauthenticated %s request: %s", request.method, error)
+            raise ApiError(403, "AccessDeniedException", "The request signature does not match the endpoint's "
+                           "credentials (SigV4 with LUCENT_ENDPOINT_ACCESS_KEY_ID)") from None
+
+    def _check_endpoint_name(self, name: str) -> None:
+        from urllib.parse import unquote
+
+        name = unquote(name)
+        if name != self.endpoint_name:
+            shown = name if len(name) <= 63 and re.fullmatch(ENDPOINT_NAME_PATTERN, name) else "(invalid name)"
+            raise validation_error(f"Endpoint {shown} not found: this server is endpoint {self.endpoint_name}")
+
+    def _invoke(self, request: Request) -> tuple[Response, int]:
+        inference_id = request.header(INFERENCE_ID)
+        if inference_id is not None and not (0 < len(inference_id) <= 64 and inference_id.isprintable()
+                                             and not inference_id[0].isspace()):
+            raise validation_error(f"{INFERENCE_ID}: must be 1 to 64 printable characters")
+        expression = request.header(ENABLE_EXPLANATIONS)
+        if expression is not None:
+            _check_expression(expression)
+        custom_attributes = request.header(CUSTOM_ATTRIBUTES)
+        if custom_attributes is not None and len(custom_attributes) > 1024:
+            raise validation_error(f"{CUSTOM_ATTRIBUTES}: must be at most 1024 characters")
+        content_type = request.header("Content-Type") or "application/octet-stream"
+        forwarded = {name: value for name, value in ((CUSTOM_ATTRIBUTES, custom_attributes),
+                                                     (TARGET_MODEL, request.header(TARGET_MODEL)),
+                                                     (INFERENCE_ID, inference_id)) if value is not None}
+        inference_time = datetime.now(UTC)
+        try:
+            answer = self.model.invoke(request.body, content_type, request.header("Accept"), forwarded)
+        except ModelUnreachable as error:
+            if error.timed_out:
+                raise model_error(0, f"Your invocation timed out while waiting for a response from container "
+                                     f"{CONTAINER_NAME} ({error}).") from None
+            raise model_error(0, str(error)) from None
+        if not 200 <= answer.status < 300:
+            text = answer.body[:_MESSAGE_EXCERPT].decode("utf-8", errors="replace").strip()
+            raise model_error(answer.status, text)
+        body, response_type, explained = answer.body, answer.content_type or "application/octet-stream", 0
+        if self.explanations is not None:
+            body, explained = self.explanations.respond(request.body, content_type, answer.body,
+                                                        answer.content_type, expression)
+            response_type = JSON
+        if self.capture is not None:
+            self.capture.submit(input_body=request.body, input_content_type=content_type, output_body=body,
+                                output_content_type=response_type, inference_id=inference_id,
+                                inference_time=inference_time, custom_attributes=custom_attributes)
+        headers = {INVOKED_VARIANT: self.variant}
+        if answer.custom_attributes is not None:
+            headers[CUSTOM_ATTRIBUTES] = answer.custom_attributes
+        return Response(200, body, response_type, headers), explained
+
+
+@lru_cache(maxsize=256)
+def _check_expression(expression: str) -> None:
+    if not 0 < len(expression) <= 64:
+        raise validation_error(f"{ENABLE_EXPLANATIONS}: must be 1 to 64 characters")
+    try:
+        jmespath.compile(expression)
+    except jmespath.exceptions.JMESPathError as error:
+        raise validation_error(f"{ENABLE_EXPLANATIONS}: {expression!r} is not a valid JMESPath expression: "
+                               f"{error}") from None
+
+
+def request_id() -> str:
+    return str(uuid.uuid4())
+
+
+__all__: Sequence[str] = ("ApiError", "EndpointApp", "Explanations", "Metrics", "Request", "Response", "request_id")

@@ -1,0 +1,268 @@
+"""``lucent endpoint``: a self-hosted SageMaker endpoint in front of a model container.
+
+:func:`open_endpoint` assembles one (model container, fitted explainer, capture writer, SigV4 check,
+HTTP server) and :func:`main` serves it until SIGTERM, then flushes the capture files and stops the
+model server it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analyzer.config.model import Predictor
+from analyzer.errors import ConfigError, DependencyError, UserError
+from analyzer.predict import serialize_records
+from analyzer.redact import install_redaction, redact_url
+from container.endpoint.app import EndpointApp, Explanations
+from container.endpoint.auth import ACCESS_KEY_VARIABLE, SECRET_KEY_VARIABLE, SigV4Verifier
+from container.endpoint.config import (
+    ENDPOINT_NAME_PATTERN,
+    EndpointConfig,
+    ExplainerSettings,
+    load_endpoint_config,
+)
+from container.endpoint.scoring import ModelContainer, build_score, parse_records, response_type_for
+from container.endpoint.server import EndpointServer, serve_until_stopped
+from container.model_endpoint import ServedModel
+from container.sidecar.limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    SAGEMAKER_MAX_BODY_BYTES,
+    RequestLimits,
+)
+from container.sidecar.server import DEFAULT_PORT, HOST_VARIABLE, default_host, default_port
+
+log = logging.getLogger("lucent.endpoint")
+
+DEFAULT_MODEL_TIMEOUT_S = 60.0  # SageMaker: a model container must answer within 60 seconds
+DEFAULT_MAX_CONNECTIONS = 64
+
+DESCRIPTION = f"""\
+Serve a self-hosted SageMaker endpoint: the runtime API's InvokeEndpoint
+(POST /endpoints/NAME/invocations, what boto3's sagemaker-runtime client sends), POST /invocations,
+GET /ping and GET /metrics, in front of a model container, with SageMaker's data capture and
+Clarify online explanations configured by FILE: the JSON body of CreateEndpointConfig
+(DataCaptureConfig, ExplainerConfig, ProductionVariants[0].VariantName).
+
+With {ACCESS_KEY_VARIABLE} and {SECRET_KEY_VARIABLE} set, every request except GET /ping
+must be SigV4-signed with those credentials (boto3 does it when given them).
+"""
+
+
+def build_parser(prog: str = "lucent endpoint") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
+                        help="CreateEndpointConfig body (JSON)")
+    parser.add_argument("--endpoint-name", required=True, metavar="NAME",
+                        help="the endpoint's name: the NAME in /endpoints/NAME/invocations and in capture paths")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model-url", metavar="URL", help="a running model container (answers /ping, /invocations)")
+    model.add_argument("--image", metavar="URI", help="a model image, run with `serve` (needs a container engine); "
+                                                      "--model-dir, when given, is mounted at /opt/ml/model")
+    parser.add_argument("--model-dir", type=Path, metavar="DIR",
+                        help="a model folder (or model.tar.gz) for Lucent's built-in model server")
+    parser.add_argument("--host", help=f"address to listen on (default: ${HOST_VARIABLE}, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, metavar="PORT",
+                        help=f"port (default: $SAGEMAKER_BIND_TO_PORT, else {DEFAULT_PORT}; 0 = any free)")
+    parser.add_argument("--model-timeout", type=float, default=DEFAULT_MODEL_TIMEOUT_S, metavar="SECONDS",
+                        help=f"seconds the model container has to answer (default: {DEFAULT_MODEL_TIMEOUT_S:g})")
+    parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                        help=f"connections served at once; more get 503 (default: {DEFAULT_MAX_CONNECTIONS})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+@dataclass
+class EndpointParts:
+    server: EndpointServer
+    app: EndpointApp
+    capture: Any | None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model_url is None and args.image is None and args.model_dir is None:
+        parser.error("one of --model-dir, --model-url and --image is required")
+    if args.model_url is not None and args.model_dir is not None:
+        parser.error("--model-dir cannot be used with --model-url")
+    if not re.fullmatch(ENDPOINT_NAME_PATTERN, args.endpoint_name) or len(args.endpoint_name) > 63:
+        parser.error(f"--endpoint-name {args.endpoint_name!r}: 1 to 63 letters, digits and hyphens "
+                     "(no leading or trailing hyphen)")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    install_redaction()
+    try:
+        config = load_endpoint_config(args.config)
+        verifier = SigV4Verifier.from_environment()
+    except ConfigError as error:
+        print(f"{len(error.problems)} problem(s) in {args.config}:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    host = args.host or default_host()
+    port = default_port() if args.port is None else args.port
+    try:
+        with contextlib.ExitStack() as stack:
+            served = stack.enter_context(_model(args))
+            parts = stack.enter_context(open_endpoint(config, args.endpoint_name, served.url, host=host, port=port,
+                                                      model_timeout=args.model_timeout, verifier=verifier,
+                                                      max_connections=args.max_connections,
+                                                      default_io=served.default_io))
+            log.info("Endpoint %s (variant %s) in service at %s%s", args.endpoint_name, config.variant_name,
+                     parts.server.url, "; requests must be SigV4-signed" if verifier else "")
+            serve_until_stopped(parts.server)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@contextlib.contextmanager
+def _model(args: argparse.Namespace) -> Iterator[ServedModel]:
+    """The model container: the built-in server on --model-dir, --model-url, or --image; what was
+    started is stopped on the way out."""
+    from container.model_endpoint import _builtin_server, _existing_endpoint, _model_container
+
+    if args.model_url is not None:
+        yield ServedModel(_existing_endpoint(args.model_url))
+    elif args.image is not None:
+        with _model_container(args.image, args.model_dir or Path("/nonexistent/lucent-no-model")) as url:
+            yield ServedModel(url)
+    else:
+        with _builtin_server(args.model_dir) as served:
+            yield served
+
+
+@contextlib.contextmanager
+def open_endpoint(config: EndpointConfig, endpoint_name: str, model_url: str, *, host: str = "127.0.0.1",
+                  port: int = 0, model_timeout: float = DEFAULT_MODEL_TIMEOUT_S, verifier: SigV4Verifier | None = None,
+                  max_connections: int = DEFAULT_MAX_CONNECTIONS, limits: RequestLimits | None = None,
+                  default_io: bool = False) -> Iterator[EndpointParts]:
+    """An endpoint bound to ``host:port`` and ready to serve (``server.serve_forever()``); on exit the
+    socket is closed, the capture writer flushed and the model client closed. ``default_io``: the model
+    is Lucent's built-in server with its default handlers (``ServedModel.default_io``), so the explainer
+    may exchange numeric rows with it as npy."""
+    model = ModelContainer(model_url, model_timeout, max_connections)
+    limits = limits or RequestLimits(SAGEMAKER_MAX_BODY_BYTES, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_BODY_TIMEOUT_S,
+                                     max_connections)
+    with contextlib.ExitStack() as stack:
+        stack.callback(model.close)
+        explanations = None
+        if config.explainer is not None:
+            explanations = _fit_explanations(config.explainer, model, model_url, model_timeout, max_connections, stack,
+                                             default_io)
+        capture = None
+        if config.capture is not None:
+            from container.capture import CaptureWriter
+
+            settings = config.capture
+            capture = CaptureWriter(settings.destination, endpoint_name, config.variant_name,
+                                    sampling_percentage=settings.sampling_percentage,
+                                    capture_input=settings.capture_input, capture_output=settings.capture_output,
+                                    csv_types=settings.csv_types, json_types=settings.json_types)
+            stack.callback(_close_capture, capture)
+            log.info("Capturing %d%% of invocations to %s", settings.sampling_percentage,
+                     redact_url(settings.destination))
+        app = EndpointApp(endpoint_name, config.variant_name, model, explanations=explanations, capture=capture,
+                          verifier=verifier)
+        try:
+            server = EndpointServer((host, port), app, limits)
+        except OSError as error:
+            raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+        stack.callback(server.server_close)
+        yield EndpointParts(server, app, capture)
+
+
+def _close_capture(capture: Any) -> None:
+    capture.close()
+    log.info("Capture flushed: %d record(s) written, %d dropped", capture.captured, capture.dropped)
+
+
+def _fit_explainer_inputs(settings: ExplainerSettings) -> tuple[np.ndarray, list[str]]:
+    """The baseline rows (inline ShapBaseline, or the file at ShapBaselineUri) and the feature names."""
+    field = "ExplainerConfig.ClarifyExplainerConfig.ShapConfig.ShapBaselineConfig"
+    text = settings.baseline if settings.baseline is not None else _read_baseline(settings.baseline_uri, field)
+    try:
+        # "one or more records in the same format as the model input" (spec 2.2): FeaturesAttribute applies.
+        baseline = parse_records(text, settings.baseline_mime_type, feature_types=settings.inference.feature_types,
+                                 features_attribute=settings.inference.features_attribute,
+                                 what=f"{field}.{'ShapBaseline' if settings.baseline is not None else 'ShapBaselineUri'}")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{field}.ShapBaselineUri: not UTF-8 text: {error}") from None
+    headers = settings.inference.feature_headers
+    if headers is not None and len(headers) != baseline.shape[1]:
+        raise UserError(f"{field}: baseline records have {baseline.shape[1]} features but "
+                        f"InferenceConfig.FeatureHeaders lists {len(headers)}")
+    names = list(headers) if headers is not None else [f"feature_{j}" for j in range(baseline.shape[1])]
+    return baseline, names
+
+
+def _read_baseline(uri: str | None, field: str) -> str:
+    assert uri is not None
+    if uri.startswith("s3://"):
+        import boto3
+        import botocore.exceptions
+
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        try:
+            # endpoint_url None: boto3 reads AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL itself.
+            response = boto3.session.Session().client("s3").get_object(Bucket=bucket, Key=key)
+            return response["Body"].read().decode("utf-8")
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise UserError(f"{field}.ShapBaselineUri: cannot read {uri}: {error}") from None
+    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"{field}.ShapBaselineUri: cannot read {path}: {error.strerror or error}") from None
+
+
+def _fit_explanations(settings: ExplainerSettings, model: ModelContainer, model_url: str, timeout: float,
+                      concurrency: int, stack: contextlib.ExitStack, default_io: bool = False) -> Explanations:
+    """Parse the baseline, learn the container's answer type from one call, fit the explainer (the
+    baseline's predictions are computed here, once)."""
+    from analyzer.explain.online import OnlineShapSettings, fit_online_explainer
+
+    baseline, names = _fit_explainer_inputs(settings)
+    probe_predictor = Predictor(content_type=settings.baseline_mime_type,
+                                content_template=settings.inference.content_template)
+    try:
+        probe = serialize_records(baseline[:1], names, probe_predictor)
+    except UserError as error:
+        raise UserError(f"ExplainerConfig.ClarifyExplainerConfig.InferenceConfig: {error}") from None
+    try:
+        answer = model.invoke(probe, settings.baseline_mime_type, settings.baseline_mime_type)
+    except Exception as error:
+        raise UserError(f"the model container did not answer the baseline record: {error}") from None
+    if not 200 <= answer.status < 300:
+        raise UserError(f"the model container refused the baseline record (HTTP {answer.status}): "
+                        f"{answer.body[:300].decode('utf-8', 'replace')}")
+    score, client = build_score(model_url, settings, names, response_type_for(answer), timeout, concurrency,
+                                default_io=default_io, numeric=baseline.dtype != object)
+    stack.callback(client.close)
+    shap = OnlineShapSettings(num_samples=settings.num_samples, seed=settings.seed, use_logit=settings.use_logit,
+                              text_language=settings.text_language, text_granularity=settings.text_granularity,
+                              feature_types=settings.inference.feature_types)
+    try:
+        explainer = fit_online_explainer(baseline, score, shap)
+    except ValueError as error:
+        raise UserError(f"ExplainerConfig.ClarifyExplainerConfig.ShapConfig: {error}") from None
+    except (UserError, DependencyError) as error:  # the container refused or dropped the baseline rows
+        raise UserError(f"scoring the SHAP baseline failed: {error}") from None
+    log.info("Explainer fitted on %d baseline record(s) of %d feature(s)", baseline.shape[0], baseline.shape[1])
+    return Explanations(settings, explainer)
