@@ -7,13 +7,14 @@ STAMP  := $(VENV)/.installed-stamp
 # everywhere, poppler-utils for the tests that turn the PDF into page images, cron for `lucent schedule --install`.
 SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core fonts-wqy-microhei poppler-utils cron
 
-.PHONY: help install demo demo-text test test-fast lint bench image clean
+.PHONY: help install demo demo-text demo-endpoint test test-fast lint bench image clean
 BASE_IMAGE ?= $(or $(LUCENT_BASE_IMAGE),python:3.11-slim)
 IMAGE      ?= lucent:dev
 
 help:
 	@echo "make demo       set up and run a full job on the bundled sample data (results in build/demo/output)"
 	@echo "make demo-text  set up and run a text job: every word of product reviews explained (build/demo-text/output)"
+	@echo "make demo-endpoint  serve the demo model with \`lucent endpoint\` (capture + explanations), call it with boto3"
 	@echo "make test       set up and run lint + the whole test suite (slow end-to-end tests included)"
 	@echo "make test-fast  the test suite without tests marked slow"
 	@echo "                (both fail when the smclarify oracle is missing; LUCENT_TESTS_WITHOUT_ORACLE=1 skips its tests)"
@@ -44,6 +45,10 @@ demo-text: $(STAMP)
 	rm -rf build/demo-text
 	$(PY) -m container.demo --text build/demo-text
 
+demo-endpoint: $(STAMP)
+	rm -rf build/demo-endpoint
+	$(PY) -m container.demo --endpoint build/demo-endpoint
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
@@ -57,6 +62,7 @@ bench: $(STAMP)
 	$(PY) bench/bias.py
 	$(PY) bench/predict.py
 	$(PY) bench/shap.py
+	$(PY) bench/endpoint.py
 
 image: $(STAMP)
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \

@@ -8,12 +8,18 @@ a little on ``sex`` and ``race``, so the bias metrics have something to find.
 Product reviews (``make demo-text``): English reviews built from template sentences whose sentiment
 words follow a star rating, a category, and a TF-IDF + logistic regression model served through an
 ``inference.py``; the job explains every token of the reviews (``methods.shap.text_config``).
+
+The endpoint (``make demo-endpoint``): the credit model behind ``lucent endpoint`` with data capture and
+online explanations, called with boto3's ``sagemaker-runtime`` client as a SageMaker endpoint would be.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -326,11 +332,223 @@ def write_text_demo_job(root: Path, n_rows: int = TEXT_DEMO_ROWS, seed: int = 0,
     return root
 
 
+# ---------------------------------------------------------------------------------------------
+# Endpoint demo: the credit model behind `lucent endpoint`, with data capture (every invocation) and
+# online explanations (Kernel SHAP against one baseline row, the data's centre), called with boto3's
+# sagemaker-runtime client as a SageMaker endpoint would be.
+
+ENDPOINT_DEMO_NAME = "lucent-demo"
+ENDPOINT_DEMO_REQUESTS = 20  # single-record invocations, each explained and captured
+ENDPOINT_START_SECONDS = 120.0  # the built-in model server loads the model first
+# EnableExplanations is a JMESPath expression; this literal answers a request without SHAP values.
+NO_EXPLANATIONS = "`false`"
+
+
+def endpoint_demo_config(baseline_csv: str, capture_destination: str) -> dict:
+    """The ``CreateEndpointConfig`` body of the demo endpoint, with the keys the SageMaker SDK writes."""
+    return {
+        "ProductionVariants": [{"VariantName": "AllTraffic"}],
+        "DataCaptureConfig": {
+            "EnableCapture": True,
+            "InitialSamplingPercentage": 100,
+            "DestinationS3Uri": capture_destination,
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            "CaptureContentTypeHeader": {"CsvContentTypes": ["text/csv"], "JsonContentTypes": ["application/json"]},
+        },
+        "ExplainerConfig": {"ClarifyExplainerConfig": {
+            # The built-in server answers predict_proba rows "p0,p1": column 1 is the approval score.
+            "InferenceConfig": {"FeatureHeaders": FEATURES, "ProbabilityIndex": 1},
+            "ShapConfig": {"ShapBaselineConfig": {"MimeType": "text/csv", "ShapBaseline": baseline_csv}, "Seed": 0},
+        }},
+    }
+
+
+def csv_record(values) -> str:
+    """One CSV line of feature values (the demo's values hold no commas or quotes)."""
+    return ",".join(f"{v:.2f}".rstrip("0").rstrip(".") if isinstance(v, float | np.floating) else str(v)
+                    for v in values)
+
+
+def write_endpoint_demo(root: Path, seed: int = 0) -> tuple[Path, str, pd.DataFrame]:
+    """Lay out the endpoint demo in ``root``: ``model/model.joblib`` (the credit model) and
+    ``endpoint-config.json`` (capture to ``root/capture``; the SHAP baseline is the data's centre, as the
+    batch demo computes it). Returns the config's path, the baseline record and the records to send
+    (unseen applicants)."""
+    import joblib
+
+    from analyzer.explain import compute_baseline
+
+    root = Path(root)
+    (root / "model").mkdir(parents=True, exist_ok=True)
+    data = make_credit_dataset(2000, seed)
+    joblib.dump(train_credit_model(data, seed), root / "model" / "model.joblib")
+    categorical = [FEATURES.index(c) for c in CATEGORICAL_FEATURES]
+    baseline = csv_record(compute_baseline(data[FEATURES], 1, categorical=categorical, seed=seed)[0])
+    config = endpoint_demo_config(baseline, str((root / "capture").resolve()))
+    config_path = root / "endpoint-config.json"
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    records = make_credit_dataset(ENDPOINT_DEMO_REQUESTS, seed + 1)[FEATURES]
+    return config_path, baseline, records
+
+
+class RunningEndpoint:
+    """A ``lucent endpoint`` process started by :func:`running_endpoint`: its Popen handle and URL."""
+
+    def __init__(self, process, url: str, log_path: Path):
+        self.process, self.url, self.log_path = process, url, log_path
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.returncode
+
+
+@contextmanager
+def running_endpoint(config_path: Path, endpoint_name: str, model_dir: Path, log_path: Path,
+                     port: int | None = None, start_timeout: float = ENDPOINT_START_SECONDS,
+                     stop_timeout: float = 120.0) -> Iterator[RunningEndpoint]:
+    """``lucent endpoint`` on the built-in model server over ``model_dir``, on ``port`` (default: a free
+    one) of 127.0.0.1, its output in ``log_path``; yielded once ``GET /ping`` answers 200. On the way out
+    it gets SIGTERM (it finishes requests in flight and flushes capture) and is waited for; its exit code
+    is then ``exit_code``."""
+    import subprocess
+    import sys
+
+    from container.model_endpoint import _free_port
+
+    port = port or _free_port()
+    command = [sys.executable, "-m", "container.cli", "endpoint", "--config", str(config_path),
+               "--endpoint-name", endpoint_name, "--model-dir", str(model_dir), "--port", str(port)]
+    with Path(log_path).open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    endpoint = RunningEndpoint(process, f"http://127.0.0.1:{port}", Path(log_path))
+    try:
+        _wait_in_service(endpoint, start_timeout)
+        yield endpoint
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(stop_timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_in_service(endpoint: RunningEndpoint, timeout: float) -> None:
+    """Return once ``GET /ping`` answers 200; RuntimeError with the log's tail if the endpoint exits or
+    takes longer than ``timeout``."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if endpoint.process.poll() is not None:
+            raise RuntimeError(f"lucent endpoint exited with code {endpoint.process.returncode}:\n"
+                               + _tail(endpoint.log_path))
+        try:
+            with urllib.request.urlopen(f"{endpoint.url}/ping", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)  # polling the endpoint's own health check: there is no event to wait on
+    raise RuntimeError(f"lucent endpoint not in service after {timeout:g} s:\n" + _tail(endpoint.log_path))
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def runtime_client(url: str):
+    """boto3's ``sagemaker-runtime`` client for a local endpoint. Any credentials do: the endpoint checks
+    signatures only when its ``LUCENT_ENDPOINT_*`` keys are set."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(aws_access_key_id="demo", aws_secret_access_key="demo", region_name="us-east-1")
+    return session.client("sagemaker-runtime", endpoint_url=url,
+                          config=Config(retries={"max_attempts": 1}, max_pool_connections=4))
+
+
+def _approval(answer: dict) -> float:
+    """P(approved) in an endpoint answer: column 1 of the model's CSV answer ``p0,p1``."""
+    return float(answer["predictions"]["data"].strip().split(",")[1])
+
+
+def _print_explained(record, answer: dict, baseline_answer: dict, baseline: str, inference_id: str) -> None:
+    """One explained prediction: the record, the prediction, the expected value and the attributions."""
+    prediction, expected = _approval(answer), _approval(baseline_answer)
+    features = answer["explanations"]["kernel_shap"][0]
+    attributions = [(f["feature_header"], f["attributions"][0]["attribution"][0]) for f in features]
+    attributions.sort(key=lambda item: -abs(item[1]))
+    total = sum(value for _, value in attributions)
+    print(f"\nOne explained prediction (InferenceId {inference_id}):")
+    print(f"  record          {', '.join(f'{n}={v}' for n, v in zip(FEATURES, record, strict=True))}")
+    print(f"  prediction      {prediction:.6f}  P(approved): column 1 of the model's answer "
+          f"{answer['predictions']['data'].strip()!r}")
+    print(f"  expected value  {expected:.6f}  the baseline's prediction (baseline: "
+          f"{', '.join(f'{n}={v}' for n, v in zip(FEATURES, baseline.split(','), strict=True))})")
+    print("  attributions (Kernel SHAP, largest effect first):")
+    for name, value in attributions:
+        print(f"    {name:<16}{value:+.6f}")
+    print(f"  sum of attributions {total:+.6f} = prediction - expected value {prediction - expected:+.6f}")
+
+
+def run_endpoint_demo(root: Path, port: int | None = None) -> int:
+    """``make demo-endpoint``: start ``lucent endpoint`` on the credit model with capture and
+    explanations, send it traffic with boto3, print one explained prediction, stop it with SIGTERM and
+    list the capture files. Exit code 0 when every invocation was captured."""
+    root = Path(root)
+    config_path, baseline, records = write_endpoint_demo(root)
+    capture = root / "capture"
+    log_path = root / "endpoint.log"
+    print(f"Starting lucent endpoint {ENDPOINT_DEMO_NAME}\n  config:  {config_path}\n"
+          f"  model:   {root / 'model/model.joblib'}\n  log:     {log_path}", flush=True)
+    invocations = explained = 0
+    with running_endpoint(config_path, ENDPOINT_DEMO_NAME, root / "model", log_path, port) as endpoint:
+        runtime = runtime_client(endpoint.url)
+
+        def invoke(body: str, inference_id: str, **options: str) -> dict:
+            nonlocal invocations
+            response = runtime.invoke_endpoint(EndpointName=ENDPOINT_DEMO_NAME, ContentType="text/csv",
+                                               Accept="text/csv", Body=body, InferenceId=inference_id, **options)
+            invocations += 1
+            return json.loads(response["Body"].read())
+
+        answers = [invoke(csv_record(record), f"demo-{i:04d}")
+                   for i, record in enumerate(records.itertuples(index=False))]
+        explained = sum(1 for answer in answers if answer["explanations"])
+        # The expected value is the baseline's own prediction, asked without explanations (how the SDK's
+        # notebooks get it for their plots).
+        baseline_answer = invoke(baseline, "demo-baseline", EnableExplanations=NO_EXPLANATIONS)
+        print(f"\nSent {invocations} invocations with boto3 (sagemaker-runtime, endpoint_url={endpoint.url}); "
+              f"{explained} came back explained.")
+        # Shown: the applicant whose prediction is furthest from the expected value (most to explain).
+        shown = max(range(len(answers)), key=lambda i: abs(_approval(answers[i]) - _approval(baseline_answer)))
+        _print_explained(records.iloc[shown].tolist(), answers[shown], baseline_answer, baseline, f"demo-{shown:04d}")
+        print(f"\nCapture: every invocation, to {capture}/ (files are published when they roll or at shutdown)")
+        print(f"\nStopping the endpoint (SIGTERM to pid {endpoint.process.pid}) ...", flush=True)
+    files = sorted(path for path in capture.rglob("*.jsonl") if not path.name.startswith("."))
+    lines = 0
+    print(f"Endpoint exited with code {endpoint.exit_code}. Capture files:")
+    for path in files:
+        count = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        lines += count
+        print(f"  {path} ({count} lines)")
+    print(f"{lines} captured lines for {invocations} invocations.")
+    return 0 if endpoint.exit_code == 0 and lines == invocations else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m container.demo [--text] [DIR]``: write a demo job to DIR and run it.
+    """``python -m container.demo [--text | --endpoint] [DIR]``: write a demo job to DIR and run it.
 
     Default: the credit-approval job in build/demo. ``--text``: the product-review job (text
-    explanations) in build/demo-text.
+    explanations) in build/demo-text. ``--endpoint``: the credit model behind ``lucent endpoint``
+    (capture and explanations), called with boto3, in build/demo-endpoint.
     """
     import argparse
 
@@ -345,9 +563,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the text demo: product reviews, every word explained by Kernel SHAP")
     parser.add_argument("--no-model", action="store_true",
                         help="use the predicted labels in the data instead of a model (credit demo only)")
+    parser.add_argument("--endpoint", action="store_true",
+                        help="the endpoint demo: the credit model behind `lucent endpoint`, called with boto3")
     args = parser.parse_args(argv)
     if args.text and args.no_model:
         parser.error("--no-model applies to the credit demo only")
+    if args.endpoint:
+        if args.text or args.no_model or args.rows is not None:
+            parser.error("--endpoint takes no --text, --no-model or --rows")
+        return run_endpoint_demo(args.root or Path("build/demo-endpoint"))
     root = args.root or Path("build/demo-text" if args.text else "build/demo")
     configure_logging()
     if args.text:
