@@ -74,7 +74,8 @@ def _list(item_spec: Spec, min_items: int, max_items: int) -> Spec:
 
 _INTEGER = Typed(("integer",))
 _BOOLEAN = Typed(("boolean",))
-_LOCATION = _string(1, 1024, r"(https|s3|file)://([^/]+)/?(.*)|[^:]+",
+# file:///abs/path has an empty host, which the API's S3Uri pattern ((https|s3)://([^/]+)/?(.*)) refuses.
+_LOCATION = _string(1, 1024, r"(https|s3)://([^/]+)/?(.*)|file://[^?#]+|[^:]+",
                     "an s3:// URI, a file:// URI or a local path")
 
 DATA_CAPTURE = Obj({

@@ -23,7 +23,7 @@ from typing import Any
 import jmespath
 import numpy as np
 import urllib3
-from urllib3.exceptions import HTTPError, ReadTimeoutError
+from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
 from analyzer.config.model import Predictor
 from analyzer.errors import UserError
@@ -75,14 +75,24 @@ class ModelContainer:
         headers = {"Content-Type": content_type or CSV, **(extra_headers or {})}
         if accept:
             headers["Accept"] = accept
-        try:
-            response = self._http.request("POST", f"{self.url}/invocations", body=body, headers=headers,
-                                          timeout=urllib3.Timeout(connect=min(10.0, self.timeout), read=self.timeout))
-        except ReadTimeoutError:
-            raise ModelUnreachable(f"no answer within {self.timeout:g} s", timed_out=True) from None
-        except HTTPError as error:
-            raise ModelUnreachable(f"cannot reach the model container at {redact_url(self.url)}: "
-                                   f"{type(error).__name__}") from None
+        timeout = urllib3.Timeout(connect=min(10.0, self.timeout), read=self.timeout)
+        for attempt in (1, 2):
+            try:
+                response = self._http.request("POST", f"{self.url}/invocations", body=body, headers=headers,
+                                              timeout=timeout)
+                break
+            except ReadTimeoutError:
+                raise ModelUnreachable(f"no answer within {self.timeout:g} s", timed_out=True) from None
+            except ProtocolError as error:
+                # A kept-alive connection the container closed while it sat in the pool (idle timeout, or
+                # evicted for a newer one): once is expected, and the request goes again on a new connection.
+                if attempt == 2:
+                    raise ModelUnreachable(f"the model container at {redact_url(self.url)} dropped the "
+                                           f"connection twice: {type(error).__name__}") from None
+                log.debug("model container connection dropped (%s); retrying once", type(error).__name__)
+            except HTTPError as error:
+                raise ModelUnreachable(f"cannot reach the model container at {redact_url(self.url)}: "
+                                       f"{type(error).__name__}") from None
         return ModelAnswer(response.status, response.data, response.headers.get("Content-Type", ""),
                            response.headers.get(CUSTOM_ATTRIBUTES))
 
