@@ -39,7 +39,7 @@ from analyzer.errors import UserError
 from analyzer.monitor.capture import capture_key, capture_line, capture_record, check_name, inference_hour
 from analyzer.output import atomic_writer
 from analyzer.redact import redact
-from container.launcher import LaunchError, parse_uri
+from container.storage import StorageError, parse_uri, s3_client
 
 log = logging.getLogger("lucent.capture")
 
@@ -102,7 +102,7 @@ class CaptureWriter:
             raise ValueError("max_queue, max_queue_bytes, roll_bytes and roll_seconds must be positive")
         try:
             bucket, key, local = parse_uri(destination)
-        except LaunchError as error:
+        except StorageError as error:
             raise UserError(f"DataCaptureConfig.DestinationS3Uri: {error}") from None
         self.destination = destination
         self._bucket = bucket
@@ -142,14 +142,8 @@ class CaptureWriter:
 
         self._s3: Any = None
         if bucket:
-            import boto3
-            from botocore.config import Config
-
-            # A session of its own (boto3's default one caches credentials). endpoint_url None lets
-            # botocore read AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL itself.
-            self._s3 = boto3.session.Session().client(
-                "s3", endpoint_url=endpoint_url,
-                config=Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=60))
+            self._s3 = s3_client(endpoint_url, retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5,
+                                 read_timeout=60)
         else:
             try:
                 local.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -55,6 +54,7 @@ from analyzer.output import (
 from analyzer.redact import install_redaction, redact, redact_url
 from container.engine import EngineUnavailable, connect_engine
 from container.job import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, JobPaths, configure_logging, run_job
+from container.storage import Location, StorageError, s3_client, uri_scheme
 
 log = logging.getLogger("lucent.launch")
 
@@ -66,106 +66,19 @@ URI_KEYS = (("dataset_uri",), ("facet_dataset_uri",), ("predicted_label_dataset_
             ("methods", "shap", "baseline"), ("methods", "asymmetric_shapley_value", "baseline"))
 MAX_NAME_BYTES = 255  # NAME_MAX of Linux file systems: a longer S3 key segment cannot be a file name
 
-_SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*):")
-# Loose on purpose (legacy buckets and S3-compatible stores differ); it only has to keep URL syntax
-# (userinfo, ports, query strings) out of the bucket name.
-_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,254}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class LaunchError(UserError):
-    """The job could not be staged, started or published; the message says what and where.
-
-    Redacted when made: it is printed, logged and uploaded as the exit message, and boto's errors can
-    quote an endpoint URL with credentials in it.
-    """
-
-    def __init__(self, message: str):
-        super().__init__(redact(message))
-
-
-def uri_scheme(uri: str) -> str | None:
-    """The URI's scheme in lower case, or None for a plain path (one letter is a Windows drive)."""
-    match = _SCHEME.match(uri)
-    return match["scheme"].lower() if match and len(match["scheme"]) > 1 else None
-
-
-def parse_uri(uri: str) -> tuple[str, str, Path | None]:
-    """``(bucket, key, None)`` for an S3 URI, ``("", "", path)`` for a local path or ``file://`` URI.
-
-    Schemes are case-insensitive (``S3://b/k`` is S3), and anything that looks like a URI but is not a
-    well-formed S3 or file one is an error: treated as a path, ``s3:/b/k`` would quietly become a local
-    folder named ``s3:``.
-    """
-    if not uri.strip():
-        raise LaunchError("an empty URI: give s3://bucket/key or a local path")
-    scheme = uri_scheme(uri)
-    if scheme == "s3":
-        rest = uri[len("s3:"):]
-        bucket, _, key = rest[2:].partition("/")
-        if not rest.startswith("//") or not _BUCKET.fullmatch(bucket):
-            problem = "no bucket" if rest.startswith("//") and not bucket else "not a well-formed S3 URI"
-            raise LaunchError(f"{uri}: {problem} (write s3://bucket/key)")
-        return bucket, key, None
-    if scheme not in (None, "file"):
-        raise LaunchError(f"{uri}: unsupported URI scheme {scheme!r} (give s3://bucket/key, a local path or "
-                          "a file:// URI; write ./name for a local name with a colon)")
-    try:
-        return "", "", resolve_local_path(uri)
-    except UserError as error:
-        raise LaunchError(str(error)) from error
-
-
-@dataclass(frozen=True)
-class Location:
-    """An ``s3://bucket/key`` URI or a local path (plain or ``file://``); malformed URIs raise
-    ``LaunchError`` when the location is made."""
-
-    uri: str
-    bucket: str = field(init=False, default="", compare=False)
-    key: str = field(init=False, default="", compare=False)
-    local: Path | None = field(init=False, default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        bucket, key, local = parse_uri(self.uri)
-        object.__setattr__(self, "bucket", bucket)
-        object.__setattr__(self, "key", key)
-        object.__setattr__(self, "local", local)
-
-    @property
-    def is_s3(self) -> bool:
-        return bool(self.bucket)
-
-    @property
-    def path(self) -> Path:
-        if self.local is None:
-            raise ValueError(f"{self.uri} is not a local path")
-        return self.local
-
-    @property
-    def prefix(self) -> str:
-        """The key as a folder (``key/``; empty for the bucket root): what lies under this location.
-        ``out`` alone would also match ``out2/...``."""
-        return f"{self.key.rstrip('/')}/" if self.key.strip("/") else ""
-
-    def child(self, name: str) -> Location:
-        if self.is_s3:
-            return Location(f"s3://{self.bucket}/{self.prefix}{name}")
-        return Location(str(self.path / name))
-
-    def holds(self, bucket: str, key: str) -> bool:
-        """``s3://bucket/key`` is this object or lies below this prefix."""
-        return self.is_s3 and bucket == self.bucket and (key == self.key or key.startswith(self.prefix))
-
-    def __str__(self) -> str:
-        return redact_url(self.uri)
+class LaunchError(StorageError):
+    """The job could not be staged, started or published; the message says what and where (redacted,
+    as every ``StorageError``)."""
 
 
 def locate(option: str, uri: str) -> Location:
     """``uri`` given for ``option`` (``--data``, ``dataset_uri``, ...), with the option named in errors."""
     try:
         return Location(uri)
-    except LaunchError as error:
+    except StorageError as error:
         raise LaunchError(f"{option}: {error}") from error
 
 
@@ -265,12 +178,9 @@ class Store:
     """The S3 operations a launch needs, with S3's errors turned into ``LaunchError``s."""
 
     def __init__(self, endpoint_url: str | None = None):
-        import boto3
         from boto3.s3.transfer import TransferConfig
 
-        # A session of its own: boto3's default one caches the credentials it first found. endpoint_url None
-        # lets boto3 read AWS_ENDPOINT_URL itself.
-        self.client = boto3.session.Session().client("s3", endpoint_url=endpoint_url)
+        self.client = s3_client(endpoint_url)
         self.transfer = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE)
 
     @contextlib.contextmanager
@@ -596,7 +506,7 @@ def launch(config: str, output: str, data: str | None = None, model: str | None 
         code, message = _run(runner, root, config, data, model, image)
         try:
             summary = runner.publish(root, message, destination)
-        except LaunchError as error:
+        except StorageError as error:
             raise LaunchError(f"{error}; the results are kept in {root / 'output'} and the exit message in "
                               f"{root / MESSAGE_FILE}") from error
         published = True
@@ -620,7 +530,7 @@ def _run(runner: Launch, root: Path, config: str, data: str | None, model: str |
                      None if model is None else locate("--model", model), CONTAINER_ROOT if image else root)
         code = run_in_container(image, root) if image else run_job(JobPaths.for_root(root))
         message = (root / MESSAGE_FILE).read_text(encoding="utf-8").strip()
-    except LaunchError as error:
+    except StorageError as error:
         code, message = EXIT_USER_ERROR, f"ClientError: {error}"
         shutil.rmtree(root / "output", ignore_errors=True)  # nothing half-made gets published
         log.error("%s", message)
@@ -653,7 +563,7 @@ def run_launch(args: argparse.Namespace) -> int:
     try:
         code, message = launch(args.config, args.output, args.data, args.model, args.image, args.endpoint_url,
                                args.work_dir)
-    except LaunchError as error:
+    except StorageError as error:
         print(f"error: {error}")
         return EXIT_USER_ERROR
     except Exception as error:  # noqa: BLE001 - an unexpected failure must still end with a clear line

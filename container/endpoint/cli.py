@@ -41,6 +41,7 @@ from container.sidecar.limits import (
     RequestLimits,
 )
 from container.sidecar.server import DEFAULT_PORT, HOST_VARIABLE, default_host, default_port
+from container.storage import StorageError, read_bytes
 
 log = logging.getLogger("lucent.endpoint")
 
@@ -214,22 +215,12 @@ def _fit_explainer_inputs(settings: ExplainerSettings) -> tuple[np.ndarray, list
 
 def _read_baseline(uri: str | None, field: str) -> str:
     assert uri is not None
-    if uri.startswith("s3://"):
-        import boto3
-        import botocore.exceptions
-
-        bucket, _, key = uri[len("s3://"):].partition("/")
-        try:
-            # endpoint_url None: boto3 reads AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL itself.
-            response = boto3.session.Session().client("s3").get_object(Bucket=bucket, Key=key)
-            return response["Body"].read().decode("utf-8")
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            raise UserError(f"{field}.ShapBaselineUri: cannot read {uri}: {error}") from None
-    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
     try:
-        return path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise UserError(f"{field}.ShapBaselineUri: cannot read {path}: {error.strerror or error}") from None
+        return read_bytes(uri).decode("utf-8")
+    except StorageError as error:
+        raise UserError(f"{field}.ShapBaselineUri: {error}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{field}.ShapBaselineUri: not UTF-8 text: {error}") from None
 
 
 def _fit_explanations(settings: ExplainerSettings, model: ModelContainer, model_url: str, timeout: float,
