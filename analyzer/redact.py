@@ -19,9 +19,10 @@ from typing import Any
 
 REDACTED = "***"
 
-# scheme://userinfo@host -- the userinfo runs to the last '@' before the authority ends ('/', '?',
-# '#', whitespace or a quote), so an unencoded '@' in a password ("p@ss") is hidden too.
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#'\"<>]+)@")
+# scheme://userinfo@host -- the userinfo runs to the last '@' before the next '/', whitespace or quote,
+# so a password with an unencoded '@', '#' or '?' ("p@ss#1") is hidden whole. (A '?' or '#' before an
+# '@' in a URL without userinfo, "http://h?x=a@b", hides a little more than needed: safe side.)
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/'\"<>]+)@")
 # Header lines, dict reprs, JSON and key=value fields whose value is a credential:
 #   'Authorization': b'AWS4-HMAC-SHA256 ...'   x-amz-security-token:IQo...   "SessionToken": "..."
 #   botocore.auth's "Signature:\n<hex>" (the value may start on the next line).
@@ -29,10 +30,14 @@ _SECRET_FIELDS = (r"authorization|proxy-authorization|x-amz-security-token|x-amz
                   r"aws_secret_access_key|aws_session_token|secretaccesskey|secret_access_key|sessiontoken|"
                   r"session_token|x-api-key|api[_-]?key|set-cookie|cookie|password|passwd|secret|token|"
                   r"signature|credential")
+# Compound names that carry credentials too: access_token, client_secret, x-auth-token, db_password...
+_SECRET_PREFIXES = (r"access|refresh|id|auth|x-auth|client|bearer|private|app|db|admin|user|master|"
+                    r"oauth|jwt|csrf|github|slack|hf|openai|storage|account")
 _FIELD_VALUE = re.compile(
-    # The field name starts a word ("top_token: 5" is no credential), or follows an escaped line break
-    # in a bytes repr ("...\\r\\nAuthorization: ...").
-    rf"(?:(?<![\w-])|(?<=\\[rnt]))(?P<key>['\"]?(?:{_SECRET_FIELDS})['\"]?\s*[:=]\s*)"
+    # The field name starts a word ("top_token: 5" is no credential) or is one of the compound names
+    # above, or it follows an escaped line break in a bytes repr ("...\\r\\nAuthorization: ...").
+    rf"(?:(?<![\w-])|(?<=\\[rnt]))"
+    rf"(?P<key>['\"]?(?:(?:{_SECRET_PREFIXES})[_-])?(?:{_SECRET_FIELDS})['\"]?\s*[:=]\s*)"
     # A quoted value (str or bytes repr), or an unquoted one up to the end of its line or field. A
     # backslash ends it too: in a bytes repr ("...\r\nHost: ...") the next header follows one. A value
     # already redacted is left as it is (redacting twice changes nothing).
@@ -41,10 +46,12 @@ _FIELD_VALUE = re.compile(
 # The same fields as XML elements (AWS STS and IMDS answers in botocore's "Response body" lines).
 _XML_SECRET = re.compile(rf"(?P<open><(?P<tag>[\w:-]*(?:{_SECRET_FIELDS})[\w-]*)>)[^<]*(?=</(?P=tag)>)",
                          re.IGNORECASE)
-# Query-string credentials of presigned URLs (X-Amz-Signature=..., X-Amz-Credential=..., SigV2's
-# Signature= and AWSAccessKeyId=).
+# Query-string credentials: presigned URLs (X-Amz-Signature=..., X-Amz-Credential=..., SigV2's Signature=
+# and AWSAccessKeyId=), and any parameter whose name says it holds a credential (access_token=,
+# client_secret=, x-auth-token=, apiKey=, ...): a query string is no place for prose.
 _QUERY_SECRET = re.compile(r"(?P<key>[?&](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|"
-                           r"AWSAccessKeyId)=)(?P<value>[^&\s'\"#]+)", re.IGNORECASE)
+                           r"AWSAccessKeyId|[\w.\-]*(?:token|secret|passw|pwd|key|auth|credential|signature|"
+                           r"session|sig)[\w.\-]*)=)(?P<value>[^&\s'\"#]+)", re.IGNORECASE)
 # AWS access key ids (long-term AKIA, temporary ASIA, ...) wherever they appear.
 _ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA|ANPA|AGPA|ABIA|ACCA)[A-Z0-9]{12,}\b")
 

@@ -88,6 +88,16 @@ def test_redact_url_inside_a_sentence_and_a_repr() -> None:
     (f"Unable to locate credentials for {KEY_ID}", KEY_ID),
     ("ClientError: The model at http://svc:Pa55w0rdX@10.0.0.5:8080/invocations failed", PASSWORD),
     ("password=Pa55w0rdX&user=me", PASSWORD),
+    # credentials in query strings and compound field names (found by the security review)
+    (f"GET /invocations?access_token={PASSWORD}&client_secret=Zz9SEKRIT/ping", PASSWORD),
+    ("GET /invocations?page=1&client_secret=Pa55w0rdX", PASSWORD),
+    (f"https://h/x?apiKey={PASSWORD}&page=2", PASSWORD),
+    (f"x-auth-token: {PASSWORD}", PASSWORD),
+    (f"{{'client_secret': '{PASSWORD}'}}", PASSWORD),
+    (f"db_password={PASSWORD} retries=3", PASSWORD),
+    # unencoded '#' and '?' in a URL password
+    ("endpoint http://alice:S3cr#Pa55w0rdX@127.0.0.1:1/invocations", "Pa55w0rdX"),
+    ("endpoint http://alice:S3cr?Pa55w0rdX@127.0.0.1:1/invocations", "Pa55w0rdX"),
 ])
 def test_redact_hides_the_secret_in_each_shape(text: str, secret: str) -> None:
     cleaned = redact(text)
@@ -122,7 +132,8 @@ def test_text_without_secrets_is_unchanged(text: str) -> None:
     assert redact(text) == text
 
 
-_KEYWORDS = ("authoriz", "token", "secret", "password", "passwd", "cookie", "signature", "credential",
+_KEYWORDS = ("authoriz", "token", "secret", "password", "passwd", "cookie", "signature", "credential", "key=",
+             "auth", "pwd", "sig", "session", "passw",
              "api_key", "api-key", "apikey", "akia", "asia", "aroa", "aida", "anpa", "agpa", "abia", "acca")
 
 
