@@ -73,33 +73,39 @@ class CoalitionDesign:
     def exact(self) -> bool:
         return not self.sampled
 
-    def sampling_variance(self, unit_effects: np.ndarray) -> np.ndarray:
-        """Variance of an estimate that is a sum of per-pair effects (axis 0: sampled pairs, strata order).
+    def sampling_variance(self, unit_effects: np.ndarray, axis: int = 0, *,
+                          overwrite_input: bool = False) -> np.ndarray:
+        """Variance of an estimate that is a sum of per-pair effects (``axis``: sampled pairs, strata order).
 
         Stratified simple random sampling without replacement: per stratum
         ``(1 - m/N) * m / (m - 1) * sum_u (d_u - mean d)^2`` with ``d_u`` already carrying the
-        Horvitz-Thompson weight ``N/m``. NaN where a stratum has a single drawn pair. All strata at once
-        (``reduceat``): an online request pays a few array operations, not a Python loop per stratum.
+        Horvitz-Thompson weight ``N/m``. NaN where a stratum has a single drawn pair. Computed along the
+        last axis (the pairs of a stratum contiguous): one ``reduceat`` for the means, then the weighted sum
+        of squares as one matrix-vector product, so that an online request pays a few array operations.
+        ``overwrite_input``: ``unit_effects`` may be used as the workspace (the caller's scratch array: an
+        online request then allocates little).
         """
+        axis = axis % unit_effects.ndim
+        shape = unit_effects.shape[:axis] + unit_effects.shape[axis + 1:]
         if not self.sampled:
-            return np.zeros(unit_effects.shape[1:])
+            return np.zeros(shape)
         units, starts, factor = self._strata_arrays
-        shape = (-1,) + (1,) * (unit_effects.ndim - 1)
-        means = np.add.reduceat(unit_effects, starts, axis=0) / units.reshape(shape)
-        centred = np.repeat(means, units, axis=0)  # one temporary as large as the effects, reused
-        np.subtract(unit_effects, centred, out=centred)
+        effects = unit_effects if axis == unit_effects.ndim - 1 else np.moveaxis(unit_effects, axis, -1)
+        means = np.add.reduceat(effects, starts, axis=-1)
+        means /= units
+        centred = np.subtract(effects, np.repeat(means, units, axis=-1), out=effects if overwrite_input else None)
         np.multiply(centred, centred, out=centred)
-        squares = np.add.reduceat(centred, starts, axis=0)
-        return (factor.reshape(shape) * squares).sum(axis=0)
+        return np.matmul(centred.reshape(-1, len(factor)), factor).reshape(shape)
 
     @cached_property
     def _strata_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per sampled stratum: pairs drawn, first pair's index, and ``(1 - m/N) m / (m - 1)`` (NaN for m < 2)."""
+        """Per sampled stratum: pairs drawn and first pair's index; per sampled pair: its stratum's
+        ``(1 - m/N) m / (m - 1)`` (NaN for m < 2)."""
         units = np.array([s.units for s in self.sampled], dtype=np.intp)
         starts = np.concatenate([[0], np.cumsum(units)[:-1]]).astype(np.intp)
         factor = np.array([(1.0 - s.units / s.population) * s.units / (s.units - 1) if s.units >= 2 else np.nan
                            for s in self.sampled])
-        return units, starts, factor
+        return units, starts, np.repeat(factor, units)
 
 
 def make_design(n_features: int, num_samples: int | None = None, seed: int | None = None) -> CoalitionDesign:

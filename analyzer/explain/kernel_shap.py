@@ -18,9 +18,12 @@ and their scores: no model, no dataset, no files. The batch job (``shards``) and
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -40,6 +43,11 @@ GROUP_ROWS = 100_000
 LOGIT_EPS = 1e-12
 # The aggregates whose standard errors need per-pair terms summed over records (Explanation.global_terms).
 GLOBAL_TERMS = ("mean_abs", "mean_sq")
+# Largest scratch array (elements) a thread keeps between solves (4 MB; one record at M = 14 needs 26,000).
+SCRATCH_LIMIT = 2**19
+# Largest bit masks (elements, coalitions x baseline rows x columns) a fit keeps for building synthetic rows
+# (16 MB); larger designs build them with a masked copy instead.
+TEMPLATE_LIMIT = 2**21
 
 
 class ModelOutputError(ValueError):
@@ -133,16 +141,23 @@ class ShapSolver:
     def __init__(self, design: CoalitionDesign):
         self.design = design
         self.hessian, self.constraint = _kkt_inverse(design)
-        # Every sampled pair's effect map, all strata stacked ``(pairs, 2, M)``, and the design rows they
-        # act on: the standard errors then take one batched product, whatever the number of strata.
-        self.pair_effects = _pair_effects(design, self.hessian)
+        effects = _pair_effects(design, self.hessian)
         rows = np.concatenate([np.arange(s.start, s.stop) for s in design.sampled] or [np.zeros(0, dtype=np.intp)])
-        # Usually one run of rows (the middle sizes are the sampled ones): a slice then, not a gather.
+        # The masks as floats and weighted, once: an online request then costs only the products below.
+        z = design.masks.astype(float)
+        self._wz = z * design.weights[:, None]
+        # The sampled pairs' rows (usually one run: a slice, not a gather), and per pair member (first,
+        # second) its effect maps as (M, pairs), pairs on the contiguous axis, so that the standard errors
+        # are a few long element-wise operations instead of one tiny product per pair.
         contiguous = rows.size > 0 and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size))
         self._pair_rows: slice | np.ndarray = slice(int(rows[0]), int(rows[0]) + rows.size) if contiguous else rows
-        # The masks as floats and weighted, once: an online request then costs only the products below.
-        self._z = design.masks.astype(float)
-        self._wz = self._z * design.weights[:, None]
+        self._pair_masks = z[rows]
+        self._pair_maps = (np.ascontiguousarray(effects[:, 0, :].T), np.ascontiguousarray(effects[:, 1, :].T))
+
+    @property
+    def pair_effects(self) -> np.ndarray:
+        """``(pairs, 2, M)``: every sampled pair's map from its two residuals to its effect on phi-hat."""
+        return np.stack(self._pair_maps, axis=1).transpose(2, 1, 0)
 
     def terms_shape(self, k: int) -> tuple[int, int, int]:
         """Shape of each of ``Explanation.global_terms``: (sampled pairs, M, k)."""
@@ -158,31 +173,32 @@ class ShapSolver:
         ``y``: ``(n, C, k)`` value of each design coalition minus the record's reference (empty coalition);
         ``delta``: ``(n, k)`` prediction minus reference, which the values must add up to.
         ``global_terms``: also sum the per-pair terms of the global aggregates (a job needs them, a
-        request explaining a few records does not: they are then left at zero).
+        request explaining a few records does not: they are then left at zero, read-only).
         """
         design = self.design
-        z, wz = self._z, self._wz
         # matmul, not einsum: these contractions go through BLAS (einsum without optimize loops in C, ~30x
         # slower at M = 20, and that time is spent with the model server idle).
-        b = np.matmul(wz.T, y)
+        b = np.matmul(self._wz.T, y)
         phi = np.matmul(self.hessian, b) + self.constraint[None, :, None] * delta[:, None, :]
         # Remove the last rounding residue so that efficiency holds to machine precision.
         phi += ((delta - phi.sum(axis=1)) / phi.shape[1])[:, None, :]
 
-        k = phi.shape[2]
-        var = np.zeros_like(phi)
-        terms = self.zero_terms(k)
-        if design.sampled:
-            rows = self._pair_rows
-            resid = (y[:, rows] - np.matmul(z[rows], phi)).reshape(len(y), -1, 2, k)
-            d = _pair_terms(self.pair_effects, resid)
-            var = design.sampling_variance(d).transpose(1, 0, 2)
+        n, m, k = phi.shape
+        if not design.sampled:
+            stderr = np.zeros_like(phi)
+            terms = self.zero_terms(k)
+        else:
+            d = self._pair_terms(y, phi)
             if global_terms:
-                terms["mean_abs"] = np.einsum("ujnk,njk->ujk", d, np.sign(phi))
-                terms["mean_sq"] = np.einsum("ujnk,njk->ujk", d, 2 * phi)
+                terms = {"mean_abs": np.einsum("nkju,njk->ujk", d, np.sign(phi)),
+                         "mean_sq": np.einsum("nkju,njk->ujk", d, 2 * phi)}
+            else:
+                terms = {key: np.broadcast_to(0.0, self.terms_shape(k)) for key in GLOBAL_TERMS}
+            var = design.sampling_variance(d, axis=-1, overwrite_input=True)  # (n, k, M)
+            stderr = np.ascontiguousarray(np.sqrt(var).transpose(0, 2, 1))
         return Explanation(
             values=phi,
-            stderr=np.sqrt(var),
+            stderr=stderr,
             expected_value=expected,
             reference=np.array(reference, dtype=float),
             prediction=prediction,
@@ -190,6 +206,43 @@ class ShapSolver:
             design=design,
             global_terms=terms,
         )
+
+    def _pair_terms(self, y: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        """``d[n, k, :, u]``: sampled pair ``u``'s effect on record ``n``'s values of output ``k``; this
+        thread's scratch array (valid until its next solve).
+
+        To first order a pair moves the estimate by its effect maps applied to its two residuals
+        (``_pair_effects``): ``d = E_first r_first + E_second r_second``, element-wise over pairs.
+        """
+        n, m, k = phi.shape
+        resid = y[:, self._pair_rows] - np.matmul(self._pair_masks, phi)  # (n, 2 pairs, k)
+        # Each member's residuals as (n, k, pairs) views: the maps then broadcast over n and k.
+        first, second = resid.reshape(n, -1, 2, k).transpose(2, 0, 3, 1)
+        d, workspace = _scratch((n, k, m, self._pair_maps[0].shape[1]), 2)
+        np.multiply(self._pair_maps[0], first[:, :, None, :], out=d)
+        np.multiply(self._pair_maps[1], second[:, :, None, :], out=workspace)
+        d += workspace
+        return d
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(shape: tuple[int, ...], count: int) -> list[np.ndarray]:
+    """``count`` float arrays of ``shape`` that this thread reuses from call to call (contents undefined).
+
+    Fresh arrays of a few hundred kB cost page faults on every request (the allocator returns such
+    blocks to the system when they are freed), more than the arithmetic done in them. Per thread, so
+    that concurrent requests never share one; above ``SCRATCH_LIMIT`` elements they are not kept.
+    """
+    size = math.prod(shape)
+    if size > SCRATCH_LIMIT:
+        return [np.empty(shape) for _ in range(count)]
+    buffers = getattr(_SCRATCH, "buffers", [])
+    if len(buffers) < count or buffers[0].size < size:
+        buffers = [np.empty(max(size, buffers[0].size if buffers else 0)) for _ in range(max(count, len(buffers)))]
+        _SCRATCH.buffers = buffers
+    return [buffer[:size].reshape(shape) for buffer in buffers[:count]]
 
 
 class ScoringModel:
@@ -295,7 +348,9 @@ def coalition_values(scores: np.ndarray, records: np.ndarray, n_coalitions: int,
     check_finite(coalitions, records, "synthetic rows")
     fx = scores[synthetic:]
     check_finite(fx[:, None, None, :], records, "records")
-    return link(coalitions.mean(axis=2), use_logit), link(fx, use_logit)
+    # One baseline row: its "mean" is the row itself (the same bits, without a reduction pass).
+    means = coalitions[:, :, 0, :] if n_baseline == 1 else coalitions.mean(axis=2)
+    return link(means, use_logit), link(fx, use_logit)
 
 
 @dataclass(frozen=True)
@@ -346,18 +401,46 @@ class KernelShapFit:
 
     def synthetic_rows(self, x: np.ndarray) -> np.ndarray:
         """The rows to score for records ``x`` ``(n, P)``: ordered (record, coalition, baseline row), then
-        the ``n`` records themselves, so that one model call serves both."""
+        the ``n`` records themselves, so that one model call serves both. A new array on every call."""
         n, n_cols = x.shape
         base = self.baseline
-        if x.dtype != base.dtype:
-            x, base = x.astype(object), base.astype(object)
         synthetic = n * len(self.masks) * len(base)
-        rows = np.empty((synthetic + n, n_cols), dtype=x.dtype)
-        view = rows[:synthetic].reshape(n, len(self.masks), len(base), n_cols)
-        view[...] = x[:, None, None, :]
-        np.copyto(view, base[None, None, :, :], where=~self.masks[None, :, None, :])
+        if x.dtype != np.float64 or base.dtype != np.float64 or self.masks.size * len(base) > TEMPLATE_LIMIT:
+            if x.dtype != base.dtype:
+                x, base = x.astype(object), base.astype(object)
+            rows = np.empty((synthetic + n, n_cols), dtype=x.dtype)
+            view = rows[:synthetic].reshape(n, len(self.masks), len(base), n_cols)
+            view[...] = x[:, None, None, :]
+            np.copyto(view, base[None, None, :, :], where=~self.masks[None, :, None, :])
+            rows[synthetic:] = x
+            return rows
+        # where(mask, record, baseline) on the values' bit patterns: (record & mask) | (baseline & ~mask),
+        # both masks kept from call to call when they are small (as a few records' rows). Exact for every
+        # value (NaN, -0.0), and two passes over the rows instead of a broadcast fill and a masked copy
+        # (~3x faster at P = 14).
+        rows = np.empty((synthetic + n, n_cols))
+        bits = rows.view(np.int64)
+        view = bits[:synthetic].reshape(n, len(self.masks), len(base), n_cols)
+        record_bits = np.ascontiguousarray(x).view(np.int64)
+        np.bitwise_and(record_bits[:, None, None, :], self._record_bits[None, :, None, :], out=view)
+        np.bitwise_or(view, self._baseline_bits, out=view)
         rows[synthetic:] = x
         return rows
+
+    @cached_property
+    def _record_bits(self) -> np.ndarray:
+        """``(C, P)`` int64: all ones where a synthetic row takes the record's value, else zero."""
+        return np.where(self.masks, np.int64(-1), np.int64(0))
+
+    @cached_property
+    def _baseline_bits(self) -> np.ndarray:
+        """``(C, b, P)`` int64: the baseline's bit patterns where a synthetic row takes them, else zero."""
+        base_bits = np.ascontiguousarray(self.baseline).view(np.int64)
+        return np.where(self.masks[:, None, :], np.int64(0), base_bits[None, :, :])
+
+    def __getstate__(self) -> dict:
+        # Worker processes get the fit, not the caches derived from it (they rebuild them on first use).
+        return {key: value for key, value in self.__dict__.items() if key not in ("_record_bits", "_baseline_bits")}
 
     def values(self, scores: np.ndarray, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(v, fx)`` from the ``(rows, k)`` scores of ``synthetic_rows`` (``records``: their indices, for errors)."""
@@ -562,17 +645,6 @@ def _pair_effects(design: CoalitionDesign, hessian: np.ndarray) -> np.ndarray:
         deflate = _inverse_2x2(np.eye(2)[None] - hat)
         out.append(np.einsum("upa,upj->uaj", deflate, es))
     return np.concatenate(out) if out else np.zeros((0, 2, design.n_features))
-
-
-def _pair_terms(effects: np.ndarray, resid: np.ndarray) -> np.ndarray:
-    """``d[u, :, n] = effects[u].T @ resid[n, u]``: each pair's effect on each record's values, ``(u, M, n, k)``.
-
-    One batched matmul over pairs, records and outputs side by side ((M x 2) @ (2 x n k) per pair): the
-    equivalent einsum loops in C without BLAS and took most of the solve.
-    """
-    n, u, _, k = resid.shape
-    stacked = resid.transpose(1, 2, 0, 3).reshape(u, 2, n * k)
-    return np.matmul(effects.transpose(0, 2, 1), stacked).reshape(u, -1, n, k)
 
 
 def _inverse_2x2(blocks: np.ndarray) -> np.ndarray:

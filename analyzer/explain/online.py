@@ -208,9 +208,12 @@ def _is_number(value: Any) -> bool:
 
 
 def _tabular_entries(result: Explanation) -> list[list[dict]]:
-    values, stderr = result.values, result.stderr
-    return [[{"attributions": [_attribution(values[i, j], stderr[i, j])]} for j in range(values.shape[1])]
-            for i in range(values.shape[0])]
+    # Whole arrays to lists at once (one call each, not one per feature): a request's JSON is cheap.
+    values = result.values.tolist()
+    stderr = result.stderr.tolist() if np.isfinite(result.stderr).all() else _finite_or_none(result.stderr)
+    return [[{"attributions": [{"attribution": v, STDERR_KEY: e}]} for v, e in zip(record_values, record_stderr,
+                                                                                  strict=True)]
+            for record_values, record_stderr in zip(values, stderr, strict=True)]
 
 
 def _attribution(values: np.ndarray, stderr: np.ndarray, description: dict | None = None) -> dict:
@@ -220,9 +223,10 @@ def _attribution(values: np.ndarray, stderr: np.ndarray, description: dict | Non
     return item
 
 
-def _finite_or_none(values: np.ndarray) -> list[float | None]:
-    """JSON has no NaN: a standard error that cannot be estimated (one pair drawn in a stratum) is null."""
-    return [float(v) if np.isfinite(v) else None for v in values.tolist()]
+def _finite_or_none(values: np.ndarray) -> list:
+    """JSON has no NaN: a standard error that cannot be estimated (one pair drawn in a stratum) is null.
+    Nested lists of ``values``' shape."""
+    return np.where(np.isfinite(values), values, None).tolist()
 
 
 # -- the response (spec section 5) ---------------------------------------------------------------------
