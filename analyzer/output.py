@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +39,8 @@ STAGING_PREFIX = ".lucent-staging-"
 INTERNAL_PREFIX = ".lucent-"  # Lucent's own bookkeeping in the output folder: never a result to upload
 # Errors of the storage itself, not of Lucent: the user fixes them with space, quota or a writable mount.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+PROBE_BYTES = 4096  # written (and removed) in the staging folder before the work: one block of a disk
+_ATOMIC_TEMPORARY = re.compile(r"\.(.+)\.[^.]+\.tmp")  # atomic_writer's temporary name for <name>
 
 
 def to_json_safe(value: Any) -> Any:
@@ -83,6 +86,11 @@ class OutputStaging:
         except OSError as error:
             raise output_folder_error(self.output_dir, error) from error
         self._committed = False
+        try:
+            _probe_write(self.staging_dir, self.output_dir)
+        except OSError as error:
+            self.discard()
+            raise output_folder_error(self.output_dir, error) from error
 
     def path(self, relative: str) -> Path:
         """Where to write ``relative`` while staging (parent folders are created)."""
@@ -132,9 +140,25 @@ class OutputStaging:
     def __enter__(self) -> OutputStaging:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        if isinstance(error, OSError):  # say where the user will look, not where the file was staged
+            error.filename = self.final_path(error.filename)
         if not self._committed:
             self.discard()
+
+    def final_path(self, filename: Any) -> Any:
+        """Where the staged file ``filename`` is published (``.lucent-staging-x/report.html`` ->
+        ``report.html`` in the output folder, ``atomic_writer``'s temporary name included); any other
+        value as it is."""
+        if not isinstance(filename, str | os.PathLike):
+            return filename
+        path = Path(filename)
+        if not path.is_relative_to(self.staging_dir):
+            return filename
+        temporary = _ATOMIC_TEMPORARY.fullmatch(path.name)
+        if temporary:
+            path = path.with_name(temporary[1])
+        return str(self.output_dir / path.relative_to(self.staging_dir))
 
 
 def output_folder_error(output_dir: Path, error: OSError) -> UserError:
@@ -155,7 +179,11 @@ def check_output_folder(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         _check_free_space(output_dir)
-        os.rmdir(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
+        staging_dir = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir)
+        try:
+            _probe_write(Path(staging_dir), output_dir)
+        finally:
+            os.rmdir(staging_dir)
     except OSError as error:
         raise output_folder_error(output_dir, error) from error
     finally:
@@ -242,6 +270,23 @@ def _check_free_space(folder: Path) -> None:
     stats = os.statvfs(folder)
     if stats.f_bavail == 0:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+
+
+def _probe_write(folder: Path, output_dir: Path) -> None:
+    """Write, sync and remove a small file in ``folder``: a disk with free blocks but no free inode, a
+    quota, or a filesystem whose free-space figures are wrong fails here, before the work, and not
+    when the results are written. The error names ``output_dir``, not the probe."""
+    probe = folder / f"{INTERNAL_PREFIX}probe"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(bytes(PROBE_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(output_dir)) from error
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ import re
 import shutil
 import sys
 import tempfile
+import unicodedata
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
@@ -102,10 +103,26 @@ def _segment_problem(segment: str) -> str | None:
     return None
 
 
+# Characters that change how a line reads without being seen: controls (Cc: C0, DEL, C1 with U+0085
+# NEXT LINE), format characters (Cf: U+202E RIGHT-TO-LEFT OVERRIDE, zero-width ones, ...), line and
+# paragraph separators (Zl, Zp) and lone surrogates (Cs).
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if unicodedata.category(char) not in _UNPRINTABLE_CATEGORIES:
+        return char
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def printable(text: str) -> str:
-    """``text`` with control characters as ``\\xNN``: an S3 key in a message must not break the message
-    file or a log line (or smuggle a NUL into them)."""
-    return _CONTROL.sub(lambda match: f"\\x{ord(match[0]):02x}", text)
+    """``text`` with every invisible control character escaped as Python writes it (``\\x0a``,
+    ``\\u202e``, ``\\U000e0001``): an S3 key in a message must not break the message file or a log
+    line, smuggle a NUL into them, or reorder what the reader sees (right-to-left override)."""
+    if text.isascii() and not _CONTROL.search(text):
+        return text  # the usual key: nothing to escape
+    return "".join(map(_escape, text))
 
 
 def contained_path(folder: Path, relative: str, source: str) -> Path:
@@ -304,11 +321,15 @@ class Launch:
             except UserError as error:
                 raise LaunchError(f"--output: {error}") from error
 
-    def fetch(self, location: Location, dest: Path) -> None:
+    def fetch(self, location: Location, dest: Path, option: str | None = None) -> None:
+        """Stage ``location`` into the folder ``dest``. A local input given for ``option`` (``--config``,
+        ``--data``) is copied with ``copy_local_input``: no link in it may lead out of it."""
         dest.mkdir(parents=True, exist_ok=True)
         self.sources.append(location)
         if location.is_s3:
             self.store.download(location, dest)
+        elif option is not None and (location.path.is_dir() or location.path.is_file()):
+            copy_local_input(option, location.path, dest)
         elif location.path.is_dir():
             shutil.copytree(location.path, dest, dirs_exist_ok=True)
         elif location.path.is_file():
@@ -366,9 +387,9 @@ class Launch:
               job_root: Path) -> None:
         """Lay out ``root`` as the processing root; ``job_root`` is where the job will see it."""
         inputs = root / "input"
-        self.fetch(config, inputs / "config")
+        self.fetch(config, inputs / "config", "--config")
         if data is not None:
-            self.fetch(data, inputs / "data")
+            self.fetch(data, inputs / "data", "--data")
         if model is not None:
             self.fetch(model, inputs / "model")
         self._stage_config_uris(inputs, job_root / "input")
@@ -405,6 +426,60 @@ class Launch:
         job_path = job_inputs / (staged[0].relative_to(dest.parent) if only_file else dest.name)
         log.info("Staged %s %s as %s", key, location, job_path)
         return str(job_path)
+
+
+def copy_local_input(option: str, source: Path, dest: Path) -> None:
+    """Copy the local file or folder ``source`` (given for ``option``) into the folder ``dest``, links
+    followed, refusing any link that leads out of the input (for a folder, the folder itself; for a
+    file, the folder holding it), a link to nothing, a folder linked into itself, and anything that is
+    neither a file nor a folder (a FIFO would block the copy).
+
+    Why: an input folder may come from someone else, and ``ldata/creds.csv -> ~/.aws/credentials``
+    would otherwise be staged, read and published, which ``lucent run`` refuses for the same layout.
+    """
+    root = (source.parent if source.is_file() else source).resolve()
+    if source.is_symlink() and not source.resolve().is_relative_to(source.parent.resolve()):
+        raise LaunchError(_link_refusal(option, source, source.resolve(), source.parent))
+    if source.is_file():
+        shutil.copy2(source, dest / source.name)
+        return
+    _copy_folder(option, source, dest, root, frozenset({root}))
+
+
+def _copy_folder(option: str, folder: Path, dest: Path, root: Path, open_folders: frozenset[Path]) -> None:
+    """``copy_local_input`` of one folder; ``open_folders`` are the real folders being copied around it
+    (a link back to one of them would copy forever)."""
+    dest.mkdir(exist_ok=True)
+    with os.scandir(folder) as entries:
+        names = sorted(entry.name for entry in entries)
+    for name in names:
+        path = folder / name
+        real = path
+        if path.is_symlink():
+            try:
+                real = path.resolve(strict=True)
+            except (OSError, RuntimeError):
+                raise LaunchError(f"{option}: {printable(str(path))} is a link to nothing (or a loop of "
+                                  "links); remove it or make it point to a file in the input") from None
+            if not real.is_relative_to(root):
+                raise LaunchError(_link_refusal(option, path, real, root))
+        if path.is_dir():
+            real = real.resolve()
+            if real in open_folders:
+                raise LaunchError(f"{option}: {printable(str(path))} is a link to one of its own parent "
+                                  "folders; remove it")
+            _copy_folder(option, path, dest / name, root, open_folders | {real})
+        elif path.is_file():
+            shutil.copy2(path, dest / name)
+        else:
+            raise LaunchError(f"{option}: {printable(str(path))} is neither a file nor a folder (a FIFO, "
+                              "socket or device); remove it from the input")
+
+
+def _link_refusal(option: str, link: Path, target: Path, root: Path) -> str:
+    return (f"{option}: {printable(str(link))} is a link to {printable(str(target))}, outside "
+            f"{printable(str(root))}; `lucent launch` stages no file from outside a local input (copy the "
+            "file into it instead)")
 
 
 def staged_input_path(key: str, value: str, inputs: Path, job_inputs: Path, job_config_dir: Path) -> str:

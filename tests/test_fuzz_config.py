@@ -94,7 +94,22 @@ strings = st.one_of(st.text(max_size=20), st.sampled_from(["", "all", "ALL", "te
                                                            "~/.aws/credentials", "s3://bucket/key", "S3:/x",
                                                            "file:///etc/passwd", "http://user:pw@h/", "\x00",
                                                            "é" * 2000, "$features", "{", "[0]"]))
-scalars = st.one_of(st.none(), st.booleans(), numbers, strings)
+# URLs assembled from parts, well-formed and not: bad IPv6 brackets, ports out of range or not numbers,
+# userinfo holding a password (which no message may echo), paths, queries and fragments.
+URL_PASSWORD = "pw-SECRET-7"
+urls = st.builds(
+    lambda scheme, userinfo, host, port, path, query, fragment: f"{scheme}{userinfo}{host}{port}{path}{query}{fragment}",
+    st.sampled_from(["http://", "https://", "HTTP://", "ftp://", "http:/", "http:", "", "//", "http:///"]),
+    st.sampled_from(["", "alice@", f"alice:{URL_PASSWORD}@", f"alice:{URL_PASSWORD}@@", "@", ":@"]),
+    st.one_of(st.sampled_from(["127.0.0.1", "localhost", "[::1]", "[::1", "::1]", "[::1:1", "[v1.x]", "[]", "",
+                               "h\u0430st", "ho st", "\uff0fx", "[fe80::1%eth0]"]), st.text(max_size=6)),
+    st.one_of(st.sampled_from(["", ":", ":8080", ":0", ":65535", ":65536", ":99999999", ":-1", ":x", ": 80"]),
+              st.integers(-5, 10**6).map(lambda n: f":{n}")),
+    st.sampled_from(["", "/", "/models/a", "/invocations", "//", "/%zz", "/a b"]),
+    st.sampled_from(["", "?", "?access_token=t0k&client_secret=s3c", "?a=1"]),
+    st.sampled_from(["", "#", "#frag"]),
+)
+scalars = st.one_of(st.none(), st.booleans(), numbers, strings, urls)
 
 
 def nested(depth: int) -> Any:
@@ -189,8 +204,53 @@ FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCh
 @example(doc={"dataset_type": "text/csv", "methods": {"shap": {"seed": -1}}})
 @example(doc={"dataset_type": "text/csv", "probability_threshold": Huge(), "methods": {}})
 @example(doc={"dataset_type": "text/csv", "methods": {"shap": {"baseline": {"a": nested(300)}}}})
+@example(doc={"dataset_type": "text/csv", "methods": {"shap": {}},
+              "predictor": {"endpoint_url": "http://alice:pw@[::1:1/"}})
 def test_parse_config_ends_in_a_config_or_a_config_error(doc):
     parse(realize(doc))
+
+
+def url_config(url: str) -> dict:
+    return {"dataset_type": "text/csv", "methods": {"shap": {}}, "predictor": {"endpoint_url": url}}
+
+
+@settings(max_examples=300, deadline=None)
+@given(url=urls)
+@example(url="http://alice:pw-SECRET-7@[::1:1/")
+@example(url="http://127.0.0.1:99999999")
+@example(url="http://h/invocations?access_token=t0k&client_secret=s3c")
+def test_endpoint_url_is_a_base_url_or_a_config_error_without_secrets(url):
+    result = parse(url_config(url))
+    if isinstance(result, ConfigError):
+        text = "\n".join(result.problems)
+        assert "predictor.endpoint_url:" in text, text
+        for secret in (URL_PASSWORD, "t0k", "s3c"):
+            assert secret not in text, text
+    else:  # accepted: a base the job can put /ping and /invocations after
+        assert result.predictor.endpoint_url == url
+        assert "?" not in url and "#" not in url
+        assert url.lower().startswith(("http://", "https://"))
+
+
+@pytest.mark.parametrize(("url", "fragment"), [
+    ("http://alice:pw@[::1:1/", "must be an http:// or https:// URL"),
+    ("http://h:65536", "valid port"),
+    ("http://h/models?access_token=t0k", "must not have a query string or fragment"),
+    ("http://h/#x", "must not have a query string or fragment"),
+])
+def test_malformed_endpoint_url_names_the_key_not_the_secret(url, fragment):
+    error = parse(url_config(url))
+    assert isinstance(error, ConfigError)
+    assert any(problem.startswith("predictor.endpoint_url: ") and fragment in problem for problem in error.problems)
+    assert "pw" not in str(error.problems) and "t0k" not in str(error.problems)
+
+
+@pytest.mark.parametrize("url", ["http://h", "https://alice:pw@h:8443/models/a/", "HTTP://[::1]:8080",
+                                 "http://127.0.0.1:9"])
+def test_base_endpoint_urls_are_accepted(url):
+    config = parse(url_config(url))
+    assert isinstance(config, AnalysisConfig), config
+    assert config.predictor.endpoint_url == url
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

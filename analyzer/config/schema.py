@@ -15,7 +15,7 @@ Rules that involve more than one key live in ``analyzer.config.rules``.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlparse
+from urllib.parse import SplitResult, urlsplit
 
 from analyzer.config.model import (
     DATASET_TYPES,
@@ -97,9 +97,34 @@ def _metric_selection(registered: tuple[str, ...]) -> Spec:
     return Either((every, chosen))
 
 
+def _parsed_url(value: str) -> SplitResult | None:
+    """``value`` split into URL parts, or None when it is not a URL (``urlsplit`` raises ValueError for
+    a bad IPv6 host or port, for instance)."""
+    try:
+        parsed = urlsplit(value)
+        parsed.port  # noqa: B018 -- parses the port, raising ValueError for one out of range
+    except ValueError:
+        return None
+    return parsed
+
+
 def _http_url(value: str) -> bool:
-    parsed = urlparse(value)
-    return parsed.scheme in ("http", "https") and bool(parsed.netloc)
+    parsed = _parsed_url(value)
+    return parsed is not None and parsed.scheme.lower() in ("http", "https") and bool(parsed.hostname)
+
+
+def _base_url(value: str) -> bool:
+    parsed = _parsed_url(value)
+    return parsed is not None and not parsed.query and not parsed.fragment and "?" not in value and "#" not in value
+
+
+# A URL's problems are stated without the URL: it may hold a password (user:password@) or a token.
+ENDPOINT_URL = Where(STRING, (
+    (_http_url, "must be an http:// or https:// URL with a host and a valid port (value not shown: it may "
+                "hold a password)"),
+    (_base_url, "must not have a query string or fragment: the job sends GET <endpoint_url>/ping and POST "
+                "<endpoint_url>/invocations (value not shown: it may hold a token)"),
+))
 
 
 def _visible_ascii(value: str) -> bool:
@@ -197,7 +222,7 @@ METHODS = Obj({
 
 PREDICTOR = Obj({
     # Lucent extensions: where a self-hosted job reaches the model.
-    "endpoint_url": Where(STRING, ((_http_url, "must be an http:// or https:// URL, got {value!r}"),)),
+    "endpoint_url": ENDPOINT_URL,
     "image_uri": Where(STRING, ((bool, "must not be empty"),)),
     # SageMaker: existing endpoint, or a model deployed to a shadow endpoint.
     "endpoint_name": STRING,

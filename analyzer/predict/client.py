@@ -10,8 +10,9 @@ predictions in input order. Model failures are handled the way Clarify users exp
 * connection failures, HTTP 429/503 and, for single records, 5xx answers are retried with exponential
   backoff, bounded in count and time (``RetryPolicy``);
 * the job waits at most ``timeout`` seconds (``LUCENT_MODEL_TIMEOUT_SECONDS``, default 10 minutes) for
-  the model to answer any part of a batch, retries and smaller batches included. A request that gets
-  no answer in that time is neither retried nor split: a model that does not answer a batch would not
+  the model to answer any part of a batch, retries and smaller batches included. The limit covers the
+  whole answer, body included: a model that sends its answer a byte at a time is cut off at the same
+  deadline. A request that gets no answer in that time is neither retried nor split: a model that does not answer a batch would not
   answer its halves either, and waiting again is how a hung model used to take 16 minutes to fail.
 
 Two kinds of failure, for the job's exit code: a ``UserError`` when the model answered but refused a
@@ -37,6 +38,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import chain
+from urllib.parse import urlsplit, urlunsplit
 
 import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError
@@ -61,6 +63,54 @@ _WINDOW_CELLS = 2_000_000  # rows are serialised this many values at a time (abo
 # this: a call of 20,000 rows then keeps every model worker busy instead of one.
 _MIN_RECORDS_TO_SPLIT = 4_000
 _BUSY_STATUSES = (429, 503)  # throttling: the same batch will do once the model has capacity
+_READ_CHUNK_BYTES = 1024 * 1024  # a response body is read at most this much at a time, the deadline checked between
+
+
+def model_route(endpoint_url: str, route: str) -> str:
+    """The URL of ``route`` (``"ping"`` or ``"invocations"``) on the model at ``endpoint_url``.
+
+    ``endpoint_url`` is a base: scheme, host, port and an optional path prefix
+    (``http://gateway/models/a`` -> ``http://gateway/models/a/invocations``). A query string or
+    fragment is dropped (config validation refuses them: the model's routes are fixed, and a query
+    would put whatever it carries, such as tokens, into every log line that names the URL).
+    """
+    parts = urlsplit(endpoint_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{route}", "", ""))
+
+
+class _Late(Exception):
+    """The model's answer did not arrive in full before the deadline."""
+
+
+def read_body(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+    """The whole body of a response opened with ``preload_content=False``, by ``deadline`` (monotonic).
+
+    urllib3's read timeout bounds each socket read, not the answer: a server that sends one byte every
+    few seconds would never time out. Each read here returns what has arrived (``read1``), waits at
+    most until the deadline, and the deadline is checked between reads. Raises ``_Late`` when the
+    deadline passes first; the connection is then closed, not reused.
+    """
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Late
+            if sock is not None:  # the next read waits no longer than the time left
+                sock.settimeout(remaining)
+            try:
+                chunk = response.read1(_READ_CHUNK_BYTES)
+            except ReadTimeoutError:
+                raise _Late from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except BaseException:
+        response.close()
+        raise
+    response.release_conn()
+    return b"".join(chunks)
 
 
 class ModelError(UserError):
@@ -177,7 +227,7 @@ class ModelClient:
                  max_payload_bytes: int = MAX_PAYLOAD_BYTES, max_records_per_request: int = MAX_RECORDS_PER_REQUEST,
                  concurrency: int | None = None, timeout: float | None = None,
                  retry: RetryPolicy | None = None, progress_interval: float = 5.0):
-        self.url = endpoint_url.rstrip("/") + "/invocations"
+        self.url = model_route(endpoint_url, "invocations")
         self.shown_url = redact_url(self.url)  # for messages and logs: no password from the URL
         self.encoder = RequestEncoder(predictor, feature_names)
         self.parser = ResponseParser(predictor, predictor.accept_type or predictor.content_type)
@@ -333,7 +383,11 @@ class ModelClient:
             no_answer = split_now = False
             timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT_SECONDS, remaining), read=remaining)
             try:
-                response = self._http.request("POST", self.url, body=body, headers=headers, timeout=timeout)
+                response = self._http.request("POST", self.url, body=body, headers=headers, timeout=timeout,
+                                              preload_content=False)
+                data = read_body(response, patience.deadline)
+            except _Late:  # the answer started but did not finish in time: the same as no answer
+                raise self._no_answer(batch, reason) from None
             except ConnectTimeoutError as error:  # includes NewConnectionError (refused, unknown host)
                 reason, no_answer = f"cannot connect ({_reason(error)})", True
             except ReadTimeoutError:
@@ -352,8 +406,8 @@ class ModelClient:
                     self.stats.bytes_sent += len(body)
                 if 200 <= response.status < 300:
                     patience.renew()
-                    return response.data
-                reason = f"HTTP {response.status}: {excerpt(response.data)}"
+                    return data
+                reason = f"HTTP {response.status}: {excerpt(data)}"
                 if response.status in _BUSY_STATUSES:
                     no_answer = True  # the same batch will do once the model has capacity; a smaller one no sooner
                 elif response.status < 500:
@@ -411,18 +465,23 @@ def wait_until_healthy(endpoint_url: str, timeout: float = 240.0, interval: floa
 
     Raises ``ModelTransportError`` after ``timeout`` seconds (SageMaker allows a container 4 minutes).
     """
-    url = endpoint_url.rstrip("/") + "/ping"
+    url = model_route(endpoint_url, "ping")
     http = urllib3.PoolManager(retries=False)
     started = time.monotonic()
     last = "no answer"
     try:
         while True:
             remaining = timeout - (time.monotonic() - started)
+            attempt_seconds = max(0.1, min(2.0, remaining))
             try:
-                response = http.request("GET", url, timeout=urllib3.Timeout(total=max(0.1, min(2.0, remaining))))
+                response = http.request("GET", url, timeout=urllib3.Timeout(total=attempt_seconds),
+                                        preload_content=False)
+                read_body(response, time.monotonic() + attempt_seconds)  # a trickled answer is no answer
                 if response.status == 200:
                     return time.monotonic() - started
                 last = f"HTTP {response.status}"
+            except _Late:
+                last = f"no complete answer within {attempt_seconds:g} s"
             except HTTPError as error:
                 last = _reason(error)
             remaining = timeout - (time.monotonic() - started)
