@@ -132,13 +132,16 @@ def check_bias_inputs(config: AnalysisConfig, dataset: Dataset) -> list[str]:
 
 
 def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStaging,
-                 endpoint: ModelEndpoint | None = None, base_dir: Path | None = None) -> dict[str, Any]:
+                 endpoint: ModelEndpoint | None = None, base_dir: Path | None = None,
+                 model_identity: str = "") -> dict[str, Any]:
     """Run every configured method on ``dataset`` and return the ``analysis.json`` document.
 
     ``base_dir``: the config file's folder, which relative paths in the config (baselines) come from
     (None: the current directory; the analyzer never derives it from the output folder).
 
-    ``endpoint`` answers for the rows when the analyses need predictions (see ``needs_model``).
+    ``endpoint`` answers for the rows when the analyses need predictions (see ``needs_model``);
+    ``model_identity``: text that changes whenever its model does (SHAP checkpoints are kept per model,
+    see ``explain_dataset``).
     """
     if config.methods.post_training_bias is not None and dataset.predicted_label is None:
         if endpoint is None:
@@ -155,7 +158,7 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
         log.info("Computed %d %s metrics for %d facet(s) in %.2f s", len(method.methods),
                  stage.replace("_", "-"), len(dataset.facets), time.perf_counter() - started)
     explanations = explain_dataset(config, dataset, endpoint, staging, staging.output_dir / ".lucent-work",
-                                   base_dir=base_dir)
+                                   base_dir=base_dir, model_identity=model_identity)
     if explanations:
         results["explanations"] = explanations
     return results

@@ -41,6 +41,7 @@ from analyzer.predict.client import MAX_PAYLOAD_BYTES
 from analyzer.redact import install_redaction, redact
 from analyzer.report import ReportError, check_report_engines
 from container.model_endpoint import ServedModel, model_endpoint
+from container.model_identity import model_identity
 from container.sidecar.server import STARTED_SERVER_MAX_BODY_BYTES
 
 log = logging.getLogger("lucent")
@@ -214,7 +215,7 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
         # Staging first: an output folder that cannot be written fails the job before any work is done.
         with OutputStaging(paths.output_dir) as staging, contextlib.ExitStack() as model_scope:
             dataset = load_job_dataset(config, dataset_path, base_dir=config_file.parent)
-            endpoint = None
+            endpoint, identity = None, ""
             if needs_model(config):
                 served = model_scope.enter_context(model_endpoint(config, paths.model_dir))
                 endpoint = ModelEndpoint(
@@ -222,7 +223,10 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
                     # Lucent's own server takes bigger requests than SageMaker's 6 MB limit: fewer, larger
                     # predict calls are most of the throughput on a local model.
                     max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES if local_model(config) else MAX_PAYLOAD_BYTES)
-            results = run_analysis(config, dataset, staging, endpoint, base_dir=config_file.parent)
+                if config.methods.shap is not None:  # SHAP checkpoints are kept per model
+                    identity = model_identity(config, paths.model_dir)
+            results = run_analysis(config, dataset, staging, endpoint, base_dir=config_file.parent,
+                                   model_identity=identity)
             model_scope.close()  # stop the model before writing reports: it is no longer needed
             write_outputs(config, dataset, results, staging, started_at)
             published = staging.commit()

@@ -8,6 +8,8 @@ record must be explained, with the values of an uninterrupted run.
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 from pathlib import Path
 
@@ -302,3 +304,189 @@ def test_text_resume_checks_every_shard(job, text_endpoint, monkeypatch, caplog,
     else:
         assert "resuming, 2 of" in caplog.text and "discarding checkpoint" in caplog.text
         assert [lines, analysis] == reference
+
+
+# -- checkpoints whose values the solver cannot have written: discarded, recomputed ------------------
+
+def _scale_values(factor: float):
+    return lambda arrays: arrays.update(values=arrays["values"] * factor)
+
+
+TAMPERING = {
+    "values set to NaN": lambda arrays: arrays.update(values=np.full_like(arrays["values"], np.nan)),
+    "values multiplied by 1000": _scale_values(1000.0),
+    "one value changed": lambda arrays: arrays["values"].reshape(-1).__setitem__(0, arrays["values"].flat[0] + 0.5),
+    "a standard error infinite": lambda arrays: arrays["stderr"].reshape(-1).__setitem__(0, np.inf),
+    "a negative standard error": lambda arrays: arrays["stderr"].reshape(-1).__setitem__(0, -1.0),
+    "a prediction that is NaN": lambda arrays: arrays["prediction"].reshape(-1).__setitem__(0, np.nan),
+    "another reference": lambda arrays: arrays.update(reference=arrays["reference"] + 1.0),
+}
+
+
+def test_tampered_values_are_recomputed_with_a_warning(job, endpoint, monkeypatch, caplog):
+    """Checkpoints that read well but hold values that are not finite or do not add up to the record's
+    prediction minus its reference (efficiency, which the solver enforces) are not used: out.csv and the
+    global values are those of an uninterrupted run, with no NaN."""
+    tabular.shap_job(job, endpoint, num_samples=14)
+    reference = reference_run(job, monkeypatch, 2 * ROWS_PER_RECORD)
+    assert run_crashing_after_shards(job, monkeypatch, 14) == 2
+    damaged = {}
+    for path, (kind, change) in zip(checkpoints(job), TAMPERING.items(), strict=False):
+        _rewrite(path, change)
+        damaged[path.name] = kind
+    caplog.clear()
+    assert job.run() == 0, job.message
+    warnings = [r.getMessage() for r in caplog.records if "discarding checkpoint" in r.getMessage()]
+    missed = {name: kind for name, kind in damaged.items() if not any(name in w for w in warnings)}
+    assert not missed, f"tampered checkpoints used: {missed}"
+    assert len(warnings) == len(TAMPERING)
+    assert f"resuming, {14 - len(TAMPERING)} of 15 shards already done" in caplog.text
+    assert_same_outputs(job, reference)
+    local, _, analysis = outputs(job)
+    assert not local.isna().any().any()
+    assert all(value is not None for entry in analysis["explanations"]["kernel_shap"].values()
+               for value in entry["global_shap_values"].values())
+
+
+def test_efficiency_check_allows_the_rounding_of_large_cancelling_values():
+    """The tolerance grows with the values: large values that cancel, summed in another order than the
+    exact sum they must add up to, pass; the same values times 1000 do not."""
+    from analyzer.explain.shards import CheckpointError, _check_values
+
+    values = np.random.default_rng(0).normal(size=(5, 2000, 2)) * 1e9  # 5 records, 2000 players, 2 outputs
+    exact = np.array([[math.fsum(values[i, :, c]) for c in range(2)] for i in range(5)])
+    reference = np.full((5, 2), 1e6)
+    assert np.any(values.sum(axis=1) != exact)  # rounding differs: what the check must tolerate
+    _check_values(values, np.full_like(values, np.nan), reference, reference + exact, values.sum(axis=1),
+                  np.abs(values).sum(axis=1))
+    scaled = values * 1000
+    with pytest.raises(CheckpointError, match="add up to"):
+        _check_values(scaled, np.zeros_like(values), reference, reference + exact, scaled.sum(axis=1),
+                      np.abs(scaled).sum(axis=1))
+
+
+@pytest.mark.parametrize("damage", [_scale_values(1000.0),
+                                    lambda arrays: arrays.update(values=np.full_like(arrays["values"], np.nan))],
+                         ids=["values multiplied by 1000", "values set to NaN"])
+def test_text_tampered_values_are_recomputed(job, text_endpoint, monkeypatch, caplog, damage):
+    text.text_job(job, text_endpoint, reviews=TEXT_REVIEWS, num_samples=40)
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, "150")
+    assert job.run() == 0, job.message
+    reference = [text.read_jsonl(job), job.analysis()]
+    shutil.rmtree(job.output_dir)
+    assert run_crashing_after_shards(job, monkeypatch, 3) == 2
+    tampered = checkpoints(job)[1]
+    _rewrite(tampered, damage)
+    caplog.clear()
+    assert job.run() == 0, job.message
+    assert "resuming, 2 of" in caplog.text
+    assert f"discarding checkpoint {tampered}" in caplog.text
+    assert [text.read_jsonl(job), job.analysis()] == reference
+
+
+# -- entries that are not checkpoint files: removed (links never followed), never blocking a rerun ----
+
+def _folder(path: Path, outside: Path) -> None:
+    path.unlink()
+    (path / "inner").mkdir(parents=True)
+    (path / "inner" / "file").write_text("x")
+    (path / "to-outside").symlink_to(outside, target_is_directory=True)  # rmtree must not follow it
+
+
+def _link_to_a_copy(path: Path, outside: Path) -> None:
+    """A link to a copy of the very checkpoint, outside the work area: not read, and the copy is kept."""
+    copy = outside / f"copy-of-{path.name}"
+    shutil.copy(path, copy)
+    path.unlink()
+    path.symlink_to(copy)
+
+
+def _link_to_a_folder(path: Path, outside: Path) -> None:
+    path.unlink()
+    path.symlink_to(outside, target_is_directory=True)
+
+
+def _dangling_link(path: Path, outside: Path) -> None:
+    path.unlink()
+    path.symlink_to(outside / "gone.npz")
+
+
+def _fifo(path: Path, outside: Path) -> None:  # a named pipe: reading it would block forever
+    path.unlink()
+    os.mkfifo(path)
+
+
+NOT_FILES = {"a folder": _folder, "a link to a copy": _link_to_a_copy, "a link to a folder": _link_to_a_folder,
+             "a dangling link": _dangling_link, "a named pipe": _fifo}
+
+
+def test_checkpoint_entries_that_are_not_files_are_removed_without_following_links(job, endpoint, monkeypatch,
+                                                                                     caplog, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("the user's file")
+    tabular.shap_job(job, endpoint, num_samples=14)
+    reference = reference_run(job, monkeypatch, 2 * ROWS_PER_RECORD)
+    assert run_crashing_after_shards(job, monkeypatch, 8) == 2
+    paths = checkpoints(job)
+    folder = paths[0].parent
+    damaged = {}
+    for path, (kind, damage) in zip(paths[1:], NOT_FILES.items(), strict=False):
+        damage(path, outside)
+        damaged[path.name] = kind
+    (folder / ".shard-000009.npz.abc.tmp").mkdir()  # a leftover temporary name that is a folder
+    caplog.clear()
+    assert job.run() == 0, job.message
+    warnings = [r.getMessage() for r in caplog.records if "discarding checkpoint" in r.getMessage()]
+    missed = {name: kind for name, kind in damaged.items() if not any(name in w for w in warnings)}
+    assert not missed, f"entries used as checkpoints: {missed}"
+    assert f"resuming, {8 - len(NOT_FILES)} of 15 shards already done" in caplog.text
+    assert_same_outputs(job, reference)
+    assert not (job.output_dir / ".lucent-work").exists()
+    assert sorted(p.name for p in outside.iterdir()) == ["copy-of-shard-000002.npz", "keep.txt"]
+    assert (outside / "keep.txt").read_text() == "the user's file"
+
+
+def test_a_folder_at_a_checkpoint_path_never_blocks_reruns(job, endpoint, monkeypatch, caplog):
+    """The reviewer's case: ``mkdir <fingerprint>/shard-000004.npz`` after a crash; every later run works."""
+    tabular.shap_job(job, endpoint, num_samples=14)
+    reference = reference_run(job, monkeypatch, 2 * ROWS_PER_RECORD)
+    assert run_crashing_after_shards(job, monkeypatch, 3) == 2
+    folder = checkpoints(job)[0].parent
+    (folder / "shard-000004.npz").mkdir()
+    caplog.clear()
+    assert run_crashing_after_shards(job, monkeypatch, 2) == 2  # the crashed rerun got past the folder
+    assert "discarding checkpoint" in caplog.text and "a folder" in caplog.text
+    assert job.run() == 0, job.message
+    assert "resuming, 5 of 15 shards already done" in caplog.text
+    assert_same_outputs(job, reference)
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling link"])
+def test_a_seed_file_that_is_not_a_file_never_blocks_a_rerun(job, endpoint, monkeypatch, caplog, tmp_path, kind):
+    tabular.shap_job(job, endpoint, num_samples=14)
+    config = json.loads((job.config_dir / "analysis_config.json").read_text())
+    del config["methods"]["shap"]["seed"]
+    job.write_config(config)
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, str(2 * ROWS_PER_RECORD))
+    assert run_crashing_after_shards(job, monkeypatch, 3) == 2
+    seed_file = checkpoints(job)[0].parent / "seed.json"
+    seed_file.unlink()
+    if kind == "folder":
+        seed_file.mkdir()
+    else:
+        seed_file.symlink_to(tmp_path / "elsewhere.json")
+    caplog.clear()
+    assert job.run() == 0, job.message
+    assert "drawing a new coalition seed" in caplog.text
+    assert len(tabular.read_local(job)) == N_RECORDS
+
+
+def test_a_file_where_the_checkpoint_folders_go_never_blocks_a_run(job, endpoint, monkeypatch):
+    tabular.shap_job(job, endpoint, num_samples=14)
+    reference = reference_run(job, monkeypatch, 2 * ROWS_PER_RECORD)
+    work = job.output_dir / ".lucent-work"
+    work.mkdir(parents=True)
+    (work / "shap").write_text("not a folder")
+    assert job.run() == 0, job.message
+    assert_same_outputs(job, reference)

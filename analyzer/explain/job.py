@@ -13,7 +13,7 @@ import csv
 import hashlib
 import json
 import logging
-import shutil
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -46,6 +46,7 @@ from .shards import (
     ShapSettings,
     TextShapSettings,
     configured_shard_rows,
+    discard_entry,
     run_shards,
     run_text_shards,
     shard_size,
@@ -69,13 +70,18 @@ STDERR_KEY = "lucent_global_shap_stderr"  # Lucent extension beside global_shap_
 
 
 def explain_dataset(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint | None,
-                    staging: OutputStaging, work_dir: Path, *, base_dir: Path | None) -> dict[str, Any]:
+                    staging: OutputStaging, work_dir: Path, *, base_dir: Path | None,
+                    model_identity: str = "") -> dict[str, Any]:
     """Run ``methods.shap`` and ``methods.pdp``; return ``analysis.json``'s ``explanations`` (may be empty).
 
     ``work_dir``: the output folder's work area (``<output>/.lucent-work``), where finished shards are
     checkpointed; it survives a failed run so that the next run resumes, and is removed on success.
     ``base_dir``: folder that relative baseline paths are taken from, given by the caller (the job passes
     the config file's folder); None: the current directory. The analyzer never guesses job folders.
+    ``model_identity``: text that changes whenever the model does (the caller's digest of the model's
+    files, its URL or its image); part of the checkpoints' fingerprint, so that a resumed run never mixes
+    values of two models. Empty: the model is known only by its scores on the baseline rows, which a model
+    changed elsewhere can keep.
     """
     shap, pdp = config.methods.shap, config.methods.pdp
     if shap is None and pdp is None:
@@ -83,7 +89,7 @@ def explain_dataset(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEnd
     if endpoint is None or dataset.features is None:
         raise UserError("methods.shap / methods.pdp need a model (predictor) and the dataset's features")
     try:
-        explanations = _explain(config, dataset, endpoint, staging, work_dir, base_dir)
+        explanations = _explain(config, dataset, endpoint, staging, work_dir, base_dir, model_identity)
     except BaseException:
         if not any((work_dir / "shap").glob("*/shard-*.npz")):
             _remove_work_area(work_dir)  # nothing to resume from: leave no trace in the output folder
@@ -93,7 +99,7 @@ def explain_dataset(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEnd
 
 
 def _explain(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint, staging: OutputStaging,
-             work_dir: Path, base_dir: Path | None) -> dict[str, Any]:
+             work_dir: Path, base_dir: Path | None, model_identity: str) -> dict[str, Any]:
     shap, pdp = config.methods.shap, config.methods.pdp
     if pdp is not None:
         check_pdp_memory(pdp, dataset)  # before SHAP: not after hours of it
@@ -102,7 +108,7 @@ def _explain(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint, 
     text_features: frozenset[str] = frozenset()
     if shap is not None:
         explanations["kernel_shap"] = explain_shap(config, shap, dataset, endpoint, staging, work_dir / "shap",
-                                                   base_dir)
+                                                   base_dir, model_identity)
         global_values = {key: entry["global_shap_values"] for key, entry in explanations["kernel_shap"].items()}
         text_features = frozenset(name for entry in explanations["kernel_shap"].values()
                                   for name in entry.get("global_top_shap_text", {}))
@@ -124,7 +130,8 @@ class ShapInputs:
 
 
 def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, endpoint: ModelEndpoint,
-                 staging: OutputStaging, work_dir: Path, base_dir: Path | None) -> dict[str, Any]:
+                 staging: OutputStaging, work_dir: Path, base_dir: Path | None,
+                 model_identity: str = "") -> dict[str, Any]:
     """Kernel SHAP of every record: writes the local files, returns ``explanations.kernel_shap``."""
     assert dataset.features is not None
     started = time.perf_counter()
@@ -139,12 +146,12 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
     write_table(staging.path(f"{SHAP_DIR}/baseline.csv"), inputs.baseline)
     baseline = inputs.baseline.to_numpy()
 
-    # The baseline scores name the outputs (label keys) and take part in the fingerprint: a changed
-    # model changes them, so a checkpoint made with another model is not reused.
+    # The baseline scores name the outputs (label keys) and take part in the fingerprint, beside the
+    # model's identity: a checkpoint made with another model is not reused.
     with endpoint.client() as client:
         predictions = client.predict(inputs.baseline)
     label_keys = predictions.score_keys()
-    fingerprint = _fingerprint(config, shap, dataset, inputs, text, predictions.scores)
+    fingerprint = _fingerprint(config, shap, dataset, inputs, text, predictions.scores, model_identity)
     checkpoint_dir = work_dir / fingerprint
     _drop_stale(work_dir, keep=fingerprint)
     seed = _job_seed(shap.seed, checkpoint_dir)
@@ -449,15 +456,16 @@ _PREDICTOR_KEYS_NOT_IN_VALUES = frozenset({"label_headers", "instance_type", "in
 
 
 def _fingerprint(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, inputs: ShapInputs,
-                 text: _TextInputs | None, baseline_scores: np.ndarray) -> str:
+                 text: _TextInputs | None, baseline_scores: np.ndarray, model_identity: str) -> str:
     """A digest of everything the checkpointed values and the shard boundaries depend on, and nothing else.
 
     In: the Lucent version, the feature data (values, types, names), the baseline rows, the explained
     features, ``num_samples``, ``use_logit``, the configured seed, the text settings, the predictor's
-    request/response format and model, the model's scores for the baseline rows (a changed model is not
-    mixed with old checkpoints) and the synthetic rows per shard (which decide each shard's records). Not
-    in: keys that only shape the outputs (report, ``agg_method``, ``save_local_shap_values``, label names,
-    bias methods, PDP), so that changing them keeps the finished shards.
+    request/response format and model, the model's identity (``explain_dataset``) and its scores for the
+    baseline rows (a changed model is not mixed with old checkpoints) and the synthetic rows per shard
+    (which decide each shard's records). Not in: keys that only shape the outputs (report, ``agg_method``,
+    ``save_local_shap_values``, label names, bias methods, PDP), so that changing them keeps the finished
+    shards.
     """
     assert dataset.features is not None
     predictor = {} if config.predictor is None else {
@@ -470,7 +478,7 @@ def _fingerprint(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, inp
     shard_rows = configured_shard_rows(DEFAULT_TEXT_SHARD_ROWS if text is not None else DEFAULT_SHARD_ROWS)
     settings = dict(version=__version__, features=inputs.features, num_samples=inputs.num_samples,
                     use_logit=inputs.use_logit, seed=shap.seed, text=text_settings, predictor=predictor,
-                    shard_rows=shard_rows, feature_names=dataset.feature_names,
+                    shard_rows=shard_rows, feature_names=dataset.feature_names, model=model_identity,
                     dtypes=[str(dtype) for dtype in dataset.features.dtypes])
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=repr).encode())
     digest.update(pd.util.hash_pandas_object(dataset.features, index=False).to_numpy().tobytes())
@@ -486,13 +494,16 @@ def _job_seed(seed: int | None, checkpoint_dir: Path) -> int:
         return seed
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     saved = checkpoint_dir / "seed.json"
-    if saved.exists():
+    if os.path.lexists(saved):
         try:
+            if saved.is_symlink():
+                raise OSError("a link, not the file Lucent wrote")
             return int(json.loads(saved.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError) as error:
             # Shards made with a lost seed cannot be told apart from others: they are checked against the
             # seed each carries (shards.py) and recomputed.
             log.warning("SHAP: discarding unreadable %s (%s); drawing a new coalition seed", saved, error)
+            discard_entry(saved)  # a folder or a link there would block the new seed's write
     drawn = int(np.random.SeedSequence().entropy % 2**63)
     write_text_atomic(saved, json.dumps(drawn))
     return drawn
@@ -500,15 +511,18 @@ def _job_seed(seed: int | None, checkpoint_dir: Path) -> int:
 
 def _drop_stale(work_dir: Path, keep: str) -> None:
     """Checkpoints of another config, dataset, baseline or model can never be reused: remove them."""
-    if work_dir.is_dir():
+    if work_dir.is_dir() and not work_dir.is_symlink():
         for stale in work_dir.iterdir():
-            if stale.name != keep:
+            if stale.name != keep or not stale.is_dir() or stale.is_symlink():
                 log.info("Removing stale SHAP checkpoints %s", stale)
-                shutil.rmtree(stale, ignore_errors=True)
+                discard_entry(stale)
+    elif os.path.lexists(work_dir):
+        log.info("Removing %s: not the SHAP checkpoints folder", work_dir)
+        discard_entry(work_dir)
 
 
 def _remove_work_area(work_dir: Path) -> None:
-    shutil.rmtree(work_dir / "shap", ignore_errors=True)
+    discard_entry(work_dir / "shap")
     with contextlib.suppress(OSError):
         work_dir.rmdir()  # only when empty: other analyses may keep their own work there
 

@@ -9,9 +9,11 @@ Each worker process opens its own ``ModelClient`` (``ModelEndpoint`` is plain pi
 explains with the main process's ``KernelShapFit`` (the job's coalition design, solver and expected
 value, sent once to each worker). A finished shard is written atomically to ``<checkpoint_dir>/shard-<i>.npz``, together
 with the records it holds (first and stop index, a digest of their values) and the coalition seed. A
-run that finds a shard file there checks it against the records that shard must hold and the arrays'
-shapes, and skips the shard only when everything matches; a checkpoint that is unreadable (truncated,
-not a zip, arrays missing) or made for other records is discarded with a warning and recomputed. The
+run that finds a shard file there checks it against the records that shard must hold, the arrays'
+shapes and their values (finite, and each record's values adding up to its prediction minus its
+reference, as the solver makes them), and skips the shard only when everything matches; a checkpoint
+that is unreadable (truncated, not a zip, arrays missing, a folder or a link), made for other records or
+holding values the solver cannot have written is discarded with a warning and recomputed. The
 caller chooses ``checkpoint_dir`` so that it is keyed by a fingerprint of everything the values and the
 shard boundaries depend on (``analyzer.explain.job``).
 
@@ -25,6 +27,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import signal
 import time
 import zipfile
@@ -349,18 +352,18 @@ class _Checkpoints:
         self.settings, self.bounds, self.payload, self.explainer = settings, bounds, payload, explainer
         # Half-written files of a run that was killed while writing (atomic_writer's temporary names).
         for leftover in settings.checkpoint_dir.glob(".shard-*.tmp"):
-            leftover.unlink(missing_ok=True)
+            discard_entry(leftover)
 
     def usable(self, index: int) -> bool:
         """Whether shard ``index`` has a checkpoint made for its records; a bad one is removed."""
         path = shard_path(self.settings.checkpoint_dir, index)
-        if not path.exists():
+        if not os.path.lexists(path):  # lexists: a dangling link is an entry to discard, not "no checkpoint"
             return False
         try:
             self._read(index)
         except CheckpointError as error:
             log.warning("SHAP: discarding checkpoint %s (%s); that shard is computed again", path, error)
-            path.unlink(missing_ok=True)
+            discard_entry(path)
             return False
         return True
 
@@ -379,7 +382,24 @@ class _Checkpoints:
         return _explanation(arrays, key, payload, self.explainer)
 
 
+def discard_entry(path: Path) -> None:
+    """Remove whatever is at ``path`` in the work area: a file, a link (the link itself, never what it
+    points to) or a folder (its links are removed, not followed). An entry that cannot be removed is
+    logged; the shard's new checkpoint then fails to be written with a clear error."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as error:
+        log.warning("SHAP: could not remove %s: %s", path, error)
+
+
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    # Only a regular file Lucent wrote: a folder cannot be loaded, and a link could lead anywhere.
+    if path.is_symlink() or not path.is_file():
+        kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise CheckpointError(f"{kind}, not a checkpoint file")
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, NpzFile):
@@ -422,15 +442,44 @@ def _explanation(arrays: dict[str, np.ndarray], key: _ShardKey, payload: tuple,
         if not np.array_equal(array("offsets", offsets.shape), offsets):
             raise CheckpointError("its records have other numbers of text units")
         players = int(offsets[-1])
-        return TextExplanation(values=array("values", (players, k)), stderr=array("stderr", (players, k)),
+        text = TextExplanation(values=array("values", (players, k)), stderr=array("stderr", (players, k)),
                                offsets=arrays["offsets"], expected_value=explainer.expected_value,
                                reference=array("reference", (n, k)), prediction=array("prediction", (n, k)))
+        totals = np.add.reduceat(text.values, offsets[:-1], axis=0) if n else np.zeros((0, k))
+        magnitudes = np.add.reduceat(np.abs(text.values), offsets[:-1], axis=0) if n else np.zeros((0, k))
+        _check_values(text.values, text.stderr, text.reference, text.prediction, totals, magnitudes)
+        return text
     m = len(explainer.features)
     terms_shape = explainer.solver.terms_shape(k)
-    return Explanation(
+    tabular = Explanation(
         values=array("values", (n, m, k)), stderr=array("stderr", (n, m, k)), expected_value=explainer.expected_value,
         reference=array("reference", (n, k)), prediction=array("prediction", (n, k)), features=explainer.features,
         design=explainer.design, global_terms={name: array(f"terms_{name}", terms_shape) for name in GLOBAL_TERMS})
+    _check_values(tabular.values, tabular.stderr, tabular.reference, tabular.prediction, tabular.values.sum(axis=1),
+                  np.abs(tabular.values).sum(axis=1))
+    return tabular
+
+
+def _check_values(values: np.ndarray, stderr: np.ndarray, reference: np.ndarray, prediction: np.ndarray,
+                  totals: np.ndarray, magnitudes: np.ndarray) -> None:
+    """The checks every shard the solver wrote passes: finite values, scores and references; standard
+    errors finite and >= 0, or NaN (a stratum with a single drawn pair has no variance estimate); and
+    efficiency, each record's values (``totals``: summed per record and output) adding up to its
+    prediction minus its reference, which the solver enforces to the last rounding. The tolerance grows
+    with the sizes involved (``magnitudes``: per record and output, the sum of the values' absolute
+    values), far below any real change of the values."""
+    for name, array in (("values", values), ("reference", reference), ("prediction", prediction)):
+        if not np.all(np.isfinite(array)):
+            raise CheckpointError(f"{name!r} holds {int(np.sum(~np.isfinite(array)))} value(s) that are not finite")
+    if np.any(np.isinf(stderr)) or np.any(stderr < 0):
+        raise CheckpointError("'stderr' holds infinite or negative standard errors")
+    delta = prediction - reference
+    error = np.abs(totals - delta)
+    tolerance = 1e-6 * (1 + np.abs(delta)) + 1e-10 * magnitudes  # summation rounding: < players x 1e-16
+    if np.any(error > tolerance):
+        record = int(np.argwhere(error > tolerance)[0][0])
+        raise CheckpointError(f"the values of its record {record} (counted from the shard's first) add up to {totals[record].tolist()}, not to its "
+                              f"prediction minus its reference {delta[record].tolist()}")
 
 
 class _Progress:
