@@ -40,7 +40,7 @@ NO_REPORT_CONFIG = {**MODEL_DEMO_CONFIG, "methods": {k: v for k, v in MODEL_DEMO
                                                      if k != "report"}}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def engine():
     """A Docker SDK client on the machine's engine, with DOCKER_HOST exported for the code under test."""
     tool = next((path for path in ENGINE_TOOLS if path.is_file()), None)
@@ -59,7 +59,7 @@ def engine():
         client.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per test run: test_endpoint_image.py uses it too
 def image(engine) -> str:
     """The Lucent image, built from this work tree on the local base image."""
     base = os.environ.get("LUCENT_BASE_IMAGE", "python:3.11-slim")

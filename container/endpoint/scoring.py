@@ -38,6 +38,9 @@ Score = Callable[[np.ndarray], np.ndarray]
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 MIB = 1024 * 1024
+# Lucent's built-in model server keeps a connection open only for clients that ask (container/sidecar/worker.py);
+# a new connection per call would cost about as much as a small prediction. Other servers ignore it.
+KEEP_ALIVE = {"Connection": "keep-alive"}
 
 
 class RecordError(UserError):
@@ -72,7 +75,7 @@ class ModelContainer:
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None,
                extra_headers: dict[str, str] | None = None) -> ModelAnswer:
-        headers = {"Content-Type": content_type or CSV, **(extra_headers or {})}
+        headers = {"Content-Type": content_type or CSV, **KEEP_ALIVE, **(extra_headers or {})}
         if accept:
             headers["Accept"] = accept
         timeout = urllib3.Timeout(connect=min(10.0, self.timeout), read=self.timeout)
@@ -98,7 +101,7 @@ class ModelContainer:
 
     def ping(self, timeout: float = 2.0) -> bool:
         try:
-            return self._http.request("GET", f"{self.url}/ping", timeout=timeout).status == 200
+            return self._http.request("GET", f"{self.url}/ping", headers=KEEP_ALIVE, timeout=timeout).status == 200
         except HTTPError:
             return False
 
@@ -139,6 +142,7 @@ def build_score(url: str, settings: ExplainerSettings, feature_names: Sequence[s
     if inference.max_record_count is not None:
         options["max_records_per_request"] = inference.max_record_count
     client = ModelClient(url, predictor, list(feature_names), **options)
+    client.headers.update(KEEP_ALIVE)
 
     def score(rows: np.ndarray) -> np.ndarray:
         return client.predict(rows).scores

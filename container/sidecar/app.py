@@ -91,6 +91,11 @@ class SidecarApp:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
+        announced = (environ.get("CONTENT_LENGTH") or "").strip()
+        if announced.isascii() and announced.isdigit() and (len(announced) > 15 or int(announced) > self.max_body_bytes):
+            # Any route, as Lucent's worker refuses it before routing (under another WSGI server: unread)
+            message = body_too_large_message(int(announced) if len(announced) <= 30 else None, self.max_body_bytes)
+            return _respond(start_response, 413, (message + "\n").encode("utf-8"))
         if path == "/ping":
             if method not in ("GET", "HEAD"):
                 return _respond(start_response, 405, b"use GET /ping\n")
