@@ -5,6 +5,7 @@ and temporary folders left by a server killed with SIGKILL."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from container.sidecar import ModelServer, start_model_server
+from container.sidecar.app import read_body
 from container.sidecar.cli import main as serve_model_main
 from container.sidecar.limits import MIB, SAGEMAKER_MAX_BODY_BYTES, RequestLimits
 from container.sidecar.model import EXTRACTED_DIR_PREFIX, remove_abandoned_dirs
@@ -146,7 +148,8 @@ def wait_closed(socks: list[socket.socket], timeout: float) -> list[bytes]:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("length", [str(CAP + 1), str(10**9), str(10**13), "9" * 40, "9" * 5000])
+@pytest.mark.parametrize("length", [str(CAP + 1), str(10**9), str(10**13), "9" * 40, "9" * 5000,
+                                    "0" * 30 + str(CAP + 1)])
 def test_announced_body_over_the_cap_is_refused_before_it_is_sent(server, length):
     status, body = exchange(server, request_head(length))  # headers only: the answer must not wait for a body
     assert status == 413
@@ -185,6 +188,33 @@ def test_body_over_the_cap_sent_at_once_still_gets_its_413(server):
     and only then closes, so the client sees the 413 instead of a reset connection."""
     status, body = invoke(server, b"1,2,3\n" * (CAP // 6 + 1000))
     assert status == 413 and b"limit of 1,048,576 bytes" in body
+
+
+def test_leading_zeros_do_not_make_a_content_length_larger(server):
+    body = b"1,2,3\n4,5,6\n"
+    status, answer = exchange(server, request_head("0" * 20 + str(len(body))) + body)
+    assert status == 200, answer
+    assert len(answer.splitlines()) == 2
+    environ = {"CONTENT_LENGTH": "00000000000000000003", "wsgi.input": io.BytesIO(b"abcdef")}
+    assert read_body(environ, CAP) == b"abc"  # the app's own reading, under any other WSGI server
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "deflate,Chunked", "chunked, chunked"])
+def test_transfer_codings_other_than_plain_chunked_get_501(server, coding):
+    status, body = exchange(server, request_head(None, f"Transfer-Encoding: {coding}") + b"3\r\n1,2\r\n0\r\n\r\n")
+    assert status == 501, body
+    assert b"this server decodes plain chunked only" in body
+    assert ping(server) == 200
+
+
+@pytest.mark.parametrize("raw", [b"GET /ping HTTP/1.1\nHost: x\n\n", b"GET /ping HTTP/1.1\r\nHost: x\n\r\n",
+                                 b"GET /ping HTTP/1.1\nHost: x"])
+def test_a_bare_lf_in_the_headers_gets_400_at_once(server, raw):
+    with connect(server) as sock:
+        sock.sendall(raw)  # and nothing more: without the check, only the header timeout would answer (408)
+        status, body = read_response(sock, timeout=SHORT.header_timeout + 5)
+    assert status == 400, body
+    assert b"bare LF" in body
 
 
 def test_body_at_the_cap_is_accepted(server):
@@ -380,7 +410,9 @@ def test_max_body_from_the_environment(monkeypatch):
 @pytest.mark.parametrize(("head", "expected"), [
     (b"POST / HTTP/1.1\r\nContent-Length: 12", (12, False, False)),
     (b"POST / HTTP/1.1\r\ncontent-length:   7  ", (7, False, False)),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked", (0, True, False)),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked", (0, True, False)),
+    (b"POST / HTTP/1.1\r\nContent-Length: 00000000000000000031", (31, False, False)),
+    (b"POST / HTTP/1.1\r\nContent-Length: " + b"0" * 5000 + b"7", (7, False, False)),
     (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-Continue", (5, False, True)),
     (b"POST / HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue", (5, False, False)),
     (b"GET /ping HTTP/1.1\r\nHost: x", (0, False, False)),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from container.sidecar import codecs
-from container.sidecar.limits import SAGEMAKER_MAX_BODY_BYTES, body_too_large_message
+from container.sidecar.limits import SAGEMAKER_MAX_BODY_BYTES, announced_size, body_too_large_message
 from container.sidecar.model import (
     InvocationContext,
     InvocationError,
@@ -92,9 +92,10 @@ class SidecarApp:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
         announced = (environ.get("CONTENT_LENGTH") or "").strip()
-        if announced.isascii() and announced.isdigit() and (len(announced) > 15 or int(announced) > self.max_body_bytes):
+        size = announced_size(announced) if announced.isascii() and announced.isdigit() else 0
+        if size is None or size > self.max_body_bytes:
             # Any route, as Lucent's worker refuses it before routing (under another WSGI server: unread)
-            message = body_too_large_message(int(announced) if len(announced) <= 30 else None, self.max_body_bytes)
+            message = body_too_large_message(size, self.max_body_bytes)
             return _respond(start_response, 413, (message + "\n").encode("utf-8"))
         if path == "/ping":
             if method not in ("GET", "HEAD"):
@@ -177,9 +178,9 @@ def read_body(environ: dict[str, Any], max_bytes: int) -> bytes | bytearray:
     if length:
         if not (length.isascii() and length.isdigit()):
             raise RequestRefused(400, f"Content-Length must be a whole number of bytes, got {length[:40]!r}")
-        if len(length) > 15 or int(length) > max_bytes:
-            raise RequestRefused(413, body_too_large_message(int(length) if len(length) <= 30 else None, max_bytes))
-        size = int(length)
+        size = announced_size(length)
+        if size is None or size > max_bytes:
+            raise RequestRefused(413, body_too_large_message(size, max_bytes))
         body = stream.read(size) if size else b""
         if len(body) < size:
             raise RequestRefused(400, f"the request body ended after {len(body):,} of {size:,} bytes")

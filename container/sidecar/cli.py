@@ -16,6 +16,7 @@ from container.sidecar.limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SEND_TIMEOUT_S,
     MAX_BODY_VARIABLE,
     MIB,
     SAGEMAKER_MAX_BODY_BYTES,
@@ -68,8 +69,11 @@ def build_parser(prog: str = "lucent serve-model") -> argparse.ArgumentParser:
                         help="seconds from a connection to the end of its request headers, else 408 "
                              f"(default: {DEFAULT_HEADER_TIMEOUT_S:g})")
     parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S, metavar="SECONDS",
-                        help="seconds from the headers to the end of the request body, else 408; also the limit "
-                             f"for sending a response (default: {DEFAULT_BODY_TIMEOUT_S:g})")
+                        help="seconds from the headers to the end of the request body, else 408 "
+                             f"(default: {DEFAULT_BODY_TIMEOUT_S:g})")
+    parser.add_argument("--send-timeout", type=float, default=DEFAULT_SEND_TIMEOUT_S, metavar="SECONDS",
+                        help="seconds for a client to read its response, sent in the background meanwhile; "
+                             f"then the connection is closed (default: {DEFAULT_SEND_TIMEOUT_S:g})")
     parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                         help="connections each worker holds while their requests arrive; one more closes the "
                              f"oldest incomplete one (default: {DEFAULT_MAX_CONNECTIONS})")
@@ -106,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 def _limits(args: argparse.Namespace) -> RequestLimits:
     """The request limits from the options (ValueError naming the option when one is out of range)."""
     max_body = default_max_body_bytes() if args.max_body_mb is None else mb_to_bytes(args.max_body_mb, "--max-body-mb")
-    for option, value in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
+    for option, value in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout),
+                          ("--send-timeout", args.send_timeout)):
         if not 0 < value < 1e6:
             raise ValueError(f"{option} must be more than 0 seconds, got {value:g}")
     if args.max_connections < 1:
         raise ValueError(f"--max-connections must be at least 1, got {args.max_connections}")
-    return RequestLimits(max_body, args.header_timeout, args.body_timeout, args.max_connections)
+    return RequestLimits(max_body, args.header_timeout, args.body_timeout, args.max_connections, args.send_timeout)

@@ -15,18 +15,22 @@ MAX_BODY_VARIABLE = "LUCENT_MAX_BODY_MB"
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 60.0  # SageMaker gives a whole invocation 60 s
 DEFAULT_MAX_CONNECTIONS = 64  # per worker
+DEFAULT_SEND_TIMEOUT_S = 30.0  # a client that reads nothing of its response for this long is dropped
 
 
 @dataclass(frozen=True)
 class RequestLimits:
     """``max_body_bytes``: larger bodies get 413 before they are read. ``header_timeout``: seconds from
     the connection to the end of the headers; ``body_timeout``: from there to the end of the body (408
-    otherwise). ``max_connections``: connections one worker holds at once."""
+    otherwise). ``max_connections``: connections one worker holds at once. ``send_timeout``: seconds
+    from the end of the app's work to the last byte of a response its client has not read yet (sent by
+    the worker's loop meanwhile; then the connection is closed)."""
 
     max_body_bytes: int = SAGEMAKER_MAX_BODY_BYTES
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    send_timeout: float = DEFAULT_SEND_TIMEOUT_S
 
 
 def default_max_body_bytes() -> int:
@@ -46,6 +50,16 @@ def mb_to_bytes(text: str, name: str) -> int:
     if not 0 < value < 1e6:  # NaN fails too
         raise ValueError(f"{name} must be more than 0 and less than 1000000 (megabytes), got {text!r}")
     return max(1, int(value * MIB))
+
+
+MAX_SIZE_DIGITS = 15  # a Content-Length with more significant digits is over any cap (10**15 bytes = 1 PB)
+
+
+def announced_size(digits: str) -> int | None:
+    """A Content-Length value already checked to be ASCII digits, as a number (leading zeros are
+    allowed: ``00031`` is 31); None when it has too many digits to be below any cap."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= MAX_SIZE_DIGITS else None
 
 
 def body_too_large_message(size: int | None, cap: int, chunked: bool = False) -> str:

@@ -413,7 +413,7 @@ def start_model_server(model_dir: Path | str, port: int | None = None, workers: 
                "--listen-fd", str(sock.fileno()), "--parent-pid", str(os.getpid()), "--ready-fd", str(ready_write),
                "--workers", str(workers), "--max-body-mb", repr(limits.max_body_bytes / MIB),
                "--header-timeout", repr(limits.header_timeout), "--body-timeout", repr(limits.body_timeout),
-               "--max-connections", str(limits.max_connections)]
+               "--max-connections", str(limits.max_connections), "--send-timeout", repr(limits.send_timeout)]
     env = dict(os.environ)
     # The child imports this package however the parent found it (installed, or a source checkout).
     package_root = str(Path(__file__).resolve().parents[2])

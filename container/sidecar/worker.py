@@ -23,7 +23,14 @@ out a client that sends its request at once.
 The body reaches the app as :class:`container.sidecar.app.ReceivedBody` in ``wsgi.input``: received
 with ``recv_into`` straight into one buffer (gunicorn's reader copies a body several times in
 Python: 9-14 ms of CPU for an 8 MB request against 3 ms), which the app decodes in place. gunicorn
-still parses and validates the header block and writes the response.
+still parses and validates the header block and produces the response.
+
+Responses: the socket stays non-blocking, and what it does not take at once is kept (views of the
+response's own bytes) and sent by the selector loop as the client reads (``EVENT_WRITE``), so a
+client that does not read its answer costs a connection slot and the response's memory, never a
+worker's time: with blocking writes, two such clients (one per worker) stopped ``/ping`` for the
+whole write timeout. A response not sent within ``send_timeout`` of the app's end has its
+connection closed; one finished by the loop keeps the connection alive as any other would.
 
 Keep-alive, for clients that ask for it (``Connection: keep-alive``; Lucent's endpoint does): a new
 connection per request (connect, accept, close handshake, lingering) costs about 0.2 ms of a 1.5 ms
@@ -43,6 +50,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import selectors
 import socket
 import time
@@ -55,16 +63,18 @@ from gunicorn.http import wsgi
 from gunicorn.workers.sync import SyncWorker
 
 from container.sidecar.app import ReceivedBody
-from container.sidecar.limits import RequestLimits, body_too_large_message
+from container.sidecar.limits import RequestLimits, announced_size, body_too_large_message
 
 log = logging.getLogger("lucent.sidecar")
 
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers (gunicorn's own limits are checked after)
 MAX_CHUNK_LINE_BYTES = 4096
 LINGER_S = 2.0  # after refusing a request: read and discard what the client still sends, then close
+SEND_ON_EXIT_S = 5.0  # a stopping worker's last chance for responses its clients have not read yet
 _RECV_BYTES = 256 * 1024
 _FIRST_BODY_BUFFER = 256 * 1024  # grown as bytes arrive: an announced size alone reserves no memory
 _COALESCE_BYTES = 256 * 1024  # a response body up to this size goes out in one write with its headers
+_BARE_LF = re.compile(rb"(?<!\r)\n")  # a header line ending without CR: its end of headers never comes
 
 
 class _Refusal(Exception):
@@ -164,6 +174,8 @@ class _Connection:
         self.received = 0  # body bytes received (Content-Length bodies)
         self.chunked: _ChunkedBody | None = None
         self.lingering = False
+        self.unsent: list[memoryview] | None = None  # the response's rest, sent by the loop (EVENT_WRITE)
+        self.keep_after_send = False  # the response said keep-alive: back to reading once it is sent
         self.trailing = False  # bytes past the request arrived with it (pipelining): closed after the response
         self.waited = False  # bytes arrived while this worker ran another request: closed after the response
 
@@ -196,9 +208,12 @@ def _framing(head: bytes, cap: int) -> tuple[int, bool, bool]:
     if codings:
         if lengths:
             raise _Refusal(400, "a request may not have both Transfer-Encoding and Content-Length")
-        if codings[-1] != b"chunked":
+        if codings[-1] != b"chunked":  # RFC 9112 6.3: the body's end cannot be known
             raise _Refusal(400, f"unsupported Transfer-Encoding {b', '.join(codings)[:60]!r}: "
                                 "a request body must be chunked or have a Content-Length")
+        if len(codings) > 1:  # RFC 9112 6.1: a coding the server does not decode (gzip, ...) is 501
+            raise _Refusal(501, f"unsupported Transfer-Encoding {b', '.join(codings)[:60]!r}: "
+                                "this server decodes plain chunked only")
         return 0, True, expect_continue
     if not lengths:
         return 0, False, False
@@ -207,9 +222,10 @@ def _framing(head: bytes, cap: int) -> tuple[int, bool, bool]:
     text = lengths[0]
     if not text.isdigit():
         raise _Refusal(400, f"Content-Length must be a whole number of bytes, got {text[:40]!r}")
-    if len(text) > 15 or int(text) > cap:
-        raise _Refusal(413, body_too_large_message(int(text) if len(text) <= 30 else None, cap))
-    return int(text), False, expect_continue
+    size = announced_size(text.decode("ascii"))
+    if size is None or size > cap:
+        raise _Refusal(413, body_too_large_message(size, cap))
+    return size, False, expect_continue
 
 
 def _drop_expect(head: bytes) -> bytes:
@@ -231,13 +247,17 @@ class _ReceivedSocket:
 
     The response's first write (gunicorn's header block) is held and sent with the next one (the body,
     up to ``_COALESCE_BYTES``): one segment, so the client wakes once for a small response, not twice.
-    ``flush`` sends what is still held."""
+    ``flush`` sends what is still held.
+
+    The socket is non-blocking: what it does not take at once stays in ``unsent`` (views of the
+    response's own bytes, not copies), for the worker's loop to send as the client reads."""
 
     def __init__(self, sock: socket.socket, head: bytes):
         self._sock = sock
         self._head = head
         self._held: bytes | None = None
         self._wrote = False
+        self.unsent: list[memoryview] = []
 
     def recv(self, size: int, *flags: int) -> bytes:
         data, self._head = self._head[:size], self._head[size:]
@@ -252,18 +272,28 @@ class _ReceivedSocket:
         if held is not None and len(data) <= _COALESCE_BYTES:
             data = held + bytes(data)
         elif held is not None:
-            self._sock.sendall(held)
-        self._sock.sendall(data, *flags)
+            self._send(held)
+        self._send(data)
 
-    def sendfile(self, *args: Any, **kwargs: Any) -> Any:
-        self.flush()
-        return self._sock.sendfile(*args, **kwargs)
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """A file response (the app sends none) goes out like any other: socket.sendfile refuses a
+        non-blocking socket, and the loop sends only what is in memory."""
+        file.seek(offset)
+        data = file.read(count) if count else file.read()
+        self.sendall(data)
+        return len(data)
 
     def flush(self) -> None:
         held, self._held = self._held, None
         if held is not None:
             self._wrote = True
-            self._sock.sendall(held)
+            self._send(held)
+
+    def _send(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        if view:
+            self.unsent.append(view)
+            _send_queued(self._sock, self.unsent)
 
     def close(self) -> None:
         pass
@@ -311,7 +341,11 @@ class BufferingWorker(SyncWorker):
                     elif isinstance(key.data, _Connection):
                         # Skip a connection closed or handed on earlier in this round (its socket may be
                         # registered again by now, lingering after its response, with a new state).
-                        if self._connections.get(key.fileobj) is key.data:
+                        if self._connections.get(key.fileobj) is not key.data:
+                            pass
+                        elif key.data.unsent is not None:
+                            self._on_writable(key.data)
+                        else:
                             self._on_readable(key.data)
                     else:
                         self._accept(key.data)
@@ -319,9 +353,22 @@ class BufferingWorker(SyncWorker):
                         break
                 self._expire()
         finally:
+            self._finish_sending()
             for conn in list(self._connections.values()):
                 self._close(conn)
             self._selector.close()
+
+    def _finish_sending(self) -> None:
+        """The worker is stopping: give responses still being sent a few seconds in all to go out."""
+        deadline = time.monotonic() + SEND_ON_EXIT_S
+        for conn in [conn for conn in self._connections.values() if conn.unsent]:
+            left = min(deadline, conn.deadline) - time.monotonic()
+            if left <= 0:
+                continue
+            with contextlib.suppress(OSError):
+                conn.sock.settimeout(left)
+                for view in conn.unsent:
+                    conn.sock.sendall(view)
 
     def _wait_seconds(self) -> float:
         now = time.monotonic()
@@ -379,8 +426,11 @@ class BufferingWorker(SyncWorker):
                     if not data:
                         raise _Gone
                     start = max(0, len(conn.head) - 3)
+                    received_from = len(conn.head)
                     conn.head += data
                     end = conn.head.find(b"\r\n\r\n", start)
+                    if _BARE_LF.search(conn.head, received_from, len(conn.head) if end < 0 else end + 4):
+                        raise _Refusal(400, "malformed request: a header line ends with a bare LF, not CRLF")
                     if end < 0:
                         if len(conn.head) > MAX_HEADER_BYTES:
                             raise _Refusal(431, f"the request line and headers exceed {MAX_HEADER_BYTES} bytes")
@@ -432,9 +482,6 @@ class BufferingWorker(SyncWorker):
         """Run the complete request through gunicorn's request handling and the app (blocking), then
         keep the connection for the client's next request or close it."""
         self._forget(conn)
-        sock = conn.sock
-        sock.setblocking(True)
-        sock.settimeout(self.limits.body_timeout)  # for writing the response to a client that does not read
         if conn.chunked is not None:
             self._request_body = conn.chunked.body
             conn.trailing = conn.chunked.trailing
@@ -442,24 +489,56 @@ class BufferingWorker(SyncWorker):
             self._request_body = conn.body
         may_keep = not (conn.waited or conn.trailing)
         started = time.monotonic()
+        client = _ReceivedSocket(conn.sock, bytes(conn.head))
         try:
-            keep = self._serve(conn, may_keep)
+            keep = self._serve(conn, client, may_keep)
         finally:
             self._request_body = bytearray()
         busy = time.monotonic() - started
         for other in self._connections.values():  # waiting on this worker is not the client's slowness
             other.deadline += busy
+        if client.unsent:
+            self._send_later(conn, client.unsent, keep)
+        else:
+            self._after_response(conn, keep)
+
+    def _after_response(self, conn: _Connection, keep: bool) -> None:
+        """The whole response is sent: keep the connection for the next request, or close it."""
         if keep and self.alive:
             self._keep_alive(conn)
         else:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_WR)
-            self._linger_after_response(sock)
+                conn.sock.shutdown(socket.SHUT_WR)
+            self._linger_after_response(conn.sock)
 
-    def _serve(self, conn: _Connection, may_keep: bool) -> bool:
+    def _send_later(self, conn: _Connection, unsent: list[memoryview], keep: bool) -> None:
+        """The client has not read enough for the response to go out at once: the loop sends the rest
+        as it reads (``send_timeout`` in all, then the connection is closed); this worker goes on."""
+        sending = _Connection(conn.sock, conn.addr, conn.listener, time.monotonic() + self.limits.send_timeout)
+        sending.unsent = unsent
+        sending.keep_after_send = keep
+        try:
+            if len(self._connections) >= self.limits.max_connections:
+                self._evict_oldest()
+            self._connections[conn.sock] = sending
+            self._selector.register(conn.sock, selectors.EVENT_WRITE, sending)
+        except (OSError, ValueError):
+            self._close(sending)
+
+    def _on_writable(self, conn: _Connection) -> None:
+        assert conn.unsent is not None
+        try:
+            _send_queued(conn.sock, conn.unsent)
+        except OSError:
+            self._close(conn)
+            return
+        if not conn.unsent:
+            self._forget(conn)
+            self._after_response(conn, conn.keep_after_send)
+
+    def _serve(self, conn: _Connection, client: _ReceivedSocket, may_keep: bool) -> bool:
         """gunicorn's ``SyncWorker.handle`` for a request already received; True if the connection
         stays open (the response said ``Connection: keep-alive``)."""
-        client = _ReceivedSocket(conn.sock, bytes(conn.head))
         req = None
         try:
             req = next(http.get_parser(self.cfg, client, conn.addr))
@@ -525,8 +604,8 @@ class BufferingWorker(SyncWorker):
         """Mark the connections whose client sent bytes while the app ran: they waited for this worker,
         so their responses close the connection (see the module docstring). Checked before the response
         goes out, so a client answered just now cannot have sent anything yet."""
-        for key, _ in self._selector.select(0):
-            if isinstance(key.data, _Connection):
+        for key, events in self._selector.select(0):
+            if events & selectors.EVENT_READ and isinstance(key.data, _Connection):
                 key.data.waited = True
 
     def _keep_alive(self, conn: _Connection) -> None:
@@ -579,6 +658,10 @@ class BufferingWorker(SyncWorker):
         for conn in [conn for conn in self._connections.values() if conn.deadline <= now]:
             if conn.lingering or conn.idle:  # an idle kept-alive connection is closed without a word (RFC 9112 9.5)
                 self._close(conn)
+            elif conn.unsent is not None:
+                log.info("closed the connection from %s: its client did not read the response within %g s "
+                         "(%d bytes unsent)", conn.addr, self.limits.send_timeout, sum(map(len, conn.unsent)))
+                self._close(conn)
             else:
                 stage = "request body" if conn.headers_done else "request headers"
                 limit = self.limits.body_timeout if conn.headers_done else self.limits.header_timeout
@@ -591,6 +674,18 @@ class BufferingWorker(SyncWorker):
     def _close(self, conn: _Connection) -> None:
         self._forget(conn)
         util.close(conn.sock)
+
+
+def _send_queued(sock: socket.socket, views: list[memoryview]) -> None:
+    """Send from the front of ``views`` until done or the non-blocking socket is full; the rest stays."""
+    try:
+        while views:
+            sent = sock.send(views[0])
+            views[0] = views[0][sent:]
+            if not views[0]:
+                views.pop(0)
+    except BlockingIOError:
+        pass
 
 
 def _asks_keep_alive(headers: list[tuple[str, str]]) -> bool:
