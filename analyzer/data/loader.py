@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analyzer import media
 from analyzer.config.model import AnalysisConfig, Locator
 from analyzer.data.column import Column
 from analyzer.data.csv_format import CsvTable
@@ -42,7 +43,7 @@ from analyzer.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-_SUPPORTED_TYPES = ("text/csv", "application/jsonlines", "application/json", "application/x-parquet")
+_SUPPORTED_TYPES = (media.CSV, media.JSON_LINES, media.JSON, media.PARQUET)
 
 
 @dataclass(frozen=True)
@@ -169,14 +170,14 @@ def _open_table(config: AnalysisConfig, path: Path, headers: Sequence[str] | Non
     files = list_data_files(path)
     source = str(path)
     dataset_type = config.dataset_type
-    if dataset_type == "text/csv":
+    if dataset_type == media.CSV:
         return CsvTable(files, source, headers, chunk_rows=chunk_rows)
-    if dataset_type == "application/x-parquet":
+    if dataset_type == media.PARQUET:
         return ParquetTable(files, source, headers, chunk_rows=chunk_rows)
-    if dataset_type in ("application/jsonlines", "application/json"):
+    if dataset_type in media.JSON_TYPES:
         if config.time_series_data_config is not None:
             raise DataError("Time series datasets (`time_series_data_config`) are not supported yet.")
-        return JsonTable(files, source, config, json_lines=dataset_type == "application/jsonlines")
+        return JsonTable(files, source, config, json_lines=dataset_type == media.JSON_LINES)
     raise DataError(f"dataset_type {dataset_type!r} is not supported by the data loader yet; "
                     f"supported: {', '.join(_SUPPORTED_TYPES)}.")
 

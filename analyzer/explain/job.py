@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from analyzer import __version__
+from analyzer import __version__, media
 from analyzer.config import AnalysisConfig
 from analyzer.config.model import Locator, ShapMethod
 from analyzer.data import Dataset, load_dataset, resolve_local_path
@@ -367,11 +367,11 @@ def _load_baseline_document(config: AnalysisConfig, given: list | dict, dataset:
         path = Path(folder) / "baseline"
         if isinstance(given, list):
             path.write_text("\n".join(json.dumps(row) for row in given) + "\n", encoding="utf-8")
-            doc_type = "application/jsonlines"
+            doc_type = media.JSON_LINES
         else:
             path.write_text(json.dumps(given), encoding="utf-8")
-            doc_type = "application/json"
-        if config.dataset_type not in ("application/jsonlines", "application/json"):
+            doc_type = media.JSON
+        if config.dataset_type not in media.JSON_TYPES:
             raise UserError(f"methods.shap.baseline: rows as JSON objects need a JSON dataset, not {config.dataset_type}; "
                             "give CSV rows as lists of values")
         return _load_baseline_file(replace(config, dataset_type=doc_type), path, dataset, "the inline baseline")
@@ -381,7 +381,7 @@ def _load_baseline_file(config: AnalysisConfig, path: Path, dataset: Dataset, wh
     """A baseline file in the dataset's format: features only (no label, no other role column)."""
     assert dataset.features is not None
     names = dataset.feature_names
-    csv_like = config.dataset_type == "text/csv"
+    csv_like = config.dataset_type == media.CSV
     # The dataset's reader, told that there is no role column; CSV gets the feature names as headers, so a
     # header row equal to them (our own baseline.csv) is skipped and a wrong width is reported.
     side = replace(config, dataset_uri=None, headers=names if csv_like else None, label=None, predicted_label=None,
