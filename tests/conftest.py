@@ -93,6 +93,30 @@ class JobRoot:
 
 
 @contextmanager
+def moto_s3() -> Iterator[str]:
+    """A real S3 API (moto's server mode) on 127.0.0.1 at a free port; yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def use_test_credentials(patch: pytest.MonkeyPatch, **variables: str) -> None:
+    """Dummy AWS credentials for a moto server, plus ``variables`` (e.g. ``AWS_ENDPOINT_URL=url``); no
+    profile, session token or other endpoint from the developer's environment leaks in."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        patch.delenv(name, raising=False)
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", **variables}.items():
+        patch.setenv(name, value)
+
+
+@contextmanager
 def http_server(handler: type[BaseHTTPRequestHandler], **attributes) -> Iterator[ThreadingHTTPServer]:
     """A real HTTP server on 127.0.0.1 (a free port) for in-test model endpoints; ``attributes`` are set
     on the server for the handler to read (``self.server.<name>``)."""

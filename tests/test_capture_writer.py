@@ -20,6 +20,7 @@ import pytest
 from analyzer.errors import UserError
 from analyzer.monitor.capture import payload_bytes, read_capture_lines
 from container.capture import CaptureWriter
+from tests.conftest import moto_s3, use_test_credentials
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = re.compile(r"ep/AllTraffic/(\d{4})/(\d\d)/(\d\d)/(\d\d)/(\d\d)-(\d\d)-(\d{3})-"
@@ -404,26 +405,18 @@ def test_sigterm_writes_everything_before_exit(tmp_path):
 # -- S3 -----------------------------------------------------------------------------------------
 
 boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> str:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 @pytest.fixture
 def s3(s3_endpoint, monkeypatch):
     """A client on the moto server with a fresh bucket; only AWS_ENDPOINT_URL_S3 points there."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": s3_endpoint}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    use_test_credentials(monkeypatch, AWS_ENDPOINT_URL_S3=s3_endpoint)
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     bucket = f"capture-{time.monotonic_ns()}"
     client.create_bucket(Bucket=bucket)

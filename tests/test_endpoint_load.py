@@ -14,7 +14,6 @@ import boto3
 import numpy as np
 import pytest
 import urllib3
-from moto import server as moto_server
 
 from analyzer.monitor.capture import payload_bytes, read_capture_lines
 from container.endpoint.cli import main as endpoint_main
@@ -22,6 +21,7 @@ from container.endpoint.cli import open_endpoint
 from container.endpoint.config import parse_endpoint_config
 from container.sidecar.limits import RequestLimits
 from tests import test_endpoint_explain
+from tests.conftest import moto_s3, use_test_credentials
 from tests.test_endpoint_explain import _csv, attributions, exact_shapley, tabular_game
 from tests.test_endpoint_server import NAME, endpoint, runtime
 
@@ -45,19 +45,13 @@ def _until(condition, seconds: float = 10.0) -> None:
 
 @pytest.fixture(scope="module")
 def s3_url() -> str:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 @pytest.fixture
 def s3(s3_url: str, monkeypatch: pytest.MonkeyPatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_url}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    use_test_credentials(monkeypatch, AWS_ENDPOINT_URL=s3_url)
     client = boto3.client("s3")
     client.create_bucket(Bucket="baselines")
     yield client

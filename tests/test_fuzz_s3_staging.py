@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from analyzer.redact import redact
 from container.launcher import LaunchError, Location, Store, printable, staging_targets
+from tests.conftest import moto_s3, use_test_credentials
 
 # Segments that try to leave the folder or break a file name, mixed with ordinary and odd names.
 HOSTILE_SEGMENTS = ["", ".", "..", "...", "\\", "..\\..", "a\\b", "\x00", "a\x00b", "\n", "\r", "\x7f", "\t",
@@ -98,19 +99,11 @@ s3_keys = st.lists(st.lists(s3_segments, min_size=1, max_size=4).map("/".join), 
 
 @pytest.fixture(scope="module")
 def store():
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-            patch.setenv(name, value)
-        patch.delenv("AWS_PROFILE", raising=False)
+    with moto_s3() as url, pytest.MonkeyPatch.context() as patch:
+        use_test_credentials(patch, AWS_ENDPOINT_URL=url)
         store = Store()
         store.client.create_bucket(Bucket="jobs")
         yield store
-    server.stop()
 
 
 def files_below(folder: Path) -> dict[str, bytes]:

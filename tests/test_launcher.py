@@ -16,27 +16,21 @@ moto_server = pytest.importorskip("moto.server")
 from container.demo import DEMO_CONFIG, write_demo_job  # noqa: E402
 from container.job import SUCCESS_MESSAGE  # noqa: E402
 from container.launcher import PART_SIZE, Location, Store, etag, main  # noqa: E402
-from tests.conftest import JobRoot, http_server  # noqa: E402
+from tests.conftest import JobRoot, http_server, moto_s3, use_test_credentials  # noqa: E402
 
 CONFIG = {**DEMO_CONFIG, "methods": {k: v for k, v in DEMO_CONFIG["methods"].items() if k != "report"}}
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> str:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 @pytest.fixture
 def s3(endpoint, monkeypatch):
     """A client on the moto endpoint, with a fresh bucket; AWS_ENDPOINT_URL points the launcher there."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    use_test_credentials(monkeypatch, AWS_ENDPOINT_URL=endpoint)
     client = boto3.client("s3")
     client.create_bucket(Bucket="jobs")
     yield client

@@ -10,7 +10,6 @@ import boto3
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from moto import server as moto_server
 
 from analyzer.redact import (
     REDACTED,
@@ -21,6 +20,7 @@ from analyzer.redact import (
     redact_record,
     redact_url,
 )
+from tests.conftest import moto_s3
 
 KEY_ID = "ASIAQEXAMPLEKEY12345"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY"
@@ -245,11 +245,8 @@ def test_malformed_record_is_left_for_logging_to_report() -> None:
 
 @pytest.fixture(scope="module")
 def moto_endpoint():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 def test_botocore_debug_log_carries_no_credentials(moto_endpoint, captured_root_log) -> None:
