@@ -22,7 +22,7 @@ from analyzer.errors import ConfigError
 from container.endpoint.auth import SigV4Verifier
 from container.endpoint.cli import main as endpoint_main
 from container.endpoint.cli import open_endpoint
-from container.endpoint.config import EndpointConfig, parse_endpoint_config
+from container.endpoint.config import EndpointConfig, load_endpoint_config, parse_endpoint_config
 from container.sidecar import start_model_server
 from container.sidecar.limits import RequestLimits
 from tests.conftest import http_server
@@ -443,3 +443,23 @@ def test_command_serves_the_model_folder_and_flushes_capture_on_sigterm(tmp_path
         process.stderr.close()
     lines = [line for path in (tmp_path / "capture").rglob("*.jsonl") for line in path.read_text().splitlines()]
     assert len(lines) == 1 and json.loads(lines[0])["captureData"]["endpointInput"]["encoding"] == "BASE64"
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply to read"),
+    (b'{"NumberOfSamples": ' + b"9" * 5000 + b"}", "digits"),
+    (b"\xff\xfe{}", "is not UTF-8 text"),
+    (b'{"ProductionVariants": [', "line 1, column"),
+])
+def test_an_unreadable_config_file_is_a_clear_error(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as raised:
+        load_endpoint_config(path)
+    assert expected in str(raised.value) and "endpoint config (--config)" in str(raised.value)
+
+
+def test_a_config_file_with_a_bom_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(b'\xef\xbb\xbf{"ProductionVariants": [{"VariantName": "Blue"}]}')
+    assert load_endpoint_config(path).variant_name == "Blue"

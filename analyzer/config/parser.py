@@ -63,27 +63,33 @@ def find_config_file(config_dir: Path) -> Path:
                       f"rename the analysis configuration to {CONFIG_FILE_NAME} or remove the others")
 
 
-def load_config(path: Path) -> AnalysisConfig:
-    """Read a UTF-8 JSON config file and validate it (see ``parse_config``)."""
+def read_json_file(path: Path, what: str = "analysis configuration") -> Any:
+    """The JSON document in ``path`` (UTF-8, a BOM tolerated); ``ConfigError`` naming ``what`` and the file
+    for an unreadable file, bad encoding, bad JSON, nesting too deep to read or an integer too long."""
     path = Path(path)
+    json_error = f"Unable to load {what} as JSON."  # JSON_ERROR for the analysis configuration
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise ConfigError(f"Cannot read the analysis configuration {path}: {error.strerror or error}") from error
+        raise ConfigError(f"Cannot read the {what} {path}: {error.strerror or error}") from error
     try:
         text = data.decode("utf-8-sig")  # tolerate the BOM some Windows editors write
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{JSON_ERROR} {path} is not UTF-8 text (invalid byte at offset {error.start})") from error
+        raise ConfigError(f"{json_error} {path} is not UTF-8 text (invalid byte at offset {error.start})") from error
     try:
-        document = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"{JSON_ERROR} {path}, line {error.lineno}, column {error.colno}: {error.msg}") from error
+        raise ConfigError(f"{json_error} {path}, line {error.lineno}, column {error.colno}: {error.msg}") from error
     except RecursionError as error:
-        raise ConfigError(f"{JSON_ERROR} {path}: arrays or objects nested too deeply to read "
+        raise ConfigError(f"{json_error} {path}: arrays or objects nested too deeply to read "
                           f"(a config needs at most {MAX_NESTING} levels)") from error
     except ValueError as error:  # Python's limit on digits in an integer (int_max_str_digits)
-        raise ConfigError(f"{JSON_ERROR} {path}: {error}") from error
-    return parse_config(document, source=str(path))
+        raise ConfigError(f"{json_error} {path}: {error}") from error
+
+
+def load_config(path: Path) -> AnalysisConfig:
+    """Read a UTF-8 JSON config file and validate it (see ``parse_config``)."""
+    return parse_config(read_json_file(path), source=str(path))
 
 
 def parse_config(doc: dict[str, Any], source: str = CONFIG_FILE_NAME) -> AnalysisConfig:

@@ -11,7 +11,6 @@ path or ``file://`` URI.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 import jmespath
 import jmespath.exceptions
 
+from analyzer.config.parser import read_json_file
 from analyzer.config.spec import INVALID, Context, Enum, ListOf, Obj, Spec, Typed, Where, shown
 from analyzer.errors import ConfigError
 from analyzer.media import CSV, JSON_LINES, media_type
@@ -186,16 +186,7 @@ class EndpointConfig:
 
 def load_endpoint_config(path: Path) -> EndpointConfig:
     """Read and validate ``path``; ``ConfigError`` lists every problem, each naming its field."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"--config: cannot read {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"--config: {path} is not UTF-8 text: {error}") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"--config: {path} is not valid JSON: {error}") from None
+    document = read_json_file(path, "endpoint config (--config)")
     return parse_endpoint_config(document)
 
 
