@@ -102,6 +102,14 @@ def test_bad_shard_size_setting_is_a_clear_error(job, endpoint, monkeypatch):
         assert shards.SHARD_ROWS_ENV in job.message and repr(value) in job.message, job.message
 
 
+def test_bad_worker_count_setting_is_a_clear_error(job, endpoint, monkeypatch):
+    tabular.shap_job(job, endpoint, num_samples=14)
+    for value in ("0", "two", "1.5"):
+        monkeypatch.setenv(shards.WORKERS_ENV, value)
+        assert job.run() == 1
+        assert f"{shards.WORKERS_ENV}={value!r}: must be a positive number of worker processes" in job.message
+
+
 # -- damaged checkpoints: discarded with a warning, recomputed ----------------------------------------
 
 def _rewrite(path: Path, change) -> None:

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.npyio import NpzFile
 
+from analyzer.environment import positive_number
 from analyzer.errors import UserError
 from analyzer.output import atomic_writer
 from analyzer.parent import exit_with_parent
@@ -119,16 +120,7 @@ class TextShapSettings:
 def configured_shard_rows(default: int = DEFAULT_SHARD_ROWS) -> int:
     """Synthetic rows per shard: ``LUCENT_SHAP_SHARD_ROWS``, else ``default``. It decides which records
     each shard holds, so the job puts it in the checkpoints' fingerprint."""
-    value = os.environ.get(SHARD_ROWS_ENV, "").strip()
-    if not value:
-        return default
-    try:
-        rows = int(value)
-    except ValueError:
-        rows = 0
-    if rows < 1:
-        raise UserError(f"{SHARD_ROWS_ENV}={value!r}: must be a positive number of synthetic rows per shard")
-    return rows
+    return int(positive_number(SHARD_ROWS_ENV, default, int, "synthetic rows per shard"))
 
 
 def shard_size(records_per_row_cost: int, shard_rows: int | None = None) -> int:
@@ -139,7 +131,7 @@ def shard_size(records_per_row_cost: int, shard_rows: int | None = None) -> int:
 
 def worker_count(n_shards: int) -> int:
     """One worker per core (``LUCENT_SHAP_WORKERS`` overrides), never more than there are shards."""
-    wanted = int(os.environ.get(WORKERS_ENV) or os.cpu_count() or 1)
+    wanted = int(positive_number(WORKERS_ENV, os.cpu_count() or 1, int, "worker processes"))
     return max(1, min(wanted, n_shards))
 
 

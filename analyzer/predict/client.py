@@ -29,7 +29,6 @@ an async stack this thread-pool client does not use.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import threading
@@ -44,6 +43,7 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError
 
 from analyzer.config.model import Predictor
+from analyzer.environment import positive_number
 from analyzer.errors import DependencyError, UserError
 from analyzer.media import CSV, NPY
 from analyzer.predict.decode import ResponseParser, excerpt
@@ -136,16 +136,7 @@ class ModelTransportError(DependencyError):
 def model_timeout_seconds() -> float:
     """How long the job waits for the model to answer a batch: ``LUCENT_MODEL_TIMEOUT_SECONDS`` when
     set, else 10 minutes."""
-    text = os.environ.get(MODEL_TIMEOUT_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_MODEL_TIMEOUT_SECONDS
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise UserError(f"{MODEL_TIMEOUT_VARIABLE}={text!r}: must be a positive number of seconds")
-    return seconds
+    return positive_number(MODEL_TIMEOUT_VARIABLE, DEFAULT_MODEL_TIMEOUT_SECONDS, float, "seconds")
 
 
 @dataclass(frozen=True)

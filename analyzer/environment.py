@@ -1,0 +1,25 @@
+"""Settings read from environment variables (``LUCENT_*``): one parser, so each bad value is the user's
+clear error naming the variable, never a ``ValueError`` traceback."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+
+from analyzer.errors import UserError
+
+
+def positive_number(name: str, default: float, convert: Callable[[str], float] = float, unit: str = "") -> float:
+    """``$name`` converted by ``convert`` (``int`` or ``float``) when set and not blank, else ``default``;
+    a value that is not a finite number above 0 is a ``UserError`` naming the variable and ``unit``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = convert(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{name}={text!r}: must be a positive number{f' of {unit}' if unit else ''}")
+    return value
