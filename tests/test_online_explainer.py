@@ -149,6 +149,27 @@ def test_one_score_call_per_request_and_the_baseline_scored_once():
     assert calls == [2, 3 * (30 * 2 + 1)]
 
 
+def test_a_request_of_many_records_is_scored_in_bounded_groups():
+    """A 6 MB request can hold ~100,000 short records: their synthetic rows are built and scored a group
+    at a time (at most GROUP_ROWS rows), never all at once, with the same values."""
+    from analyzer.explain.kernel_shap import GROUP_ROWS
+
+    beta = np.arange(1.0, 7.0)
+    calls = []
+
+    def linear(rows):
+        calls.append(len(rows))
+        return np.asarray(rows, dtype=float) @ beta
+
+    baseline = np.full((1, 6), 0.5)
+    records = np.random.default_rng(3).normal(size=(4_000, 6))
+    explainer = fit_online_explainer(baseline, linear, OnlineShapSettings())
+    entries = explainer.explain(records)
+    assert len(calls) > 2 and max(calls[1:]) <= GROUP_ROWS and sum(calls[1:]) == 4_000 * 63
+    values = np.array([[a["attributions"][0]["attribution"][0] for a in entry] for entry in entries])
+    np.testing.assert_allclose(values, beta * (records - baseline), atol=1e-9)  # exact for a linear model
+
+
 # ---- text ------------------------------------------------------------------------------------------
 
 WORDS = {"good": 1.0, "product": 0.4, "bad": -1.2, "this": 0.1}

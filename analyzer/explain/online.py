@@ -24,7 +24,7 @@ import jmespath.exceptions
 import numpy as np
 
 from .design import make_design
-from .kernel_shap import Explanation, KernelShapFit, as_matrix, fit_kernel_shap
+from .kernel_shap import GROUP_ROWS, Explanation, KernelShapFit, as_matrix, fit_kernel_shap
 from .text_shap import TextExplanation, TextKernelShap
 from .text_units import GRANULARITIES, TextUnit, language_code, split_texts
 
@@ -86,7 +86,14 @@ class OnlineExplainer:
         :func:`response_document`."""
         if self.tabular is not None:
             x = self.tabular.check_records(records)
-            return _tabular_entries(self.tabular.explain(x, self.score, global_terms=False))
+            # Records in groups of about GROUP_ROWS synthetic rows, as the batch job does: a 6 MB request
+            # of short records would otherwise build (and hold the scores of) billions of rows at once.
+            step = max(1, GROUP_ROWS // self.tabular.rows_per_record)
+            entries: list[list[dict]] = []
+            for start in range(0, len(x), step):
+                entries += _tabular_entries(self.tabular.explain(x[start:start + step], self.score,
+                                                                 global_terms=False))
+            return entries
         return self._explain_text(records)
 
     def _explain_text(self, records: np.ndarray) -> list[list[dict]]:
