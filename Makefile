@@ -4,10 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # Debian packages: Pango for WeasyPrint (report.pdf), a pinned font so PDF page breaks are the same
-# everywhere, poppler-utils for the tests that turn the PDF into page images, cron for `lucent schedule --install`.
-SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core fonts-wqy-microhei poppler-utils cron
+# everywhere, poppler-utils for the tests that turn the PDF into page images, cron for `lucent schedule --install`,
+# prometheus-pushgateway for the tests that push monitoring metrics to a real Pushgateway.
+SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core fonts-wqy-microhei poppler-utils cron prometheus-pushgateway
 
-.PHONY: help install demo demo-text demo-endpoint test test-fast lint bench image clean
+.PHONY: help install demo demo-text demo-endpoint demo-monitor test test-fast lint bench image clean
 BASE_IMAGE ?= $(or $(LUCENT_BASE_IMAGE),python:3.11-slim)
 IMAGE      ?= lucent:dev
 
@@ -15,6 +16,7 @@ help:
 	@echo "make demo       set up and run a full job on the bundled sample data (results in build/demo/output)"
 	@echo "make demo-text  set up and run a text job: every word of product reviews explained (build/demo-text/output)"
 	@echo "make demo-endpoint  serve the demo model with \`lucent endpoint\` (capture + explanations), call it with boto3"
+	@echo "make demo-monitor  the bias-monitoring walkthrough: endpoint capture, baselines, \`lucent monitor\` on a normal and a drifted hour"
 	@echo "make test       set up and run lint + the whole test suite (slow end-to-end tests included)"
 	@echo "make test-fast  the test suite without tests marked slow"
 	@echo "                (both fail when the smclarify oracle is missing; LUCENT_TESTS_WITHOUT_ORACLE=1 skips its tests)"
@@ -48,6 +50,10 @@ demo-text: $(STAMP)
 demo-endpoint: $(STAMP)
 	rm -rf build/demo-endpoint
 	$(PY) -m container.demo --endpoint build/demo-endpoint
+
+demo-monitor: $(STAMP)
+	rm -rf build/demo-monitor
+	$(PY) -m container.monitor.demo build/demo-monitor
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

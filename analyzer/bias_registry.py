@@ -13,6 +13,7 @@ the report notebook carries a copy of it next to ``analyzer/report/views.py`` so
 without Lucent, and ``analyzer.config`` reads it without loading numpy or scikit-learn.
 """
 
+import functools
 import importlib
 import math
 from collections.abc import Callable
@@ -47,12 +48,31 @@ class BiasMetric:
     direction: int
     measures: str  # one plain sentence for report readers
     infinite: bool = False  # the value can be +/-Infinity (a division by zero Clarify keeps)
+    # A ratio of two rates (DI): q and 1/q are equally far from the ideal 1, so distances from it are
+    # measured on a log scale. Every other metric is a difference or a distance, measured linearly.
+    ratio: bool = False
 
     @property
     def function(self) -> Callable[..., float]:
         """The implementation (imported on first use, so that this module stays standard-library only)."""
         module = "analyzer.bias.flip_test" if self.inputs == FEATURES else "analyzer.bias.metrics"
-        return getattr(importlib.import_module(module), self.name)
+        return _implementation(module, self.name)
+
+    def distance_from_ideal(self, value: float) -> float:
+        """How far ``value`` is from no bias, the scale on which monitoring compares a window's value with
+        its baseline (docs/monitoring-drift.md): ``|value - ideal|``, or ``|ln value|`` for a ratio (DI 0.5
+        and DI 2 are equally far from parity; DI 0 and DI +inf are infinitely far). NaN stays NaN."""
+        if self.ratio:
+            if value < 0 or math.isnan(value):
+                return math.nan
+            return math.inf if value in (0, math.inf) else abs(math.log(value))
+        return abs(value - self.ideal)
+
+
+@functools.cache
+def _implementation(module: str, name: str) -> Callable[..., float]:
+    """Looked up once per metric: a bootstrap calls each function thousands of times."""
+    return getattr(importlib.import_module(module), name)
 
 
 _B = BiasMetric
@@ -84,7 +104,8 @@ BIAS_METRICS: tuple[BiasMetric, ...] = (
        **_DIFFERENCE, direction=+1,
        measures="Share of positive predictions outside the group minus the share inside it."),
     _B("DI", "Disparate Impact (DI)", POST_TRAINING, SIDES, 0, INF, 1, +1,
-       "Rate of positive predictions inside the group divided by the rate outside it.", infinite=True),
+       "Rate of positive predictions inside the group divided by the rate outside it.", infinite=True,
+       ratio=True),
     _B("DCA", "Difference in Conditional Acceptance (DCA)", POST_TRAINING, SIDES, **_UNBOUNDED, direction=-1,
        measures="Ratio of actual to predicted positives outside the group minus inside it."),
     _B("DCR", "Difference in Conditional Rejection (DCR)", POST_TRAINING, SIDES, **_UNBOUNDED, direction=-1,

@@ -32,6 +32,8 @@ examples:
   lucent serve-model --model-dir ./model      serve a model folder on port 8080 (/ping, /invocations)
   lucent endpoint --config endpoint-config.json --endpoint-name demo --model-dir ./model
                                               a SageMaker endpoint (boto3 invoke_endpoint) on port 8080
+  lucent monitor --job-definition bias-job.json --capture-uri s3://bucket/capture
+                                              one bias / explainability monitoring execution (last hour)
 exit codes: 0 success, 1 problem with the inputs (reason in the message file), 2 internal error
 """
 
@@ -73,9 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "explanations) in front of a model (see `lucent endpoint --help`)")
     endpoint.add_argument("args", nargs=argparse.REMAINDER)
     from container.launcher import add_launch_parser
+    from container.monitor.cli import add_monitor_parser
     from container.schedule import add_schedule_parser
 
     add_launch_parser(commands)
+    add_monitor_parser(commands)
     add_schedule_parser(commands)
     return parser
 
@@ -98,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         from container.launcher import run_launch
 
         return run_launch(args)
+    if args.command == "monitor":
+        from container.monitor.cli import run_monitor_command
+
+        return run_monitor_command(args)
     if args.command == "schedule":
         from container.schedule import run_schedule
 

@@ -145,6 +145,21 @@ def request_format(config: AnalysisConfig, dataset: Dataset, served: ServedModel
     return replace(predictor, **changes)
 
 
+def open_model(config: AnalysisConfig, dataset: Dataset, model_dir: Path,
+               scope: contextlib.ExitStack) -> tuple[ModelEndpoint, str]:
+    """Start (or find) the config's model for ``dataset``, stopped when ``scope`` closes; returns the
+    endpoint the analyses call and the model's identity (SHAP checkpoints are kept per model; empty when
+    the job explains nothing)."""
+    served = scope.enter_context(model_endpoint(config, model_dir))
+    endpoint = ModelEndpoint(
+        served.url, request_format(config, dataset, served), tuple(dataset.feature_names),
+        # Lucent's own server takes bigger requests than SageMaker's 6 MB limit: fewer, larger
+        # predict calls are most of the throughput on a local model.
+        max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES if local_model(config) else MAX_PAYLOAD_BYTES)
+    identity = model_identity(config, model_dir) if config.methods.shap is not None else ""
+    return endpoint, identity
+
+
 def dataset_path_for(config: AnalysisConfig, paths: JobPaths, config_file: Path) -> Path:
     """``dataset_uri`` overrides the ``dataset`` input folder (spec section 1.2)."""
     if config.dataset_uri:
@@ -200,7 +215,7 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
     ``inputs_outside_root``); without it they fail the job."""
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    previous_handler = signal.signal(signal.SIGTERM, _raise_stopped)
+    previous_handler = signal.signal(signal.SIGTERM, raise_job_stopped)
     try:
         log.info("Starting Lucent %s processing job (SageMaker Clarify compatible)", __version__)
         config, config_file = _load(paths)
@@ -215,16 +230,8 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
         # Staging first: an output folder that cannot be written fails the job before any work is done.
         with OutputStaging(paths.output_dir) as staging, contextlib.ExitStack() as model_scope:
             dataset = load_job_dataset(config, dataset_path, base_dir=config_file.parent)
-            endpoint, identity = None, ""
-            if needs_model(config):
-                served = model_scope.enter_context(model_endpoint(config, paths.model_dir))
-                endpoint = ModelEndpoint(
-                    served.url, request_format(config, dataset, served), tuple(dataset.feature_names),
-                    # Lucent's own server takes bigger requests than SageMaker's 6 MB limit: fewer, larger
-                    # predict calls are most of the throughput on a local model.
-                    max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES if local_model(config) else MAX_PAYLOAD_BYTES)
-                if config.methods.shap is not None:  # SHAP checkpoints are kept per model
-                    identity = model_identity(config, paths.model_dir)
+            endpoint, identity = (open_model(config, dataset, paths.model_dir, model_scope) if needs_model(config)
+                                  else (None, ""))
             results = run_analysis(config, dataset, staging, endpoint, base_dir=config_file.parent,
                                    model_identity=identity)
             model_scope.close()  # stop the model before writing reports: it is no longer needed
@@ -297,16 +304,22 @@ def validate_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> 
 
 
 def _finish(paths: JobPaths, code: int, message: str) -> int:
+    return finish(paths.message_file, code, message)
+
+
+def finish(message_file: Path, code: int, message: str) -> int:
+    """Write the exit message (redacted) to ``message_file`` and log it; returns ``code``."""
     # The message is uploaded and shown to whoever reads the job's status: no URL password or token.
     message = redact(message)
     try:
-        write_text_atomic(paths.message_file, message + "\n")
+        write_text_atomic(message_file, message + "\n")
     except OSError as error:
-        log.warning("Could not write the exit message to %s: %s", paths.message_file, error)
+        log.warning("Could not write the exit message to %s: %s", message_file, error)
     (log.info if code == EXIT_OK else log.error)("exit_message: %s", message)
     return code
 
 
-def _raise_stopped(signum, frame):  # noqa: ARG001
+def raise_job_stopped(signum, frame):  # noqa: ARG001
+    """SIGTERM handler: stop the main thread's work with ``JobStopped``."""
     raise JobStopped()
 

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import unicodedata
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -50,6 +50,7 @@ from analyzer.output import (
     INTERNAL_PREFIX,
     OutputStaging,
     check_output_folder,
+    write_bytes_atomic,
     write_text_atomic,
 )
 from analyzer.redact import install_redaction, redact, redact_url
@@ -343,41 +344,50 @@ class Launch:
         message_file = root / MESSAGE_FILE
         write_text_atomic(message_file, message + "\n")
         files = result_files(root / "output") if (root / "output").is_dir() else {}
+        files[MESSAGE_FILE] = message_file
+        return self.publish_files(files, output, last=[ANALYSIS_FILE, MESSAGE_FILE])
+
+    def publish_files(self, files: dict[str, Path], output: Location, last: Sequence[str]) -> str:
+        """Replace the results at ``output`` with ``files`` (relative name -> local file); returns a one-line
+        summary. The ``last`` names are removed first and written last, in order, so that their presence
+        marks a complete result (a name in ``last`` that is not in ``files`` is only removed). What the
+        previous publication left and this one did not produce is removed (the launch's inputs excepted)."""
         if output.is_s3:
-            return self._publish_s3(files, message_file, output)
+            return self._publish_s3(files, output, last)
         try:
-            return self._publish_local(files, message_file, output.path)
+            return self._publish_local(files, output.path, last)
         except (OSError, UserError) as error:
             raise LaunchError(f"publishing to {output.path}: {error}") from error
 
-    def _publish_s3(self, files: dict[str, Path], message_file: Path, output: Location) -> str:
+    def _publish_s3(self, files: dict[str, Path], output: Location, last: Sequence[str]) -> str:
         store = self.store
         remote = store.objects(output, output.prefix)
-        keys = {name: output.child(name).key for name in files}
-        markers = [output.child(ANALYSIS_FILE).key, output.child(MESSAGE_FILE).key]
-        store.delete(output, [key for key in markers if key in remote])
-        body = {keys[name]: path for name, path in files.items() if name != ANALYSIS_FILE}
+        keys = {name: output.child(name).key for name in {*files, *last}}
+        store.delete(output, [keys[name] for name in last if keys[name] in remote])
+        body = {keys[name]: path for name, path in files.items() if name not in last}
         uploaded, unchanged = store.upload(body, output, remote)
-        produced = set(keys.values()) | set(markers)
-        stale = [key for key in remote if key not in produced and not self._is_source(output.bucket, key)]
+        stale = [key for key in remote if key not in keys.values() and not self._is_source(output.bucket, key)]
         store.delete(output, stale)
-        last = [(files[ANALYSIS_FILE], markers[0])] if ANALYSIS_FILE in files else []
-        for path, key in [*last, (message_file, markers[1])]:
+        markers = [(files[name], keys[name]) for name in last if name in files]
+        for path, key in markers:
             with store.errors("uploading to", f"s3://{output.bucket}/{key}"):
                 store.client.upload_file(str(path), output.bucket, key, Config=store.transfer)
-        return f"{uploaded + len(last)} file(s) uploaded, {unchanged} unchanged, {len(stale)} old removed"
+        return f"{uploaded + len(markers)} file(s) uploaded, {unchanged} unchanged, {len(stale)} old removed"
 
-    def _publish_local(self, files: dict[str, Path], message_file: Path, dest: Path) -> str:
+    def _publish_local(self, files: dict[str, Path], dest: Path, last: Sequence[str]) -> str:
         """The job's own publication (``OutputStaging``: staged copies, one rename each, and the files the
         previous launch published but this one did not removed, the user's other files kept), between
-        removing the old message and writing the new one."""
-        (dest / MESSAGE_FILE).unlink(missing_ok=True)
-        (dest / ANALYSIS_FILE).unlink(missing_ok=True)
+        removing the old markers and writing the new ones."""
+        for name in last:
+            (dest / name).unlink(missing_ok=True)
         with OutputStaging(dest) as staging:
             for name, path in files.items():
-                shutil.copyfile(path, staging.path(name))
+                if name not in last:
+                    shutil.copyfile(path, staging.path(name))
             staging.commit()
-        write_text_atomic(dest / MESSAGE_FILE, message_file.read_text(encoding="utf-8"))
+        for name in last:
+            if name in files:
+                write_bytes_atomic(dest / name, files[name].read_bytes())
         return f"{len(files)} file(s) copied"
 
     def _is_source(self, bucket: str, key: str) -> bool:

@@ -18,6 +18,14 @@ for windows to match the crontab ticks.
 Schedule names follow the SageMaker SDK's ``CronExpressionGenerator``: ``hourly`` is
 ``cron(0 * ? * * *)``, ``daily(H)`` is ``cron(0 H ? * * *)`` (``daily`` = ``daily(0)``), and
 ``daily_every_x_hours(N[, S])`` is ``cron(0 S/N ? * * *)`` (every N hours from hour S, S defaulting to 0).
+
+A monitoring schedule (``--monitoring-schedule``: the ``CreateMonitoringSchedule`` body the SageMaker SDK
+sends, with ``--job-definition`` and ``--capture-uri``) becomes two crontab lines: one per tick of its
+``ScheduleExpression`` (``--run``) and one ``@reboot`` line (``--catch-up``). Each run is one
+``lucent monitor --now <tick> --schedule-name <MonitoringScheduleName> ...`` for the tick's window;
+``NOW`` runs one execution immediately instead. ``--catch-up`` runs, oldest first, the ticks after the
+last one attempted (or after ``--install``, or from ``--since T``) that have not completed, at most
+``--max-windows`` of them (the most recent): the windows missed while the machine was off.
 """
 
 from __future__ import annotations
@@ -32,11 +40,17 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from container.job import EXIT_OK, EXIT_USER_ERROR
+from analyzer.errors import ConfigError, UserError
+from container.job import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_USER_ERROR
+
+if TYPE_CHECKING:
+    from container.monitor.definition import JobDefinition, MonitoringSchedule
 
 AWS_CRON = re.compile(r"^cron\((.+)\)$")
 SCHEDULES = {
@@ -45,6 +59,10 @@ SCHEDULES = {
     "daily_every_x_hours": re.compile(r"^daily_every_x_hours\((\d{1,2})(?:,\s*(\d{1,2}))?\)$"),
 }
 ENTRY_MARK = "# lucent-schedule:"  # ends every line Lucent installs, so --install can replace its own line
+STAMP = "%Y%m%dT%H%M%SZ"  # a window's name: its tick in UTC
+DEFAULT_MAX_WINDOWS = 24  # --catch-up runs at most this many windows (the most recent) unless told otherwise
+MAX_SCAN = 100_000  # ticks --catch-up looks back over at most (11 years of hourly ticks)
+MONITOR_COMMAND_ENV = "LUCENT_MONITOR_COMMAND"  # replaces `python -m container.cli monitor` (tests, wrappers)
 
 
 class ScheduleError(ValueError):
@@ -93,6 +111,23 @@ def window_of(expression: str, now: datetime) -> datetime:
     return croniter(expression, now + timedelta(seconds=1)).get_prev(datetime).astimezone(UTC)
 
 
+def _state_base() -> Path:
+    return Path(os.environ.get("LUCENT_STATE_DIR") or Path.home() / ".cache" / "lucent" / "schedules")
+
+
+def _cron_line(when: str, state_dir: Path, command: list[str], mark: str) -> str:
+    """One crontab line: ``command`` at ``when``, from this directory, its output appended to the state's log."""
+    log = state_dir / "cron.log"
+    # The state folder is pinned: cron's environment does not have the LUCENT_STATE_DIR given to --install.
+    pinned = f"LUCENT_STATE_DIR={shlex.quote(os.environ['LUCENT_STATE_DIR'])} " \
+        if os.environ.get("LUCENT_STATE_DIR") else ""
+    # mkdir first: the shell opens the log before the command could create its folder. `%` escaped:
+    # cron turns an unescaped one into a newline.
+    return (f"{when} mkdir -p {shlex.quote(str(state_dir))} && "
+            f"cd {shlex.quote(str(Path.cwd()))} && "
+            f"{pinned}{shlex.join(command)} >> {shlex.quote(str(log))} 2>&1 {ENTRY_MARK}{mark}").replace("%", "\\%")
+
+
 @dataclass(frozen=True)
 class Job:
     """A scheduled job, as its description file gives it."""
@@ -133,18 +168,40 @@ class Job:
 
     @property
     def state_dir(self) -> Path:
-        base = Path(os.environ.get("LUCENT_STATE_DIR") or Path.home() / ".cache" / "lucent" / "schedules")
-        return base / self.name
+        return _state_base() / self.name
 
     def entry(self, force: bool = False) -> str:
         """The crontab line that runs this job on its schedule."""
         command = [sys.executable, "-m", "container.schedule", str(self.file), "--run", *(["--force"] * force)]
-        log = self.state_dir / "cron.log"
-        # mkdir first: the shell opens the log before the command could create its folder. `%` escaped:
-        # cron turns an unescaped one into a newline.
-        return (f"{crontab_expression(self.schedule)} mkdir -p {shlex.quote(str(self.state_dir))} && "
-                f"cd {shlex.quote(str(Path.cwd()))} && "
-                f"{shlex.join(command)} >> {shlex.quote(str(log))} 2>&1 {ENTRY_MARK}{self.name}").replace("%", "\\%")
+        return _cron_line(crontab_expression(self.schedule), self.state_dir, command, self.name)
+
+
+def run_once(state_dir: Path, label: str, tick: datetime, force: bool, action: Callable[[], tuple[int, str]]) -> int:
+    """Run ``action`` for the window of ``tick`` unless it is running elsewhere or already completed.
+
+    A lock file (``fcntl.flock``) keeps two runs of one window from overlapping. The outcome is recorded
+    as ``<stamp>.done`` (exit 0: never run again unless ``force``) or ``<stamp>.failed`` (may be rerun):
+    what ``--catch-up`` reads to know which windows were attempted.
+    """
+    from analyzer.output import write_text_atomic
+
+    stamp = tick.strftime(STAMP)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    done, failed = state_dir / f"{stamp}.done", state_dir / f"{stamp}.failed"
+    with open(state_dir / f"{stamp}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{label} {stamp}: already running; nothing done", flush=True)
+            return EXIT_OK
+        if done.exists() and not force:
+            print(f"{label} {stamp}: already completed ({done}); nothing done (--force reruns it)", flush=True)
+            return EXIT_OK
+        code, note = action()
+        outcome, stale = (done, failed) if code == EXIT_OK else (failed, done)  # a failed rerun replaced the outputs
+        write_text_atomic(outcome, f"{datetime.now(UTC).isoformat()} exit {code} {note}\n")
+        stale.unlink(missing_ok=True)
+        return code
 
 
 def run_window(job: Job, now: datetime | None = None, force: bool = False) -> int:
@@ -152,32 +209,209 @@ def run_window(job: Job, now: datetime | None = None, force: bool = False) -> in
     from container.launcher import LaunchError, launch
 
     window = window_of(crontab_expression(job.schedule), now or datetime.now(UTC))
-    stamp = window.strftime("%Y%m%dT%H%M%SZ")
-    job.state_dir.mkdir(parents=True, exist_ok=True)
-    done = job.state_dir / f"{stamp}.done"
-    with open(job.state_dir / f"{stamp}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"{job.name} {stamp}: already running; nothing done")
-            return EXIT_OK
-        if done.exists() and not force:
-            print(f"{job.name} {stamp}: already completed ({done}); nothing done (--force reruns it)")
-            return EXIT_OK
-        output = f"{job.output.rstrip('/')}/{job.name}/{stamp}"
-        print(f"{job.name} {stamp}: launching, results in {output}", flush=True)
+    output = f"{job.output.rstrip('/')}/{job.name}/{window.strftime(STAMP)}"
+
+    def action() -> tuple[int, str]:
+        print(f"{job.name} {window.strftime(STAMP)}: launching, results in {output}", flush=True)
         try:
             code, message = launch(job.config, output, job.data, job.model, job.image, job.endpoint_url)
         except LaunchError as error:
             code, message = EXIT_USER_ERROR, f"error: {error}"
-        print(f"{job.name} {stamp}: exit code {code}: {message}")
-        if code == EXIT_OK:
-            done.write_text(f"{datetime.now(UTC).isoformat()} {output}\n", encoding="utf-8")
-        return code
+        print(f"{job.name} {window.strftime(STAMP)}: exit code {code}: {message}", flush=True)
+        return code, output
+
+    return run_once(job.state_dir, job.name, window, force, action)
+
+
+def missed_ticks(expression: str, state_dir: Path, now: datetime, since: datetime | None = None,
+                 force: bool = False) -> list[datetime]:
+    """The ticks of ``expression`` a catch-up runs, oldest first: from ``since`` (inclusive), else after the
+    last tick attempted (a ``.done`` or ``.failed`` marker) or after ``--install``, up to the tick at or
+    before ``now``; completed ones left out unless ``force``. With no state at all: the current tick."""
+    current = window_of(expression, now)
+    if since is not None:
+        start = since.astimezone(UTC)
+        ticks = _ticks_back(expression, current, lambda tick: tick >= start)
+    elif (after := _last_attempt(state_dir)) is not None:
+        ticks = _ticks_back(expression, current, lambda tick: tick > after)
+    else:
+        ticks = [current]
+    return [tick for tick in ticks if force or not (state_dir / f"{tick.strftime(STAMP)}.done").exists()]
+
+
+def _ticks_back(expression: str, current: datetime, keep: Callable[[datetime], bool]) -> list[datetime]:
+    from croniter import croniter
+
+    ticks, it, tick = [], croniter(expression, current + timedelta(seconds=1)), current
+    while True:
+        tick = it.get_prev(datetime).astimezone(UTC)
+        if not keep(tick):
+            return ticks[::-1]
+        if len(ticks) >= MAX_SCAN:
+            raise ScheduleError(f"more than {MAX_SCAN} windows to look back over: give a later --since")
+        ticks.append(tick)
+
+
+def _last_attempt(state_dir: Path) -> datetime | None:
+    """The latest tick with an outcome in ``state_dir``, or the time of ``--install``; None if neither."""
+    times = []
+    for marker in [*state_dir.glob("*.done"), *state_dir.glob("*.failed")]:
+        with contextlib.suppress(ValueError):
+            times.append(datetime.strptime(marker.stem, STAMP).replace(tzinfo=UTC))
+    installed = state_dir / "installed"
+    if installed.exists():
+        with contextlib.suppress(ValueError, OSError):
+            times.append(datetime.fromisoformat(installed.read_text(encoding="utf-8").strip()).astimezone(UTC))
+    return max(times, default=None)
+
+
+def catch_up(label: str, expression: str, state_dir: Path, now: datetime, run: Callable[[datetime], int], *,
+             since: datetime | None = None, max_windows: int = DEFAULT_MAX_WINDOWS, force: bool = False) -> int:
+    """Run the missed windows (``missed_ticks``), at most ``max_windows``, the most recent ones; the exit
+    code is the worst of the runs (a failed window does not stop the others)."""
+    ticks = missed_ticks(expression, state_dir, now, since, force)
+    if len(ticks) > max_windows:
+        skipped, ticks = ticks[:-max_windows], ticks[-max_windows:]
+        print(f"{label}: {len(skipped)} older missed window(s) not run (--max-windows {max_windows}): "
+              f"{skipped[0].strftime(STAMP)} to {skipped[-1].strftime(STAMP)}; run them with --catch-up --since "
+              f"{_iso(skipped[0])} --max-windows {len(skipped) + len(ticks)}", flush=True)
+    print(f"{label}: catching up {len(ticks)} window(s)"
+          + (f": {', '.join(tick.strftime(STAMP) for tick in ticks)}" if ticks else ""), flush=True)
+    return max((run(tick) for tick in ticks), default=EXIT_OK)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _mark_installed(state_dir: Path, now: datetime) -> None:
+    """Record when the schedule was installed: a catch-up before any run starts after it."""
+    from analyzer.output import write_text_atomic
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(state_dir / "installed", now.astimezone(UTC).isoformat() + "\n")
+
+
+@dataclass(frozen=True)
+class MonitoringJob:
+    """A monitoring schedule with its job definition and capture location: ``lucent monitor`` on a schedule."""
+
+    schedule_file: Path
+    definition_file: Path
+    capture_uri: str
+    schedule: MonitoringSchedule
+    definition: JobDefinition
+    model_dir: Path | None = None
+    model_url: str | None = None
+
+    @classmethod
+    def load(cls, schedule_file: Path, definition_file: Path, capture_uri: str, model_dir: Path | None = None,
+             model_url: str | None = None) -> MonitoringJob:
+        """Read and check both files now, so that a bad schedule is refused when the entry is made."""
+        from container.monitor.definition import (
+            check_schedule_pair,
+            load_job_definition,
+            load_monitoring_schedule,
+        )
+        from container.storage import parse_uri, uri_scheme
+
+        schedule = _naming_file(schedule_file, load_monitoring_schedule, schedule_file)
+        definition = _naming_file(definition_file, load_job_definition, definition_file)
+        _naming_file(schedule_file, check_schedule_pair, schedule, definition)
+        _, _, local = parse_uri(capture_uri)  # a malformed URI is refused here, not at the first tick
+        if local is not None and uri_scheme(capture_uri) is None:
+            capture_uri = str(local)  # absolute: the entry runs from the install folder, but say so plainly
+        return cls(schedule_file.resolve(), definition_file.resolve(), capture_uri, schedule, definition,
+                   model_dir.resolve() if model_dir is not None else None, model_url)
+
+    @property
+    def name(self) -> str:
+        return self.schedule.name
+
+    @property
+    def mark(self) -> str:
+        """The crontab mark: ``monitoring/`` cannot collide with a job name (no ``/`` in those)."""
+        return f"monitoring/{self.name}"
+
+    @property
+    def state_dir(self) -> Path:
+        return _state_base() / ".monitoring" / self.name  # '.': no job name starts with one
+
+    @property
+    def expression(self) -> str | None:
+        """The crontab expression, None for ``NOW``."""
+        return None if self.schedule.one_time else crontab_expression(self.schedule.expression)
+
+    def arguments(self) -> list[str]:
+        """The ``lucent schedule`` arguments that name this monitoring schedule (before the action)."""
+        return ["--monitoring-schedule", str(self.schedule_file), "--job-definition", str(self.definition_file),
+                "--capture-uri", self.capture_uri, *self._model_arguments()]
+
+    def _model_arguments(self) -> list[str]:
+        if self.model_dir is not None:
+            return ["--model-dir", str(self.model_dir)]
+        return ["--model-url", self.model_url] if self.model_url is not None else []
+
+    def monitor_argv(self, tick: datetime) -> list[str]:
+        """The ``lucent monitor`` command line of the window of ``tick``."""
+        offsets = []
+        if self.schedule.data_analysis_start_time is not None:
+            offsets += ["--data-analysis-start-time", self.schedule.data_analysis_start_time]
+        if self.schedule.data_analysis_end_time is not None:
+            offsets += ["--data-analysis-end-time", self.schedule.data_analysis_end_time]
+        return [*monitor_command(), "--job-definition", str(self.definition_file), "--capture-uri", self.capture_uri,
+                "--now", _iso(tick), "--schedule-name", self.name, *offsets, *self._model_arguments()]
+
+    def entry(self) -> str:
+        """The crontab lines: one run per tick, and a catch-up when the machine starts."""
+        if self.expression is None:
+            raise ScheduleError(f"{self.name}: a NOW schedule runs once, immediately: it has no crontab entry")
+        command = [sys.executable, "-m", "container.schedule", *self.arguments()]
+        return "\n".join([_cron_line(self.expression, self.state_dir, [*command, "--run"], self.mark),
+                          _cron_line("@reboot", self.state_dir, [*command, "--catch-up"], self.mark)])
+
+    def one_shot(self) -> str:
+        """For ``NOW``: the shell line that runs the one execution (what ``--print`` shows)."""
+        command = [sys.executable, "-m", "container.schedule", *self.arguments(), "--run"]
+        return f"cd {shlex.quote(str(Path.cwd()))} && {shlex.join(command)}"
+
+
+def _naming_file(path: Path, function: Callable, *args):
+    """``function(*args)``, its ``ConfigError`` problems prefixed with the file they are about."""
+    try:
+        return function(*args)
+    except ConfigError as error:
+        raise ConfigError([f"{path}: {problem}" for problem in error.problems]) from error
+
+
+def monitor_command() -> list[str]:
+    """``lucent monitor`` as a command line: this interpreter's ``container.cli``, or ``$LUCENT_MONITOR_COMMAND``."""
+    override = os.environ.get(MONITOR_COMMAND_ENV)
+    return shlex.split(override) if override else [sys.executable, "-m", "container.cli", "monitor"]
+
+
+def run_monitoring_window(job: MonitoringJob, tick: datetime, force: bool = False) -> int:
+    """One ``lucent monitor`` execution for the window of ``tick`` (a tick of the schedule, or NOW's hour)."""
+    from analyzer.redact import redact
+
+    def action() -> tuple[int, str]:
+        argv = job.monitor_argv(tick)
+        print(f"{job.name} {tick.strftime(STAMP)}: {redact(shlex.join(argv))}", flush=True)
+        try:
+            code = subprocess.run(argv).returncode
+        except OSError as error:
+            print(f"{job.name} {tick.strftime(STAMP)}: cannot start lucent monitor: {error}", flush=True)
+            return EXIT_INTERNAL_ERROR, "not started"
+        code = code if code in (EXIT_OK, EXIT_USER_ERROR) else EXIT_INTERNAL_ERROR  # a signal is an internal error
+        print(f"{job.name} {tick.strftime(STAMP)}: exit code {code}", flush=True)
+        return code, f"{job.definition.output_uri.rstrip('/')}/{job.definition.endpoint_name}/{job.name}/" \
+                     f"{tick:%Y/%m/%d/%H}"
+
+    return run_once(job.state_dir, job.name, tick, force, action)
 
 
 def install(entry: str, name: str) -> None:
-    """Add ``entry`` to the user's crontab, replacing the line installed before for ``name``."""
+    """Add ``entry`` (one line or several) to the user's crontab, replacing the lines installed before for ``name``."""
     if shutil.which("crontab") is None:
         raise ScheduleError("no `crontab` command on this machine: add the --print line to your scheduler by hand")
     current = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
@@ -188,15 +422,37 @@ def install(entry: str, name: str) -> None:
 
 def add_schedule_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``schedule`` on the ``lucent`` subcommand parser."""
-    parser = subparsers.add_parser("schedule", help="run a launch on a cron schedule, one output per window",
+    from container.monitor.cli import parse_time
+
+    parser = subparsers.add_parser("schedule", help="run a launch or a monitoring schedule from cron, one output "
+                                                    "per window",
                                    description=__doc__.split("\n\n", 1)[1],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("job", type=Path, help="job description (YAML or JSON)")
+    parser.add_argument("job", type=Path, nargs="?", help="job description (YAML or JSON); not with "
+                                                          "--monitoring-schedule")
+    monitoring = parser.add_argument_group("monitoring schedules (lucent monitor on a schedule)")
+    monitoring.add_argument("--monitoring-schedule", type=Path, metavar="FILE",
+                            help="the JSON body of CreateMonitoringSchedule (ScheduleExpression, DataAnalysis*)")
+    monitoring.add_argument("--job-definition", type=Path, metavar="FILE",
+                            help="the JSON body of CreateModelBiasJobDefinition / CreateModelExplainabilityJobDefinition")
+    monitoring.add_argument("--capture-uri", metavar="URI", help="the endpoint's DataCaptureConfig.DestinationS3Uri")
+    model = monitoring.add_mutually_exclusive_group()
+    model.add_argument("--model-dir", type=Path, metavar="DIR", help="explainability: the model folder to serve")
+    model.add_argument("--model-url", metavar="URL", help="explainability: a running model server")
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--print", action="store_true", help="print the crontab line")
-    action.add_argument("--install", action="store_true", help="add (or replace) the line in your crontab")
+    action.add_argument("--print", action="store_true", help="print the crontab line(s)")
+    action.add_argument("--install", action="store_true", help="add (or replace) the line(s) in your crontab; "
+                                                               "a NOW monitoring schedule runs once instead")
     action.add_argument("--run", action="store_true", help="run the current window now (what cron calls)")
-    parser.add_argument("--force", action="store_true", help="with --run: rerun a window that already completed")
+    action.add_argument("--catch-up", action="store_true", help="run the windows missed since the last one "
+                                                                "attempted (or --since T), oldest first")
+    parser.add_argument("--force", action="store_true", help="with --run / --catch-up: rerun completed windows")
+    parser.add_argument("--now", type=parse_time, metavar="T", help="with --run / --catch-up: the clock, ISO-8601 "
+                        "UTC (default: now, or $LUCENT_SCHEDULE_NOW)")
+    parser.add_argument("--since", type=parse_time, metavar="T", help="with --catch-up: run every window from T "
+                        "that has not completed, failed ones included")
+    parser.add_argument("--max-windows", type=int, default=DEFAULT_MAX_WINDOWS, metavar="N",
+                        help=f"with --catch-up: at most N windows, the most recent (default {DEFAULT_MAX_WINDOWS})")
     return parser
 
 
@@ -205,21 +461,98 @@ def run_schedule(args: argparse.Namespace) -> int:
     from container.job import configure_logging
 
     try:
+        _check_arguments(args)
+        if args.run or args.catch_up:
+            configure_logging()
+        now = _clock(args)
+        if args.monitoring_schedule is not None:
+            return _run_monitoring_schedule(args, now)
         job = Job.load(args.job)
         if args.run:
-            configure_logging()
-            pinned = os.environ.get("LUCENT_SCHEDULE_NOW")  # tests and backfills: the clock to use
-            return run_window(job, datetime.fromisoformat(pinned) if pinned else None, args.force)
+            return run_window(job, now, args.force)
+        if args.catch_up:
+            return catch_up(job.name, crontab_expression(job.schedule), job.state_dir, now,
+                            lambda tick: run_window(job, tick, args.force), since=args.since,
+                            max_windows=args.max_windows, force=args.force)
         entry = job.entry()
         if args.install:
             install(entry, job.name)
+            _mark_installed(job.state_dir, now)
             print(f"installed: {entry}")
         else:
             print(entry)
         return EXIT_OK
-    except (ScheduleError, OSError, subprocess.CalledProcessError) as error:
+    except ConfigError as error:
+        print(f"error: {len(error.problems)} problem(s):", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (ScheduleError, UserError, OSError, subprocess.CalledProcessError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    monitoring = args.monitoring_schedule is not None
+    if monitoring == (args.job is not None):
+        raise ScheduleError("give a job description (lucent schedule JOB ...) or a monitoring schedule "
+                            "(--monitoring-schedule FILE --job-definition FILE --capture-uri URI), one of them")
+    if monitoring and (args.job_definition is None or args.capture_uri is None):
+        raise ScheduleError("--monitoring-schedule needs --job-definition FILE and --capture-uri URI")
+    extra = [flag for flag, value in (("--job-definition", args.job_definition), ("--capture-uri", args.capture_uri),
+                                      ("--model-dir", args.model_dir), ("--model-url", args.model_url)) if value]
+    if not monitoring and extra:
+        raise ScheduleError(f"{', '.join(extra)}: only with --monitoring-schedule")
+    if args.since is not None and not args.catch_up:
+        raise ScheduleError("--since goes with --catch-up")
+    if args.max_windows < 1:
+        raise ScheduleError(f"--max-windows must be at least 1, got {args.max_windows}")
+
+
+def _clock(args: argparse.Namespace) -> datetime:
+    """``--now``, else ``$LUCENT_SCHEDULE_NOW`` (tests and backfills), else the clock; in UTC."""
+    from container.monitor.cli import parse_time
+
+    if args.now is not None:
+        return args.now
+    pinned = os.environ.get("LUCENT_SCHEDULE_NOW")
+    if not pinned:
+        return datetime.now(UTC)
+    try:
+        return parse_time(pinned)
+    except argparse.ArgumentTypeError as error:
+        raise ScheduleError(f"LUCENT_SCHEDULE_NOW: {error}") from None
+
+
+def _run_monitoring_schedule(args: argparse.Namespace, now: datetime) -> int:
+    from analyzer.monitor.window import execution_time
+
+    job = MonitoringJob.load(args.monitoring_schedule, args.job_definition, args.capture_uri, args.model_dir,
+                             args.model_url)
+    if job.expression is None:  # NOW: one execution at this hour, whether asked to run, install or print
+        if args.catch_up:
+            raise ScheduleError(f"{job.name}: a NOW schedule runs once (--run or --install); it has no missed "
+                                "windows to catch up")
+        if args.print:
+            print(job.one_shot())
+            return EXIT_OK
+        if args.install:
+            print(f"{job.name}: ScheduleExpression NOW: one execution now, no crontab entry", flush=True)
+        return run_monitoring_window(job, execution_time(now), args.force)
+    if args.run:
+        return run_monitoring_window(job, window_of(job.expression, now), args.force)
+    if args.catch_up:
+        return catch_up(job.name, job.expression, job.state_dir, now,
+                        lambda tick: run_monitoring_window(job, tick, args.force), since=args.since,
+                        max_windows=args.max_windows, force=args.force)
+    entry = job.entry()
+    if args.install:
+        install(entry, job.mark)
+        _mark_installed(job.state_dir, now)
+        print(f"installed:\n{entry}")
+    else:
+        print(entry)
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

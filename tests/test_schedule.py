@@ -108,6 +108,18 @@ def test_a_failed_window_is_not_marked_done(scheduled, tmp_path):
     assert not list(scheduled["state"].glob("*.done"))
 
 
+def test_catch_up_of_a_job_description(scheduled, tmp_path):
+    """The windows of a launch job are caught up too; a failed one counts as attempted."""
+    (tmp_path / "job" / "input" / "config" / "analysis_config.json").write_text('{"dataset_type": "text/csv"}')
+    assert cron_runs(scheduled).returncode == 1  # the 12:00 window fails
+    catch_up = scheduled["command"].replace(" --run ", " --catch-up --now 2024-05-01T18:30Z ")
+    env = {**scheduled["env"], "LUCENT_SCHEDULE_NOW": ""}
+    assert subprocess.run(catch_up, shell=True, env=env, timeout=120).returncode == 1
+    assert sorted(path.name for path in scheduled["state"].glob("*.failed")) == [
+        "20240501T120000Z.failed", "20240501T180000Z.failed"]  # 18:00 missed; 12:00 not retried
+    assert "catching up 1 window(s): 20240501T180000Z" in cron_log(scheduled)
+
+
 def test_bad_job_description(tmp_path, capsys):
     from container.schedule import main
 
@@ -135,10 +147,269 @@ def test_install_adds_the_entry_once_and_keeps_other_lines(user_crontab, tmp_pat
                    "data": str(tmp_path / "d"), "output": str(tmp_path / "results")}
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(description))
+    env = {**os.environ, "LUCENT_STATE_DIR": str(tmp_path / "state")}  # --install records its time there
     for _ in range(2):  # installing again replaces the entry instead of adding a second one
         subprocess.run([sys.executable, "-m", "container.schedule", str(job_file), "--install"], check=True,
-                       capture_output=True, text=True, cwd=Path(__file__).parents[1])
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1], env=env)
     lines = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=True).stdout.splitlines()
     assert "# kept by lucent tests" in lines
     entries = [line for line in lines if line.endswith("# lucent-schedule:nightly-bias")]
     assert len(entries) == 1 and entries[0].startswith("0 2 * * * ")
+
+
+# --- monitoring schedules: `lucent monitor` per window ------------------------------------------------------------
+
+RECORDER = """
+import json, os, sys
+with open(os.environ["RECORD_FILE"], "a", encoding="utf-8") as out:
+    out.write(json.dumps(sys.argv[1:]) + "\\n")
+now = sys.argv[sys.argv.index("--now") + 1]
+sys.exit(1 if now in os.environ.get("RECORD_FAIL_AT", "").split(",") else 0)
+"""
+
+
+@pytest.fixture
+def monitoring(tmp_path, monkeypatch) -> dict:
+    """The SDK's hourly bias schedule and job definition as files, and `lucent monitor` replaced by a script
+    that records its arguments (and fails for the ticks in RECORD_FAIL_AT)."""
+    from tests.test_monitor_definition import (
+        BIAS_DEFINITION,
+        BIAS_SCHEDULE,
+        EXPLAIN_DEFINITION,
+        EXPLAIN_SCHEDULE,
+        ONCE_DEFINITION,
+        ONCE_SCHEDULE,
+    )
+
+    files = {}
+    for name, body in (("bias", BIAS_DEFINITION), ("bias-schedule", BIAS_SCHEDULE), ("explain", EXPLAIN_DEFINITION),
+                       ("explain-schedule", EXPLAIN_SCHEDULE), ("once", ONCE_DEFINITION),
+                       ("once-schedule", ONCE_SCHEDULE)):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(body), encoding="utf-8")
+    (tmp_path / "recorder.py").write_text(RECORDER, encoding="utf-8")
+    record = tmp_path / "argv.jsonl"
+    monkeypatch.setenv("LUCENT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LUCENT_MONITOR_COMMAND", f"{sys.executable} {tmp_path / 'recorder.py'}")
+    monkeypatch.setenv("RECORD_FILE", str(record))
+    monkeypatch.delenv("LUCENT_SCHEDULE_NOW", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return {**files, "record": record, "capture": tmp_path / "capture", "state": tmp_path / "state" / ".monitoring",
+            "tmp": tmp_path}
+
+
+def schedule(m: dict, *action: str, kind: str = "bias", capture: str = "capture") -> int:
+    """`lucent schedule --monitoring-schedule ... <action>`, in this process; the capture URI relative to tmp."""
+    from container.schedule import main
+
+    return main(["--monitoring-schedule", str(m[f"{kind}-schedule"]), "--job-definition", str(m[kind]),
+                 "--capture-uri", capture, *action])
+
+
+def recorded(m: dict) -> list[list[str]]:
+    """Every `lucent monitor` argument list so far, and forget them."""
+    if not m["record"].exists():
+        return []
+    runs = [json.loads(line) for line in m["record"].read_text(encoding="utf-8").splitlines()]
+    m["record"].unlink()
+    return runs
+
+
+def monitor_args(m: dict, tick: str, name: str = "churn-bias", kind: str = "bias", *extra: str) -> list[str]:
+    return ["--job-definition", str(m[kind]), "--capture-uri", str(m["capture"]), "--now", tick,
+            "--schedule-name", name, *extra]
+
+
+def test_monitoring_entries(monitoring, capsys):
+    assert schedule(monitoring, "--print") == 0
+    tick, reboot = capsys.readouterr().out.strip().split("\n")
+    mark = "# lucent-schedule:monitoring/churn-bias"
+    assert tick.startswith("0 * * * * mkdir -p ") and tick.endswith(mark) and " --run >> " in tick
+    assert reboot.startswith("@reboot mkdir -p ") and reboot.endswith(mark) and " --catch-up >> " in reboot
+    state = monitoring["state"] / "churn-bias"
+    assert f"LUCENT_STATE_DIR={monitoring['tmp'] / 'state'} " in tick and f"{state}/cron.log" in tick
+    assert f"--capture-uri {monitoring['capture']} " in tick  # a local capture folder is made absolute
+    assert schedule(monitoring, "--print", kind="explain") == 0
+    assert capsys.readouterr().out.startswith("0 1-23/6 * * * ")  # cron(0 1/6 ? * * *)
+
+
+def test_the_crontab_line_runs_lucent_monitor_for_its_tick(monitoring, capsys):
+    """The entry's command exactly as cron runs it (a shell, cron's minimal environment plus the clock)."""
+    assert schedule(monitoring, "--print") == 0
+    command = capsys.readouterr().out.split("\n")[0].split(" ", 5)[5]
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"], "LUCENT_SCHEDULE_NOW": "2024-05-01T13:05:00Z",
+           "LUCENT_MONITOR_COMMAND": os.environ["LUCENT_MONITOR_COMMAND"], "RECORD_FILE": str(monitoring["record"])}
+    for _ in range(2):  # the second run of the window is a no-op
+        assert subprocess.run(command, shell=True, env=env, timeout=120).returncode == 0
+    assert recorded(monitoring) == [monitor_args(monitoring, "2024-05-01T13:00:00Z")]
+    log = (monitoring["state"] / "churn-bias" / "cron.log").read_text()
+    assert "churn-bias 20240501T130000Z: already completed" in log
+    assert (monitoring["state"] / "churn-bias" / "20240501T130000Z.done").exists()
+    assert schedule(monitoring, "--run", "--force", "--now", "2024-05-01T13:05Z") == 0  # --force: once more
+    assert recorded(monitoring) == [monitor_args(monitoring, "2024-05-01T13:00:00Z")]
+
+
+def test_every_n_hours_with_a_model(monitoring, tmp_path):
+    (tmp_path / "model").mkdir()
+    assert schedule(monitoring, "--model-dir", "model", "--run", "--now", "2024-05-01T12:59Z", kind="explain") == 0
+    assert schedule(monitoring, "--model-url", "http://127.0.0.1:8080", "--run", "--now", "2024-05-01T13:00Z",
+                    kind="explain") == 0
+    assert recorded(monitoring) == [  # ticks at 01, 07, 13 and 19 h
+        monitor_args(monitoring, "2024-05-01T07:00:00Z", "churn-explain", "explain", "--model-dir",
+                     str(tmp_path / "model")),
+        monitor_args(monitoring, "2024-05-01T13:00:00Z", "churn-explain", "explain", "--model-url",
+                     "http://127.0.0.1:8080")]
+
+
+def test_catch_up_runs_the_missed_windows_oldest_first(monitoring):
+    assert schedule(monitoring, "--run", "--now", "2024-05-01T09:10Z") == 0
+    assert schedule(monitoring, "--catch-up", "--now", "2024-05-01T13:20Z") == 0
+    assert recorded(monitoring) == [monitor_args(monitoring, f"2024-05-01T{hour:02d}:00:00Z") for hour in
+                                    (9, 10, 11, 12, 13)]
+    assert schedule(monitoring, "--catch-up", "--now", "2024-05-01T13:40Z") == 0  # nothing missed since
+    assert recorded(monitoring) == []
+
+
+def test_catch_up_without_state_runs_the_current_window(monitoring):
+    assert schedule(monitoring, "--catch-up", "--now", "2024-05-01T13:20Z") == 0
+    assert recorded(monitoring) == [monitor_args(monitoring, "2024-05-01T13:00:00Z")]
+
+
+def test_catch_up_is_capped_and_since_reaches_back(monitoring, capsys):
+    assert schedule(monitoring, "--run", "--now", "2024-05-01T09:10Z") == 0
+    recorded(monitoring)
+    assert schedule(monitoring, "--catch-up", "--max-windows", "2", "--now", "2024-05-01T13:20Z") == 0
+    assert recorded(monitoring) == [monitor_args(monitoring, "2024-05-01T12:00:00Z"),
+                                    monitor_args(monitoring, "2024-05-01T13:00:00Z")]
+    assert ("churn-bias: 2 older missed window(s) not run (--max-windows 2): 20240501T100000Z to 20240501T110000Z; "
+            "run them with --catch-up --since 2024-05-01T10:00:00Z --max-windows 4") in capsys.readouterr().out
+    assert schedule(monitoring, "--catch-up", "--since", "2024-05-01T10:00:00Z", "--now", "2024-05-01T13:30Z") == 0
+    assert recorded(monitoring) == [monitor_args(monitoring, "2024-05-01T10:00:00Z"),
+                                    monitor_args(monitoring, "2024-05-01T11:00:00Z")]
+
+
+def test_a_failed_window_is_not_retried_until_asked(monitoring, monkeypatch):
+    assert schedule(monitoring, "--run", "--now", "2024-05-01T09:10Z") == 0
+    monkeypatch.setenv("RECORD_FAIL_AT", "2024-05-01T11:00:00Z")
+    assert schedule(monitoring, "--catch-up", "--now", "2024-05-01T13:20Z") == 1  # the worst exit code ...
+    assert [run[5] for run in recorded(monitoring)] == ["2024-05-01T09:00:00Z", "2024-05-01T10:00:00Z",
+                                                        "2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z",
+                                                        "2024-05-01T13:00:00Z"]  # ... after every window ran
+    state = monitoring["state"] / "churn-bias"
+    assert sorted(path.name for path in state.glob("*.failed")) == ["20240501T110000Z.failed"]
+    assert schedule(monitoring, "--catch-up", "--now", "2024-05-01T14:05Z") == 0  # 11:00 was attempted
+    assert [run[5] for run in recorded(monitoring)] == ["2024-05-01T14:00:00Z"]
+    monkeypatch.delenv("RECORD_FAIL_AT")
+    assert schedule(monitoring, "--catch-up", "--since", "2024-05-01T09:00Z", "--now", "2024-05-01T14:05Z") == 0
+    assert [run[5] for run in recorded(monitoring)] == ["2024-05-01T11:00:00Z"]
+    assert not list(state.glob("*.failed"))
+    monkeypatch.setenv("RECORD_FAIL_AT", "2024-05-01T12:00:00Z")  # a forced rerun that fails: no longer complete
+    assert schedule(monitoring, "--run", "--force", "--now", "2024-05-01T12:30Z") == 1
+    assert [path.name for path in state.glob("20240501T120000Z.*") if path.suffix != ".lock"] == [
+        "20240501T120000Z.failed"]
+
+
+def test_data_analysis_offsets_are_passed_on(monitoring):
+    body = json.loads(monitoring["bias-schedule"].read_text())
+    body["MonitoringScheduleConfig"]["ScheduleConfig"].update(DataAnalysisStartTime="-PT3H", DataAnalysisEndTime="-PT1H")
+    monitoring["bias-schedule"].write_text(json.dumps(body))
+    assert schedule(monitoring, "--run", "--now", "2024-05-01T13:05Z") == 0
+    assert recorded(monitoring) == [monitor_args(monitoring, "2024-05-01T13:00:00Z", "churn-bias", "bias",
+                                                 "--data-analysis-start-time", "-PT3H",
+                                                 "--data-analysis-end-time", "-PT1H")]
+
+
+def test_now_runs_once_immediately(monitoring, capsys):
+    expected = ["--data-analysis-start-time", "-PT5H", "--data-analysis-end-time", "-PT1H"]
+    assert schedule(monitoring, "--run", "--now", "2024-05-01T13:25Z", kind="once") == 0
+    assert schedule(monitoring, "--run", "--now", "2024-05-01T13:55Z", kind="once") == 0  # same hour: done
+    assert recorded(monitoring) == [monitor_args(monitoring, "2024-05-01T13:00:00Z", "churn-bias-once", "once",
+                                                 *expected)]
+    assert schedule(monitoring, "--print", kind="once") == 0
+    line = capsys.readouterr().out.strip().split("\n")[-1]
+    assert line.startswith("cd ") and line.endswith(" --run") and "#" not in line
+    assert schedule(monitoring, "--catch-up", kind="once") == 1
+    assert "a NOW schedule runs once" in capsys.readouterr().err
+
+
+@pytest.fixture
+def crontab_lines(user_crontab):
+    def lines() -> list[str]:
+        return subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=True).stdout.splitlines()
+    return lines
+
+
+def test_install_and_catch_up_after_the_machine_was_off(monitoring, monkeypatch, crontab_lines):
+    monkeypatch.setenv("LUCENT_SCHEDULE_NOW", "2024-05-01T10:30:00Z")
+    for _ in range(2):  # installing again replaces both lines
+        assert schedule(monitoring, "--install") == 0
+    lines = crontab_lines()
+    assert "# kept by lucent tests" in lines
+    ours = [line for line in lines if line.endswith("# lucent-schedule:monitoring/churn-bias")]
+    assert [line.split(" ")[0] for line in ours] == ["0", "@reboot"]
+    monkeypatch.delenv("LUCENT_SCHEDULE_NOW")
+    assert schedule(monitoring, "--catch-up", "--now", "2024-05-01T13:20Z") == 0  # off from 10:30 to 13:20
+    assert [run[5] for run in recorded(monitoring)] == ["2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z",
+                                                        "2024-05-01T13:00:00Z"]
+
+
+def test_a_now_schedule_installs_nothing(monitoring, monkeypatch, crontab_lines):
+    monkeypatch.setenv("LUCENT_SCHEDULE_NOW", "2024-05-01T15:10:00Z")
+    assert schedule(monitoring, "--install", kind="once") == 0
+    assert crontab_lines() == ["# kept by lucent tests"]
+    assert [run[5] for run in recorded(monitoring)] == ["2024-05-01T15:00:00Z"]
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--print"], "error: 2 problem(s):"),  # the explainability definition with the bias schedule
+    (["--catch-up", "--max-windows", "0"], "--max-windows must be at least 1"),
+    (["--run", "--since", "2024-05-01T00:00Z"], "--since goes with --catch-up"),
+])
+def test_bad_monitoring_schedules(monitoring, capsys, arguments, message):
+    from container.schedule import main
+
+    mismatched = arguments == ["--print"]
+    code = main(["--monitoring-schedule", str(monitoring["bias-schedule"]), "--job-definition",
+                 str(monitoring["explain" if mismatched else "bias"]), "--capture-uri", "capture", *arguments])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err
+    if mismatched:
+        assert f"{monitoring['bias-schedule']}: MonitoringScheduleConfig.MonitoringJobDefinitionName: the schedule " \
+               "runs 'model-bias-job-definition-2026-12-06-07-36-32-776'" in err
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["job.yaml", "--monitoring-schedule", "s.json", "--print"], "give a job description"),
+    (["--monitoring-schedule", "s.json", "--job-definition", "d.json", "--print"], "needs --job-definition FILE and "
+                                                                                   "--capture-uri URI"),
+    (["job.yaml", "--model-dir", "m", "--print"], "--model-dir: only with --monitoring-schedule"),
+])
+def test_bad_schedule_arguments(capsys, arguments, message):
+    from container.schedule import main
+
+    assert main(arguments) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_bad_files_are_refused_when_the_entry_is_made(monitoring, capsys):
+    body = json.loads(monitoring["bias-schedule"].read_text())
+    body["MonitoringScheduleConfig"]["ScheduleConfig"]["ScheduleExpression"] = "cron(0 2 ? * MON *)"
+    monitoring["bias-schedule"].write_text(json.dumps(body))
+    assert schedule(monitoring, "--print") == 1
+    assert f"{monitoring['bias-schedule']}: MonitoringScheduleConfig.ScheduleConfig.ScheduleExpression: " \
+           "'cron(0 2 ? * MON *)' is not one SageMaker accepts" in capsys.readouterr().err
+    assert schedule(monitoring, "--print", kind="explain", capture="s3:/bucket/capture") == 1
+    assert "s3:/bucket/capture: not a well-formed S3 URI" in capsys.readouterr().err
+    assert not monitoring["state"].exists()
+
+
+def test_missed_ticks_of_a_daily_schedule(tmp_path):
+    from container.schedule import missed_ticks
+
+    now = datetime(2024, 5, 10, 3, tzinfo=UTC)
+    (tmp_path / "20240505T020000Z.done").write_text("")
+    (tmp_path / "20240507T020000Z.done").write_text("")  # completed in a --since run
+    assert missed_ticks("0 2 * * *", tmp_path, now) == [datetime(2024, 5, day, 2, tzinfo=UTC) for day in (8, 9, 10)]
+    assert missed_ticks("0 2 * * *", tmp_path, now, since=datetime(2024, 5, 5, 2, tzinfo=UTC)) == [
+        datetime(2024, 5, day, 2, tzinfo=UTC) for day in (6, 8, 9, 10)]
+    assert len(missed_ticks("0 2 * * *", tmp_path, now, since=datetime(2024, 5, 5, 2, tzinfo=UTC), force=True)) == 6

@@ -28,14 +28,15 @@ how queries are batched, so all rows of d are queried in one batch, exactly as C
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn import config_context
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.utils import check_array
 
 from analyzer.bias.metrics import divide
+
+if TYPE_CHECKING:  # scikit-learn takes a second to import: only a job that runs the Flip Test pays for it
+    from sklearn.neighbors import KNeighborsClassifier
 
 DEFAULT_NEIGHBORS = 5
 MIN_NEIGHBORS = 1
@@ -64,6 +65,8 @@ def FT(features: pd.DataFrame, sensitive: np.ndarray, predicted: np.ndarray) -> 
         raise ValueError("Negated Facet set is empty")
     if len(features.columns) != len(features.select_dtypes([np.number, bool]).columns):
         raise ValueError("FlipTest does not support non-numeric columns")
+
+    from sklearn.neighbors import KNeighborsClassifier
 
     matrix, from_object = _feature_matrix(features)
     x_a, y_a = matrix[~sensitive], predicted[~sensitive]
@@ -97,6 +100,9 @@ def _neighbour_votes(knn: KNeighborsClassifier, x_d: np.ndarray, y_a: np.ndarray
     rows of an object array stay an object array there, which keeps the brute-force search off
     sklearn's Cython pairwise-distance reductions. ``from_object`` reproduces that choice.
     """
+    from sklearn import config_context
+    from sklearn.utils import check_array
+
     if len(knn.classes_) == 1:
         # Every neighbour has the same target; only the input checks of the search remain.
         check_array(x_d, accept_sparse="csr", estimator=knn, input_name="X")

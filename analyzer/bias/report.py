@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -28,6 +29,7 @@ from analyzer.bias.counts import (
     one_vs_all_slot,
     one_vs_all_slots,
 )
+from analyzer.bias.metrics import Confusion
 from analyzer.bias_registry import (
     BIAS_METRICS_BY_NAME,
     FEATURES,
@@ -285,3 +287,69 @@ def bias_analysis(dataset: Dataset, config: AnalysisConfig, stage: str) -> dict[
     logger.info("%s bias computed in %.3f s", stage, time.perf_counter() - started)
     return {"label": dataset.label.name, "facets": facets,
             "label_value_or_threshold": outcomes.value_or_threshold}
+
+
+# --------------------------------------------------------------------------------------------
+# Counts for resampling (the monitor's bootstrap intervals, analyzer/monitor/drift.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _no_flip_test_inputs() -> FlipTestInputs:
+    raise ValueError("FT needs the feature rows; it cannot be recomputed from counts")
+
+
+@dataclass(frozen=True)
+class FacetGroupCells:
+    """One facet group's rows as counts: ``cells[side, group slot, label, prediction]``.
+
+    Side 0 is a (every other row, rows with a missing facet value included), side 1 is d. Every
+    count-based metric of the group is a function of these cells (``metric_from_cells``), so a
+    bootstrap can redraw the cells (a multinomial over them is a row bootstrap) instead of the rows.
+    """
+
+    facet: str
+    value_or_threshold: str
+    cells: np.ndarray
+
+
+@dataclass(frozen=True)
+class StageCells:
+    """What ``bias_analysis`` counts for one stage, facet group by facet group, in report order."""
+
+    groups: _Groups  # the group variable (CDDL / CDDPL), shared by every facet group
+    facet_groups: list[FacetGroupCells]
+
+
+def stage_cells(dataset: Dataset, config: AnalysisConfig, stage: str) -> StageCells:
+    """The counts behind ``bias_analysis(dataset, config, stage)``: the same rows, facet groups and
+    positive labels / predictions, decided by the same code, before any metric is computed."""
+    if dataset.label is None:
+        raise UserError("Bias metrics need the label column: set 'label' in the analysis config")
+    outcomes = _Outcomes(dataset.label, list(config.label_values_or_threshold or []), stage,
+                         dataset.predicted_label)
+    groups = _Groups(dataset.group)
+    cells: list[FacetGroupCells] = []
+    for position, facet_config in enumerate(config.facet):
+        facet = _facet_column(dataset, config, position)
+        values = list(facet_config.value_or_threshold) if facet_config.value_or_threshold else None
+        data_type = _classify_facet(facet, values)
+        with _fails_report("Facet", facet):
+            facet_groups = columns.facet_groups(facet, data_type, values)
+        for facet_group, split in zip(facet_groups, _splits(facet, facet_groups, outcomes, groups), strict=True):
+            sides = np.stack([split.cells_all - split.cells_d, split.cells_d])
+            cells.append(FacetGroupCells(facet.name, facet_group.value_or_threshold, sides))
+    return StageCells(groups, cells)
+
+
+def split_from_cells(cells: np.ndarray) -> Split:
+    """The ``Split`` of ``cells[side, group slot, label, prediction]`` (side 0 = a, 1 = d)."""
+    cells_d = cells[1]
+    cells_all = cells[0] + cells_d
+    return Split(Confusion.from_cells(cells[0].sum(axis=0)), Confusion.from_cells(cells_d.sum(axis=0)),
+                 cells_d, cells_all)
+
+
+def metric_from_split(name: str, split: Split, groups: _Groups) -> float:
+    """Metric ``name`` of one facet group's counts, by the function ``bias_analysis`` calls. Raises what the
+    metric raises (ValueError when it cannot be computed); the Flip Test, which needs rows, always raises."""
+    return _metric_value(BIAS_METRICS_BY_NAME[name], split, groups, _no_flip_test_inputs)

@@ -161,14 +161,18 @@ def read_capture_lines(text: str, source: str = "capture data") -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(f"{source}, line {number}: not JSON ({error.msg})") from None
-        problem = _record_problem(record)
+        problem = record_problem(record)
         if problem:
             raise DataError(f"{source}, line {number}: {problem}")
         records.append(record)
     return records
 
 
-def _record_problem(record: Any) -> str | None:
+def record_problem(record: Any) -> str | None:
+    """Why a parsed capture line is not a capture record of the spec-2.3 shape, or None when it is.
+
+    Public because two readers apply it: ``read_capture_lines`` here, and the window merge's line by line
+    path (``analyzer.monitor.merge``), which must reject exactly the lines this rejects."""
     if not isinstance(record, dict):
         return "not a JSON object"
     capture = record.get("captureData")

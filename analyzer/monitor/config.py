@@ -1,0 +1,71 @@
+"""The analysis config of a monitoring execution, from the config file a job definition names.
+
+The SageMaker SDK writes monitoring configs without the keys a processing job needs
+(spec model-monitor.md 4.1): a bias config is ``BiasAnalysisConfig._to_dict()``, the bias settings plus
+``headers`` and ``label``, with no ``methods`` and no ``dataset_type``; an explainability config has
+``methods.shap``, ``predictor`` and ``headers``. What a monitoring execution computes is fixed by its
+type, so the missing keys are filled here and the rest of the config is validated as any other:
+
+* bias: every pre-training and post-training metric (``"all"``), unless the file lists its own;
+* explainability: the file's ``methods.shap``;
+* both: a report (Clarify's monitors always write ``report.html``, ``.ipynb`` and ``.pdf``), and
+  ``dataset_type`` = the captured requests' content type (what the endpoint's model reads, and so what
+  synthetic rows must be sent as), unless the file gives one;
+* bias: ``predicted_label`` names the captured predictions, so no model is called;
+* ``probability_threshold`` = the job definition's ``ProbabilityThresholdAttribute`` when given.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from analyzer.config import AnalysisConfig
+from analyzer.config.parser import parse_config
+from analyzer.errors import ConfigError
+from analyzer.media import CSV, media_type
+from analyzer.monitor.attributes import BIAS, EXPLAINABILITY, EndpointAttributes
+
+CAPTURED_PREDICTION = "predicted_label"  # the merged Dataset's predicted label column
+REPORT_TITLES = {BIAS: "Model Bias Monitoring Report", EXPLAINABILITY: "Model Explainability Monitoring Report"}
+
+
+def monitoring_config(doc: Any, kind: str, attributes: EndpointAttributes, *, input_content_type: str | None = None,
+                      source: str = "the monitoring analysis config") -> AnalysisConfig:
+    """``doc`` (the parsed ``ConfigUri`` file) completed for a ``kind`` execution and validated.
+
+    ``input_content_type``: the captured requests' content type, the default ``dataset_type``.
+    Raises ``ConfigError`` naming every problem, as ``lucent run`` does.
+    """
+    if kind not in REPORT_TITLES:
+        raise ValueError(f"unknown monitoring type {kind!r}")
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: the configuration must be a JSON object, got {type(doc).__name__}")
+    tree = copy.deepcopy(doc)
+    if "dataset_type" not in tree:
+        tree["dataset_type"] = media_type(input_content_type) if input_content_type else CSV
+    methods = tree.setdefault("methods", {})
+    if isinstance(methods, dict):
+        if kind == BIAS and not {"pre_training_bias", "post_training_bias"} & set(methods):
+            methods["pre_training_bias"] = {"methods": "all"}
+            methods["post_training_bias"] = {"methods": "all"}
+        if "predicted_label" not in tree and "predictor" not in tree:
+            # The predicted labels come from the captured responses (the merge), not from a model call:
+            # one more column of the window's table, after the headers.
+            tree["predicted_label"] = _free_name(CAPTURED_PREDICTION, tree.get("headers"))
+            if isinstance(tree.get("headers"), list):
+                tree["headers"] = [*tree["headers"], tree["predicted_label"]]
+        methods.setdefault("report", {"name": "report", "title": REPORT_TITLES[kind]})
+    if attributes.probability_threshold_attribute is not None:
+        tree["probability_threshold"] = attributes.probability_threshold_attribute
+    return parse_config(tree, source=source)
+
+
+def _free_name(name: str, headers: Any) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... when a header already has it."""
+    taken = set(headers) if isinstance(headers, list) else set()
+    candidate, n = name, 0
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate

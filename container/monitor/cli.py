@@ -1,0 +1,109 @@
+"""``lucent monitor``: run one monitoring execution of a SageMaker monitoring job definition."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+
+DESCRIPTION = """\
+Run one execution of a ModelBiasMonitor / ModelExplainabilityMonitor job definition on an endpoint's
+captured traffic, as SageMaker Model Monitor does every hour:
+
+  1. the window: the execution time T (--now, rounded down to the hour) plus the job definition's
+     StartTimeOffset / EndTimeOffset (default -PT1H and PT0H: the hour before T);
+  2. the captured records of that window (--capture-uri/<endpoint>/<variant>/yyyy/mm/dd/hh/), merged with
+     the ground truth (bias: GroundTruthS3Input, joined on the inference id) into one table;
+  3. bias metrics on the merged records, or Kernel SHAP through the model (explainability);
+  4. the comparison with the constraints (a baseline analysis.json: ConstraintsResource.S3Uri).
+
+Results go to <output>/<endpoint>/<schedule>/yyyy/mm/dd/hh/: analysis.json, constraint_violations.json
+(only when there are violations), report.html/.ipynb/.pdf, metrics.prom and monitoring_execution.json
+(status Completed, CompletedWithViolations or Failed, with the reason). Rerunning a window replaces them.
+URIs are s3:// (any S3-compatible store: AWS_ENDPOINT_URL) or local paths.
+"""
+
+EPILOG = """\
+examples:
+  lucent monitor --job-definition bias-job.json --capture-uri s3://bucket/data-capture --now 2024-05-01T06:00Z
+  lucent monitor --job-definition shap-job.json --capture-uri ./capture --model-dir ./model
+environment: LUCENT_BOOTSTRAP=1 raises a bias violation only when a metric's whole bootstrap interval is worse
+  than the baseline; LUCENT_PUSHGATEWAY_URL pushes the metrics to a Prometheus Pushgateway.
+exit codes: 0 the execution ran (with or without violations), 1 bad input, 2 internal error
+"""
+
+
+def add_monitor_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``monitor`` on the ``lucent`` subcommand parser."""
+    parser = subparsers.add_parser("monitor", help="run one bias / explainability monitoring execution on "
+                                                   "captured endpoint traffic",
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--job-definition", required=True, type=Path, metavar="FILE",
+                        help="the JSON body of CreateModelBiasJobDefinition or CreateModelExplainabilityJobDefinition")
+    parser.add_argument("--capture-uri", required=True, metavar="URI",
+                        help="the endpoint's DataCaptureConfig.DestinationS3Uri (s3:// or a local folder)")
+    parser.add_argument("--now", type=parse_time, metavar="T",
+                        help="the execution time, ISO-8601 UTC (2024-05-01T06:00Z); rounded down to the hour "
+                             "(default: now)")
+    parser.add_argument("--schedule-name", metavar="S",
+                        help="the monitoring schedule's name, a folder of the output (default: the job "
+                             "definition's name)")
+    parser.add_argument("--data-analysis-start-time", metavar="OFFSET",
+                        help="the schedule's DataAnalysisStartTime (-PT5H): overrides StartTimeOffset")
+    parser.add_argument("--data-analysis-end-time", metavar="OFFSET",
+                        help="the schedule's DataAnalysisEndTime (-PT1H): overrides EndTimeOffset")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model-dir", type=Path, metavar="DIR",
+                       help="explainability: serve this model folder with the built-in model server")
+    model.add_argument("--model-url", metavar="URL",
+                       help="explainability: a running model server (/ping, /invocations)")
+    parser.add_argument("--processing-root", type=Path, metavar="DIR",
+                        help="work folder, kept afterwards (default: a temporary folder, removed once published)")
+    parser.add_argument("--message-file", type=Path, metavar="FILE",
+                        help="where to write the exit message (default: DIR/message)")
+    parser.add_argument("--cloudwatch-dir", type=Path, metavar="DIR",
+                        help="where CloudWatch metric files go when publish_cloudwatch_metrics is Enabled "
+                             "(default: /opt/ml/output/metrics/cloudwatch)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO-8601 time (``Z`` or an offset; naive is UTC), in UTC."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 time such as 2024-05-01T06:00Z") from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def run_monitor_command(args: argparse.Namespace) -> int:
+    """``lucent monitor``: one execution; returns the exit code."""
+    from analyzer.errors import ConfigError, UserError
+    from analyzer.monitor.window import execution_time
+    from analyzer.redact import install_redaction
+    from container.job import EXIT_USER_ERROR, configure_logging
+    from container.monitor.definition import load_job_definition
+    from container.monitor.run import DEFAULT_CLOUDWATCH_DIR, Execution, run_monitor
+
+    configure_logging(args.verbose)
+    install_redaction()
+    try:
+        definition = load_job_definition(args.job_definition)
+    except ConfigError as error:
+        problems = getattr(error, "problems", None) or [str(error)]
+        print(f"{args.job_definition}: {len(problems)} problem(s):")
+        for problem in problems:
+            print(f"  - {problem}")
+        return EXIT_USER_ERROR
+    except UserError as error:
+        print(f"error: {error}")
+        return EXIT_USER_ERROR
+    execution = Execution(
+        definition=definition, capture_uri=args.capture_uri, now=execution_time(args.now),
+        schedule_name=args.schedule_name or definition.name,
+        start_offset=args.data_analysis_start_time, end_offset=args.data_analysis_end_time,
+        model_dir=args.model_dir, model_url=args.model_url, work_dir=args.processing_root,
+        message_file=args.message_file, cloudwatch_dir=args.cloudwatch_dir or DEFAULT_CLOUDWATCH_DIR)
+    return run_monitor(execution)

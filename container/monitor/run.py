@@ -1,0 +1,429 @@
+"""One monitoring execution: a job definition, the window's captured traffic -> results for that window.
+
+What SageMaker Model Monitor does every hour for a ``ModelBiasMonitor`` / ``ModelExplainabilityMonitor``
+schedule (spec model-monitor.md), on this machine:
+
+1. the execution time T (``--now``, rounded down to the hour) and the offsets give the window
+   ``[start, end)``; the outputs go to ``{output}/{endpoint}/{schedule}/yyyy/mm/dd/hh/`` (T's hour),
+   checked writable before anything is read;
+2. the analysis config (``ConfigUri``) is staged as ``lucent launch`` stages a config (S3 baselines
+   downloaded, no local file outside it) and completed for the monitoring type
+   (``analyzer.monitor.config``);
+3. the capture files of the hour folders overlapping the window are read (and, for bias, the ground
+   truth of every hour folder from the window's start to T) and merged into a ``Dataset``
+   (``analyzer.monitor.merge``), in memory;
+4. the existing pipeline computes the metrics (bias: from the captured predictions; explainability:
+   Kernel SHAP through the model), the bias metrics get bootstrap intervals, and the window's
+   ``analysis.json`` is compared with the constraints (the baseline ``analysis.json``,
+   ``analyzer.monitor.drift``);
+5. the window folder is replaced as a whole: ``analysis.json``, ``constraint_violations.json`` (only
+   with violations), the reports, ``metrics.prom``, and ``monitoring_execution.json`` last. A failed
+   execution leaves only ``monitoring_execution.json`` (status ``Failed`` and the reason): nothing partial.
+   Rerunning a window replaces its outputs, which makes executions idempotent per window.
+
+Exit codes as ``lucent run``: 0 the execution ran (with or without violations), 1 bad input, 2 internal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from analyzer import __version__
+from analyzer.config import find_config_file
+from analyzer.config.parser import read_json_file
+from analyzer.errors import DependencyError, UserError
+from analyzer.monitor.attributes import BIAS
+from analyzer.monitor.capture import payload_bytes
+from analyzer.monitor.config import monitoring_config
+from analyzer.monitor.metrics import CLOUDWATCH_FILE, PROMETHEUS_FILE
+from analyzer.output import STORAGE_ERRNOS, OutputStaging, dumps, write_text_atomic
+from analyzer.pipeline import needs_model, run_analysis, write_outputs
+from analyzer.redact import redact, redact_url
+from container.job import (
+    EXIT_INTERNAL_ERROR,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    JobStopped,
+    finish,
+    open_model,
+    raise_job_stopped,
+)
+from container.launcher import Launch, locate, result_files
+from container.monitor.definition import JobDefinition
+from container.storage import Location, StorageError
+
+log = logging.getLogger("lucent.monitor")
+
+EXECUTION_FILE = "monitoring_execution.json"
+PUSHGATEWAY_VARIABLE = "LUCENT_PUSHGATEWAY_URL"
+VIOLATIONS_FILE = "constraint_violations.json"
+COMPLETED, WITH_VIOLATIONS, FAILED = "Completed", "CompletedWithViolations", "Failed"
+DEFAULT_CLOUDWATCH_DIR = Path(CLOUDWATCH_FILE)  # a folder: SageMaker's BYOC contract reads every file in it
+READ_AHEAD = 32  # capture objects fetched concurrently from S3 (each is small; latency dominates)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One monitoring execution: the job definition and what the command line (or schedule) adds."""
+
+    definition: JobDefinition
+    capture_uri: str  # the endpoint's DataCaptureConfig.DestinationS3Uri
+    now: datetime  # the execution time T, UTC, on the hour
+    schedule_name: str
+    start_offset: str | None = None  # DataAnalysisStartTime / EndTime of the schedule: override the definition's
+    end_offset: str | None = None
+    model_dir: Path | None = None
+    model_url: str | None = None
+    work_dir: Path | None = None  # the processing root (default: a temporary folder, removed when published)
+    message_file: Path | None = None
+    cloudwatch_dir: Path = DEFAULT_CLOUDWATCH_DIR
+
+    @property
+    def output(self) -> Location:
+        """The window's output folder: ``{output}/{endpoint}/{schedule}/yyyy/mm/dd/hh``."""
+        folder = f"{self.definition.endpoint_name}/{self.schedule_name}/{self.now:%Y/%m/%d/%H}"
+        return locate("MonitoringOutputs.S3Output.S3Uri", self.definition.output_uri).child(folder)
+
+
+def run_monitor(execution: Execution) -> int:
+    """Run one execution and publish its window folder; never raises. Returns the exit code and writes
+    the exit message (``ClientError: ...`` / ``AlgorithmError: ...`` as ``lucent run``)."""
+    started = time.perf_counter()
+    definition = execution.definition
+    root = execution.work_dir or Path(tempfile.mkdtemp(prefix="lucent-monitor-"))
+    runner = Launch()
+    status: dict[str, Any] = {"MonitoringType": definition.kind, "JobDefinitionName": definition.name,
+                              "MonitoringScheduleName": execution.schedule_name,
+                              "EndpointName": definition.endpoint_name,
+                              "ScheduledTime": execution.now.isoformat().replace("+00:00", "Z"),
+                              "LucentVersion": __version__}
+    previous_handler = signal.signal(signal.SIGTERM, raise_job_stopped)
+    published = False
+    try:
+        log.info("Starting Lucent %s %s monitoring execution for endpoint %s, schedule %s, time %s",
+                 __version__, definition.kind, definition.endpoint_name, execution.schedule_name,
+                 status["ScheduledTime"])
+        with job_environment(definition.environment):
+            code, reason, summary = _execute(execution, root, runner, status)
+        status.update(summary)
+        status["ExecutionStatus"] = (FAILED if code != EXIT_OK
+                                     else WITH_VIOLATIONS if summary.get("Violations") else COMPLETED)
+        if reason:
+            status["FailureReason"] = reason
+        output = _output_or_none(execution)
+        if output is not None:
+            published = _publish(runner, root, status, output)
+        if not published:
+            code, reason = EXIT_USER_ERROR, reason or f"cannot publish to {output}"
+        log.info("Execution %s in %.2f s", status["ExecutionStatus"], time.perf_counter() - started)
+        if code == EXIT_OK:
+            found = status.get("Violations", 0)
+            message = (f"{status['ExecutionStatus']}: window {status.get('Window', '?')}"
+                       + (f", {found} violation(s) in {VIOLATIONS_FILE}" if found else ""))
+        else:
+            message = f"{FAILED}: {'ClientError' if code == EXIT_USER_ERROR else 'AlgorithmError'}: {reason}"
+        return finish(execution.message_file or root / "message", code, message)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        if published and execution.work_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+        elif not published:
+            log.error("Nothing was published; the execution's folder is kept: %s", root)
+
+
+def _execute(execution: Execution, root: Path, runner: Launch, status: dict) -> tuple[int, str, dict]:
+    """Compute the window's results into ``root/output``; returns (exit code, failure reason, summary)."""
+    output_dir = root / "output"
+    try:
+        output = execution.output
+        runner.check_output(output)  # an output that cannot be written fails before any work
+        return EXIT_OK, "", _compute(execution, root, runner, status)
+    except UserError as error:
+        reason, code = str(error), EXIT_USER_ERROR
+    except DependencyError as error:  # the model server died or stopped answering
+        reason, code = str(error), EXIT_INTERNAL_ERROR
+    except JobStopped:
+        reason, code = "the execution was stopped (SIGTERM) before it finished", EXIT_INTERNAL_ERROR
+    except Exception as error:  # noqa: BLE001 - an execution always ends with a status
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+            reason, code = f"cannot write {error.filename or output_dir}: {error.strerror}", EXIT_USER_ERROR
+        else:
+            log.error("Internal error:\n%s", traceback.format_exc())
+            reason = f"internal error in Lucent {__version__}: {type(error).__name__}: {error}"
+            code = EXIT_INTERNAL_ERROR
+    log.error("Execution failed: %s", redact(reason))
+    shutil.rmtree(output_dir, ignore_errors=True)  # nothing half-made is published
+    return code, redact(reason), {}
+
+
+def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> dict[str, Any]:
+    from analyzer.monitor.drift import (
+        add_bootstrap_intervals,
+        attribution_scores,
+        attribution_violations,
+        bias_violations,
+        bootstrap_violations_enabled,
+        check_constraints_match,
+        violations_document,
+    )
+    from analyzer.monitor.merge import merge_window
+    from analyzer.monitor.metrics import (
+        cloudwatch_file_text,
+        cloudwatch_records,
+        prometheus_text,
+        push_metrics,
+    )
+    from analyzer.monitor.window import (
+        execution_time,
+        ground_truth_prefixes,
+        hour_prefixes,
+        monitoring_window,
+    )
+
+    definition = execution.definition
+    now = execution_time(execution.now)
+    window = monitoring_window(now, execution.start_offset or definition.start_time_offset,
+                               execution.end_offset or definition.end_time_offset)
+    window_text = f"[{_iso(window.start)}, {_iso(window.end)})"
+    status["Window"] = window_text
+    log.info("Window %s; results to %s", window_text, execution.output)
+
+    config_file, doc = _stage_config(execution, root, runner)
+    capture = Location(execution.capture_uri).child(definition.endpoint_name)
+    capture_names = _list_hour_files(runner, capture, hour_prefixes(window), variants=True)
+    log.info("Captured data: %d file(s) in the window's hour folders under %s", len(capture_names), capture)
+    config = monitoring_config(doc, definition.kind, definition.attributes, source=str(config_file),
+                               input_content_type=_input_content_type(runner, capture_names))
+    ground_truth = None
+    if definition.kind == BIAS:
+        truth = Location(definition.ground_truth_uri)
+        truth_names = _list_hour_files(runner, truth, ground_truth_prefixes(window, now), variants=False)
+        log.info("Ground truth: %d file(s) under %s", len(truth_names), truth)
+        ground_truth = _read_files(runner, truth_names)
+    constraints = _read_constraints(runner, definition.constraints_uri)
+
+    merged = merge_window(config, _read_files(runner, capture_names), window, definition.attributes, ground_truth)
+    dataset = merged.dataset
+    log.info("Merged window: %s", ", ".join(f"{k} {v}" for k, v in merged.counts.items() if not isinstance(v, list)))
+    output_dir = root / "output"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    with OutputStaging(output_dir) as staging, contextlib.ExitStack() as model_scope:
+        endpoint, identity = None, ""
+        if needs_model(config):
+            model_dir = execution.model_dir or root / "input" / "model"
+            endpoint, identity = open_model(_with_model_url(config, execution.model_url), dataset, model_dir,
+                                            model_scope)
+        results = run_analysis(config, dataset, staging, endpoint, base_dir=config_file.parent,
+                               model_identity=identity)
+        model_scope.close()
+        if definition.kind == BIAS:
+            add_bootstrap_intervals(results, dataset, config)
+        violations: list[dict] = []
+        scores = None  # explainability: NDCG per label against the baseline
+        if constraints is not None:
+            check_constraints_match(results, constraints, definition.kind)
+            if definition.kind == BIAS:
+                violations = bias_violations(results, constraints, use_intervals=bootstrap_violations_enabled())
+            else:
+                scores = attribution_scores(results, constraints)
+                violations = attribution_violations(results, constraints)
+        else:
+            log.warning("No constraints (ConstraintsResource.S3Uri) in the job definition: metrics are computed "
+                        "but not checked")
+        monitor = dict(merged.counts)  # the window's bounds and the merge's counts
+        if scores is not None:
+            monitor["ndcg"] = scores
+        results["lucent"] = {"monitor": monitor}
+        write_outputs(config, dataset, results, staging, started_at)
+        if violations:
+            staging.write_json(VIOLATIONS_FILE, violations_document(violations))
+        names = {"kind": definition.kind, "endpoint": definition.endpoint_name, "schedule": execution.schedule_name}
+        staging.write_text(PROMETHEUS_FILE, prometheus_text(results, **names, violations=violations))
+        staging.commit()
+    for violation in violations:
+        log.warning("Violation: %s", violation.get("description"))
+    if definition.publish_cloudwatch_metrics:
+        records = cloudwatch_records(results, **names, timestamp=now)
+        path = execution.cloudwatch_dir / f"{definition.endpoint_name}-{execution.schedule_name}-{now:%Y%m%d%H}.json"
+        write_text_atomic(path, cloudwatch_file_text(records))
+        log.info("Wrote %d CloudWatch metric record(s) to %s", len(records), path)
+    summary: dict[str, Any] = {"Violations": len(violations), "Records": merged.counts}
+    if pushgateway := os.environ.get(PUSHGATEWAY_VARIABLE):
+        # The results are complete and about to be published: a gateway that is down is reported (log,
+        # status file) rather than failing the execution.
+        try:
+            push_metrics(pushgateway, results, **names, violations=violations)
+            log.info("Pushed the metrics to %s", redact_url(pushgateway))
+        except (UserError, DependencyError) as error:
+            log.error("Could not push the metrics to %s: %s", redact_url(pushgateway), error)
+            summary["MetricsPushError"] = redact(str(error))
+    return summary
+
+
+@contextlib.contextmanager
+def job_environment(variables: dict[str, str]) -> Iterator[None]:
+    """The job definition's ``Environment`` as environment variables for the execution, as SageMaker sets
+    them in the monitoring container (``publish_cloudwatch_metrics``, ``LUCENT_BOOTSTRAP``, ...); the
+    process's own values are restored afterwards."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _stage_config(execution: Execution, root: Path, runner: Launch) -> tuple[Path, Any]:
+    """Stage ``ConfigUri`` (and any S3 baseline it names) under ``root/input`` as ``lucent launch`` does."""
+    definition = execution.definition
+    if execution.model_dir is None and execution.model_url is None and definition.kind != BIAS:
+        log.info("No --model-dir / --model-url: the model comes from the analysis config's predictor")
+    shutil.rmtree(root / "input" / "config", ignore_errors=True)  # a reused work folder: this config only
+    runner.stage(root, locate("ConfigUri", definition.config_uri), None, None, root)
+    config_file = find_config_file(root / "input" / "config")
+    return config_file, read_json_file(config_file)
+
+
+def _with_model_url(config, url: str | None):
+    if url is None:
+        return config
+    return replace(config, predictor=replace(config.predictor, endpoint_url=url, image_uri=None))
+
+
+def _list_hour_files(runner: Launch, location: Location, hours: list[str], *, variants: bool) -> list[str]:
+    """The URIs of the files in the hour folders ``hours`` below ``location`` (below each variant folder
+    first when ``variants``), sorted. A missing folder is no files."""
+    if location.is_s3:
+        store = runner.store
+        bases = [location.prefix]
+        if variants:
+            with store.errors("listing", str(location)):
+                pages = store.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=location.bucket, Prefix=location.prefix, Delimiter="/")
+                bases = [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])]
+        keys = []
+        for base in bases:
+            for hour in hours:
+                keys.extend(store.objects(location, f"{base}{hour}/"))
+        return [f"s3://{location.bucket}/{key}" for key in sorted(keys)]
+    folder = location.path
+    bases = sorted(p for p in folder.iterdir() if p.is_dir()) if variants and folder.is_dir() else [folder]
+    files = []
+    for base in bases:
+        for hour in hours:
+            hour_dir = base / hour
+            if hour_dir.is_dir():
+                files.extend(str(p) for p in hour_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    return sorted(files)
+
+
+def _read_files(runner: Launch, uris: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(URI, content) of each file in order; S3 objects are fetched ``READ_AHEAD`` at a time."""
+    if not uris:
+        return iter(())
+    if not uris[0].startswith("s3://"):
+        return ((uri, _read_local(uri)) for uri in uris)
+    return _read_s3(runner, uris)
+
+
+def _read_local(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise StorageError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _read_s3(runner: Launch, uris: list[str]) -> Iterator[tuple[str, bytes]]:
+    store = runner.store
+
+    def get(uri: str) -> bytes:
+        location = Location(uri)
+        with store.errors("reading", uri):
+            return store.client.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
+
+    with ThreadPoolExecutor(max_workers=READ_AHEAD) as pool:
+        pending = [(uri, pool.submit(get, uri)) for uri in uris[:READ_AHEAD]]
+        following = iter(uris[READ_AHEAD:])
+        while pending:
+            uri, future = pending.pop(0)
+            if (next_uri := next(following, None)) is not None:
+                pending.append((next_uri, pool.submit(get, next_uri)))
+            yield uri, future.result()
+
+
+def _input_content_type(runner: Launch, uris: list[str]) -> str | None:
+    """The captured requests' content type, from the first capture record (the analysis config's default
+    ``dataset_type``); None when there is none to read."""
+    for uri, data in _read_files(runner, uris[:1]):
+        line = data.split(b"\n", 1)[0]
+        try:
+            record = json.loads(line)
+            part = record["captureData"]["endpointInput"]
+            payload_bytes(part)
+            return part.get("observedContentType")
+        except (ValueError, KeyError, TypeError):
+            log.debug("Cannot read the content type from the first line of %s", uri)
+    return None
+
+
+def _read_constraints(runner: Launch, uri: str | None) -> dict | None:
+    if uri is None:
+        return None
+    [(_, data)] = list(_read_files(runner, [str(Location(uri).uri)]))
+    try:
+        document = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"ConstraintsResource.S3Uri: {redact_url(uri)} is not a JSON analysis.json: {error}") from None
+    if not isinstance(document, dict):
+        raise UserError(f"ConstraintsResource.S3Uri: {redact_url(uri)} is not an analysis.json (a JSON object)")
+    return document
+
+
+def _output_or_none(execution: Execution) -> Location | None:
+    try:
+        return execution.output
+    except UserError as error:
+        log.error("%s", error)
+        return None
+
+
+def _publish(runner: Launch, root: Path, status: dict, output: Location) -> bool:
+    """Replace the window folder at ``output`` with ``root/output`` and the status file (last)."""
+    output_dir = root / "output"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    execution_file = root / EXECUTION_FILE
+    write_text_atomic(execution_file, dumps(status) + "\n")
+    files = result_files(output_dir)
+    files[EXECUTION_FILE] = execution_file
+    try:
+        summary = runner.publish_files(files, output, last=[EXECUTION_FILE])
+    except StorageError as error:
+        log.error("Publishing failed: %s", error)
+        status["FailureReason"] = str(error)
+        return False
+    log.info("Results in %s (%s)", output, summary)
+    return True
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
