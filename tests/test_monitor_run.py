@@ -342,3 +342,98 @@ def test_demo_monitor_flags_the_drifted_hour_only(tmp_path: Path) -> None:
     assert "drifted" in lines[3] and "CompletedWithViolations, 1 violation(s)" in lines[3]
     captured = sum(1 for path in (root / "capture").rglob("*.jsonl") for line in path.read_text().splitlines() if line)
     assert captured == 800  # every request captured, filed under its hour
+
+
+def test_malformed_capture_lines_are_listed_under_one_percent_and_fail_the_execution_above(
+        tmp_path: Path, normal, caplog) -> None:
+    setup = Setup(tmp_path, normal)
+    [first, *_] = sorted((setup.capture / ENDPOINT).rglob("*.jsonl"))
+    lines = first.read_text().splitlines(keepends=True)
+    first.write_text("".join(lines[:5]) + "{not json\n" + "".join(lines[5:]))
+    assert setup.run() == 0
+    counts = setup.analysis()["lucent"]["monitor"]
+    assert counts["malformed_lines"] == 1 and counts["merged_records"] == len(normal)
+    [example] = counts["malformed_examples"]
+    assert first.name in example and "line 6" in example
+
+    first.write_text("".join(lines[:5]) + "{not json\n" * 10 + "".join(lines[5:]))  # 10 of 310 lines: over 1 %
+    assert setup.run() == 1
+    status = setup.status()
+    assert status["ExecutionStatus"] == "Failed" and "malformed" in status["FailureReason"]
+    assert first.name in status["FailureReason"]
+    assert setup.published() == ["monitoring_execution.json"]
+
+
+def test_json_lines_capture_with_attributes(tmp_path: Path, normal) -> None:
+    """The NB-BIAS setup: JSON Lines requests ``{"features": [...]}``, answers ``{"predicted_label", "score"}``,
+    ground truth ``{"label": 0}``; the same metrics as the CSV capture of the same traffic."""
+    csv = Setup(tmp_path / "csv", normal)
+    assert csv.run() == 0
+
+    root = tmp_path / "json"
+    scores = churn_score(normal)
+    lines = [capture_line(capture_record(
+        event_id=str(uuid.uuid4()), inference_time=HOUR + timedelta(seconds=5 * i), inference_id=str(i),
+        input_body=json.dumps({"features": [getattr(v, "item", lambda v=v: v)() for v in row]}).encode(), input_content_type="application/jsonlines",
+        output_body=json.dumps({"predicted_label": int(score > THRESHOLD), "score": float(score)}).encode() + b"\n",
+        output_content_type="application/jsonlines", csv_types=[], json_types=["application/jsonlines"]))
+        for i, (row, score) in enumerate(zip(normal[FEATURES].itertuples(index=False), scores, strict=True))]
+    path = root / "capture" / capture_key(ENDPOINT, VARIANT, HOUR, str(uuid.uuid4()))
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(lines), encoding="utf-8")
+    truth = root / "ground-truth" / f"{HOUR:%Y/%m/%d/%H}"
+    truth.mkdir(parents=True)
+    (truth / "labels.jsonl").write_text("".join(
+        json.dumps({"groundTruthData": {"data": json.dumps({"label": int(label)}), "encoding": "JSON"},
+                    "eventMetadata": {"eventId": str(i)}, "eventVersion": "0"}) + "\n"
+        for i, label in enumerate(normal[LABEL])), encoding="utf-8")
+    config = root / "config.json"
+    config.write_text(json.dumps({**bias_config(), "headers": [*FEATURES, "label"], "label": "label",
+                                  "features": "features"}), encoding="utf-8")
+    definition = job_definition("bias", root, config, root / "none.json")
+    del definition["ModelBiasBaselineConfig"]
+    definition["ModelBiasJobInput"]["EndpointInput"].update(
+        FeaturesAttribute="features", InferenceAttribute="predicted_label", ProbabilityAttribute="score")
+    (root / "definition.json").write_text(json.dumps(definition), encoding="utf-8")
+    assert lucent(["monitor", "--job-definition", str(root / "definition.json"), "--capture-uri",
+                   str(root / "capture"), "--now", T.isoformat(), "--schedule-name", SCHEDULE]) == 0
+    analysis = json.loads((root / "monitoring" / ENDPOINT / SCHEDULE / f"{T:%Y/%m/%d/%H}" / "analysis.json").read_text())
+    assert metric_values(analysis) == pytest.approx(metric_values(csv.analysis()), rel=1e-12, abs=1e-15)
+
+
+def test_the_metrics_are_pushed_to_a_pushgateway(tmp_path: Path, normal, monkeypatch) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_monitor_metrics import _read_metrics, pushgateway
+
+    setup = Setup(tmp_path, normal)
+    with pushgateway(tmp_path) as url:
+        monkeypatch.setenv("LUCENT_PUSHGATEWAY_URL", url)
+        assert setup.run() == 0
+        pushed = _read_metrics(url)
+    written = (setup.window_folder() / "metrics.prom").read_text()
+
+    def samples(text: str) -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name.startswith("lucent_bias")}
+
+    ours, gateway = samples(written), samples(pushed)
+    assert len(ours) == 21 and len(gateway) == 21
+    for (name, labels), value in ours.items():  # the gateway adds its grouping labels (job, ...)
+        [match] = [v for (n, more), v in gateway.items() if n == name and set(labels) <= set(more)]
+        assert match == value
+
+
+def test_a_pushgateway_that_is_down_is_reported_without_failing_the_execution(tmp_path: Path, normal,
+                                                                            monkeypatch) -> None:
+    import socket
+
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setenv("LUCENT_PUSHGATEWAY_URL", f"http://user:secret-pw@127.0.0.1:{port}")
+    setup = Setup(tmp_path, normal)
+    assert setup.run() == 0
+    status = setup.status()
+    assert status["ExecutionStatus"] == "Completed" and status["MetricsPushError"]
+    assert "secret-pw" not in json.dumps(status)

@@ -202,6 +202,32 @@ class Enum(Spec):
 
 
 @dataclass(frozen=True)
+class Checked(Spec):
+    """``inner``, then ``problem(value)``: a message for the value's path, or None when it is fine (for
+    messages that depend on why the value is wrong, such as a parser's error; else use ``Where``)."""
+
+    inner: Spec
+    problem: Callable[[Any], str | None]
+
+    @property
+    def kinds(self) -> frozenset[str]:  # type: ignore[override]
+        return self.inner.kinds
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def check(self, value: Any, path: str, ctx: Context) -> Any:
+        value = self.inner.check(value, path, ctx)
+        if value is INVALID:
+            return INVALID
+        message = self.problem(value)
+        if message is None:
+            return value
+        ctx.add(path, message)
+        return INVALID
+
+
+@dataclass(frozen=True)
 class Where(Spec):
     """``inner`` plus extra conditions: ``(predicate, message)`` pairs; ``{value!r}`` in a message
     is replaced by the offending value. Conditions run only when ``inner`` accepted the value."""

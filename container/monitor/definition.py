@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from analyzer.config.parser import read_json_file
-from analyzer.config.spec import INVALID, Context, Enum, MapOf, Obj, Spec, Typed, closest, shown
+from analyzer.config.spec import INVALID, Checked, Context, Enum, MapOf, Obj, Spec, Typed, closest, shown
 from analyzer.errors import ConfigError, UserError
 from analyzer.monitor.attributes import BIAS, EXPLAINABILITY, KINDS, EndpointAttributes
 from analyzer.monitor.window import DEFAULT_END_OFFSET, DEFAULT_START_OFFSET, parse_duration
@@ -60,30 +59,6 @@ DEFAULT_EXPRESSION = "cron(0 0 ? * * *)"  # no ScheduleConfig: SageMaker runs da
 _EXPRESSION = re.compile(r"cron\(\s*0\s+(?:\*|(?P<hour>\d{1,2})(?:/(?P<every>\d{1,2}))?)\s+\?\s+\*\s+\*\s+\*\s*\)")
 
 
-class _Checked(Spec):
-    """``inner``, then ``problem(value)``: a message for the value's path, or None when it is fine."""
-
-    def __init__(self, inner: Spec, problem: Callable[[Any], str | None]):
-        self.inner, self.problem = inner, problem
-
-    @property
-    def kinds(self) -> frozenset[str]:  # type: ignore[override]
-        return self.inner.kinds
-
-    def describe(self) -> str:
-        return self.inner.describe()
-
-    def check(self, value: Any, path: str, ctx: Context) -> Any:
-        value = self.inner.check(value, path, ctx)
-        if value is INVALID:
-            return INVALID
-        message = self.problem(value)
-        if message is None:
-            return value
-        ctx.add(path, message)
-        return INVALID
-
-
 def _uri_problem(value: str) -> str | None:
     try:
         parse_uri(value)
@@ -95,7 +70,7 @@ def _uri_problem(value: str) -> str | None:
 def _uri(max_length: int) -> Spec:
     """An s3:// URI (any S3-compatible store), a file:// URI or a local path: what ``container.storage``,
     the one URI parser, accepts (schemes in any case; ``s3:/b/k`` refused rather than taken for a path)."""
-    return _Checked(_string(1, max_length), _uri_problem)
+    return Checked(_string(1, max_length), _uri_problem)
 
 
 def _duration_problem(value: str) -> str | None:
@@ -107,9 +82,9 @@ def _duration_problem(value: str) -> str | None:
 
 
 # MonitoringTimeOffsetString: 1-15 characters matching ``.?P.*``, and a duration Lucent can add to a time.
-OFFSET = _Checked(_string(1, 15, r".?P.*", "an ISO-8601 duration such as -PT1H"), _duration_problem)
+OFFSET = Checked(_string(1, 15, r".?P.*", "an ISO-8601 duration such as -PT1H"), _duration_problem)
 # DataAnalysisStartTime / EndTime are plain strings in the API; the same durations.
-ANALYSIS_OFFSET = _Checked(Typed(("string",)), _duration_problem)
+ANALYSIS_OFFSET = Checked(Typed(("string",)), _duration_problem)
 
 
 def _environment_problem(env: dict) -> str | None:
@@ -121,7 +96,7 @@ def _environment_problem(env: dict) -> str | None:
     return None
 
 
-ENVIRONMENT = _Checked(MapOf(_string(0, 256)), _environment_problem)
+ENVIRONMENT = Checked(MapOf(_string(0, 256)), _environment_problem)
 APP_SPECIFICATION = Obj({"ImageUri": _string(0, 255), "ConfigUri": _uri(1024), "Environment": ENVIRONMENT})
 ENDPOINT_INPUT = Obj({
     "EndpointName": _string(1, 63, ENDPOINT_NAME_PATTERN, "an endpoint name (letters, digits and hyphens)"),
@@ -136,7 +111,7 @@ ENDPOINT_INPUT = Obj({
     "EndTimeOffset": OFFSET,
     "ExcludeFeaturesAttribute": _string(0, 100),
 }, required=("EndpointName",))
-BATCH_TRANSFORM = _Checked(Typed(("object",)), lambda _: "monitoring a batch transform job is not supported by "
+BATCH_TRANSFORM = Checked(Typed(("object",)), lambda _: "monitoring a batch transform job is not supported by "
                            "Lucent: give EndpointInput (the endpoint whose capture --capture-uri holds)")
 GROUND_TRUTH = Obj({"S3Uri": _uri(512)})
 OUTPUT_CONFIG = Obj({
@@ -353,7 +328,7 @@ class MonitoringSchedule:
 
 
 SCHEDULE_CONFIG = Obj({
-    "ScheduleExpression": _Checked(_string(1, 256), lambda v: None if v.strip() == NOW or _EXPRESSION.fullmatch(
+    "ScheduleExpression": Checked(_string(1, 256), lambda v: None if v.strip() == NOW or _EXPRESSION.fullmatch(
         v.strip()) and _hours_fit(v.strip()) else f"{v!r} is not one SageMaker accepts: cron(0 * ? * * *) (hourly), "
         "cron(0 H ? * * *) (daily at hour H, 0-23), cron(0 H/N ? * * *) (every N hours, 1-24, from hour H) or NOW"),
     "DataAnalysisStartTime": ANALYSIS_OFFSET,
@@ -362,10 +337,10 @@ SCHEDULE_CONFIG = Obj({
 MONITORING_SCHEDULE_CONFIG = Obj({
     "ScheduleConfig": SCHEDULE_CONFIG,
     "MonitoringJobDefinitionName": JOB_DEFINITION_NAME,
-    "MonitoringType": _Checked(Enum((*KINDS, *OTHER_KINDS), case_sensitive=True), lambda v: None if v in KINDS else
+    "MonitoringType": Checked(Enum((*KINDS, *OTHER_KINDS), case_sensitive=True), lambda v: None if v in KINDS else
                                f"{v} schedules run the Model Monitor image, not Clarify: Lucent runs ModelBias and "
                                "ModelExplainability"),
-    "MonitoringJobDefinition": _Checked(Typed(("object",)), lambda _: "an inline MonitoringJobDefinition is a data "
+    "MonitoringJobDefinition": Checked(Typed(("object",)), lambda _: "an inline MonitoringJobDefinition is a data "
                                         "or model quality schedule, which Lucent does not run: give "
                                         "MonitoringJobDefinitionName and the job definition file (--job-definition)"),
 })
