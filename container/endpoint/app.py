@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -31,8 +32,10 @@ from typing import Any
 
 import jmespath
 import jmespath.exceptions
+import numpy as np
 
 from analyzer.errors import UserError
+from analyzer.explain.kernel_shap import GROUP_ROWS
 from analyzer.media import JSON
 from analyzer.predict import ModelTransportError
 from container.endpoint.auth import AuthenticationError, SigV4Verifier
@@ -43,6 +46,7 @@ from container.endpoint.scoring import (
     ModelAnswer,
     ModelContainer,
     ModelUnreachable,
+    PendingAnswer,
     RecordError,
     label_headers_from_output,
     parse_outputs,
@@ -179,25 +183,117 @@ class StartedExplanation:
     future: Future
 
 
+@dataclass(eq=False)  # compared by identity (in the queue)
+class _Share:
+    """One request's records waiting for (or taken into) a shared model call."""
+
+    records: Any
+    entries: list[Any] | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class _SharedCalls:
+    """Explanations of requests in flight at the same time share model calls (micro-batching).
+
+    Why: every model call has a fixed cost (two HTTP hops, the model server's request handling, thread
+    wake-ups) of the order of the model's own time for one record's 2,000-odd synthetic rows, so under
+    concurrent load one call for several records is most of the gain. Nothing waits for company: a
+    request that finds a free slot (at most ``slots`` calls run at once) calls the model at once with
+    its own records and those of every request queued meanwhile; the others wait for a slot, so a
+    request alone in flight is never delayed. The entries are those of explaining each request alone:
+    each record's synthetic rows and solve are its own (scores of a row do not depend on the rows beside
+    it), as for a multi-record request. A shared call that fails is repeated request by request, so
+    that each gets its own answer (one request's unusable records must not fail another's), except when
+    the model gave no answer at all, which no retry would change.
+    """
+
+    def __init__(self, explain: Any, slots: int, max_records: int):
+        self._explain = explain  # records -> entries (the fitted explainer's explain)
+        self._slots = max(1, slots)
+        self._max_records = max(1, max_records)
+        self._queue: list[_Share] = []
+        self._running = 0
+        self._changed = threading.Condition()
+
+    def explain(self, records: Any) -> list[Any]:
+        share = _Share(records)
+        with self._changed:
+            self._queue.append(share)
+            while not share.done and (self._running >= self._slots or share not in self._queue):
+                self._changed.wait()
+            if share.done:
+                return self._result(share)
+            self._queue.remove(share)
+            batch, count = [share], len(share.records)
+            while self._queue and count + len(self._queue[0].records) <= self._max_records:
+                batch.append(self._queue.pop(0))
+                count += len(batch[-1].records)
+            self._running += 1
+        try:
+            self._run(batch)
+        finally:
+            with self._changed:
+                self._running -= 1
+                for item in batch:
+                    item.done = True
+                self._changed.notify_all()
+        return self._result(share)
+
+    def _run(self, batch: list[_Share]) -> None:
+        if len(batch) > 1:
+            try:
+                entries = self._explain(np.concatenate([item.records for item in batch]))
+            except ModelTransportError as error:  # no answer: the same for each request alone
+                for item in batch:
+                    item.error = error
+                return
+            except Exception:  # noqa: BLE001 -- each request gets its own outcome below
+                pass
+            else:
+                start = 0
+                for item in batch:
+                    item.entries = entries[start:start + len(item.records)]
+                    start += len(item.records)
+                return
+        for item in batch:
+            try:
+                item.entries = self._explain(item.records)
+            except Exception as error:  # noqa: BLE001 -- handed to the request's own thread
+                item.error = error
+
+    @staticmethod
+    def _result(share: _Share) -> list[Any]:
+        if share.error is not None:
+            raise share.error
+        assert share.entries is not None
+        return share.entries
+
+
 class Explanations:
     """Online explanations for one endpoint: the fitted explainer plus what the response needs.
 
-    ``max_parallel``: explanations started ahead of the model's answer (:meth:`start`) run on a pool of
-    at most this many threads (the endpoint's default connection limit: one per request in flight)."""
+    ``shared_calls``: model calls for synthetic rows in flight at once, each shared by the requests that
+    queued for it (:class:`_SharedCalls`); default one per core, 0 for no sharing."""
 
-    def __init__(self, settings: ExplainerSettings, explainer: Any, max_parallel: int = 64):
+    def __init__(self, settings: ExplainerSettings, explainer: Any, shared_calls: int | None = None):
         self.settings = settings
         self.explainer = explainer
         self.feature_headers = settings.inference.feature_headers
-        self.max_parallel = max_parallel
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        # One shared call per core keeps a model server with a worker per core busy.
+        tabular = getattr(explainer, "tabular", None)
+        self._shared: _SharedCalls | None = None
+        if tabular is not None and shared_calls != 0:
+            self._shared = _SharedCalls(explainer.explain, shared_calls or os.cpu_count() or 1,
+                                        max(1, GROUP_ROWS // tabular.rows_per_record))
 
     def start(self, body: bytes, content_type: str, header_expression: str | None) -> StartedExplanation | None:
-        """Start explaining the request's records now when that does not depend on the model's answer
-        (no ``EnableExplanations`` expression, or `` `true` ``), so that the synthetic rows' model call
-        runs beside the caller's; None otherwise, or when the body cannot be read (:meth:`respond`
-        then reports it, after the model's answer, as it always has)."""
+        """Explain the request's records now, before the model's answer is read, when that answer cannot
+        switch them off (no ``EnableExplanations`` expression, or `` `true` ``): the caller has sent its
+        own model call first, so that the synthetic rows' call runs beside it. None otherwise, or when the
+        body cannot be read (:meth:`respond` then reports it, after the model's answer, as it always has).
+        The outcome (entries or the error) waits in the returned future for :meth:`respond`: a failing
+        model call for the request itself still wins over it."""
         expression = header_expression if header_expression is not None else self.settings.enable_explanations
         if expression is not None and expression.strip() != "`true`":
             return None
@@ -205,20 +301,12 @@ class Explanations:
             records = self._records(body, content_type)
         except ApiError:
             return None
-        return StartedExplanation(records, self._executor().submit(self._explain, records))
-
-    def close(self) -> None:
-        """Stop the pool's threads (explanations in flight finish)."""
-        with self._pool_lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
-
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="explain")
-            return self._pool
+        future: Future = Future()
+        try:
+            future.set_result(self._explain(records))
+        except ApiError as error:
+            future.set_exception(error)
+        return StartedExplanation(records, future)
 
     def _records(self, body: bytes, content_type: str) -> Any:
         inference = self.settings.inference
@@ -229,7 +317,10 @@ class Explanations:
             raise validation_error(f"the request body cannot be explained: {error}") from None
 
     def _explain(self, records: Any) -> list[Any]:
+        shared = self._shared
         try:
+            if shared is not None and getattr(records, "dtype", None) == np.float64 and records.ndim == 2:
+                return list(shared.explain(records))
             return list(self.explainer.explain(records))
         except ModelTransportError as error:
             raise model_error(0, f"the model container gave no answer for the synthetic records: {error}") from None
@@ -365,14 +456,20 @@ class EndpointApp:
         with self._in_flight_lock:
             self._in_flight += 1
             alone = self._in_flight == 1
-        # Both model calls at once only for an invocation alone in flight: with others, their calls keep
-        # the model server's workers and the cores busy, and the overlap only adds hand-offs between
-        # threads (8 concurrent clients: 7 % fewer records/s with it).
-        started = None
+        # The request's own model call is sent first and its answer read last: an invocation alone in flight
+        # is explained meanwhile, in this thread, so that its synthetic rows' call runs beside it. With
+        # others in flight, their calls keep the model server's workers and the cores busy, and the overlap
+        # only adds work: the answer is read first (and explanations of concurrent requests share calls).
         try:
+            pending = self._send_model(request, content_type, forwarded)
+            started = None
             if self.explanations is not None and alone:
-                started = self.explanations.start(request.body, content_type, expression)
-            answer = self._call_model(request, content_type, forwarded)
+                try:
+                    started = self.explanations.start(request.body, content_type, expression)
+                except BaseException:
+                    pending.close()  # its answer will not be read: the connection cannot be reused
+                    raise
+            answer = self._model_answer(pending)
             body, response_type, explained = answer.body, answer.content_type or "application/octet-stream", 0
             if self.explanations is not None:
                 body, explained = self.explanations.respond(request.body, content_type, answer.body,
@@ -381,8 +478,6 @@ class EndpointApp:
         finally:
             with self._in_flight_lock:
                 self._in_flight -= 1
-            if started is not None:  # the request failed first: no use for its explanations (a no-op once done)
-                started.future.cancel()
         if self.capture is not None:
             self.capture.submit(input_body=request.body, input_content_type=content_type, output_body=body,
                                 output_content_type=response_type, inference_id=inference_id,
@@ -392,19 +487,30 @@ class EndpointApp:
             headers[CUSTOM_ATTRIBUTES] = answer.custom_attributes
         return Response(200, body, response_type, headers), explained
 
-    def _call_model(self, request: Request, content_type: str, forwarded: dict[str, str]) -> ModelAnswer:
-        """The container's successful answer to the request as it came; ModelError otherwise."""
+    def _send_model(self, request: Request, content_type: str, forwarded: dict[str, str]) -> PendingAnswer:
+        """The request as it came, sent to the container; ModelError when it cannot be sent."""
         try:
-            answer = self.model.invoke(request.body, content_type, request.header("Accept"), forwarded)
+            return self.model.send(request.body, content_type, request.header("Accept"), forwarded)
         except ModelUnreachable as error:
-            if error.timed_out:
-                raise model_error(0, f"Your invocation timed out while waiting for a response from container "
-                                     f"{CONTAINER_NAME} ({error}).") from None
-            raise model_error(0, str(error)) from None
+            raise _unreachable(error) from None
+
+    def _model_answer(self, pending: PendingAnswer) -> ModelAnswer:
+        """The container's successful answer; ModelError otherwise."""
+        try:
+            answer = pending.answer()
+        except ModelUnreachable as error:
+            raise _unreachable(error) from None
         if not 200 <= answer.status < 300:
             text = answer.body[:_MESSAGE_EXCERPT].decode("utf-8", errors="replace").strip()
             raise model_error(answer.status, text)
         return answer
+
+
+def _unreachable(error: ModelUnreachable) -> ApiError:
+    if error.timed_out:
+        return model_error(0, f"Your invocation timed out while waiting for a response from container "
+                              f"{CONTAINER_NAME} ({error}).")
+    return model_error(0, str(error))
 
 
 @lru_cache(maxsize=256)

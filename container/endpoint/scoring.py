@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import ast
 import csv
+import http.client
 import io
 import json
 import logging
+import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import jmespath
 import numpy as np
-import urllib3
-from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
 from analyzer.config.model import Predictor
 from analyzer.errors import UserError
@@ -66,47 +69,159 @@ class ModelAnswer:
 
 
 class ModelContainer:
-    """The container's ``/ping`` and ``/invocations``; thread-safe, keep-alive connections."""
+    """The container's ``/ping`` and ``/invocations``; thread-safe, keep-alive connections.
+
+    An invocation is two steps, :meth:`send` and :meth:`PendingAnswer.answer`, so that the caller can do
+    other work while the container answers (the endpoint explains the request meanwhile, in the same
+    thread: no hand-off between threads on the way). ``http.client`` connections kept here rather than
+    urllib3's pool: a request sent now and its answer read later is what that takes.
+    """
 
     def __init__(self, url: str, timeout: float, max_connections: int = 64):
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self._http = urllib3.PoolManager(num_pools=2, maxsize=max_connections, retries=False)
+        parts = urlsplit(self.url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (443 if self._https else 80)
+        self._path = parts.path.rstrip("/")
+        self._max_idle = max(1, max_connections)
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
 
-    def invoke(self, body: bytes, content_type: str | None, accept: str | None,
-               extra_headers: dict[str, str] | None = None) -> ModelAnswer:
+    def send(self, body: bytes, content_type: str | None, accept: str | None,
+             extra_headers: dict[str, str] | None = None) -> PendingAnswer:
+        """Send an invocation now; its answer is read by :meth:`PendingAnswer.answer`."""
         headers = {"Content-Type": content_type or CSV, **KEEP_ALIVE, **(extra_headers or {})}
         if accept:
             headers["Accept"] = accept
-        timeout = urllib3.Timeout(connect=min(10.0, self.timeout), read=self.timeout)
-        for attempt in (1, 2):
-            try:
-                response = self._http.request("POST", f"{self.url}/invocations", body=body, headers=headers,
-                                              timeout=timeout)
-                break
-            except ReadTimeoutError:
-                raise ModelUnreachable(f"no answer within {self.timeout:g} s", timed_out=True) from None
-            except ProtocolError as error:
-                # A kept-alive connection the container closed while it sat in the pool (idle timeout, or
-                # evicted for a newer one): once is expected, and the request goes again on a new connection.
-                if attempt == 2:
-                    raise ModelUnreachable(f"the model container at {redact_url(self.url)} dropped the "
-                                           f"connection twice: {type(error).__name__}") from None
-                log.debug("model container connection dropped (%s); retrying once", type(error).__name__)
-            except HTTPError as error:
-                raise ModelUnreachable(f"cannot reach the model container at {redact_url(self.url)}: "
-                                       f"{type(error).__name__}") from None
-        return ModelAnswer(response.status, response.data, response.headers.get("Content-Type", ""),
-                           response.headers.get(CUSTOM_ATTRIBUTES))
+        pending = PendingAnswer(self, f"{self._path}/invocations", body, headers, time.monotonic() + self.timeout)
+        pending.send()
+        return pending
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None,
+               extra_headers: dict[str, str] | None = None) -> ModelAnswer:
+        return self.send(body, content_type, accept, extra_headers).answer()
 
     def ping(self, timeout: float = 2.0) -> bool:
+        connection = None
         try:
-            return self._http.request("GET", f"{self.url}/ping", headers=KEEP_ALIVE, timeout=timeout).status == 200
-        except HTTPError:
+            connection = self._new_connection(timeout)
+            connection.sock.settimeout(timeout)
+            connection.request("GET", f"{self._path}/ping", headers=KEEP_ALIVE)
+            response = connection.getresponse()
+            response.read()
+            return response.status == 200
+        except (OSError, http.client.HTTPException):
             return False
+        finally:
+            if connection is not None:
+                connection.close()
 
     def close(self) -> None:
-        self._http.clear()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def _idle_connection(self) -> http.client.HTTPConnection | None:
+        with self._lock:
+            return self._idle.pop() if self._idle else None
+
+    def _new_connection(self, timeout: float) -> http.client.HTTPConnection:
+        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        connection = kind(self._host, self._port, timeout=max(0.001, min(10.0, timeout)))
+        connection.connect()
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait on small requests
+        return connection
+
+    def _keep(self, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < self._max_idle:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+
+class PendingAnswer:
+    """An invocation sent to the container, its answer not read yet."""
+
+    def __init__(self, container: ModelContainer, path: str, body: bytes, headers: dict[str, str], deadline: float):
+        self._container = container
+        self._path, self._body, self._headers = path, body, headers
+        self._deadline = deadline
+        self._connection: http.client.HTTPConnection | None = None
+        self._reused = False
+
+    def send(self) -> None:
+        """Send on a kept-alive connection, or a new one. A kept-alive connection the container closed
+        while it sat idle (idle timeout, or evicted for a newer one) is expected now and then: the
+        request then goes again on a new connection, once (here, or when its answer does not come)."""
+        connection = self._container._idle_connection()
+        if connection is not None:
+            try:
+                connection.request("POST", self._path, body=self._body, headers=self._headers)
+                self._connection, self._reused = connection, True
+                return
+            except (OSError, http.client.HTTPException) as error:
+                connection.close()
+                log.debug("model container connection dropped (%s); retrying once", type(error).__name__)
+        self._send_new()
+
+    def answer(self) -> ModelAnswer:
+        """The container's answer (its whole body), within the timeout counted from :meth:`send`."""
+        while True:
+            connection = self._connection
+            assert connection is not None and connection.sock is not None
+            try:
+                connection.sock.settimeout(max(self._left(), 0.001))  # an answer already here is read at once
+                response = connection.getresponse()
+                body = response.read()
+            except TimeoutError:
+                connection.close()
+                raise ModelUnreachable(f"no answer within {self._container.timeout:g} s", timed_out=True) from None
+            except (OSError, http.client.HTTPException) as error:
+                connection.close()
+                if not self._reused:
+                    raise ModelUnreachable(f"the model container at {redact_url(self._container.url)} dropped the "
+                                           f"connection: {type(error).__name__}") from None
+                log.debug("model container connection dropped (%s); retrying once", type(error).__name__)
+                self._send_new()
+                continue
+            if response.will_close:
+                connection.close()
+            else:
+                self._container._keep(connection)
+            return ModelAnswer(response.status, body, response.headers.get("Content-Type", ""),
+                               response.headers.get(CUSTOM_ATTRIBUTES))
+
+    def close(self) -> None:
+        """Give up on the answer (its connection is closed, not kept)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _send_new(self) -> None:
+        container = self._container
+        try:
+            connection = container._new_connection(self._left())
+        except (OSError, http.client.HTTPException) as error:
+            raise ModelUnreachable(f"cannot reach the model container at {redact_url(container.url)}: "
+                                   f"{type(error).__name__}") from None
+        try:
+            connection.sock.settimeout(max(self._left(), 0.001))
+            connection.request("POST", self._path, body=self._body, headers=self._headers)
+        except TimeoutError:
+            connection.close()
+            raise ModelUnreachable(f"no answer within {container.timeout:g} s", timed_out=True) from None
+        except (OSError, http.client.HTTPException) as error:
+            connection.close()
+            raise ModelUnreachable(f"the model container at {redact_url(container.url)} dropped the "
+                                   f"connection: {type(error).__name__}") from None
+        self._connection, self._reused = connection, False
+
+    def _left(self) -> float:
+        return self._deadline - time.monotonic()
 
 
 def build_score(url: str, settings: ExplainerSettings, feature_names: Sequence[str], response_type: str,

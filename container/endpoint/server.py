@@ -27,6 +27,7 @@ import socket
 import socketserver
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -111,16 +112,16 @@ class EndpointHandler(BaseHTTPRequestHandler):
 
     def _send(self, response: Response) -> None:
         self.connection.settimeout(self.server.limits.body_timeout)  # a client that does not read
-        self.send_response(response.status)
-        self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
-        for name, value in response.headers.items():
-            self.send_header(name, value)
+        self.log_request(response.status)
+        lines = [f"{self.protocol_version} {response.status} {_phrase(response.status)}",
+                 f"Server: {self.version_string()}", f"Date: {self.date_time_string()}",
+                 f"Content-Type: {response.content_type}", f"Content-Length: {len(response.body)}"]
+        lines += [f"{name}: {value}" for name, value in response.headers.items()]
         if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
+            lines.append("Connection: close")
+        # Headers and body in one write: one segment for a small response, so the client wakes once.
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "strict")
+        self.wfile.write(head if self.command == "HEAD" else head + response.body)
 
     def _refuse(self, response: Response) -> None:
         """Answer without reading the body, then drain what the client still sends for a moment."""
@@ -140,6 +141,13 @@ class EndpointHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 -- http.server's signature
         log.info("%s: %s", self.address_string(), format % args)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 class EndpointServer(socketserver.ThreadingMixIn, HTTPServer):
