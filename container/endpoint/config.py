@@ -12,18 +12,15 @@ path or ``file://`` URI.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jmespath
-import jmespath.exceptions
-
 from analyzer.config.parser import read_json_file
-from analyzer.config.spec import INVALID, Context, Enum, ListOf, Obj, Spec, Typed, Where, shown
+from analyzer.config.spec import INVALID, Context, Enum, Obj, Typed, Where, shown
 from analyzer.errors import ConfigError
 from analyzer.media import CSV, JSON_LINES, media_type
+from container.api_spec import api_string, bounded_list, has_invalid, jmespath_expression, object_or_empty
 
 log = logging.getLogger("lucent.endpoint")
 
@@ -42,75 +39,45 @@ _VARIANT_PATTERN = r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}"
 ENDPOINT_NAME_PATTERN = r"[a-zA-Z0-9](-*[a-zA-Z0-9])*"  # the runtime API's EndpointName, at most 63
 
 
-def _string(min_length: int = 0, max_length: int | None = None, pattern: str | None = None,
-            what: str = "") -> Spec:
-    """A string within the API's length bounds (and matching its whole pattern, when it has one)."""
-    conditions: list[tuple[Any, str]] = []
-    if min_length:
-        conditions.append((lambda v: len(v) >= min_length, f"must have at least {min_length} character(s)"))
-    if max_length is not None:
-        conditions.append((lambda v: len(v) <= max_length, f"must have at most {max_length} characters"))
-    if pattern is not None:
-        conditions.append((lambda v: re.fullmatch(pattern, v) is not None,
-                           "{value!r} is not " + (what or f"valid (pattern {pattern})")))
-    return Where(Typed(("string",)), tuple(conditions))
-
-
-def _jmespath(max_length: int = 64) -> Spec:
-    return Where(_string(1, max_length), ((_compiles, "{value!r} is not a valid JMESPath expression"),))
-
-
-def _compiles(expression: str) -> bool:
-    try:
-        jmespath.compile(expression)
-    except jmespath.exceptions.JMESPathError:
-        return False
-    return True
-
-
-def _list(item_spec: Spec, min_items: int, max_items: int) -> Spec:
-    return Where(ListOf(item_spec, min_items), ((lambda v: len(v) <= max_items, f"must have at most {max_items} items"),))
-
-
 _INTEGER = Typed(("integer",))
 _BOOLEAN = Typed(("boolean",))
 # file:///abs/path has an empty host, which the API's S3Uri pattern ((https|s3)://([^/]+)/?(.*)) refuses.
-_LOCATION = _string(1, 1024, r"(https|s3)://([^/]+)/?(.*)|file://[^?#]+|[^:]+",
+_LOCATION = api_string(1, 1024, r"(https|s3)://([^/]+)/?(.*)|file://[^?#]+|[^:]+",
                     "an s3:// URI, a file:// URI or a local path")
 
 DATA_CAPTURE = Obj({
     "EnableCapture": _BOOLEAN,
     "InitialSamplingPercentage": Typed(("integer",), 0, 100),
     "DestinationS3Uri": Where(_LOCATION, ((lambda v: len(v) <= 512, "must have at most 512 characters"),)),
-    "KmsKeyId": _string(0, 2048, r"[a-zA-Z0-9:/_-]*"),
-    "CaptureOptions": _list(Obj({"CaptureMode": Enum(("Input", "Output", "InputAndOutput"), case_sensitive=True)},
+    "KmsKeyId": api_string(0, 2048, r"[a-zA-Z0-9:/_-]*"),
+    "CaptureOptions": bounded_list(Obj({"CaptureMode": Enum(("Input", "Output", "InputAndOutput"), case_sensitive=True)},
                                 required=("CaptureMode",)), 1, 32),
     "CaptureContentTypeHeader": Obj({
-        "CsvContentTypes": _list(_string(1, 256, _MIME_PATTERN, "a media type"), 1, 10),
-        "JsonContentTypes": _list(_string(1, 256, _MIME_PATTERN, "a media type"), 1, 10),
+        "CsvContentTypes": bounded_list(api_string(1, 256, _MIME_PATTERN, "a media type"), 1, 10),
+        "JsonContentTypes": bounded_list(api_string(1, 256, _MIME_PATTERN, "a media type"), 1, 10),
     }),
 }, required=("InitialSamplingPercentage", "DestinationS3Uri", "CaptureOptions"))
 
 INFERENCE = Obj({
-    "FeatureHeaders": _list(_string(1, 64), 1, 256),
-    "FeatureTypes": _list(Enum(("numerical", "categorical", "text"), case_sensitive=True), 1, 256),
-    "FeaturesAttribute": _jmespath(),
-    "ContentTemplate": Where(_string(1, 64), ((lambda v: "$features" in v,
+    "FeatureHeaders": bounded_list(api_string(1, 64), 1, 256),
+    "FeatureTypes": bounded_list(Enum(("numerical", "categorical", "text"), case_sensitive=True), 1, 256),
+    "FeaturesAttribute": jmespath_expression(),
+    "ContentTemplate": Where(api_string(1, 64), ((lambda v: "$features" in v,
                                                "{value!r} has no $features placeholder for the features"),)),
     "ProbabilityIndex": Typed(("integer",), 0),
-    "ProbabilityAttribute": _jmespath(),
+    "ProbabilityAttribute": jmespath_expression(),
     "LabelIndex": Typed(("integer",), 0),
-    "LabelAttribute": _jmespath(),
-    "LabelHeaders": _list(_string(1, 64), 1, 16),
+    "LabelAttribute": jmespath_expression(),
+    "LabelHeaders": bounded_list(api_string(1, 64), 1, 16),
     "MaxRecordCount": Typed(("integer",), 1),
     "MaxPayloadInMB": Typed(("integer",), 1, 25),
 })
 
 SHAP = Obj({
     "ShapBaselineConfig": Obj({
-        "MimeType": Where(_string(0, 255, _MIME_PATTERN, "a media type"),
+        "MimeType": Where(api_string(0, 255, _MIME_PATTERN, "a media type"),
                           ((lambda v: media_type(v) in BASELINE_TYPES, f"must be one of {', '.join(BASELINE_TYPES)}"),)),
-        "ShapBaseline": _string(1, 4096, r"[\s\S]+"),
+        "ShapBaseline": api_string(1, 4096, r"[\s\S]+"),
         "ShapBaselineUri": _LOCATION,
     }),
     "NumberOfSamples": Typed(("integer",), 1),
@@ -123,13 +90,13 @@ SHAP = Obj({
 
 EXPLAINER = Obj({
     "ClarifyExplainerConfig": Obj({
-        "EnableExplanations": _jmespath(),
+        "EnableExplanations": jmespath_expression(),
         "InferenceConfig": INFERENCE,
         "ShapConfig": SHAP,
     }, required=("ShapConfig",)),
 })
 
-VARIANT_NAME = _string(0, 63, _VARIANT_PATTERN, "a variant name (letters, digits and hyphens)")
+VARIANT_NAME = api_string(0, 63, _VARIANT_PATTERN, "a variant name (letters, digits and hyphens)")
 
 
 @dataclass(frozen=True)
@@ -202,7 +169,7 @@ def parse_endpoint_config(document: Any) -> EndpointConfig:
     capture = explainer = None
     if document.get("DataCaptureConfig") is not None:
         checked = DATA_CAPTURE.check(document["DataCaptureConfig"], "DataCaptureConfig", ctx)
-        if checked is not INVALID and not _has_invalid(checked):
+        if checked is not INVALID and not has_invalid(checked):
             capture = _capture_settings(checked)
     if document.get("ExplainerConfig") is not None:
         checked = EXPLAINER.check(document["ExplainerConfig"], "ExplainerConfig", ctx)
@@ -211,21 +178,6 @@ def parse_endpoint_config(document: Any) -> EndpointConfig:
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return EndpointConfig(variant, capture, explainer)
-
-
-def _has_invalid(value: Any) -> bool:
-    if value is INVALID:
-        return True
-    if isinstance(value, dict):
-        return any(_has_invalid(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_invalid(v) for v in value)
-    return False
-
-
-def _object(value: Any) -> dict:
-    """A checked object, or an empty one where the object itself was invalid (its problem is recorded)."""
-    return value if isinstance(value, dict) else {}
 
 
 def _variant_name(variants: Any, ctx: Context) -> str:
@@ -275,8 +227,8 @@ def _explainer_settings(checked: dict, ctx: Context) -> ExplainerSettings | None
     if not isinstance(clarify, dict):
         return None
     path = "ExplainerConfig.ClarifyExplainerConfig"
-    shap, inference = _object(clarify.get("ShapConfig")), _object(clarify.get("InferenceConfig"))
-    baseline = _object(shap.get("ShapBaselineConfig"))
+    shap, inference = object_or_empty(clarify.get("ShapConfig")), object_or_empty(clarify.get("InferenceConfig"))
+    baseline = object_or_empty(shap.get("ShapBaselineConfig"))
     baseline_path = f"{path}.ShapConfig.ShapBaselineConfig"
     if "ShapBaseline" in baseline and "ShapBaselineUri" in baseline:
         ctx.add(baseline_path, "ShapBaseline and ShapBaselineUri are mutually exclusive: give one of them")
@@ -298,7 +250,7 @@ def _explainer_settings(checked: dict, ctx: Context) -> ExplainerSettings | None
     text = shap.get("TextConfig")
     if isinstance(types, list) and "text" in types and text is None:
         ctx.add(f"{path}.ShapConfig.TextConfig", "required when FeatureTypes has a 'text' feature")
-    if ctx.problems or _has_invalid(checked):
+    if ctx.problems or has_invalid(checked):
         return None
     return ExplainerSettings(
         baseline_mime_type=mime_type, baseline=baseline.get("ShapBaseline"),

@@ -31,14 +31,8 @@ from analyzer.config.spec import INVALID, Checked, Context, Enum, MapOf, Obj, Sp
 from analyzer.errors import ConfigError, UserError
 from analyzer.monitor.attributes import BIAS, EXPLAINABILITY, KINDS, EndpointAttributes
 from analyzer.monitor.window import DEFAULT_END_OFFSET, DEFAULT_START_OFFSET, parse_duration
-from container.endpoint.config import (
-    ENDPOINT_NAME_PATTERN,
-    _has_invalid,
-    _jmespath,
-    _list,
-    _object,
-    _string,
-)
+from container.api_spec import api_string, bounded_list, has_invalid, jmespath_expression, object_or_empty
+from container.endpoint.config import ENDPOINT_NAME_PATTERN
 from container.storage import parse_uri
 
 log = logging.getLogger("lucent.monitor")
@@ -70,7 +64,7 @@ def _uri_problem(value: str) -> str | None:
 def _uri(max_length: int) -> Spec:
     """An s3:// URI (any S3-compatible store), a file:// URI or a local path: what ``container.storage``,
     the one URI parser, accepts (schemes in any case; ``s3:/b/k`` refused rather than taken for a path)."""
-    return Checked(_string(1, max_length), _uri_problem)
+    return Checked(api_string(1, max_length), _uri_problem)
 
 
 def _duration_problem(value: str) -> str | None:
@@ -82,7 +76,7 @@ def _duration_problem(value: str) -> str | None:
 
 
 # MonitoringTimeOffsetString: 1-15 characters matching ``.?P.*``, and a duration Lucent can add to a time.
-OFFSET = Checked(_string(1, 15, r".?P.*", "an ISO-8601 duration such as -PT1H"), _duration_problem)
+OFFSET = Checked(api_string(1, 15, r".?P.*", "an ISO-8601 duration such as -PT1H"), _duration_problem)
 # DataAnalysisStartTime / EndTime are plain strings in the API; the same durations.
 ANALYSIS_OFFSET = Checked(Typed(("string",)), _duration_problem)
 
@@ -96,35 +90,35 @@ def _environment_problem(env: dict) -> str | None:
     return None
 
 
-ENVIRONMENT = Checked(MapOf(_string(0, 256)), _environment_problem)
-APP_SPECIFICATION = Obj({"ImageUri": _string(0, 255), "ConfigUri": _uri(1024), "Environment": ENVIRONMENT})
+ENVIRONMENT = Checked(MapOf(api_string(0, 256)), _environment_problem)
+APP_SPECIFICATION = Obj({"ImageUri": api_string(0, 255), "ConfigUri": _uri(1024), "Environment": ENVIRONMENT})
 ENDPOINT_INPUT = Obj({
-    "EndpointName": _string(1, 63, ENDPOINT_NAME_PATTERN, "an endpoint name (letters, digits and hyphens)"),
-    "LocalPath": _string(0, 256),
+    "EndpointName": api_string(1, 63, ENDPOINT_NAME_PATTERN, "an endpoint name (letters, digits and hyphens)"),
+    "LocalPath": api_string(0, 256),
     "S3InputMode": Enum(("Pipe", "File"), case_sensitive=True),
     "S3DataDistributionType": Enum(("FullyReplicated", "ShardedByS3Key"), case_sensitive=True),
-    "FeaturesAttribute": _jmespath(1024),  # JMESPath to the features of a JSON record
-    "InferenceAttribute": _string(1, 1024),  # JMESPath, or a column index for CSV ("0" is no JMESPath)
-    "ProbabilityAttribute": _string(1, 1024),
+    "FeaturesAttribute": jmespath_expression(1024),  # JMESPath to the features of a JSON record
+    "InferenceAttribute": api_string(1, 1024),  # JMESPath, or a column index for CSV ("0" is no JMESPath)
+    "ProbabilityAttribute": api_string(1, 1024),
     "ProbabilityThresholdAttribute": Typed(("number",), as_float=True),
     "StartTimeOffset": OFFSET,
     "EndTimeOffset": OFFSET,
-    "ExcludeFeaturesAttribute": _string(0, 100),
+    "ExcludeFeaturesAttribute": api_string(0, 100),
 }, required=("EndpointName",))
 BATCH_TRANSFORM = Checked(Typed(("object",)), lambda _: "monitoring a batch transform job is not supported by "
                            "Lucent: give EndpointInput (the endpoint whose capture --capture-uri holds)")
 GROUND_TRUTH = Obj({"S3Uri": _uri(512)})
 OUTPUT_CONFIG = Obj({
-    "MonitoringOutputs": _list(Obj({"S3Output": Obj({
+    "MonitoringOutputs": bounded_list(Obj({"S3Output": Obj({
         "S3Uri": _uri(512),
-        "LocalPath": _string(0, 256),
+        "LocalPath": api_string(0, 256),
         "S3UploadMode": Enum(("Continuous", "EndOfJob"), case_sensitive=True),
     }, required=("S3Uri",))}, required=("S3Output",)), 1, 1),
-    "KmsKeyId": _string(0, 2048, r"[a-zA-Z0-9:/_-]*"),
+    "KmsKeyId": api_string(0, 2048, r"[a-zA-Z0-9:/_-]*"),
 }, required=("MonitoringOutputs",))
-BASELINE_CONFIG = Obj({"BaseliningJobName": _string(1, 63, NAME_PATTERN, "a processing job name"),
+BASELINE_CONFIG = Obj({"BaseliningJobName": api_string(1, 63, NAME_PATTERN, "a processing job name"),
                        "ConstraintsResource": Obj({"S3Uri": _uri(1024)})})
-JOB_DEFINITION_NAME = _string(1, 63, NAME_PATTERN, "a job definition name (letters, digits and hyphens)")
+JOB_DEFINITION_NAME = api_string(1, 63, NAME_PATTERN, "a job definition name (letters, digits and hyphens)")
 
 
 @dataclass(frozen=True)
@@ -177,9 +171,9 @@ def parse_job_definition(document: Any) -> JobDefinition:
                      (f"{kind}JobOutputConfig", "it names the output (MonitoringOutputs)")):
         if document.get(key) is None:
             _missing(ctx, key, why, unknown)
-    app = _object(checked.get(f"{kind}AppSpecification"))
-    job_input = _object(checked.get(f"{kind}JobInput"))
-    endpoint = _object(job_input.get("EndpointInput"))
+    app = object_or_empty(checked.get(f"{kind}AppSpecification"))
+    job_input = object_or_empty(checked.get(f"{kind}JobInput"))
+    endpoint = object_or_empty(job_input.get("EndpointInput"))
     environment = _environment(app, f"{kind}AppSpecification", ctx)
     raw_app, raw_input = document.get(f"{kind}AppSpecification"), document.get(f"{kind}JobInput")
     if isinstance(raw_app, dict) and raw_app.get("ConfigUri") is None:
@@ -192,14 +186,14 @@ def parse_job_definition(document: Any) -> JobDefinition:
                 "(EndpointName, and the attributes that read its records)")
     ground_truth = _ground_truth(kind, document, job_input, ctx)
     _check_offsets(endpoint, f"{kind}JobInput.EndpointInput", ctx)
-    constraints = _constraints(kind, _object(checked.get(f"{kind}BaselineConfig")), ctx)
-    output_config = _object(checked.get(f"{kind}JobOutputConfig"))
+    constraints = _constraints(kind, object_or_empty(checked.get(f"{kind}BaselineConfig")), ctx)
+    output_config = object_or_empty(checked.get(f"{kind}JobOutputConfig"))
     if output_config.get("KmsKeyId"):
         log.warning("%sJobOutputConfig.KmsKeyId is ignored: results are written unencrypted by Lucent (use the "
                     "destination's own encryption, e.g. S3 default bucket encryption)", kind)
     if app.get("ImageUri"):
         log.info("%sAppSpecification.ImageUri is not used: Lucent runs the execution itself", kind)
-    if ctx.problems or any(_has_invalid(value) for value in checked.values()):
+    if ctx.problems or any(has_invalid(value) for value in checked.values()):
         raise ConfigError(ctx.problems or ["(top level): invalid job definition"])
     outputs = output_config["MonitoringOutputs"]
     return JobDefinition(
@@ -254,7 +248,7 @@ def _missing(ctx: Context, key: str, why: str, unknown: list[str]) -> None:
 
 def _environment(app: dict, path: str, ctx: Context) -> dict[str, str]:
     environment = app.get("Environment")
-    if not isinstance(environment, dict) or _has_invalid(environment):
+    if not isinstance(environment, dict) or has_invalid(environment):
         return {}
     environment = dict(environment)
     if CLOUDWATCH_KEY in environment:
@@ -328,7 +322,7 @@ class MonitoringSchedule:
 
 
 SCHEDULE_CONFIG = Obj({
-    "ScheduleExpression": Checked(_string(1, 256), lambda v: None if v.strip() == NOW or _EXPRESSION.fullmatch(
+    "ScheduleExpression": Checked(api_string(1, 256), lambda v: None if v.strip() == NOW or _EXPRESSION.fullmatch(
         v.strip()) and _hours_fit(v.strip()) else f"{v!r} is not one SageMaker accepts: cron(0 * ? * * *) (hourly), "
         "cron(0 H ? * * *) (daily at hour H, 0-23), cron(0 H/N ? * * *) (every N hours, 1-24, from hour H) or NOW"),
     "DataAnalysisStartTime": ANALYSIS_OFFSET,
@@ -371,14 +365,14 @@ def parse_monitoring_schedule(document: Any) -> MonitoringSchedule:
     if document.get("MonitoringScheduleName") is None:
         _missing(ctx, "MonitoringScheduleName", "the schedule's name, a folder of the outputs", unknown)
     else:
-        name = _string(1, 63, NAME_PATTERN, "a schedule name (letters, digits and hyphens)").check(
+        name = api_string(1, 63, NAME_PATTERN, "a schedule name (letters, digits and hyphens)").check(
             document["MonitoringScheduleName"], "MonitoringScheduleName", ctx)
     if document.get("MonitoringScheduleConfig") is None:
         _missing(ctx, "MonitoringScheduleConfig", "ScheduleConfig and MonitoringJobDefinitionName", unknown)
     else:
         config = MONITORING_SCHEDULE_CONFIG.check(document["MonitoringScheduleConfig"], "MonitoringScheduleConfig", ctx)
-    config = _object(config)
-    schedule = _object(config.get("ScheduleConfig"))
+    config = object_or_empty(config)
+    schedule = object_or_empty(config.get("ScheduleConfig"))
     expression = schedule.get("ScheduleExpression")
     raw_config = document.get("MonitoringScheduleConfig")
     if isinstance(raw_config, dict) and raw_config.get("ScheduleConfig") is None:
@@ -397,7 +391,7 @@ def parse_monitoring_schedule(document: Any) -> MonitoringSchedule:
         elif span > MAX_WINDOW:
             ctx.add(path, f"DataAnalysisStartTime {start!r} and DataAnalysisEndTime {end!r} are {_hours(span)} apart: "
                     "at most 24 hours (SageMaker's limit)")
-    if ctx.problems or _has_invalid(config) or name is INVALID or not isinstance(expression, str):
+    if ctx.problems or has_invalid(config) or name is INVALID or not isinstance(expression, str):
         raise ConfigError(ctx.problems or ["(top level): invalid monitoring schedule"])
     return MonitoringSchedule(
         name=name, expression=expression.strip(), job_definition_name=config.get("MonitoringJobDefinitionName"),
