@@ -14,9 +14,10 @@ the lines are outside the window and 1 % of the records have no ground truth; gr
 
 Each side runs in its own child process, which reads the files from disk and computes every pre-training
 metric and every post-training metric but FT (the Flip Test is a k-nearest-neighbour search, the same code
-on both sides, benchmarked by bench/bias.py). Printed: each side's wall time, the merge's records/s, the
-ratio (target >= 10x) and each side's peak RSS (``wait4``; target < 1 GiB). The two sides' metrics must be
-equal.
+on both sides, benchmarked by bench/bias.py). Printed: each side's wall and CPU time (both measured inside
+the child, imports excluded), the merge's records/s, both ratios (target >= 10x wall), each side's peak RSS
+(``getrusage`` in the child; target < 1 GiB), the load average, and a verdict line against both targets.
+The two sides' metrics must be equal. The machine's other jobs slow both sides: run it several times.
 
 Reference (pandas): every line ``json.loads``-ed, ``pd.json_normalize`` per file, concatenated, filtered by
 ``inferenceTime``, the CSV ``data`` read by ``pd.read_csv``, ground truth likewise, ``merge`` on the join
@@ -308,6 +309,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"{lucent['rows']:,} rows ({counts['records_without_ground_truth']:,} without ground truth, "
           f"{counts['invocations_in_window']:,} of {counts['captured_lines']:,} lines in the window); "
           f"metrics {'identical' if identical else 'DIFFER'}", flush=True)
+    fast, small = ratio >= 10, lucent["peak_rss"] < GIB
+    print(f"verdict  {'MET' if fast and small else 'NOT MET'}: {ratio:.1f}x wall "
+          f"({'>=' if fast else '<'} 10x), peak RSS {lucent['peak_rss'] / GIB:.2f} GiB ({'<' if small else '>='} 1 GiB); "
+          f"load average {os.getloadavg()[0]:.1f} at the end (other jobs on the cores slow "
+          "both sides; compare runs at similar loads)", flush=True)
     if not identical:
         raise SystemExit("the two implementations disagree")
     return {"lucent": lucent, "pandas": reference, "ratio": ratio, "cpu_ratio": cpu_ratio}

@@ -496,3 +496,121 @@ def test_a_bias_window_needs_the_captured_output():
         "capture/000.jsonl line 200: no captureData.endpointOutput (the endpoint's CaptureOptions must include "
         "Output for this monitor)"]
     assert merged.dataset.n_rows == 199
+
+
+def test_records_without_ground_truth_leave_no_trace_in_the_columns(tmp_path):
+    """The join waits for the last chunk, so every record is held until then: the records it drops must
+    not reach the typing (a text value would make Account Length a text column) nor the order of first
+    appearance (the dropped request's Day Calls comes first)."""
+    lines, truths, rows = traffic(120, seed=21)
+    when = START + timedelta(minutes=1)
+    orphans = [line(f"orphan-{i}", when, f"n/a,{70 + i},1.0,KS".encode(), b"0.9") for i in range(3)]
+    lines = orphans[:1] + lines[:60] + orphans[1:] + lines[60:]
+    config = parse_config(churn_config())
+    oracle = load_dataset(config, oracle_csv(tmp_path, rows, 0.8), need_features=True)
+    for chunk_bytes in (1, 3000, 1 << 20):
+        merged = merge_window(config, files(lines, 5), WINDOW, EndpointAttributes(), files(truths, 9, "truth"),
+                              need_features=True, chunk_bytes=chunk_bytes)
+        dataset = merged.dataset
+        assert merged.counts["records_without_ground_truth"] == 3
+        assert dataset.n_rows == oracle.n_rows == len(rows)
+        same_column(dataset.facets["Account Length"], oracle.facets["Account Length"])
+        same_column(dataset.group, oracle.group)
+        same_column(dataset.label, oracle.label)
+        same_column(dataset.predicted_label, oracle.predicted_label)
+        pd.testing.assert_frame_equal(dataset.features, oracle.features)
+
+
+def test_a_held_chunk_is_cut_to_what_dictionary_encode_gives_for_the_rows_kept():
+    """``_compacted`` against ``dictionary_encode`` of the kept values themselves (brute force)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from analyzer.monitor.merge import _compacted
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        values = pa.array([str(v) for v in rng.integers(0, int(rng.integers(1, 12)), int(rng.integers(1, 40)))])
+        encoded = pc.dictionary_encode(values)
+        keep = rng.random(len(values)) < rng.random()
+        if not keep.any():
+            continue
+        ours = _compacted(encoded.indices.to_numpy().astype(np.uint8)[keep], encoded.dictionary)
+        expected = pc.dictionary_encode(values.filter(pa.array(keep)))
+        assert ours.dictionary.equals(expected.dictionary)
+        assert ours.indices.equals(expected.indices)
+
+
+def test_ground_truth_problems_are_reported_before_the_captures_own():
+    """The ground truth is read on its own thread while the capture is merged; its errors still come
+    first, as when it was read before the capture."""
+    when = START + timedelta(minutes=1)
+    lines = [line("e1", when, b"1,2,3,KS", b"0.9"), line("e2", when, b"1,2,3", b"0.9")]  # 4 then 3 values
+    bad_truth = [truth("e1", "1"), "not json\n"]
+    with pytest.raises(UserError, match="1 of the 2 ground truth lines read are malformed"):
+        merge_window(parse_config(churn_config()), files(lines), WINDOW, EndpointAttributes(), files(bad_truth))
+    with pytest.raises(UserError, match="has 3 feature value"):  # the capture's own, once the truth is fine
+        merge_window(parse_config(churn_config()), files(lines), WINDOW, EndpointAttributes(),
+                     files([truth("e1", "1")]))
+
+    def unreadable():
+        yield "truth/a.jsonl", truth("e1", "1").encode()
+        raise UserError("truth/b.jsonl: access denied")
+
+    with pytest.raises(UserError, match="truth/b.jsonl: access denied"):
+        merge_window(parse_config(churn_config()), files(lines[:1]), WINDOW, EndpointAttributes(), unreadable(),
+                     chunk_bytes=1)
+
+
+def test_an_interrupted_merge_stops_the_ground_truth_reader():
+    """A merge that ends without waiting for the ground truth (an interrupt) asks its reader to stop: it
+    reads no chunk after that, and its thread ends."""
+    released = threading.Event()
+    served = []
+
+    def slow_truth():
+        for i in range(50):
+            if i == 1:
+                assert released.wait(timeout=30)
+            served.append(i)
+            yield f"truth/{i:03d}.jsonl", truth(f"e{i}", "1").encode()
+
+    def interrupted():
+        yield "capture/a.jsonl", line("e0", START, b"1,2,3,KS", b"0.9").encode()
+        raise KeyboardInterrupt
+
+    before = {t for t in threading.enumerate() if t.name == "lucent-ground-truth-reader"}
+    with pytest.raises(KeyboardInterrupt):
+        merge_window(parse_config(churn_config()), interrupted(), WINDOW, EndpointAttributes(), slow_truth(),
+                     chunk_bytes=1)
+    readers = [t for t in threading.enumerate() if t.name == "lucent-ground-truth-reader" and t not in before]
+    released.set()
+    for reader in readers:
+        reader.join(timeout=30)
+    assert readers and not any(reader.is_alive() for reader in readers)
+    assert len(served) < 5  # stopped at the next chunk, not read to the end
+
+
+def test_json_records_without_ground_truth_leave_no_trace():
+    """The JSON paths hold rows and parsed answers until the join, too: a request without ground truth
+    between two that have it changes nothing (its text value would make Account Length a text column)."""
+    when = START + timedelta(minutes=2)
+    json_types = {"content_type": "application/json", "accept": "application/json"}
+    lines = [line("e1", when, json.dumps({"instances": [[150, 99, 1.5, "KS"], [7, 97, 3.5, "NJ"]]}).encode(),
+                  json.dumps({"predictions": [{"score": 0.9}, {"score": 0.2}]}).encode(), **json_types),
+             line("orphan", when, json.dumps({"instances": [["n/a", 98, 2.5, "OH"], [9, 96, 0.5, "KS"]]}).encode(),
+                  json.dumps({"predictions": [{"score": 0.99}, {"score": 0.98}]}).encode(), **json_types),
+             line("e2", when, json.dumps({"instances": [5, 6, 7.5, "OH"]}).encode(),
+                  json.dumps({"predictions": [{"score": 0.95}]}).encode(), **json_types)]
+    config = parse_config(churn_config(dataset_type="application/json", features="instances"))
+    for chunk_bytes in (1, 1 << 20):
+        merged = merge_window(config, files(lines, 1), WINDOW,
+                              EndpointAttributes(features_attribute="instances",
+                                                 probability_attribute="predictions[*].score"),
+                              files([truth("e1", "1"), truth("e2", "0")]), need_features=True, chunk_bytes=chunk_bytes)
+        dataset = merged.dataset
+        assert merged.counts["records_without_ground_truth"] == 2
+        assert dataset.features["Account Length"].tolist() == [150, 7, 5]
+        assert dataset.facets["Account Length"].dtype == np.int64
+        assert dataset.predicted_label.to_series().tolist() == [1, 0, 1]
+        assert dataset.label.to_series().tolist() == [1, 1, 0]

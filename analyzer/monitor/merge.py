@@ -42,22 +42,24 @@ ground truth, are ``UserError``.
 
 Speed. Capture files are read in chunks of ``chunk_bytes`` on a reader thread, one chunk ahead of the
 merge: one ``pyarrow.json`` call parses a chunk's lines into columns (about 4x faster than ``orjson``
-line by line, measured; it runs without the GIL, beside the merge of the previous chunk). The time filter
-is an array operation; a chunk's CSV payloads are joined into one document for ``pyarrow.csv`` (the
-reader ``load_dataset`` uses, so fields come out identical), which converts only the columns the
-analysis needs; their values are dictionary-encoded chunk by chunk (``ColumnAccumulator``), so memory
-holds codes, not strings. Payloads with quotes, carriage returns or blank lines take an exact line by line
-path. The one step per record in Python is the join, a dict lookup (``pyarrow.compute.index_in`` rebuilds
-its hash table of the value set on every call: for a million labels, more than a chunk's lookups). A
-chunk that pyarrow refuses, or that has a line of the wrong shape, is read again line by line with
-Python's ``json`` to find and name the bad lines. bench/monitor.py measures all this.
+line by line, and 2x faster than polars' ``read_ndjson``, measured; it runs without the GIL, beside the
+merge of the previous chunk). The time filter is an array operation; a chunk's CSV payloads are joined
+into one document for ``pyarrow.csv`` (the reader ``load_dataset`` uses, so fields come out identical),
+which converts only the columns the analysis needs; their values are dictionary-encoded chunk by chunk
+(``ColumnAccumulator``), so memory holds codes, not strings. Payloads with quotes, carriage returns or
+blank lines take an exact line by line path. The join is one ``pyarrow.compute.index_in`` over all the
+window's keys after the last chunk (it builds its hash table of the ground truth's keys on every call,
+so once, not per chunk; a Python dict built and probed per record took twice as long): until then each
+chunk's records are held, their columns as codes (``_HeldColumn``), and the records it drops are cut out
+before any typing. Because the join comes last, the ground truth is read on a thread of its own while
+the capture is merged. A chunk that pyarrow refuses, or that has a line of the wrong shape, is read
+again line by line with Python's ``json`` to find and name the bad lines. bench/monitor.py measures all this.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 import logging
 import queue
@@ -107,9 +109,11 @@ CaptureFile = tuple[str, bytes]  # (name used in messages: the key or path; the 
 
 MAX_MALFORMED_FRACTION = 0.01  # more malformed lines than this fails the execution
 MAX_EXAMPLES = 10  # malformed lines listed by file and line
-CHUNK_BYTES = 32 << 20  # capture bytes parsed per pyarrow call: speed plateaus well below, RSS grows above
+CHUNK_BYTES = 16 << 20  # capture bytes parsed per pyarrow call: 32 MB buffers fault in fresh pages every chunk
+#                         (measured on the million-record bench: 2.3x the page faults, +0.4 CPU-s, +0.1 GiB)
 PREFETCH_CHUNKS = 1  # parsed chunks the reader thread may hold ahead (each about its size in columns;
 #                     2 measured no faster on 2 cores, and 0.1 GiB more at peak)
+CAPTURE_READER, TRUTH_READER = "lucent-capture-reader", "lucent-ground-truth-reader"  # the threads' names
 PREDICTED_LABEL = "predicted_label"  # the predicted label's column when the config names none
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _BLOCK_BYTES = 4 << 20  # pyarrow.json block; grown for a line longer than it (payloads reach megabytes)
@@ -254,7 +258,7 @@ class _Prefetched:
         self._items = items
         self._handoff: queue.Queue = queue.Queue(maxsize=PREFETCH_CHUNKS)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name="lucent-capture-reader", daemon=True)
+        self._thread = threading.Thread(target=self._produce, name=CAPTURE_READER, daemon=True)
         self._thread.start()
 
     def _put(self, item: tuple[str, Any]) -> bool:
@@ -287,6 +291,40 @@ class _Prefetched:
                     return
         finally:
             self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class _Stopped(Exception):
+    """Raised in a background job asked to stop (its result is no longer wanted)."""
+
+
+class _Background:
+    """``work(stop)`` run on a thread while the caller goes on. ``result`` waits for it and raises what it
+    raised; ``close`` sets ``stop``, which ``work`` checks between chunks, so that a failed merge does not
+    leave a thread reading files behind it."""
+
+    def __init__(self, work: Callable[[threading.Event], Any], name: str):
+        self._stop = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[threading.Event], Any]) -> None:
+        try:
+            self._result = work(self._stop)
+        except _Stopped:
+            pass
+        except BaseException as error:  # handed to the caller of ``result``
+            self._error = error
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
     def close(self) -> None:
         self._stop.set()
@@ -452,18 +490,26 @@ class _Truth:
         self.csv_labels = csv_labels  # CSV data: the label's raw field, per record
         self.json_labels = json_labels  # JSON data: the label value, per record
         self.n_records = len(keys)
-        # A dict built once: pyarrow.compute.index_in rebuilds its hash table of the value set on every
-        # call, which for a million labels costs more than the lookups of a whole chunk.
-        self._rows: dict[str, int] = dict(zip(keys.to_pylist(), range(len(keys)), strict=True))
+        encoded = pc.dictionary_encode(keys)
+        self._keys = encoded.dictionary  # the distinct keys
+        self._rows = np.full(len(self._keys), -1, dtype=np.int64)  # each one's last record
+        np.maximum.at(self._rows, encoded.indices.to_numpy(), np.arange(len(keys), dtype=np.int64))
 
     @property
     def n_keys(self) -> int:
-        return len(self._rows)
+        return len(self._keys)
 
     def positions(self, keys: pa.Array) -> np.ndarray:
-        """The row of each key's label, -1 for a key without ground truth."""
-        return np.fromiter(map(self._rows.get, keys.to_pylist(), itertools.repeat(-1)), dtype=np.int64,
-                           count=len(keys))
+        """The row of each key's label, -1 for a key without ground truth.
+
+        Called once, for all the window's records: ``pyarrow.compute.index_in`` builds its hash table of
+        the keys on every call, so the merge joins at the end rather than chunk by chunk (half the time of
+        a Python dict built and probed, measured on a million records)."""
+        found = pc.index_in(keys, value_set=self._keys).to_numpy(zero_copy_only=False)
+        rows = np.full(len(keys), -1, dtype=np.int64)
+        hit = ~np.isnan(found) if found.dtype.kind == "f" else np.ones(len(found), dtype=bool)
+        rows[hit] = self._rows[found[hit].astype(np.int64)]
+        return rows
 
 
 def _truth_problem(record: Any) -> str | None:
@@ -500,13 +546,15 @@ def _truth_lines(files: list[CaptureFile], malformed: _Malformed) -> tuple[pa.Ar
 
 
 def _read_ground_truth(files: Iterable[CaptureFile], label: Locator | None, malformed: _Malformed,
-                       counts: dict[str, Any], chunk_bytes: int) -> _Truth:
+                       counts: dict[str, Any], chunk_bytes: int, stop: threading.Event | None = None) -> _Truth:
     keys, encodings = [], set()
     counter = [0]
     csv_parts: list[pa.Array] = []
     json_parts: list[Any] = []
     first_origin = ""
     for chunk in _chunks(files, chunk_bytes, counter):
+        if stop is not None and stop.is_set():
+            raise _Stopped
         chunk_keys, data, encoding, origin = _truth_lines(chunk, malformed)
         if not len(chunk_keys):
             continue
@@ -768,7 +816,9 @@ def _holds_any(texts: pa.Array, characters: bytes) -> bool:
 def _record_counts(texts: pa.Array) -> np.ndarray:
     """Lines per text: its line breaks, plus one for an unterminated last line (blank lines counted).
 
-    Counted on the data buffer with numpy (a pass over bytes), not per value."""
+    Counted on the data buffer with numpy, not per value: the positions of the line breaks (one every
+    record, so few), then a binary search of each text's start among them. ``np.add.reduceat`` over a
+    boolean of every byte took 14x as long (measured on a chunk; 0.8 CPU-s on the million-record bench)."""
     if texts.null_count:
         texts = pc.fill_null(texts, "")
     if texts.type != pa.string():
@@ -779,14 +829,10 @@ def _record_counts(texts: pa.Array) -> np.ndarray:
     if n == 0 or data is None or offsets[-1] == offsets[0]:
         return np.zeros(n, dtype=np.int64)
     values = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]]
-    newline = values == 10
-    lengths = np.diff(offsets)
-    starts = offsets[:-1] - offsets[0]
-    filled = lengths > 0
-    counts = np.zeros(n, dtype=np.int64)
-    counts[filled] = np.add.reduceat(newline, starts[filled], dtype=np.int64)
-    last = offsets[1:][filled] - offsets[0] - 1
-    counts[filled] += ~newline[last]
+    ends = offsets - offsets[0]
+    counts = np.diff(np.searchsorted(np.flatnonzero(values == 10), ends))
+    filled = np.flatnonzero(ends[1:] > ends[:-1])
+    counts[filled] += values[ends[1:][filled] - 1] != 10
     return counts
 
 
@@ -871,15 +917,65 @@ def _json_records(texts: pa.Array, kinds: np.ndarray, keep: np.ndarray, origin: 
 _BAD = object()
 
 
+class _HeldColumn:
+    """A captured column's chunks held dictionary-encoded (one small integer per row) until the window's
+    join says which rows stay. ``accumulator`` then gives the ``ColumnAccumulator`` that adding only those
+    rows, chunk by chunk, would have built: typing sees only the values of the rows kept."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._chunks: list[pa.Array | tuple[np.ndarray, pa.Array]] = []
+
+    def add(self, values: pa.Array) -> None:
+        if values.null_count:  # not from the CSV readers (their string fields are never null): kept as is
+            self._chunks.append(values)
+            return
+        encoded = pc.dictionary_encode(values)
+        indices = encoded.indices.to_numpy()
+        self._chunks.append((indices.astype(np.min_scalar_type(max(len(encoded.dictionary) - 1, 0))),
+                             encoded.dictionary))
+
+    def accumulator(self, keep: np.ndarray) -> ColumnAccumulator:
+        """The rows where ``keep`` (one flag per row added, in order) is true, as a ``ColumnAccumulator``."""
+        accumulator = ColumnAccumulator(self.name, pa.string())
+        start = 0
+        for chunk in self._chunks:
+            n = len(chunk) if isinstance(chunk, pa.Array) else len(chunk[0])
+            mask = keep[start:start + n]
+            start += n
+            if not mask.any():
+                continue  # as a chunk whose records all lacked ground truth: never added
+            if isinstance(chunk, pa.Array):
+                accumulator.add(chunk.filter(pa.array(mask)))
+            else:
+                accumulator.add(_compacted(chunk[0][mask], chunk[1]))
+        self._chunks = []
+        return accumulator
+
+
+def _compacted(indices: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
+    """What ``dictionary_encode`` gives for the values ``indices`` point to in ``dictionary``: only the
+    entries used, in order of first use (the order ``ColumnAccumulator`` numbers the column's values by)."""
+    n = len(indices)
+    first = np.full(len(dictionary), n, dtype=np.int64)
+    np.minimum.at(first, indices, np.arange(n, dtype=np.int64))
+    used = np.flatnonzero(first < n)
+    used = used[np.argsort(first[used])]
+    renumber = np.zeros(len(dictionary), dtype=np.int32)
+    renumber[used] = np.arange(len(used), dtype=np.int32)
+    return pa.DictionaryArray.from_arrays(pa.array(renumber[indices], pa.int32()), dictionary.take(pa.array(used)))
+
+
 # -- the window -----------------------------------------------------------------------------------
 
 class _WindowBuilder:
     """Adds chunks of capture lines to the window's columns; ``finish`` makes the ``Dataset``."""
 
-    def __init__(self, config: AnalysisConfig, attributes: EndpointAttributes, window: Window, truth: _Truth | None,
+    def __init__(self, config: AnalysisConfig, attributes: EndpointAttributes, window: Window, bias: bool,
                  need_features: bool, malformed: _Malformed, counts: dict[str, Any]):
-        self.config, self.attributes, self.window, self.truth = config, attributes, window, truth
-        self.bias = truth is not None
+        self.config, self.attributes, self.window = config, attributes, window
+        self.truth: _Truth | None = None  # bias: given to ``finish``
+        self.bias = bias
         self.need_features = need_features
         self.malformed, self.counts = malformed, counts
         self.start = pa.scalar(_naive_utc(window.start), pa.timestamp("s"))
@@ -887,12 +983,17 @@ class _WindowBuilder:
         self.layout: _Layout | None = None
         self.input_kind: tuple[int, str] | None = None
         self.output_kind: tuple[int, str] | None = None
-        self.accumulators: dict[str, ColumnAccumulator] = {}
+        self.accumulators: dict[str, ColumnAccumulator | _HeldColumn] = {}
         self.json_rows: list[list[Any]] = []
         self.label_rows: list[np.ndarray] = []
         self.output_lines: list[pa.Array] = []
         self.output_predictions: list[Predictions] = []
-        self.matched = np.zeros(truth.n_records, dtype=bool) if truth is not None else None
+        self.matched: np.ndarray | None = None  # bias: which ground truth records a record of the window took
+        # Bias: the join waits for the last chunk (see ``_Truth.positions``); until then every record of a
+        # well-formed line is held, with the number of its line among those lines, and each line's key.
+        self.line_keys: list[pa.Array] = []
+        self.record_lines: list[np.ndarray] = []
+        self.n_lines = 0
         self.features_locator = None
         expression = attributes.features_attribute or config.features
         if expression:
@@ -934,18 +1035,14 @@ class _WindowBuilder:
         if not len(records.parent):
             return
         self._check_widths(records, lines.origin, json_input=kind != CSV)
-        # Join: every record takes its request's ground truth row.
-        if self.bias:
-            assert self.truth is not None and self.matched is not None
-            keys = pc.coalesce(lines.inference_id, lines.event_id)
-            position = self.truth.positions(keys)
-            joined = keep & (position >= 0)
-            self.counts["records_without_ground_truth"] += int(per_line[keep & ~joined].sum())
-            self.matched[position[joined]] = True
-            chosen = joined[records.parent]
-            records = records.take(chosen)
-            self.label_rows.append(position[records.parent])
-            self._add_outputs(outputs, joined)
+        if self.bias:  # held for the join in ``_join``
+            kept = np.flatnonzero(keep)
+            number = np.full(len(lines), -1, dtype=np.int64)
+            number[kept] = np.arange(self.n_lines, self.n_lines + len(kept))
+            self.n_lines += len(kept)
+            self.line_keys.append(pc.coalesce(lines.inference_id, lines.event_id).take(pa.array(kept)))
+            self.record_lines.append(number[records.parent])
+            self._add_outputs(outputs, keep)
         self._add_records(records)
 
     def _fast_csv(self, lines: _Lines, texts: pa.Array, keep: np.ndarray) -> _Records | None:
@@ -964,7 +1061,7 @@ class _WindowBuilder:
     def _set_layout(self, n_values: int, where: str, json_input: bool) -> None:
         self.layout = _Layout.build(self.config, self.attributes, self.bias, json_input, n_values, where)
         for name in self._accumulated():
-            self.accumulators[name] = ColumnAccumulator(name, pa.string())
+            self.accumulators[name] = _HeldColumn(name) if self.bias else ColumnAccumulator(name, pa.string())
 
     def _require(self, data: pa.Array, keep: np.ndarray, origin: Callable[[int], str], key: str, mode: str) -> None:
         for i in np.flatnonzero(~_valid(data) & keep).tolist():
@@ -1008,13 +1105,37 @@ class _WindowBuilder:
         # are one body for the parser.
         return (self.output_kind[0], pc.utf8_rtrim(texts, characters="\r\n"))
 
-    def _add_outputs(self, outputs: tuple[int, Any] | None, joined: np.ndarray) -> None:
+    def _add_outputs(self, outputs: tuple[int, Any] | None, keep: np.ndarray) -> None:
         assert outputs is not None
         kind, value = outputs
         if _KIND_LIST[kind] == JSON:
-            self.output_predictions.extend(value[i] for i in np.flatnonzero(joined).tolist())
+            self.output_predictions.extend(value[i] for i in np.flatnonzero(keep).tolist())
         else:
-            self.output_lines.append(value.filter(pa.array(joined)))
+            self.output_lines.append(value.filter(pa.array(keep)))
+
+    def _join(self, truth: _Truth) -> None:
+        """Every held record takes its request's ground truth row; records without one are dropped."""
+        self.truth = truth
+        self.matched = np.zeros(truth.n_records, dtype=bool)
+        keys = pa.concat_arrays(self.line_keys) if self.line_keys else pa.array([], pa.string())
+        position = self.truth.positions(keys)
+        joined = position >= 0
+        self.matched[position[joined]] = True
+        lines = np.concatenate(self.record_lines) if self.record_lines else np.empty(0, dtype=np.int64)
+        chosen = joined[lines]
+        self.counts["records_without_ground_truth"] = int(len(chosen) - np.count_nonzero(chosen))
+        self.label_rows = [position[lines[chosen]]]
+        self.n_rows = int(np.count_nonzero(chosen))
+        if self.output_predictions:
+            self.output_predictions = [p for p, j in zip(self.output_predictions, joined.tolist(), strict=True) if j]
+        if self.output_lines:
+            self.output_lines = [pa.concat_arrays(self.output_lines).filter(pa.array(joined))]
+        if self.json_rows:
+            self.json_rows = [row for row, c in zip(self.json_rows, chosen.tolist(), strict=True) if c]
+        for name, held in self.accumulators.items():
+            assert isinstance(held, _HeldColumn)
+            self.accumulators[name] = held.accumulator(chosen)
+        self.line_keys, self.record_lines = [], []
 
     def _check_widths(self, records: _Records, origin: Callable[[int], str], json_input: bool) -> None:
         if records.columns is not None:
@@ -1075,7 +1196,11 @@ class _WindowBuilder:
                 accumulator.add(pa.array([row[j] for row in records.rows], pa.string()))
 
     # the dataset ---------------------------------------------------------------------------------
-    def finish(self, source: str) -> Dataset:
+    def finish(self, source: str, truth: _Truth | None = None) -> Dataset:
+        """The ``Dataset``; ``truth`` (bias) is the ground truth the held records are joined with."""
+        if self.bias:
+            assert truth is not None
+            self._join(truth)
         if self.n_rows == 0:
             raise UserError(self._empty_message())
         layout = self.layout
@@ -1180,55 +1305,63 @@ def merge_window(config: AnalysisConfig, capture_files: Iterable[CaptureFile], w
 
     ``capture_files``: the capture objects of the window's hour folders (``hour_prefixes``), any order,
     read lazily ``chunk_bytes`` at a time on a reader thread (which parses one chunk ahead while this
-    one is merged), so iterating them must not depend on thread-local state. ``ground_truth_files``: the ground truth objects
-    (``ground_truth_prefixes``), oldest first; None for an explainability execution (features only: no
-    label, no predicted label). ``need_features``: build ``Dataset.features`` (default: for
+    one is merged). ``ground_truth_files``: the ground truth objects (``ground_truth_prefixes``), oldest
+    first, read on another thread meanwhile; None for an explainability execution (features only: no
+    label, no predicted label). Both are iterated on threads: iterating them must not depend on
+    thread-local state. Ground truth problems are reported before the capture's, as if read first. ``need_features``: build ``Dataset.features`` (default: for
     explainability, and for bias when the Flip Test is asked for).
     """
     started = time.perf_counter()
     if need_features is None:
         post = config.methods.post_training_bias
         need_features = ground_truth_files is None or bool(post and "FT" in post.methods)
-    # Capture chunks are read and parsed on a thread one chunk ahead (pyarrow parses without the GIL),
-    # starting now so that the first ones overlap the ground truth's reading.
+    # Capture chunks are read and parsed on a thread one chunk ahead (pyarrow parses without the GIL).
     counter = [0]
     parsed = _Prefetched(_parsed_chunks(capture_files, chunk_bytes, counter))
+    jobs: list[_Background] = []
     try:
         return _merge(config, window, attributes, ground_truth_files, need_features, chunk_bytes, parsed, counter,
-                      started)
+                      started, jobs)
     finally:
         parsed.close()
+        for job in jobs:
+            job.close()
 
 
 def _merge(config: AnalysisConfig, window: Window, attributes: EndpointAttributes,
            ground_truth_files: Iterable[CaptureFile] | None, need_features: bool, chunk_bytes: int,
-           parsed: _Prefetched, counter: list[int], started: float) -> MergedWindow:
+           parsed: _Prefetched, counter: list[int], started: float, jobs: list[_Background]) -> MergedWindow:
     bias = ground_truth_files is not None
     counts: dict[str, Any] = {"window_start": _text(window.start), "window_end": _text(window.end),
                               "capture_files": 0, "captured_lines": 0, "malformed_lines": 0,
                               "malformed_examples": [], "captured_records": 0, "invocations_in_window": 0,
                               "records_in_window": 0, "merged_records": 0}
-    truth = None
-    truth_malformed = _Malformed("ground truth")
+    truth_job = None
     if ground_truth_files is not None:
         counts.update(ground_truth_lines=0, malformed_ground_truth_lines=0, malformed_ground_truth_examples=[],
-                      records_without_ground_truth=0)
-        truth = _read_ground_truth(ground_truth_files, config.label, truth_malformed, counts, chunk_bytes)
-        counts.update(ground_truth_lines=truth_malformed.lines, malformed_ground_truth_lines=truth_malformed.count,
-                      malformed_ground_truth_examples=list(truth_malformed.examples))
-        truth_malformed.check()
-        log.info("Ground truth: %d label(s) from %d file(s)", counts["ground_truth_records"],
-                 counts["ground_truth_files"])
+                      records_without_ground_truth=0, ground_truth_files=0, ground_truth_records=0,
+                      duplicate_ground_truth=0)
+        # The join waits for the last capture chunk, so the ground truth is read meanwhile, on its own thread.
+        label = config.label
+        truth_job = _Background(lambda stop: _ground_truth(ground_truth_files, label, chunk_bytes, stop),
+                                TRUTH_READER)
+        jobs.append(truth_job)
     malformed = _Malformed("capture")
-    builder = _WindowBuilder(config, attributes, window, truth, need_features, malformed, counts)
-    for lines, chunk_malformed in parsed:
-        malformed.absorb(chunk_malformed)
-        counts["captured_records"] += len(lines)
-        builder.add(lines)
+    builder = _WindowBuilder(config, attributes, window, bias, need_features, malformed, counts)
+    try:
+        for lines, chunk_malformed in parsed:
+            malformed.absorb(chunk_malformed)
+            counts["captured_records"] += len(lines)
+            builder.add(lines)
+    except Exception:
+        if truth_job is not None:  # a problem of the ground truth is reported first, as when it was read first
+            _truth_result(truth_job, counts)
+        raise
+    truth = _truth_result(truth_job, counts) if truth_job is not None else None
     counts.update(capture_files=counter[0], captured_lines=malformed.lines, malformed_lines=malformed.count,
                   malformed_examples=list(malformed.examples))
     malformed.check()
-    dataset = builder.finish(source=f"captured data {window}")
+    dataset = builder.finish(source=f"captured data {window}", truth=truth)
     counts["merged_records"] = dataset.n_rows
     if builder.matched is not None:
         counts["ground_truth_without_records"] = counts["ground_truth_records"] - int(np.count_nonzero(builder.matched))
@@ -1240,6 +1373,25 @@ def _merge(config: AnalysisConfig, window: Window, attributes: EndpointAttribute
              f"{counts['ground_truth_without_records']} ground truth label(s) without a record" if bias else "",
              counts["seconds"])
     return MergedWindow(dataset, counts)
+
+
+def _ground_truth(files: Iterable[CaptureFile], label: Locator | None, chunk_bytes: int,
+                  stop: threading.Event) -> tuple[_Truth, _Malformed, dict[str, Any]]:
+    """The ground truth read on its thread: the labels, the malformed lines, and the counts."""
+    malformed = _Malformed("ground truth")
+    counts: dict[str, Any] = {}
+    truth = _read_ground_truth(files, label, malformed, counts, chunk_bytes, stop)
+    return truth, malformed, counts
+
+
+def _truth_result(job: _Background, counts: dict[str, Any]) -> _Truth:
+    """The ground truth, once read, its counts added to ``counts``; too many malformed lines fail here."""
+    truth, malformed, truth_counts = job.result()
+    counts.update(ground_truth_lines=malformed.lines, malformed_ground_truth_lines=malformed.count,
+                  malformed_ground_truth_examples=list(malformed.examples), **truth_counts)
+    malformed.check()
+    log.info("Ground truth: %d label(s) from %d file(s)", counts["ground_truth_records"], counts["ground_truth_files"])
+    return truth
 
 
 def _naive_utc(when: datetime) -> datetime:
