@@ -437,3 +437,52 @@ def test_a_pushgateway_that_is_down_is_reported_without_failing_the_execution(tm
     status = setup.status()
     assert status["ExecutionStatus"] == "Completed" and status["MetricsPushError"]
     assert "secret-pw" not in json.dumps(status)
+
+
+def test_explainability_needs_a_model_it_can_reach(tmp_path: Path) -> None:
+    from container.monitor.demo import explainability_config
+
+    records = make_churn_data(20, seed=2)
+    write_capture(tmp_path / "capture", HOUR, records, 0)
+    config_path = tmp_path / "monitor-config.json"
+    config_path.write_text(json.dumps(explainability_config([0.0] * len(FEATURES))), encoding="utf-8")
+    definition = job_definition("explainability", tmp_path, config_path, tmp_path / "none.json")
+    del definition["ModelExplainabilityBaselineConfig"]
+    (tmp_path / "definition.json").write_text(json.dumps(definition))
+    code = lucent(["monitor", "--job-definition", str(tmp_path / "definition.json"), "--capture-uri",
+                   str(tmp_path / "capture"), "--now", T.isoformat(), "--schedule-name", "shap",
+                   "--processing-root", str(tmp_path / "work")])
+    assert code == 1
+    status = json.loads((tmp_path / "monitoring" / ENDPOINT / "shap" / f"{T:%Y/%m/%d/%H}" /
+                         "monitoring_execution.json").read_text())
+    assert status["ExecutionStatus"] == "Failed"
+    assert "--model-dir" in status["FailureReason"] and "'churn-model'" in status["FailureReason"]
+
+
+def test_explainability_through_a_running_model_server(tmp_path: Path) -> None:
+    import joblib
+
+    from container.monitor.demo import explainability_config, train_model
+    from container.sidecar.server import start_model_server
+
+    records = make_churn_data(30, seed=2)
+    training = make_churn_data(500, seed=1)
+    (tmp_path / "model").mkdir()
+    joblib.dump(train_model(training), tmp_path / "model" / "model.joblib")
+    write_capture(tmp_path / "capture", HOUR, records, 0)
+    config_path = tmp_path / "monitor-config.json"
+    config_path.write_text(json.dumps(explainability_config([round(float(v), 3) for v in training[FEATURES].mean()])))
+    definition = job_definition("explainability", tmp_path, config_path, tmp_path / "none.json")
+    del definition["ModelExplainabilityBaselineConfig"]
+    (tmp_path / "definition.json").write_text(json.dumps(definition))
+    results = {}
+    for option in ("--model-url", "--model-dir"):
+        with start_model_server(tmp_path / "model", workers=1) as server:
+            where = server.url if option == "--model-url" else str(tmp_path / "model")
+            code = lucent(["monitor", "--job-definition", str(tmp_path / "definition.json"), "--capture-uri",
+                           str(tmp_path / "capture"), "--now", T.isoformat(), "--schedule-name", option.strip("-"),
+                           option, where])
+        assert code == 0
+        folder = tmp_path / "monitoring" / ENDPOINT / option.strip("-") / f"{T:%Y/%m/%d/%H}"
+        results[option] = json.loads((folder / "analysis.json").read_text())["explanations"]
+    assert results["--model-url"] == results["--model-dir"]  # the same model, reached two ways

@@ -225,6 +225,7 @@ def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
     with OutputStaging(output_dir) as staging, contextlib.ExitStack() as model_scope:
         endpoint, identity = None, ""
         if needs_model(config):
+            _check_model_given(execution, config)
             model_dir = execution.model_dir or root / "input" / "model"
             endpoint, identity = open_model(_with_model_url(config, execution.model_url), dataset, model_dir,
                                             model_scope)
@@ -301,6 +302,19 @@ def _stage_config(execution: Execution, root: Path, runner: Launch) -> tuple[Pat
     runner.stage(root, locate("ConfigUri", definition.config_uri), None, None, root)
     config_file = find_config_file(root / "input" / "config")
     return config_file, read_json_file(config_file)
+
+
+def _check_model_given(execution: Execution, config) -> None:
+    """An explainability execution needs a model Lucent can reach: ``--model-dir``, ``--model-url``, or
+    the config's ``predictor.endpoint_url`` / ``image_uri``. The SDK's ``predictor.model_name`` names a
+    SageMaker model, which cannot be reached from here."""
+    predictor = config.predictor
+    if execution.model_dir or execution.model_url or (predictor and (predictor.endpoint_url or predictor.image_uri)):
+        return
+    named = f" (the config's predictor names the SageMaker model {predictor.model_name!r}, which Lucent " \
+            "cannot reach)" if predictor and predictor.model_name else ""
+    raise UserError(f"this {execution.definition.kind} execution needs the model: give --model-dir DIR (a model "
+                    f"folder for the built-in model server) or --model-url URL (a running model server){named}")
 
 
 def _with_model_url(config, url: str | None):
