@@ -19,10 +19,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     # outside (a model image built FROM this one and started with `serve`, as SageMaker hosting does).
     LUCENT_HOST=0.0.0.0
 
-# Pango for WeasyPrint (report.pdf) and a pinned font so the PDF lays out the same as on a host.
+# Pango for WeasyPrint (report.pdf), HarfBuzz-Subset for its font subsetting (ten times faster than
+# fontTools), and a pinned font so the PDF lays out the same as on a host.
 RUN apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-       libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core fonts-wqy-microhei >/dev/null \
+       libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core fonts-wqy-microhei >/dev/null \
     && rm -rf /var/lib/apt/lists/*
 
 # A virtualenv keeps the image's Python packages apart from the distribution's (PEP 668 bases).

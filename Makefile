@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-# Debian packages: Pango for WeasyPrint (report.pdf), a pinned font so PDF page breaks are the same
-# everywhere, poppler-utils for the tests that turn the PDF into page images, cron for `lucent schedule --install`,
+# Debian packages: Pango for WeasyPrint (report.pdf) with HarfBuzz-Subset (fast font subsetting), a pinned
+# font so PDF page breaks are the same everywhere, poppler-utils for the tests that turn the PDF into page images, cron for `lucent schedule --install`,
 # prometheus-pushgateway for the tests that push monitoring metrics to a real Pushgateway.
-SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core fonts-wqy-microhei poppler-utils cron prometheus-pushgateway
+SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core fonts-wqy-microhei poppler-utils cron prometheus-pushgateway
 
 .PHONY: help install demo demo-text demo-endpoint demo-monitor test test-fast lint bench image clean
 BASE_IMAGE ?= $(or $(LUCENT_BASE_IMAGE),python:3.11-slim)
@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(PY) bench/predict.py
 	$(PY) bench/shap.py
 	$(PY) bench/endpoint.py
+	$(PY) bench/scale.py
 
 image: $(STAMP)
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \

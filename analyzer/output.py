@@ -107,12 +107,17 @@ class OutputStaging:
     def write_json(self, relative: str, document: Any) -> Path:
         return self.write_text(relative, dumps(document) + "\n")
 
-    def commit(self) -> list[Path]:
+    def commit(self, replace_previous: bool = True) -> list[Path]:
         """Move every staged file to its final place (one atomic rename per file), then remove what the
-        previous job published and this one did not (see the module docstring)."""
+        previous job published and this one did not (see the module docstring).
+
+        ``replace_previous=False`` adds the staged files to what is published and removes nothing: a
+        job publishes ``analysis.json`` first and its report afterwards (docs/reports.md), each step
+        atomic file by file."""
         staged_files = sorted(p for p in self.staging_dir.rglob("*") if p.is_file())
         names = [p.relative_to(self.staging_dir).as_posix() for p in staged_files]
         previous = read_manifest(self.output_dir)
+        names_after = names if replace_previous else sorted(set(previous) | set(names))
         # The manifest first lists both sets, so that a job killed halfway leaves nothing untracked.
         _write_manifest(self.output_dir, sorted(set(previous) | set(names)))
         published = []
@@ -124,12 +129,20 @@ class OutputStaging:
             os.chmod(staged, PUBLISHED_FILE_MODE)
             os.replace(staged, final)
             published.append(final)
-        for name in sorted(set(previous) - set(names)):
+        for name in sorted(set(previous) - set(names_after)):
             _remove_published(self.output_dir, name)
-        _write_manifest(self.output_dir, names)
+        _write_manifest(self.output_dir, names_after)
         self._committed = True
         self.discard()
         return published
+
+    def keep_only(self, staged: list[Path]) -> None:
+        """Remove every staged file but ``staged`` (paths in the staging folder): what another process
+        wrote without confirming that it is complete is not published."""
+        keep = {Path(p).resolve() for p in staged}
+        for path in [p for p in self.staging_dir.rglob("*") if p.is_file()]:
+            if path.resolve() not in keep:
+                path.unlink()
 
     def discard(self) -> None:
         shutil.rmtree(self.staging_dir, ignore_errors=True)

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,10 +22,13 @@ from analyzer.bias import bias_analysis
 from analyzer.config import AnalysisConfig, unsupported_methods
 from analyzer.data import Column, Dataset, load_dataset
 from analyzer.errors import UserError
-from analyzer.explain.job import check_explain_inputs, explain_dataset
+from analyzer.explain.job import SHAP_DIR, check_explain_inputs, explain_dataset
 from analyzer.output import ANALYSIS_FILE, OutputStaging
 from analyzer.predict import ModelEndpoint, predicted_labels_for_bias
 from analyzer.report.summary import JobSummary
+
+if TYPE_CHECKING:
+    from analyzer.report.process import ReportProcess
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +169,9 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
 
 def write_outputs(config: AnalysisConfig, dataset: Dataset, results: dict[str, Any], staging: OutputStaging,
                   started_at: str) -> None:
-    """Stage ``analysis.json``, then the report. A report that cannot be written raises
-    ``analyzer.report.ReportError``: the job then fails and publishes nothing (the report is part of
-    the result the config asked for)."""
+    """Stage ``analysis.json``, then the report in this process (``lucent monitor``'s one staging folder).
+    A report that cannot be written raises ``analyzer.report.ReportError``. ``lucent run`` publishes
+    ``analysis.json`` first and renders its report in another process (``render_job_reports``)."""
     staging.write_json(ANALYSIS_FILE, results)
     report = config.methods.report
     if report is None:
@@ -179,6 +182,16 @@ def write_outputs(config: AnalysisConfig, dataset: Dataset, results: dict[str, A
     written = write_reports(results, job_summary(config, dataset, results, started_at), staging.staging_dir,
                             name=report.name, title=report.title)
     log.info("Report written (%s) in %.2f s", ", ".join(p.name for p in written), time.perf_counter() - started)
+
+
+def render_job_reports(reports: ReportProcess, config: AnalysisConfig, dataset: Dataset, results: dict[str, Any],
+                       staging_dir: Path, published_dir: Path, started_at: str) -> None:
+    """Have the report process render the configured report into ``staging_dir``, from the results
+    already published in ``published_dir`` (a text job's ``explanations_shap/out.jsonl``)."""
+    report = config.methods.report
+    assert report is not None
+    reports.render(results, job_summary(config, dataset, results, started_at), staging_dir, name=report.name,
+                   title=report.title, local_explanations=published_dir / SHAP_DIR / "out.jsonl")
 
 
 def job_summary(config: AnalysisConfig, dataset: Dataset, results: dict[str, Any], started_at: str) -> JobSummary:

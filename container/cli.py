@@ -2,6 +2,10 @@
 
 Each subcommand is a thin layer over a function in ``container`` or ``analyzer``; argument
 parsing and exit codes live here, nothing else.
+
+Importing this module costs nothing beyond the standard library: ``lucent --version`` answers before
+any parser is built, and each subcommand imports what it runs (pandas, scikit-learn, matplotlib and
+WeasyPrint only in the commands and steps that use them; tests/test_logging_cli.py checks it).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import sys
 from pathlib import Path
 
 from analyzer import __version__
-from container.job import DEFAULT_MESSAGE_FILE, DEFAULT_PROCESSING_ROOT, JobPaths, configure_logging
+from analyzer.logs import add_log_arguments, level_from_args
 
 DESCRIPTION = """\
 Lucent: a self-hosted fairness and explainability job that reads SageMaker Clarify's
@@ -39,6 +43,8 @@ exit codes: 0 success, 1 problem with the inputs (reason in the message file), 2
 
 
 def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    from container.job import DEFAULT_MESSAGE_FILE, DEFAULT_PROCESSING_ROOT
+
     parser.add_argument("--processing-root", type=Path, default=DEFAULT_PROCESSING_ROOT, metavar="DIR",
                         help=f"folder with input/config, input/data and output (default: {DEFAULT_PROCESSING_ROOT})")
     parser.add_argument("--message-file", type=Path, metavar="FILE",
@@ -49,7 +55,7 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
                              "predicted_label_dataset_uri, methods.shap.baseline, and links in the dataset "
                              "folder); without it such paths are an error, so that a config from someone else "
                              "cannot publish a local file such as ~/.aws/credentials in analysis.json")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_log_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:  # before building the parser, which imports every subcommand's module
+        print(f"lucent {__version__}")
+        return 0
     if argv[:1] == ["serve-model"]:  # its own parser: argparse REMAINDER would swallow no leading options
         from container.sidecar.cli import main as serve_model
 
@@ -110,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         from container.schedule import run_schedule
 
         return run_schedule(args)
-    configure_logging(args.verbose)
+    from container.job import JobPaths, configure_logging
+
+    configure_logging(level=level_from_args(args))
     paths = JobPaths.for_root(args.processing_root, args.message_file)
     if args.command == "run":
         from container.job import run_job

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import sys
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -26,20 +25,29 @@ from analyzer.config import AnalysisConfig, Predictor, find_config_file, load_co
 from analyzer.data import Dataset, resolve_local_path
 from analyzer.data.files import first_outside
 from analyzer.errors import ConfigError, DependencyError, UserError
+from analyzer.logs import configure_logging as configure_log_handler
 from analyzer.media import CSV, NPY
-from analyzer.output import STORAGE_ERRNOS, OutputStaging, check_output_folder, dumps, write_text_atomic
+from analyzer.output import (
+    ANALYSIS_FILE,
+    STORAGE_ERRNOS,
+    OutputStaging,
+    check_output_folder,
+    dumps,
+    write_text_atomic,
+)
 from analyzer.pipeline import (
     check_inputs,
     check_supported,
     load_job_dataset,
     needs_model,
+    render_job_reports,
     run_analysis,
-    write_outputs,
 )
 from analyzer.predict import ModelEndpoint
 from analyzer.predict.client import MAX_PAYLOAD_BYTES
-from analyzer.redact import install_redaction, redact
+from analyzer.redact import redact
 from analyzer.report import ReportError, check_report_engines
+from analyzer.report.process import ReportProcess, start_report_process
 from container.model_endpoint import ServedModel, model_endpoint
 from container.model_identity import model_identity
 from container.sidecar.server import STARTED_SERVER_MAX_BODY_BYTES
@@ -56,7 +64,7 @@ LOCAL_MAX_PAYLOAD_BYTES = STARTED_SERVER_MAX_BODY_BYTES
 
 
 def local_model(config: AnalysisConfig) -> bool:
-    """The model is Lucent's built-in server (or a sibling container) on this machine."""
+    """The model is on this machine: scored in process, Lucent's built-in server or a sibling container."""
     return not (config.predictor and config.predictor.endpoint_url)
 
 
@@ -90,36 +98,18 @@ class JobPaths:
         return self.processing_root / "output"
 
 
-class JobStopped(Exception):
-    """Raised in the main thread when the job receives SIGTERM (SageMaker's stop request)."""
+class JobStopped(BaseException):
+    """Raised in the main thread when the job receives SIGTERM (SageMaker's stop request).
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: the signal may land in any code, and handlers that
+    catch ``Exception`` (a log handler's ``emit``, one report format's failure) must not swallow it."""
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time of the record (it may be swapped, as in tests)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def configure_logging(verbose: bool = False) -> None:
-    """Log lines to stderr, where SageMaker (and `docker logs`) collect them. Idempotent, and leaves
-    other handlers on the root logger alone.
-
-    Every record is redacted (``analyzer.redact.install_redaction``): URL passwords, credential
-    headers, session tokens and key ids never reach a log, botocore's debug lines under ``-v`` included.
-    """
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    install_redaction(root)
+def configure_logging(verbose: bool = False, level: int | None = None) -> None:
+    """Log lines to stderr, where SageMaker (and `docker logs`) collect them, at ``level`` (default INFO,
+    DEBUG when ``verbose``); other libraries' lines only from WARNING up except at DEBUG
+    (``analyzer.logs``). Idempotent, redacted, and leaves other handlers on the root logger alone."""
+    configure_log_handler(logging.DEBUG if verbose else (logging.INFO if level is None else level))
 
 
 def request_format(config: AnalysisConfig, dataset: Dataset, served: ServedModel) -> Predictor:
@@ -128,7 +118,8 @@ def request_format(config: AnalysisConfig, dataset: Dataset, served: ServedModel
     Lucent's own server, when it decodes and encodes with its default handlers, gives the model the
     same array whatever the content type and returns the model's own numbers: numeric features then go
     as npy (several times cheaper than CSV), and so do score-only answers (read with the same column
-    indexes as CSV, without formatting and parsing every float).
+    indexes as CSV, without formatting and parsing every float). A model scored in process with the
+    default handlers gets the same settings: its rows are then passed as they are, not encoded at all.
     """
     predictor = config.predictor
     if not served.default_io:
@@ -140,22 +131,32 @@ def request_format(config: AnalysisConfig, dataset: Dataset, served: ServedModel
     if predictor.label is None and predictor.accept_type in (None, CSV):
         changes["accept_type"] = NPY
     if changes:
-        log.info("The built-in model server uses its default handlers: exchanging %s as %s (the same numbers, "
-                 "faster)", " and ".join("features" if k == "content_type" else "scores" for k in changes), NPY)
+        log.info("The model folder uses the default handlers: exchanging %s as %s (the same numbers, faster)",
+                 " and ".join("features" if k == "content_type" else "scores" for k in changes), NPY)
     return replace(predictor, **changes)
 
 
 def open_model(config: AnalysisConfig, dataset: Dataset, model_dir: Path,
                scope: contextlib.ExitStack) -> tuple[ModelEndpoint, str]:
-    """Start (or find) the config's model for ``dataset``, stopped when ``scope`` closes; returns the
-    endpoint the analyses call and the model's identity (SHAP checkpoints are kept per model; empty when
-    the job explains nothing)."""
-    served = scope.enter_context(model_endpoint(config, model_dir))
+    """Start (or find, or load) the config's model for ``dataset``, released when ``scope`` closes;
+    returns the endpoint the analyses call and the model's identity (SHAP checkpoints are kept per model;
+    empty when the job explains nothing).
+
+    A model folder is scored in process unless ``predictor.lucent_scoring`` is ``"server"``: it is loaded
+    here (an unloadable folder fails the job now) and no model server is started."""
+    from container.model_endpoint import in_process_model, scores_in_process
+
+    local = None
+    if scores_in_process(config):
+        local, default_io = scope.enter_context(in_process_model(config, model_dir))
+        served = ServedModel("", default_io=default_io)
+    else:
+        served = scope.enter_context(model_endpoint(config, model_dir))
     endpoint = ModelEndpoint(
         served.url, request_format(config, dataset, served), tuple(dataset.feature_names),
         # Lucent's own server takes bigger requests than SageMaker's 6 MB limit: fewer, larger
         # predict calls are most of the throughput on a local model.
-        max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES if local_model(config) else MAX_PAYLOAD_BYTES)
+        max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES if local_model(config) else MAX_PAYLOAD_BYTES, local=local)
     identity = model_identity(config, model_dir) if config.methods.shap is not None else ""
     return endpoint, identity
 
@@ -216,58 +217,100 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     previous_handler = signal.signal(signal.SIGTERM, raise_job_stopped)
+    published_analysis = False
     try:
         log.info("Starting Lucent %s processing job (SageMaker Clarify compatible)", __version__)
         config, config_file = _load(paths)
         log.info("Analysis result path: %s", paths.output_dir)
         check_supported(config)
-        if config.methods.report is not None:
-            check_report_engines()  # fail now, not after hours of computing
         if not allow_paths_outside_root and (outside := inputs_outside_root(config, paths, config_file)):
             raise UserError("; ".join(outside))
         dataset_path = dataset_path_for(config, paths, config_file)
         log.info("Dataset type: %s uri: %s", config.dataset_type, dataset_path)
-        # Staging first: an output folder that cannot be written fails the job before any work is done.
-        with OutputStaging(paths.output_dir) as staging, contextlib.ExitStack() as model_scope:
-            dataset = load_job_dataset(config, dataset_path, base_dir=config_file.parent)
-            endpoint, identity = (open_model(config, dataset, paths.model_dir, model_scope) if needs_model(config)
-                                  else (None, ""))
-            results = run_analysis(config, dataset, staging, endpoint, base_dir=config_file.parent,
-                                   model_identity=identity)
-            model_scope.close()  # stop the model before writing reports: it is no longer needed
-            write_outputs(config, dataset, results, staging, started_at)
-            published = staging.commit()
-        log.info("Collected analyses:\n%s", dumps(results))
-        for path in published:
-            log.info("Wrote %s", path)
+        with contextlib.ExitStack() as report_scope, contextlib.ExitStack() as model_scope:
+            # The report's process starts now: it checks the PDF engine and loads the renderers while the
+            # job reads and computes (WeasyPrint and matplotlib are never imported by this process).
+            reports = report_scope.enter_context(start_report_process()) if config.methods.report else None
+            # Staging first: an output folder that cannot be written fails the job before any work is done.
+            with OutputStaging(paths.output_dir) as staging:
+                dataset = load_job_dataset(config, dataset_path, base_dir=config_file.parent)
+                endpoint, identity = (open_model(config, dataset, paths.model_dir, model_scope)
+                                      if needs_model(config) else (None, ""))
+                if reports is not None:
+                    reports.check_engines()  # fail now, not after hours of computing
+                results = run_analysis(config, dataset, staging, endpoint, base_dir=config_file.parent,
+                                       model_identity=identity)
+                staging.write_json(ANALYSIS_FILE, results)
+                # analysis.json (and explanations_shap/) is the result: published now, the report never
+                # delays it (docs/reports.md, "When the report is written").
+                published = staging.commit()
+            published_analysis = True
+            log.info("Collected analyses:\n%s", dumps(results))
+            for path in published:
+                log.info("Wrote %s", path)
+            if reports is not None:
+                published_report = _publish_report(reports, config, dataset, results, paths, started_at,
+                                                   model_scope)
+                for path in published_report:
+                    log.info("Wrote %s", path)
         log.info("Job finished in %.2f s", time.perf_counter() - started)
         return _finish(paths, EXIT_OK, SUCCESS_MESSAGE)
     except UserError as error:
         log.error("Job failed: %s", error)
-        return _finish(paths, EXIT_USER_ERROR, f"ClientError: {error}")
+        return _finish(paths, EXIT_USER_ERROR, f"ClientError: {error}{_published_note(published_analysis)}")
     except DependencyError as error:  # the model server died or stopped answering: not the user's inputs
         log.error("Job failed: %s", error)
-        return _finish(paths, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}")
+        return _finish(paths, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}{_published_note(published_analysis)}")
     except ReportError as error:
-        # The configured report is part of the result: without it the job has not done what it was
-        # asked, and publishing analysis.json alone would look like a complete result.
-        log.error("The report could not be written; nothing was published: %s", error)
-        return _finish(paths, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}; no results were published")
+        # analysis.json is complete and published; the report the config asked for is not (or only some
+        # of its formats are): the job has not done all it was asked, and says exactly what is missing.
+        log.error("The report could not be written: %s", error)
+        return _finish(paths, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}{_published_note(published_analysis, error.written)}")
     except JobStopped:
         log.error("Signal 15 received, cleaning up")
-        return _finish(paths, EXIT_INTERNAL_ERROR, "ClientError: the job was stopped (SIGTERM) before it finished")
+        return _finish(paths, EXIT_INTERNAL_ERROR, "ClientError: the job was stopped (SIGTERM) before it finished"
+                                                   f"{_published_note(published_analysis)}")
     except Exception as error:  # noqa: BLE001 - the job must always leave an exit message
         if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:  # full disk, quota, read-only mount
             where = error.filename or paths.output_dir
             log.error("Job failed: cannot write %s: %s", where, error.strerror)
+            note = _published_note(published_analysis) or "; nothing was published"
             return _finish(paths, EXIT_USER_ERROR, f"ClientError: cannot write {where}: {error.strerror}. Free "
-                                                   "some space (or raise the quota) and run the job again; "
-                                                   "nothing was published")
+                                                   f"some space (or raise the quota) and run the job again{note}")
         log.error("Internal error:\n%s", traceback.format_exc())
         return _finish(paths, EXIT_INTERNAL_ERROR,
-                       f"AlgorithmError: internal error in Lucent {__version__}: {type(error).__name__}: {error}")
+                       f"AlgorithmError: internal error in Lucent {__version__}: {type(error).__name__}: {error}"
+                       f"{_published_note(published_analysis)}")
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _publish_report(reports: ReportProcess, config: AnalysisConfig, dataset: Dataset, results: dict,
+                    paths: JobPaths, started_at: str, model_scope: contextlib.ExitStack) -> list[Path]:
+    """Render the report in its own process while the model stops, then publish it beside the published
+    ``analysis.json`` (added to the published set, each file atomic). Formats that were written are
+    published even when another failed; ``ReportError`` then says which failed."""
+    started = time.perf_counter()
+    with OutputStaging(paths.output_dir) as staging:
+        render_job_reports(reports, config, dataset, results, staging.staging_dir, paths.output_dir, started_at)
+        model_scope.close()  # stop the model while the report renders: nothing needs it any more
+        try:
+            reports.wait()
+        except ReportError as error:
+            staging.keep_only(error.written)  # complete formats only, as the report process confirmed
+            error.written = staging.commit(replace_previous=False)
+            raise
+        published = staging.commit(replace_previous=False)
+    log.info("Report written (%s) in %.2f s", ", ".join(p.name for p in published), time.perf_counter() - started)
+    return published
+
+
+def _published_note(analysis_published: bool, report_files: list[Path] | None = None) -> str:
+    """What the exit message of a job that failed after publishing ``analysis.json`` adds: that it was."""
+    if not analysis_published:
+        return ""
+    names = ["analysis.json", *(p.name for p in report_files or [])]
+    return f"; {', '.join(names)} and the other results were published"
 
 
 def validate_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> list[str]:

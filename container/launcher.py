@@ -43,8 +43,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from analyzer.data import resolve_local_path
 from analyzer.errors import UserError
+from analyzer.logs import add_log_arguments, level_from_args
 from analyzer.output import (
     ANALYSIS_FILE,
     INTERNAL_PREFIX,
@@ -504,6 +504,8 @@ def staged_input_path(key: str, value: str, inputs: Path, job_inputs: Path, job_
     if "\x00" in value:
         raise LaunchError(refusal)
     try:
+        from analyzer.data import resolve_local_path  # pandas: only when a config is staged
+
         job_path = Path(os.path.normpath(resolve_local_path(value, base_dir=job_config_dir)))
     except UserError as error:
         raise LaunchError(f"{key}: {error}") from error
@@ -637,13 +639,13 @@ def add_launch_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--endpoint-url", default=None, metavar="URL",
                         help="S3 API endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
     parser.add_argument("--work-dir", type=Path, metavar="DIR", help="where to stage (default: the temp folder)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_log_arguments(parser)
     return parser
 
 
 def run_launch(args: argparse.Namespace) -> int:
     """``lucent launch``: prints where the results are and the exit message; returns the exit code."""
-    configure_logging(args.verbose)
+    configure_logging(level=level_from_args(args))
     install_redaction()  # botocore's debug log (-v) prints request headers and credentials
     try:
         code, message = launch(args.config, args.output, args.data, args.model, args.image, args.endpoint_url,

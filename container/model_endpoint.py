@@ -5,8 +5,11 @@ In this order (spec clarify-contract.md sections 2.5 and 5):
 1. ``predictor.endpoint_url`` (Lucent extension): a model server that is already running;
 2. ``predictor.image_uri`` (Lucent extension): a model image, started as a sibling container with
    the model folder mounted at ``/opt/ml/model`` (``serve`` as SageMaker starts it), removed after;
-3. otherwise Lucent's built-in model server, started as a child process on the job's model folder
-   (``<processing-root>/input/model``: a folder, or one holding ``model.tar.gz``).
+3. otherwise the job's model folder (``<processing-root>/input/model``: a folder, or one holding
+   ``model.tar.gz``), scored in process by default (``in_process_model``: each job process that
+   scores loads the folder once and calls its handlers directly; no server is started), or served by
+   Lucent's built-in model server, started as a child process, with ``predictor.lucent_scoring:
+   "server"``.
 
 SageMaker's ``model_name`` / ``endpoint_name`` cannot be reached from a self-hosted job; they are
 accepted (SDK configs carry them) and logged. Whatever was started is stopped when the job ends,
@@ -25,19 +28,24 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analyzer.config import AnalysisConfig
+from analyzer.config.model import SERVER
 from analyzer.errors import DependencyError, UserError
-from analyzer.predict import ModelTransportError, wait_until_healthy
+from analyzer.predict import ModelRefused, ModelTransportError, wait_until_healthy
+from analyzer.predict.inprocess import forget_model, loaded_model
 from analyzer.redact import redact_url
 from container.engine import EngineUnavailable, connect_engine
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from container.sidecar import ModelServer
+    from container.sidecar.model import ModelHandlers
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +73,7 @@ def model_endpoint(config: AnalysisConfig, model_dir: Path) -> Iterator[ServedMo
     predictor = config.predictor
     if predictor is None:
         raise ModelUnavailable("predictor: this job needs a model but the config has no 'predictor' section")
-    for key in ("model_name", "endpoint_name"):
-        if getattr(predictor, key):
-            log.info("predictor.%s %r names a SageMaker resource; Lucent uses %s instead", key,
-                     getattr(predictor, key), _describe_source(config, model_dir))
+    _log_sagemaker_names(config, model_dir)
     if predictor.endpoint_url:
         yield ServedModel(_existing_endpoint(predictor.endpoint_url))
     elif predictor.image_uri:
@@ -79,11 +84,115 @@ def model_endpoint(config: AnalysisConfig, model_dir: Path) -> Iterator[ServedMo
             yield served
 
 
+def _log_sagemaker_names(config: AnalysisConfig, model_dir: Path) -> None:
+    for key in ("model_name", "endpoint_name"):
+        if getattr(config.predictor, key):
+            log.info("predictor.%s %r names a SageMaker resource; Lucent uses %s instead", key,
+                     getattr(config.predictor, key), _describe_source(config, model_dir))
+
+
+def scores_in_process(config: AnalysisConfig) -> bool:
+    """The job's model folder is scored in the job's own processes: no ``endpoint_url`` or ``image_uri``
+    (those are servers, always called over HTTP) and ``predictor.lucent_scoring`` is not ``"server"``."""
+    predictor = config.predictor
+    return predictor is not None and not predictor.endpoint_url and not predictor.image_uri and \
+        predictor.lucent_scoring != SERVER
+
+
+@dataclass(frozen=True)
+class InProcessModel:
+    """The job's model folder as a picklable handle (``analyzer.predict.ModelLoader``): worker processes
+    get it inside ``ModelEndpoint`` and each loads the folder once, with the built-in server's loader and
+    handler chain (``container.sidecar.model``), so the scores are the server's."""
+
+    folder: str  # the extracted folder that is loaded
+    shown: str  # the folder or tarball the user gave, for messages
+
+    def load(self) -> LoadedFolder:
+        from container.sidecar.model import ModelLoadError, load_handlers
+
+        try:
+            # One thread per call inside XGBoost / LightGBM: the client runs one batch per core instead.
+            handlers = load_handlers(Path(self.folder), threads=1)
+        except ModelLoadError as error:
+            raise ModelUnavailable(f"model folder unloadable: {error}") from error
+        except Exception as error:  # what the server reports through /ping, reported here
+            log.exception("loading the model failed")
+            raise ModelUnavailable(f"model folder unloadable: {type(error).__name__}: {error}") from error
+        return LoadedFolder(handlers)
+
+
+class LoadedFolder:
+    """A loaded model folder behind ``analyzer.predict.LoadedModel``: the server's handler semantics,
+    its failures raised as ``ModelRefused`` with the text the server would answer."""
+
+    def __init__(self, handlers: ModelHandlers):
+        self.handlers = handlers
+        self.default_io = handlers.default_io
+        self.source = handlers.source
+
+    def score(self, rows: np.ndarray, accept: str, headers: Mapping[str, str]) -> np.ndarray | bytes:
+        with _refusals():
+            return self.handlers.score(rows, accept, self._context(headers))
+
+    def invoke(self, body: bytearray, content_type: str, accept: str, headers: Mapping[str, str]) -> bytes:
+        with _refusals():
+            return self.handlers.invoke(body, content_type, accept, self._context(headers))[0]
+
+    def _context(self, headers: Mapping[str, str]):
+        from container.sidecar.app import CUSTOM_ATTRIBUTES_HEADER, TARGET_MODEL_HEADER
+        from container.sidecar.model import InvocationContext
+
+        return InvocationContext(custom_attributes=headers.get(CUSTOM_ATTRIBUTES_HEADER.lower()),
+                                 target_model=headers.get(TARGET_MODEL_HEADER.lower()), headers=dict(headers),
+                                 model_dir=str(self.handlers.model_dir))
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """A handler failure (the server's 4xx/5xx answer) -> ``ModelRefused``. A stop request (SIGTERM's
+    ``JobStopped``, a ``BaseException``) passes through the handler stages untouched and stops the job."""
+    from container.sidecar.model import InvocationError
+
+    try:
+        yield
+    except InvocationError as error:
+        raise ModelRefused(str(error)) from None
+
+
+@contextlib.contextmanager
+def in_process_model(config: AnalysisConfig, model_dir: Path) -> Iterator[tuple[InProcessModel, bool]]:
+    """Load the job's model folder in this process (a tarball is extracted first, removed afterwards);
+    yields the handle worker processes load it with and whether its handlers are the defaults. An
+    unloadable folder fails here, before any work, as it does when the server would not start."""
+    from container.sidecar.model import ModelLoadError, prepare_model_dir
+
+    _log_sagemaker_names(config, model_dir)
+    source = model_source(model_dir)
+    started = time.perf_counter()
+    try:
+        folder, extracted = prepare_model_dir(source)
+    except ModelLoadError as error:
+        raise ModelUnavailable(f"model folder unloadable: {error}") from error
+    model = InProcessModel(str(folder), str(source))
+    try:
+        loaded = loaded_model(model)
+        log.info("Scoring the model in process (no model server): %s, loaded in %.1f seconds", loaded.source,
+                 time.perf_counter() - started)
+        yield model, loaded.default_io
+    finally:
+        forget_model(model)
+        if extracted is not None:
+            extracted.cleanup()
+
+
 def _describe_source(config: AnalysisConfig, model_dir: Path) -> str:
     if config.predictor.endpoint_url:
         return f"the endpoint at {redact_url(config.predictor.endpoint_url)}"
     if config.predictor.image_uri:
         return f"the model image {config.predictor.image_uri}"
+    if scores_in_process(config):
+        return f"the model folder {model_dir}, in process"
     return f"the built-in model server on {model_dir}"
 
 

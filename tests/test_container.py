@@ -128,7 +128,7 @@ def test_demo_job_in_the_container_matches_the_host(engine, image, host_job, tmp
     code, logs = run_in_container(engine, image, host_job.root, output, message_dir)
     assert code == 0, logs
     assert (message_dir / "message").read_text().strip() == SUCCESS_MESSAGE
-    assert "Model server ready" in logs  # predictions came from the built-in sidecar inside the container
+    assert "Scoring the model in process" in logs  # predictions came from the model folder inside the container
     assert JobRoot(tmp_path).output_files() == host_job.output_files()  # SHAP's files too, when configured
     assert (output / "report.pdf").read_bytes()[:5] == b"%PDF-"  # Pango is in the image
     analysis = json.loads((output / "analysis.json").read_text())

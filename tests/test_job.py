@@ -119,21 +119,6 @@ def test_no_report_files_without_methods_report(demo_job, demo_config):
     assert demo_job.output_files() == [MANIFEST_FILE, "analysis.json"]
 
 
-@pytest.mark.slow
-def test_report_failure_fails_the_job_and_publishes_nothing(demo_job, monkeypatch):
-    # A PDF engine that breaks mid-job cannot be produced with real parts on demand: stub that one call.
-    # (tests/test_report_safety.py has the fast variants, and a missing engine found before computing.)
-    import analyzer.report.pdf
-
-    def broken_pdf(*args, **kwargs):
-        raise OSError("cannot load library 'libpango-1.0-0'")
-
-    monkeypatch.setattr(analyzer.report.pdf, "render_pdf", broken_pdf)
-    assert demo_job.run() == 2
-    assert demo_job.message.startswith("AlgorithmError: the report could not be written (pdf: OSError: cannot load")
-    assert [f for f in demo_job.output_files() if not f.startswith(".lucent-work")] == []
-
-
 def test_message_file_override(demo_job, tmp_path):
     target = tmp_path / "elsewhere" / "msg.txt"
     assert demo_job.run("--message-file", str(target)) == 0

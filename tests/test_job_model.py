@@ -67,7 +67,11 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 @pytest.fixture
 def model_job(tmp_path) -> JobRoot:
-    write_demo_job(tmp_path / "job", n_rows=400, seed=5, with_model=True)
+    # These tests are about the built-in model server (its lifecycle, its faults, how the job reports
+    # them), which a model folder only gets with lucent_scoring "server" (tests/test_inprocess_scoring.py:
+    # the default, in process).
+    config = {**MODEL_DEMO_CONFIG, "predictor": {**MODEL_DEMO_CONFIG["predictor"], "lucent_scoring": "server"}}
+    write_demo_job(tmp_path / "job", n_rows=400, seed=5, config=config, with_model=True)
     return JobRoot(tmp_path / "job")
 
 

@@ -98,11 +98,19 @@ class Methods:
     asymmetric_shapley_value: AsymmetricShapleyValueMethod | None = None
 
 
+IN_PROCESS, SERVER = "in_process", "server"
+SCORING_MODES = (IN_PROCESS, SERVER)  # predictor.lucent_scoring
+
+
 @dataclass(frozen=True)
 class Predictor:
     # Where the model is (Lucent extensions first: endpoint_url, image_uri).
     endpoint_url: str | None = None
     image_uri: str | None = None
+    # How a model folder is scored (Lucent extension): "in_process" (the default: each job process loads
+    # the folder and calls it) or "server" (the built-in model server, over HTTP). Images and URLs are
+    # always servers. None: the default.
+    lucent_scoring: str | None = None
     model_name: str | None = None
     endpoint_name: str | None = None
     endpoint_name_prefix: str | None = None

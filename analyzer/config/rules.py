@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from analyzer import media
+from analyzer.config.model import IN_PROCESS
 from analyzer.config.spec import INVALID, closest
 
 Tree = dict[str, Any]
@@ -249,6 +250,12 @@ def predictor_location(tree: Tree) -> Iterator[Finding]:
                 yield f"predictor.{key}", "cannot be used together with predictor.endpoint_name"
     if has(tree, "predictor.endpoint_url") and has(tree, "predictor.image_uri"):
         yield "predictor.image_uri", "cannot be used together with predictor.endpoint_url (give one of them)"
+    if get(tree, "predictor.lucent_scoring") == IN_PROCESS:
+        for key in ("endpoint_url", "image_uri"):
+            if has(tree, f"predictor.{key}"):
+                yield "predictor.lucent_scoring", (f"'in_process' loads the job's model folder, but predictor.{key} "
+                                                   "names a model server, which is always called over HTTP: "
+                                                   f"remove one of them")
 
 
 @rule

@@ -7,7 +7,8 @@ the Clarify container checks), with three deliberate differences:
 * a few keys the SDK schema marks required have documented defaults and may be omitted:
   ``methods.pdp.grid_resolution`` (20, the container default) and ``methods.report.name``
   (``"report"``);
-* Lucent extension keys ``predictor.endpoint_url`` and ``predictor.image_uri``.
+* Lucent extension keys ``predictor.endpoint_url``, ``predictor.image_uri`` and
+  ``predictor.lucent_scoring``.
 
 Rules that involve more than one key live in ``analyzer.config.rules``.
 """
@@ -19,8 +20,10 @@ from urllib.parse import SplitResult, urlsplit
 
 from analyzer.config.model import (
     DATASET_TYPES,
+    IN_PROCESS,
     POST_TRAINING_METRICS,
     PRE_TRAINING_METRICS,
+    SCORING_MODES,
     AsymmetricShapleyValueMethod,
     BiasMethod,
     Facet,
@@ -224,6 +227,7 @@ PREDICTOR = Obj({
     # Lucent extensions: where a self-hosted job reaches the model.
     "endpoint_url": ENDPOINT_URL,
     "image_uri": Where(STRING, ((bool, "must not be empty"),)),
+    "lucent_scoring": Enum(SCORING_MODES, aliases={"in-process": IN_PROCESS, "inprocess": IN_PROCESS}),
     # SageMaker: existing endpoint, or a model deployed to a shadow endpoint.
     "endpoint_name": STRING,
     "endpoint_name_prefix": Where(STRING, (

@@ -34,6 +34,7 @@ from analyzer.data.files import list_data_files
 from analyzer.errors import DataError, UserError
 from analyzer.output import OutputStaging, write_text_atomic
 from analyzer.predict import ModelEndpoint
+from analyzer.progress import progress
 
 from .aggregate import aggregate
 from .baseline import compute_baseline
@@ -177,7 +178,10 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
                             fitted=fitted)
     rows_per_record = (len(explainer.design.masks) + 2) * len(baseline) + 1
     records = dataset.features.to_numpy()
-    local = run_shards(settings, records, shard_size(rows_per_record), explainer)
+    size = shard_size(rows_per_record)
+    with progress("SHAP", total=len(records), unit="records") as bar:
+        local = run_shards(settings, records, size, explainer,
+                           on_done=lambda i: bar.update(min(size, len(records) - i * size)))
 
     names = [dataset.feature_names[j] for j in inputs.features]
     if shap.save_local_shap_values:

@@ -23,6 +23,7 @@ from analyzer.config.model import TextConfig
 from analyzer.data import Dataset
 from analyzer.errors import UserError
 from analyzer.output import atomic_writer
+from analyzer.progress import progress
 
 from .aggregate import aggregate_values
 from .design import default_num_samples
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 TEXT_BASELINE = "<PAD>"  # what replaces a masked unit when the config gives no baseline
 KEY = "methods.shap.text_config"
+SPLIT_CHUNK = 2000  # texts per spaCy call: progress is shown between calls
 # Detection (docs/text-explanations.md): a string feature is free text when its values have at least
 # MIN_TOKENS tokens on average and at least MIN_DISTINCT of them differ (categories repeat, reviews don't).
 MIN_TOKENS = 3.0
@@ -84,7 +86,13 @@ def record_units(text_config: TextConfig, dataset: Dataset, columns: Sequence[in
             raise UserError(f"{KEY}: text feature {name!r} at dataset row {row} holds {values.iloc[row]!r} "
                             f"({type(values.iloc[row]).__name__}), not a string"
                             + (f" ({int(not_text.sum())} such rows)" if not_text.sum() > 1 else ""))
-        units = split_texts(values.tolist(), text_config.language, text_config.granularity)
+        texts = values.tolist()
+        units = []
+        with progress(f"Text: splitting {name!r}", total=len(texts), unit="texts") as bar:
+            for start in range(0, len(texts), SPLIT_CHUNK):  # spaCy splits each text on its own
+                part = texts[start:start + SPLIT_CHUNK]
+                units.extend(split_texts(part, text_config.language, text_config.granularity))
+                bar.update(len(part))
         empty = [i for i, u in enumerate(units) if not u]
         if empty:
             raise UserError(f"{KEY}: text feature {name!r} is empty at dataset row {empty[0]}"

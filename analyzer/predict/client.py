@@ -274,8 +274,8 @@ class ModelClient:
             return []
         if second is None:
             return self._run(first, threading.Event())  # one request: no thread hand-off
-        executor = self._executor = self._executor or ThreadPoolExecutor(self.concurrency,
-                                                                          thread_name_prefix="predict")
+        executor = self._executor = self._executor or ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="predict", initializer=self._thread_started)
         progress = _Progress(n_rows, self.progress_interval)
         abort = threading.Event()  # set when one batch fails: the others stop retrying and splitting
         results: dict[int, list[Predictions]] = {}
@@ -339,7 +339,7 @@ class ModelClient:
         if len(batch) > cap:  # cut before the model refused a smaller batch: do not try it whole
             return [part for piece in batch.pieces(cap) for part in self._run(piece, abort, patience)]
         try:
-            body = self._post(batch.records.body(batch.start, batch.stop), batch, abort, patience)
+            return [self._answer(batch, abort, patience)]
         except _Refused as refusal:
             if len(batch) == 1:
                 raise ModelError(f"The model at {self.shown_url} failed on the record at row {batch.first_row}: "
@@ -354,7 +354,18 @@ class ModelClient:
                     self._records_cap = len(halves[0])
                     log.info("Prediction batch size is reduced to %d after a model error.", self._records_cap)
             return [part for half in halves for part in self._run(half, abort, patience)]
-        return [self.parser.parse(body, len(batch), batch.first_row)]
+
+    def _answer(self, batch: _Batch, abort: threading.Event, patience: _Patience) -> Predictions:
+        """The model's predictions for one batch: the seam between batching (splitting, ordering,
+        concurrency, finding the refused record) and how a batch reaches the model. Raises ``_Refused``
+        when a smaller batch may fare better. Here: one HTTP request; ``InProcessClient`` calls the
+        model in this process instead."""
+        body = self._post(batch.records.body(batch.start, batch.stop), batch, abort, patience)
+        return self.parser.parse(body, len(batch), batch.first_row)
+
+    def _thread_started(self) -> None:
+        """Runs in each of the client's threads when it starts (the in-process client caps the model's
+        own threads there)."""
 
     def _post(self, body: Body, batch: _Batch, abort: threading.Event, patience: _Patience) -> bytes:
         """The response body of one request; retries what retrying can fix, raises ``_Refused`` when a

@@ -72,6 +72,16 @@ class ResponseParser:
             extract = self._json_lines(body, n_records, first_row)
         else:
             extract = self._json(body, n_records, first_row)
+        return self._predictions(extract, n_records, first_row)
+
+    def parse_array(self, array: np.ndarray, n_records: int, first_row: int = 0) -> Predictions:
+        """Predictions from the array an ``application/x-npy`` answer holds, without the body: what an
+        in-process model returns (``parse`` of that array's ``.npy`` body gives the same result)."""
+        if self.accept_type != NPY:
+            raise ValueError(f"parse_array reads application/x-npy answers, this parser reads {self.accept_type}")
+        return self._predictions(self._array(array, n_records, first_row), n_records, first_row)
+
+    def _predictions(self, extract: Extract, n_records: int, first_row: int) -> Predictions:
         label = probability = None
         if self._label is None and self._probability is None:  # the whole output is the score(s)
             probability = as_numbers(extract(None, "output"), "score", first_row,
@@ -105,6 +115,9 @@ class ResponseParser:
         except (ValueError, OSError) as error:
             raise UserError(f"the model's application/x-npy answer for rows from {first_row} is not an array: "
                             f"{error}") from error
+        return self._array(array, n, first_row)
+
+    def _array(self, array: np.ndarray, n: int, first_row: int) -> Extract:
         array = array.reshape(len(array), -1) if array.ndim != 2 else array
         _check_count(len(array), n, first_row, "row(s)")
         return self._columns([array[:, j] for j in range(array.shape[1])], n, first_row)

@@ -1,29 +1,63 @@
 """``ModelEndpoint``: how to reach the job's model, as plain picklable data.
 
-The job starts (or finds) the model once; analyses that fan out to worker processes (sharded SHAP)
-pass this object to each worker, which opens its own ``ModelClient`` with ``client()``.
+The job starts (or finds, or loads) the model once; analyses that fan out to worker processes (sharded
+SHAP) pass this object to each worker, which opens its own client with ``client()``. Which client that
+is -- HTTP to a model server, or the model folder loaded in the process (``local``) -- is decided here,
+once: the analyses only see the ``Scorer`` interface.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from analyzer.config import Predictor
 from analyzer.predict.client import MAX_PAYLOAD_BYTES, ModelClient, model_timeout_seconds
+from analyzer.predict.encode import Rows
+from analyzer.predict.inprocess import InProcessClient, ModelLoader
+from analyzer.predict.predictions import Predictions
+
+
+class Scorer(Protocol):
+    """What the analyses call: predictions for feature rows, in input order. ``ModelClient`` (a model
+    server over HTTP) and ``InProcessClient`` (the model loaded in this process) both are one."""
+
+    def predict(self, rows: Rows) -> Predictions: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Scorer: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
 
 
 @dataclass(frozen=True)
 class ModelEndpoint:
-    url: str  # base URL; requests go to <url>/invocations
+    url: str  # base URL; requests go to <url>/invocations (unused when ``local`` is set)
     predictor: Predictor
     feature_names: tuple[str, ...]
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     # Read once where the job creates the endpoint (a bad value fails the job there), then carried to
     # the worker processes with the rest.
     timeout: float = field(default_factory=model_timeout_seconds)
+    # The model folder, scored in each process that opens a client (loaded once per process); None: the
+    # model is a server at ``url``.
+    local: ModelLoader | None = None
 
-    def client(self, feature_names: Sequence[str] | None = None, **options) -> ModelClient:
-        """A new client (its own connections and threads); close it, or use it in a ``with`` block."""
+    @property
+    def in_process(self) -> bool:
+        return self.local is not None
+
+    def client(self, feature_names: Sequence[str] | None = None, *, processes: int = 1, **options) -> Scorer:
+        """A new client (its own connections and threads); close it, or use it in a ``with`` block.
+
+        ``processes``: how many processes on this machine score at the same time (the SHAP workers). An
+        in-process client then uses its share of the cores; a server client ignores it (the server has
+        its own workers).
+        """
         options = {"max_payload_bytes": self.max_payload_bytes, "timeout": self.timeout, **options}
-        return ModelClient(self.url, self.predictor, list(feature_names or self.feature_names), **options)
+        names = list(feature_names or self.feature_names)
+        if self.local is not None:
+            return InProcessClient(self.local, self.predictor, names, processes=processes, **options)
+        return ModelClient(self.url, self.predictor, names, **options)

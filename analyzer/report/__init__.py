@@ -28,8 +28,8 @@ class ReportError(Exception):
     """Some report files could not be written; ``written`` lists those that were.
 
     Raised after every other format has been tried, so that the message names every format that
-    failed. A job treats it as a failure of the whole job (its staging folder, with the files
-    written, is discarded); ``analysis.json`` is never touched by this module.
+    failed. A job exits 2 with it, ``analysis.json`` being already published and the formats that
+    were written published beside it (docs/reports.md); this module never touches ``analysis.json``.
     """
 
     def __init__(self, message: str, written: list[Path], failed: dict[str, BaseException]):
@@ -50,15 +50,16 @@ def check_report_engines() -> None:
 
 
 def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: str = "report",
-                  title: str = "Analysis Report") -> list[Path]:
+                  title: str = "Analysis Report", local_explanations: Path | None = None) -> list[Path]:
     """Write ``<name>.html``, ``<name>.pdf`` and ``<name>.ipynb`` into ``output_dir``.
 
     Each file is written under a temporary name and renamed into place, so a reader never sees half
-    a file. A text job's report also reads ``explanations_shap/out.jsonl`` in ``output_dir`` (when
-    present) to show a few records with their words coloured by SHAP value. Returns the paths
+    a file. A text job's report also reads ``local_explanations`` (default: ``explanations_shap/out.jsonl``
+    in ``output_dir``), when present, to show a few records with their words coloured by SHAP value.
+    Returns the paths
     written. If a format fails (typically the PDF, when WeasyPrint or the Pango libraries are
     missing), the others are still written, then ``ReportError`` is raised naming the failed formats
-    and why. A job treats that as a failed job and publishes nothing.
+    and why. A job renders it in a process of its own (``analyzer.report.process``).
     """
     # Imported here, not at module level: they pull in matplotlib, pandas, nbformat and WeasyPrint,
     # which a job that writes no report (or `lucent validate`) should not pay for.
@@ -71,7 +72,7 @@ def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: s
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         doc = build_document(analysis, summary, title,
-                             local_explanations=output_dir / "explanations_shap" / "out.jsonl")
+                             local_explanations=local_explanations or output_dir / "explanations_shap" / "out.jsonl")
     except Exception as exc:  # a malformed analysis document: no format can be written
         raise ReportError(f"the report could not be written: could not read the analysis ({exc!r})", [],
                           {"all": exc}) from exc

@@ -6,6 +6,8 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
+from analyzer.logs import add_log_arguments, level_from_args
+
 DESCRIPTION = """\
 Run one execution of a ModelBiasMonitor / ModelExplainabilityMonitor job definition on an endpoint's
 captured traffic, as SageMaker Model Monitor does every hour:
@@ -65,7 +67,7 @@ def add_monitor_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--cloudwatch-dir", type=Path, metavar="DIR",
                         help="where CloudWatch metric files go when publish_cloudwatch_metrics is Enabled "
                              "(default: /opt/ml/output/metrics/cloudwatch)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_log_arguments(parser)
     return parser
 
 
@@ -87,7 +89,7 @@ def run_monitor_command(args: argparse.Namespace) -> int:
     from container.monitor.definition import load_job_definition
     from container.monitor.run import DEFAULT_CLOUDWATCH_DIR, Execution, run_monitor
 
-    configure_logging(args.verbose)
+    configure_logging(level=level_from_args(args))
     install_redaction()
     try:
         definition = load_job_definition(args.job_definition)

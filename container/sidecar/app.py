@@ -123,8 +123,7 @@ class SidecarApp:
             "loaded": handlers is not None,
             "error": self.load_error,
             "model": handlers.source if handlers else None,
-            "default_io": bool(handlers and handlers.input_fn is None and handlers.output_fn is None
-                               and handlers.transform_fn is None),
+            "default_io": bool(handlers and handlers.default_io),
             "content_types": list(codecs.SUPPORTED_TYPES),
         }
 

@@ -143,23 +143,29 @@ def prepare_model_dir(path: Path) -> tuple[Path, tempfile.TemporaryDirectory | N
     return Path(tmp.name), tmp
 
 
-def load_handlers(model_dir: Path) -> ModelHandlers:
-    """Load the model in ``model_dir`` (already extracted) and bind its handler functions."""
+def load_handlers(model_dir: Path, threads: int | None = None) -> ModelHandlers:
+    """Load the model in ``model_dir`` (already extracted) and bind its handler functions.
+
+    ``threads``: the threads an XGBoost or LightGBM model file may use per call (default
+    ``thread_budget()``, the server worker's share); the job's in-process scorer passes 1 and runs
+    batches side by side instead. The server (``app.py``) and the in-process scorer
+    (``container.model_endpoint``) both load through here: one implementation of loading and of the
+    handler chain."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelLoadError(f"model folder {model_dir} does not exist or is not a folder")
     entry = os.environ.get("SAGEMAKER_PROGRAM") or DEFAULT_ENTRY_POINT
     script = model_dir / "code" / entry
     if script.is_file():
-        return _load_script(model_dir, script)
+        return _load_script(model_dir, script, threads)
     if os.environ.get("SAGEMAKER_PROGRAM"):
         raise ModelLoadError(f"SAGEMAKER_PROGRAM={entry} but {script} does not exist")
-    model = load_model_file(model_dir)
+    model = load_model_file(model_dir, threads)
     return ModelHandlers(model=model, predict_fn=predict_scores, model_dir=model_dir,
                          source=f"{model_dir} ({_describe(model)})")
 
 
-def _load_script(model_dir: Path, script: Path) -> ModelHandlers:
+def _load_script(model_dir: Path, script: Path, threads: int | None = None) -> ModelHandlers:
     if (script.parent / "requirements.txt").is_file():
         log.warning("%s is not installed by Lucent: install those packages in the image", script.parent /
                     "requirements.txt")
@@ -172,7 +178,8 @@ def _load_script(model_dir: Path, script: Path) -> ModelHandlers:
     context = InvocationContext(model_dir=str(model_dir))
     model_fn = handlers["model_fn"]
     try:
-        model = call_handler(model_fn, str(model_dir), context=context) if model_fn else load_model_file(model_dir)
+        model = (call_handler(model_fn, str(model_dir), context=context) if model_fn
+                 else load_model_file(model_dir, threads))
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -242,8 +249,9 @@ def _model_files(model_dir: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def load_model_file(model_dir: Path) -> Any:
-    """Find the folder's single model file and load it into an object with ``predict``."""
+def load_model_file(model_dir: Path, threads: int | None = None) -> Any:
+    """Find the folder's single model file and load it into an object with ``predict`` (``threads``:
+    see ``load_handlers``)."""
     found = _model_files(model_dir)
     if not found:
         raise ModelLoadError(_no_model_file_message(model_dir))
@@ -254,7 +262,7 @@ def load_model_file(model_dir: Path) -> Any:
     path, kind = found[0]
     loader = {"pickle": _load_pickle, "xgboost": _load_xgboost, "lightgbm": _load_lightgbm}[kind]
     try:
-        model = loader(path)
+        model = loader(path, threads)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -278,11 +286,11 @@ def _no_model_file_message(model_dir: Path) -> str:
     return f"no model file found in {model_dir}, which holds {', '.join(entries)}{hint}: {expected}"
 
 
-def _load_pickle(path: Path) -> Any:
+def _load_pickle(path: Path, threads: int | None = None) -> Any:
     import joblib  # joblib also reads plain pickle files
 
     model = joblib.load(path)
-    return _wrap_booster(model) or model
+    return _wrap_booster(model, threads) or model
 
 
 def _import_optional(module: str, purpose: str) -> ModuleType:
@@ -293,7 +301,7 @@ def _import_optional(module: str, purpose: str) -> ModuleType:
                              f"(pip install {module})") from None
 
 
-def _load_xgboost(path: Path) -> Any:
+def _load_xgboost(path: Path, threads: int | None = None) -> Any:
     xgb = _import_optional("xgboost", f"the XGBoost model {path.name}")
     booster = xgb.Booster()
     try:
@@ -302,22 +310,22 @@ def _load_xgboost(path: Path) -> Any:
         if path.name != "xgboost-model":
             raise
         # Older SageMaker XGBoost algorithm versions pickled the Booster under this name.
-        return _load_pickle(path)
-    return XGBoostBooster(booster)
+        return _load_pickle(path, threads)
+    return XGBoostBooster(booster, threads)
 
 
-def _load_lightgbm(path: Path) -> Any:
+def _load_lightgbm(path: Path, threads: int | None = None) -> Any:
     lgb = _import_optional("lightgbm", f"the LightGBM model {path.name}")
-    return LightGBMBooster(lgb.Booster(model_file=str(path)))
+    return LightGBMBooster(lgb.Booster(model_file=str(path)), threads)
 
 
-def _wrap_booster(model: Any) -> Any | None:
+def _wrap_booster(model: Any, threads: int | None = None) -> Any | None:
     """Native boosters (pickled or loaded) need their own data wrappers; sklearn-API models don't."""
     kind = (type(model).__module__.split(".")[0], type(model).__name__)
     if kind == ("xgboost", "Booster"):
-        return XGBoostBooster(model)
+        return XGBoostBooster(model, threads)
     if kind == ("lightgbm", "Booster"):
-        return LightGBMBooster(model)
+        return LightGBMBooster(model, threads)
     return None
 
 
@@ -325,9 +333,9 @@ class XGBoostBooster:
     """``predict`` over an ``xgboost.Booster``: its native output (one probability per record for
     binary:logistic, k per record for multi:softprob, the raw value for regression)."""
 
-    def __init__(self, booster: Any):
+    def __init__(self, booster: Any, threads: int | None = None):
         self.booster = booster
-        self.booster.set_param({"nthread": thread_budget()})
+        self.booster.set_param({"nthread": threads or thread_budget()})
 
     def predict(self, data: Any) -> Any:
         import xgboost as xgb
@@ -344,11 +352,12 @@ class XGBoostBooster:
 class LightGBMBooster:
     """``predict`` over a ``lightgbm.Booster`` (probabilities for classifiers, as LightGBM returns them)."""
 
-    def __init__(self, booster: Any):
+    def __init__(self, booster: Any, threads: int | None = None):
         self.booster = booster
+        self.threads = threads
 
     def predict(self, data: Any) -> Any:
-        return self.booster.predict(data, num_threads=thread_budget())
+        return self.booster.predict(data, num_threads=self.threads or thread_budget())
 
 
 def thread_budget() -> int:
@@ -414,6 +423,25 @@ class ModelHandlers:
     transform_fn: Callable[..., Any] | None = None
     model_dir: Path = Path(".")
     source: str = ""
+
+    @property
+    def default_io(self) -> bool:
+        """The default input_fn and output_fn serve this model: a request is a plain array in any
+        supported type, and the answer is the prediction itself."""
+        return self.input_fn is None and self.output_fn is None and self.transform_fn is None
+
+    def score(self, data: Any, accept: str, context: InvocationContext | None = None) -> Any:
+        """What ``invoke`` does after the default input_fn decoded ``data``, for a model with default
+        handlers (``default_io``): predict_fn, then the default output_fn. For ``application/x-npy`` the
+        answer is the array its body would hold (``np.load`` gives it back unchanged, so the body is not
+        made); for other types it is the body. Raises :class:`InvocationError` as ``invoke`` does."""
+        context = context or InvocationContext(model_dir=str(self.model_dir))
+        prediction = self._stage("predict_fn", 500, self.predict_fn, data, self.model, context=context)
+        if codecs.media_type(accept) == codecs.NPY:
+            array = codecs.as_prediction_array(prediction)
+            if not array.dtype.hasobject:
+                return array
+        return self._stage("output_fn", 500, codecs.encode, prediction, accept)  # (object arrays: its error)
 
     def invoke(self, body: bytes | bytearray, content_type: str, accept: str,
                context: InvocationContext | None = None) -> tuple[bytes, str]:

@@ -1,0 +1,162 @@
+"""The report is rendered in its own process after analysis.json is published (docs/reports.md).
+
+The report process is a real ``spawn`` child: a monkeypatch in the test process does not reach it. To
+break it on demand, the tests put a stand-in ``weasyprint`` package first on ``sys.path`` (which a
+spawned child inherits; this process keeps the real module it has already imported). The stand-in
+fails to import as WeasyPrint does without Pango, or imports and, when asked for the PDF, writes down
+what the output folder held at that moment, then fails, or kills its own process the way a crash in a
+native library would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from analyzer.output import MANIFEST_FILE, OutputStaging, read_manifest
+from container.demo import DEMO_CONFIG, write_demo_job
+from tests.conftest import JobRoot
+
+STAND_IN = '''
+import json, os, signal
+from pathlib import Path
+if os.environ["LUCENT_TEST_MODE"] == "missing":
+    raise OSError("cannot load library 'libpango-1.0-0'")
+
+
+class URLFetcher:
+    def __init__(self, **kwargs):
+        pass
+
+
+class HTML:
+    def __init__(self, **kwargs):
+        pass
+
+    def write_pdf(self):
+        output = Path(os.environ["LUCENT_TEST_OUTPUT"])
+        seen = sorted(p.name for p in output.iterdir() if not p.name.startswith(".lucent-staging"))
+        Path(os.environ["LUCENT_TEST_SEEN"]).write_text(json.dumps(seen))
+        if os.environ["LUCENT_TEST_MODE"] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise OSError("cannot allocate a Pango layout")
+'''
+
+
+@pytest.fixture
+def broken_pdf(tmp_path, monkeypatch):
+    """Arm the stand-in ``weasyprint`` for spawned children; returns (job, file of what it saw, mode setter)."""
+    import weasyprint  # noqa: F401 - this process keeps the real one (check_report_engines passes)
+
+    job = JobRoot(write_demo_job(tmp_path / "job", n_rows=300, config=DEMO_CONFIG))
+    shadow = tmp_path / "shadow"
+    (shadow / "weasyprint").mkdir(parents=True)
+    (shadow / "weasyprint" / "__init__.py").write_text(STAND_IN, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(shadow))
+    seen = tmp_path / "seen.json"
+    monkeypatch.setenv("LUCENT_TEST_OUTPUT", str(job.output_dir))
+    monkeypatch.setenv("LUCENT_TEST_SEEN", str(seen))
+
+    def mode(value: str) -> None:
+        monkeypatch.setenv("LUCENT_TEST_MODE", value)
+
+    return job, seen, mode
+
+
+def test_a_failing_pdf_leaves_analysis_json_and_the_other_formats_published(broken_pdf) -> None:
+    job, seen, mode = broken_pdf
+    mode("fail")
+    assert job.run() == 2
+    # The child reached the PDF after analysis.json was published and before any report file was.
+    assert json.loads(seen.read_text()) == [MANIFEST_FILE, "analysis.json"]
+    assert job.message == ("AlgorithmError: the report could not be written (pdf: OSError: cannot allocate a Pango "
+                           "layout); analysis.json, report.html, report.ipynb and the other results were published")
+    assert job.output_files() == [MANIFEST_FILE, "analysis.json", "report.html", "report.ipynb"]
+    assert read_manifest(job.output_dir) == ["analysis.json", "report.html", "report.ipynb"]
+    assert list(job.analysis()) == ["version", "post_training_bias_metrics", "pre_training_bias_metrics"]
+
+
+def test_a_missing_pdf_engine_fails_the_job_before_it_computes(broken_pdf) -> None:
+    job, seen, mode = broken_pdf
+    mode("missing")
+    assert job.run() == 2
+    assert job.message == (
+        "AlgorithmError: the report cannot be written: pdf: WeasyPrint is not usable (cannot load library "
+        "'libpango-1.0-0'); install the Python package 'weasyprint' and the Debian packages libpango-1.0-0 and "
+        "libpangoft2-1.0-0")
+    assert not seen.exists()
+    assert job.output_files() == []  # the output folder was opened (and left empty), nothing computed
+
+
+def test_a_report_process_that_dies_is_named_and_leaves_analysis_json(broken_pdf) -> None:
+    job, seen, mode = broken_pdf
+    mode("kill")
+    assert job.run() == 2
+    assert json.loads(seen.read_text()) == [MANIFEST_FILE, "analysis.json"]
+    assert job.message == ("AlgorithmError: the report could not be written (the report process was killed by "
+                           "signal 9 (SIGKILL)); analysis.json and the other results were published")
+    # The formats the child had staged are not published: it never said they were complete.
+    assert job.output_files() == [MANIFEST_FILE, "analysis.json"]
+
+
+def test_a_rerun_replaces_the_previous_report_and_a_good_run_publishes_all(tmp_path) -> None:
+    job = JobRoot(write_demo_job(tmp_path / "job", n_rows=300, config=DEMO_CONFIG))
+    stale = job.output_dir / "report.pdf"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    (job.output_dir / MANIFEST_FILE).write_text(json.dumps({"published": ["report.pdf", "old.csv"]}))
+    (job.output_dir / "old.csv").write_text("x")
+    (job.output_dir / "mine.txt").write_text("the user's own file")
+    assert job.run() == 0, job.message
+    assert job.output_files() == [MANIFEST_FILE, "analysis.json", "mine.txt", "report.html", "report.ipynb",
+                                  "report.pdf"]
+    assert stale.read_bytes().startswith(b"%PDF")
+    assert read_manifest(job.output_dir) == ["analysis.json", "report.html", "report.ipynb", "report.pdf"]
+    assert oct(os.stat(stale).st_mode & 0o777) == "0o644"
+
+
+def test_commit_adding_keeps_what_is_published_and_replacing_removes_it(tmp_path) -> None:
+    out = tmp_path / "out"
+    with OutputStaging(out) as staging:
+        staging.write_text("analysis.json", "{}")
+        staging.write_text("explanations_shap/out.csv", "a")
+        staging.commit()
+    with OutputStaging(out) as staging:
+        staging.write_text("report.html", "<p>")
+        assert staging.commit(replace_previous=False) == [out / "report.html"]
+    assert read_manifest(out) == ["analysis.json", "explanations_shap/out.csv", "report.html"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        MANIFEST_FILE, "analysis.json", "explanations_shap/out.csv", "report.html"]
+    with OutputStaging(out) as staging:  # the next job's analysis replaces the whole set
+        staging.write_text("analysis.json", "[]")
+        staging.commit()
+    assert read_manifest(out) == ["analysis.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE, "analysis.json"]
+
+
+def test_sigterm_while_the_report_renders_stops_its_process(tmp_path) -> None:
+    """SageMaker's stop request during the report: the child is stopped, analysis.json stays published and
+    the message says so. The job runs in a subprocess that is sent SIGTERM when its log says the report
+    started (no timing guess)."""
+    import subprocess
+    import sys
+
+    job = JobRoot(write_demo_job(tmp_path / "job", n_rows=300, config=DEMO_CONFIG))
+    process = subprocess.Popen([sys.executable, "-m", "container.cli", "run", "--processing-root", str(job.root)],
+                               stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if "Wrote" in line and "analysis.json" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 2, "".join(lines) + rest
+    assert job.message == ("ClientError: the job was stopped (SIGTERM) before it finished; analysis.json and the "
+                           "other results were published")
+    assert job.output_files() == [MANIFEST_FILE, "analysis.json"]
+    assert "report process" not in rest  # stopped, not reported as a crash
