@@ -292,6 +292,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"monitor bench: {records:,} captured records in {n_files:,} files ({capture_bytes / 1e6:,.0f} MB), "
               f"ground truth {truth_bytes / 1e6:,.0f} MB; ready in {time.perf_counter() - started:.1f} s",
               flush=True)
+        # Both sides read the same files: read them once first, so that neither pays for a cold page cache
+        # (whichever ran first would).
+        for path in sorted(folder.rglob("*.jsonl")):
+            path.read_bytes()
         lucent = run_child("lucent", folder)
         reference = run_child("pandas", folder)
     identical = lucent["rows"] == reference["rows"] and same(lucent["results"], reference["results"])
