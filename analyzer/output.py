@@ -23,7 +23,9 @@ import math
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -77,20 +79,24 @@ class OutputStaging:
         """Create the staging folder; raises ``UserError`` naming the folder when the output folder cannot
         be created or written (a file in the way, read-only, no space left), before any work is done."""
         self.output_dir = Path(output_dir)
-        try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            remove_staging_leftovers(self.output_dir)
-            _check_free_space(self.output_dir)
-            self.staging_dir = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.output_dir))
-            self._lock = _lock_folder(self.staging_dir)
-        except OSError as error:
-            raise output_folder_error(self.output_dir, error) from error
-        self._committed = False
+        self._committed, self._lock = False, None
+        with held_stop_signals():  # a stop request lands before the staging folder exists or after it is locked
+            try:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                remove_staging_leftovers(self.output_dir)
+                _check_free_space(self.output_dir)
+                self.staging_dir = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.output_dir))
+                self._lock = _lock_folder(self.staging_dir)
+            except OSError as error:
+                raise output_folder_error(self.output_dir, error) from error
         try:
             _probe_write(self.staging_dir, self.output_dir)
         except OSError as error:
             self.discard()
             raise output_folder_error(self.output_dir, error) from error
+        except BaseException:  # a stop request while probing: no staging folder left behind
+            self.discard()
+            raise
 
     def path(self, relative: str) -> Path:
         """Where to write ``relative`` while staging (parent folders are created)."""
@@ -114,6 +120,10 @@ class OutputStaging:
         ``replace_previous=False`` adds the staged files to what is published and removes nothing: a
         job publishes ``analysis.json`` first and its report afterwards (docs/reports.md), each step
         atomic file by file."""
+        with held_stop_signals():  # every rename happens, or none: a stop request lands afterwards
+            return self._commit(replace_previous)
+
+    def _commit(self, replace_previous: bool) -> list[Path]:
         staged_files = sorted(p for p in self.staging_dir.rglob("*") if p.is_file())
         names = [p.relative_to(self.staging_dir).as_posix() for p in staged_files]
         previous = read_manifest(self.output_dir)
@@ -145,10 +155,11 @@ class OutputStaging:
                 path.unlink()
 
     def discard(self) -> None:
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        with held_stop_signals():  # a stop request must not leave the staging folder half removed
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
 
     def __enter__(self) -> OutputStaging:
         return self
@@ -249,6 +260,31 @@ def _remove_published(output_dir: Path, name: str) -> None:
             folder.rmdir()
         except OSError:  # not empty: the user's files, or this job's
             break
+
+
+@contextlib.contextmanager
+def held_stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT held back while the output folder changes: a stop request is handled right after
+    the block (by the handler that was there: the job's, which then stops it as usual), never halfway
+    through publishing or removing a staging folder. Python runs signal handlers in the main thread only,
+    so elsewhere there is nothing to hold back. (Masking the signal would not do: the kernel hands a
+    process signal to any thread that does not block it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    for number, handler in previous.items():
+        if handler is not None:  # None: a handler not installed from Python, left alone
+            signal.signal(number, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            if handler is not None:
+                signal.signal(number, handler)
+        for number in received:
+            signal.raise_signal(number)
 
 
 def remove_staging_leftovers(output_dir: Path) -> None:
