@@ -27,10 +27,9 @@ def stop_handler():
 
 def test_a_stop_request_inside_the_block_is_handled_after_it(stop_handler) -> None:
     done = []
-    with pytest.raises(Stopped):
-        with held_stop_signals():
-            os.kill(os.getpid(), signal.SIGTERM)
-            done.append("the rest of the block")
+    with pytest.raises(Stopped), held_stop_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        done.append("the rest of the block")
     assert done == ["the rest of the block"]
 
 
