@@ -486,3 +486,14 @@ def test_explainability_through_a_running_model_server(tmp_path: Path) -> None:
         folder = tmp_path / "monitoring" / ENDPOINT / option.strip("-") / f"{T:%Y/%m/%d/%H}"
         results[option] = json.loads((folder / "analysis.json").read_text())["explanations"]
     assert results["--model-url"] == results["--model-dir"]  # the same model, reached two ways
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "..", "x-", "x" * 64])
+def test_a_schedule_name_cannot_lead_out_of_the_output_folder(tmp_path: Path, normal, name: str) -> None:
+    setup = Setup(tmp_path, normal)
+    code = lucent(["monitor", "--job-definition", str(setup.definition), "--capture-uri", str(setup.capture),
+                   "--now", T.isoformat(), "--schedule-name", name, "--processing-root", str(tmp_path / "work")])
+    assert code == 1
+    assert "--schedule-name" in (tmp_path / "work" / "message").read_text()
+    written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
+    assert written <= {"capture", "ground-truth", "monitor-config.json", "job-definition.json", "work"}

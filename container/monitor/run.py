@@ -47,7 +47,7 @@ from analyzer.config import find_config_file
 from analyzer.config.parser import read_json_file
 from analyzer.errors import DependencyError, UserError
 from analyzer.monitor.attributes import BIAS
-from analyzer.monitor.capture import payload_bytes
+from analyzer.monitor.capture import check_name, payload_bytes
 from analyzer.monitor.config import monitoring_config
 from analyzer.monitor.metrics import CLOUDWATCH_FILE, PROMETHEUS_FILE
 from analyzer.output import STORAGE_ERRNOS, OutputStaging, dumps, write_text_atomic
@@ -94,7 +94,9 @@ class Execution:
 
     @property
     def output(self) -> Location:
-        """The window's output folder: ``{output}/{endpoint}/{schedule}/yyyy/mm/dd/hh``."""
+        """The window's output folder: ``{output}/{endpoint}/{schedule}/yyyy/mm/dd/hh``. The schedule name
+        becomes a folder: it must match SageMaker's name pattern (no ``/``, no ``..``)."""
+        check_name(self.schedule_name, "--schedule-name")
         folder = f"{self.definition.endpoint_name}/{self.schedule_name}/{self.now:%Y/%m/%d/%H}"
         return locate("MonitoringOutputs.S3Output.S3Uri", self.definition.output_uri).child(folder)
 
