@@ -497,3 +497,14 @@ def test_a_schedule_name_cannot_lead_out_of_the_output_folder(tmp_path: Path, no
     assert "--schedule-name" in (tmp_path / "work" / "message").read_text()
     written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
     assert written <= {"capture", "ground-truth", "monitor-config.json", "job-definition.json", "work"}
+
+
+@pytest.mark.parametrize("content", [b"[" * 200_000, b"\xff\xfe not utf-8", b'"just a string"', b"{broken"])
+def test_a_hostile_constraints_file_fails_the_execution_with_its_name(tmp_path: Path, normal, content: bytes) -> None:
+    bad = tmp_path / "constraints.json"
+    bad.write_bytes(content)
+    setup = Setup(tmp_path, normal, constraints=bad)
+    assert setup.run() == 1
+    status = setup.status()
+    assert status["ExecutionStatus"] == "Failed" and "ConstraintsResource.S3Uri" in status["FailureReason"]
+    assert setup.published() == ["monitoring_execution.json"]

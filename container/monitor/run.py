@@ -407,8 +407,9 @@ def _read_constraints(runner: Launch, uri: str | None) -> dict | None:
     [(_, data)] = list(_read_files(runner, [str(Location(uri).uri)]))
     try:
         document = json.loads(data.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise UserError(f"ConstraintsResource.S3Uri: {redact_url(uri)} is not a JSON analysis.json: {error}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # RecursionError: nested too deeply
+        raise UserError(f"ConstraintsResource.S3Uri: {redact_url(uri)} is not a JSON analysis.json: "
+                        f"{type(error).__name__}: {str(error)[:200]}") from None
     if not isinstance(document, dict):
         raise UserError(f"ConstraintsResource.S3Uri: {redact_url(uri)} is not an analysis.json (a JSON object)")
     return document
