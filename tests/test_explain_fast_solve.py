@@ -1,5 +1,5 @@
-"""The fast paths of Kernel SHAP (bit-pattern synthetic rows, element-wise pair terms, per-thread scratch
-arrays, variance along the pairs axis) against the straightforward computation they replace."""
+"""The fast paths of Kernel SHAP (bit-pattern synthetic rows, standard errors and global terms as matrix
+products per stratum, variance along the pairs axis) against the straightforward computation they replace."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _plain_solve(solver: ShapSolver, y: np.ndarray, delta: np.ndarray) -> tuple[
 
 
 @pytest.mark.parametrize(("m", "b", "num_samples", "k"), [(14, 1, None, 2), (9, 3, 120, 1), (12, 2, 300, 3),
-                                                       (6, 1, None, 1)])
+                                                       (6, 1, None, 1), (40, 1, 2000, 2)])
 def test_solve_equals_the_straightforward_computation(m, b, num_samples, k):
     rng = np.random.default_rng(m * 100 + b)
     weights = rng.normal(size=(m, k))
@@ -76,6 +76,8 @@ def test_solve_equals_the_straightforward_computation(m, b, num_samples, k):
     v, fx = fit.values(np.asarray(_model(weights)(_plain_rows(fit, x))), np.arange(len(x)))
     v0 = np.broadcast_to(fit.expected_value, fx.shape)
     phi, stderr, terms = _plain_solve(fit.solver, v - v0[:, None, :], fx - v0)
+    # m = 40: maps too large to keep, their squares are built per solve (kernel_shap.SQUARED_MAPS_KEPT)
+    assert (fit.solver._kept_squared_maps is None) == (m == 40)
     np.testing.assert_allclose(explanation.values, phi, rtol=0, atol=1e-12)
     np.testing.assert_allclose(explanation.stderr, stderr, rtol=0, atol=1e-12)
     assert fit.design.exact == (m == 6) and (stderr == 0).all() == (m == 6)
@@ -201,3 +203,18 @@ def test_online_entries_match_the_explanation():
             (item,) = feature["attributions"]
             assert item["attribution"] == explanation.values[i, j].tolist()
             assert item["lucent_stderr"] == [None if np.isnan(e) else e for e in explanation.stderr[i, j].tolist()]
+
+
+def test_standard_errors_are_never_nan_where_every_pair_has_the_same_effect():
+    """Coalition values that are additive plus one constant for every proper coalition: each pair of a
+    stratum then has the same effect, so the sums of squares about the strata's means are differences of
+    equal numbers, which rounding must not take below zero (a NaN standard error)."""
+    design = make_design(10, 200, seed=0)
+    solver = ShapSolver(design)
+    rng = np.random.default_rng(0)
+    beta = rng.normal(size=(20, 10)) * 1e3
+    y = (design.masks.astype(float) @ beta.T + rng.normal(size=20) * 1e3).T[:, :, None]  # (n, C, 1)
+    delta = beta.sum(axis=1, keepdims=True)
+    explanation = solver.solve(y, delta, np.zeros(1), delta, np.zeros(1), np.arange(10))
+    assert np.isfinite(explanation.stderr).all()
+    assert explanation.stderr.max() < 1e-3  # the values are ~1e3: what is left is rounding

@@ -103,9 +103,14 @@ class CoalitionDesign:
         ``(1 - m/N) m / (m - 1)`` (NaN for m < 2)."""
         units = np.array([s.units for s in self.sampled], dtype=np.intp)
         starts = np.concatenate([[0], np.cumsum(units)[:-1]]).astype(np.intp)
-        factor = np.array([(1.0 - s.units / s.population) * s.units / (s.units - 1) if s.units >= 2 else np.nan
-                           for s in self.sampled])
-        return units, starts, np.repeat(factor, units)
+        return units, starts, np.repeat(self.stratum_factors, units)
+
+    @cached_property
+    def stratum_factors(self) -> np.ndarray:
+        """Per sampled stratum, the factor of its sum of squares in ``sampling_variance``:
+        ``(1 - m/N) m / (m - 1)``, NaN when a single pair was drawn (no variance estimate)."""
+        return np.array([(1.0 - s.units / s.population) * s.units / (s.units - 1) if s.units >= 2 else np.nan
+                         for s in self.sampled])
 
 
 def make_design(n_features: int, num_samples: int | None = None, seed: int | None = None) -> CoalitionDesign:

@@ -18,8 +18,6 @@ and their scores: no model, no dataset, no files. The batch job (``shards``) and
 
 from __future__ import annotations
 
-import math
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,8 +41,9 @@ GROUP_ROWS = 100_000
 LOGIT_EPS = 1e-12
 # The aggregates whose standard errors need per-pair terms summed over records (Explanation.global_terms).
 GLOBAL_TERMS = ("mean_abs", "mean_sq")
-# Largest scratch array (elements) a thread keeps between solves (4 MB; one record at M = 14 needs 26,000).
-SCRATCH_LIMIT = 2**19
+# Largest effect maps (elements, 2 pairs x M) whose squares a solver keeps between solves (512 kB:
+# tabular designs up to about 30 features at the default budget).
+SQUARED_MAPS_KEPT = 2**16
 # Largest bit masks (elements, coalitions x baseline rows x columns) a fit keeps for building synthetic rows
 # (16 MB); larger designs build them with a masked copy instead.
 TEMPLATE_LIMIT = 2**21
@@ -146,18 +145,30 @@ class ShapSolver:
         # The masks as floats and weighted, once: an online request then costs only the products below.
         z = design.masks.astype(float)
         self._wz = z * design.weights[:, None]
-        # The sampled pairs' rows (usually one run: a slice, not a gather), and per pair member (first,
-        # second) its effect maps as (M, pairs), pairs on the contiguous axis, so that the standard errors
-        # are a few long element-wise operations instead of one tiny product per pair.
+        # The sampled pairs' rows (usually one run: a slice, not a gather), and the effect maps with one
+        # row per pair member (first, second, first, ...), as the residuals come: the standard errors are
+        # then matrix products per stratum (see ``_pair_statistics``).
         contiguous = rows.size > 0 and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size))
         self._pair_rows: slice | np.ndarray = slice(int(rows[0]), int(rows[0]) + rows.size) if contiguous else rows
         self._pair_masks = z[rows]
-        self._pair_maps = (np.ascontiguousarray(effects[:, 0, :].T), np.ascontiguousarray(effects[:, 1, :].T))
+        self._effects = np.ascontiguousarray(effects.reshape(-1, design.n_features))  # (2 pairs, M)
+        # Kept when small (a tabular design: an online request then does not rebuild them); built per
+        # solve when large (text designs with hundreds of players, of which TextKernelShap caches dozens).
+        self._kept_squared_maps = self._squared_maps() if self._effects.size <= SQUARED_MAPS_KEPT else None
+
+    def _squared_maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """The maps of the squared residuals ``(2 pairs, M)`` and of the residuals' cross products
+        ``(pairs, M)``, each pair's carrying its stratum's variance factor (NaN where a single pair was
+        drawn, which makes those variances NaN, as ``sampling_variance`` does)."""
+        design = self.design
+        factor = np.repeat(design.stratum_factors, [s.units for s in design.sampled])[:, None]
+        first, second = self._effects[0::2], self._effects[1::2]
+        return np.repeat(factor, 2, axis=0) * self._effects**2, factor * 2 * first * second
 
     @property
     def pair_effects(self) -> np.ndarray:
         """``(pairs, 2, M)``: every sampled pair's map from its two residuals to its effect on phi-hat."""
-        return np.stack(self._pair_maps, axis=1).transpose(2, 1, 0)
+        return self._effects.reshape(-1, 2, self.design.n_features)
 
     def terms_shape(self, k: int) -> tuple[int, int, int]:
         """Shape of each of ``Explanation.global_terms``: (sampled pairs, M, k)."""
@@ -188,13 +199,12 @@ class ShapSolver:
             stderr = np.zeros_like(phi)
             terms = self.zero_terms(k)
         else:
-            d = self._pair_terms(y, phi)
+            weights = (np.sign(phi), 2 * phi) if global_terms else ()
+            var, sums = self._pair_statistics(y, phi, weights)
             if global_terms:
-                terms = {"mean_abs": np.einsum("nkju,njk->ujk", d, np.sign(phi)),
-                         "mean_sq": np.einsum("nkju,njk->ujk", d, 2 * phi)}
+                terms = dict(zip(GLOBAL_TERMS, sums, strict=True))
             else:
                 terms = {key: np.broadcast_to(0.0, self.terms_shape(k)) for key in GLOBAL_TERMS}
-            var = design.sampling_variance(d, axis=-1, overwrite_input=True)  # (n, k, M)
             stderr = np.ascontiguousarray(np.sqrt(var).transpose(0, 2, 1))
         return Explanation(
             values=phi,
@@ -207,42 +217,43 @@ class ShapSolver:
             global_terms=terms,
         )
 
-    def _pair_terms(self, y: np.ndarray, phi: np.ndarray) -> np.ndarray:
-        """``d[n, k, :, u]``: sampled pair ``u``'s effect on record ``n``'s values of output ``k``; this
-        thread's scratch array (valid until its next solve).
+    def _pair_statistics(self, y: np.ndarray, phi: np.ndarray,
+                         weights: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The sampling variance of every value, ``(n, k, M)``, and for each of ``weights`` (``(n, M, k)``)
+        the per-pair sums ``sum_n d[n, k, j, u] * w[n, j, k]`` of the global aggregates, ``(pairs, M, k)``.
 
-        To first order a pair moves the estimate by its effect maps applied to its two residuals
-        (``_pair_effects``): ``d = E_first r_first + E_second r_second``, element-wise over pairs.
+        To first order a sampled pair ``u`` moves the estimate by its effect maps applied to its two
+        residuals: ``d[u] = E_first[u] r_first[u] + E_second[u] r_second[u]`` (``_pair_effects``). The
+        stratified variance (``CoalitionDesign.sampling_variance``) needs, per stratum, ``sum_u d`` and
+        ``sum_u d^2``; both are matrix products of the residuals (and their squares and cross products)
+        with the effect maps, so no ``(n, k, M, pairs)`` array of ``d`` is ever built (that array, made
+        and squared element by element, was 15-20 % of a worker's time beside the model). Each product
+        is batched over the records, one record at a time, so a record's values do not depend on the
+        records explained with it (the endpoint's shared calls rely on that).
         """
         n, m, k = phi.shape
-        resid = y[:, self._pair_rows] - np.matmul(self._pair_masks, phi)  # (n, 2 pairs, k)
-        # Each member's residuals as (n, k, pairs) views: the maps then broadcast over n and k.
-        first, second = resid.reshape(n, -1, 2, k).transpose(2, 0, 3, 1)
-        d, workspace = _scratch((n, k, m, self._pair_maps[0].shape[1]), 2)
-        np.multiply(self._pair_maps[0], first[:, :, None, :], out=d)
-        np.multiply(self._pair_maps[1], second[:, :, None, :], out=workspace)
-        d += workspace
-        return d
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch(shape: tuple[int, ...], count: int) -> list[np.ndarray]:
-    """``count`` float arrays of ``shape`` that this thread reuses from call to call (contents undefined).
-
-    Fresh arrays of a few hundred kB cost page faults on every request (the allocator returns such
-    blocks to the system when they are freed), more than the arithmetic done in them. Per thread, so
-    that concurrent requests never share one; above ``SCRATCH_LIMIT`` elements they are not kept.
-    """
-    size = math.prod(shape)
-    if size > SCRATCH_LIMIT:
-        return [np.empty(shape) for _ in range(count)]
-    buffers = getattr(_SCRATCH, "buffers", [])
-    if len(buffers) < count or buffers[0].size < size:
-        buffers = [np.empty(max(size, buffers[0].size if buffers else 0)) for _ in range(max(count, len(buffers)))]
-        _SCRATCH.buffers = buffers
-    return [buffer[:size].reshape(shape) for buffer in buffers[:count]]
+        resid = y[:, self._pair_rows] - np.matmul(self._pair_masks, phi)  # (n, 2 pairs, k), members interleaved
+        by_output = np.ascontiguousarray(resid.transpose(0, 2, 1))  # (n, k, 2 pairs)
+        # sum_s f_s sum_u d^2, all strata in two products (f_s is folded into the maps) ...
+        squared, cross = self._kept_squared_maps or self._squared_maps()
+        var = np.matmul(by_output * by_output, squared)  # (n, k, M)
+        var += np.matmul(by_output[:, :, 0::2] * by_output[:, :, 1::2], cross)
+        # ... minus sum_s f_s (sum_u d)^2 / m_s: the sums about each stratum's mean.
+        first = 0
+        for stratum, factor in zip(self.design.sampled, self.design.stratum_factors, strict=True):
+            stop = first + stratum.units
+            total = np.matmul(by_output[:, :, 2 * first:2 * stop], self._effects[2 * first:2 * stop])
+            total *= total
+            var -= (factor / stratum.units) * total
+            first = stop
+        np.maximum(var, 0.0, out=var)  # rounding could leave -1e-17 where a stratum's every d is equal
+        sums = []
+        for w in weights:
+            # per output: (2 pairs, n) @ (n, M), then each member's row weighted by its effect map
+            g = np.matmul(resid.transpose(2, 1, 0), w.transpose(2, 0, 1))  # (k, 2 pairs, M)
+            g *= self._effects
+            sums.append(np.ascontiguousarray(g.reshape(k, -1, 2, m).sum(axis=2).transpose(1, 2, 0)))
+        return var, sums
 
 
 class ScoringModel:
