@@ -165,17 +165,9 @@ def in_process_model(config: AnalysisConfig, model_dir: Path) -> Iterator[tuple[
     """Load the job's model folder in this process (a tarball is extracted first, removed afterwards);
     yields the handle worker processes load it with and whether its handlers are the defaults. An
     unloadable folder fails here, before any work, as it does when the server would not start."""
-    _log_sagemaker_names(config, model_dir)
-    with loaded_folder(model_dir) as (model, default_io):
-        yield model, default_io
-
-
-@contextlib.contextmanager
-def loaded_folder(model_dir: Path, purpose: str = "no model server") -> Iterator[tuple[InProcessModel, bool]]:
-    """``in_process_model`` without a job config: the model folder (or ``model.tar.gz``) loaded in this
-    process, as ``lucent endpoint --model-dir`` scores its explainer's rows. ``purpose``: for the log line."""
     from container.sidecar.model import ModelLoadError, prepare_model_dir
 
+    _log_sagemaker_names(config, model_dir)
     source = model_source(model_dir)
     started = time.perf_counter()
     try:
@@ -185,7 +177,7 @@ def loaded_folder(model_dir: Path, purpose: str = "no model server") -> Iterator
     model = InProcessModel(str(folder), str(source))
     try:
         loaded = loaded_model(model)
-        log.info("Scoring the model in process (%s): %s, loaded in %.1f seconds", purpose, loaded.source,
+        log.info("Scoring the model in process (no model server): %s, loaded in %.1f seconds", loaded.source,
                  time.perf_counter() - started)
         yield model, loaded.default_io
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import textwrap
 from collections.abc import Callable, Iterator
 from math import factorial
@@ -23,7 +22,6 @@ import numpy as np
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from container.model_endpoint import InProcessModel
 from container.sidecar import start_model_server
 from tests.test_endpoint_server import NAME, endpoint, runtime
 
@@ -90,7 +88,7 @@ def csv_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, H
     with start_model_server(folder, workers=1) as server:
         server.wait_healthy(timeout=60)
         assert server.info()["default_io"]
-        yield server.url, model, folder
+        yield server.url, model
 
 
 JSONL_INFERENCE = '''
@@ -98,11 +96,7 @@ import json, os
 import joblib
 import numpy as np
 
-CALLS = None
-
 def model_fn(model_dir):
-    global CALLS
-    CALLS = os.path.join(model_dir, "calls.log")  # which process scored how many rows (the tests read it)
     return joblib.load(os.path.join(model_dir, "model.joblib"))
 
 def input_fn(body, content_type):
@@ -110,8 +104,6 @@ def input_fn(body, content_type):
     return np.array([json.loads(line)["data"]["features"] for line in body.splitlines() if line.strip()], dtype=float)
 
 def predict_fn(data, model):
-    with open(CALLS, "a") as calls:
-        calls.write(f"{os.getpid()} {len(data)}\\n")
     return model.predict_proba(data)
 
 def output_fn(prediction, accept):
@@ -133,7 +125,7 @@ def jsonl_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     with start_model_server(folder, workers=1) as server:
         server.wait_healthy(timeout=60)
         assert not server.info()["default_io"]
-        yield server.url, model, folder
+        yield server.url, model
 
 
 def _csv(values: np.ndarray) -> str:
@@ -144,22 +136,15 @@ def _shap_config(baseline: str, mime_type: str = "text/csv", **shap) -> dict:
     return {"ShapBaselineConfig": {"MimeType": mime_type, "ShapBaseline": baseline}, **shap}
 
 
-def scoring(mode: str, folder: Path) -> dict:
-    """``open_endpoint`` options: the explainer's rows scored by the model container (``server``) or by
-    the same folder loaded in the endpoint (``in_process``, what ``lucent endpoint --model-dir`` does)."""
-    return {"explainer_model": InProcessModel(str(folder), str(folder))} if mode == "in_process" else {}
-
-
-@pytest.mark.parametrize("mode", ["server", "in_process"])
 @pytest.mark.parametrize("use_logit", [False, True], ids=["probabilities", "logit"])
-def test_csv_multi_output_attributions_are_exact_shapley(csv_model, use_logit: bool, mode: str) -> None:
-    url_model, model, folder = csv_model
+def test_csv_multi_output_attributions_are_exact_shapley(csv_model, use_logit: bool) -> None:
+    url_model, model = csv_model
     rng = np.random.default_rng(5)
     baseline, records = rng.normal(size=(2, 6)), rng.normal(size=(3, 6))
     config = {"ExplainerConfig": {"ClarifyExplainerConfig": {
         "InferenceConfig": {"FeatureHeaders": [f"f{j}" for j in range(6)], "LabelHeaders": ["a", "b", "c"]},
         "ShapConfig": _shap_config(_csv(baseline), UseLogit=use_logit)}}}
-    with endpoint(config, url_model, default_io=True, **scoring(mode, folder)) as url:
+    with endpoint(config, url_model, default_io=True) as url:
         response = runtime(url).invoke_endpoint(EndpointName=NAME, Body=_csv(records), ContentType="text/csv",
                                                 Accept="text/csv")
         document = json.loads(response["Body"].read())
@@ -181,12 +166,8 @@ def test_csv_multi_output_attributions_are_exact_shapley(csv_model, use_logit: b
         assert all(item["lucent_stderr"] == [0.0] * 3 for feature in entry for item in feature["attributions"])
 
 
-@pytest.mark.parametrize("mode", ["server", "in_process"])
-def test_jsonl_model_with_attributes_template_and_jsonl_baseline(jsonl_model, mode: str) -> None:
-    """Also: in process, the model container scores only the invocations' records (the explainer's
-    thousands of synthetic rows go through the same inference.py, called in the endpoint's process)."""
-    url_model, model, folder = jsonl_model
-    (folder / "calls.log").unlink(missing_ok=True)
+def test_jsonl_model_with_attributes_template_and_jsonl_baseline(jsonl_model) -> None:
+    url_model, model = jsonl_model
     rng = np.random.default_rng(6)
     baseline, records = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
 
@@ -199,17 +180,10 @@ def test_jsonl_model_with_attributes_template_and_jsonl_baseline(jsonl_model, mo
                             "ProbabilityAttribute": "probabilities", "LabelAttribute": "labels"},
         # the baseline in the model's own input format: FeaturesAttribute reads it
         "ShapConfig": _shap_config("\n".join(line(row) for row in baseline), "application/jsonlines")}}}
-    with endpoint(config, url_model, **scoring(mode, folder)) as url:
+    with endpoint(config, url_model) as url:
         response = runtime(url).invoke_endpoint(EndpointName=NAME, Body="\n".join(line(row) for row in records),
                                                 ContentType="application/jsonlines", Accept="application/jsonlines")
         document = json.loads(response["Body"].read())
-    calls = [tuple(map(int, text.split())) for text in (folder / "calls.log").read_text().splitlines()]
-    served = [rows for pid, rows in calls if pid != os.getpid()]
-    here = sum(rows for pid, rows in calls if pid == os.getpid())
-    if mode == "in_process":  # the baseline probe and the invocation: 1 + 2 records; 2^5 coalitions per record
-        assert sorted(served) == [1, 2] and here >= 2 * 2**5
-    else:
-        assert here == 0 and sum(served) >= 2 * 2**5
     assert response["ContentType"] == "application/json"
     assert document["predictions"]["content_type"].startswith("application/jsonlines")
     assert document["label_headers"] == ["cat", "dog", "fish"]  # from LabelAttribute in the model output
@@ -226,7 +200,7 @@ def test_jsonl_model_with_attributes_template_and_jsonl_baseline(jsonl_model, mo
 
 def test_jsonl_single_score_with_label_headers_and_logit(jsonl_model) -> None:
     """``ProbabilityAttribute`` picking one score (``probabilities[2]``), ``LabelHeaders`` from the config."""
-    url_model, model, _ = jsonl_model
+    url_model, model = jsonl_model
     rng = np.random.default_rng(7)
     baseline, record = rng.normal(size=(1, 5)), rng.normal(size=5)
     config = {"ExplainerConfig": {"ClarifyExplainerConfig": {
@@ -324,7 +298,7 @@ def test_text_units_are_exact_shapley_with_partial_text_and_start_idx(text_model
 
 def test_jsonl_baseline_from_a_file_with_bare_lists(jsonl_model, tmp_path: Path) -> None:
     """A JSON Lines baseline of bare feature lists is read too (no attribute needed), from a local path."""
-    url_model, model, _ = jsonl_model
+    url_model, model = jsonl_model
     baseline = np.zeros((1, 5))
     (tmp_path / "baseline.jsonl").write_text(json.dumps(baseline[0].tolist()) + "\n")
     config = {"ExplainerConfig": {"ClarifyExplainerConfig": {

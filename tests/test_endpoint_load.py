@@ -69,7 +69,7 @@ def _explained(url: str, record: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("where", ["s3", "path", "file-uri"])
 def test_baseline_uri_from_s3_a_path_or_a_file_uri(csv_model, s3, tmp_path: Path, where: str) -> None:
-    model_url, model, _ = csv_model
+    model_url, model = csv_model
     if where == "s3":
         s3.put_object(Bucket="baselines", Key="shap/baseline.csv", Body=_csv(BASELINE).encode())
         uri = "s3://baselines/shap/baseline.csv"
@@ -98,7 +98,7 @@ def test_missing_baseline_is_a_startup_error_naming_the_field(csv_model, s3, tmp
 
 
 def test_eight_concurrent_clients_get_every_answer_right_and_every_call_captured(csv_model, tmp_path: Path) -> None:
-    model_url, model, _ = csv_model
+    model_url, model = csv_model
     records = np.random.default_rng(11).normal(size=(8, 6))
     references = [exact_shapley(tabular_game(model.predict_proba, r, BASELINE, False), 6) for r in records]
     document = _config({"ShapBaseline": _csv(BASELINE)})
@@ -151,7 +151,7 @@ def test_eight_concurrent_clients_get_every_answer_right_and_every_call_captured
 
 
 def test_connections_past_the_cap_get_503_and_the_endpoint_recovers(csv_model) -> None:
-    model_url, _, _ = csv_model
+    model_url, _ = csv_model
     limits = RequestLimits(max_connections=2)
     with open_endpoint(parse_endpoint_config({}), NAME, model_url, limits=limits) as parts:
         server = parts.server

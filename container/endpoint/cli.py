@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from analyzer.config.model import IN_PROCESS, SCORING_MODES, Predictor
+from analyzer.config.model import Predictor
 from analyzer.errors import ConfigError, DependencyError, UserError
 from analyzer.predict import serialize_records
-from analyzer.predict.inprocess import ModelLoader
 from analyzer.redact import install_redaction, redact_url
 from container.endpoint.app import EndpointApp, Explanations
 from container.endpoint.auth import ACCESS_KEY_VARIABLE, SECRET_KEY_VARIABLE, SigV4Verifier
@@ -74,11 +73,6 @@ def build_parser(prog: str = "lucent endpoint") -> argparse.ArgumentParser:
                                                       "--model-dir, when given, is mounted at /opt/ml/model")
     parser.add_argument("--model-dir", type=Path, metavar="DIR",
                         help="a model folder (or model.tar.gz) for Lucent's built-in model server")
-    parser.add_argument("--explainer-scoring", choices=SCORING_MODES, default=IN_PROCESS,
-                        help="with --model-dir, how the explainer scores its synthetic rows: in_process (default: "
-                             "the folder is also loaded in the endpoint and called directly, the same scores as "
-                             "the server's without an HTTP hop per explained record) or server (every row through "
-                             "the model container). Invocations always go to the model container")
     parser.add_argument("--host", help=f"address to listen on (default: ${HOST_VARIABLE}, else 127.0.0.1)")
     parser.add_argument("--port", type=int, metavar="PORT",
                         help=f"port (default: $SAGEMAKER_BIND_TO_PORT, else {DEFAULT_PORT}; 0 = any free)")
@@ -126,15 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             served = stack.enter_context(_model(args))
-            explainer_model = None
-            if config.explainer is not None and _explains_in_process(args):
-                from container.model_endpoint import loaded_folder
-
-                explainer_model, _ = stack.enter_context(loaded_folder(args.model_dir, "the explainer's rows"))
             parts = stack.enter_context(open_endpoint(config, args.endpoint_name, served.url, host=host, port=port,
                                                       model_timeout=args.model_timeout, verifier=verifier,
                                                       max_connections=args.max_connections,
-                                                      default_io=served.default_io, explainer_model=explainer_model))
+                                                      default_io=served.default_io))
             log.info("Endpoint %s (variant %s) in service at %s%s", args.endpoint_name, config.variant_name,
                      parts.server.url, "; requests must be SigV4-signed" if verifier else "")
             serve_until_stopped(parts.server)
@@ -142,12 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def _explains_in_process(args: argparse.Namespace) -> bool:
-    """The explainer scores in this process: the model is a folder for the built-in server (an image or a
-    URL is a server whose model Lucent cannot load) and ``--explainer-scoring`` is not ``server``."""
-    return args.model_dir is not None and args.image is None and args.explainer_scoring == IN_PROCESS
 
 
 @contextlib.contextmanager
@@ -170,13 +153,11 @@ def _model(args: argparse.Namespace) -> Iterator[ServedModel]:
 def open_endpoint(config: EndpointConfig, endpoint_name: str, model_url: str, *, host: str = "127.0.0.1",
                   port: int = 0, model_timeout: float = DEFAULT_MODEL_TIMEOUT_S, verifier: SigV4Verifier | None = None,
                   max_connections: int = DEFAULT_MAX_CONNECTIONS, limits: RequestLimits | None = None,
-                  default_io: bool = False, explainer_model: ModelLoader | None = None) -> Iterator[EndpointParts]:
+                  default_io: bool = False) -> Iterator[EndpointParts]:
     """An endpoint bound to ``host:port`` and ready to serve (``server.serve_forever()``); on exit the
     socket is closed, the capture writer flushed and the model client closed. ``default_io``: the model
     is Lucent's built-in server with its default handlers (``ServedModel.default_io``), so the explainer
-    may exchange numeric rows with it as npy. ``explainer_model``: the container's model folder loaded in
-    this process, which then scores the explainer's synthetic rows (the invocations still go to the
-    container)."""
+    may exchange numeric rows with it as npy."""
     model = ModelContainer(model_url, model_timeout, max_connections)
     limits = limits or RequestLimits(SAGEMAKER_MAX_BODY_BYTES, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_BODY_TIMEOUT_S,
                                      max_connections)
@@ -185,7 +166,7 @@ def open_endpoint(config: EndpointConfig, endpoint_name: str, model_url: str, *,
         explanations = None
         if config.explainer is not None:
             explanations = _fit_explanations(config.explainer, model, model_url, model_timeout, max_connections, stack,
-                                             default_io, explainer_model)
+                                             default_io)
         capture = None
         if config.capture is not None:
             from container.capture import CaptureWriter
@@ -243,8 +224,7 @@ def _read_baseline(uri: str | None, field: str) -> str:
 
 
 def _fit_explanations(settings: ExplainerSettings, model: ModelContainer, model_url: str, timeout: float,
-                      concurrency: int, stack: contextlib.ExitStack, default_io: bool = False,
-                      loader: ModelLoader | None = None) -> Explanations:
+                      concurrency: int, stack: contextlib.ExitStack, default_io: bool = False) -> Explanations:
     """Parse the baseline, learn the container's answer type from one call, fit the explainer (the
     baseline's predictions are computed here, once)."""
     from analyzer.explain.online import OnlineShapSettings, fit_online_explainer
@@ -264,7 +244,7 @@ def _fit_explanations(settings: ExplainerSettings, model: ModelContainer, model_
         raise UserError(f"the model container refused the baseline record (HTTP {answer.status}): "
                         f"{answer.body[:300].decode('utf-8', 'replace')}")
     score, client = build_score(model_url, settings, names, response_type_for(answer), timeout, concurrency,
-                                default_io=default_io, numeric=baseline.dtype != object, loader=loader)
+                                default_io=default_io, numeric=baseline.dtype != object)
     stack.callback(client.close)
     shap = OnlineShapSettings(num_samples=settings.num_samples, seed=settings.seed, use_logit=settings.use_logit,
                               text_language=settings.text_language, text_granularity=settings.text_granularity,

@@ -32,7 +32,6 @@ from analyzer.config.model import Predictor
 from analyzer.errors import UserError
 from analyzer.media import CSV, JSON, JSON_LINES, NPY, TABULAR_TYPES, media_type
 from analyzer.predict import ModelClient, RetryPolicy
-from analyzer.predict.inprocess import InProcessClient, ModelLoader
 from analyzer.redact import redact_url
 from container.endpoint.config import ExplainerSettings
 
@@ -227,7 +226,7 @@ class PendingAnswer:
 
 def build_score(url: str, settings: ExplainerSettings, feature_names: Sequence[str], response_type: str,
                 timeout: float, concurrency: int = 16, *, default_io: bool = False,
-                numeric: bool = False, loader: ModelLoader | None = None) -> tuple[Score, ModelClient]:
+                numeric: bool = False) -> tuple[Score, ModelClient]:
     """The explainer's ``Score`` over the container: rows encoded as the baseline's media type
     (``ContentTemplate`` for JSON Lines), answers read with ``ProbabilityIndex``/``ProbabilityAttribute``
     (the whole output when neither is set), at most ``MaxRecordCount`` records and ``MaxPayloadInMB`` per
@@ -237,12 +236,7 @@ def build_score(url: str, settings: ExplainerSettings, feature_names: Sequence[s
     give the model the same array whatever the request's type and return the model's own numbers. Then
     ``numeric`` rows go as npy, and a CSV answer (read by column index) comes back as npy: the same
     numbers without formatting and parsing some 10^4 values per explained record (as the batch job's
-    ``container.job.request_format`` does).
-
-    ``loader``: the same model folder, loaded in this process (``lucent endpoint --model-dir``): the
-    synthetic rows are then scored by the built-in server's handlers called directly (the scores are the
-    server's to the bit, ``analyzer.predict.InProcessClient``), without the HTTP hop and the second
-    process that cost more than the model's own predict."""
+    ``container.job.request_format`` does)."""
     inference = settings.inference
     probability = (inference.probability_index if inference.probability_index is not None
                    else inference.probability_attribute)
@@ -262,11 +256,8 @@ def build_score(url: str, settings: ExplainerSettings, feature_names: Sequence[s
                                "retry": RetryPolicy(attempts=2, backoff_seconds=0.1, max_elapsed_seconds=timeout)}
     if inference.max_record_count is not None:
         options["max_records_per_request"] = inference.max_record_count
-    if loader is not None:
-        client: ModelClient = InProcessClient(loader, predictor, list(feature_names), **options)
-    else:
-        client = ModelClient(url, predictor, list(feature_names), **options)
-        client.headers.update(KEEP_ALIVE)
+    client = ModelClient(url, predictor, list(feature_names), **options)
+    client.headers.update(KEEP_ALIVE)
 
     def score(rows: np.ndarray) -> np.ndarray:
         return client.predict(rows).scores
