@@ -5,20 +5,23 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # Debian packages: Pango for WeasyPrint (report.pdf) with HarfBuzz-Subset (fast font subsetting), a pinned
 # font so PDF page breaks are the same everywhere, poppler-utils for the tests that turn the PDF into page images, cron for `lucent schedule --install`,
-# prometheus-pushgateway for the tests that push monitoring metrics to a real Pushgateway.
-SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core fonts-wqy-microhei poppler-utils cron prometheus-pushgateway
+# prometheus-pushgateway for the tests that push monitoring metrics to a real Pushgateway, a Java 17 runtime
+# for the Spark engine's tests (pyspark starts a JVM).
+SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core fonts-wqy-microhei poppler-utils cron prometheus-pushgateway openjdk-17-jre-headless
 
-.PHONY: help install demo demo-text demo-endpoint demo-monitor test test-fast lint bench image clean
+.PHONY: help install demo demo-text demo-image demo-endpoint demo-monitor test test-fast test-spark lint bench image clean
 BASE_IMAGE ?= $(or $(LUCENT_BASE_IMAGE),python:3.11-slim)
 IMAGE      ?= lucent:dev
 
 help:
 	@echo "make demo       set up and run a full job on the bundled sample data (results in build/demo/output)"
 	@echo "make demo-text  set up and run a text job: every word of product reviews explained (build/demo-text/output)"
+	@echo "make demo-image  explain a small image classifier's pictures, segment by segment (build/demo-image/output)"
 	@echo "make demo-endpoint  serve the demo model with \`lucent endpoint\` (capture + explanations), call it with boto3"
 	@echo "make demo-monitor  the bias-monitoring walkthrough: endpoint capture, baselines, \`lucent monitor\` on a normal and a drifted hour"
 	@echo "make test       set up and run lint + the whole test suite (slow end-to-end tests included)"
 	@echo "make test-fast  the test suite without tests marked slow"
+	@echo "make test-spark the Spark engine's tests alone (local[2] and a standalone cluster; Java 17)"
 	@echo "                (both fail when the smclarify oracle is missing; LUCENT_TESTS_WITHOUT_ORACLE=1 skips its tests)"
 	@echo "make lint       ruff"
 	@echo "make bench      speed and memory benchmarks (figures and ratios against references)"
@@ -47,6 +50,10 @@ demo-text: $(STAMP)
 	rm -rf build/demo-text
 	$(PY) -m container.demo --text build/demo-text
 
+demo-image: $(STAMP)
+	rm -rf build/demo-image
+	$(PY) -m container.image_demo build/demo-image
+
 demo-endpoint: $(STAMP)
 	rm -rf build/demo-endpoint
 	$(PY) -m container.demo --endpoint build/demo-endpoint
@@ -64,12 +71,17 @@ test: lint
 test-fast: lint
 	$(PY) -m pytest -m "not slow"
 
+test-spark: $(STAMP)
+	$(PY) -m pytest tests/test_engine_local.py tests/test_engine_spark.py tests/test_engine_cluster.py -q
+
 bench: $(STAMP)
 	$(PY) bench/bias.py
 	$(PY) bench/predict.py
 	$(PY) bench/shap.py
 	$(PY) bench/endpoint.py
 	$(PY) bench/scale.py
+	$(PY) bench/image.py
+	$(PY) bench/timeseries.py
 
 image: $(STAMP)
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \

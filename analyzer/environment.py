@@ -3,9 +3,10 @@ clear error naming the variable, never a ``ValueError`` traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from analyzer.errors import UserError
 
@@ -23,3 +24,22 @@ def positive_number(name: str, default: float, convert: Callable[[str], float] =
     if not (math.isfinite(value) and value > 0):
         raise UserError(f"{name}={text!r}: must be a positive number{f' of {unit}' if unit else ''}")
     return value
+
+
+@contextlib.contextmanager
+def environment_set(variables: Mapping[str, str | None]) -> Iterator[None]:
+    """``variables`` set in ``os.environ`` for the duration (None: left as it is); every variable's own
+    value (or absence) is restored afterwards, so a process that runs several jobs (the tests, a monitoring
+    schedule) does not carry one job's settings into the next."""
+    saved = {name: os.environ.get(name) for name in variables}
+    try:
+        for name, value in variables.items():
+            if value is not None:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

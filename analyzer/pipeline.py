@@ -17,15 +17,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from analyzer import __version__
+from analyzer import __version__, media
 from analyzer.bias import bias_analysis
+from analyzer.bias.counts import count_cells, weighted_rows
 from analyzer.config import AnalysisConfig, unsupported_methods
 from analyzer.data import Column, Dataset, load_dataset
+from analyzer.data.time_series import TimeSeriesDataset
+from analyzer.engines import counted_rows, job_engine, row_weights
 from analyzer.errors import UserError
+from analyzer.explain.asymmetric_job import check_time_series_inputs, time_series_explanations
 from analyzer.explain.job import SHAP_DIR, check_explain_inputs, explain_dataset
 from analyzer.output import ANALYSIS_FILE, OutputStaging
 from analyzer.predict import ModelEndpoint, predicted_labels_for_bias
+from analyzer.progress import progress
 from analyzer.report.summary import JobSummary
+from analyzer.segments.analysis import SegmentAnalysis, check_segment_inputs
 
 if TYPE_CHECKING:
     from analyzer.report.process import ReportProcess
@@ -49,8 +55,17 @@ def needs_model(config: AnalysisConfig) -> bool:
     """Whether the job must call a model: explanations, or post-training bias without predicted labels."""
     if config.methods.shap is not None or config.methods.pdp is not None:
         return True
+    if config.methods.asymmetric_shapley_value is not None:  # time series: forecasts
+        return True
     return (config.methods.post_training_bias is not None and config.predicted_label is None
             and config.predicted_label_dataset_uri is None)
+
+
+def writes_report(config: AnalysisConfig) -> bool:
+    """Whether the job writes the report: ``methods.report`` is there (the SDK always adds it), except for
+    time-series explanations, which Clarify writes no report for (contract: "Not supported for time
+    series"; the key is accepted and ignored, as the SDK sends it)."""
+    return config.methods.report is not None and config.methods.asymmetric_shapley_value is None
 
 
 def needs_features(config: AnalysisConfig) -> bool:
@@ -63,8 +78,8 @@ def predicted_label_column(config: AnalysisConfig, dataset: Dataset, endpoint: M
     """The model's predicted labels for every row, by Clarify's rules (spec section 5.3)."""
     log.info("Getting predictions from the endpoint")
     started = time.perf_counter()
-    with endpoint.client() as client:
-        predictions = client.predict(dataset.features)
+    with endpoint.client() as client, progress("Predictions", total=dataset.n_rows, unit="rows") as bar:
+        predictions = client.predict(dataset.features, progress=bar)
     labels = predicted_labels_for_bias(predictions, config.probability_threshold)
     log.info("Got %d predictions in %.2f s", len(labels), time.perf_counter() - started)
     return Column.from_series(labels, "predicted_label")
@@ -76,6 +91,10 @@ def load_job_dataset(config: AnalysisConfig, dataset_path: Path, base_dir: Path 
     ``base_dir``: the config file's folder, which relative paths in the config are taken from.
     """
     started = time.perf_counter()
+    if config.dataset_type == media.IMAGE:  # a folder of image files: analyzer/data/images.py
+        from analyzer.data.images import image_dataset
+
+        return image_dataset(dataset_path)
     load = functools.partial(load_dataset, config, dataset_path, base_dir=base_dir)
     if needs_features(config) and not needs_model(config):  # only the Flip Test wants the features
         dataset = load()
@@ -86,8 +105,10 @@ def load_job_dataset(config: AnalysisConfig, dataset_path: Path, base_dir: Path 
             dataset.features = blocked
         else:
             dataset = load(need_features=True)
-    else:
-        dataset = load(need_features=needs_features(config))
+    elif needs_features(config):
+        dataset = load(need_features=True)
+    else:  # role columns only: counted by the job's engine (Spark: one GROUP BY, the rows stay in the cluster)
+        dataset = job_engine(config).count_table(config, dataset_path, base_dir=base_dir)
     log.info("Dataset ready: %d rows, %d features, facets %s (%.2f s)", dataset.n_rows,
              len(dataset.feature_names), ", ".join(dataset.facets) or "none", time.perf_counter() - started)
     return dataset
@@ -113,7 +134,10 @@ def flip_test_blockers(dataset: Dataset) -> pd.DataFrame | None:
 def check_inputs(config: AnalysisConfig, dataset: Dataset, base_dir: Path) -> list[str]:
     """What ``lucent validate`` reports about the data: the bias stages' problems, then the explanations'
     (SHAP and PDP inputs, and their memory estimates)."""
-    return check_bias_inputs(config, dataset) + check_explain_inputs(config, dataset, base_dir)
+    if isinstance(dataset, TimeSeriesDataset):  # asymmetric Shapley values only (docs/time-series.md)
+        return check_time_series_inputs(config, dataset, base_dir)
+    return (check_bias_inputs(config, dataset) + check_explain_inputs(config, dataset, base_dir)
+            + check_segment_inputs(config, dataset, base_dir))
 
 
 def check_bias_inputs(config: AnalysisConfig, dataset: Dataset) -> list[str]:
@@ -150,6 +174,8 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
         if endpoint is None:
             raise UserError("methods.post_training_bias: the dataset has no predicted labels and no model was given")
         dataset.predicted_label = predicted_label_column(config, dataset, endpoint)
+    # Segments are decided before any analysis: a bad segment value fails the job before hours of SHAP.
+    segments = SegmentAnalysis.prepare(config, dataset, base_dir) if config.segment_config else None
     results: dict[str, Any] = {"version": config.version}
     for stage, key, banner in STAGES:
         method = getattr(config.methods, f"{stage}_bias")
@@ -157,13 +183,20 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
             continue
         log.info("%s\n%s\n%s", "=" * len(banner), banner, "=" * len(banner))
         started = time.perf_counter()
-        results[key] = bias_analysis(dataset, config, stage)
+        with counted_rows(dataset):  # rows the engine grouped count with their weights
+            results[key] = bias_analysis(dataset, config, stage)
         log.info("Computed %d %s metrics for %d facet(s) in %.2f s", len(method.methods),
                  stage.replace("_", "-"), len(dataset.facets), time.perf_counter() - started)
+    if isinstance(dataset, TimeSeriesDataset):  # asymmetric Shapley values only (docs/time-series.md)
+        results["explanations"] = time_series_explanations(config, dataset, endpoint, staging, base_dir)
+        return results
     explanations = explain_dataset(config, dataset, endpoint, staging, staging.output_dir / ".lucent-work",
-                                   base_dir=base_dir, model_identity=model_identity)
+                                   base_dir=base_dir, model_identity=model_identity,
+                                   on_local=segments.keep_local_shap if segments is not None else None)
     if explanations:
         results["explanations"] = explanations
+    if segments is not None:  # Lucent's own section (docs/segments.md); Clarify's keys stay as they are
+        results.setdefault("lucent", {})["segments"] = segments.section(dataset)
     return results
 
 
@@ -209,14 +242,16 @@ def job_summary(config: AnalysisConfig, dataset: Dataset, results: dict[str, Any
         methods=methods,
         lucent_version=__version__,
         started_at=started_at,
-        label_distribution=value_counts(dataset.label) if dataset.label is not None else None,
-        facet_distributions={name: value_counts(column) for name, column in dataset.facets.items()} or None,
+        label_distribution=value_counts(dataset.label, row_weights(dataset)) if dataset.label is not None else None,
+        facet_distributions={name: value_counts(column, row_weights(dataset))
+                             for name, column in dataset.facets.items()} or None,
     )
 
 
-def value_counts(column: Column, limit: int = 50) -> dict[str, int]:
+def value_counts(column: Column, weights: np.ndarray | None = None, limit: int = 50) -> dict[str, int]:
     """Rows per value (the ``limit`` most frequent), missing values counted as "nan"."""
-    counts = np.bincount(column.codes + 1, minlength=column.nunique + 1)  # slot 0 = missing
+    with weighted_rows(weights):  # rows grouped by the engine count with their weights
+        counts = count_cells(column.codes + 1, column.nunique + 1)  # slot 0 = missing
     labels = ["nan", *(str(v) for v in column.uniques)]
     ranked = sorted(((int(c), lab) for c, lab in zip(counts, labels, strict=True) if c), reverse=True)[:limit]
     return {lab: c for c, lab in ranked}

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run the analysis configured in <root>/input/config on the dataset "
                                           "and write the results to <root>/output.")
     _add_job_arguments(run)
+    run.add_argument("--engine", choices=("local", "spark"), metavar="ENGINE",
+                     help="where bias counts and SHAP shards run: local (default: this machine) or spark "
+                          "(same as LUCENT_ENGINE; docs/spark.md)")
+    run.add_argument("--spark-master", metavar="URL",
+                     help="Spark master for --engine spark: local[2], spark://host:7077, yarn, k8s://..., "
+                          "sc://host:15002 (default: LUCENT_SPARK_MASTER, SPARK_REMOTE or Spark's configuration)")
     validate = commands.add_parser("validate", help="check config and data without computing",
                                    description="Check the config and the dataset the way `run` would, list every "
                                                "problem found, and exit 0 only when the job would start.")
@@ -124,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level=level_from_args(args))
     paths = JobPaths.for_root(args.processing_root, args.message_file)
     if args.command == "run":
+        from analyzer.engines import engine_arguments
         from container.job import run_job
 
-        return run_job(paths, allow_paths_outside_root=args.allow_paths_outside_root)
+        with engine_arguments(args.engine, args.spark_master):
+            return run_job(paths, allow_paths_outside_root=args.allow_paths_outside_root)
     if args.command == "validate":
         from container.job import validate_job
 

@@ -42,6 +42,7 @@ from analyzer.pipeline import (
     needs_model,
     render_job_reports,
     run_analysis,
+    writes_report,
 )
 from analyzer.predict import ModelEndpoint
 from analyzer.predict.client import MAX_PAYLOAD_BYTES
@@ -175,6 +176,9 @@ def local_inputs(config: AnalysisConfig) -> list[tuple[str, str]]:
     keys = [("dataset_uri", config.dataset_uri), ("facet_dataset_uri", config.facet_dataset_uri),
             ("predicted_label_dataset_uri", config.predicted_label_dataset_uri),
             ("methods.shap.baseline", shap.baseline if shap is not None and isinstance(shap.baseline, str) else None)]
+    asv = config.methods.asymmetric_shapley_value
+    if asv is not None and isinstance(asv.baseline, str):  # a baseline file (not "zero" / "mean")
+        keys.append(("methods.asymmetric_shapley_value.baseline", asv.baseline))
     return [(key, value) for key, value in keys if value]
 
 
@@ -230,7 +234,7 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
         with contextlib.ExitStack() as report_scope, contextlib.ExitStack() as model_scope:
             # The report's process starts now: it checks the PDF engine and loads the renderers while the
             # job reads and computes (WeasyPrint and matplotlib are never imported by this process).
-            reports = report_scope.enter_context(start_report_process()) if config.methods.report else None
+            reports = report_scope.enter_context(start_report_process()) if writes_report(config) else None
             # Staging first: an output folder that cannot be written fails the job before any work is done.
             with OutputStaging(paths.output_dir) as staging:
                 dataset = load_job_dataset(config, dataset_path, base_dir=config_file.parent)
@@ -326,7 +330,7 @@ def validate_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> 
         check_supported(config)
     except UserError as error:
         problems.extend(str(error).split("; "))
-    if config.methods.report is not None:
+    if writes_report(config):
         try:
             check_report_engines()
         except ReportError as error:

@@ -177,8 +177,7 @@ SHAP_DOC = {"dataset_type": "text/csv", "label": "y", "methods": {"shap": {"base
     (dict(BIAS, dataset_type="application/sagemakercapturejson"),
      ["dataset_type: application/sagemakercapturejson (Model Monitor capture data) is not supported yet in this "
       "Lucent version"]),
-    (dict(BIAS, segment_config=[{"name_or_index": "g", "segments": [["a"]]}]),
-     ["segment_config: segment_config (metrics per segment) is not supported yet in this Lucent version"]),
+    (dict(BIAS, segment_config=[{"name_or_index": "g", "segments": [["a"]]}]), []),  # supported since #16
     (dict(BIAS, predicted_label_dataset_uri="p.csv", methods={"post_training_bias": {"methods": "all"}}), []),
 ])
 def test_unsupported_methods(doc, expected):
@@ -191,16 +190,14 @@ def test_post_training_bias_from_a_model_is_supported():
     assert unsupported_methods(parse_config(doc)) == []
 
 
-def test_images_and_time_series_list_every_reason():
+def test_images_and_time_series_are_supported():  # since #16
     images = {"dataset_type": "application/x-image", "methods": {"shap": {"image_config": {
         "model_type": "IMAGE_CLASSIFICATION"}}}, "predictor": {"endpoint_name": "e", "label_headers": ["cat"]}}
-    assert [r.split(":")[0] for r in unsupported_methods(parse_config(images))] == ["dataset_type"]
+    assert unsupported_methods(parse_config(images)) == []  # supported since #16
     time_series = {"dataset_type": "application/json",
                    "time_series_data_config": {"target_time_series": 0, "item_id": 1, "timestamp": 2},
                    "methods": {"asymmetric_shapley_value": {"direction": "chronological", "granularity": "timewise"}},
                    "predictor": {"endpoint_name": "e", "content_template": "$record",
                                  "record_template": "$target_time_series",
                                  "time_series_predictor_config": {"forecast": "mean"}}}
-    assert unsupported_methods(parse_config(time_series)) == [
-        "methods.asymmetric_shapley_value: time-series explanation (asymmetric Shapley values) is not supported "
-        "yet in this Lucent version"]
+    assert unsupported_methods(parse_config(time_series)) == []

@@ -145,7 +145,8 @@ def test_shap_workers_exit_when_the_job_is_killed(tmp_path):
     with http_server(_StuckModel, request_rows=[], calls=0, lock=threading.Lock(),
                      release=threading.Event()) as server:
         tabular.shap_job(job, server, tabular.make_data(n=20), num_samples=14)
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), shards.WORKERS_ENV: "2", shards.SHARD_ROWS_ENV: "70"}
+        # 3 workers: the job process and two spawned ones
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), shards.WORKERS_ENV: "3", shards.SHARD_ROWS_ENV: "70"}
         process = subprocess.Popen([sys.executable, "-m", "container.cli", "run", "--processing-root", str(job.root)],
                                    cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         workers: dict[int, int] = {}
@@ -153,7 +154,7 @@ def test_shap_workers_exit_when_the_job_is_killed(tmp_path):
             def spawned_workers() -> dict[int, int]:
                 found = {pid: started for pid, started in descendants(process.pid).items()
                          if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}
-                return found if len(found) == 2 and server.calls >= 2 else {}
+                return found if len(found) == 2 and server.calls >= 3 else {}
 
             workers = wait_until(spawned_workers, 120, "two SHAP workers waiting on the model")
             process.send_signal(signal.SIGKILL)

@@ -92,7 +92,10 @@ def test_shap_streams_by_shard_instead_of_building_every_synthetic_row(monkeypat
     # Streaming changes nothing: the same values as explaining every record in one go.
     whole = KernelShap(linear_model, baseline, num_samples=NUM_SAMPLES, seed=0).explain(records)
     np.testing.assert_allclose(local.values, whole.values, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(local.stderr, whole.stderr, rtol=0, atol=1e-12)
+    # The model's own rounding differs with the rows it gets per call (a 2-D product), and a standard error
+    # whose true value is 0 (this model's pairs all have the same effect on most features) comes out of a
+    # difference of raw moments: it is exact to ~sqrt(machine epsilon) of the pair effects, not to 1e-12.
+    np.testing.assert_allclose(local.stderr, whole.stderr, rtol=1e-9, atol=1e-8 * np.abs(whole.values).max())
 
 
 # ---- JSON baselines for JSON datasets --------------------------------------------------------------

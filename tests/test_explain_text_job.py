@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from http.server import BaseHTTPRequestHandler
 
 import numpy as np
@@ -210,14 +211,18 @@ def test_pdp_gives_text_features_clarify_s_error_entry(job, text_endpoint):
 
 
 @pytest.mark.slow
-def test_text_shards_two_workers_and_a_resumed_run_give_identical_outputs(job, text_endpoint, monkeypatch):
+def test_text_shards_two_workers_and_a_resumed_run_give_identical_outputs(job, text_endpoint, monkeypatch, caplog):
     from analyzer.explain import shards
 
     reviews = [(f"{text} number {i}", cat, y) for i in range(4) for text, cat, y in REVIEWS]
     text_job(job, text_endpoint, reviews=reviews, num_samples=40)
     monkeypatch.setenv(shards.SHARD_ROWS_ENV, "150")  # a few records per shard
     monkeypatch.setenv(shards.WORKERS_ENV, "1")
-    assert job.run() == 0, job.message
+    monkeypatch.setenv("LUCENT_PROGRESS_SECONDS", "1e-9")  # a progress line per shard
+    with caplog.at_level(logging.INFO, logger="analyzer.progress"):
+        assert job.run() == 0, job.message
+    lines = [r.getMessage() for r in caplog.records if r.name == "analyzer.progress" and "Text SHAP" in r.getMessage()]
+    assert len(lines) > 2 and lines[-1].startswith(f"Text SHAP: {len(reviews)} of {len(reviews)} records (100%), ")
     reference = [read_jsonl(job), job.analysis()]
     assert any(a["attribution"][0] != 0 for a in reference[0][0]["explanations"][0]["attributions"])
     # Sampled (40 coalitions for 8+ players): every value has a positive standard error.

@@ -421,3 +421,13 @@ def test_storage_errors_are_the_users_not_internal(job, monkeypatch):
     monkeypatch.setattr(output.OutputStaging, "write_text", over_quota)
     assert job.run() == 1
     assert job.message.startswith(f"ClientError: cannot write {job.output_dir}: Disk quota exceeded"), job.message
+
+
+def test_time_series_baseline_file_outside_the_root(job, capsys, secret):
+    from tests.test_time_series_job import SPEC_CONFIG, timestamp_records, write_json
+
+    write_json(job, timestamp_records())
+    methods = {"asymmetric_shapley_value": {**SPEC_CONFIG["methods"]["asymmetric_shapley_value"],
+                                            "baseline": str(secret)}}
+    job.write_config({**SPEC_CONFIG, "methods": methods})
+    run_fails(job, capsys, "methods.asymmetric_shapley_value.baseline", str(secret))

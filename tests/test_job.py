@@ -227,8 +227,8 @@ def test_no_positive_predictions_fails_the_post_training_report(job):
 
 def test_not_supported_yet_method(job):
     job.write_data(SIMPLE_DATA)
-    job.write_config(config_with(segment_config=[{"name_or_index": "x", "segments": [[1, 2]]}]))
-    assert_user_error(job, "segment_config", "not supported yet")
+    job.write_config(config_with(dataset_type="application/sagemakercapturejson"))  # `lucent monitor` reads those
+    assert_user_error(job, "application/sagemakercapturejson", "not supported yet")
 
 
 # ---- Clarify reports these per metric and the job succeeds ----------------------------------------

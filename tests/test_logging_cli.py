@@ -119,10 +119,13 @@ def test_log_level_option_is_on_every_working_command(command, capsys) -> None:
 
 
 def test_the_container_log_shows_progress_lines_not_bars(tmp_path) -> None:
-    """A job whose stderr is not a terminal (a container log) logs progress lines, never a bar."""
+    """A job whose stderr is not a terminal (a container log) logs progress lines, never a bar: for
+    loading, the post-training predictions, SHAP and PDP."""
     from container.demo import MODEL_DEMO_CONFIG
 
-    config = {**MODEL_DEMO_CONFIG, "methods": {"shap": MODEL_DEMO_CONFIG["methods"]["shap"]}}
+    methods = MODEL_DEMO_CONFIG["methods"]
+    config = {**MODEL_DEMO_CONFIG, "methods": {"shap": methods["shap"], "pdp": methods["pdp"],
+                                               "post_training_bias": {"methods": ["DPPL"]}}}
     root = write_demo_job(tmp_path / "job", n_rows=200, config=config, with_model=True)
     result = subprocess.run([sys.executable, "-m", "container.cli", "run", "--processing-root", str(root)],
                             capture_output=True, text=True, cwd=ROOT, timeout=120,
@@ -130,4 +133,7 @@ def test_the_container_log_shows_progress_lines_not_bars(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "█" not in result.stderr
     assert " INFO analyzer.progress: SHAP: 200 of 200 records (100%), " in result.stderr
+    assert " INFO analyzer.progress: Loading: 200 rows, " in result.stderr  # the total is unknown up front
+    assert " INFO analyzer.progress: Predictions: 200 of 200 rows (100%), " in result.stderr
+    assert " INFO analyzer.progress: PDP: 3 of 3 features (100%), " in result.stderr
     assert json.loads((root / "output" / "analysis.json").read_text())["explanations"]["kernel_shap"]

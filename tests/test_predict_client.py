@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import StringIO
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ from analyzer.predict import (
     predicted_labels_for_bias,
     wait_until_healthy,
 )
+from analyzer.progress import Progress
 
 WEIGHTS = np.array([0.5, -0.25, 1.0, 0.75])
 FEATURES = ["a", "b", "c", "d"]
@@ -290,12 +292,17 @@ def test_empty_input_sends_nothing(serve):
     assert server.requests == []
 
 
-def test_progress_is_logged_for_long_runs(serve, caplog):
+@pytest.mark.parametrize("rows", [100, 7])  # batches answered concurrently; a single request
+def test_progress_counts_the_rows_as_their_batches_are_answered(serve, caplog, rows):
     server = serve(linear_csv)
-    with caplog.at_level(logging.INFO, logger="analyzer.predict"), \
-            client(server, max_records_per_request=10, progress_interval=0.0) as model:
-        model.predict(data(100))
-    assert "rows/s" in caplog.text and "of 100 rows" in caplog.text
+    with caplog.at_level(logging.INFO, logger="analyzer.progress"), \
+            client(server, max_records_per_request=10) as model, \
+            Progress("Predictions", total=rows, stream=StringIO(), interval=0.0) as bar:
+        model.predict(data(rows), progress=bar)
+    assert bar.done == rows
+    lines = [record.getMessage() for record in caplog.records if record.name == "analyzer.progress"]
+    assert lines[-1].startswith(f"Predictions: {rows:,} of {rows:,} rows (100%), ")
+    assert len(lines) == -(-rows // 10)  # one line per answered batch (interval 0)
 
 
 # -- models that refuse batches ---------------------------------------------------------------------

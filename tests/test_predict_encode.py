@@ -213,7 +213,7 @@ def test_a_record_larger_than_the_payload_limit_is_sent_alone():
     (json_predictor("$records", '{"a": 1}'), "Please include a placeholder $features"),
     (json_predictor("$records", '{"a": "${nope}"}'), "${nope} does not name a feature"),
     (jsonl("$records"), "$records is only allowed in content_template of content_type application/json"),
-    (Predictor(content_type="image/jpeg"), "not supported for tabular data"),
+    (Predictor(content_type="image/gif"), "not supported for tabular data"),
 ])
 def test_template_errors(predictor, message):
     with pytest.raises(UserError) as error:

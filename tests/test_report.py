@@ -350,7 +350,8 @@ def test_notebook_is_valid_and_has_stored_outputs(full_job: Path) -> None:
     assert 'Path("analysis.json")' in code[1].source
     shown = [c for c in code[2:] if c.outputs]
     assert len(shown) == len(code) - 2 > 20
-    assert any("image/png" in c.outputs[0].data for c in shown)
+    charts = [c.outputs[0].data for c in shown if "image/svg+xml" in c.outputs[0].data]
+    assert charts and all(chart["image/svg+xml"].lstrip().startswith("<?xml") for chart in charts)
     assert any("text/html" in c.outputs[0].data for c in shown)
     markdown = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
     assert "## How to read this report" in markdown and "partial dependence" in markdown

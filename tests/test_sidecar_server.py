@@ -204,7 +204,7 @@ def test_missing_accept_defaults_to_json_and_single_records_work(classifier_serv
 @pytest.mark.parametrize("body, content_type, accept, status, message", [
     (b"1,2,3\n4,5\n", "text/csv", "text/csv", 400, "malformed text/csv body"),
     (b"[[1, 2", "application/json", "text/csv", 400, "malformed application/json body"),
-    (b"\x89PNG", "image/png", "text/csv", 415, "unsupported Content-Type 'image/png'"),
+    (b"GIF89a", "image/gif", "text/csv", 415, "unsupported Content-Type 'image/gif'"),
     (b"1,2,3,4,5", "text/csv", "text/html", 406, "unsupported Accept 'text/html'"),
     (b"1,2,3", "text/csv", "text/csv", 500, "predict_fn failed: ValueError: X has 3 features"),
 ])

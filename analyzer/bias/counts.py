@@ -6,10 +6,17 @@ its label (positive or not) and its prediction (positive or not). ``ContingencyT
 rows of every combination in one pass; the sides a / d of any sensitive group are then sums of
 slices of that table, so a one-vs-all report over many facet values costs a single pass over the
 data.
+
+A row may stand for several rows (``weighted_rows``): an engine that counts elsewhere (Spark: one
+GROUP BY) hands over one row per distinct combination of role values and how many rows it stands for,
+and every table is then the weighted bincount of the same codes, decided by the same code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +27,33 @@ from analyzer.data.column import MISSING, Column
 
 # Largest table (in cells) built for a one-vs-all report; beyond it each group is counted on its own.
 MAX_TABLE_CELLS = 1 << 24
+
+_ROW_WEIGHTS: ContextVar[np.ndarray | None] = ContextVar("lucent_row_weights", default=None)
+
+
+@contextmanager
+def weighted_rows(weights: np.ndarray | None) -> Iterator[None]:
+    """Within this block, row ``i`` of every table counts ``weights[i]`` times (None: once).
+
+    A context rather than an argument so that the bias report (``report.py``) and the metrics stay
+    the one implementation for both engines; the engine that grouped the rows sets it around them.
+    """
+    token = _ROW_WEIGHTS.set(None if weights is None else np.asarray(weights, dtype=np.int64))
+    try:
+        yield
+    finally:
+        _ROW_WEIGHTS.reset(token)
+
+
+def count_cells(index: np.ndarray, n_cells: int) -> np.ndarray:
+    """Rows per cell (``index``: each row's cell), weighted by ``weighted_rows`` when set; int64 counts."""
+    weights = _ROW_WEIGHTS.get()
+    if weights is None:
+        return np.bincount(index, minlength=n_cells)
+    if len(weights) != len(index):
+        raise AssertionError(f"{len(weights)} row weights for {len(index)} rows")
+    # float64 sums are exact up to 2**53 rows per cell
+    return np.rint(np.bincount(index, weights=weights, minlength=n_cells)).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -111,7 +145,7 @@ class ContingencyTable:
         index *= 2
         if predicted is not None:
             index += predicted
-        counts = np.bincount(index, minlength=n_cells)
+        counts = count_cells(index, n_cells)
         self.cells = counts.reshape(n_facet_slots, n_group_slots, 2, 2)
         self.cells_all = self.cells.sum(axis=0)
 

@@ -171,4 +171,5 @@ class AnalysisConfig:
     segment_config: list[SegmentConfig] | None = None
     time_series_data_config: TimeSeriesDataConfig | None = None
     predictor: Predictor | None = None
+    lucent: dict[str, Any] | None = None  # Lucent's settings ("engine", "spark_master"): analyzer.engines
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the JSON as read

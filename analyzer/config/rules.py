@@ -16,6 +16,7 @@ from typing import Any
 from analyzer import media
 from analyzer.config.model import IN_PROCESS
 from analyzer.config.spec import INVALID, closest
+from analyzer.segments.intervals import IntervalError, looks_like_interval, overlapping_lists, parse_interval
 
 Tree = dict[str, Any]
 Finding = tuple[str, str]
@@ -157,6 +158,11 @@ def dataset_type_constraints(tree: Tree) -> Iterator[Finding]:
         for key in ("predicted_label", "excluded_columns"):
             if has(tree, key):
                 yield key, f"The parameter '{key}' is not supported for dataset_type '{dataset_type}'."
+        content_type = get(tree, "predictor.content_type")
+        if isinstance(content_type, str) and media.media_type(content_type) not in (media.JPEG, media.JPG, media.PNG,
+                                                                                   media.NPY):
+            yield "predictor.content_type", (f"{content_type} cannot carry images; use image/jpeg, image/png or "
+                                             "application/x-npy for application/x-image datasets")
     time_series = has(tree, "time_series_data_config")
     if dataset_type in media.JSON_TYPES and not has(tree, "features") and not time_series:
         yield "features", f"features JMESPath is required for {dataset_type} dataset_type"
@@ -223,6 +229,30 @@ def segments(tree: Tree) -> Iterator[Finding]:
             yield f"segment_config[{i}].display_aliases", (
                 "Number of `display_aliases` must equal the number of segments specified or with one "
                 f"additional default segment display alias ({len(groups)} or {len(groups) + 1}, got {len(aliases)}).")
+        yield from _segment_lists(f"segment_config[{i}]", groups or [], aliases or [])
+    names = [get(s, "config_name") or get(s, "name_or_index") for s in get(tree, "segment_config") or []]
+    for i, name in enumerate(names):
+        if name is not None and name in names[:i]:
+            yield f"segment_config[{i}].config_name", (
+                f"{name!r} already names segment_config[{names.index(name)}] (its config_name, else its column); "
+                "give each entry a distinct config_name")
+
+
+def _segment_lists(key: str, groups: list, aliases: list) -> Iterator[Finding]:
+    """Intervals that do not parse, lists that select the same values, repeated aliases (docs/segments.md)."""
+    for j, items in enumerate(groups):
+        for k, item in enumerate(items or []):
+            if looks_like_interval(item):
+                try:
+                    parse_interval(item)
+                except IntervalError as error:
+                    yield f"{key}.segments[{j}][{k}]", str(error)
+    for a, b, item_a, item_b in overlapping_lists([items or [] for items in groups]):
+        yield f"{key}.segments", (f"lists {a} and {b} overlap ({item_a!r} and {item_b!r} select the same values); "
+                                  "a row belongs to one segment")
+    for j, alias in enumerate(aliases):
+        if alias in aliases[:j]:
+            yield f"{key}.display_aliases[{j}]", f"{alias!r} is already the alias of segment {aliases.index(alias)}"
 
 
 # -- predictor ------------------------------------------------------------------------------------

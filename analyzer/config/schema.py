@@ -256,6 +256,10 @@ PREDICTOR = Obj({
     "time_series_predictor_config": Obj({"forecast": STRING}, required=("forecast",)),
 }, model=Predictor)
 
+# Lucent's own settings, under a key the SageMaker SDK never writes (SDK-written configs stay untouched):
+# where the heavy work runs (analyzer/engines, docs/spark.md).
+LUCENT = Obj({"engine": Enum(("local", "spark")), "spark_master": STRING})
+
 ANALYSIS_CONFIG = Obj({
     "version": Where(STRING, ((lambda v: v == SUPPORTED_VERSION,
                                f'{{value!r}} is not supported; the only version is "{SUPPORTED_VERSION}"'),)),
@@ -279,6 +283,7 @@ ANALYSIS_CONFIG = Obj({
     "time_series_data_config": TIME_SERIES_DATA,
     "methods": METHODS,
     "predictor": PREDICTOR,
+    "lucent": LUCENT,
 }, required=("dataset_type", "methods"))
 
 KEY_HOMES = ANALYSIS_CONFIG.key_homes()

@@ -14,13 +14,8 @@ from analyzer.config.model import AnalysisConfig
 NOT_YET = "is not supported yet in this Lucent version"
 
 UNSUPPORTED: tuple[tuple[str, Callable[[AnalysisConfig], bool], str], ...] = (
-    ("methods.asymmetric_shapley_value", lambda c: c.methods.asymmetric_shapley_value is not None,
-     f"time-series explanation (asymmetric Shapley values) {NOT_YET}"),
-    ("dataset_type", lambda c: c.dataset_type == "application/x-image",
-     f"application/x-image (computer vision) {NOT_YET}"),
     ("dataset_type", lambda c: c.dataset_type == "application/sagemakercapturejson",
      f"application/sagemakercapturejson (Model Monitor capture data) {NOT_YET}"),
-    ("segment_config", lambda c: c.segment_config is not None, f"segment_config (metrics per segment) {NOT_YET}"),
 )
 
 

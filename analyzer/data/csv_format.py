@@ -57,6 +57,7 @@ from analyzer.data.accumulate import ColumnAccumulator
 from analyzer.data.files import is_gzip, no_data_rows, open_stream, read_error
 from analyzer.data.table import TableData
 from analyzer.errors import DataError
+from analyzer.progress import Progress
 
 _BLOCK_BYTES = 2 << 20  # pyarrow parse block; 2 MiB measured as fast as 16 MiB at a fraction of the RSS
 _MAX_BLOCK_BYTES = 1 << 30  # a block must hold the longest row: grown up to this on "straddling" rows
@@ -115,17 +116,17 @@ class CsvTable:
     def n_files(self) -> int:
         return len(self.files)
 
-    def read(self, columns: Sequence[str], values: Sequence[str] = ()) -> TableData:
+    def read(self, columns: Sequence[str], values: Sequence[str] = (), progress: Progress | None = None) -> TableData:
         """Read ``columns`` as ``Column`` objects and ``values`` as Series, in one pass over the files."""
         accumulators = {name: ColumnAccumulator(name, pa.string()) for name in [*columns, *values]}
-        n_rows = sum(self._read_file(path, accumulators) for path in self.files)
+        n_rows = sum(self._read_file(path, accumulators, progress) for path in self.files)
         return TableData(
             n_rows,
             columns={name: accumulators.pop(name).finish(infer_csv_values) for name in columns},
             values={name: accumulators.pop(name).finish_values(infer_csv_values) for name in values},
         )
 
-    def _read_file(self, path: Path, accumulators: dict[str, ColumnAccumulator]) -> int:
+    def _read_file(self, path: Path, accumulators: dict[str, ColumnAccumulator], progress: Progress | None) -> int:
         record = self._first[path]
         if record is None:  # empty, or only blank lines
             return 0
@@ -136,7 +137,7 @@ class CsvTable:
         while True:
             bad_rows: list[pacsv.InvalidRow] = []
             try:
-                return self._parse(path, offset, block_bytes, accumulators, bad_rows)
+                return self._parse(path, offset, block_bytes, accumulators, bad_rows, progress)
             except pa.ArrowInvalid as exc:
                 for name, acc in accumulators.items():
                     acc.truncate(marks[name])
@@ -149,8 +150,8 @@ class CsvTable:
             except OSError as exc:
                 raise read_error(path, exc) from exc
 
-    def _parse(self, path: Path, offset: int, block_bytes: int,
-               accumulators: dict[str, ColumnAccumulator], bad_rows: list[pacsv.InvalidRow]) -> int:
+    def _parse(self, path: Path, offset: int, block_bytes: int, accumulators: dict[str, ColumnAccumulator],
+               bad_rows: list[pacsv.InvalidRow], progress: Progress | None = None) -> int:
         multi_column = len(self.headers) > 1
 
         def on_invalid_row(row: pacsv.InvalidRow) -> str:
@@ -176,6 +177,8 @@ class CsvTable:
                     for name, acc in accumulators.items():
                         acc.add(chunk.column(name))
                 n_rows += batch.num_rows
+                if progress is not None:  # a file read again (a row longer than a block) counts again: rare
+                    progress.update(batch.num_rows)
         return n_rows
 
     def _parse_error(self, path: Path, offset: int, first_line: int, exc: Exception,

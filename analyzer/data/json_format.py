@@ -37,6 +37,7 @@ from analyzer.data.column import Column
 from analyzer.data.files import no_data_rows, read_bytes
 from analyzer.data.table import TableData
 from analyzer.errors import DataError
+from analyzer.progress import Progress
 
 _HEADERS_MISMATCH = "Headers in config do not match with the number of columns in the dataset."
 _NO_FEATURES = "Data must contain features."
@@ -82,8 +83,9 @@ class JsonTable:
     def n_files(self) -> int:
         return len(self.files)
 
-    def read(self, columns: Sequence[str], values: Sequence[str] = ()) -> TableData:
-        """Read ``columns`` as ``Column`` objects and ``values`` as Series."""
+    def read(self, columns: Sequence[str], values: Sequence[str] = (), progress: Progress | None = None) -> TableData:
+        """Read ``columns`` as ``Column`` objects and ``values`` as Series (the files were read when the
+        table was opened: no progress to count here)."""
         return TableData(
             len(self._frame),
             columns={name: Column.from_series(self._frame[name], name=name) for name in columns},

@@ -40,6 +40,7 @@ from analyzer.data.locate import locate_column
 from analyzer.data.parquet_format import ParquetTable
 from analyzer.data.table import Table, TableData
 from analyzer.errors import DataError
+from analyzer.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ def load_dataset(config: AnalysisConfig, dataset_path: Path, *, need_features: b
     """
     start = time.perf_counter()
     dataset_path = Path(dataset_path)
+    if config.time_series_data_config is not None:  # items, not rows: analyzer/data/time_series.py
+        from analyzer.data.time_series import load_time_series
+
+        return load_time_series(config, dataset_path)
     logger.info("Dataset type: %s uri: %s", config.dataset_type, dataset_path)
     logger.info("Loading dataset...")
     if chunk_rows < 1:
@@ -104,7 +109,9 @@ def load_dataset(config: AnalysisConfig, dataset_path: Path, *, need_features: b
     feature_names = [h for h in main.headers if h not in not_features]
 
     main_roles = roles.names_in(main)
-    main_data = main.read(main_roles, [n for n in feature_names if n not in main_roles] if need_features else [])
+    with progress("Loading", total=None, unit="rows") as bar:
+        main_data = main.read(main_roles, [n for n in feature_names if n not in main_roles] if need_features else [],
+                              progress=bar)
     if main_data.n_rows == 0:
         raise no_data_rows(main.source, main.files)
     data = {id(main): main_data}
@@ -175,8 +182,6 @@ def _open_table(config: AnalysisConfig, path: Path, headers: Sequence[str] | Non
     if dataset_type == media.PARQUET:
         return ParquetTable(files, source, headers, chunk_rows=chunk_rows)
     if dataset_type in media.JSON_TYPES:
-        if config.time_series_data_config is not None:
-            raise DataError("Time series datasets (`time_series_data_config`) are not supported yet.")
         return JsonTable(files, source, config, json_lines=dataset_type == media.JSON_LINES)
     raise DataError(f"dataset_type {dataset_type!r} is not supported by the data loader yet; "
                     f"supported: {', '.join(_SUPPORTED_TYPES)}.")

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from analyzer.data.accumulate import ColumnAccumulator, ToPandas, arrow_to_pandas
 from analyzer.data.table import TableData
 from analyzer.errors import DataError
+from analyzer.progress import Progress
 
 _HEADERS_MISMATCH = "Headers in config do not match with the number of columns in the dataset."
 # What pyarrow raises on a damaged file: I/O and Arrow errors, and ValueError (UnicodeDecodeError, bad JSON)
@@ -60,7 +61,7 @@ class ParquetTable:
     def n_files(self) -> int:
         return len(self.files)
 
-    def read(self, columns: Sequence[str], values: Sequence[str] = ()) -> TableData:
+    def read(self, columns: Sequence[str], values: Sequence[str] = (), progress: Progress | None = None) -> TableData:
         """Read ``columns`` as ``Column`` objects and ``values`` as Series, one row group at a time."""
         names = [*columns, *values]
         schema = self._schemas[self.files[0]]
@@ -79,6 +80,8 @@ class ParquetTable:
                             values = values.dictionary_decode()
                         acc.add(values)
                     n_rows += batch.num_rows
+                    if progress is not None:
+                        progress.update(batch.num_rows)
             except _CORRUPT as exc:
                 raise _unreadable(path, exc) from exc
         data = TableData(n_rows)

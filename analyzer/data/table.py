@@ -10,6 +10,7 @@ from typing import Protocol
 import pandas as pd
 
 from analyzer.data.column import Column
+from analyzer.progress import Progress
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Table(Protocol):
     @property
     def n_files(self) -> int: ...
 
-    def read(self, columns: Sequence[str], values: Sequence[str] = ()) -> TableData:
-        """Read ``columns`` as ``Column`` objects and ``values`` as Series (header names, disjoint)."""
+    def read(self, columns: Sequence[str], values: Sequence[str] = (), progress: Progress | None = None) -> TableData:
+        """Read ``columns`` as ``Column`` objects and ``values`` as Series (header names, disjoint);
+        ``progress`` counts the rows as they are read (formats read at opening count nothing)."""
         ...

@@ -21,6 +21,7 @@ from analyzer.config.model import PdpMethod
 from analyzer.data import Dataset
 from analyzer.errors import UserError
 from analyzer.predict import ModelEndpoint
+from analyzer.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,13 @@ def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint
     sample = features if len(features) <= MAX_RECORDS else features.iloc[
         np.sort(rng.choice(len(features), MAX_RECORDS, replace=False))]
     entries = []
-    with endpoint.client() as client:
+    with endpoint.client() as client, progress("PDP", total=len(columns), unit="features") as bar:
         for j in columns:
             column = features.iloc[:, j]
             if dataset.feature_names[j] in text_features:
                 entries.append({"feature_name": dataset.feature_names[j], "data_type": "free_text",
                                 "error": FREE_TEXT_ERROR})
+                bar.update()
                 continue
             grid, distribution, data_type = feature_grid(column, pdp.grid_resolution)
             # Every grid value's copy of the sample in one request batch: (grid value, record) rows.
@@ -78,6 +80,7 @@ def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint
                 "model_predictions": scores.mean(axis=1).T.tolist(),
                 "label_headers": predictions.score_keys(),
             })
+            bar.update()
     log.info("Partial dependence of %d feature(s) on %d records in %.2f s", len(entries), len(sample),
              time.perf_counter() - started)
     return entries

@@ -25,19 +25,23 @@ with ``kill -9`` leaves no worker behind, blocked on the pool's pipe.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
+import queue
 import re
 import shutil
 import signal
+import threading
 import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -58,6 +62,9 @@ from .kernel_shap import (
     ModelOutputError,
 )
 from .text_shap import TextExplanation, TextKernelShap, player_counts
+
+if TYPE_CHECKING:
+    from analyzer.engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,7 @@ IN_PROCESS_TEXT_ROWS_PER_WORKER = 100_000
 # Text rows per model call and per shard: a synthetic text is a few hundred bytes, not a few numbers.
 MAX_TEXT_ROWS_PER_CALL = 50_000
 DEFAULT_TEXT_SHARD_ROWS = 200_000
+MIN_TEXT_SHARD_ROWS = 20_000  # shards are not cut smaller than this to spread a job over the workers
 
 
 @dataclass(frozen=True)
@@ -153,18 +161,20 @@ def shard_path(checkpoint_dir: Path, index: int) -> Path:
 
 
 def run_shards(settings: ShapSettings, records: np.ndarray, size: int, explainer: KernelShap,
-               on_done: Callable[[int], None] | None = None) -> Explanation:
+               on_done: Callable[[int], None] | None = None, engine: Engine | None = None) -> Explanation:
     """Explain ``records`` shard by shard (``size`` records each) and return all of them, in order.
 
     ``explainer`` is the main process's explainer: its design and expected value assemble the result
     from the checkpoints. ``on_done(k)`` is called in the main process for each block ``k`` of ``size``
     records (the last one shorter) as the records done pass its end, so that a caller counts
     ``min(size, n - k * size)`` records for it, whatever the actual cut (``even_bounds``).
+    ``engine`` runs the shards not checkpointed yet (``analyzer.engines``; None: this machine's processes).
     """
     bounds = even_bounds(len(records), size)
     rows = np.full(len(records), (len(explainer.design.masks) + 1) * len(explainer.baseline))
     parts = _run(settings, bounds, lambda a, b: (records[a:b],), rows, explainer,
-                 None if on_done is None else _BlockCounter(bounds, size, on_done), IN_PROCESS_ROWS_PER_WORKER)
+                 None if on_done is None else _BlockCounter(bounds, size, on_done), IN_PROCESS_ROWS_PER_WORKER,
+                 engine)
     return Explanation.concat(parts)  # one pass: each shard's global terms are folded in as it is loaded
 
 
@@ -196,13 +206,20 @@ def even_bounds(n: int, size: int) -> list[int]:
 
 
 def run_text_shards(settings: TextShapSettings, records: np.ndarray, units: Sequence, rows: np.ndarray,
-                    explainer: TextKernelShap, shard_rows: int | None = None) -> TextExplanation:
+                    explainer: TextKernelShap, shard_rows: int | None = None,
+                    engine: Engine | None = None,
+                    on_records: Callable[[int], None] | None = None) -> TextExplanation:
     """Text records (``units[i]``: record i's units per text column) explained shard by shard.
 
     Records cost different numbers of synthetic rows (``rows``), so a shard is a run of consecutive
     records worth about ``shard_rows`` rows; the cut depends on the data alone, never on the workers.
+    ``on_records(n)`` is called in this process as each shard's ``n`` records are done.
     """
     limit = shard_rows or configured_shard_rows(DEFAULT_TEXT_SHARD_ROWS)
+    # At least ~16 shards when the job is large enough (shards of 20,000 rows or more): text records cost
+    # very different numbers of rows, and with 4 shards for 2 workers one worker ran the last one alone
+    # for a third of the job. Still the data's cut alone (the rows), never the workers'.
+    limit = min(limit, max(MIN_TEXT_SHARD_ROWS, int(np.sum(rows)) // 16))
     bounds = [0]
     total = 0
     for i, cost in enumerate(rows):
@@ -213,14 +230,16 @@ def run_text_shards(settings: TextShapSettings, records: np.ndarray, units: Sequ
     bounds.append(len(records))
     if len(records) == 0:
         bounds = [0, 0]
-    parts = _run(settings, bounds, lambda a, b: (records[a:b], units[a:b]), rows, explainer, None,
-                 IN_PROCESS_TEXT_ROWS_PER_WORKER)
+    done = None if on_records is None else (lambda i: on_records(bounds[i + 1] - bounds[i]))
+    parts = _run(settings, bounds, lambda a, b: (records[a:b], units[a:b]), rows, explainer, done,
+                 IN_PROCESS_TEXT_ROWS_PER_WORKER, engine)
     return TextExplanation.concat(list(parts))
 
 
 def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: Callable[[int, int], tuple],
          rows: np.ndarray, explainer: KernelShap | TextKernelShap, on_done: Callable[[int], None] | None,
-         in_process_rows_per_worker: int) -> Iterator[Explanation] | Iterator[TextExplanation]:
+         in_process_rows_per_worker: int,
+         engine: Engine | None = None) -> Iterator[Explanation] | Iterator[TextExplanation]:
     """Run the shards ``bounds[i]:bounds[i + 1]`` not checkpointed yet; return every shard's result, in
     order, loaded one at a time from its checkpoint (so that the caller can fold them as they come)."""
     n_shards = len(bounds) - 1 if bounds[-1] > 0 else 0
@@ -245,49 +264,109 @@ def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: 
         if on_done is not None:
             on_done(i)
 
-    if workers == 1:
-        _init_worker(settings)
-        try:
-            for i in todo:
-                finished(_run_shard(*shard(i)))
-        finally:
-            _close_worker()
-    elif workers > 1:
-        _run_pool(settings, (shard(i) for i in todo), workers, finished)
+    if todo:
+        tasks = (shard(i) for i in todo)
+        if engine is None:
+            run_local_shards(settings, tasks, workers, finished)
+        else:
+            engine.map_shards(settings, tasks, workers, finished)
     if n_shards == 0:
         return iter([explainer.explain(*payload(0, 0))])
     return (checkpoints.load(i) for i in range(n_shards))
 
 
-def _run_pool(settings: ShapSettings | TextShapSettings, shards: Iterator[tuple[int, int, int, tuple]], workers: int,
+ShardTask = tuple[int, int, int, tuple]  # shard index, first record, stop record, explainer.explain(*payload)
+
+
+def run_local_shards(settings: ShapSettings | TextShapSettings, tasks: Iterator[ShardTask], workers: int,
+                     finished: Callable[[int], None]) -> None:
+    """This machine's way to run shards (``analyzer.engines.LocalEngine``): in this process when
+    ``workers`` is 1 (the model is loaded here already), else in a pool of ``workers`` processes. Each
+    shard is checkpointed, then ``finished(index)`` is called in this process."""
+    if workers <= 1:
+        _init_worker(settings)
+        try:
+            for task in tasks:
+                finished(_run_shard(*task))
+        finally:
+            _close_worker()
+    else:
+        _run_pool(settings, tasks, workers, finished)
+
+
+def _run_pool(settings: ShapSettings | TextShapSettings, shards: Iterator[ShardTask], workers: int,
               finished: Callable[[int], None]) -> None:
+    """Run ``shards`` on ``workers`` processes, this one included.
+
+    This process is one of the workers: its model is loaded (or its client open) already, so only
+    ``workers - 1`` are spawned (each costs its imports and a model load, ~2 s of CPU and ~250 MiB), and it
+    explains shards from its first second while they start. The spawned ones are fed from their futures'
+    callbacks (one shard running and one queued each), so they never wait for this process to finish a
+    shard; everything finished is reported through ``finished`` on this thread.
+    """
     # spawn, not fork: the job process runs threads (HTTP clients, the model server's watcher), and a
     # forked child of a threaded process can deadlock on a lock held by a thread that does not exist in it.
     # The workers are told this process's id: they exit when it dies (a kill -9 runs no cleanup here).
-    executor = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+    spawned = workers - 1
+    executor = ProcessPoolExecutor(spawned, mp_context=get_context("spawn"), initializer=_init_worker,
                                    initargs=(settings, os.getpid(), workers))
-    pending: set[Future[int]] = set()
+    lock = threading.Lock()
+    results: queue.SimpleQueue[Future[int]] = queue.SimpleQueue()
+    stop = threading.Event()
+    in_flight = [0]  # submitted to the pool and not yet reported
+
+    def take() -> ShardTask | None:
+        with lock:  # the generator is shared with the pool's feeding thread
+            return None if stop.is_set() else next(shards, None)
+
+    def feed() -> None:
+        task = take()
+        if task is None:
+            return
+        with lock:
+            in_flight[0] += 1
+        try:
+            future = executor.submit(_run_shard, *task)
+        except RuntimeError:  # the pool is shutting down: the job failed or stopped meanwhile
+            with lock:
+                in_flight[0] -= 1
+            return
+        future.add_done_callback(done)
+
+    def done(future: Future[int]) -> None:
+        results.put(future)
+        if not future.cancelled() and future.exception() is None:
+            feed()
+
+    def report(block: bool) -> None:
+        while in_flight[0] and (block or not results.empty()):
+            future = results.get()
+            with lock:
+                in_flight[0] -= 1
+            finished(future.result())  # re-raises a worker's error (UserError for bad model output)
+
+    here = False
     try:
-        for task in shards:
-            if len(pending) >= 2 * workers:  # bounded: only a few shards' records are in flight
-                pending = _collect(pending, finished)
-            pending.add(executor.submit(_run_shard, *task))
-        while pending:
-            pending = _collect(pending, finished)
+        for _ in range(2 * spawned):
+            feed()
+        while (task := take()) is not None:
+            if not here:
+                _init_worker(settings, workers=workers)
+                here = True
+            finished(_run_shard(*task))
+            report(block=False)
+        report(block=True)
         executor.shutdown(wait=True)
     except BaseException:
         # A failed or stopped job must not wait for the other shards: stop the workers we started.
+        stop.set()
         for process in list((getattr(executor, "_processes", None) or {}).values()):
             process.terminate()
         executor.shutdown(wait=False, cancel_futures=True)
         raise
-
-
-def _collect(pending: set[Future[int]], finished: Callable[[int], None]) -> set[Future[int]]:
-    done, rest = wait(pending, return_when=FIRST_COMPLETED)
-    for future in done:
-        finished(future.result())  # re-raises a worker's error (UserError for bad model output)
-    return rest
+    finally:
+        if here:
+            _close_worker()
 
 
 # -- worker side -------------------------------------------------------------------------------------
@@ -305,7 +384,7 @@ def _init_worker(settings: ShapSettings | TextShapSettings, parent_pid: int | No
     # A model scored in process runs in these workers: each gets its share of the cores (one scoring
     # thread per core in all, the model's own threads held to one each), so that a job with fewer shards
     # than cores still keeps every core busy, and one with more does not oversubscribe them.
-    client = settings.endpoint.client(max_records_per_request=RECORDS_PER_REQUEST, progress_interval=3600,
+    client = settings.endpoint.client(max_records_per_request=RECORDS_PER_REQUEST,
                                       processes=workers)
     _worker.update(settings=settings, client=client,
                    explainer=settings.explainer(lambda rows: client.predict(rows).scores))
@@ -321,12 +400,45 @@ def _close_worker() -> None:
     _worker.clear()
 
 
+def init_worker(settings: ShapSettings | TextShapSettings) -> None:
+    """Set up this process to explain shards with ``settings`` (another engine's task: one worker)."""
+    _init_worker(settings)
+
+
+def close_worker() -> None:
+    """Close what ``init_worker`` opened (the model client)."""
+    _close_worker()
+
+
 def _run_shard(index: int, first: int, stop: int, payload: tuple) -> int:
     """Explain one shard (``explainer.explain(*payload)``) and checkpoint it; returns ``index``."""
     settings: ShapSettings | TextShapSettings = _worker["settings"]
+    explanation = _explain_shard(first, payload)
+    _save(shard_path(settings.checkpoint_dir, index), explanation,
+          _ShardKey(first, stop, records_digest(payload[0]), settings.seed))
+    return index
+
+
+def shard_checkpoint(first: int, stop: int, payload: tuple) -> bytes:
+    """Explain one shard in a process set up by ``init_worker`` and return its checkpoint file's bytes,
+    for an engine whose workers cannot write the job's work area (the job writes them: ``write_checkpoint``)."""
+    settings: ShapSettings | TextShapSettings = _worker["settings"]
+    buffer = io.BytesIO()
+    _write_npz(buffer, _explain_shard(first, payload), _ShardKey(first, stop, records_digest(payload[0]), settings.seed))
+    return buffer.getvalue()
+
+
+def write_checkpoint(settings: ShapSettings | TextShapSettings, index: int, data: bytes) -> None:
+    """Write shard ``index``'s checkpoint bytes (``shard_checkpoint``) atomically, as ``_run_shard`` does."""
+    with atomic_writer(shard_path(settings.checkpoint_dir, index), "wb") as handle:
+        handle.write(data)
+
+
+def _explain_shard(first: int, payload: tuple) -> Explanation | TextExplanation:
+    """``explainer.explain(*payload)`` in this worker, with the model's failures as ``UserError``."""
     explainer: KernelShap | TextKernelShap = _worker["explainer"]
     try:
-        explanation = explainer.explain(*payload)
+        return explainer.explain(*payload)
     except ModelOutputError as error:
         rows = ", ".join(str(first + r) for r in error.records[:5]) + (", ..." if len(error.records) > 5 else "")
         raise UserError(f"methods.shap: {_renumber(str(error), first)} (dataset rows {rows}). Kernel SHAP needs a "
@@ -339,9 +451,6 @@ def _run_shard(index: int, first: int, stop: int, payload: tuple) -> int:
                         f"{error.reason}") from None
     except ValueError as error:  # wrong output shape, scores outside [0, 1] with use_logit
         raise UserError(f"methods.shap: {error}") from None
-    _save(shard_path(settings.checkpoint_dir, index), explanation,
-          _ShardKey(first, stop, records_digest(payload[0]), settings.seed))
-    return index
 
 
 def _renumber(message: str, first: int) -> str:
@@ -375,6 +484,11 @@ class CheckpointError(Exception):
 
 def _save(path: Path, explanation: Explanation | TextExplanation, key: _ShardKey) -> None:
     """Write the shard's results atomically: a checkpoint is either complete or absent."""
+    with atomic_writer(path, "wb") as handle:
+        _write_npz(handle, explanation, key)
+
+
+def _write_npz(handle, explanation: Explanation | TextExplanation, key: _ShardKey) -> None:  # noqa: ANN001
     arrays = dict(values=explanation.values, stderr=explanation.stderr, reference=explanation.reference,
                   prediction=explanation.prediction, lucent_first=np.int64(key.first), lucent_stop=np.int64(key.stop),
                   lucent_records=np.str_(key.records), lucent_seed=np.str_(str(key.seed)))
@@ -382,8 +496,7 @@ def _save(path: Path, explanation: Explanation | TextExplanation, key: _ShardKey
         arrays["offsets"] = explanation.offsets
     else:
         arrays.update({f"terms_{key}": value for key, value in explanation.global_terms.items()})
-    with atomic_writer(path, "wb") as handle:
-        np.savez(handle, **arrays)
+    np.savez(handle, **arrays)
 
 
 class _Checkpoints:
@@ -525,7 +638,8 @@ def _check_values(values: np.ndarray, stderr: np.ndarray, reference: np.ndarray,
 
 
 class _Progress:
-    """Logs shards done, synthetic rows per second and the time left."""
+    """Counts shards done: a DEBUG line per shard (synthetic rows per second, time left), an INFO line at
+    the end (the user-facing progress, every few seconds, is ``analyzer.progress`` in the caller)."""
 
     def __init__(self, shard_rows: list[int], shard_records: list[int], todo: list[int]):
         self.shard_rows, self.shard_records = shard_rows, shard_records
@@ -542,5 +656,7 @@ class _Progress:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         rate = self.rows_done / elapsed
         eta = (self.rows_left - self.rows_done) / rate if rate else float("inf")
-        log.info("SHAP: %d of %d shards done (%d of %d records), %.0f synthetic rows/s, ETA %.0f s", self.done,
-                 self.todo, self.records_done, self.records_left, rate, eta)
+        log.debug("SHAP: %d of %d shards done (%d of %d records), %.0f synthetic rows/s, ETA %.0f s", self.done,
+                  self.todo, self.records_done, self.records_left, rate, eta)
+        if self.done == self.todo:
+            log.info("SHAP: %d shard(s) done, %d records, %.0f synthetic rows/s", self.done, self.records_done, rate)

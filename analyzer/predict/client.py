@@ -49,6 +49,7 @@ from analyzer.media import CSV, NPY
 from analyzer.predict.decode import ResponseParser, excerpt
 from analyzer.predict.encode import Body, EncodedRecords, RequestEncoder, Rows, SplitBody
 from analyzer.predict.predictions import Predictions
+from analyzer.progress import Progress
 from analyzer.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ class ModelClient:
     def __init__(self, endpoint_url: str, predictor: Predictor, feature_names: Sequence[str], *,
                  max_payload_bytes: int = MAX_PAYLOAD_BYTES, max_records_per_request: int = MAX_RECORDS_PER_REQUEST,
                  concurrency: int | None = None, timeout: float | None = None,
-                 retry: RetryPolicy | None = None, progress_interval: float = 5.0):
+                 retry: RetryPolicy | None = None):
         self.url = model_route(endpoint_url, "invocations")
         self.shown_url = redact_url(self.url)  # for messages and logs: no password from the URL
         self.encoder = RequestEncoder(predictor, feature_names)
@@ -231,7 +232,6 @@ class ModelClient:
         self.concurrency = max(1, concurrency or 2 * (os.cpu_count() or 1))
         self.timeout = model_timeout_seconds() if timeout is None else timeout
         self.retry = retry or RetryPolicy()
-        self.progress_interval = progress_interval
         self.stats = ClientStats()
         self._records_cap = max(1, max_records_per_request)
         self._http = urllib3.PoolManager(num_pools=2, maxsize=self.concurrency, retries=False)
@@ -256,27 +256,33 @@ class ModelClient:
             log.info("Model endpoint delivered %.5f requests per second and a total of %d requests over %.0f "
                      "seconds", self.stats.requests / seconds, self.stats.requests, seconds)
 
-    def predict(self, rows: Rows) -> Predictions:
-        """Predictions for every row (columns in ``feature_names`` order), in input order."""
+    def predict(self, rows: Rows, progress: Progress | None = None) -> Predictions:
+        """Predictions for every row (columns in ``feature_names`` order), in input order.
+
+        ``progress``: counts the rows as their batches are answered (a step the user waits for, such as
+        the post-training predictions; SHAP counts its shards instead)."""
         started = time.perf_counter()
         try:
-            parts = self._predict_batches(self._batches(rows), len(rows))
+            parts = self._predict_batches(self._batches(rows), len(rows), progress)
         finally:
             self.stats.seconds += time.perf_counter() - started
         if not parts:
             return Predictions(0, label_headers=self.parser.label_headers)
         return Predictions.concat(parts)
 
-    def _predict_batches(self, batches: Iterator[_Batch], n_rows: int) -> list[Predictions]:
+    def _predict_batches(self, batches: Iterator[_Batch], n_rows: int,
+                         progress: Progress | None) -> list[Predictions]:
         first = next(batches, None)
         second = next(batches, None)
         if first is None:
             return []
         if second is None:
-            return self._run(first, threading.Event())  # one request: no thread hand-off
+            parts = self._run(first, threading.Event())  # one request: no thread hand-off
+            if progress is not None:
+                progress.update(n_rows)
+            return parts
         executor = self._executor = self._executor or ThreadPoolExecutor(
             self.concurrency, thread_name_prefix="predict", initializer=self._thread_started)
-        progress = _Progress(n_rows, self.progress_interval)
         abort = threading.Event()  # set when one batch fails: the others stop retrying and splitting
         results: dict[int, list[Predictions]] = {}
         pending: dict[Future[list[Predictions]], int] = {}
@@ -286,7 +292,8 @@ class ModelClient:
             for future in done:
                 first_row = pending.pop(future)
                 results[first_row] = future.result()
-                progress.advance(sum(len(part) for part in results[first_row]))
+                if progress is not None:
+                    progress.update(sum(len(part) for part in results[first_row]))
 
         try:
             for batch in chain((first, second), batches):
@@ -444,22 +451,6 @@ class ModelClient:
                 return
             self._logged.add(key)
         log.log(level, message, *args)
-
-
-class _Progress:
-    """Logs rows done and throughput at most every ``interval`` seconds."""
-
-    def __init__(self, total: int, interval: float):
-        self.total, self.interval, self.done = total, interval, 0
-        self.started = self.last = time.monotonic()
-
-    def advance(self, rows: int) -> None:
-        self.done += rows
-        now = time.monotonic()
-        if now - self.last >= self.interval and self.done < self.total:
-            self.last = now
-            log.info("Predicted %d of %d rows (%.0f%%), %.0f rows/s", self.done, self.total,
-                     100 * self.done / self.total, self.done / (now - self.started))
 
 
 def wait_until_healthy(endpoint_url: str, timeout: float = 240.0, interval: float = 0.5) -> float:

@@ -30,9 +30,12 @@ from analyzer.media import (
     FEATURE_NAMES,
     FEATURES,
     FEATURES_KVP,
+    JPEG,
+    JPG,
     JSON,
     JSON_LINES,
     NPY,
+    PNG,
     RECORD,
     RECORDS,
     REQUEST_TYPES,
@@ -175,7 +178,7 @@ class RequestEncoder:
             self.style = "json"
             self.value_separator, self.key_separator, self.separator = b", ", b": ", b", "
             self._json_envelope(predictor)
-        elif self.content_type == NPY:
+        elif self.content_type in (NPY, JPEG, JPG, PNG):  # images: analyzer.predict.image_requests
             self.style, self.parts = "json", []
         else:
             raise UserError(f"predictor.content_type {predictor.content_type!r} is not supported for tabular "
@@ -243,6 +246,8 @@ class RequestEncoder:
             elif name in (RECORDS, RECORD):
                 raise UserError(f"{key} {template!r}: ${name} is only allowed in content_template of "
                                 "content_type application/json")
+            elif name in self.feature_names:  # time series: $start_time, $target_time_series, ... are
+                parts.append(_Cells("feature", self.feature_names.index(name)))  # record fields (JSON values)
             else:
                 raise UserError(f"{key} {template!r}: ${name} is only for time-series explanations")
         literal(template[position:].encode())
@@ -252,6 +257,13 @@ class RequestEncoder:
         """Serialise ``rows`` (one per record, columns in ``feature_names`` order)."""
         if not isinstance(rows, pd.DataFrame):
             rows = np.asarray(rows)
+            if rows.ndim == 4 and rows.dtype == np.uint8:  # a batch of images (n, height, width, channels)
+                from analyzer.predict.image_requests import ImageRecords
+
+                return ImageRecords(rows, self.content_type)
+            if self.content_type in (JPEG, JPG, PNG):
+                raise UserError(f"predictor.content_type {self.content_type} carries images: the rows must be "
+                                "an application/x-image dataset's images")
             if self.content_type == NPY and rows.ndim == 2 and rows.dtype.kind == "f":
                 # Float rows (SHAP's synthetic rows) go as they are: no frame, no copy when row-major.
                 self._check_width(rows.shape[1])

@@ -17,13 +17,14 @@ from analyzer.predict.client import MAX_PAYLOAD_BYTES, ModelClient, model_timeou
 from analyzer.predict.encode import Rows
 from analyzer.predict.inprocess import InProcessClient, ModelLoader
 from analyzer.predict.predictions import Predictions
+from analyzer.progress import Progress
 
 
 class Scorer(Protocol):
     """What the analyses call: predictions for feature rows, in input order. ``ModelClient`` (a model
     server over HTTP) and ``InProcessClient`` (the model loaded in this process) both are one."""
 
-    def predict(self, rows: Rows) -> Predictions: ...
+    def predict(self, rows: Rows, progress: Progress | None = None) -> Predictions: ...
 
     def close(self) -> None: ...
 

@@ -79,10 +79,6 @@ class Figure:
         # Text as paths: the chart looks the same on any machine, with or without its fonts.
         return self._save("svg", metadata={"Date": None})
 
-    @cached_property
-    def png(self) -> bytes:
-        return self._save("png", dpi=110)
-
     def data_uri(self) -> str:
         return "data:image/svg+xml;base64," + base64.b64encode(self.svg).decode("ascii")
 

@@ -929,3 +929,133 @@ def pdp_chart(analysis: dict, feature: str) -> Figure:
         ax.legend(fontsize=CHART_FONT_SIZE - 1, frameon=False)
     fig.suptitle(str(feature), fontsize=CHART_FONT_SIZE + 1, color=INK, x=0.03, ha="left")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Segments (Lucent's own section, analysis["lucent"]["segments"]: docs/segments.md)
+
+SEGMENT_COLUMNS = ["Analysis", "Group or output", "Metric or feature", "Value"]
+
+
+def segment_entries(analysis: dict) -> list[dict]:
+    """The ``segment_config`` entries of the analysis, each with its ``segments``."""
+    return list((analysis.get("lucent") or {}).get("segments") or [])
+
+
+def segment_table(analysis: dict, config: int, segment: int, top_features: int = 5) -> pd.DataFrame:
+    """One segment's results as one table: every bias metric of every facet group (pre-training, then
+    post-training), then the ``top_features`` features by global SHAP value of each model output.
+
+    ``config`` and ``segment`` index ``analysis["lucent"]["segments"]`` and that entry's ``segments``. A metric
+    or a stage that could not be computed shows its reason in the Value column.
+    """
+    entry = segment_entries(analysis)[config]["segments"][segment]
+    rows = []
+    for stage, title in ((PRE_TRAINING, "Pre-training bias"), (POST_TRAINING, "Post-training bias")):
+        section = entry.get(stage)
+        if section is None:
+            continue
+        if section.get("error"):
+            rows.append([title, "", "not computed", section["error"]])
+            continue
+        for facet, groups in (section.get("facets") or {}).items():
+            for group in groups:
+                name = group_name(facet, group.get("value_or_threshold"))
+                for metric in group.get("metrics", []):
+                    error = metric.get("error")
+                    value = f"not computed: {error}" if error else format_value(metric.get("value"))
+                    rows.append([title, name, metric.get("name", "?"), value])
+    explanations = entry.get("explanations") or {}
+    if explanations.get("error"):
+        rows.append(["SHAP (global)", "", "not computed", explanations["error"]])
+    for label, values in (explanations.get("kernel_shap") or {}).items():
+        ranked = sorted((values.get("global_shap_values") or {}).items(),
+                        key=lambda item: -abs(as_number(item[1]) or 0.0))
+        for feature, value in ranked[:top_features]:
+            rows.append(["SHAP (global)", str(label), str(feature), format_value(value)])
+    return pd.DataFrame(rows, columns=SEGMENT_COLUMNS)
+
+
+# -- images (explanations.lucent_image_shap, docs/images.md) ----------------------------------------
+
+OUTPUT_FOLDER = "."  # the job's output folder (its pictures) seen from analysis.json, where the notebook is
+
+
+def image_entries(analysis: dict) -> list:
+    """The explained images of an image job, in dataset order (empty for other jobs)."""
+    return ((analysis.get("explanations") or {}).get("lucent_image_shap") or {}).get("images") or []
+
+
+def _segment_extremes(values: list) -> tuple[str, str]:
+    if not values:
+        return "", ""
+    order = sorted(range(len(values)), key=lambda j: values[j])
+    return (f"{order[-1]} ({format_value(values[order[-1]])})", f"{order[0]} ({format_value(values[order[0]])})")
+
+
+def image_table(analysis: dict) -> pd.DataFrame:
+    """One row per image (per detected object for object detection): its segments, the predicted label
+    (or object) and score, the score with every segment filled (the reference), and the segments that
+    raise and lower that score the most."""
+    rows = []
+    for entry in image_entries(analysis):
+        if "objects" in entry:
+            if not entry["objects"]:
+                rows.append([entry["image"], entry["n_segments"], "no object detected", "", "", "", ""])
+            for number, obj in enumerate(entry["objects"], start=1):
+                rows.append([entry["image"], entry["n_segments"], f"box {number}: {obj['label']}",
+                             format_value(obj["prediction"]), format_value(obj["reference"]),
+                             *_segment_extremes(obj["shap_values"])])
+            continue
+        label = entry["predicted_label"]
+        rows.append([entry["image"], entry["n_segments"], label, format_value(entry["prediction"][label]),
+                     format_value(entry["reference"][label]), *_segment_extremes(entry["shap_values"][label])])
+    return pd.DataFrame(rows, columns=["Image", "Segments", "Predicted label or object", "Score",
+                                       "Score, all filled", "Raises most", "Lowers most"])
+
+
+@dataclass
+class ImagePictures:
+    """An explained image's two pictures side by side: its segments, and the SHAP heatmap of its predicted
+    label (blue = raises it, red = lowers it). A notebook shows it as HTML; the reports embed the same markup."""
+
+    name: str
+    pictures: list  # (title, JPEG bytes or None when the file is missing)
+
+    def _repr_html_(self) -> str:
+        import base64
+
+        cells = []
+        for title, data in self.pictures:
+            if data is None:
+                cells.append(f'<figure class="image-missing"><figcaption>{html.escape(title)}: file not found'
+                             '</figcaption></figure>')
+                continue
+            uri = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+            cells.append(f'<figure style="display:inline-block;margin:0 1em 0 0;vertical-align:top">'
+                         f'<img src="{uri}" alt="{html.escape(title)} of {html.escape(self.name)}" '
+                         f'style="max-width:16em;height:auto"><figcaption>{html.escape(title)}</figcaption></figure>')
+        return f'<div class="image-pictures">{"".join(cells)}</div>'
+
+    def __repr__(self) -> str:
+        return f"ImagePictures({self.name!r})"
+
+
+def image_pictures(analysis: dict, output_folder: str, name: str) -> ImagePictures:
+    """The segmented image and the heatmap of image ``name``, read from the job's output folder."""
+    entry = next(e for e in image_entries(analysis) if e["image"] == name)
+    if "objects" in entry:  # object detection: the boxes, then each object's heatmap
+        files = [("Detected objects", entry["objects_image"])] + [
+            (f"SHAP for box {number} ({obj['label']})", obj["heatmap"])
+            for number, obj in enumerate(entry["objects"], start=1)]
+    else:
+        files = [("Segments", entry["segmented_image"]), (f"SHAP for '{entry['predicted_label']}'", entry["heatmap"])]
+    pictures = []
+    for title, file in files:
+        path = os.path.join(output_folder, file)
+        try:
+            with open(path, "rb") as handle:
+                pictures.append((title, handle.read()))
+        except OSError:
+            pictures.append((title, None))
+    return ImagePictures(name, pictures)

@@ -45,6 +45,7 @@ from typing import Any
 from analyzer import __version__
 from analyzer.config import find_config_file
 from analyzer.config.parser import read_json_file
+from analyzer.environment import environment_set
 from analyzer.errors import DependencyError, UserError
 from analyzer.monitor.attributes import BIAS
 from analyzer.monitor.capture import check_name, payload_bytes
@@ -278,21 +279,11 @@ def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
     return summary
 
 
-@contextlib.contextmanager
-def job_environment(variables: dict[str, str]) -> Iterator[None]:
+def job_environment(variables: dict[str, str]) -> contextlib.AbstractContextManager[None]:
     """The job definition's ``Environment`` as environment variables for the execution, as SageMaker sets
     them in the monitoring container (``publish_cloudwatch_metrics``, ``LUCENT_BOOTSTRAP``, ...); the
     process's own values are restored afterwards."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    return environment_set(variables)
 
 
 def _stage_config(execution: Execution, root: Path, runner: Launch) -> tuple[Path, Any]:

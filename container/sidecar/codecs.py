@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from analyzer.media import CSV, JSON, JSON_LINES, NPY, REQUEST_TYPES, media_type
+from analyzer.media import CSV, JPEG, JPG, JSON, JSON_LINES, NPY, PNG, REQUEST_TYPES, media_type
 
 SUPPORTED_TYPES = REQUEST_TYPES  # what the default input_fn / output_fn read and write
+IMAGE_TYPES = (JPEG, JPG, PNG)  # image requests the default input_fn also reads (one image per request)
 
 
 class CodecError(Exception):
@@ -49,9 +50,11 @@ def decode(body: bytes | bytearray, content_type: str) -> np.ndarray:
     array holding floats for numeric columns and str for the others.
     """
     mime = media_type(content_type)
+    if mime in IMAGE_TYPES:
+        return decode_image(body, mime)
     if mime not in SUPPORTED_TYPES:
         raise CodecError(f"unsupported Content-Type {content_type!r}: the default input_fn accepts "
-                         f"{', '.join(SUPPORTED_TYPES)}", status=415)
+                         f"{', '.join((*SUPPORTED_TYPES, *IMAGE_TYPES))}", status=415)
     if mime == NPY:
         return _decode_npy(body)
     if not body.strip():
@@ -61,6 +64,17 @@ def decode(body: bytes | bytearray, content_type: str) -> np.ndarray:
     if mime == JSON_LINES:
         return _decode_jsonlines(body)
     return _decode_json(body)
+
+
+def decode_image(body: bytes | bytearray, mime: str) -> np.ndarray:
+    """A JPEG / PNG request body -> ``(1, height, width, 3)`` uint8 RGB, the shape an npy batch of images has."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(bytes(body))) as picture:
+            return np.asarray(picture.convert("RGB"), dtype=np.uint8)[None]
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise CodecError(f"malformed {mime} body: {exc}") from None
 
 
 def decode_csv(body: bytes | bytearray) -> np.ndarray:

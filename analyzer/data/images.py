@@ -1,0 +1,101 @@
+"""Image datasets (``dataset_type: application/x-image``): a folder of image files, or one image file.
+
+Clarify reads every file under the dataset prefix (spec clarify-contract.md 1.2); the launcher has already
+downloaded an S3 prefix into the dataset folder. Each image file is one record: the ``Dataset`` has one
+feature, ``image``, holding the file's path relative to the dataset folder, in sorted order, so that
+records, outputs and checkpoints keep one order whatever the file system lists first.
+
+Files are decoded with Pillow to RGB (grey and palette images are converted, an alpha channel dropped:
+the model gets what a JPEG can carry). Anything that is not a readable JPEG or PNG is an error naming the
+file: a job never skips an input silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyzer.data.dataset import Dataset
+from analyzer.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_COLUMN = "image"  # the one feature of an image dataset: the file's path relative to the dataset
+# Largest image Lucent decodes (pixels): Pillow's own decompression-bomb limit, stated here so the error
+# names the file and the limit instead of a Pillow warning.
+MAX_PIXELS = 89_478_485
+
+
+def list_image_files(path: Path) -> list[Path]:
+    """The image files of a dataset: ``path`` itself, or every file under the folder (recursively, sorted,
+    hidden files and folders skipped). A file that is not ``.jpg`` / ``.jpeg`` / ``.png`` is an error."""
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*")
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    else:
+        raise DataError(f"image dataset {path} does not exist")
+    if not files:
+        raise DataError(f"image dataset {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    for file in files:
+        if file.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"image dataset file {file} is not an image file: application/x-image datasets hold "
+                            f"{', '.join(IMAGE_SUFFIXES)} files only")
+    return files
+
+
+def read_image(path: Path) -> np.ndarray:
+    """The image at ``path`` as ``(height, width, 3)`` uint8 RGB; ``DataError`` naming the file otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            if opened.width * opened.height > MAX_PIXELS:
+                raise DataError(f"image {path} has {opened.width} x {opened.height} pixels, more than Lucent "
+                                f"decodes ({MAX_PIXELS})")
+            if opened.format not in ("JPEG", "PNG"):
+                raise DataError(f"image {path} is {opened.format or 'an unknown format'}, not JPEG or PNG")
+            rgb = opened.convert("RGB")
+            return np.asarray(rgb, dtype=np.uint8).copy()
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(f"cannot read image {path}: {error}") from None
+
+
+def image_dataset(dataset_path: Path) -> Dataset:
+    """The ``Dataset`` of an image folder: one record per file, feature ``image`` = its relative path.
+
+    Every file is opened here (header only), so that an unreadable one fails the job before any model call.
+    """
+    dataset_path = Path(dataset_path)
+    files = list_image_files(dataset_path)
+    root = dataset_path if dataset_path.is_dir() else dataset_path.parent
+    from PIL import Image, UnidentifiedImageError
+
+    for file in files:
+        try:
+            with Image.open(file) as opened:
+                opened.verify()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+            raise DataError(f"cannot read image {file}: {error}") from None
+    names = [os.fspath(file.relative_to(root)) for file in files]
+    log.info("Image dataset %s: %d image(s)", dataset_path, len(names))
+    return Dataset(source=str(dataset_path), n_rows=len(names), headers=[IMAGE_COLUMN], feature_names=[IMAGE_COLUMN],
+                   features=pd.DataFrame({IMAGE_COLUMN: pd.Series(names, dtype=object)}))
+
+
+def image_root(dataset: Dataset) -> Path:
+    """The folder the dataset's relative image paths are taken from."""
+    source = Path(dataset.source)
+    return source if source.is_dir() else source.parent
+
+
+__all__ = ["IMAGE_COLUMN", "IMAGE_SUFFIXES", "image_dataset", "image_root", "list_image_files", "read_image"]

@@ -1,0 +1,180 @@
+"""The Spark engine on ``local[2]``: the same job, run by the local engine and by Spark, writes the same
+bytes (analysis.json for bias before and after training; out.csv, out_stderr.csv and analysis.json
+for SHAP). One Spark session for the whole module.
+
+Each comparison also checks that Spark did the work (its log lines and the number of groups), so
+that a job quietly run by the local engine cannot pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from analyzer.engines import ENGINE_ENV, SPARK_MASTER_ENV, SPARK_REMOTE_ENV, adopt_engine, close_engines
+from analyzer.explain import shards
+from container.job import SUCCESS_MESSAGE
+from tests.conftest import JobRoot
+from tests.test_engine_local import BIAS_CONFIG, bias_frame
+
+pytest.importorskip("pyspark", reason="the Spark extra is not installed (pip install lucent[spark])")
+
+pytestmark = pytest.mark.slow
+MASTER = "local[2]"
+
+
+def spark_engine(master: str, **conf: str):
+    """A Spark engine whose session the jobs of this module share (started once, stopped at the end)."""
+    from analyzer.engines.spark import SparkEngine
+
+    engine = SparkEngine(master, conf={"spark.ui.enabled": "false", "spark.driver.host": "127.0.0.1",
+                                       "spark.sql.shuffle.partitions": "4",
+                                       # several splits per file, in several partitions: the order of first
+                                       # appearance must survive Spark's packing of splits by size
+                                       "spark.sql.files.maxPartitionBytes": "16k", **conf})
+    adopt_engine(engine, master)
+    return engine
+
+
+@pytest.fixture(scope="module")
+def spark():
+    engine = spark_engine(MASTER)
+    yield engine
+    close_engines()
+
+
+@pytest.fixture(autouse=True)
+def no_engine_settings(monkeypatch):
+    for name in (ENGINE_ENV, SPARK_MASTER_ENV, SPARK_REMOTE_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+
+def run_both(job: JobRoot, master: str, files: list[str], caplog: pytest.LogCaptureFixture) -> dict[str, bytes]:
+    """Run ``job`` locally, then on Spark; assert both succeed with the same bytes in ``files``."""
+    assert job.run() == 0, job.message
+    local = {name: (job.output_dir / name).read_bytes() for name in files}
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="analyzer.engines.spark"):
+        assert job.run("--engine", "spark", "--spark-master", master) == 0, job.message
+    assert job.message == SUCCESS_MESSAGE
+    for name in files:
+        assert (job.output_dir / name).read_bytes() == local[name], name
+    return local
+
+
+def write_bias_job(job: JobRoot, layout: str, frame: pd.DataFrame) -> None:
+    """The same rows as two CSV files with header rows, two header-less files, or two Parquet files."""
+    config = dict(BIAS_CONFIG)
+    halves = [frame.iloc[: len(frame) // 3], frame.iloc[len(frame) // 3:]]
+    for i, part in enumerate(halves):
+        if layout == "parquet":
+            part = part.assign(sex=part["sex"].replace("", None))
+            path = job.data_dir / f"part-{i}.parquet"
+            part.reset_index(drop=True).to_parquet(path, index=False)
+        else:
+            job.write_data(part.to_csv(index=False, header=layout == "csv_header"), f"part-{i}.csv")
+    if layout == "csv_headerless":
+        config["headers"] = list(frame.columns)
+    if layout == "parquet":
+        config["dataset_type"] = "application/x-parquet"
+    job.write_config(config)
+
+
+@pytest.mark.parametrize("layout", ["csv_header", "csv_headerless", "parquet"])
+def test_bias_pre_and_post_training_identical(spark, job, layout, caplog):
+    frame = bias_frame(4000, seed=3)
+    # Two values seen once each: "z" near the end of the first file (its last split, which Spark packs
+    # after the second file's first splits, being smaller), then "w" at the start of the second file.
+    frame.loc[len(frame) // 3 - 5, "sex"] = "z"
+    frame.loc[len(frame) // 3 + 5, "sex"] = "w"
+    write_bias_job(job, layout, frame)
+    run_both(job, MASTER, ["analysis.json"], caplog)
+    counted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Spark: counted")]
+    assert len(counted) == 1 and counted[0].startswith("Spark: counted 4000 rows in ")
+    groups = int(counted[0].split(" in ")[1].split()[0])
+    assert 100 < groups < 4000  # grouped on the cluster: far fewer rows reach the driver
+    analysis = job.analysis()
+    assert set(analysis) == {"version", "pre_training_bias_metrics", "post_training_bias_metrics"}
+    sex = analysis["pre_training_bias_metrics"]["facets"]["sex"]
+    assert [entry["value_or_threshold"] for entry in sex] == ["m", "f", "nan", "z", "w"]  # order of first appearance
+
+
+def model_folder_job(job: JobRoot, data: pd.DataFrame, shap: dict, inference: str | None = None) -> None:
+    from sklearn.linear_model import LinearRegression
+
+    features = [c for c in data.columns if c != "y"]
+    model_dir = job.root / "input" / "model"
+    model_dir.mkdir(parents=True)
+    joblib.dump(LinearRegression().fit(data[features].to_numpy(), data["y"].to_numpy()), model_dir / "model.joblib")
+    if inference is not None:
+        (model_dir / "code").mkdir()
+        (model_dir / "code" / "inference.py").write_text(inference)
+    job.write_data(data.to_csv(index=False, header=False))
+    job.write_config({"dataset_type": "text/csv", "headers": list(data.columns), "label": "y",
+                      "methods": {"shap": shap}, "predictor": {}})
+
+
+def linear_data(n: int = 40, m: int = 6) -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    data = pd.DataFrame(np.round(rng.normal(size=(n, m)), 4), columns=[f"f{j}" for j in range(m)])
+    data["y"] = data.to_numpy() @ np.arange(1, m + 1) + rng.normal(size=n)
+    return data
+
+
+SHAP_FILES = ["analysis.json", "explanations_shap/out.csv", "explanations_shap/out_stderr.csv",
+              "explanations_shap/baseline.csv"]
+
+
+def shap_identical(job: JobRoot, master: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A sampled SHAP job in 6 shards (a model folder scored in each worker): same bytes on both engines."""
+    model_folder_job(job, linear_data(n=30), {"num_clusters": 2, "num_samples": 20, "seed": 11})
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, "250")  # (20 + 2) x 2 + 1 = 45 rows per record: 6 shards of 5
+    run_both(job, master, SHAP_FILES, caplog)
+    assert "Spark: 6 SHAP shards as Spark tasks" in caplog.text
+    out = pd.read_csv(job.output_dir / "explanations_shap" / "out.csv")
+    assert out.shape == (30, 6) and np.all(np.isfinite(out.to_numpy()))
+    assert not (job.output_dir / ".lucent-work").exists()
+
+
+def test_shap_shards_identical(spark, job, monkeypatch, caplog):
+    shap_identical(job, MASTER, monkeypatch, caplog)
+
+
+NAN_SCRIPT = """
+import numpy as np
+
+def predict_fn(data, model):
+    scores = model.predict(data)
+    scores[np.asarray(data)[:, 0] > 2.5] = np.nan   # only records with a large f0 fail
+    return scores
+"""
+
+
+def test_model_error_in_a_spark_task_is_the_jobs_message(spark, job):
+    data = linear_data(n=20)
+    data.loc[11, "f0"] = 3.0
+    model_folder_job(job, data, {"baseline": [[0.0] * 6]}, inference=NAN_SCRIPT)
+    assert job.run("--engine", "spark", "--spark-master", MASTER) == 1
+    assert job.message.startswith("ClientError: methods.shap:")
+    assert "NaN" in job.message and "dataset row 11" in job.message
+    for trace in ("Traceback", "py4j", "org.apache.spark", "PythonException"):
+        assert trace not in job.message
+
+
+def test_unsupported_input_names_the_key(spark, job):
+    write_bias_job(job, "csv_header", bias_frame(100))
+    config = dict(BIAS_CONFIG, dataset_type="application/jsonlines", features="features")
+    job.write_config(config)
+    assert job.run("--engine", "spark", "--spark-master", MASTER) == 1
+    assert "dataset_type: the Spark engine reads text/csv and application/x-parquet" in job.message
+
+
+def test_spark_session_is_the_modules(spark):
+    assert spark.session.conf.get("spark.speculation") == "false"
+    assert spark.session.conf.get("spark.master") == MASTER
+    assert Path(spark.session.conf.get("spark.pyspark.python")).name.startswith("python")
