@@ -160,7 +160,7 @@ def check_bias_inputs(config: AnalysisConfig, dataset: Dataset) -> list[str]:
 
 def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStaging,
                  endpoint: ModelEndpoint | None = None, base_dir: Path | None = None,
-                 model_identity: str = "") -> dict[str, Any]:
+                 model_identity: str = "", output_uri: str | None = None) -> dict[str, Any]:
     """Run every configured method on ``dataset`` and return the ``analysis.json`` document.
 
     ``base_dir``: the config file's folder, which relative paths in the config (baselines) come from
@@ -168,7 +168,8 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
 
     ``endpoint`` answers for the rows when the analyses need predictions (see ``needs_model``);
     ``model_identity``: text that changes whenever its model does (SHAP checkpoints are kept per model,
-    see ``explain_dataset``).
+    see ``explain_dataset``). ``output_uri``: where the output folder is published (an S3 URI), for the
+    paths ``analysis.json`` names (time series: ``explanation_results_path``); None: the local path.
     """
     if config.methods.post_training_bias is not None and dataset.predicted_label is None:
         if endpoint is None:
@@ -188,7 +189,8 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
         log.info("Computed %d %s metrics for %d facet(s) in %.2f s", len(method.methods),
                  stage.replace("_", "-"), len(dataset.facets), time.perf_counter() - started)
     if isinstance(dataset, TimeSeriesDataset):  # asymmetric Shapley values only (docs/time-series.md)
-        results["explanations"] = time_series_explanations(config, dataset, endpoint, staging, base_dir)
+        results["explanations"] = time_series_explanations(config, dataset, endpoint, staging, base_dir,
+                                                           output_uri=output_uri)
         return results
     explanations = explain_dataset(config, dataset, endpoint, staging, staging.output_dir / ".lucent-work",
                                    base_dir=base_dir, model_identity=model_identity,

@@ -12,7 +12,9 @@ Exit codes: 0 success, 1 the user's inputs are wrong (``ClientError: <reason>``)
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import signal
 import time
 import traceback
@@ -169,6 +171,25 @@ def dataset_path_for(config: AnalysisConfig, paths: JobPaths, config_file: Path)
     return paths.data_path
 
 
+OUTPUT_URI_VARIABLE = "LUCENT_OUTPUT_URI"  # where the output folder is published (`lucent launch` sets it)
+SAGEMAKER_JOB_CONFIG = Path("/opt/ml/config/processingjobconfig.json")  # what SageMaker Processing writes
+
+
+def published_output_uri(paths: JobPaths, job_config: Path = SAGEMAKER_JOB_CONFIG) -> str | None:
+    """The URI the output folder is published to, for the paths ``analysis.json`` names (Clarify writes
+    the S3 URI of a time-series job's ``out.jsonl``): ``LUCENT_OUTPUT_URI``, else, in a SageMaker
+    processing container, the ``S3Uri`` of the output whose ``LocalPath`` is the output folder in
+    ``processingjobconfig.json``. None when neither says (the local path is written then)."""
+    if uri := os.environ.get(OUTPUT_URI_VARIABLE, "").strip():
+        return uri
+    try:
+        outputs = json.loads(job_config.read_text(encoding="utf-8"))["ProcessingOutputConfig"]["Outputs"]
+        return next(output["S3Output"]["S3Uri"] for output in outputs
+                    if Path(output["S3Output"]["LocalPath"]) == paths.output_dir)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):  # not on SageMaker, or not said there
+        return None
+
+
 def local_inputs(config: AnalysisConfig) -> list[tuple[str, str]]:
     """(config key, value) of every config key that names a file or folder the job reads and whose
     content can end up in the outputs."""
@@ -243,7 +264,7 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
                 if reports is not None:
                     reports.check_engines()  # fail now, not after hours of computing
                 results = run_analysis(config, dataset, staging, endpoint, base_dir=config_file.parent,
-                                       model_identity=identity)
+                                       model_identity=identity, output_uri=published_output_uri(paths))
                 staging.write_json(ANALYSIS_FILE, results)
                 # analysis.json (and explanations_shap/) is the result: published now, the report never
                 # delays it (docs/reports.md, "When the report is written").

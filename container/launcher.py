@@ -43,6 +43,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from analyzer.environment import environment_set
 from analyzer.errors import UserError
 from analyzer.logs import add_log_arguments, level_from_args
 from analyzer.output import (
@@ -55,7 +56,14 @@ from analyzer.output import (
 )
 from analyzer.redact import install_redaction, redact, redact_url
 from container.engine import EngineUnavailable, connect_engine
-from container.job import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, JobPaths, configure_logging, run_job
+from container.job import (
+    EXIT_INTERNAL_ERROR,
+    EXIT_USER_ERROR,
+    OUTPUT_URI_VARIABLE,
+    JobPaths,
+    configure_logging,
+    run_job,
+)
 from container.storage import Location, StorageError, s3_client, uri_scheme
 
 log = logging.getLogger("lucent.launch")
@@ -542,8 +550,9 @@ def _lookup(tree: dict[str, Any], path: tuple[str, ...]) -> tuple[dict[str, Any]
     return (parent, parent.get(path[-1])) if isinstance(parent, dict) else (None, None)
 
 
-def run_in_container(image: str, root: Path) -> int:
-    """Run ``image`` on the staged processing root as SageMaker would: no arguments, inputs read-only."""
+def run_in_container(image: str, root: Path, environment: dict[str, str] | None = None) -> int:
+    """Run ``image`` on the staged processing root as SageMaker would: no arguments, inputs read-only;
+    ``environment``: variables the job is given."""
     import docker.errors
 
     try:
@@ -558,7 +567,7 @@ def run_in_container(image: str, root: Path) -> int:
     try:
         # Our uid, so the results belong to whoever launched the job (the image runs any uid).
         container = client.containers.run(image, detach=True, volumes=volumes, user=f"{os.getuid()}:{os.getgid()}",
-                                          labels={"lucent.role": "job"})
+                                          labels={"lucent.role": "job"}, environment=environment or {})
     except docker.errors.ImageNotFound as error:
         raise LaunchError(f"--image: image {image!r} not found: {error.explanation}") from error
     except docker.errors.APIError as error:
@@ -590,7 +599,7 @@ def launch(config: str, output: str, data: str | None = None, model: str | None 
     root = Path(tempfile.mkdtemp(prefix="lucent-launch-", dir=work_dir))
     published = False
     try:
-        code, message = _run(runner, root, config, data, model, image)
+        code, message = _run(runner, root, config, data, model, image, output_uri=redact_url(destination.uri))
         try:
             summary = runner.publish(root, message, destination)
         except StorageError as error:
@@ -608,14 +617,20 @@ def launch(config: str, output: str, data: str | None = None, model: str | None 
 
 
 def _run(runner: Launch, root: Path, config: str, data: str | None, model: str | None,
-         image: str | None) -> tuple[int, str]:
+         image: str | None, output_uri: str | None = None) -> tuple[int, str]:
     """Stage and run the job in ``root``; returns (exit code, redacted exit message). A problem staging
-    or starting it is the job's ``ClientError``, published like any other failure."""
+    or starting it is the job's ``ClientError``, published like any other failure. ``output_uri``: where
+    the output is published, told to the job (``LUCENT_OUTPUT_URI``) for the paths analysis.json names."""
     (root / "output").mkdir()
     try:
         runner.stage(root, locate("--config", config), None if data is None else locate("--data", data),
                      None if model is None else locate("--model", model), CONTAINER_ROOT if image else root)
-        code = run_in_container(image, root) if image else run_job(JobPaths.for_root(root))
+        told = {OUTPUT_URI_VARIABLE: output_uri} if output_uri else {}
+        if image:
+            code = run_in_container(image, root, told)
+        else:
+            with environment_set(told):
+                code = run_job(JobPaths.for_root(root))
         message = (root / MESSAGE_FILE).read_text(encoding="utf-8").strip()
     except StorageError as error:
         code, message = EXIT_USER_ERROR, f"ClientError: {error}"

@@ -245,3 +245,39 @@ def test_access_denied_by_the_credentials_policy(s3, local_job, monkeypatch, cap
     assert key["SecretAccessKey"] not in printed
     assert keys(s3, "out/") == []
     PART_SIZE  # noqa: B018 - the part size the multipart assertions above rely on
+
+
+def test_time_series_results_path_names_the_published_object(s3, tmp_path):
+    """Clarify writes the S3 URI of a time-series job's out.jsonl in analysis.json (spec 4.6): the
+    launcher tells the job where its output goes, and the path names the object it uploads."""
+    from tests.test_time_series_job import SPEC_CONFIG, timestamp_records, write_json, write_model
+
+    job = JobRoot(tmp_path / "ts")
+    write_model(job)
+    write_json(job, timestamp_records())
+    job.write_config(SPEC_CONFIG)
+    put_tree(s3, job.root / "input", "ts")
+    assert main(["--config", "s3://jobs/ts/config", "--data", "s3://jobs/ts/data", "--model", "s3://jobs/ts/model",
+                 "--output", "s3://jobs/ts-out/"]) == 0
+    section = json.loads(get_text(s3, "ts-out/analysis.json"))["explanations"]["asymmetric_shapley_value"]
+    key = "ts-out/asymmetric_shapley_value/fine_grained_chronological/out.jsonl"
+    assert section["explanation_results_path"] == f"s3://jobs/{key}"
+    assert key in keys(s3, "ts-out/")
+
+
+def test_output_uri_from_sagemaker_processing_job_config(tmp_path, monkeypatch):
+    from container.job import OUTPUT_URI_VARIABLE, JobPaths, published_output_uri
+
+    monkeypatch.delenv(OUTPUT_URI_VARIABLE, raising=False)
+    paths = JobPaths.for_root(tmp_path / "processing")
+    job_config = tmp_path / "processingjobconfig.json"
+    assert published_output_uri(paths, job_config) is None  # not on SageMaker
+    outputs = [{"OutputName": "other", "S3Output": {"S3Uri": "s3://b/other", "LocalPath": "/elsewhere"}},
+               {"OutputName": "analysis_result",
+                "S3Output": {"S3Uri": "s3://b/clarify-output", "LocalPath": str(paths.output_dir)}}]
+    job_config.write_text(json.dumps({"ProcessingOutputConfig": {"Outputs": outputs}}))
+    assert published_output_uri(paths, job_config) == "s3://b/clarify-output"
+    job_config.write_text("{not json")
+    assert published_output_uri(paths, job_config) is None
+    monkeypatch.setenv(OUTPUT_URI_VARIABLE, "s3://b/told")
+    assert published_output_uri(paths, job_config) == "s3://b/told"

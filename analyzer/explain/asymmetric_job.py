@@ -128,9 +128,12 @@ def endpoint_forecast(endpoint: ModelEndpoint) -> Iterator[Forecast]:
 
 
 def time_series_explanations(config: AnalysisConfig, dataset: TimeSeriesDataset, endpoint: ModelEndpoint | None,
-                             staging: OutputStaging, base_dir: Path | None = None) -> dict[str, Any]:
+                             staging: OutputStaging, base_dir: Path | None = None, *,
+                             output_uri: str | None = None) -> dict[str, Any]:
     """Explain every item's forecast, write ``out.jsonl`` into ``staging`` and return the ``explanations``
-    section of ``analysis.json`` (spec 4.6)."""
+    section of ``analysis.json`` (spec 4.6). ``explanation_results_path`` is where ``out.jsonl`` is
+    published: under ``output_uri`` (the output's S3 URI, as Clarify writes it) when known, else its
+    local path."""
     method = config.methods.asymmetric_shapley_value
     if method is None:
         return {}
@@ -153,7 +156,8 @@ def time_series_explanations(config: AnalysisConfig, dataset: TimeSeriesDataset,
     log.info("Wrote %d lines to %s (asymmetric Shapley values, %s %s, %.2f s)", lines, published,
              method.granularity, method.direction, time.perf_counter() - started)
     return {METHOD: {"direction": method.direction, "granularity": method.granularity,
-                     "explanation_results_path": str(published)}}
+                     "explanation_results_path": (f"{output_uri.rstrip('/')}/{relative}" if output_uri
+                                                  else str(published))}}
 
 
 def check_baseline(explainer: AsymmetricShapleyExplainer, dataset: TimeSeriesDataset) -> None:
