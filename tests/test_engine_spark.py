@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +20,7 @@ from analyzer.explain import shards
 from container.job import SUCCESS_MESSAGE
 from tests.conftest import JobRoot
 from tests.test_engine_local import BIAS_CONFIG, bias_frame
+from tests.test_explain_job import linear_data, model_folder_job
 
 pytest.importorskip("pyspark", reason="the Spark extra is not installed (pip install lucent[spark])")
 
@@ -102,28 +102,6 @@ def test_bias_pre_and_post_training_identical(spark, job, layout, caplog):
     assert set(analysis) == {"version", "pre_training_bias_metrics", "post_training_bias_metrics"}
     sex = analysis["pre_training_bias_metrics"]["facets"]["sex"]
     assert [entry["value_or_threshold"] for entry in sex] == ["m", "f", "nan", "z", "w"]  # order of first appearance
-
-
-def model_folder_job(job: JobRoot, data: pd.DataFrame, shap: dict, inference: str | None = None) -> None:
-    from sklearn.linear_model import LinearRegression
-
-    features = [c for c in data.columns if c != "y"]
-    model_dir = job.root / "input" / "model"
-    model_dir.mkdir(parents=True)
-    joblib.dump(LinearRegression().fit(data[features].to_numpy(), data["y"].to_numpy()), model_dir / "model.joblib")
-    if inference is not None:
-        (model_dir / "code").mkdir()
-        (model_dir / "code" / "inference.py").write_text(inference)
-    job.write_data(data.to_csv(index=False, header=False))
-    job.write_config({"dataset_type": "text/csv", "headers": list(data.columns), "label": "y",
-                      "methods": {"shap": shap}, "predictor": {}})
-
-
-def linear_data(n: int = 40, m: int = 6) -> pd.DataFrame:
-    rng = np.random.default_rng(7)
-    data = pd.DataFrame(np.round(rng.normal(size=(n, m)), 4), columns=[f"f{j}" for j in range(m)])
-    data["y"] = data.to_numpy() @ np.arange(1, m + 1) + rng.normal(size=n)
-    return data
 
 
 SHAP_FILES = ["analysis.json", "explanations_shap/out.csv", "explanations_shap/out_stderr.csv",
