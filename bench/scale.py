@@ -316,22 +316,22 @@ def try_line(line) -> None:
         print(f"  FAILED: {error}")
 
 
-def head_copy(tmp: Path) -> Path:
-    """A copy of git HEAD's files (``git archive``: the repository's state is not touched)."""
+def head_copy(tmp: Path, rev: str = "HEAD") -> Path:
+    """A copy of the files of git ``rev`` (``git archive``: the repository's state is not touched)."""
     head = tmp / "lucent-head"
     if not head.exists():
         head.mkdir()
-        archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
+        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(head)], input=archive, check=True)
     return head
 
 
-def text(tmp: Path, quick: bool, head: Path | None) -> None:
+def text(tmp: Path, quick: bool, head: Path | None, label: str = "git HEAD") -> None:
     """bench/text.py (the SHAP step through the built-in server), then a whole ``lucent run`` text job,
     each on a copy of git HEAD (unless ``head`` is None) and on this tree, same venv."""
     from container.demo import write_text_demo_job
 
-    trees = ([("git HEAD", head)] if head is not None else []) + [("this tree", ROOT)]
+    trees = ([(label, head)] if head is not None else []) + [("this tree", ROOT)]
     arguments = ["--records", "40" if quick else "300"]
     rates = {}
     for name, tree in trees:
@@ -349,8 +349,8 @@ def text(tmp: Path, quick: bool, head: Path | None) -> None:
         if found:
             rates[name] = float(found.group(1))
     if len(rates) == 2:
-        print(f"  bench/text.py records/s: {rates['git HEAD']:.2f} at HEAD, {rates['this tree']:.2f} now: "
-              f"{rates['this tree'] / rates['git HEAD']:4.2f}x (target >= 2x)")
+        print(f"  bench/text.py records/s: {rates[label]:.2f} at {label}, {rates['this tree']:.2f} now: "
+              f"{rates['this tree'] / rates[label]:4.2f}x (target >= 2x)")
     # The whole job as a user runs it (the demo's review model and config: pre-training bias, SHAP of
     # every token, report), the same reviews on both trees.
     n = 20 if quick else 300
@@ -369,7 +369,7 @@ def text(tmp: Path, quick: bool, head: Path | None) -> None:
               f"(PSS {job.memory.peak_pss / GIB:4.2f})  [loadavg {job.load}]")
         print_memory(job.memory)
     if len(walls) == 2:
-        print(f"  whole-job records/s: {walls['git HEAD'] / walls['this tree']:4.2f}x HEAD's (target >= 2x)")
+        print(f"  whole-job records/s: {walls[label] / walls['this tree']:4.2f}x {label}'s (target >= 2x)")
 
 
 def main() -> None:
@@ -379,6 +379,9 @@ def main() -> None:
                         help="run only these sections (repeatable)")
     parser.add_argument("--head", action="store_true",
                         help="also run the tabular jobs on a copy of git HEAD (before / after)")
+    parser.add_argument("--base", default="HEAD", metavar="REV",
+                        help="the git revision the before / after lines copy (default HEAD), e.g. the commit "
+                             "before a change already committed")
     args = parser.parse_args()
     sections = args.only or ["adult", "small", "text"]
     clf, baseline = train_model()
@@ -390,7 +393,7 @@ def main() -> None:
         print(f"predictor.lucent_scoring is not in this tree's config yet ({scoring_error}): "
               "the \"server\" lines are skipped")
     with tempfile.TemporaryDirectory(prefix="lucent-scale-") as tmp:
-        head = head_copy(Path(tmp)) if args.head else None
+        head = head_copy(Path(tmp), args.base) if args.head else None
         if "adult" in sections:
             try_line(lambda: adult(Path(tmp), clf, baseline, 1_000 if args.quick else ADULT_RECORDS, args.quick,
                                    scoring_error, head))
@@ -398,7 +401,8 @@ def main() -> None:
             try_line(lambda: small(Path(tmp), clf, baseline, 300 if args.quick else 2_000, args.quick,
                                    scoring_error, head))
         if "text" in sections:  # before / after is the point of the text lines: HEAD too, unless --quick
-            text(Path(tmp), args.quick, head or (None if args.quick else head_copy(Path(tmp))))
+            text(Path(tmp), args.quick, head or (None if args.quick else head_copy(Path(tmp), args.base)),
+                 f"git {args.base}")
 
 
 if __name__ == "__main__":
