@@ -66,6 +66,9 @@ DEFAULT_CONNECT_PORT = 15002
 # Always set: speculation would score a shard twice (the model is called twice, and in phase 2 the
 # concurrency cap would be exceeded); Arrow moves the shards and the groups.
 FORCED_CONF = {"spark.speculation": "false", "spark.sql.execution.arrow.pyspark.enabled": "true"}
+# Settings only the cluster's own start can set (a Spark Connect server refuses them from a client).
+STATIC_CONF = frozenset({"spark.speculation", "spark.pyspark.python", "spark.ui.enabled", "spark.driver.host",
+                         "spark.ui.showConsoleProgress", "spark.executor.memory", "spark.cores.max"})
 DEFAULT_CONF = {"spark.ui.showConsoleProgress": "false", "spark.sql.session.timeZone": "UTC"}
 SHARDS_PER_JOB = 64  # shards per Spark job (a wave): enough tasks to fill a cluster, bounded driver memory
 _SPARK_TYPES = (media.CSV, media.PARQUET)
@@ -159,7 +162,10 @@ class SparkEngine:
         elif self.master:
             builder = builder.master(self.master)
         conf = {**DEFAULT_CONF, **self.conf, **FORCED_CONF}
-        if "PYSPARK_PYTHON" not in os.environ and "spark.pyspark.python" not in conf:
+        connect = bool(self.master and self.master.startswith("sc://"))
+        if connect:  # a Connect client cannot set the server's static settings: they are checked once started
+            conf = {key: value for key, value in conf.items() if key not in STATIC_CONF}
+        elif "PYSPARK_PYTHON" not in os.environ and "spark.pyspark.python" not in conf:
             # The tasks' Python: this interpreter, where Lucent is installed. pyspark reads the variable
             # when the context starts and sends it with every Python function.
             os.environ["PYSPARK_PYTHON"] = sys.executable
@@ -184,6 +190,10 @@ class SparkEngine:
         if "error" in result:
             raise UserError(f"Cannot start Spark on {where}: {_first_line(result['error'])}") from None
         session = result["session"]
+        if connect and session.conf.get("spark.speculation", "false").lower() == "true":
+            session.stop()
+            raise UserError(f"The Spark Connect server {where} runs with spark.speculation=true: a SHAP shard could "
+                            "be scored twice. Start it with spark.speculation=false")
         log.info("Spark %s session on %s started in %.1f s", session.version, self.master or session.conf.get(
             "spark.master", "?"), time.perf_counter() - started)
         return session
