@@ -116,3 +116,43 @@ def test_bias_on_two_workers_identical(cluster, job, caplog):
 def test_shap_on_two_workers_identical(cluster, job, monkeypatch, caplog):
     url, _ = cluster
     shap_identical(job, url, monkeypatch, caplog)
+
+
+# The Python worker scoring a shard's first attempt kills itself by its PID (SIGKILL: no cleanup, no
+# answer), as an executor that runs out of memory or is killed by the operating system does. Only inside a
+# Spark task (the local engine's run is the reference) and only its first attempt.
+KILLED_ONCE = """
+import os
+import signal
+
+import joblib
+
+
+MODEL_DIR = None
+
+
+def model_fn(model_dir):
+    global MODEL_DIR
+    MODEL_DIR = model_dir
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+
+
+def predict_fn(data, model):
+    try:
+        from pyspark import TaskContext
+    except ImportError:
+        TaskContext = None
+    task = TaskContext.get() if TaskContext is not None else None
+    if task is not None and task.partitionId() == 2 and task.attemptNumber() == 0 and len(data) > 1:
+        with open(os.path.join(MODEL_DIR, f"killed-{os.getpid()}"), "w"):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+    return model.predict(data)
+"""
+
+
+def test_a_worker_killed_mid_shap_is_retried_and_the_output_is_identical(cluster, job, monkeypatch, caplog):
+    url, _ = cluster
+    shap_identical(job, url, monkeypatch, caplog, inference=KILLED_ONCE)
+    killed = [int(p.name.split("-")[1]) for p in (job.root / "input" / "model").glob("killed-*")]
+    assert len(killed) == 1 and killed[0] != os.getpid()  # one Python worker died, and it was not this one

@@ -108,9 +108,11 @@ SHAP_FILES = ["analysis.json", "explanations_shap/out.csv", "explanations_shap/o
               "explanations_shap/baseline.csv"]
 
 
-def shap_identical(job: JobRoot, master: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """A sampled SHAP job in 6 shards (a model folder scored in each worker): same bytes on both engines."""
-    model_folder_job(job, linear_data(n=30), {"num_clusters": 2, "num_samples": 20, "seed": 11})
+def shap_identical(job: JobRoot, master: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                   inference: str | None = None) -> None:
+    """A sampled SHAP job in 6 shards (a model folder scored in each worker): same bytes on both engines.
+    ``inference``: the model folder's ``code/inference.py``."""
+    model_folder_job(job, linear_data(n=30), {"num_clusters": 2, "num_samples": 20, "seed": 11}, inference)
     monkeypatch.setenv(shards.SHARD_ROWS_ENV, "250")  # (20 + 2) x 2 + 1 = 45 rows per record: 6 shards of 5
     run_both(job, master, SHAP_FILES, caplog)
     assert "Spark: 6 SHAP shards as Spark tasks" in caplog.text
