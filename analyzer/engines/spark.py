@@ -165,7 +165,12 @@ class SparkEngine:
         connect = bool(self.master and self.master.startswith("sc://"))
         if connect:  # a Connect client cannot set the server's static settings: they are checked once started
             conf = {key: value for key, value in conf.items() if key not in STATIC_CONF}
-        elif "PYSPARK_PYTHON" not in os.environ and "spark.pyspark.python" not in conf:
+        else:
+            # pyspark marks a process that once opened a Connect session (an environment variable that
+            # outlives it), and would then send a classic master to Connect too: this session is classic.
+            for name in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
+                os.environ.pop(name, None)
+        if not connect and "PYSPARK_PYTHON" not in os.environ and "spark.pyspark.python" not in conf:
             # The tasks' Python: this interpreter, where Lucent is installed. pyspark reads the variable
             # when the context starts and sends it with every Python function.
             os.environ["PYSPARK_PYTHON"] = sys.executable
