@@ -82,6 +82,7 @@ bench: $(STAMP)
 	$(PY) bench/scale.py
 	$(PY) bench/image.py
 	$(PY) bench/timeseries.py
+	$(PY) bench/spark.py --rows 20000000 --records 8000
 
 image: $(STAMP)
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
