@@ -6,9 +6,10 @@ import importlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import StringIO
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,32 @@ def demo_job(tmp_path: Path) -> JobRoot:
 @pytest.fixture
 def demo_config() -> dict:
     return json.loads(json.dumps(DEMO_CONFIG))
+
+
+def csv_scoring_model(score: Callable) -> type[BaseHTTPRequestHandler]:
+    """A model server's handler for ``http_server(handler, request_rows=[])``: ``GET`` answers 200, ``POST``
+    reads CSV rows (no header), records how many in ``server.request_rows`` and answers ``score(frame)``
+    as CSV in full precision."""
+
+    class Model(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server API
+            self.send_response(200)
+            self.end_headers()
+
+        def do_POST(self):  # noqa: N802 - http.server API
+            import numpy as np
+            import pandas as pd
+
+            frame = pd.read_csv(StringIO(self.rfile.read(int(self.headers["Content-Length"])).decode()), header=None)
+            self.server.request_rows.append(len(frame))
+            out = StringIO()
+            np.savetxt(out, score(frame), delimiter=",", fmt="%.17g")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/csv")
+            self.end_headers()
+            self.wfile.write(out.getvalue().encode())
+
+        def log_message(self, *args):
+            pass
+
+    return Model

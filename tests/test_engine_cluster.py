@@ -16,9 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from analyzer.engines import ENGINE_ENV, SPARK_MASTER_ENV, SPARK_REMOTE_ENV, close_engines
+from analyzer.engines import close_engines
 from tests.test_engine_local import bias_frame
-from tests.test_engine_spark import run_both, shap_identical, spark_engine, write_bias_job
+from tests.test_engine_spark import (  # noqa: F401 - no_engine_settings: an autouse fixture here too
+    no_engine_settings,
+    run_both,
+    shap_identical,
+    spark_engine,
+    write_bias_job,
+)
 
 pyspark = pytest.importorskip("pyspark", reason="the Spark extra is not installed (pip install lucent[spark])")
 
@@ -97,12 +103,6 @@ def cluster(tmp_path_factory):
         close_engines()
         for daemon in reversed(daemons):
             daemon.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_engine_settings(monkeypatch):
-    for name in (ENGINE_ENV, SPARK_MASTER_ENV, SPARK_REMOTE_ENV):
-        monkeypatch.delenv(name, raising=False)
 
 
 def test_bias_on_two_workers_identical(cluster, job, caplog):

@@ -12,10 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from analyzer.engines import ENGINE_ENV, SPARK_MASTER_ENV, SPARK_REMOTE_ENV, close_engines
+from analyzer.engines import close_engines
 from tests.test_engine_cluster import Daemon, free_port
 from tests.test_engine_local import bias_frame
-from tests.test_engine_spark import run_both, shap_identical, spark_engine, write_bias_job
+from tests.test_engine_spark import (  # noqa: F401 - no_engine_settings: an autouse fixture here too
+    no_engine_settings,
+    run_both,
+    shap_identical,
+    spark_engine,
+    write_bias_job,
+)
 
 pyspark = pytest.importorskip("pyspark", reason="the Spark extra is not installed (pip install lucent[spark])")
 pytest.importorskip("grpc", reason="the Spark Connect client needs grpcio (pip install lucent[spark])")
@@ -49,12 +55,6 @@ def connect(tmp_path_factory):
     finally:
         close_engines()
         server.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_engine_settings(monkeypatch):
-    for name in (ENGINE_ENV, SPARK_MASTER_ENV, SPARK_REMOTE_ENV):
-        monkeypatch.delenv(name, raising=False)
 
 
 def test_bias_over_spark_connect_identical(connect, job, caplog):

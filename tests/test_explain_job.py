@@ -10,8 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from http.server import BaseHTTPRequestHandler
-from io import StringIO
 
 import joblib
 import numpy as np
@@ -20,7 +18,7 @@ import pytest
 
 from analyzer.explain import shards
 from container.job import SUCCESS_MESSAGE
-from tests.conftest import JobRoot, http_server, run_crashing_after_shards
+from tests.conftest import JobRoot, csv_scoring_model, http_server, run_crashing_after_shards
 
 FEATURES = ["x0", "x1", "x2", "x3", "color"]
 HEADERS = ["id", *FEATURES, "y"]
@@ -57,24 +55,7 @@ def brute_force_shap(model, x: pd.Series, baseline: pd.DataFrame) -> np.ndarray:
     return phi
 
 
-class _Model(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server API
-        self.send_response(200)
-        self.end_headers()
-
-    def do_POST(self):  # noqa: N802 - http.server API
-        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-        frame = pd.read_csv(StringIO(body), header=None)
-        self.server.request_rows.append(len(frame))
-        out = StringIO()
-        np.savetxt(out, score(frame), delimiter=",", fmt="%.17g")
-        self.send_response(200)
-        self.send_header("Content-Type", "text/csv")
-        self.end_headers()
-        self.wfile.write(out.getvalue().encode())
-
-    def log_message(self, *args):
-        pass
+_Model = csv_scoring_model(score)
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from http.server import BaseHTTPRequestHandler
-from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from analyzer.output import OutputStaging
 from analyzer.pipeline import load_job_dataset, run_analysis
 from analyzer.segments.analysis import EMPTY_SEGMENT
 from container.job import SUCCESS_MESSAGE
-from tests.conftest import JobRoot, http_server
+from tests.conftest import JobRoot, csv_scoring_model, http_server
 
 FEATURES = ["x0", "x1", "x2", "x3", "color"]
 HEADERS = ["id", *FEATURES, "y"]
@@ -42,23 +40,7 @@ def score(frame: pd.DataFrame) -> np.ndarray:
     return np.column_stack([first, np.tanh(first) + x[:, 3] * red])
 
 
-class _Model(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server API
-        self.send_response(200)
-        self.end_headers()
-
-    def do_POST(self):  # noqa: N802 - http.server API
-        frame = pd.read_csv(StringIO(self.rfile.read(int(self.headers["Content-Length"])).decode()), header=None)
-        self.server.request_rows.append(len(frame))
-        out = StringIO()
-        np.savetxt(out, score(frame), delimiter=",", fmt="%.17g")
-        self.send_response(200)
-        self.send_header("Content-Type", "text/csv")
-        self.end_headers()
-        self.wfile.write(out.getvalue().encode())
-
-    def log_message(self, *args):
-        pass
+_Model = csv_scoring_model(score)
 
 
 @pytest.fixture
