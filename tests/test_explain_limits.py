@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pandas as pd
@@ -22,14 +23,13 @@ from analyzer.explain.text_units import TextUnit
 from analyzer.output import OutputStaging
 from analyzer.pipeline import load_job_dataset
 from analyzer.predict import ModelEndpoint
-from tests import test_explain_job as tabular
 from tests import test_explain_text_job as text
 from tests.conftest import JobRoot, http_server
 
 WIDE = 60  # features of the wide dataset: 2**60 coalitions, so a budget is never capped by enumeration
 
 
-class _SumModel(tabular.BaseHTTPRequestHandler):
+class _SumModel(BaseHTTPRequestHandler):
     """A CSV model that scores the sum of the features and counts its requests."""
 
     def do_GET(self):  # noqa: N802 - http.server API
