@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from analyzer.explain.text_shap import TextKernelShap, player_counts
+from analyzer.explain.text_shap import SOLVERS_KEPT, TextKernelShap, player_counts
 from analyzer.explain.text_units import TextUnit, language_code, masked_texts, split_text, split_texts
 
 WEIGHTS = {"love": 1.0, "great": 0.8, "bad": -1.2, "not": -0.3, "dress": 0.1, "fits": 0.4}
@@ -113,6 +113,18 @@ def test_sampled_mode_is_efficient_and_shard_independent():
     joined = type(whole).concat(split)
     np.testing.assert_array_equal(joined.values, whole.values)
     np.testing.assert_array_equal(joined.offsets, whole.offsets)
+
+
+def test_designs_are_reused_and_only_the_most_recent_are_kept():
+    explainer = TextKernelShap(word_model, np.array([["<PAD>"]], dtype=object), [0], num_samples=64, seed=3)
+    first = explainer.solver(5)
+    assert explainer.solver(5) is first  # one design per number of players while it is in use
+    for m in range(6, 6 + 2 * SOLVERS_KEPT):
+        explainer.solver(m)
+    assert len(explainer._solvers) == SOLVERS_KEPT  # a job over documents of every length stays bounded
+    rebuilt = explainer.solver(5)
+    assert rebuilt is not first
+    np.testing.assert_array_equal(rebuilt.design.masks, first.design.masks)  # the same seed, the same design
 
 
 @pytest.mark.parametrize("language, text, tokens, sentences", [

@@ -7,6 +7,8 @@ import io
 import itertools
 import json
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import joblib
@@ -125,6 +127,28 @@ def test_unreadable_image_fails_naming_the_file(tmp_path):
     (job.data_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
     assert job.run() == 1
     assert job.message.startswith("ClientError: ") and "broken.png" in job.message, job.message
+    assert "analysis.json" not in job.output_files()
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` RGB pixels, with one tiny compressed block of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def test_a_picture_claiming_too_many_pixels_is_refused_before_decoding(tmp_path):
+    # 10,000 x 10,000 = 100M pixels: past Pillow's decompression-bomb limit (89.5M), where Pillow only
+    # warns and would decode 300 MB from a 100-byte file; under twice the limit, where it raises itself.
+    assert Image.MAX_IMAGE_PIXELS < 100_000_000 < 2 * Image.MAX_IMAGE_PIXELS
+    job = _demo_job(tmp_path)
+    (job.data_dir / "bomb.png").write_bytes(_png_header_claiming(10_000, 10_000))
+    assert job.run() == 1
+    assert job.message.startswith("ClientError: ") and "bomb.png" in job.message, job.message
+    assert "10000 x 10000 pixels" in job.message, job.message
     assert "analysis.json" not in job.output_files()
 
 

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -51,15 +55,36 @@ def list_image_files(path: Path) -> list[Path]:
     return files
 
 
+def check_pixels(picture: Any, what: str) -> None:
+    """Refuse a picture larger than ``MAX_PIXELS`` from its header, before anything is decoded.
+
+    Pillow only warns (``DecompressionBombWarning``) between its limit and twice it, and would decode such
+    a picture: a few kilobytes of PNG could claim gigabytes of pixels. ``what`` names the file or body.
+    """
+    if picture.width * picture.height > MAX_PIXELS:
+        raise DataError(f"{what} has {picture.width} x {picture.height} pixels, more than Lucent decodes "
+                        f"({MAX_PIXELS:,})")
+
+
+@contextmanager
+def open_picture(source: Path | IO[bytes], what: str) -> Iterator[Any]:
+    """``PIL.Image.open(source)`` with its size checked (``check_pixels``) before the caller decodes it."""
+    from PIL import Image
+
+    with warnings.catch_warnings():  # Pillow's own warning for a picture check_pixels refuses by name
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        picture = Image.open(source)
+    with picture:
+        check_pixels(picture, what)
+        yield picture
+
+
 def read_image(path: Path) -> np.ndarray:
     """The image at ``path`` as ``(height, width, 3)`` uint8 RGB; ``DataError`` naming the file otherwise."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as opened:
-            if opened.width * opened.height > MAX_PIXELS:
-                raise DataError(f"image {path} has {opened.width} x {opened.height} pixels, more than Lucent "
-                                f"decodes ({MAX_PIXELS})")
+        with open_picture(path, f"image {path}") as opened:
             if opened.format not in ("JPEG", "PNG"):
                 raise DataError(f"image {path} is {opened.format or 'an unknown format'}, not JPEG or PNG")
             rgb = opened.convert("RGB")
@@ -78,11 +103,11 @@ def image_dataset(dataset_path: Path) -> Dataset:
     dataset_path = Path(dataset_path)
     files = list_image_files(dataset_path)
     root = dataset_path if dataset_path.is_dir() else dataset_path.parent
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     for file in files:
         try:
-            with Image.open(file) as opened:
+            with open_picture(file, f"image {file}") as opened:
                 opened.verify()
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
             raise DataError(f"cannot read image {file}: {error}") from None
@@ -98,4 +123,4 @@ def image_root(dataset: Dataset) -> Path:
     return source if source.is_dir() else source.parent
 
 
-__all__ = ["IMAGE_COLUMN", "IMAGE_SUFFIXES", "image_dataset", "image_root", "list_image_files", "read_image"]
+__all__ = ["IMAGE_COLUMN", "IMAGE_SUFFIXES", "MAX_PIXELS", "check_pixels", "image_dataset", "open_picture", "image_root", "list_image_files", "read_image"]

@@ -16,6 +16,7 @@ the baseline rows.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import numpy as np
 from .design import make_design
 from .kernel_shap import GROUP_ROWS, Model, ScoringModel, ShapSolver, baseline_expected_value
 from .text_units import TextUnit, masked_texts
+
+SOLVERS_KEPT = 32  # designs kept per explainer (by number of players)
 
 __all__ = ["TextExplanation", "TextKernelShap", "player_counts"]
 
@@ -97,7 +100,9 @@ class TextKernelShap:
         if not self.text_columns:
             raise ValueError("no text column to explain")
         self.num_samples, self.seed = num_samples, seed
-        self._solvers: dict[int, ShapSolver] = {}
+        # Designs by number of players, least recently used first: records come grouped by their number
+        # of units, so a few suffice, and a job over documents of every length does not keep them all.
+        self._solvers: OrderedDict[int, ShapSolver] = OrderedDict()
 
     @cached_property
     def expected_value(self) -> np.ndarray:
@@ -108,9 +113,13 @@ class TextKernelShap:
 
     def solver(self, n_players: int) -> ShapSolver:
         """The design and solve shared by every record with ``n_players`` players (built once)."""
-        if n_players not in self._solvers:
-            self._solvers[n_players] = ShapSolver(make_design(n_players, self.num_samples, self.seed))
-        return self._solvers[n_players]
+        solver = self._solvers.pop(n_players, None)
+        if solver is None:
+            solver = ShapSolver(make_design(n_players, self.num_samples, self.seed))
+        self._solvers[n_players] = solver
+        while len(self._solvers) > SOLVERS_KEPT:
+            self._solvers.popitem(last=False)
+        return solver
 
     def explain(self, records: np.ndarray, units: Sequence[RecordUnits]) -> TextExplanation:
         """SHAP values of ``records`` ``(n, P)``; ``units[i][t]``: units of record i's t-th text column."""
