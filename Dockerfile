@@ -3,6 +3,12 @@
 #
 #   docker build --network=host --build-arg BASE_IMAGE=python:3.11-slim -t lucent .
 #
+# The Spark engine's image (`make image-spark`): the same image plus a Java runtime and `lucent[spark]`
+# (pyspark), for `--engine spark`, multi-host processing jobs (resourceconfig.json, docs/spark.md) and as
+# the executors' image of a Spark cluster (`spark.kubernetes.container.image`):
+#
+#   docker build --network=host --build-arg LUCENT_EXTRAS=spark -t lucent-spark .
+#
 # Any Debian bookworm (or newer) base with python3 >= 3.11, venv and pip works.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
@@ -37,6 +43,26 @@ RUN mkdir -p analyzer container && touch analyzer/__init__.py container/__init__
     && pip uninstall -y -q lucent \
     # setuptools' build/ keeps the empty placeholders, newer than the real sources COPY'd next.
     && rm -rf build *.egg-info analyzer container
+
+# Optional extras of the lucent package, comma-separated (LUCENT_EXTRAS=spark, or spark,models), in a layer
+# of their own after the common dependencies: the Spark image shares every layer above with the plain one.
+# The Spark extra needs a Java runtime: JAVA_PACKAGE from the distribution (Java 17 for Spark 4 on
+# Debian bookworm). Slim bases have no man pages folder, which the JRE's package configuration writes into.
+ARG LUCENT_EXTRAS=
+ARG JAVA_PACKAGE=openjdk-17-jre-headless
+RUN if [ -n "${LUCENT_EXTRAS}" ]; then \
+      case ",${LUCENT_EXTRAS}," in *,spark,*) \
+        mkdir -p /usr/share/man/man1 \
+        && apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${JAVA_PACKAGE}" >/dev/null \
+        && rm -rf /var/lib/apt/lists/* \
+        && java -version ;; \
+      esac \
+      && mkdir -p analyzer container && touch analyzer/__init__.py container/__init__.py \
+      && pip install --no-cache-dir ".[${LUCENT_EXTRAS}]" \
+      && pip uninstall -y -q lucent \
+      && rm -rf build *.egg-info analyzer container; \
+    fi
 
 COPY analyzer ./analyzer
 COPY container ./container

@@ -9,9 +9,10 @@ STAMP  := $(VENV)/.installed-stamp
 # for the Spark engine's tests (pyspark starts a JVM).
 SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core fonts-wqy-microhei poppler-utils cron prometheus-pushgateway openjdk-17-jre-headless
 
-.PHONY: help install demo demo-text demo-image demo-endpoint demo-monitor test test-fast test-spark lint bench image clean
+.PHONY: help install demo demo-text demo-image demo-endpoint demo-monitor test test-fast test-spark lint bench image image-spark clean
 BASE_IMAGE ?= $(or $(LUCENT_BASE_IMAGE),python:3.11-slim)
 IMAGE      ?= lucent:dev
+SPARK_IMAGE ?= lucent-spark:dev
 
 help:
 	@echo "make demo       set up and run a full job on the bundled sample data (results in build/demo/output)"
@@ -26,6 +27,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "make bench      speed and memory benchmarks (figures and ratios against references)"
 	@echo "make image      build the container image (BASE_IMAGE=... to choose the base)"
+	@echo "make image-spark  the image with Java 17 and lucent[spark]: --engine spark, multi-host jobs (SPARK_IMAGE=...)"
 
 $(STAMP): pyproject.toml
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -72,7 +74,7 @@ test-fast: lint
 	$(PY) -m pytest -m "not slow"
 
 test-spark: $(STAMP)
-	$(PY) -m pytest tests/test_engine_local.py tests/test_engine_spark.py tests/test_engine_cluster.py -q
+	$(PY) -m pytest tests/test_engine_*.py -q
 
 bench: $(STAMP)
 	$(PY) bench/bias.py
@@ -89,6 +91,13 @@ image: $(STAMP)
 	  docker build --network=host --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) . ; \
 	else \
 	  $(PY) -c 'import docker, sys; docker.from_env().images.build(path=".", tag=sys.argv[1], buildargs={"BASE_IMAGE": sys.argv[2]}, network_mode="host", rm=True); print("built", sys.argv[1])' $(IMAGE) $(BASE_IMAGE); \
+	fi
+
+image-spark: $(STAMP)
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+	  docker build --network=host --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg LUCENT_EXTRAS=spark -t $(SPARK_IMAGE) . ; \
+	else \
+	  $(PY) -c 'import docker, sys; docker.from_env().images.build(path=".", tag=sys.argv[1], buildargs={"BASE_IMAGE": sys.argv[2], "LUCENT_EXTRAS": "spark"}, network_mode="host", rm=True); print("built", sys.argv[1])' $(SPARK_IMAGE) $(BASE_IMAGE); \
 	fi
 
 clean:

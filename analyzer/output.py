@@ -130,6 +130,13 @@ class OutputStaging:
         names_after = names if replace_previous else sorted(set(previous) | set(names))
         # The manifest first lists both sets, so that a job killed halfway leaves nothing untracked.
         _write_manifest(self.output_dir, sorted(set(previous) | set(names)))
+        # A previous file where this job publishes a folder, or files in a folder where it publishes a file
+        # (explanations_shap/out.csv as one file or as part files): removed first, or the rename fails.
+        files, folders = set(names), {str(parent) for name in names for parent in PurePosixPath(name).parents}
+        in_the_way = [name for name in sorted(set(previous) - files)
+                      if name in folders or any(str(parent) in files for parent in PurePosixPath(name).parents)]
+        for name in in_the_way:
+            _remove_published(self.output_dir, name)
         published = []
         for staged, name in zip(staged_files, names, strict=True):
             final = self.output_dir / name
@@ -139,7 +146,7 @@ class OutputStaging:
             os.chmod(staged, PUBLISHED_FILE_MODE)
             os.replace(staged, final)
             published.append(final)
-        for name in sorted(set(previous) - set(names_after)):
+        for name in sorted(set(previous) - set(names_after) - set(in_the_way)):
             _remove_published(self.output_dir, name)
         _write_manifest(self.output_dir, names_after)
         self._committed = True

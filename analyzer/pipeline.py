@@ -23,9 +23,10 @@ from analyzer.bias.counts import count_cells, weighted_rows
 from analyzer.config import AnalysisConfig, unsupported_methods
 from analyzer.data import Column, Dataset, load_dataset
 from analyzer.data.time_series import TimeSeriesDataset
-from analyzer.engines import counted_rows, job_engine, row_weights
+from analyzer.engines import GroupedRows, counted_rows, job_engine, row_weights
 from analyzer.errors import UserError
 from analyzer.explain.asymmetric_job import check_time_series_inputs, time_series_explanations
+from analyzer.explain.checkpoint_store import CheckpointStore
 from analyzer.explain.job import SHAP_DIR, check_explain_inputs, explain_dataset
 from analyzer.output import ANALYSIS_FILE, OutputStaging
 from analyzer.predict import ModelEndpoint, predicted_labels_for_bias
@@ -74,8 +75,35 @@ def needs_features(config: AnalysisConfig) -> bool:
     return needs_model(config) or bool(post and "FT" in post.methods)
 
 
+def engine_predicts(config: AnalysisConfig) -> bool:
+    """Whether the job's engine makes the post-training predictions next to its counts (Spark: a stage
+    calling the model before the GROUP BY), which it does when they are why the model is needed: no
+    explanations, no Flip Test (they read the feature matrix on this machine)."""
+    post = config.methods.post_training_bias
+    methods = config.methods
+    only_predictions = (needs_model(config) and methods.shap is None and methods.pdp is None
+                        and methods.asymmetric_shapley_value is None and not (post and "FT" in post.methods))
+    return only_predictions and callable(getattr(job_engine(config), "predict_groups", None))
+
+
+def engine_flip_test(config: AnalysisConfig) -> bool:
+    """Whether the job's engine computes the Flip Test where the rows are (Spark: CSV and Parquet,
+    docs/spark.md "Flip Test"); else the feature matrix is read on this machine for it."""
+    return job_engine(config).name != "local" and config.dataset_type in (media.CSV, media.PARQUET)
+
+
+def engine_reads_rows(config: AnalysisConfig) -> bool:
+    """Whether only the job's engine reads the dataset's rows, this machine getting counts and values:
+    then the dataset may be a URI only the engine can read (Spark: ``s3a://``, ``hdfs://``)."""
+    if not needs_features(config) or engine_predicts(config):
+        return True
+    return not needs_model(config) and engine_flip_test(config)
+
+
 def predicted_label_column(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint) -> Column:
     """The model's predicted labels for every row, by Clarify's rules (spec section 5.3)."""
+    if isinstance(dataset, GroupedRows):  # rows grouped by the engine: it predicts them there and regroups
+        return job_engine(config).predict_groups(config, dataset, endpoint)  # type: ignore[attr-defined]
     log.info("Getting predictions from the endpoint")
     started = time.perf_counter()
     with endpoint.client() as client, progress("Predictions", total=dataset.n_rows, unit="rows") as bar:
@@ -85,10 +113,11 @@ def predicted_label_column(config: AnalysisConfig, dataset: Dataset, endpoint: M
     return Column.from_series(labels, "predicted_label")
 
 
-def load_job_dataset(config: AnalysisConfig, dataset_path: Path, base_dir: Path | None = None) -> Dataset:
+def load_job_dataset(config: AnalysisConfig, dataset_path: Path | str, base_dir: Path | None = None) -> Dataset:
     """Read the dataset, with the feature matrix only when an analysis will use it.
 
     ``base_dir``: the config file's folder, which relative paths in the config are taken from.
+    ``dataset_path``: a local path, or (Spark engine) a URI such as ``s3a://`` that Spark reads.
     """
     started = time.perf_counter()
     if config.dataset_type == media.IMAGE:  # a folder of image files: analyzer/data/images.py
@@ -97,17 +126,21 @@ def load_job_dataset(config: AnalysisConfig, dataset_path: Path, base_dir: Path 
         return image_dataset(dataset_path)
     load = functools.partial(load_dataset, config, dataset_path, base_dir=base_dir)
     if needs_features(config) and not needs_model(config):  # only the Flip Test wants the features
-        dataset = load()
+        engine = job_engine(config)
+        dataset = engine.count_table(config, dataset_path, base_dir=base_dir) if engine_flip_test(config) else load()
         blocked = flip_test_blockers(dataset)
         if blocked is not None:
             log.info("Not loading the feature matrix: the Flip Test does not support non-numeric columns and "
                      "%s are features", ", ".join(blocked.columns))
             dataset.features = blocked
+        elif isinstance(dataset, GroupedRows):  # the engine's Flip Test: the feature rows stay in the cluster
+            dataset.flip_test = functools.partial(engine.flip_test, config, dataset_path, dataset)
         else:
             dataset = load(need_features=True)
-    elif needs_features(config):
+    elif needs_features(config) and not engine_predicts(config):
         dataset = load(need_features=True)
-    else:  # role columns only: counted by the job's engine (Spark: one GROUP BY, the rows stay in the cluster)
+    else:  # role columns only: counted by the job's engine (Spark: one GROUP BY, the rows stay in the cluster;
+        # predictions the model must make are made there too, see predicted_label_column)
         dataset = job_engine(config).count_table(config, dataset_path, base_dir=base_dir)
     log.info("Dataset ready: %d rows, %d features, facets %s (%.2f s)", dataset.n_rows,
              len(dataset.feature_names), ", ".join(dataset.facets) or "none", time.perf_counter() - started)
@@ -160,8 +193,10 @@ def check_bias_inputs(config: AnalysisConfig, dataset: Dataset) -> list[str]:
 
 def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStaging,
                  endpoint: ModelEndpoint | None = None, base_dir: Path | None = None,
-                 model_identity: str = "", output_uri: str | None = None) -> dict[str, Any]:
+                 model_identity: str = "", output_uri: str | None = None,
+                 checkpoint_store: CheckpointStore | None = None) -> dict[str, Any]:
     """Run every configured method on ``dataset`` and return the ``analysis.json`` document.
+    ``checkpoint_store``: where SHAP checkpoints are also kept for a rerun (``explain_dataset``).
 
     ``base_dir``: the config file's folder, which relative paths in the config (baselines) come from
     (None: the current directory; the analyzer never derives it from the output folder).
@@ -194,7 +229,8 @@ def run_analysis(config: AnalysisConfig, dataset: Dataset, staging: OutputStagin
         return results
     explanations = explain_dataset(config, dataset, endpoint, staging, staging.output_dir / ".lucent-work",
                                    base_dir=base_dir, model_identity=model_identity,
-                                   on_local=segments.keep_local_shap if segments is not None else None)
+                                   on_local=segments.keep_local_shap if segments is not None else None,
+                                   checkpoint_store=checkpoint_store)
     if explanations:
         results["explanations"] = explanations
     if segments is not None:  # Lucent's own section (docs/segments.md); Clarify's keys stay as they are

@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = JobPaths.for_root(args.processing_root, args.message_file)
     if args.command == "run":
         from analyzer.engines import engine_arguments
-        from container.job import run_job
+        from container.cluster import run_host  # one host: run_job; several: a Spark cluster over them
 
         with engine_arguments(args.engine, args.spark_master):
-            return run_job(paths, allow_paths_outside_root=args.allow_paths_outside_root)
+            return run_host(paths, allow_paths_outside_root=args.allow_paths_outside_root)
     if args.command == "validate":
         from container.job import validate_job
 

@@ -26,6 +26,8 @@ from analyzer import __version__
 from analyzer.config import AnalysisConfig, Predictor, find_config_file, load_config
 from analyzer.data import Dataset, resolve_local_path
 from analyzer.data.files import first_outside
+from analyzer.engines import engine_choice
+from analyzer.engines.spark_read import cluster_uri
 from analyzer.errors import ConfigError, DependencyError, UserError
 from analyzer.logs import configure_logging as configure_log_handler
 from analyzer.media import CSV, NPY
@@ -40,6 +42,7 @@ from analyzer.output import (
 from analyzer.pipeline import (
     check_inputs,
     check_supported,
+    engine_reads_rows,
     load_job_dataset,
     needs_model,
     render_job_reports,
@@ -51,6 +54,7 @@ from analyzer.predict.client import MAX_PAYLOAD_BYTES
 from analyzer.redact import redact
 from analyzer.report import ReportError, check_report_engines
 from analyzer.report.process import ReportProcess, start_report_process
+from container.checkpoint_store import open_checkpoint_store
 from container.model_endpoint import ServedModel, model_endpoint
 from container.model_identity import model_identity
 from container.sidecar.server import STARTED_SERVER_MAX_BODY_BYTES
@@ -164,10 +168,19 @@ def open_model(config: AnalysisConfig, dataset: Dataset, model_dir: Path,
     return endpoint, identity
 
 
-def dataset_path_for(config: AnalysisConfig, paths: JobPaths, config_file: Path) -> Path:
-    """``dataset_uri`` overrides the ``dataset`` input folder (spec section 1.2)."""
-    if config.dataset_uri:
-        return resolve_local_path(config.dataset_uri, base_dir=config_file.parent)
+def dataset_path_for(config: AnalysisConfig, paths: JobPaths, config_file: Path) -> Path | str:
+    """``dataset_uri`` overrides the ``dataset`` input folder (spec section 1.2). On the Spark engine it
+    may be a URI only the cluster reads (``s3a://``, ``hdfs://``), returned as it is, when the job's
+    rows are read by the engine alone (docs/spark.md)."""
+    uri = config.dataset_uri
+    if uri and engine_choice(config).name == "spark" and cluster_uri(uri) and not uri.startswith("file:"):
+        if not engine_reads_rows(config):
+            raise ConfigError(f"dataset_uri {redact(uri)}: only the Spark engine can read it, and this job reads "
+                              "the rows on this machine (explanations, or the Flip Test of a "
+                              f"{config.dataset_type} dataset); give a local path, or an s3:// URI to `lucent launch`")
+        return uri
+    if uri:
+        return resolve_local_path(uri, base_dir=config_file.parent)
     return paths.data_path
 
 
@@ -247,6 +260,11 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
         log.info("Starting Lucent %s processing job (SageMaker Clarify compatible)", __version__)
         config, config_file = _load(paths)
         log.info("Analysis result path: %s", paths.output_dir)
+        # Clarify's host lines (resourceconfig.json); a bad file fails the job here. Imported here, not at
+        # the top: container.cluster imports this module.
+        from container.cluster import log_cluster
+
+        log_cluster()
         check_supported(config)
         if not allow_paths_outside_root and (outside := inputs_outside_root(config, paths, config_file)):
             raise UserError("; ".join(outside))
@@ -263,8 +281,10 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
                                       if needs_model(config) else (None, ""))
                 if reports is not None:
                     reports.check_engines()  # fail now, not after hours of computing
+                output_uri = published_output_uri(paths)
                 results = run_analysis(config, dataset, staging, endpoint, base_dir=config_file.parent,
-                                       model_identity=identity, output_uri=published_output_uri(paths))
+                                       model_identity=identity, output_uri=output_uri,
+                                       checkpoint_store=open_checkpoint_store(config, output_uri))
                 staging.write_json(ANALYSIS_FILE, results)
                 # analysis.json (and explanations_shap/) is the result: published now, the report never
                 # delays it (docs/reports.md, "When the report is written").

@@ -346,35 +346,40 @@ class Launch:
         else:
             raise LaunchError(f"reading {location}: no such file or folder")
 
-    def publish(self, root: Path, message: str, output: Location) -> str:
+    def publish(self, root: Path, message: str, output: Location, *, keep_work: bool = False) -> str:
         """Replace the results at ``output`` with ``root/output`` and ``message``; returns a one-line
-        summary. ``analysis.json`` and ``message`` go last: together they mark a complete result."""
+        summary. ``analysis.json`` and ``message`` go last: together they mark a complete result.
+        ``keep_work``: leave Lucent's work files there (a failed job's SHAP checkpoints, for its rerun)."""
         message_file = root / MESSAGE_FILE
         write_text_atomic(message_file, message + "\n")
         files = result_files(root / "output") if (root / "output").is_dir() else {}
         files[MESSAGE_FILE] = message_file
-        return self.publish_files(files, output, last=[ANALYSIS_FILE, MESSAGE_FILE])
+        return self.publish_files(files, output, last=[ANALYSIS_FILE, MESSAGE_FILE], keep_work=keep_work)
 
-    def publish_files(self, files: dict[str, Path], output: Location, last: Sequence[str]) -> str:
+    def publish_files(self, files: dict[str, Path], output: Location, last: Sequence[str], *,
+                      keep_work: bool = False) -> str:
         """Replace the results at ``output`` with ``files`` (relative name -> local file); returns a one-line
         summary. The ``last`` names are removed first and written last, in order, so that their presence
         marks a complete result (a name in ``last`` that is not in ``files`` is only removed). What the
         previous publication left and this one did not produce is removed (the launch's inputs excepted)."""
         if output.is_s3:
-            return self._publish_s3(files, output, last)
+            return self._publish_s3(files, output, last, keep_work)
         try:
             return self._publish_local(files, output.path, last)
         except (OSError, UserError) as error:
             raise LaunchError(f"publishing to {output.path}: {error}") from error
 
-    def _publish_s3(self, files: dict[str, Path], output: Location, last: Sequence[str]) -> str:
+    def _publish_s3(self, files: dict[str, Path], output: Location, last: Sequence[str], keep_work: bool) -> str:
         store = self.store
         remote = store.objects(output, output.prefix)
         keys = {name: output.child(name).key for name in {*files, *last}}
         store.delete(output, [keys[name] for name in last if keys[name] in remote])
         body = {keys[name]: path for name, path in files.items() if name not in last}
         uploaded, unchanged = store.upload(body, output, remote)
-        stale = [key for key in remote if key not in keys.values() and not self._is_source(output.bucket, key)]
+        # A failed job's SHAP checkpoints (.lucent-work/) stay: its rerun resumes from them
+        # (analyzer/explain/checkpoint_store.py); a job that succeeded has no use for them.
+        stale = [key for key in remote if key not in keys.values() and not self._is_source(output.bucket, key)
+                 and not (keep_work and is_work_file(PurePosixPath(key[len(output.prefix):])))]
         store.delete(output, stale)
         markers = [(files[name], keys[name]) for name in last if name in files]
         for path, key in markers:
@@ -601,7 +606,7 @@ def launch(config: str, output: str, data: str | None = None, model: str | None 
     try:
         code, message = _run(runner, root, config, data, model, image, output_uri=redact_url(destination.uri))
         try:
-            summary = runner.publish(root, message, destination)
+            summary = runner.publish(root, message, destination, keep_work=code != 0)
         except StorageError as error:
             raise LaunchError(f"{error}; the results are kept in {root / 'output'} and the exit message in "
                               f"{root / MESSAGE_FILE}") from error

@@ -241,3 +241,16 @@ def test_local_flag_is_todays_path(tmp_path):
     assert (job.output_dir / "analysis.json").read_bytes() == default
     assert job.analysis()["pre_training_bias_metrics"]["facets"]["sex"][0]["value_or_threshold"] == "m"
     assert Path(job.output_dir / "analysis.json").stat().st_size > 1000
+
+
+def test_a_cluster_uri_for_a_job_that_reads_rows_here_is_refused_naming_the_key(tmp_path):
+    # SHAP reads the feature rows on this machine: an hdfs:// dataset only Spark could read is a config error,
+    # said before any session starts (the master is unreachable: reaching it would fail differently).
+    job = JobRoot(tmp_path)
+    job.write_data(bias_frame(50).to_csv(index=False))
+    job.write_config(dict(BIAS_CONFIG, dataset_uri="hdfs://user:secret@namenode:8020/data/adult.csv",
+                          methods={"shap": {"baseline": [[0.0] * 3], "num_samples": 8}},
+                          predictor={"endpoint_url": f"http://127.0.0.1:{closed_port()}", "content_type": "text/csv"}))
+    assert job.run("--engine", "spark", "--spark-master", f"spark://127.0.0.1:{closed_port()}") == 1
+    assert job.message.startswith("ClientError: dataset_uri hdfs://"), job.message
+    assert "only the Spark engine can read it" in job.message and "secret" not in job.message, job.message

@@ -148,10 +148,11 @@ def test_model_error_in_a_spark_task_is_the_jobs_message(spark, job):
 
 def test_unsupported_input_names_the_key(spark, job):
     write_bias_job(job, "csv_header", bias_frame(100))
-    config = dict(BIAS_CONFIG, dataset_type="application/jsonlines", features="features")
+    config = dict(BIAS_CONFIG, dataset_type="application/json", features="features")
     job.write_config(config)
     assert job.run("--engine", "spark", "--spark-master", MASTER) == 1
-    assert "dataset_type: the Spark engine reads text/csv and application/x-parquet" in job.message
+    assert ("dataset_type: the Spark engine reads text/csv, application/jsonlines and application/x-parquet"
+            in job.message), job.message
 
 
 def test_spark_session_is_the_modules(spark):

@@ -369,12 +369,13 @@ def test_publishing_to_a_local_folder_replaces_the_previous_set_and_keeps_the_us
     assert SECRET not in (dest / "report.html").read_text() and not (dest / "link.csv").exists()
 
 
-def test_a_failed_rerun_leaves_only_its_message(s3, local_job, capsys):
+def test_a_failed_rerun_leaves_only_its_message_and_the_checkpoints(s3, local_job, capsys):
     put_tree(s3, local_job.root / "input", "in")
     a_previous_run(s3)
     s3.put_object(Bucket="jobs", Key="bad/config/analysis_config.json", Body=b'{"dataset_type": "text/csv"}')
     assert main(["--config", "s3://jobs/bad/config", "--data", "s3://jobs/in/data", "--output", "s3://jobs/out"]) == 1
-    assert keys(s3, "out/") == ["out/message"]
+    # No result of the previous run stays to look current; its SHAP checkpoints do, for the next rerun to resume.
+    assert keys(s3, "out/") == ["out/.lucent-work/shard-0.npz", "out/message"]
     capsys.readouterr()
 
 

@@ -23,12 +23,19 @@ real cost. On top of removing the loops this module:
 
 With the brute-force search (more than 15 features, or a tiny a), sklearn's result may depend on
 how queries are batched, so all rows of d are queried in one batch, exactly as Clarify does.
+
+Engines: ``fitted_classifier`` (on a) and ``flip_counts`` (on a chunk of d) are the two halves of
+``FT``; the Spark engine (``analyzer/engines/spark_flip.py``) fits once, ships the classifier to its
+tasks and sums their counts, which is exact when ``queries_are_independent``. ``DeferredFeatures``
+stands for feature rows an engine keeps on its cluster.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -46,13 +53,35 @@ N_JOBS = 2
 MIN_DUPLICATE_FRACTION = 0.25
 
 
-def FT(features: pd.DataFrame, sensitive: np.ndarray, predicted: np.ndarray) -> float:
+class FlipTestValue(float):
+    """An FT value with Lucent's notes about how it was computed (``lucent``: e.g. a sampled value's
+    sample size and interval), which the bias report writes beside Clarify's keys of the metric entry."""
+
+    lucent: dict[str, Any] | None
+
+    def __new__(cls, value: float, lucent: dict[str, Any] | None = None) -> FlipTestValue:
+        made = super().__new__(cls, value)
+        made.lucent = lucent
+        return made
+
+
+@dataclass(frozen=True)
+class DeferredFeatures:
+    """A facet's feature rows that stay where an engine holds them (a Spark cluster): ``FT`` hands the
+    decided rows (sensitive, predicted: per row of the report's dataset) to ``run(facet, sensitive,
+    predicted)``, the engine's Flip Test, after its own checks of the facet sides."""
+
+    facet: str
+    run: Callable[[str, np.ndarray, np.ndarray], float]
+
+
+def FT(features: pd.DataFrame | DeferredFeatures, sensitive: np.ndarray, predicted: np.ndarray) -> float:
     """Flip Test of the sensitive rows against their nearest neighbours in the other rows.
 
     Parameters
     ----------
     features : the feature matrix Clarify gives the test (model features without the facet,
-        label and predicted-label columns), one row per dataset row.
+        label and predicted-label columns), one row per dataset row; or ``DeferredFeatures``.
     sensitive : per-row bool, True for the rows of d.
     predicted : per-row bool, True where the model predicts the positive label.
     """
@@ -63,25 +92,58 @@ def FT(features: pd.DataFrame, sensitive: np.ndarray, predicted: np.ndarray) -> 
         raise ValueError("Facet set is empty")
     if n_d == len(sensitive):
         raise ValueError("Negated Facet set is empty")
-    if len(features.columns) != len(features.select_dtypes([np.number, bool]).columns):
-        raise ValueError("FlipTest does not support non-numeric columns")
-
-    from sklearn.neighbors import KNeighborsClassifier
-
-    matrix, from_object = _feature_matrix(features)
+    if isinstance(features, DeferredFeatures):
+        return features.run(features.facet, sensitive, predicted)
+    check_numeric(features)
+    matrix, from_object = feature_matrix(features)
     x_a, y_a = matrix[~sensitive], predicted[~sensitive]
     x_d, model_d = matrix[sensitive], predicted[sensitive]
-    n_neighbors = DEFAULT_NEIGHBORS if len(y_a) > SAMPLES_COUNT_THRESHOLD else MIN_NEIGHBORS
-    knn = KNeighborsClassifier(n_neighbors=n_neighbors, weights="uniform", algorithm="auto", leaf_size=30,
-                               p=2, metric="minkowski", n_jobs=None)
-    knn.fit(x_a, y_a)  # always fitted: its input checks give Clarify's errors (e.g. zero features)
-    neighbours_d = _neighbour_votes(knn, x_d, y_a, from_object)
-    only_model_yes = int(np.count_nonzero(model_d & ~neighbours_d))
-    only_neighbours_yes = int(np.count_nonzero(~model_d & neighbours_d))
+    knn = fitted_classifier(x_a, y_a)
+    only_model_yes, only_neighbours_yes = flip_counts(knn, y_a, x_d, model_d, from_object)
     return divide(only_model_yes - only_neighbours_yes, n_d)
 
 
-def _feature_matrix(features: pd.DataFrame) -> tuple[np.ndarray, bool]:
+def check_numeric(features: pd.DataFrame) -> None:
+    """Clarify's refusal of non-numeric feature columns (any dtype but numbers and bools)."""
+    if len(features.columns) != len(features.select_dtypes([np.number, bool]).columns):
+        raise ValueError("FlipTest does not support non-numeric columns")
+
+
+def n_neighbors_for(n_a: int) -> int:
+    """Clarify's k: 5, or 1 when facet a has ``SAMPLES_COUNT_THRESHOLD`` rows or fewer."""
+    return DEFAULT_NEIGHBORS if n_a > SAMPLES_COUNT_THRESHOLD else MIN_NEIGHBORS
+
+
+def fitted_classifier(x_a: np.ndarray, y_a: np.ndarray) -> KNeighborsClassifier:
+    """Clarify's classifier fitted on facet a (its input checks give Clarify's errors, e.g. zero features).
+
+    Picklable: an engine fits it once and ships it to the tasks that query their chunks of d.
+    """
+    from sklearn.neighbors import KNeighborsClassifier
+
+    knn = KNeighborsClassifier(n_neighbors=n_neighbors_for(len(y_a)), weights="uniform", algorithm="auto",
+                               leaf_size=30, p=2, metric="minkowski", n_jobs=None)
+    knn.fit(x_a, y_a)  # always fitted: its input checks give Clarify's errors (e.g. zero features)
+    return knn
+
+
+def queries_are_independent(knn: KNeighborsClassifier) -> bool:
+    """Whether a row's neighbours do not depend on the other rows queried with it (a tree search, or
+    one class in a). Otherwise (brute force) all rows of d must be queried in one batch, in data order."""
+    return len(knn.classes_) == 1 or knn._fit_method in ("kd_tree", "ball_tree")
+
+
+def flip_counts(knn: KNeighborsClassifier, y_a: np.ndarray, x_d: np.ndarray, model_d: np.ndarray,
+                from_object: bool) -> tuple[int, int]:
+    """FT's two counts over rows ``x_d`` of facet d: (model yes and neighbours no, model no and
+    neighbours yes). The core an engine runs on each chunk of d; the sums over chunks are the counts of
+    all of d when ``queries_are_independent(knn)``."""
+    neighbours_d = _neighbour_votes(knn, x_d, np.asarray(y_a, dtype=bool), from_object)
+    model_d = np.asarray(model_d, dtype=bool)
+    return int(np.count_nonzero(model_d & ~neighbours_d)), int(np.count_nonzero(~model_d & neighbours_d))
+
+
+def feature_matrix(features: pd.DataFrame) -> tuple[np.ndarray, bool]:
     """The array Clarify feeds to sklearn (``np.array(df)``), and whether it was an object array.
 
     A frame mixing bools and numbers becomes an object array, which sklearn converts to float64;

@@ -29,6 +29,7 @@ from analyzer.bias.counts import (
     one_vs_all_slot,
     one_vs_all_slots,
 )
+from analyzer.bias.flip_test import DeferredFeatures
 from analyzer.bias.metrics import Confusion
 from analyzer.bias_registry import (
     BIAS_METRICS_BY_NAME,
@@ -166,7 +167,10 @@ def _json_value(value: float) -> float | int | str:
 def _metric_entry(metric: BiasMetric, compute: Callable[[], float]) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": metric.name, "description": metric.description}
     try:
-        entry["value"] = _json_value(compute())
+        value = compute()
+        entry["value"] = _json_value(value)
+        if getattr(value, "lucent", None):  # Lucent's notes (a sampled Flip Test), beside Clarify's keys
+            entry["lucent"] = value.lucent
     except Exception as error:  # Clarify reports any failure of one metric in place
         logger.info("%s metric failed: %s", metric.name, error)
         entry["value"] = None
@@ -281,6 +285,8 @@ def bias_analysis(dataset: Dataset, config: AnalysisConfig, stage: str) -> dict[
         features = None
         if dataset.features is not None and "FT" in names:
             features = dataset.features.drop(columns=[facet.name], errors="ignore")
+        elif "FT" in names and getattr(dataset, "flip_test", None) is not None:  # the engine's (Spark) FT
+            features = DeferredFeatures(facet.name, dataset.flip_test)
         values = list(facet_config.value_or_threshold) if facet_config.value_or_threshold else None
         data_type = _classify_facet(facet, values)
         facets[facet.name] = _facet_report(facet, values, data_type, outcomes, names, groups, features)

@@ -111,6 +111,8 @@ class Predictor:
     # the folder and calls it) or "server" (the built-in model server, over HTTP). Images and URLs are
     # always servers. None: the default.
     lucent_scoring: str | None = None
+    # Lucent extension: the most model requests in flight at once, over every worker and Spark task.
+    max_concurrency: int | None = None
     model_name: str | None = None
     endpoint_name: str | None = None
     endpoint_name_prefix: str | None = None

@@ -7,8 +7,8 @@ the Clarify container checks), with three deliberate differences:
 * a few keys the SDK schema marks required have documented defaults and may be omitted:
   ``methods.pdp.grid_resolution`` (20, the container default) and ``methods.report.name``
   (``"report"``);
-* Lucent extension keys ``predictor.endpoint_url``, ``predictor.image_uri`` and
-  ``predictor.lucent_scoring``.
+* Lucent extension keys ``predictor.endpoint_url``, ``predictor.image_uri``,
+  ``predictor.lucent_scoring`` and ``predictor.max_concurrency``, and the ``lucent`` object.
 
 Rules that involve more than one key live in ``analyzer.config.rules``.
 """
@@ -228,6 +228,8 @@ PREDICTOR = Obj({
     "endpoint_url": ENDPOINT_URL,
     "image_uri": Where(STRING, ((bool, "must not be empty"),)),
     "lucent_scoring": Enum(SCORING_MODES, aliases={"in-process": IN_PROCESS, "inprocess": IN_PROCESS}),
+    # Lucent extension: the most model requests in flight at once over all workers and Spark tasks.
+    "max_concurrency": COUNT,
     # SageMaker: existing endpoint, or a model deployed to a shadow endpoint.
     "endpoint_name": STRING,
     "endpoint_name_prefix": Where(STRING, (
@@ -258,7 +260,11 @@ PREDICTOR = Obj({
 
 # Lucent's own settings, under a key the SageMaker SDK never writes (SDK-written configs stay untouched):
 # where the heavy work runs (analyzer/engines, docs/spark.md).
-LUCENT = Obj({"engine": Enum(("local", "spark")), "spark_master": STRING})
+# checkpoint_uri: where SHAP checkpoints are kept for a rerun (analyzer/explain/checkpoint_store.py);
+# local_shap_output: out.csv as one file (Clarify's single instance) or a folder of part files (its Spark mode).
+LUCENT = Obj({"engine": Enum(("local", "spark")), "spark_master": STRING,
+              "checkpoint_uri": Where(STRING, ((lambda v: bool(v.strip()), "must be an s3:// URI or a path, got {value!r}"),)),
+              "local_shap_output": Enum(("file", "parts"))})
 
 ANALYSIS_CONFIG = Obj({
     "version": Where(STRING, ((lambda v: v == SUPPORTED_VERSION,

@@ -9,7 +9,13 @@ The pipeline needs exactly two things that grow with the data:
   combination of role values, with how many rows each stands for (``GroupedRows``, one GROUP BY on
   the cluster), counted by the same code under ``weighted_rows``.
 * ``map_shards``: run the fixed SHAP shards (``analyzer.explain.shards``) and checkpoint each result;
-  the job assembles them from the checkpoints, so the numbers cannot depend on the engine.
+  the job assembles them from the checkpoints, so the numbers cannot depend on the engine;
+  ``map_predictions``: the model's scores for frames of rows (PDP's grids), averaged on the driver.
+
+An engine whose rows stay where it counts them may also offer ``predict_groups(config, dataset,
+endpoint) -> Column`` (Spark does; the pipeline looks for it): post-training predictions made next to
+the counts (a stage calling the model through ``endpoint.client()``), the predicted label joining the
+role columns, ``dataset`` (a ``GroupedRows``) regrouped in place.
 
 The engine is chosen, in this order, by ``LUCENT_ENGINE`` (what ``lucent run --engine`` sets), the
 Lucent key ``"lucent": {"engine": ...}`` of ``analysis_config.json``, and ``SPARK_REMOTE`` (a Spark
@@ -41,7 +47,10 @@ from analyzer.errors import UserError
 from .local import LocalEngine
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from analyzer.explain.shards import ShapSettings, ShardTask, TextShapSettings
+    from analyzer.predict import ModelEndpoint, Predictions
 
 ENGINE_ENV = "LUCENT_ENGINE"
 SPARK_MASTER_ENV = "LUCENT_SPARK_MASTER"
@@ -66,6 +75,19 @@ class Engine(Protocol):
         ``finished(index)`` in this process as each is written. ``workers``: this machine's processes."""
         ...
 
+    def map_predictions(self, endpoint: ModelEndpoint, frames: Iterator[pd.DataFrame]) -> Iterator[Predictions]:
+        """The model's predictions for each frame of feature rows, in order, under
+        ``predictor.max_concurrency`` (PDP's grids: ``analyzer.explain.pdp``). ``frames`` is read lazily."""
+        ...
+
+    def flip_test(self, config: AnalysisConfig, dataset_path: Path, dataset: Dataset, facet: str,
+                  sensitive: np.ndarray, predicted: np.ndarray) -> float:
+        """The Flip Test of facet ``facet`` (its feature column left out) where ``sensitive`` / ``predicted``
+        are the bias report's decisions per row of ``dataset`` (a ``GroupedRows``: per combination). Local:
+        ``analyzer.bias.flip_test.FT`` on the loaded features; Spark: exact while facet a fits a broadcast,
+        else on a sample of d (a ``FlipTestValue`` with its interval). docs/spark.md, "Flip Test"."""
+        ...
+
     def close(self) -> None:
         """Release what the engine holds (a Spark session); it may be used again afterwards."""
         ...
@@ -78,6 +100,9 @@ class GroupedRows(Dataset):
     stands for. ``n_rows`` is the number of data rows. Its columns are ``WeightedColumn``s."""
 
     weights: np.ndarray | None = None
+    # The engine's Flip Test of these rows, (facet, sensitive, predicted) -> FT, when the feature rows stay
+    # in the engine (Spark); the bias report calls it through ``analyzer.bias.flip_test.DeferredFeatures``.
+    flip_test: Callable[[str, np.ndarray, np.ndarray], float] | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,7 +10,9 @@ in the data (file, split, position). One GROUP BY returns each distinct combinat
 its number of rows and its first row; sorted by first row, the combinations give every ``Column`` the
 order of first appearance the local reader gives it. The driver types the distinct values with the
 local reader's own functions (``infer_csv_values``, ``arrow_to_pandas``) and the bias report decides and
-counts with the same code as locally, each combination weighted by its rows (``GroupedRows``).
+counts with the same code as locally, each combination weighted by its rows (``GroupedRows``). Where the
+rows are (local files or a URI such as ``s3a://``), JSON Lines records and the model's predicted labels
+(a ``mapInArrow`` stage before the same GROUP BY): ``spark_read.py``.
 
 Shards. The job's shards (same boundaries, seed, design and fitted explainer as locally) become the
 rows of a DataFrame, one partition per shard; ``mapInPandas`` explains each in a Python worker with
@@ -22,6 +24,7 @@ twice. A model error comes back as the shard's error message, not as a Spark sta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -31,7 +34,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -47,12 +50,31 @@ from analyzer.data import Column
 from analyzer.data.accumulate import arrow_to_pandas
 from analyzer.data.csv_format import infer_csv_values
 from analyzer.data.files import no_data_rows
-from analyzer.data.loader import _locate_roles, _open_table
+from analyzer.data.loader import _locate_roles
 from analyzer.data.locate import locate_column
-from analyzer.errors import DependencyError, UserError
+from analyzer.errors import DataError, DependencyError, UserError
+
+from .spark_read import (
+    DTYPE_SCAN_SCHEMA,
+    ERROR,
+    KIND,
+    POSITION,
+    PREDICTED,
+    PREDICTED_DTYPE,
+    DtypeScan,
+    Layout,
+    RowStage,
+    json_values,
+    merged_dtype,
+    predicted_values,
+    read_layout,
+    reading,
+    stage_error,
+)
 
 if TYPE_CHECKING:
     from analyzer.explain.shards import ShapSettings, ShardTask, TextShapSettings
+    from analyzer.predict import ModelEndpoint, Predictions
 
     from . import GroupedRows
 
@@ -71,7 +93,7 @@ STATIC_CONF = frozenset({"spark.speculation", "spark.pyspark.python", "spark.ui.
                          "spark.ui.showConsoleProgress", "spark.executor.memory", "spark.cores.max"})
 DEFAULT_CONF = {"spark.ui.showConsoleProgress": "false", "spark.sql.session.timeZone": "UTC"}
 SHARDS_PER_JOB = 64  # shards per Spark job (a wave): enough tasks to fill a cluster, bounded driver memory
-_SPARK_TYPES = (media.CSV, media.PARQUET)
+_SPARK_TYPES = (media.CSV, media.JSON_LINES, media.PARQUET)
 _UNSUPPORTED_KEYS = ("facet_dataset_uri", "predicted_label_dataset_uri", "time_series_data_config", "segment_config")
 
 
@@ -208,69 +230,143 @@ class SparkEngine:
             self._session.stop()
             self._session = None
 
+    def flip_test(self, config: AnalysisConfig, dataset_path: Path | str, dataset: Any, facet: str,
+                  sensitive: np.ndarray, predicted: np.ndarray) -> float:
+        """The Flip Test with the rows read by Spark (``spark_flip``: exact, or sampled beyond a broadcast)."""
+        from .spark_flip import spark_flip_test
+
+        return spark_flip_test(self, config, dataset_path, dataset, facet, sensitive, predicted)
+
     # -- counts ----------------------------------------------------------------------------------------
 
-    def count_table(self, config: AnalysisConfig, dataset_path: Path, *, base_dir: Path | None = None) -> GroupedRows:
-        """The role columns as distinct combinations of values with their row counts (one GROUP BY)."""
+    def count_table(self, config: AnalysisConfig, dataset_path: Path | str, *,
+                    base_dir: Path | None = None) -> GroupedRows:
+        """The role columns as distinct combinations of values with their row counts (one GROUP BY).
+        ``dataset_path``: a local path, or a URI Spark reads as it is (``s3a://``, ``hdfs://``, ``file://``)."""
+        del base_dir  # side datasets (the only relative paths) are refused below
+        refuse_unsupported(config)
+        return self._count(config, dataset_path)
+
+    def predict_groups(self, config: AnalysisConfig, dataset: GroupedRows, endpoint: ModelEndpoint) -> Column:
+        """Post-training predictions as a Spark stage: the rows ``count_table`` counted into ``dataset`` are
+        read again, each task calls the model on its rows (``endpoint.client()``: the local client and
+        batching), and the predicted label joins the role columns in the GROUP BY. The driver never holds
+        the rows. ``dataset`` is regrouped in place (the job holds it); returns its predicted label."""
+        regrouped = self._count(config, dataset.source, endpoint)
+        for name in ("label", "predicted_label", "facets", "group", "weights", "n_rows"):
+            setattr(dataset, name, getattr(regrouped, name))
+        assert regrouped.predicted_label is not None
+        return regrouped.predicted_label
+
+    def _count(self, config: AnalysisConfig, dataset_path: Path | str, endpoint: ModelEndpoint | None = None,
+               ) -> GroupedRows:
+        """One GROUP BY over the role columns (and the model's predicted label, with ``endpoint``)."""
         from . import GroupedRows, WeightedColumn
 
-        del base_dir  # side datasets (the only relative paths) are refused below
         started = time.perf_counter()
-        refuse_unsupported(config)
-        table = _open_table(config, Path(dataset_path), config.headers, chunk_rows=1)  # headers only
-        roles = _locate_roles(config, table, None, None)
+        layout = read_layout(self.session, config, dataset_path)
+        roles = _locate_roles(config, layout, None, None)  # type: ignore[arg-type] - a Layout reads like a Table
         names = list(dict.fromkeys(ref.name for ref in (roles.label, roles.predicted_label, *roles.facets, roles.group)
                                    if ref is not None))
-        frame = self._read(config, table.files, table.headers)
-        slots = [f"c{table.headers.index(name)}" for name in names]
-        functions = self._sql.functions
-        first = functions.struct("__file", "__block", "__id")  # where a row stands: file, split, position
-        grouped = (frame.groupBy(*slots)
-                   .agg(functions.count(functions.lit(1)).alias("__rows"), functions.min(first).alias("__first"))
-                   .orderBy("__first").select(*slots, "__rows"))
-        try:
-            groups = grouped.toArrow()
-        except Exception as error:  # noqa: BLE001 - a malformed file: the reason, not the Java trace
-            raise UserError(f"Spark could not read the dataset {dataset_path}: {_first_line(error)}") from None
-        weights = groups.column("__rows").to_numpy().astype(np.int64)
-        if weights.sum() == 0:
-            raise no_data_rows(table.source, table.files)
-        typed = {name: WeightedColumn.weighted(self._typed(config, groups.column(slot).combine_chunks(), name), weights)
-                 for name, slot in zip(names, slots, strict=True)}
-
-        def column(ref: Any) -> Column | None:
-            return typed[ref.name] if ref is not None else None
-
-        excluded = {locate_column(c, table.headers, role="excluded_columns", source=table.source)
+        excluded = {locate_column(c, layout.headers, role="excluded_columns", source=layout.source)
                     for c in config.excluded_columns or []}
         not_features = excluded | {ref.name for ref in (roles.label, roles.predicted_label, roles.joinsource)
                                    if ref is not None}
+        feature_names = [h for h in layout.headers if h not in not_features]
+        with reading(layout.source) if layout.uri else contextlib.nullcontext():  # Spark resolves the URI here
+            frame = self._read(config, layout.paths, layout.headers)
+        json_lines = config.dataset_type == media.JSON_LINES
+        functions = self._sql.functions
+        first = functions.struct(*POSITION)  # where a row stands: file, split, position
+        aggregates = [functions.count(functions.lit(1)).alias("__rows"), functions.min(first).alias("__first")]
+        if json_lines:  # a role value as its JSON text: a feature of the record, or a role's JMESPath
+            slots = [f"r{i}" for i in range(len(names))]
+            role_of = {column: role for role, column in layout.role_columns.items()}
+            sources: dict[str, Any] = {
+                slot: ("role", role_of[name]) if name in role_of else ("feature", layout.headers.index(name))
+                for slot, name in zip(slots, names, strict=True)}
+        else:
+            slots = [f"c{layout.headers.index(name)}" for name in names]
+            sources = {slot: slot for slot in slots}
+        keys = list(slots)
+        if json_lines or endpoint is not None:
+            stage = RowStage(config.dataset_type, layout.headers, sources, feature_names, config.features,
+                             {role: getattr(config, role) for role in layout.role_columns}, layout.n_features,
+                             layout.source, endpoint, config.probability_threshold)
+            if endpoint is not None:  # the model gets each value typed as over the whole column, as locally
+                stage.feature_dtypes = self._feature_dtypes(frame, stage, layout)
+            frame = frame.mapInArrow(stage, self._stage_schema(frame, slots, json_lines, endpoint is not None))
+            keys += [ERROR, KIND, *([PREDICTED] if endpoint is not None else [])]
+            if endpoint is not None:
+                aggregates.append(functions.collect_set(PREDICTED_DTYPE).alias("__dtypes"))
+        grouped = (frame.groupBy(*keys).agg(*aggregates).orderBy("__first")
+                   .select(*keys, "__rows", *(["__dtypes"] if endpoint is not None else [])))
+        try:
+            groups = grouped.toArrow()
+        except Exception as error:  # noqa: BLE001 - a malformed file: the reason, not the Java trace
+            if layout.uri:
+                with reading(layout.source):
+                    raise
+            raise UserError(f"Spark could not read the dataset {dataset_path}: {_first_line(error)}") from None
+        if ERROR in groups.column_names:
+            failed = groups.filter(pc.is_valid(groups.column(ERROR)))
+            if failed.num_rows:  # the first in the data: groups are in order of first appearance
+                raise stage_error(failed.column(KIND)[0].as_py(), failed.column(ERROR)[0].as_py())
+        weights = groups.column("__rows").to_numpy().astype(np.int64)
+        if weights.sum() == 0:
+            raise no_data_rows(layout.source, layout.files)
+        typed = {name: self._typed(config, groups.column(slot).combine_chunks(), name)
+                 for name, slot in zip(names, slots, strict=True)}
+        if json_lines:
+            _check_roles_found(layout, typed, config)
+        predicted = None
+        if endpoint is not None:
+            dtypes = sorted({dtype for row in groups.column("__dtypes").to_pylist() for dtype in row or []})
+            predicted = Column.from_series(predicted_values(groups.column(PREDICTED).combine_chunks(), dtypes),
+                                           "predicted_label")
+        weighted = {name: WeightedColumn.weighted(column, weights) for name, column in typed.items()}
+
+        def column(ref: Any) -> Column | None:
+            return weighted[ref.name] if ref is not None else None
+
         dataset = GroupedRows(
-            source=table.source, n_rows=int(weights.sum()), headers=list(table.headers),
-            feature_names=[h for h in table.headers if h not in not_features], label=column(roles.label),
-            predicted_label=column(roles.predicted_label), facets={ref.name: typed[ref.name] for ref in roles.facets},
-            group=column(roles.group), weights=weights)
-        log.info("Spark: counted %d rows in %d groups of %s (%d files) in %.1f s", dataset.n_rows, len(weights),
-                 ", ".join(names), len(table.files), time.perf_counter() - started)
+            source=layout.source, n_rows=int(weights.sum()), headers=list(layout.headers),
+            feature_names=feature_names, label=column(roles.label),
+            predicted_label=(WeightedColumn.weighted(predicted, weights) if predicted is not None
+                             else column(roles.predicted_label)),
+            facets={ref.name: weighted[ref.name] for ref in roles.facets}, group=column(roles.group), weights=weights)
+        where = f"{len(layout.files)} files" if layout.files else layout.source
+        if endpoint is not None:
+            log.info("Spark: %d predictions from the model in a Spark stage, counted in %d groups (%.1f s)",
+                     dataset.n_rows, len(weights), time.perf_counter() - started)
+        else:
+            log.info("Spark: counted %d rows in %d groups of %s (%s) in %.1f s", dataset.n_rows, len(weights),
+                     ", ".join(names), where, time.perf_counter() - started)
         return dataset
 
     @property
     def _sql(self) -> Any:
         return import_pyspark()
 
-    def _read(self, config: AnalysisConfig, files: list[Path], headers: list[str]) -> Any:
-        """The dataset as a DataFrame of ``c<i>`` columns (header i) and where each row stands."""
+    def _read(self, config: AnalysisConfig, files: Sequence[Path | str], headers: list[str]) -> Any:
+        """The dataset as a DataFrame of ``c<i>`` columns (header i; JSON Lines: ``__line``, the raw text
+        lines) and where each row stands. ``files``: local files, or URIs Spark reads recursively."""
         sql, spark = self._sql, self.session
         functions, types = sql.functions, sql.types
         paths = [str(path) for path in files]
+        # Recursive like the local reader, and no partition columns from folder names (it adds none).
+        reader = spark.read.option("recursiveFileLookup", "true")
         if config.dataset_type == media.CSV:
             schema = types.StructType([types.StructField(f"c{i}", types.StringType()) for i in range(len(headers))])
-            raw = (spark.read.schema(schema)
+            raw = (reader.schema(schema)
                    .options(header="false", sep=",", quote='"', escape='"', multiLine="false", mode="PERMISSIVE")
                    .csv(paths))
             columns = [raw[f"c{i}"] for i in range(len(headers))]
+        elif config.dataset_type == media.JSON_LINES:
+            raw = reader.text(paths)
+            columns = [raw["value"].alias("__line")]
         else:
-            raw = spark.read.parquet(*paths)
+            raw = reader.parquet(*paths)
             columns = [raw[f"`{name.replace('`', '``')}`"].alias(f"c{i}") for i, name in enumerate(raw.columns)]
         frame = raw.select(*columns, functions.col("_metadata.file_path").alias("__file"),
                            functions.col("_metadata.file_block_start").alias("__block"),
@@ -285,10 +381,38 @@ class SparkEngine:
             frame = frame.where(~functions.coalesce(header_row, functions.lit(False)))
         return frame
 
+    def _feature_dtypes(self, frame: Any, stage: RowStage, layout: Layout) -> dict[str, str]:
+        """Each feature's dtype over the whole column, merged from every batch's (a ``DtypeScan`` pass:
+        only the distinct (feature, dtype, missing) triples reach the driver)."""
+        try:
+            rows = frame.mapInArrow(DtypeScan(stage), DTYPE_SCAN_SCHEMA).distinct().collect()
+        except Exception as error:  # noqa: BLE001 - a malformed file: the reason, not the Java trace
+            if layout.uri:
+                with reading(layout.source):
+                    raise
+            raise UserError(f"Spark could not read the dataset {layout.source}: {_first_line(error)}") from None
+        batches: dict[str, list[tuple[str, bool, bool]]] = {}
+        for row in rows:
+            batches.setdefault(row["__feature"], []).append((row["__dtype"], row["__missing"], row["__all_missing"]))
+        return {name: merged_dtype(entries) for name, entries in batches.items()}
+
+    def _stage_schema(self, frame: Any, slots: list[str], json_lines: bool, predicts: bool) -> Any:
+        """The Spark schema of ``RowStage``'s output, in its order (Spark matches columns by position): the
+        role slots, the prediction, the error, the position."""
+        types = self._sql.types
+        string = types.StringType()
+        fields = [types.StructField(slot, string) if json_lines else frame.schema[slot] for slot in slots]
+        names = [*([PREDICTED, PREDICTED_DTYPE] if predicts else []), ERROR, KIND]
+        fields += [types.StructField(name, string) for name in names]
+        fields += [frame.schema[name] for name in POSITION]
+        return types.StructType(fields)
+
     def _typed(self, config: AnalysisConfig, values: pa.Array, name: str) -> Column:
         """A role column from its distinct values, typed as the local reader types the whole column."""
         if config.dataset_type == media.CSV:  # an empty field arrives as null; pandas reads "" as missing
             series = infer_csv_values(pc.fill_null(values.cast(pa.string()), ""))
+        elif config.dataset_type == media.JSON_LINES:  # JSON values: pandas infers the dtype from them
+            series = pd.Series(json_values(values))
         else:
             series = arrow_to_pandas(values, values.null_count > 0)
         return Column.from_series(pd.Series(series.to_numpy(), dtype=series.dtype, copy=False), name)
@@ -298,33 +422,51 @@ class SparkEngine:
     def map_shards(self, settings: ShapSettings | TextShapSettings, tasks: Iterator[ShardTask], workers: int,
                    finished: Callable[[int], None]) -> None:
         """Each shard a Spark task (one partition each); checkpoints written here as results arrive."""
-        from analyzer.explain.shards import write_checkpoint
+        from analyzer.explain.shards import max_concurrency, write_checkpoint
+
+        from .spark_shards import wave_plan
 
         del workers  # Spark decides: one task per free executor core
         rows = [(index, first, stop, pickle.dumps(payload, protocol=5)) for index, first, stop, payload in tasks]
+        plan = wave_plan(max_concurrency(settings), SHARDS_PER_JOB)
         log.info("Spark: %d SHAP shards as Spark tasks", len(rows))
-        runner = _shard_runner(settings)
+        if plan.in_flight is not None:
+            log.info("Spark: predictor.max_concurrency: waves of %d shard(s), %d request(s) in flight per task",
+                     plan.shards_per_wave, plan.task_concurrency)
+        runner = _shard_runner(settings, plan.task_concurrency)
         # Waves of shards, each one Spark job whose results are collected at its end: the tasks of a wave
         # run in parallel (toLocalIterator would run one partition at a time), and the driver holds only a
-        # wave's checkpoints. Checkpoints are written, and progress counted, wave by wave.
-        for start in range(0, len(rows), SHARDS_PER_JOB):
-            wave = pd.DataFrame(rows[start:start + SHARDS_PER_JOB], columns=["shard", "first", "stop", "payload"])
+        # wave's checkpoints. Checkpoints are written, and progress counted, wave by wave; only one wave's
+        # tasks are ever in flight, which is how max_concurrency holds (spark_shards.py).
+        for start in range(0, len(rows), plan.shards_per_wave):
+            wave = pd.DataFrame(rows[start:start + plan.shards_per_wave], columns=["shard", "first", "stop", "payload"])
             shards = (self.session.createDataFrame(wave, "shard long, first long, stop long, payload binary")
                       .repartitionByRange(len(wave), "shard"))  # one shard per task
             try:
                 results = shards.mapInPandas(runner, "shard long, checkpoint binary, error string, kind string").collect()
             except Exception as error:  # noqa: BLE001 - a lost executor beyond Spark's retries, a killed job
                 raise DependencyError(f"Spark could not run the SHAP shards: {_first_line(error)}") from None
+            failed = None
             for row in sorted(results, key=lambda r: r["shard"]):
-                if row["error"] is not None:
-                    raise (UserError if row["kind"] == "user" else DependencyError)(row["error"])
-            for row in sorted(results, key=lambda r: r["shard"]):
-                write_checkpoint(settings, int(row["shard"]), row["checkpoint"])
-                finished(int(row["shard"]))
+                if row["error"] is None:  # the wave's other shards are kept for a rerun
+                    write_checkpoint(settings, int(row["shard"]), row["checkpoint"])
+                    finished(int(row["shard"]))
+                elif failed is None:
+                    failed = row
+            if failed is not None:
+                raise (UserError if failed["kind"] == "user" else DependencyError)(failed["error"])
+
+    def map_predictions(self, endpoint: ModelEndpoint, frames: Iterator[pd.DataFrame]) -> Iterator[Predictions]:
+        """PDP's frames of rows, one Spark task each (``spark_shards.spark_predictions``)."""
+        from .spark_shards import spark_predictions
+
+        return spark_predictions(self.session, endpoint, frames, _first_line)
 
 
-def _shard_runner(settings: ShapSettings | TextShapSettings) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The function each Spark task runs over its shards (pickled with ``settings`` in its closure)."""
+def _shard_runner(settings: ShapSettings | TextShapSettings,
+                  concurrency: int | None = None) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The function each Spark task runs over its shards (pickled with ``settings`` in its closure);
+    ``concurrency``: the task's model requests in flight at most (None: the client's default)."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from analyzer.explain import shards
@@ -335,7 +477,7 @@ def _shard_runner(settings: ShapSettings | TextShapSettings) -> Callable[[Iterat
                 for index, first, stop, payload in zip(batch["shard"], batch["first"], batch["stop"], batch["payload"],
                                                        strict=True):
                     if not opened:
-                        shards.init_worker(settings)
+                        shards.init_worker(settings, concurrency)
                         opened = True
                     data, error, kind = None, None, None
                     try:
@@ -355,11 +497,22 @@ def _shard_runner(settings: ShapSettings | TextShapSettings) -> Callable[[Iterat
 def refuse_unsupported(config: AnalysisConfig) -> None:
     """What the Spark reader does not do yet, named by its config key (the local engine does it)."""
     if config.dataset_type not in _SPARK_TYPES:
-        raise UserError(f"dataset_type: the Spark engine reads {' and '.join(_SPARK_TYPES)} datasets in this "
-                        f"version, not {config.dataset_type}; run with --engine local")
+        raise UserError(f"dataset_type: the Spark engine reads {', '.join(_SPARK_TYPES[:-1])} and {_SPARK_TYPES[-1]} "
+                        f"datasets in this version, not {config.dataset_type}; run with --engine local")
     used = [key for key in _UNSUPPORTED_KEYS if getattr(config, key) is not None]
     if used:
         raise UserError(f"{', '.join(used)}: not supported by the Spark engine yet; run with --engine local")
+
+
+def _check_roles_found(layout: Layout, typed: dict[str, Column], config: AnalysisConfig) -> None:
+    """JSON Lines: a label / predicted label JMESPath that matches no record fails as locally."""
+    from analyzer.data.json_format import _ROLE_PREFIX
+
+    for role, name in layout.role_columns.items():
+        column = typed.get(name)
+        if column is not None and column.nunique == 0:
+            raise DataError(f"{_ROLE_PREFIX[role]} The `{role}` JMESPath {getattr(config, role)!r} matches nothing "
+                            f"in any record of {layout.source}.")
 
 
 _PYTHON_ERROR = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.*)$")

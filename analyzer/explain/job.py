@@ -40,6 +40,7 @@ from analyzer.progress import progress
 
 from .aggregate import aggregate
 from .baseline import compute_baseline
+from .checkpoint_store import CheckpointMirror, CheckpointStore, remove_checkpoints
 from .kernel_shap import Explanation, KernelShap, baseline_expected_value, fit_kernel_shap
 from .limits import PY_STRING_BYTES, check_num_clusters, check_pdp_memory, check_shap_memory
 from .pdp import partial_dependence
@@ -50,6 +51,7 @@ from .shards import (
     TextShapSettings,
     configured_shard_rows,
     discard_entry,
+    even_bounds,
     run_shards,
     run_text_shards,
     shard_size,
@@ -77,9 +79,11 @@ LocalShapHook = Callable[[Explanation, list[str], list[str]], None]
 
 def explain_dataset(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint | None,
                     staging: OutputStaging, work_dir: Path, *, base_dir: Path | None,
-                    model_identity: str = "", on_local: LocalShapHook | None = None) -> dict[str, Any]:
+                    model_identity: str = "", on_local: LocalShapHook | None = None,
+                    checkpoint_store: CheckpointStore | None = None) -> dict[str, Any]:
     """Run ``methods.shap`` and ``methods.pdp``; return ``analysis.json``'s ``explanations`` (may be empty).
-    ``on_local``: given tabular SHAP's local values once they are computed.
+    ``on_local``: given tabular SHAP's local values once they are computed. ``checkpoint_store``: where the
+    shards' checkpoints are also kept, so that a rerun on another machine resumes (checkpoint_store.py).
 
     ``work_dir``: the output folder's work area (``<output>/.lucent-work``), where finished shards are
     checkpointed; it survives a failed run so that the next run resumes, and is removed on success.
@@ -96,18 +100,21 @@ def explain_dataset(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEnd
     if endpoint is None or dataset.features is None:
         raise UserError("methods.shap / methods.pdp need a model (predictor) and the dataset's features")
     try:
-        explanations = _explain(config, dataset, endpoint, staging, work_dir, base_dir, model_identity, on_local)
+        explanations = _explain(config, dataset, endpoint, staging, work_dir, base_dir, model_identity, on_local,
+                                checkpoint_store)
     except BaseException:
         if not any((work_dir / "shap").glob("*/shard-*.npz")):
             _remove_work_area(work_dir)  # nothing to resume from: leave no trace in the output folder
         raise
     _remove_work_area(work_dir)
+    if checkpoint_store is not None and shap is not None:
+        remove_checkpoints(checkpoint_store)
     return explanations
 
 
 def _explain(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint, staging: OutputStaging,
              work_dir: Path, base_dir: Path | None, model_identity: str,
-             on_local: LocalShapHook | None = None) -> dict[str, Any]:
+             on_local: LocalShapHook | None = None, checkpoint_store: CheckpointStore | None = None) -> dict[str, Any]:
     shap, pdp = config.methods.shap, config.methods.pdp
     if pdp is not None:
         check_pdp_memory(pdp, dataset)  # before SHAP: not after hours of it
@@ -120,14 +127,14 @@ def _explain(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint, 
         return explain_images(config, shap, dataset, endpoint, staging, work_dir / "shap", base_dir, model_identity)
     if shap is not None:
         explanations["kernel_shap"] = explain_shap(config, shap, dataset, endpoint, staging, work_dir / "shap",
-                                                   base_dir, model_identity, on_local)
+                                                   base_dir, model_identity, on_local, checkpoint_store)
         global_values = {key: entry["global_shap_values"] for key, entry in explanations["kernel_shap"].items()}
         text_features = frozenset(name for entry in explanations["kernel_shap"].values()
                                   for name in entry.get("global_top_shap_text", {}))
     if pdp is not None:
         explanations["pdp"] = partial_dependence(pdp, dataset, endpoint, global_values,
                                                  seed=shap.seed if shap is not None and shap.seed is not None else 0,
-                                                 text_features=text_features)
+                                                 text_features=text_features, engine=job_engine(config))
     return explanations
 
 
@@ -143,7 +150,8 @@ class ShapInputs:
 
 def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, endpoint: ModelEndpoint,
                  staging: OutputStaging, work_dir: Path, base_dir: Path | None,
-                 model_identity: str = "", on_local: LocalShapHook | None = None) -> dict[str, Any]:
+                 model_identity: str = "", on_local: LocalShapHook | None = None,
+                 checkpoint_store: CheckpointStore | None = None) -> dict[str, Any]:
     """Kernel SHAP of every record: writes the local files, returns ``explanations.kernel_shap``."""
     assert dataset.features is not None
     started = time.perf_counter()
@@ -166,11 +174,14 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
     fingerprint = _fingerprint(config, shap, dataset, inputs, text, predictions.scores, model_identity)
     checkpoint_dir = work_dir / fingerprint
     _drop_stale(work_dir, keep=fingerprint)
+    mirror = None if checkpoint_store is None else CheckpointMirror(checkpoint_store, fingerprint, checkpoint_dir)
+    if mirror is not None:
+        mirror.pull()  # the seed and the shards a lost run left in the store
     seed = _job_seed(shap.seed, checkpoint_dir)
 
     if text:
         return _explain_text(shap, dataset, text, inputs, endpoint, staging, checkpoint_dir, seed, label_keys,
-                             predictions.scores, started)
+                             predictions.scores, started, mirror)
 
     # The main process only assembles the shards: it needs the design and the expected value, and the
     # model's scores for the baseline rows (the only rows it asks for) are already known.
@@ -186,7 +197,7 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
              len(inputs.features), len(label_keys), label_keys)
     settings = ShapSettings(endpoint=endpoint, baseline=baseline, num_samples=inputs.num_samples, seed=seed,
                             use_logit=inputs.use_logit, features=inputs.features, checkpoint_dir=checkpoint_dir,
-                            fitted=fitted)
+                            fitted=fitted, mirror=mirror)
     rows_per_record = (len(explainer.design.masks) + 2) * len(baseline) + 1
     records = dataset.features.to_numpy()
     size = shard_size(rows_per_record)
@@ -200,8 +211,13 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
     if shap.save_local_shap_values:
         joinsource = dataset.joinsource
         ids = joinsource.to_series().rename(joinsource.name) if joinsource is not None else None
-        write_local(staging.path(f"{SHAP_DIR}/out.csv"), local.values, names, label_keys, ids)
-        write_local(staging.path(f"{SHAP_DIR}/out_stderr.csv"), local.stderr, names, label_keys, ids)
+        if local_shap_output(config) == "parts":  # Clarify's Spark layout: out.csv/part-00000-c000.csv, ...
+            for name, values in (("out.csv", local.values), ("out_stderr.csv", local.stderr)):
+                write_local_parts(staging, f"{SHAP_DIR}/{name}", values, names, label_keys, ids,
+                                  even_bounds(len(records), size))
+        else:
+            write_local(staging.path(f"{SHAP_DIR}/out.csv"), local.values, names, label_keys, ids)
+            write_local(staging.path(f"{SHAP_DIR}/out_stderr.csv"), local.stderr, names, label_keys, ids)
     result = shap_section(local, shap.agg_method, names, label_keys)
     log.info("Kernel SHAP of %d records done in %.2f s", len(records), time.perf_counter() - started)
     return result
@@ -290,7 +306,8 @@ def _text_inputs(shap: ShapMethod, dataset: Dataset) -> _TextInputs | None:
 
 def _explain_text(shap: ShapMethod, dataset: Dataset, text: _TextInputs, inputs: ShapInputs,
                   endpoint: ModelEndpoint, staging: OutputStaging, checkpoint_dir: Path, seed: int,
-                  label_keys: list[str], baseline_scores: np.ndarray, started: float) -> dict[str, Any]:
+                  label_keys: list[str], baseline_scores: np.ndarray, started: float,
+                  mirror: CheckpointMirror | None = None) -> dict[str, Any]:
     assert dataset.features is not None and shap.text_config is not None
     baseline = inputs.baseline.to_numpy(dtype=object)
     _check_finite_baseline(baseline_scores, inputs.use_logit)
@@ -302,7 +319,7 @@ def _explain_text(shap: ShapMethod, dataset: Dataset, text: _TextInputs, inputs:
              len(baseline), len(label_keys), label_keys, int(rows.sum()))
     settings = TextShapSettings(endpoint=endpoint, baseline=baseline, text_columns=text.columns,
                                 num_samples=inputs.num_samples, seed=seed, use_logit=inputs.use_logit,
-                                checkpoint_dir=checkpoint_dir, baseline_scores=baseline_scores)
+                                checkpoint_dir=checkpoint_dir, baseline_scores=baseline_scores, mirror=mirror)
     with progress("Text SHAP", total=len(rows), unit="records") as bar:
         local = run_text_shards(settings, dataset.features.to_numpy(dtype=object), text.units, rows, explainer,
                                 on_records=bar.update)
@@ -478,6 +495,23 @@ def write_local(path: Path, values: np.ndarray, names: list[str], label_keys: li
     write_table(path, frame)
 
 
+def local_shap_output(config: AnalysisConfig) -> str:
+    """``"lucent": {"local_shap_output": ...}``: ``"file"`` (one out.csv, the default) or ``"parts"``."""
+    lucent = config.raw.get("lucent")
+    return str((lucent if isinstance(lucent, dict) else {}).get("local_shap_output") or "file")
+
+
+def write_local_parts(staging: OutputStaging, folder: str, values: np.ndarray, names: list[str],
+                      label_keys: list[str], ids: pd.Series | None, bounds: list[int]) -> None:
+    """``folder`` (``explanations_shap/out.csv``) as a folder of part files, one per shard
+    (``bounds``), each with the header: the parts in name order, headers but the first dropped, are
+    the bytes ``write_local`` writes for all the rows (Clarify's Spark output, contract 4.5)."""
+    pairs = list(zip(bounds[:-1], bounds[1:], strict=True)) or [(0, 0)]  # no records: one part, the header
+    for k, (first, stop) in enumerate(pairs):
+        write_local(staging.path(f"{folder}/part-{k:05d}-c000.csv"), values[first:stop], names, label_keys,
+                    None if ids is None else ids.iloc[first:stop])
+
+
 def _write_floats(path: Path, columns: list[str], values: np.ndarray) -> None:
     """The bytes ``write_table`` writes for a float frame without NaN (``repr``: the shortest string that
     round-trips, as pandas writes them), twice as fast: out.csv of an Adult-sized job took 0.5 s."""
@@ -493,7 +527,7 @@ def _write_floats(path: Path, columns: list[str], values: np.ndarray) -> None:
 
 # Predictor keys that name or place things without changing any score: not part of the fingerprint.
 _PREDICTOR_KEYS_NOT_IN_VALUES = frozenset({"label_headers", "instance_type", "initial_instance_count",
-                                           "accelerator_type", "endpoint_name_prefix"})
+                                           "accelerator_type", "endpoint_name_prefix", "max_concurrency"})
 
 
 def _fingerprint(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, inputs: ShapInputs,

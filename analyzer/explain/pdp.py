@@ -6,13 +6,19 @@ centres of ``grid_resolution`` equal-width buckets over the feature's range and 
 fraction of records in each bucket; categorical features (non-numeric columns): every distinct value, most
 frequent first, with its share of records. The mean is over a seeded sample of at most ``MAX_RECORDS``
 records: the curve is an average, and ``grid x records`` model rows per feature must stay bounded.
+
+The model is asked through the job's engine (``Engine.map_predictions``): one frame of ``grid x
+records`` rows per feature, scored in this process (local) or one Spark task per feature; the means are
+taken here, so both engines write the same bytes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,8 +26,11 @@ import pandas as pd
 from analyzer.config.model import PdpMethod
 from analyzer.data import Dataset
 from analyzer.errors import UserError
-from analyzer.predict import ModelEndpoint
+from analyzer.predict import ModelEndpoint, Predictions
 from analyzer.progress import progress
+
+if TYPE_CHECKING:
+    from analyzer.engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +43,11 @@ FREE_TEXT_ERROR = ("Detected data type is not supported for PDP. PDP can only be
 
 def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint,
                        global_shap: dict[str, dict[str, float]] | None, *, seed: int = 0,
-                       text_features: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+                       text_features: frozenset[str] = frozenset(), engine: Engine | None = None) -> list[dict[str, Any]]:
     """``explanations.pdp``: one entry per feature, in the order chosen (config order, else SHAP rank).
 
     ``text_features`` (the text features of a ``text_config`` job) get Clarify's error entry instead.
+    ``engine`` asks the model for the grids' rows (None: a client in this process).
     """
     from .job import feature_index  # job imports this module
 
@@ -54,20 +64,28 @@ def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint
     sample = features if len(features) <= MAX_RECORDS else features.iloc[
         np.sort(rng.choice(len(features), MAX_RECORDS, replace=False))]
     entries = []
-    with endpoint.client() as client, progress("PDP", total=len(columns), unit="features") as bar:
-        for j in columns:
-            column = features.iloc[:, j]
-            if dataset.feature_names[j] in text_features:
-                entries.append({"feature_name": dataset.feature_names[j], "data_type": "free_text",
-                                "error": FREE_TEXT_ERROR})
-                bar.update()
-                continue
-            grid, distribution, data_type = feature_grid(column, pdp.grid_resolution)
+    grids = {j: feature_grid(features.iloc[:, j], pdp.grid_resolution) for j in columns
+             if dataset.feature_names[j] not in text_features}
+
+    def frames() -> Iterator[pd.DataFrame]:
+        for j, (grid, _, data_type) in grids.items():
             # Every grid value's copy of the sample in one request batch: (grid value, record) rows.
             rows = pd.concat([sample] * len(grid), ignore_index=True)
             rows.isetitem(j, np.repeat(np.asarray(grid, dtype=float if data_type == "numerical" else object),
                                        len(sample)))
-            predictions = client.predict(rows)
+            yield rows
+
+    answered = iter(engine.map_predictions(endpoint, frames()) if engine is not None
+                    else predict_frames(endpoint, frames()))
+    with _closed(answered), progress("PDP", total=len(columns), unit="features") as bar:
+        for j in columns:
+            if j not in grids:
+                entries.append({"feature_name": dataset.feature_names[j], "data_type": "free_text",
+                                "error": FREE_TEXT_ERROR})
+                bar.update()
+                continue
+            grid, distribution, data_type = grids[j]
+            predictions = next(answered)
             scores = predictions.scores.reshape(len(grid), len(sample), -1)
             if not np.isfinite(scores).all():
                 raise UserError(f"methods.pdp: the model returned NaN or infinite scores for feature "
@@ -84,6 +102,28 @@ def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint
     log.info("Partial dependence of %d feature(s) on %d records in %.2f s", len(entries), len(sample),
              time.perf_counter() - started)
     return entries
+
+
+@contextmanager
+def _closed(answers: Iterator[Predictions]) -> Iterator[None]:
+    """Close the engine's generator when PDP stops early (a model error): its client, its Spark job."""
+    try:
+        yield
+    finally:
+        close = getattr(answers, "close", None)
+        if close is not None:
+            close()
+
+
+def predict_frames(endpoint: ModelEndpoint, frames: Iterable[pd.DataFrame],
+                   concurrency: int | None = None) -> Iterator[Predictions]:
+    """Each frame's predictions from one client in this process (``LocalEngine.map_predictions``, and
+    each Spark task's frames), with at most ``concurrency`` requests in flight (None:
+    ``predictor.max_concurrency``, else the client's default)."""
+    cap = concurrency or getattr(endpoint.predictor, "max_concurrency", None)
+    with endpoint.client(**({} if cap is None else {"concurrency": int(cap)})) as client:
+        for frame in frames:
+            yield client.predict(frame)
 
 
 def top_features(global_shap: dict[str, dict[str, float]], names: list[str], k: int) -> list[int]:

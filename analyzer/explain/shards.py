@@ -66,6 +66,8 @@ from .text_shap import TextExplanation, TextKernelShap, player_counts
 if TYPE_CHECKING:
     from analyzer.engines import Engine
 
+    from .checkpoint_store import CheckpointMirror
+
 log = logging.getLogger(__name__)
 
 WORKERS_ENV = "LUCENT_SHAP_WORKERS"
@@ -104,6 +106,9 @@ class ShapSettings:
     # The main process's fit (design, solver, expected value): workers explain with the very same object
     # instead of drawing the design again and asking the model for the baseline's scores.
     fitted: KernelShapFit | None = None
+    # The checkpoints' copy in the output store (checkpoint_store.py): each shard is pushed there by the
+    # process that writes its checkpoint. None: the work area only.
+    mirror: CheckpointMirror | None = None
 
     def explainer(self, model: Callable[[np.ndarray], np.ndarray]) -> KernelShap:
         if self.fitted is not None:
@@ -125,6 +130,7 @@ class TextShapSettings:
     use_logit: bool
     checkpoint_dir: Path
     baseline_scores: np.ndarray | None = None  # known to the main process: workers need not ask the model
+    mirror: CheckpointMirror | None = None  # as ShapSettings.mirror
 
     def explainer(self, model: Callable[[np.ndarray], np.ndarray]) -> TextKernelShap:
         # Texts make rows of hundreds of bytes: smaller calls keep a worker's strings in the tens of MB.
@@ -243,6 +249,8 @@ def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: 
     """Run the shards ``bounds[i]:bounds[i + 1]`` not checkpointed yet; return every shard's result, in
     order, loaded one at a time from its checkpoint (so that the caller can fold them as they come)."""
     n_shards = len(bounds) - 1 if bounds[-1] > 0 else 0
+    if settings.mirror is not None:  # the store holds every shard done (pulled already: job.py)
+        settings.mirror.push_missing()
     checkpoints = _Checkpoints(settings, bounds, payload, explainer)
     todo = [i for i in range(n_shards) if not checkpoints.usable(i)]
     if len(todo) < n_shards:
@@ -251,6 +259,8 @@ def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: 
     in_process = bool(getattr(settings.endpoint, "in_process", False))
     rows_todo = int(sum(rows[bounds[i]:bounds[i + 1]].sum() for i in todo))
     workers = worker_count(len(todo), rows_todo, in_process_rows_per_worker if in_process else None) if todo else 0
+    if (cap := max_concurrency(settings)) is not None:
+        workers = min(workers, cap)  # each worker has one request in flight at least
     progress = _Progress([int(rows[bounds[i]:bounds[i + 1]].sum()) for i in range(n_shards)],
                          np.diff(bounds).tolist(), todo)
     log.info("SHAP: %d records in %d shards of up to %d records, %d worker process(es)", bounds[-1], n_shards,
@@ -260,6 +270,8 @@ def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: 
         return i, bounds[i], bounds[i + 1], payload(bounds[i], bounds[i + 1])
 
     def finished(i: int) -> None:
+        if settings.mirror is not None:  # in the store before the shard counts as done
+            settings.mirror.push(shard_path(settings.checkpoint_dir, i))
         progress.advance(i)
         if on_done is not None:
             on_done(i)
@@ -278,13 +290,29 @@ def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: 
 ShardTask = tuple[int, int, int, tuple]  # shard index, first record, stop record, explainer.explain(*payload)
 
 
+def max_concurrency(settings: ShapSettings | TextShapSettings) -> int | None:
+    """``predictor.max_concurrency``: the most model requests the job may have in flight at once, over
+    all its workers (None: not capped)."""
+    endpoint = settings.endpoint  # images: a scorer of pictures around the ModelEndpoint (``model``)
+    predictor = getattr(endpoint, "predictor", None) or getattr(getattr(endpoint, "model", None), "predictor", None)
+    cap = getattr(predictor, "max_concurrency", None)
+    return int(cap) if cap else None
+
+
+def worker_concurrency(settings: ShapSettings | TextShapSettings, workers: int) -> int | None:
+    """Requests one of ``workers`` workers may have in flight under ``max_concurrency`` (None: the
+    client's default)."""
+    cap = max_concurrency(settings)
+    return None if cap is None else max(1, cap // max(1, workers))
+
+
 def run_local_shards(settings: ShapSettings | TextShapSettings, tasks: Iterator[ShardTask], workers: int,
                      finished: Callable[[int], None]) -> None:
     """This machine's way to run shards (``analyzer.engines.LocalEngine``): in this process when
     ``workers`` is 1 (the model is loaded here already), else in a pool of ``workers`` processes. Each
     shard is checkpointed, then ``finished(index)`` is called in this process."""
     if workers <= 1:
-        _init_worker(settings)
+        _init_worker(settings, concurrency=worker_concurrency(settings, 1))
         try:
             for task in tasks:
                 finished(_run_shard(*task))
@@ -309,7 +337,7 @@ def _run_pool(settings: ShapSettings | TextShapSettings, shards: Iterator[ShardT
     # The workers are told this process's id: they exit when it dies (a kill -9 runs no cleanup here).
     spawned = workers - 1
     executor = ProcessPoolExecutor(spawned, mp_context=get_context("spawn"), initializer=_init_worker,
-                                   initargs=(settings, os.getpid(), workers))
+                                   initargs=(settings, os.getpid(), workers, worker_concurrency(settings, workers)))
     lock = threading.Lock()
     results: queue.SimpleQueue[Future[int]] = queue.SimpleQueue()
     stop = threading.Event()
@@ -351,7 +379,7 @@ def _run_pool(settings: ShapSettings | TextShapSettings, shards: Iterator[ShardT
             feed()
         while (task := take()) is not None:
             if not here:
-                _init_worker(settings, workers=workers)
+                _init_worker(settings, workers=workers, concurrency=worker_concurrency(settings, workers))
                 here = True
             finished(_run_shard(*task))
             report(block=False)
@@ -374,7 +402,8 @@ def _run_pool(settings: ShapSettings | TextShapSettings, shards: Iterator[ShardT
 _worker: dict = {}  # per-process state: the settings, the model client and the explainer
 
 
-def _init_worker(settings: ShapSettings | TextShapSettings, parent_pid: int | None = None, workers: int = 1) -> None:
+def _init_worker(settings: ShapSettings | TextShapSettings, parent_pid: int | None = None, workers: int = 1,
+                 concurrency: int | None = None) -> None:
     from threadpoolctl import threadpool_limits
 
     if parent_pid is not None:  # a worker process: it must not outlive the job (SIGKILL: nothing to clean up,
@@ -384,8 +413,10 @@ def _init_worker(settings: ShapSettings | TextShapSettings, parent_pid: int | No
     # A model scored in process runs in these workers: each gets its share of the cores (one scoring
     # thread per core in all, the model's own threads held to one each), so that a job with fewer shards
     # than cores still keeps every core busy, and one with more does not oversubscribe them.
+    # ``concurrency``: this worker's share of predictor.max_concurrency (None: the client's default).
+    capped = {} if concurrency is None else {"concurrency": concurrency}
     client = settings.endpoint.client(max_records_per_request=RECORDS_PER_REQUEST,
-                                      processes=workers)
+                                      processes=workers, **capped)
     _worker.update(settings=settings, client=client,
                    explainer=settings.explainer(lambda rows: client.predict(rows).scores))
 
@@ -400,9 +431,10 @@ def _close_worker() -> None:
     _worker.clear()
 
 
-def init_worker(settings: ShapSettings | TextShapSettings) -> None:
-    """Set up this process to explain shards with ``settings`` (another engine's task: one worker)."""
-    _init_worker(settings)
+def init_worker(settings: ShapSettings | TextShapSettings, concurrency: int | None = None) -> None:
+    """Set up this process to explain shards with ``settings`` (another engine's task: one worker),
+    with at most ``concurrency`` model requests in flight (None: the client's default)."""
+    _init_worker(settings, concurrency=concurrency)
 
 
 def close_worker() -> None:

@@ -230,6 +230,8 @@ class ModelClient:
             self.headers["X-Amzn-SageMaker-Target-Model"] = predictor.target_model
         self.max_payload_bytes = max_payload_bytes
         self.concurrency = max(1, concurrency or 2 * (os.cpu_count() or 1))
+        if predictor.max_concurrency:  # the user's cap on in-flight requests (shared out among workers by the caller)
+            self.concurrency = min(self.concurrency, predictor.max_concurrency)
         self.timeout = model_timeout_seconds() if timeout is None else timeout
         self.retry = retry or RetryPolicy()
         self.stats = ClientStats()

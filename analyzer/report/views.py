@@ -324,6 +324,16 @@ READINGS = {
 }
 
 
+def _sampled_note(metric: dict) -> str:
+    """Lucent's note on a value estimated from a sample (the Spark engine's Flip Test beyond a broadcast)."""
+    notes = metric.get("lucent") or {}
+    if not notes.get("sampled"):
+        return ""
+    low, high = notes.get("interval", [None, None])
+    return (f" Sampled: estimated from {notes.get('sample_rows')} of the group's {notes.get('facet_d_rows')} rows, "
+            f"{notes.get('confidence', 0.95):.0%} interval [{format_value(low)}, {format_value(high)}].")
+
+
 def reading(metric: dict, context: Context) -> str:
     """What one metric entry of analysis.json means for the group, in one or two sentences."""
     if metric.get("value") is None:
@@ -335,7 +345,7 @@ def reading(metric: dict, context: Context) -> str:
         return ""
     if math.isinf(value) and not METRICS[metric["name"]].infinite:
         return "Infinite: a division by zero for this group."
-    return read(value, context)
+    return read(value, context) + _sampled_note(metric)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,174 @@
+"""SHAP checkpoints kept in a store outside the job's work area, so that a rerun after a lost driver
+(or a ``lucent launch`` on a fresh machine) resumes from the shards already done.
+
+The job's work area (``<output>/.lucent-work/shap/<fingerprint>/``) stays the working copy: shards are
+checked (``shards._Checkpoints``) and assembled there. A ``CheckpointMirror`` copies it to and from a
+store under the same relative names (``shap/<fingerprint>/shard-000000.npz``, ``seed.json``):
+
+* before the job looks at its checkpoints, every file the store holds for this fingerprint and the work
+  area lacks is downloaded (``pull``), and the store's checkpoints of other fingerprints are removed
+  (they can never be reused, as in the work area);
+* each shard is uploaded as soon as its checkpoint is written (``push``), by the process that writes it
+  (the job's main process, or the Spark driver), before the shard is counted as done;
+* on success the store's checkpoints are removed with the work area's.
+
+Where the store is: ``"lucent": {"checkpoint_uri": "s3://bucket/prefix"}`` in ``analysis_config.json``
+(a local path or ``file://`` URI for a shared file system), else ``<published output URI>/.lucent-work``
+when the job's output is published (``LUCENT_OUTPUT_URI`` or SageMaker's processing output), else none.
+The analyzer never talks to S3 itself: it declares ``CheckpointStore`` and the container hands it an
+implementation (``container.checkpoint_store``), as it hands down the model loader. A folder store
+(``FolderStore``) is implemented here: it needs no client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from analyzer.errors import UserError
+from analyzer.output import INTERNAL_PREFIX, atomic_writer
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_URI_KEY = "checkpoint_uri"  # "lucent": {"checkpoint_uri": ...} in analysis_config.json
+WORK_AREA = f"{INTERNAL_PREFIX}work"  # the output folder's work area, also its name under a published output
+SHAP_PREFIX = "shap"
+
+
+class CheckpointStore(Protocol):
+    """Objects named by relative POSIX paths (``shap/<fingerprint>/shard-000000.npz``). Errors are
+    ``UserError``s naming the store (a bucket that does not exist, access denied)."""
+
+    def names(self, prefix: str) -> list[str]:
+        """Every object name under ``prefix`` (a folder name, without a trailing slash)."""
+        ...
+
+    def read(self, name: str) -> bytes:
+        ...
+
+    def write(self, name: str, data: bytes) -> None:
+        """Write the whole object (a reader never sees part of it)."""
+        ...
+
+    def remove(self, names: Iterable[str]) -> None:
+        ...
+
+
+class FolderStore:
+    """A store in a local folder (a shared file system mounted on every host that may run the driver)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def names(self, prefix: str) -> list[str]:
+        base = self.root / prefix
+        if not base.is_dir():
+            return []
+        return sorted(path.relative_to(self.root).as_posix() for path in base.rglob("*")
+                      if path.is_file() and not path.is_symlink() and not path.name.endswith(".tmp"))
+
+    def read(self, name: str) -> bytes:
+        try:
+            return (self.root / name).read_bytes()
+        except OSError as error:
+            raise UserError(f"cannot read the SHAP checkpoint {self.root / name}: {error.strerror or error}") from None
+
+    def write(self, name: str, data: bytes) -> None:
+        path = self.root / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_writer(path, "wb") as handle:
+                handle.write(data)
+        except OSError as error:
+            raise UserError(f"cannot write the SHAP checkpoint {path}: {error.strerror or error}") from None
+
+    def remove(self, names: Iterable[str]) -> None:
+        for name in names:
+            path = self.root / name
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                log.warning("SHAP: could not remove the checkpoint %s: %s", path, error)
+            for folder in path.parents:  # the folders it leaves empty, up to the store's root
+                if folder == self.root or not folder.is_relative_to(self.root):
+                    break
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+
+def checkpoint_uri(lucent: Any, output_uri: str | None) -> str | None:
+    """Where the SHAP checkpoints are kept beside the work area (module docstring): ``lucent``'s
+    ``checkpoint_uri`` (the config's ``"lucent"`` object, validated by the schema), else the published
+    output's work area, else None (the work area only)."""
+    configured = lucent.get(CHECKPOINT_URI_KEY) if isinstance(lucent, dict) else None
+    if configured:
+        return str(configured)
+    if output_uri and output_uri.strip():
+        return f"{output_uri.strip().rstrip('/')}/{WORK_AREA}"
+    return None
+
+
+class CheckpointMirror:
+    """The job's checkpoint folder (``local``) mirrored in ``store`` under ``shap/<fingerprint>``.
+
+    Sent to worker processes with the shard settings (plain data; a store drops its client when
+    pickled), where it is never used: only the process that writes a checkpoint pushes it."""
+
+    def __init__(self, store: CheckpointStore, fingerprint: str, local: Path):
+        self.store, self.fingerprint, self.local = store, fingerprint, Path(local)
+        self.prefix = f"{SHAP_PREFIX}/{fingerprint}"
+
+    def __str__(self) -> str:
+        return f"{self.store}/{self.prefix}"
+
+    def pull(self) -> int:
+        """Remove the store's checkpoints of other fingerprints, then download this fingerprint's files
+        the work area lacks; returns how many were downloaded."""
+        stale = [name for name in self.store.names(SHAP_PREFIX) if not name.startswith(self.prefix + "/")]
+        if stale:
+            log.info("Removing %d stale SHAP checkpoint(s) from %s", len(stale), self.store)
+            self.store.remove(stale)
+        self.local.mkdir(parents=True, exist_ok=True)
+        fetched = 0
+        for name in self.store.names(self.prefix):
+            relative = name[len(self.prefix) + 1:]
+            if "/" in relative or relative.startswith("."):  # only the files Lucent writes there
+                continue
+            target = self.local / relative
+            if os.path.lexists(target):
+                continue
+            with atomic_writer(target, "wb") as handle:
+                handle.write(self.store.read(name))
+            fetched += 1
+        if fetched:
+            log.info("SHAP: %d checkpoint file(s) downloaded from %s", fetched, self)
+        return fetched
+
+    def push(self, path: Path) -> None:
+        """Upload one file of the work area (a shard's checkpoint, the seed)."""
+        self.store.write(f"{self.prefix}/{Path(path).name}", Path(path).read_bytes())
+
+    def push_missing(self) -> None:
+        """Upload the work area's files the store lacks (the seed just drawn, shards of an earlier run)."""
+        there = set(self.store.names(self.prefix))
+        for path in sorted(self.local.iterdir()) if self.local.is_dir() else []:
+            if (path.is_file() and not path.is_symlink() and not path.name.startswith(".")
+                    and f"{self.prefix}/{path.name}" not in there):
+                self.push(path)
+
+
+def remove_checkpoints(store: CheckpointStore) -> None:
+    """The job succeeded: its SHAP checkpoints are no longer needed anywhere."""
+    store.remove(store.names(SHAP_PREFIX))
+
+
+__all__ = ["CHECKPOINT_URI_KEY", "CheckpointMirror", "CheckpointStore", "FolderStore", "checkpoint_uri",
+           "remove_checkpoints"]
