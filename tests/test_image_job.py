@@ -130,7 +130,7 @@ def test_unreadable_image_fails_naming_the_file(tmp_path):
     assert "analysis.json" not in job.output_files()
 
 
-def _png_header_claiming(width: int, height: int) -> bytes:
+def png_header_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width x height`` RGB pixels, with one tiny compressed block of data."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -145,7 +145,7 @@ def test_a_picture_claiming_too_many_pixels_is_refused_before_decoding(tmp_path)
     # warns and would decode 300 MB from a 100-byte file; under twice the limit, where it raises itself.
     assert Image.MAX_IMAGE_PIXELS < 100_000_000 < 2 * Image.MAX_IMAGE_PIXELS
     job = _demo_job(tmp_path)
-    (job.data_dir / "bomb.png").write_bytes(_png_header_claiming(10_000, 10_000))
+    (job.data_dir / "bomb.png").write_bytes(png_header_claiming(10_000, 10_000))
     assert job.run() == 1
     assert job.message.startswith("ClientError: ") and "bomb.png" in job.message, job.message
     assert "10000 x 10000 pixels" in job.message, job.message

@@ -15,6 +15,7 @@ from analyzer.predict.image_requests import ImageRecords
 from container.image_demo import image_demo_config, make_images, write_image_demo_job
 from container.sidecar import codecs
 from tests.conftest import JobRoot
+from tests.test_image_job import png_header_claiming
 
 
 def _images(n: int = 3) -> np.ndarray:
@@ -53,6 +54,13 @@ def test_png_request_round_trips_exactly_and_jpeg_closely():
 def test_server_refuses_a_body_that_is_not_an_image(content_type):
     with pytest.raises(codecs.CodecError, match=f"malformed {content_type} body") as raised:
         codecs.decode(bytearray(b"GIF89a not what it says"), content_type)
+    assert raised.value.status == 400
+
+
+def test_server_refuses_a_picture_claiming_too_many_pixels_before_decoding():
+    # 100M pixels claimed by a 100-byte PNG: Pillow would only warn and decode 300 MB per request.
+    with pytest.raises(codecs.CodecError, match="10000 x 10000 pixels, more than Lucent decodes") as raised:
+        codecs.decode(bytearray(png_header_claiming(10_000, 10_000)), PNG)
     assert raised.value.status == 400
 
 

@@ -138,7 +138,8 @@ class InProcessClient(ModelClient):
             else:
                 body = records.body(batch.start, batch.stop)
                 # A bytearray, as the server receives it (its default input_fn reads npy bodies in place).
-                data = bytearray().join(body) if isinstance(body, SplitBody) else bytearray(body)
+                # .pieces, not the body: join() would pre-allocate len(body) slots, its size in bytes.
+                data = bytearray().join(body.pieces) if isinstance(body, SplitBody) else bytearray(body)
                 answer = self.model.invoke(data, self.content_type, self.accept, self.request_headers)
         except ModelRefused as refusal:
             raise _Refused(str(refusal)) from None

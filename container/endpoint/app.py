@@ -78,8 +78,13 @@ class Request:
         return self.target.split("?", 1)[0]
 
     def header(self, name: str) -> str | None:
-        lower = name.lower()
-        return next((value for key, value in self.headers if key.lower() == lower), None)
+        """The first value of the header ``name`` (any case), or None."""
+        index = self.__dict__.get("_index")
+        if index is None:  # built once: a request's headers are looked up a dozen times
+            index = self.__dict__["_index"] = {}
+            for key, value in self.headers:
+                index.setdefault(key.lower(), value)
+        return index.get(name.lower())
 
 
 @dataclass

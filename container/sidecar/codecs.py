@@ -70,9 +70,14 @@ def decode_image(body: bytes | bytearray, mime: str) -> np.ndarray:
     """A JPEG / PNG request body -> ``(1, height, width, 3)`` uint8 RGB, the shape an npy batch of images has."""
     from PIL import Image, UnidentifiedImageError
 
+    from analyzer.data.images import open_picture
+    from analyzer.errors import DataError
+
     try:
-        with Image.open(io.BytesIO(bytes(body))) as picture:
+        with open_picture(io.BytesIO(bytes(body)), f"the {mime} body") as picture:
             return np.asarray(picture.convert("RGB"), dtype=np.uint8)[None]
+    except DataError as exc:  # a header claiming more pixels than Lucent decodes
+        raise CodecError(str(exc)) from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise CodecError(f"malformed {mime} body: {exc}") from None
 
