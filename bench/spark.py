@@ -140,7 +140,7 @@ def shap(tmp: Path, records: int) -> None:
         outputs[name] = (root / "output" / "explanations_shap" / "out.csv").read_bytes()
         print(f"  {name:15s} {wall:8.2f} s = {rates[name]:8.1f} records/s  [loadavg {load}]")
     share = rates["Spark local[2]"] / rates["local engine"]
-    print(f"  Spark's throughput: {100 * share:.0f} % of the local engine's (target >= 80 %); out.csv identical: "
+    print(f"  Spark's throughput: {100 * share:.1f} % of the local engine's (target >= 80 %); out.csv identical: "
           f"{outputs['local engine'] == outputs['Spark local[2]']}")
 
 
