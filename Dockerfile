@@ -75,4 +75,6 @@ RUN useradd --create-home --uid 1000 lucent \
     && chmod 1777 /opt/ml/processing/output /opt/ml/output
 USER lucent
 WORKDIR /opt/ml/processing
-ENTRYPOINT ["lucent", "run"]
+# `lucent run ARGS`; in the Spark image also the `driver` / `executor` roles of Spark on Kubernetes pods
+# (container/entrypoint.py), so it serves as spark.kubernetes.container.image.
+ENTRYPOINT ["lucent-image"]

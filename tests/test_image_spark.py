@@ -76,3 +76,67 @@ def test_the_image_has_java_and_pyspark(engine, spark_image):  # noqa: F811
     first, version = out.decode().strip().splitlines()
     assert "17." in first
     assert version.split(".")[0] == "4"
+
+
+def test_an_executor_pod_started_from_the_image_runs_a_drivers_tasks(engine, spark_image, tmp_path):  # noqa: F811
+    """``spark.kubernetes.container.image``: Spark on Kubernetes starts executor pods from the image with
+    the argument ``executor`` and the driver's coordinates in ``SPARK_*`` variables. Without a Kubernetes
+    cluster here, the pod is the container started the same way, on the host's network, and the driver a
+    session on a standalone master with no worker of its own: the only executor that can run its tasks is
+    the one the image's entrypoint starts."""
+    import pyspark
+    from pyspark.sql import SparkSession
+
+    from tests.test_engine_cluster import Daemon, free_port
+
+    env = {**os.environ, "SPARK_HOME": os.path.dirname(pyspark.__file__), "SPARK_LOCAL_IP": "127.0.0.1",
+           "SPARK_LOG_DIR": str(tmp_path / "logs")}
+    port = free_port()
+    master = Daemon("org.apache.spark.deploy.master.Master",
+                    ["--host", "127.0.0.1", "--port", str(port), "--webui-port", str(free_port())], env)
+    container = session = None
+    try:
+        master.wait_for("I have been elected leader")
+        session = (SparkSession.builder.master(f"spark://127.0.0.1:{port}").appName("pod-test")
+                   .config("spark.driver.host", "127.0.0.1").config("spark.driver.port", str(free_port()))
+                   .config("spark.ui.enabled", "false")
+                   .config("spark.pyspark.python", "/opt/lucent/bin/python")  # the image's Python, in the pod
+                   .getOrCreate())
+        context = session.sparkContext
+        container = engine.containers.run(spark_image, ["executor"], detach=True, network_mode="host", environment={
+            "SPARK_DRIVER_URL": f"spark://CoarseGrainedScheduler@127.0.0.1:{context.getConf().get('spark.driver.port')}",
+            "SPARK_EXECUTOR_ID": "1", "SPARK_EXECUTOR_CORES": "1", "SPARK_APPLICATION_ID": context.applicationId,
+            "SPARK_EXECUTOR_POD_IP": "127.0.0.1", "SPARK_RESOURCE_PROFILE_ID": "0",
+            "SPARK_EXECUTOR_POD_NAME": "lucent-exec-1", "SPARK_EXECUTOR_MEMORY": "600m"})
+
+        def where(batches):
+            import sys as task_sys
+
+            import pandas as task_pd
+
+            for batch in batches:
+                yield task_pd.DataFrame({"id": batch["id"], "python": task_sys.executable})
+
+        rows = session.range(6).mapInPandas(where, "id long, python string").collect()
+        assert sorted(row["id"] for row in rows) == list(range(6))
+        pythons = {row["python"] for row in rows}
+        assert len(pythons) == 1 and pythons.pop().startswith("/opt/lucent/bin/python")  # in the pod, not here
+    finally:
+        logs = container.logs().decode("utf-8", "replace") if container is not None else ""
+        if session is not None:
+            session.stop()
+        if container is not None:
+            container.remove(force=True)
+        master.stop()
+    assert "Successfully registered with driver" in logs, logs[-3000:]
+
+
+def test_an_executor_pod_without_the_drivers_variables_says_which(engine, spark_image):  # noqa: F811
+    container = engine.containers.run(spark_image, ["executor"], detach=True,
+                                      environment={"SPARK_EXECUTOR_ID": "1"})
+    try:
+        assert container.wait(timeout=120)["StatusCode"] == 1
+        logs = container.logs().decode()
+    finally:
+        container.remove(force=True)
+    assert "an executor pod needs SPARK_DRIVER_URL, SPARK_EXECUTOR_CORES" in logs, logs
