@@ -140,3 +140,14 @@ def test_an_executor_pod_without_the_drivers_variables_says_which(engine, spark_
     finally:
         container.remove(force=True)
     assert "an executor pod needs SPARK_DRIVER_URL, SPARK_EXECUTOR_CORES" in logs, logs
+
+
+def test_a_driver_pod_started_from_the_image_is_spark_submit_in_client_mode(engine, spark_image):  # noqa: F811
+    container = engine.containers.run(spark_image, ["driver", "--version"], detach=True,
+                                      environment={"SPARK_DRIVER_BIND_ADDRESS": "127.0.0.1"})
+    try:
+        assert container.wait(timeout=120)["StatusCode"] == 0
+        logs = container.logs().decode()
+    finally:
+        container.remove(force=True)
+    assert "version 4." in logs, logs  # spark-submit's own banner: the role reached pyspark's spark-submit
