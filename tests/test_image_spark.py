@@ -78,7 +78,7 @@ def test_the_image_has_java_and_pyspark(engine, spark_image):  # noqa: F811
     assert version.split(".")[0] == "4"
 
 
-def test_an_executor_pod_started_from_the_image_runs_a_drivers_tasks(engine, spark_image, tmp_path):  # noqa: F811
+def test_an_executor_pod_started_from_the_image_runs_a_drivers_tasks(engine, spark_image, tmp_path, monkeypatch):  # noqa: F811,E501
     """``spark.kubernetes.container.image``: Spark on Kubernetes starts executor pods from the image with
     the argument ``executor`` and the driver's coordinates in ``SPARK_*`` variables. Without a Kubernetes
     cluster here, the pod is the container started the same way, on the host's network, and the driver a
@@ -89,6 +89,9 @@ def test_an_executor_pod_started_from_the_image_runs_a_drivers_tasks(engine, spa
 
     from tests.test_engine_cluster import Daemon, free_port
 
+    # The tasks' interpreter is the image's: PySpark takes it from PYSPARK_PYTHON, which an engine started
+    # earlier in this process sets to this interpreter (a path that does not exist in the pod).
+    monkeypatch.setenv("PYSPARK_PYTHON", "/opt/lucent/bin/python")
     env = {**os.environ, "SPARK_HOME": os.path.dirname(pyspark.__file__), "SPARK_LOCAL_IP": "127.0.0.1",
            "SPARK_LOG_DIR": str(tmp_path / "logs")}
     port = free_port()
@@ -131,23 +134,22 @@ def test_an_executor_pod_started_from_the_image_runs_a_drivers_tasks(engine, spa
     assert "Successfully registered with driver" in logs, logs[-3000:]
 
 
-def test_an_executor_pod_without_the_drivers_variables_says_which(engine, spark_image):  # noqa: F811
-    container = engine.containers.run(spark_image, ["executor"], detach=True,
-                                      environment={"SPARK_EXECUTOR_ID": "1"})
+def run_to_end(engine, image: str, args: list[str], environment: dict[str, str]) -> tuple[int, str]:  # noqa: F811
+    """Run ``image ARGS`` to its end: (exit status, its output)."""
+    container = engine.containers.run(image, args, detach=True, environment=environment)
     try:
-        assert container.wait(timeout=120)["StatusCode"] == 1
-        logs = container.logs().decode()
+        return container.wait(timeout=120)["StatusCode"], container.logs().decode("utf-8", "replace")
     finally:
         container.remove(force=True)
+
+
+def test_an_executor_pod_without_the_drivers_variables_says_which(engine, spark_image):  # noqa: F811
+    code, logs = run_to_end(engine, spark_image, ["executor"], {"SPARK_EXECUTOR_ID": "1"})
+    assert code == 1
     assert "an executor pod needs SPARK_DRIVER_URL, SPARK_EXECUTOR_CORES" in logs, logs
 
 
 def test_a_driver_pod_started_from_the_image_is_spark_submit_in_client_mode(engine, spark_image):  # noqa: F811
-    container = engine.containers.run(spark_image, ["driver", "--version"], detach=True,
-                                      environment={"SPARK_DRIVER_BIND_ADDRESS": "127.0.0.1"})
-    try:
-        assert container.wait(timeout=120)["StatusCode"] == 0
-        logs = container.logs().decode()
-    finally:
-        container.remove(force=True)
+    code, logs = run_to_end(engine, spark_image, ["driver", "--version"], {"SPARK_DRIVER_BIND_ADDRESS": "127.0.0.1"})
+    assert code == 0
     assert "version 4." in logs, logs  # spark-submit's own banner: the role reached pyspark's spark-submit
