@@ -35,7 +35,7 @@ def exit_with_parent(parent_pid: int, stop: Callable[[], None] | None = None, *,
     it only when that thread lives as long as this process should. Returns the watching thread.
     """
     if death_signal is not None:
-        _set_parent_death_signal(death_signal)
+        set_parent_death_signal(death_signal)
     action = stop or _exit_now
 
     def watch() -> None:
@@ -54,7 +54,7 @@ def _exit_now() -> None:
     os._exit(1)  # no cleanup: nobody is left to receive this process's results
 
 
-def _set_parent_death_signal(signal_number: int) -> bool:
+def set_parent_death_signal(signal_number: int) -> bool:
     """``prctl(PR_SET_PDEATHSIG, signal_number)`` on Linux; False where it is not available."""
     if not sys.platform.startswith("linux"):
         return False
@@ -65,4 +65,4 @@ def _set_parent_death_signal(signal_number: int) -> bool:
         return False
 
 
-__all__ = ["exit_with_parent"]
+__all__ = ["exit_with_parent", "set_parent_death_signal"]

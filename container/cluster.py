@@ -46,7 +46,7 @@ from pathlib import Path
 from analyzer.engines import ENGINE_ENV, SPARK_MASTER_ENV, close_engines
 from analyzer.environment import environment_set, positive_number
 from analyzer.errors import DependencyError, UserError
-from analyzer.parent import _set_parent_death_signal
+from analyzer.parent import set_parent_death_signal
 from container.job import (
     EXIT_INTERNAL_ERROR,
     EXIT_OK,
@@ -206,7 +206,7 @@ class Daemon:
         self.process = subprocess.Popen(
             [str(Path(env["SPARK_HOME"]) / "bin" / "spark-class"), main_class, *args], env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            start_new_session=True, preexec_fn=lambda: _set_parent_death_signal(signal.SIGTERM))
+            start_new_session=True, preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM))
         threading.Thread(target=self._read, name=f"spark-{name}-log", daemon=True).start()
 
     def _read(self) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
 from pathlib import Path
@@ -166,10 +166,11 @@ def demo_config() -> dict:
     return json.loads(json.dumps(DEMO_CONFIG))
 
 
-def csv_scoring_model(score: Callable) -> type[BaseHTTPRequestHandler]:
+def csv_scoring_model(score: Callable, around: Callable | None = None) -> type[BaseHTTPRequestHandler]:
     """A model server's handler for ``http_server(handler, request_rows=[])``: ``GET`` answers 200, ``POST``
     reads CSV rows (no header), records how many in ``server.request_rows`` and answers ``score(frame)``
-    as CSV in full precision."""
+    as CSV in full precision. ``around(server, frame)``: a context manager the scoring runs in (a test's
+    bookkeeping of requests in flight)."""
 
     class Model(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server API
@@ -183,7 +184,8 @@ def csv_scoring_model(score: Callable) -> type[BaseHTTPRequestHandler]:
             frame = pd.read_csv(StringIO(self.rfile.read(int(self.headers["Content-Length"])).decode()), header=None)
             self.server.request_rows.append(len(frame))
             out = StringIO()
-            np.savetxt(out, score(frame), delimiter=",", fmt="%.17g")
+            with around(self.server, frame) if around is not None else nullcontext():
+                np.savetxt(out, score(frame), delimiter=",", fmt="%.17g")
             self.send_response(200)
             self.send_header("Content-Type", "text/csv")
             self.end_headers()

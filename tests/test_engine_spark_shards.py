@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import StringIO
 
 import numpy as np
@@ -25,7 +26,14 @@ from analyzer.engines.spark_shards import TASK_CONCURRENCY, wave_plan
 from analyzer.explain import shards
 from analyzer.explain.checkpoint_store import CheckpointMirror, FolderStore, checkpoint_uri
 from container.job import SUCCESS_MESSAGE
-from tests.conftest import JobRoot, http_server, moto_s3, run_crashing_after_shards, use_test_credentials
+from tests.conftest import (
+    JobRoot,
+    csv_scoring_model,
+    http_server,
+    moto_s3,
+    run_crashing_after_shards,
+    use_test_credentials,
+)
 from tests.test_engine_spark import MASTER, no_engine_settings, spark  # noqa: F401 - the module's fixtures
 
 WEIGHTS = np.array([1.0, -2.0, 0.5, 3.0, 0.25, -1.5])
@@ -33,35 +41,26 @@ SHAP_FILES = ["analysis.json", "explanations_shap/out.csv", "explanations_shap/o
               "explanations_shap/baseline.csv"]
 
 
-class Model(BaseHTTPRequestHandler):
-    """``POST``: CSV rows -> ``rows @ WEIGHTS + 0.1``. Counts rows and requests; each request is held until
-    more than ``server.hold_above`` are in flight or ``server.hold_s`` pass, so that requests a client
-    sends at once overlap here (a cap that does not hold shows as a peak above it)."""
-
-    def do_GET(self):  # noqa: N802 - http.server API
-        self.send_response(200)
-        self.end_headers()
-
-    def do_POST(self):  # noqa: N802 - http.server API
-        server = self.server
-        frame = pd.read_csv(StringIO(self.rfile.read(int(self.headers["Content-Length"])).decode()), header=None)
-        with server.state:
-            server.active += 1
-            server.peak = max(server.peak, server.active)
-            server.rows += len(frame)
-            server.state.notify_all()
-            server.state.wait_for(lambda: server.active > server.hold_above, timeout=server.hold_s)
-        out = StringIO()
-        np.savetxt(out, frame.to_numpy(dtype=float) @ WEIGHTS + 0.1, fmt="%.17g")
+@contextmanager
+def in_flight(server, frame: pd.DataFrame) -> Iterator[None]:
+    """Counts rows and requests in flight; each request is held until more than ``server.hold_above`` are in
+    flight or ``server.hold_s`` pass, so that requests a client sends at once overlap here (a cap that does
+    not hold shows as a peak above it)."""
+    with server.state:
+        server.active += 1
+        server.peak = max(server.peak, server.active)
+        server.rows += len(frame)
+        server.state.notify_all()
+        server.state.wait_for(lambda: server.active > server.hold_above, timeout=server.hold_s)
+    try:
+        yield
+    finally:
         with server.state:
             server.active -= 1
-        self.send_response(200)
-        self.send_header("Content-Type", "text/csv")
-        self.end_headers()
-        self.wfile.write(out.getvalue().encode())
 
-    def log_message(self, *args):
-        pass
+
+# ``POST``: CSV rows -> ``rows @ WEIGHTS + 0.1``, counted by ``in_flight``.
+Model = csv_scoring_model(lambda frame: frame.to_numpy(dtype=float) @ WEIGHTS + 0.1, around=in_flight)
 
 
 def reset(server, hold_above: int = 1_000, hold_s: float = 0.0) -> None:
@@ -72,7 +71,7 @@ def reset(server, hold_above: int = 1_000, hold_s: float = 0.0) -> None:
 
 @pytest.fixture
 def model():
-    with http_server(Model, state=threading.Condition()) as server:
+    with http_server(Model, state=threading.Condition(), request_rows=[]) as server:
         reset(server)
         yield server
 
