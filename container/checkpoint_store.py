@@ -82,7 +82,7 @@ class S3Store:
 def open_checkpoint_store(config: AnalysisConfig, output_uri: str | None) -> CheckpointStore | None:
     """The store for ``config``'s SHAP checkpoints (``"lucent": {"checkpoint_uri": ...}``, else the
     published output's ``.lucent-work``), or None: the job's work area only."""
-    uri = checkpoint_uri(config.raw.get("lucent"), output_uri)
+    uri = checkpoint_uri(config.lucent, output_uri)
     if uri is None:
         return None
     try:

@@ -497,8 +497,7 @@ def write_local(path: Path, values: np.ndarray, names: list[str], label_keys: li
 
 def local_shap_output(config: AnalysisConfig) -> str:
     """``"lucent": {"local_shap_output": ...}``: ``"file"`` (one out.csv, the default) or ``"parts"``."""
-    lucent = config.raw.get("lucent")
-    return str((lucent if isinstance(lucent, dict) else {}).get("local_shap_output") or "file")
+    return str((config.lucent or {}).get("local_shap_output") or "file")
 
 
 def write_local_parts(staging: OutputStaging, folder: str, values: np.ndarray, names: list[str],
