@@ -309,8 +309,14 @@ FOUR_HANDLERS = """
         trained_model, config_data = model
         attributes = context.custom_attributes or ""
         check_attributes(attributes)
-        if "sleep" in attributes:
-            time.sleep(1.0)
+        if attributes.startswith("meet="):  # a barrier: returns once two requests have arrived in parallel
+            folder = attributes[len("meet="):]
+            open(os.path.join(folder, str(os.getpid())), "w").close()
+            deadline = time.monotonic() + 20
+            while len(os.listdir(folder)) < 2:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no second request ran beside this one")
+                time.sleep(0.01)
         input_data.columns = config_data["header"][1:]
         return pd.DataFrame(trained_model.predict(input_data))
 
@@ -344,21 +350,25 @@ def test_inference_script_with_all_four_handlers(serve, tmp_path, abalone):
     assert status == 400 and "application/json not supported by script!" in body.decode()
     assert ping(server) == 200
 
-    # Two workers answer two slow requests at the same time. /ping is healthy once one worker has
-    # loaded, so the first round may still meet a loading worker: the best of three rounds counts.
-    def slow(_):
-        return post(server, csv_body(frame.head(3)), "text/csv", "text/csv",
-                    **{"X-Amzn-SageMaker-Custom-Attributes": "sleep"})[0]
+    # Two workers answer two requests at the same time: each request waits in the handler until the
+    # other one has reached it too. The second is sent once the first is in its handler, so the first
+    # worker is busy in the app and only the second one can take it.
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
 
-    rounds = []
-    for _ in range(3):
-        started = time.monotonic()
-        with ThreadPoolExecutor(2) as pool:
-            assert list(pool.map(slow, range(2))) == [200, 200]
-        rounds.append(time.monotonic() - started)
-        if rounds[-1] < 1.9:
-            break
-    assert min(rounds) < 1.9, f"two 1 s requests took {rounds} s: the workers did not run concurrently"
+    def meet(_=None):
+        return post(server, csv_body(frame.head(3)), "text/csv", "text/csv",
+                    **{"X-Amzn-SageMaker-Custom-Attributes": f"meet={meeting}"})
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(meet)
+        deadline = time.monotonic() + 20
+        while not any(meeting.iterdir()) and not first.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = meet()
+        first = first.result()
+    assert (first[0], second[0]) == (200, 200), (first, second)
+    assert len(list(meeting.iterdir())) == 2  # two worker processes, one request each
 
 
 def test_abalone_style_model_fn_and_predict_fn_with_default_io(serve, tmp_path, abalone):
