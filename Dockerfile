@@ -35,14 +35,15 @@ RUN apt-get update -qq \
 # A virtualenv keeps the image's Python packages apart from the distribution's (PEP 668 bases).
 RUN python3 -m venv /opt/lucent
 
-# Dependencies first, from pyproject.toml alone, so editing sources does not reinstall them.
+# Dependencies first, from pyproject.toml alone, so editing sources does not reinstall them. The package's
+# readme is a placeholder here (the real one comes with the sources): editing README.md must not either.
 WORKDIR /src
-COPY pyproject.toml README.md ./
-RUN mkdir -p analyzer container && touch analyzer/__init__.py container/__init__.py \
+COPY pyproject.toml ./
+RUN mkdir -p analyzer container && touch analyzer/__init__.py container/__init__.py README.md \
     && pip install --no-cache-dir . \
     && pip uninstall -y -q lucent \
     # setuptools' build/ keeps the empty placeholders, newer than the real sources COPY'd next.
-    && rm -rf build *.egg-info analyzer container
+    && rm -rf build *.egg-info analyzer container README.md
 
 # Optional extras of the lucent package, comma-separated (LUCENT_EXTRAS=spark, or spark,models), in a layer
 # of their own after the common dependencies: the Spark image shares every layer above with the plain one.
@@ -58,12 +59,13 @@ RUN if [ -n "${LUCENT_EXTRAS}" ]; then \
         && rm -rf /var/lib/apt/lists/* \
         && java -version ;; \
       esac \
-      && mkdir -p analyzer container && touch analyzer/__init__.py container/__init__.py \
+      && mkdir -p analyzer container && touch analyzer/__init__.py container/__init__.py README.md \
       && pip install --no-cache-dir ".[${LUCENT_EXTRAS}]" \
       && pip uninstall -y -q lucent \
-      && rm -rf build *.egg-info analyzer container; \
+      && rm -rf build *.egg-info analyzer container README.md; \
     fi
 
+COPY README.md ./
 COPY analyzer ./analyzer
 COPY container ./container
 RUN pip install --no-cache-dir --no-deps . && rm -rf /src

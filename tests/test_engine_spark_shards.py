@@ -187,6 +187,37 @@ def test_max_concurrency_caps_requests_across_spark_tasks(spark, job, model, mon
     assert outputs(job) == reference
 
 
+def test_max_concurrency_caps_the_prediction_stage_of_post_training_bias(spark, job, model, monkeypatch,  # noqa: F811
+                                                                           caplog):
+    rng = np.random.default_rng(8)
+    data = pd.DataFrame(np.round(rng.normal(size=(3000, 5)), 3), columns=[f"f{j}" for j in range(5)])
+    data["g"] = rng.integers(0, 2, len(data))
+    data["y"] = rng.integers(0, 2, len(data))
+    for i in range(6):  # six files: Spark reads them in more than one task
+        job.write_data(data.iloc[i::6].to_csv(index=False), f"part-{i}.csv")
+
+    def run(predictor: dict) -> dict:
+        job.write_config({"dataset_type": "text/csv", "label": "y", "label_values_or_threshold": [1],
+                          "facet": [{"name_or_index": "g", "value_or_threshold": [1]}],
+                          # no FT: the Flip Test reads the features on the driver, which then predicts too
+                          "methods": {"post_training_bias": {"methods": ["DPPL", "DI", "DCA", "AD", "TE"]}},
+                          "predictor": {"endpoint_url": f"http://127.0.0.1:{model.server_port}",
+                                        "content_type": "text/csv", "accept_type": "text/csv", **predictor}})
+        assert job.run("--engine", "spark", "--spark-master", MASTER) == 0, job.message
+        return job.analysis()["post_training_bias_metrics"]
+
+    reset(model, hold_above=1, hold_s=2.0)  # a request waits for company: tasks that overlap show it
+    uncapped = run({})
+    assert model.peak == 2 and model.rows == len(data)  # two tasks, each with a request in flight
+    reset(model, hold_above=1, hold_s=0.3)
+    with caplog.at_level("INFO", logger="analyzer.engines.spark"):
+        capped = run({"max_concurrency": 1})
+    assert model.peak == 1 and model.rows == len(data)  # one task, one request at a time
+    assert capped == uncapped
+    assert any("predictions in at most 1 task(s) at once, 1 request(s) in flight each" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_wave_plan_never_exceeds_the_cap():
     assert wave_plan(None, 64).task_concurrency is None and wave_plan(None, 64).shards_per_wave == 64
     for cap in range(1, 300):

@@ -258,6 +258,22 @@ class SparkEngine:
         assert regrouped.predicted_label is not None
         return regrouped.predicted_label
 
+    @staticmethod
+    def _capped(frame: Any, stage: RowStage, endpoint: ModelEndpoint) -> Any:
+        """``frame`` in as many partitions as ``predictor.max_concurrency`` allows prediction tasks at once,
+        with each task's share of the cap as its client's concurrency (``spark_shards.wave_plan``): the
+        model never has more requests in flight than the cap, however many cores the cluster has."""
+        from .spark_shards import wave_plan
+
+        cap = getattr(endpoint.predictor, "max_concurrency", None)
+        if cap is None:
+            return frame
+        plan = wave_plan(cap, max(1, cap))
+        stage.client_concurrency = plan.task_concurrency
+        log.info("Spark: predictor.max_concurrency %d: predictions in at most %d task(s) at once, %d request(s) "
+                 "in flight each", cap, plan.shards_per_wave, plan.task_concurrency)
+        return frame.coalesce(plan.shards_per_wave)  # coalesce: fewer partitions, no shuffle (never more)
+
     def _count(self, config: AnalysisConfig, dataset_path: Path | str, endpoint: ModelEndpoint | None = None,
                ) -> GroupedRows:
         """One GROUP BY over the role columns (and the model's predicted label, with ``endpoint``)."""
@@ -295,6 +311,7 @@ class SparkEngine:
                              layout.source, endpoint, config.probability_threshold)
             if endpoint is not None:  # the model gets each value typed as over the whole column, as locally
                 stage.feature_dtypes = self._feature_dtypes(frame, stage, layout)
+                frame = self._capped(frame, stage, endpoint)
             frame = frame.mapInArrow(stage, self._stage_schema(frame, slots, json_lines, endpoint is not None))
             keys += [ERROR, KIND, *([PREDICTED] if endpoint is not None else [])]
             if endpoint is not None:

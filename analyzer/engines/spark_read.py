@@ -260,6 +260,9 @@ class RowStage:
     # Each feature's dtype over the whole column (``merged_dtype`` of a ``DtypeScan``): a batch's values are
     # converted to it, so the model gets the values the local reader would send. Empty: as typed per batch.
     feature_dtypes: dict[str, str] = field(default_factory=dict)
+    # Model requests one task keeps in flight (``predictor.max_concurrency`` shared out among the stage's
+    # tasks: ``spark_shards.wave_plan``); None: the client's default.
+    client_concurrency: int | None = None
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         client = None
@@ -269,7 +272,8 @@ class RowStage:
                     continue
                 try:
                     if self.endpoint is not None and client is None:
-                        client = self.endpoint.client()
+                        options = {} if self.client_concurrency is None else {"concurrency": self.client_concurrency}
+                        client = self.endpoint.client(**options)
                     yield self._rows(batch, client)
                 except (UserError, DependencyError) as error:
                     yield self._error_row(batch, error)
