@@ -32,6 +32,7 @@ too, against the model's own CPU time: a ratio that other work on the machine ch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -105,11 +106,39 @@ def scoring_key_known(baseline: np.ndarray) -> str | None:
     return None
 
 
+# The job's log lines that end each step of a run, in order (INFO, the default level): ``JobRun.phases``.
+MILESTONES = (("imports", "Starting Lucent"), ("data", "Dataset ready"), ("model", "Scoring the model in process"),
+              ("SHAP", "Kernel SHAP of"), ("analysis.json", "analysis.json"), ("report", "Report written"),
+              ("finish", "exit_message:"))
+
+
 class JobRun:
     """One ``lucent run`` on a new processing root: wall time, exit code, the process tree's memory."""
 
-    def __init__(self, root: Path, code: int, wall: float, cpu: float, memory: TreeMemory, load: str):
+    def __init__(self, root: Path, code: int, wall: float, cpu: float, memory: TreeMemory, load: str,
+                 started: float = 0.0):
         self.root, self.code, self.wall, self.cpu, self.memory, self.load = root, code, wall, cpu, memory, load
+        self.started = started  # time.time() when the process was started
+
+    def phases(self) -> str:
+        """Where the wall time went, from the job's log: seconds from the process's start to its first line
+        (interpreter and imports), then to each milestone (``MILESTONES``; a step the job did not log is
+        counted in the next one), then to the process's end (its exit)."""
+        from datetime import datetime
+
+        times = {}
+        for line in (self.root / "job.log").read_text(errors="replace").splitlines():
+            for label, text in MILESTONES:
+                if label not in times and text in line and line[:4].isdigit():
+                    with contextlib.suppress(ValueError):  # a line that only looks like a log line
+                        times[label] = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        parts, previous = [], self.started
+        for label, _ in MILESTONES:
+            if label in times:
+                parts.append(f"{label} {times[label] - previous:.2f}")
+                previous = times[label]
+        parts.append(f"exit {self.started + self.wall - previous:.2f}")
+        return ", ".join(parts)
 
     def local_values(self) -> np.ndarray:
         """out.csv's SHAP values, (records, features), in feature order."""
@@ -157,13 +186,14 @@ def run_lucent(root: Path, tree: Path = ROOT) -> JobRun:
     load = loadavg()
     cpu = children_cpu()
     with (root / "job.log").open("wb") as log:
+        started = time.time()
         start = time.perf_counter()
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    env=env)
         with TreeMemory(process.pid) as memory:
             code = process.wait()
         wall = time.perf_counter() - start
-    return JobRun(root, code, wall, children_cpu() - cpu, memory, load)
+    return JobRun(root, code, wall, children_cpu() - cpu, memory, load, started)
 
 
 def children_cpu() -> float:
@@ -233,6 +263,7 @@ def adult(tmp: Path, clf, baseline, n: int, quick: bool, scoring_error: str | No
     floor_load = loadavg()
     floor, n_rows, per_row, cpu_per_row = model_floor(clf, baseline, x, None, 50 if quick else 300)
     print(f"  lucent run (in-process scoring if the tree has it): {job.wall:7.2f} s  [loadavg {job.load}]")
+    print(f"    seconds to the end of each step: {job.phases()}")
     print(f"  model's own predict_proba: {n_rows:,} rows x {per_row * 1e6:.3f} us/row (CPU {cpu_per_row * 1e6:.3f}) "
           f"= {per_row * n_rows:7.2f} s on 1 core, / {cores()} cores = {floor:7.2f} s  [loadavg {floor_load}]")
     print(f"  ratio {job.wall / floor:5.2f}x (target <= 1.3x)")
@@ -277,6 +308,7 @@ def small(tmp: Path, clf, baseline, n: int, quick: bool, scoring_error: str | No
     ours = job.local_values()[:n_exact]
     err_ours, err_shap = np.abs(ours - exact).mean(), np.abs(theirs[:n_exact] - exact).mean()
     print(f"  lucent run (whole job): {job.wall:7.2f} s, CPU of its processes {job.cpu:6.2f} s  [loadavg {job.load}]")
+    print(f"    seconds to the end of each step: {job.phases()}")
     print(f"  shap.KernelExplainer(l1_reg=False) in process: {t_shap:7.2f} s ({model_shap.seconds:6.2f} s in the "
           f"model, {model_shap.rows:,} rows; one process, so its wall time is about its CPU time)  "
           f"[loadavg {shap_load}]")

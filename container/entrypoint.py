@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.execvpe(command[0], command, env)  # the pod is the JVM from here on
     from container.cli import main as lucent
 
-    return lucent(["run", *args])
+    return lucent(["run", *args], program=argv is None)
 
 
 if __name__ == "__main__":

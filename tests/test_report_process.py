@@ -160,3 +160,118 @@ def test_sigterm_while_the_report_renders_stops_its_process(tmp_path) -> None:
                            "other results were published")
     assert job.output_files() == [MANIFEST_FILE, "analysis.json"]
     assert "report process" not in rest  # stopped, not reported as a crash
+
+
+# -- speed (issue #14): what the report process does to save time must not change what the job does --------
+
+RECORD_IMPORT = '''
+import os
+from pathlib import Path
+Path(os.environ["LUCENT_TEST_IMPORTED"]).write_text("imported")
+raise OSError("cannot load library 'libpango-1.0-0'")
+'''
+
+
+def _marked_processes(marker: str) -> list[int]:
+    """Processes (other than this one) whose environment holds ``marker``: what a job left running."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+    return found
+
+
+def _run_program(job: JobRoot, tmp_path: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """``lucent run`` as the program (``python -m container.cli``: ``end_process`` ends it), in an
+    environment marked so that every process it started can be found afterwards."""
+    import subprocess
+    import sys
+    import uuid
+
+    marker = f"LUCENT_TEST_MARKER={uuid.uuid4().hex}"
+    done = subprocess.run([sys.executable, "-m", "container.cli", "run", "--processing-root", str(job.root),
+                           "--log-level", "debug"],
+                          env={**os.environ, **(env or {}), marker.split("=")[0]: marker.split("=")[1]},
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    assert _marked_processes(marker) == [], "the job left processes behind"
+    return done.returncode, done.stderr
+
+
+def test_a_job_run_as_the_program_publishes_everything_and_leaves_no_process(tmp_path) -> None:
+    job = JobRoot(write_demo_job(tmp_path / "job", n_rows=300, config=DEMO_CONFIG))
+    code, log = _run_program(job, tmp_path)
+    assert code == 0, log
+    assert job.message == "Completed: SageMaker XAI Analyzer ran successfully"
+    assert read_manifest(job.output_dir) == ["analysis.json", "report.html", "report.ipynb", "report.pdf"]
+    assert (job.output_dir / "report.pdf").read_bytes().startswith(b"%PDF")
+    # The log lines of the report process (flushed before it ends at once) and of the job's last steps.
+    assert "Report rendered in" in log and "exit_message: Completed" in log
+
+
+def test_a_failing_report_in_the_program_keeps_its_exit_code_and_message(broken_pdf, tmp_path) -> None:
+    job, seen, mode = broken_pdf
+    mode("fail")
+    code, log = _run_program(job, tmp_path, {"PYTHONPATH": os.pathsep.join(
+        [str(tmp_path / "shadow"), os.environ.get("PYTHONPATH", "")])})
+    assert code == 2, log
+    assert job.message == ("AlgorithmError: the report could not be written (pdf: OSError: cannot allocate a Pango "
+                           "layout); analysis.json, report.html, report.ipynb and the other results were published")
+    assert read_manifest(job.output_dir) == ["analysis.json", "report.html", "report.ipynb"]
+
+
+def test_a_job_without_a_report_starts_no_report_process(tmp_path) -> None:
+    """The stand-in WeasyPrint records its import: the report process is the only one that imports it."""
+    config = json.loads(json.dumps(DEMO_CONFIG))
+    del config["methods"]["report"]
+    job = JobRoot(write_demo_job(tmp_path / "job", n_rows=300, config=config))
+    shadow = tmp_path / "shadow"
+    (shadow / "weasyprint").mkdir(parents=True)
+    (shadow / "weasyprint" / "__init__.py").write_text(RECORD_IMPORT, encoding="utf-8")
+    imported = tmp_path / "imported"
+    env = {"PYTHONPATH": os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")]),
+           "LUCENT_TEST_IMPORTED": str(imported)}
+    code, log = _run_program(job, tmp_path, env)
+    assert code == 0, log
+    assert read_manifest(job.output_dir) == ["analysis.json"]
+    assert not imported.exists()
+    # The same stand-in in a job with a report: it is imported (so the check above can fail), and the job
+    # fails before computing, as a missing PDF engine makes it.
+    job = JobRoot(write_demo_job(tmp_path / "with-report", n_rows=300, config=DEMO_CONFIG))
+    code, log = _run_program(job, tmp_path, env)
+    assert code == 2, log
+    assert imported.read_text() == "imported"
+    assert "WeasyPrint is not usable" in job.message
+
+
+def test_the_warm_up_does_not_change_the_report(tmp_path) -> None:
+    """``warm_up`` runs in the report process before the job's report: the HTML and PDF are the same bytes
+    with and without it, and the notebook the same cells (its cell ids are random by nbformat's design)."""
+    from analyzer.report import write_reports
+    from analyzer.report.process import warm_up
+    from analyzer.report.summary import JobSummary
+
+    values = {f"f{j}": 0.1 * (j + 1) for j in range(6)}
+    analysis = {"version": "1.0", "explanations": {"kernel_shap": {"label0": {
+        "global_shap_values": values, "expected_value": 0.4}}}}
+    summary = JobSummary(dataset_source="data.csv", dataset_type="text/csv", n_rows=100, label="y",
+                         label_values_or_threshold=None, facets=[], methods=["shap"], lucent_version="test",
+                         started_at="2026-01-01T00:00:00+00:00")
+
+    def render(folder: str) -> dict[str, bytes]:
+        return {p.suffix: p.read_bytes() for p in write_reports(analysis, summary, tmp_path / folder)}
+
+    before = render("before")
+    warm_up()
+    after = render("after")
+    assert before[".html"] == after[".html"]
+    assert before[".pdf"] == after[".pdf"] and before[".pdf"].startswith(b"%PDF")
+
+    def cells(notebook: bytes) -> list[dict]:
+        return [{k: v for k, v in cell.items() if k != "id"} for cell in json.loads(notebook)["cells"]]
+
+    assert cells(before[".ipynb"]) == cells(after[".ipynb"])
