@@ -54,6 +54,7 @@ from container.demo import running_endpoint, runtime_client  # noqa: E402
 
 N_FEATURES = 14
 CLIENTS = 8
+BATCH_RECORDS = 10  # records per request in the second concurrent line
 ENDPOINT = "bench"
 
 
@@ -290,6 +291,16 @@ def main(argv: list[str] | None = None) -> None:
             cpu_before = server_cpu(endpoint)
             wall, clients_cpu = concurrent_run(clients, endpoint.url, bodies[:n_concurrent])
             endpoint_cpu, model_server_cpu = np.subtract(server_cpu(endpoint), cpu_before)
+            # The same clients sending several records per request (a batch of user traffic in one call):
+            # boto3's and each HTTP hop's fixed cost is then shared by the request's records.
+            # a few requests per client at least, so that the line measures a steady state
+            n_batches = CLIENTS * (6 if quick else 16)
+            batches = ["\n".join(bodies[(i * BATCH_RECORDS + j) % len(bodies)] for j in range(BATCH_RECORDS))
+                       for i in range(n_batches)]
+            batch_cpu_before = server_cpu(endpoint)
+            batch_wall, batch_clients_cpu = concurrent_run(clients, endpoint.url, batches)
+            batch_cpu = (batch_clients_cpu, *np.subtract(server_cpu(endpoint), batch_cpu_before))
+            batch_load = os.getloadavg()[0]
         print(f"\nThrough boto3 -> lucent endpoint -> built-in model server, single-record explained requests, "
               f"sequential ({n_sequential}):")
         print(f"  p50 {p50:.2f} ms, p99 {p99:.2f} ms; model in process {model_ms:.2f} ms + 3 ms = "
@@ -325,6 +336,14 @@ def main(argv: list[str] | None = None) -> None:
                   f"with the endpoint and model server measured: "
                   f"{predict_ms / (client_ms + endpoint_ms + model_server_ms):.0%}; without the clients (on "
                   f"other machines): {predict_ms / (endpoint_ms + model_server_ms):.0%}")
+        batch_records = BATCH_RECORDS * len(batches)
+        batch_share = batch_records / batch_wall * rows_per_record / in_process_rows
+        batch_per_record = [1e3 * cpu / batch_records for cpu in batch_cpu]
+        print(f"{CLIENTS} concurrent clients, {BATCH_RECORDS} records per request ({batch_records} explained records): "
+              f"{batch_records / batch_wall:.1f} records/s = {batch_records / batch_wall * rows_per_record:,.0f} model "
+              f"rows/s: {batch_share:.0%} of the model in process (target >= 60 %: {verdict(batch_share >= 0.6)}); "
+              f"CPU per explained record: clients {batch_per_record[0]:.2f} ms, endpoint {batch_per_record[1]:.2f} ms, "
+              f"model server {batch_per_record[2]:.2f} ms; load average {batch_load:.1f}")
 
         # Capture on (100 %) vs off, plain invocations, interleaved in rounds.
         capture_dir = folder / "capture"

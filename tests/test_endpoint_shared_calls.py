@@ -15,7 +15,8 @@ import pytest
 
 from analyzer.explain.online import OnlineShapSettings, fit_online_explainer
 from analyzer.predict import ModelTransportError
-from container.endpoint.app import _SharedCalls
+from container.endpoint.app import _SharedCalls, shared_call_records
+from container.endpoint.config import ExplainerSettings, InferenceSettings
 
 N_FEATURES = 5
 
@@ -166,3 +167,57 @@ def test_many_threads_at_once_all_get_their_own_entries(slots: int):
     assert not shared._queue and shared._running == 0
     for request, entries in zip(requests, results, strict=True):
         assert entries == explainer.explain(request)
+
+
+def test_two_free_slots_are_both_taken_by_the_requests_queued():
+    """Both calls of two slots end together while two requests wait: the first one queued takes a slot and
+    hands the other free slot on to the next (each waiting request sleeps on its own event)."""
+    state = threading.Condition()
+    in_flight = {1: 0, 2: 0}  # calls in the model now, by phase (the first two calls, the next two)
+    peaks: list[int] = []  # the phase's in-flight count each call saw once it had company, or after 5 s
+    release_first = threading.Event()
+    live = False
+
+    def model(rows: np.ndarray) -> np.ndarray:
+        if not live:
+            return _model(rows)
+        with state:
+            phase = 2 if release_first.is_set() else 1
+            in_flight[phase] += 1
+            state.notify_all()
+            state.wait_for(lambda: in_flight[phase] >= 2, timeout=5)
+            peaks.append(in_flight[phase])
+        if phase == 1:  # held until the test lets both end together
+            assert release_first.wait(30)
+        return _model(rows)
+
+    explainer = fit_online_explainer(np.zeros((1, N_FEATURES)), model, OnlineShapSettings(seed=2))
+    live = True
+    shared = _SharedCalls(explainer.explain, slots=2, max_records=1)
+    requests = [np.full((1, N_FEATURES), float(i)) for i in range(4)]
+    threads = [threading.Thread(target=shared.explain, args=(request,)) for request in requests]
+    for thread in threads[:2]:
+        thread.start()
+    _until(lambda: len(peaks) == 2)  # both slots taken, both calls in the model
+    for thread in threads[2:]:
+        thread.start()
+    _until(lambda: len(shared._queue) == 2)
+    release_first.set()
+    for thread in threads:
+        thread.join(30)
+    assert peaks == [2, 2, 2, 2]  # the two queued requests ran side by side too
+    assert not shared._queue and shared._running == 0
+
+
+@pytest.mark.parametrize(("payload_mb", "max_record_count", "expected"),
+                         [(6, None, 23), (1, None, 3), (25, None, 48), (6, 10_000, 4), (6, 1_000, 1)])
+def test_a_shared_call_fits_one_model_request(payload_mb, max_record_count, expected):
+    """14 features, 2,077 rows a record: a shared call's npy rows (8 bytes a value) fit MaxPayloadInMB and
+    MaxRecordCount, within the 100,000 rows of a group; at least one record."""
+    inference = InferenceSettings(max_payload_mb=payload_mb, max_record_count=max_record_count)
+    settings = ExplainerSettings("text/csv", "0", None, inference)
+    records = shared_call_records(settings, 2077, 14)
+    assert records == expected
+    rows = records * 2077
+    assert rows * 14 * 8 <= payload_mb * 1024 * 1024 and (max_record_count is None or rows <= max_record_count
+                                                           or records == 1)

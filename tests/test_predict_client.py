@@ -176,6 +176,11 @@ def test_requests_are_equal_parts_and_a_small_call_still_uses_every_concurrent_s
     with client(server, concurrency=4) as model:
         model.predict(data(7_000))  # parts of at least 4,000 records: the hand-off costs more than it saves
     assert server.record_counts() == [7_000]
+    server = serve(linear_csv)
+    with client(server, concurrency=4, spread=False, max_records_per_request=9_000) as model:
+        out = model.predict(data(20_000))  # a caller running calls side by side: cut by the caps alone
+    assert sorted(server.record_counts()) == [6_666, 6_667, 6_667]
+    assert np.array_equal(out.scores[:, 0], score(data(20_000)))
 
 
 def test_headers_and_path(serve):

@@ -212,13 +212,17 @@ class ModelClient:
 
     ``feature_names`` name the columns of the rows passed to ``predict`` (for templates). ``timeout``:
     seconds to wait for the model to answer some part of a batch (default ``model_timeout_seconds()``).
+    ``spread``: cut a call's rows into at least as many requests as run at once (``concurrency``), so that
+    one call keeps every worker of the model server busy; False for a caller that runs calls side by side
+    itself (the endpoint's shared calls), for which the extra requests are only overhead: a call is then
+    cut by ``max_records_per_request`` and ``max_payload_bytes`` alone.
     Use as a context manager, or call ``close()``, to release connections and threads.
     """
 
     def __init__(self, endpoint_url: str, predictor: Predictor, feature_names: Sequence[str], *,
                  max_payload_bytes: int = MAX_PAYLOAD_BYTES, max_records_per_request: int = MAX_RECORDS_PER_REQUEST,
                  concurrency: int | None = None, timeout: float | None = None,
-                 retry: RetryPolicy | None = None):
+                 retry: RetryPolicy | None = None, spread: bool = True):
         self.url = model_route(endpoint_url, "invocations")
         self.shown_url = redact_url(self.url)  # for messages and logs: no password from the URL
         self.encoder = RequestEncoder(predictor, feature_names)
@@ -229,6 +233,7 @@ class ModelClient:
         if predictor.target_model:
             self.headers["X-Amzn-SageMaker-Target-Model"] = predictor.target_model
         self.max_payload_bytes = max_payload_bytes
+        self.spread = spread
         self.concurrency = max(1, concurrency or 2 * (os.cpu_count() or 1))
         if predictor.max_concurrency:  # the user's cap on in-flight requests (shared out among workers by the caller)
             self.concurrency = min(self.concurrency, predictor.max_concurrency)
@@ -337,7 +342,8 @@ class ModelClient:
         Equal parts finish together (a short last request would leave the model's other workers idle);
         enough parts keep every model worker busy on a window that fits in one request.
         """
-        parts = max(-(-n // self._records_cap), min(self.concurrency, n // _MIN_RECORDS_TO_SPLIT), 1)
+        spread = min(self.concurrency, n // _MIN_RECORDS_TO_SPLIT) if self.spread else 1
+        parts = max(-(-n // self._records_cap), spread, 1)
         return max(1, -(-n // parts))
 
     def _run(self, batch: _Batch, abort: threading.Event, patience: _Patience | None = None) -> list[Predictions]:

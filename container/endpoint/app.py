@@ -196,6 +196,7 @@ class _Share:
     entries: list[Any] | None = None
     error: BaseException | None = None
     done: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)  # set when done, or when a slot is free
 
 
 class _SharedCalls:
@@ -211,6 +212,10 @@ class _SharedCalls:
     it), as for a multi-record request. A shared call that fails is repeated request by request, so
     that each gets its own answer (one request's unusable records must not fail another's), except when
     the model gave no answer at all, which no retry would change.
+
+    Each waiting request sleeps on its own event: a finished call wakes its own requests and the first
+    one queued (for the freed slot), not every request in flight (``notify_all`` woke them all to go
+    back to sleep: 9 % of the endpoint's time under 8 clients).
     """
 
     def __init__(self, explain: Any, slots: int, max_records: int):
@@ -219,30 +224,38 @@ class _SharedCalls:
         self._max_records = max(1, max_records)
         self._queue: list[_Share] = []
         self._running = 0
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
 
     def explain(self, records: Any) -> list[Any]:
         share = _Share(records)
-        with self._changed:
+        with self._lock:
             self._queue.append(share)
-            while not share.done and (self._running >= self._slots or share not in self._queue):
-                self._changed.wait()
-            if share.done:
-                return self._result(share)
-            self._queue.remove(share)
-            batch, count = [share], len(share.records)
-            while self._queue and count + len(self._queue[0].records) <= self._max_records:
-                batch.append(self._queue.pop(0))
-                count += len(batch[-1].records)
-            self._running += 1
+        while True:
+            with self._lock:
+                if share.done:
+                    return self._result(share)
+                if self._running < self._slots and self._queue and self._queue[0] is share:
+                    batch = [self._queue.pop(0)]
+                    count = len(share.records)
+                    while self._queue and count + len(self._queue[0].records) <= self._max_records:
+                        batch.append(self._queue.pop(0))
+                        count += len(batch[-1].records)
+                    self._running += 1
+                    if self._queue and self._running < self._slots:  # another slot is free for the next one
+                        self._queue[0].wake.set()
+                    break
+                share.wake.clear()
+            share.wake.wait()
         try:
             self._run(batch)
         finally:
-            with self._changed:
+            with self._lock:
                 self._running -= 1
                 for item in batch:
                     item.done = True
-                self._changed.notify_all()
+                    item.wake.set()
+                if self._queue:  # the slot is free: the first request queued takes it
+                    self._queue[0].wake.set()
         return self._result(share)
 
     def _run(self, batch: list[_Share]) -> None:
@@ -275,6 +288,18 @@ class _SharedCalls:
         return share.entries
 
 
+def shared_call_records(settings: ExplainerSettings, rows_per_record: int, n_features: int) -> int:
+    """Records one shared call takes at most: its synthetic rows in one model request where they fit
+    (``MaxRecordCount``, and ``MaxPayloadInMB`` for rows sent as npy, 8 bytes a value), within
+    ``GROUP_ROWS``. A call the client had to cut would send its requests through a thread hand-off,
+    while the calls side by side already keep the model server's workers busy."""
+    inference = settings.inference
+    rows = min(GROUP_ROWS, inference.max_payload_mb * 1024 * 1024 // (8 * max(1, n_features) + 16))
+    if inference.max_record_count is not None:
+        rows = min(rows, inference.max_record_count)
+    return max(1, rows // rows_per_record)
+
+
 class Explanations:
     """Online explanations for one endpoint: the fitted explainer plus what the response needs.
 
@@ -290,7 +315,7 @@ class Explanations:
         self._shared: _SharedCalls | None = None
         if tabular is not None and shared_calls != 0:
             self._shared = _SharedCalls(explainer.explain, shared_calls or os.cpu_count() or 1,
-                                        max(1, GROUP_ROWS // tabular.rows_per_record))
+                                        shared_call_records(settings, tabular.rows_per_record, tabular.baseline.shape[1]))
 
     def start(self, body: bytes, content_type: str, header_expression: str | None) -> StartedExplanation | None:
         """Explain the request's records now, before the model's answer is read, when that answer cannot
