@@ -498,3 +498,49 @@ def test_a_file_where_the_checkpoint_folders_go_never_blocks_a_run(job, endpoint
     (work / "shap").write_text("not a folder")
     assert job.run() == 0, job.message
     assert_same_outputs(job, reference)
+
+
+class _ListedStore:
+    """A checkpoint store whose listing is whatever a test says (an S3 bucket others can write to)."""
+
+    def __init__(self, objects: dict[str, bytes]):
+        self.objects = dict(objects)
+
+    def names(self, prefix: str) -> list[str]:
+        return sorted(name for name in self.objects if name.startswith(prefix + "/"))
+
+    def read(self, name: str) -> bytes:
+        return self.objects[name]
+
+    def write(self, name: str, data: bytes) -> None:
+        self.objects[name] = data
+
+    def remove(self, names) -> None:
+        for name in list(names):
+            self.objects.pop(name, None)
+
+
+def test_a_mirror_pulls_one_level_of_sub_folders_and_nothing_that_leaves_the_work_area(tmp_path):
+    from analyzer.explain.checkpoint_store import CheckpointMirror
+
+    store = _ListedStore({
+        "shap/abc/seed.json": b"7",
+        "shap/abc/segments-8/shard-000001.npz": b"one",  # image SHAP: a folder per segment count
+        "shap/abc/../../escaped": b"x", "shap/abc/segments-8/../../../escaped": b"x",
+        "shap/abc/.hidden/shard-000000.npz": b"x", "shap/abc/a/b/shard-000000.npz": b"x",
+        "shap/abc//shard-000000.npz": b"x", "shap/other/shard-000000.npz": b"stale",
+    })
+    local = tmp_path / "work" / "abc"
+    mirror = CheckpointMirror(store, "abc", local)
+    assert mirror.pull() == 2
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
+        "work/abc/seed.json", "work/abc/segments-8/shard-000001.npz"]
+    assert "shap/other/shard-000000.npz" not in store.objects  # another fingerprint's: removed
+
+    child = mirror.child("segments-8")
+    (local / "segments-8" / "shard-000002.npz").write_bytes(b"two")
+    child.push_missing()
+    assert store.objects["shap/abc/segments-8/shard-000002.npz"] == b"two"
+    for bad in ("..", ".hidden", "a/b", ""):
+        with pytest.raises(ValueError):
+            mirror.child(bad)

@@ -237,3 +237,41 @@ def test_object_detection_equals_brute_force_with_context(tmp_path):
             assert obj["heatmap"] in job.output_files()
         assert entry["objects_image"] in job.output_files()
     assert "report.pdf" in job.output_files()
+
+
+def test_a_crashed_image_job_resumes_from_the_checkpoint_store(tmp_path, monkeypatch, caplog):
+    """Image SHAP keeps its shards' checkpoints in the store (``lucent.checkpoint_uri``) as tabular SHAP
+    does, a folder per segment count, with the drawn seed: a rerun on a new machine (no work area) pulls
+    them and scores only the rest; the values are those of an uninterrupted run (8 segments: every
+    coalition, whatever the seed), and the store is emptied on success."""
+    import logging
+
+    from analyzer.explain import shards
+    from analyzer.explain.checkpoint_store import FolderStore
+    from tests.conftest import run_crashing_after_shards
+
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, "300")  # 256 rows a picture at 8 segments: a shard per image
+    reference = _demo_job(tmp_path / "reference", n_images=4)
+    assert reference.run() == 0, reference.message
+
+    store = FolderStore(tmp_path / "store")
+    config = image_demo_config()
+    del config["methods"]["shap"]["seed"]  # drawn, and kept with the checkpoints
+    config["lucent"] = {"checkpoint_uri": str(store.root)}
+    job = JobRoot(write_image_demo_job(tmp_path / "job", n_images=4, config=config))
+    assert run_crashing_after_shards(job, monkeypatch, 2) == 2
+    kept = [name.split("/", 2)[2] for name in store.names("shap")]
+    assert "seed.json" in kept
+    done = sorted(name for name in kept if name != "seed.json")
+    assert len(done) == 2 and all(name.startswith("segments-8/shard-") for name in done), kept
+    work = job.output_dir / ".lucent-work"
+    assert sorted(path.name for path in work.rglob("shard-*.npz")) == [name.split("/")[1] for name in done]
+    shards.discard_entry(work)  # a new machine: nothing local
+
+    with caplog.at_level(logging.INFO, logger="analyzer.explain.checkpoint_store"):
+        assert job.run() == 0, job.message
+    assert any("3 checkpoint file(s) downloaded" in record.getMessage() for record in caplog.records)
+    ours = job.analysis()["explanations"]["lucent_image_shap"]["images"]
+    theirs = reference.analysis()["explanations"]["lucent_image_shap"]["images"]
+    assert ours == theirs
+    assert store.names("shap") == [] and not work.exists()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_URI_KEY = "checkpoint_uri"  # "lucent": {"checkpoint_uri": ...} in analysis_config.json
 WORK_AREA = f"{INTERNAL_PREFIX}work"  # the output folder's work area, also its name under a published output
 SHAP_PREFIX = "shap"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a file or folder name Lucent writes: no dot first
 
 
 class CheckpointStore(Protocol):
@@ -139,18 +141,28 @@ class CheckpointMirror:
         self.local.mkdir(parents=True, exist_ok=True)
         fetched = 0
         for name in self.store.names(self.prefix):
-            relative = name[len(self.prefix) + 1:]
-            if "/" in relative or relative.startswith("."):  # only the files Lucent writes there
+            parts = name[len(self.prefix) + 1:].split("/")
+            # Only the files Lucent writes there: a plain name, or one in a sub-folder (``child``), never a
+            # hidden name, an empty part or a way out of the work area.
+            if len(parts) > 2 or not all(_PLAIN_NAME.fullmatch(part) for part in parts):
                 continue
-            target = self.local / relative
+            target = self.local.joinpath(*parts)
             if os.path.lexists(target):
                 continue
+            target.parent.mkdir(exist_ok=True)
             with atomic_writer(target, "wb") as handle:
                 handle.write(self.store.read(name))
             fetched += 1
         if fetched:
             log.info("SHAP: %d checkpoint file(s) downloaded from %s", fetched, self)
         return fetched
+
+    def child(self, name: str) -> CheckpointMirror:
+        """The mirror of the sub-folder ``name`` of the work area (image SHAP: a folder per number of
+        segments), pulled with this one (``pull`` fetches one level of sub-folders)."""
+        if not _PLAIN_NAME.fullmatch(name):
+            raise ValueError(f"not a plain folder name: {name!r}")
+        return CheckpointMirror(self.store, f"{self.fingerprint}/{name}", self.local / name)
 
     def push(self, path: Path) -> None:
         """Upload one file of the work area (a shard's checkpoint, the seed)."""

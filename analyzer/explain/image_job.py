@@ -36,6 +36,7 @@ from analyzer.predict import ModelEndpoint
 from analyzer.predict.image_requests import IMAGE_REQUEST_TYPES
 from analyzer.progress import progress
 
+from .checkpoint_store import CheckpointMirror, CheckpointStore
 from .image_detection import DetectedObject, DetectionEndpoint, top_objects
 from .image_shap import ImageEndpoint, ImageSource, score_filled
 from .job import _PREDICTOR_KEYS_NOT_IN_VALUES, _check_finite_baseline, _drop_stale, _job_seed
@@ -92,8 +93,9 @@ def image_source(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, bas
 
 def explain_images(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, endpoint: ModelEndpoint,
                    staging: OutputStaging, work_dir: Path, base_dir: Path | None,
-                   model_identity: str = "") -> dict[str, Any]:
-    """Kernel SHAP of every image over its segments: writes the pictures, returns ``{SECTION: ...}``."""
+                   model_identity: str = "", checkpoint_store: CheckpointStore | None = None) -> dict[str, Any]:
+    """Kernel SHAP of every image over its segments: writes the pictures, returns ``{SECTION: ...}``.
+    ``checkpoint_store``: where the shards' checkpoints are also kept (as for tabular SHAP, ``job.explain``)."""
     started = time.perf_counter()
     source = image_source(config, shap, dataset, base_dir)
     n = len(source.names)
@@ -111,7 +113,7 @@ def explain_images(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, e
     image_config = check_image_config(config, shap)
     if (image_config.model_type or "").upper() == OBJECT_DETECTION:
         section = explain_objects(config, shap, image_config, source, counts, stems, endpoint, staging, work_dir,
-                                  model_identity)
+                                  model_identity, checkpoint_store)
         log.info("Kernel SHAP of the objects of %d image(s) done in %.2f s", n, time.perf_counter() - started)
         return {SECTION: section}
 
@@ -119,12 +121,13 @@ def explain_images(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, e
     label_keys = filled.score_keys()
     filled_scores = filled.scores
     _check_finite_baseline(filled_scores, shap.use_logit)
-    checkpoint_dir, seed = _checkpoints(config, shap, source, filled_scores, model_identity, work_dir)
+    checkpoint_dir, seed, mirror = _checkpoints(config, shap, source, filled_scores, model_identity, work_dir,
+                                                checkpoint_store)
     keys = np.arange(n)[:, None]
     with progress("SHAP", total=n, unit="images") as bar:
         values, stderr, reference, prediction = explain_groups(
             shap, ImageEndpoint(endpoint, source), keys, counts, filled_scores, checkpoint_dir, seed,
-            [f"image {name}" for name in source.names], bar.update)
+            [f"image {name}" for name in source.names], bar.update, mirror)
     section = image_section(shap, source, label_keys, counts, values, stderr, reference, prediction, stems,
                             link(filled_scores.mean(axis=0), shap.use_logit))
     for i in range(n):
@@ -136,7 +139,8 @@ def explain_images(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, e
 
 
 def explain_groups(shap: ShapMethod, players: Any, keys: np.ndarray, counts: np.ndarray, filled_scores: np.ndarray,
-                   checkpoint_dir: Path, seed: int, described: list[str], advance: Any
+                   checkpoint_dir: Path, seed: int, described: list[str], advance: Any,
+                   mirror: CheckpointMirror | None = None,
                    ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
     """Kernel SHAP of records ``[*keys[r], 1, ..., 1]`` (``counts[r]`` segments each) through the shards,
     grouped by their number of segments; ``players`` is the endpoint that turns rows into pictures and
@@ -157,7 +161,8 @@ def explain_groups(shap: ShapMethod, players: Any, keys: np.ndarray, counts: np.
                  shap.num_samples or len(fitted.design.masks), len(fitted.design.masks), len(members), m, k)
         settings = ShapSettings(endpoint=players, baseline=fitted.baseline, num_samples=shap.num_samples, seed=seed,
                                 use_logit=shap.use_logit, features=tuple(range(key_columns, key_columns + m)),
-                                checkpoint_dir=checkpoint_dir / f"segments-{m}", fitted=fitted)
+                                checkpoint_dir=checkpoint_dir / f"segments-{m}", fitted=fitted,
+                                mirror=None if mirror is None else mirror.child(f"segments-{m}"))
         records = np.ones((len(members), key_columns + m))
         records[:, :key_columns] = keys[members]
         size, total = shard_size(fitted.rows_per_record), len(members)
@@ -174,7 +179,8 @@ def explain_groups(shap: ShapMethod, players: Any, keys: np.ndarray, counts: np.
 
 def explain_objects(config: AnalysisConfig, shap: ShapMethod, image_config: ImageConfig, source: ImageSource,
                     counts: np.ndarray, stems: list[str], endpoint: ModelEndpoint, staging: OutputStaging,
-                    work_dir: Path, model_identity: str) -> dict[str, Any]:
+                    work_dir: Path, model_identity: str, checkpoint_store: CheckpointStore | None = None,
+                    ) -> dict[str, Any]:
     """Object detection: the top objects of each image, each explained over the image's segments
     (``image_detection``); writes ``<stem>_objects.jpeg`` and ``shap_<stem>_box<N>_object.jpeg``."""
     context = float(image_config.context)
@@ -203,11 +209,13 @@ def explain_objects(config: AnalysisConfig, shap: ShapMethod, image_config: Imag
             empty = np.hstack([keys, np.zeros((len(keys), int(object_counts.max())))])
             filled_scores = np.concatenate([scorer.predict(empty[j:j + 1, :2 + object_counts[j]]).scores
                                             for j in range(len(objects))])
-        checkpoint_dir, seed = _checkpoints(config, shap, source, filled_scores, model_identity, work_dir)
+        checkpoint_dir, seed, mirror = _checkpoints(config, shap, source, filled_scores, model_identity, work_dir,
+                                                    checkpoint_store)
         described = [f"image {source.names[obj.image]} (object {j})" for j, obj in enumerate(objects)]
         with progress("SHAP", total=len(objects), unit="objects") as bar:
             values, stderr, reference, prediction = explain_groups(shap, players, keys, object_counts, filled_scores,
-                                                                   checkpoint_dir, seed, described, bar.update)
+                                                                   checkpoint_dir, seed, described, bar.update,
+                                                                   mirror)
     headers = list(config.predictor.label_headers or []) if config.predictor else []
     images = []
     for i, name in enumerate(source.names):
@@ -241,11 +249,20 @@ def explain_objects(config: AnalysisConfig, shap: ShapMethod, image_config: Imag
 
 
 def _checkpoints(config: AnalysisConfig, shap: ShapMethod, source: ImageSource, filled_scores: np.ndarray,
-                 model_identity: str, work_dir: Path) -> tuple[Path, int]:
+                 model_identity: str, work_dir: Path, checkpoint_store: CheckpointStore | None,
+                 ) -> tuple[Path, int, CheckpointMirror | None]:
+    """The work area's folder for this job's checkpoints, its seed, and their mirror in ``checkpoint_store``
+    (pulled first: the seed and the shards a lost run left there; the seed pushed at once)."""
     fingerprint = _fingerprint(config, shap, source, filled_scores, model_identity)
     checkpoint_dir = work_dir / fingerprint
     _drop_stale(work_dir, keep=fingerprint)
-    return checkpoint_dir, _job_seed(shap.seed, checkpoint_dir)
+    mirror = None if checkpoint_store is None else CheckpointMirror(checkpoint_store, fingerprint, checkpoint_dir)
+    if mirror is not None:
+        mirror.pull()
+    seed = _job_seed(shap.seed, checkpoint_dir)
+    if mirror is not None:
+        mirror.push_missing()
+    return checkpoint_dir, seed, mirror
 
 
 def boxes_picture(image: np.ndarray, objects: list[DetectedObject], headers: list) -> np.ndarray:

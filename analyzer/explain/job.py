@@ -103,7 +103,7 @@ def explain_dataset(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEnd
         explanations = _explain(config, dataset, endpoint, staging, work_dir, base_dir, model_identity, on_local,
                                 checkpoint_store)
     except BaseException:
-        if not any((work_dir / "shap").glob("*/shard-*.npz")):
+        if not any((work_dir / "shap").glob("**/shard-*.npz")):  # image SHAP: a folder per segment count
             _remove_work_area(work_dir)  # nothing to resume from: leave no trace in the output folder
         raise
     _remove_work_area(work_dir)
@@ -124,7 +124,8 @@ def _explain(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint, 
     if shap is not None and config.dataset_type == media.IMAGE:  # segments, not columns: image_job.py
         from .image_job import explain_images  # it imports this module's helpers
 
-        return explain_images(config, shap, dataset, endpoint, staging, work_dir / "shap", base_dir, model_identity)
+        return explain_images(config, shap, dataset, endpoint, staging, work_dir / "shap", base_dir, model_identity,
+                              checkpoint_store)
     if shap is not None:
         explanations["kernel_shap"] = explain_shap(config, shap, dataset, endpoint, staging, work_dir / "shap",
                                                    base_dir, model_identity, on_local, checkpoint_store)
