@@ -21,6 +21,9 @@ server (``lucent endpoint --model-dir``); one baseline row (the training mean); 
   included) and whatever else ran on the machine meanwhile; and the share the same cores could reach
   with that split: the clients share the cores with the server side here, so boto3's own CPU per request
   caps the share whatever the endpoint does.
+* The same 8 clients sending 10 records per request (``BATCH_RECORDS``; 16 requests each, 6 with
+  ``--quick``): explained records/s and the same share of the model's in-process rows/s (target 60 %),
+  with the CPU per record of each side: boto3's and each HTTP hop's fixed cost shared by the records.
 * Capture at 100 % vs off, plain (unexplained) single-record invocations from 8 concurrent clients, the
   two endpoints interleaved in rounds so machine load hits them alike: throughput ratio (target at least
   90 %); after SIGTERM, the captured lines must equal the requests sent.
