@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
     """``lucent``. ``program``: this call is the whole process (default: when ``argv`` is None, as for the
-    console script and ``python -m container.cli``); a ``run`` then ends the process (``end_process``)."""
+    console script and ``python -m container.cli``); a ``run`` then ends the process (``analyzer.process_exit``)."""
     program = argv is None if program is None else program
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv == ["--version"]:  # before building the parser, which imports every subcommand's module
@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
 
         with engine_arguments(args.engine, args.spark_master):
             code = run_host(paths, allow_paths_outside_root=args.allow_paths_outside_root)
-        return end_process(code) if program else code
+        if program:  # the job is done: no interpreter teardown (analyzer.process_exit)
+            from analyzer.process_exit import end_process
+
+            return end_process(code)
+        return code
     if args.command == "validate":
         from container.job import validate_job
 
@@ -152,30 +156,6 @@ def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
         return 1
     parser.error(f"unknown command {args.command}")
     return 2
-
-
-def end_process(code: int) -> int:
-    """End this process with ``code`` now that the job is done, without the interpreter's teardown.
-
-    Why: freeing what a job imported and loaded (pandas, scikit-learn, the model) took 0.25 s after the
-    exit message, a twentieth of a small job, and does nothing for the results: they are written, closed
-    and renamed into place, and the job's child processes have been stopped. The exit handlers still run
-    (log handlers flushed, temporary folders removed, child processes reaped), as in a normal exit. Returns
-    ``code`` (a normal exit) when a thread that a normal exit would wait for still runs."""
-    import atexit
-    import contextlib
-    import os
-    import threading
-
-    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython's; elsewhere: a normal exit
-    if run_exit_handlers is None or any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
-                                        if thread is not threading.main_thread()):
-        return code
-    run_exit_handlers()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing more can be said there
-            stream.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

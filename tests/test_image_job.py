@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import logging
 import math
 import struct
 import zlib
@@ -16,9 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from analyzer.explain import shards
+from analyzer.explain.checkpoint_store import FolderStore
 from container.image_demo import DEMO_COMPACTNESS, LABELS, downsample, image_demo_config, write_image_demo_job
 from container.job import SUCCESS_MESSAGE
-from tests.conftest import JobRoot
+from tests.conftest import JobRoot, run_crashing_after_shards
 
 TOLERANCE = 1e-9
 
@@ -244,12 +247,6 @@ def test_a_crashed_image_job_resumes_from_the_checkpoint_store(tmp_path, monkeyp
     does, a folder per segment count, with the drawn seed: a rerun on a new machine (no work area) pulls
     them and scores only the rest; the values are those of an uninterrupted run (8 segments: every
     coalition, whatever the seed), and the store is emptied on success."""
-    import logging
-
-    from analyzer.explain import shards
-    from analyzer.explain.checkpoint_store import FolderStore
-    from tests.conftest import run_crashing_after_shards
-
     monkeypatch.setenv(shards.SHARD_ROWS_ENV, "300")  # 256 rows a picture at 8 segments: a shard per image
     reference = _demo_job(tmp_path / "reference", n_images=4)
     assert reference.run() == 0, reference.message

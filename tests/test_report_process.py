@@ -187,7 +187,7 @@ def _marked_processes(marker: str) -> list[int]:
 
 
 def _run_program(job: JobRoot, tmp_path: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """``lucent run`` as the program (``python -m container.cli``: ``end_process`` ends it), in an
+    """``lucent run`` as the program (``python -m container.cli``: ``analyzer.process_exit.end_process`` ends it), in an
     environment marked so that every process it started can be found afterwards."""
     import subprocess
     import sys

@@ -39,7 +39,7 @@ from analyzer.progress import progress
 from .checkpoint_store import CheckpointMirror, CheckpointStore
 from .image_detection import DetectedObject, DetectionEndpoint, top_objects
 from .image_shap import ImageEndpoint, ImageSource, score_filled
-from .job import _PREDICTOR_KEYS_NOT_IN_VALUES, _check_finite_baseline, _drop_stale, _job_seed
+from .job import _PREDICTOR_KEYS_NOT_IN_VALUES, _check_finite_baseline, _work_folder
 from .kernel_shap import KernelShap, fit_kernel_shap, link
 from .shards import ShapSettings, run_shards, shard_size
 
@@ -253,15 +253,10 @@ def _checkpoints(config: AnalysisConfig, shap: ShapMethod, source: ImageSource, 
                  ) -> tuple[Path, int, CheckpointMirror | None]:
     """The work area's folder for this job's checkpoints, its seed, and their mirror in ``checkpoint_store``
     (pulled first: the seed and the shards a lost run left there; the seed pushed at once)."""
-    fingerprint = _fingerprint(config, shap, source, filled_scores, model_identity)
-    checkpoint_dir = work_dir / fingerprint
-    _drop_stale(work_dir, keep=fingerprint)
-    mirror = None if checkpoint_store is None else CheckpointMirror(checkpoint_store, fingerprint, checkpoint_dir)
+    checkpoint_dir, seed, mirror = _work_folder(work_dir, _fingerprint(config, shap, source, filled_scores,
+                                                                      model_identity), shap.seed, checkpoint_store)
     if mirror is not None:
-        mirror.pull()
-    seed = _job_seed(shap.seed, checkpoint_dir)
-    if mirror is not None:
-        mirror.push_missing()
+        mirror.push_missing()  # the seed: each group's shards push only their own folder (``mirror.child``)
     return checkpoint_dir, seed, mirror
 
 

@@ -173,12 +173,7 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
         predictions = client.predict(inputs.baseline)
     label_keys = predictions.score_keys()
     fingerprint = _fingerprint(config, shap, dataset, inputs, text, predictions.scores, model_identity)
-    checkpoint_dir = work_dir / fingerprint
-    _drop_stale(work_dir, keep=fingerprint)
-    mirror = None if checkpoint_store is None else CheckpointMirror(checkpoint_store, fingerprint, checkpoint_dir)
-    if mirror is not None:
-        mirror.pull()  # the seed and the shards a lost run left in the store
-    seed = _job_seed(shap.seed, checkpoint_dir)
+    checkpoint_dir, seed, mirror = _work_folder(work_dir, fingerprint, shap.seed, checkpoint_store)
 
     if text:
         return _explain_text(shap, dataset, text, inputs, endpoint, staging, checkpoint_dir, seed, label_keys,
@@ -560,6 +555,18 @@ def _fingerprint(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, inp
     digest.update(pd.util.hash_pandas_object(inputs.baseline, index=False).to_numpy().tobytes())
     digest.update(np.ascontiguousarray(baseline_scores, dtype=float).tobytes())
     return digest.hexdigest()[:24]
+
+
+def _work_folder(work_dir: Path, fingerprint: str, seed: int | None, checkpoint_store: CheckpointStore | None,
+                 ) -> tuple[Path, int, CheckpointMirror | None]:
+    """This job's checkpoint folder in the work area (other fingerprints' folders removed), its coalition
+    seed, and its mirror in ``checkpoint_store``, pulled first: the seed and the shards a lost run left there."""
+    checkpoint_dir = work_dir / fingerprint
+    _drop_stale(work_dir, keep=fingerprint)
+    mirror = None if checkpoint_store is None else CheckpointMirror(checkpoint_store, fingerprint, checkpoint_dir)
+    if mirror is not None:
+        mirror.pull()
+    return checkpoint_dir, _job_seed(seed, checkpoint_dir), mirror
 
 
 def _job_seed(seed: int | None, checkpoint_dir: Path) -> int:

@@ -9,7 +9,7 @@ child, not the job, which then reports it. The child is started with ``spawn`` (
 
 Time after ``analysis.json`` is the job's wait for the report: the child also pays the renderers' first-use
 costs while the job computes (``warm_up``, when the job has not sent its report yet), and exits as soon as
-it has answered (``os._exit``: the interpreter's teardown cost 0.3 s that the job waited for in ``join``).
+it has answered (``analyzer.process_exit``: the interpreter's teardown cost 0.3 s that the job waited for in ``join``).
 
 >>> with start_report_process() as reports:     # doctest: +SKIP  (when the job starts)
 ...     reports.check_engines()                   # ReportError now if the PDF engine is missing
@@ -26,7 +26,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -132,16 +131,9 @@ def _serve(log_level: int, parent_pid: int, jobs: Connection, results: Connectio
     _serve_report(log_level, parent_pid, jobs, results)
     # The answer is sent and every file written (atomically, closed): the interpreter's teardown (matplotlib,
     # WeasyPrint, pandas: about 0.3 s, while the job waits in ``join``) does nothing the job needs.
-    _exit_now()
+    from analyzer.process_exit import end_process
 
-
-def _exit_now() -> None:
-    """``os._exit(0)`` after what a normal exit would still do for the job: the log lines flushed."""
-    logging.shutdown()  # flush the log handlers, as a normal exit would
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(0)
+    end_process(0)
 
 
 def _serve_report(log_level: int, parent_pid: int, jobs: Connection, results: Connection) -> None:

@@ -52,6 +52,7 @@ from container.endpoint.scoring import (
     parse_outputs,
     parse_records,
 )
+from container.sidecar.limits import MIB
 
 log = logging.getLogger("lucent.endpoint")
 
@@ -294,7 +295,7 @@ def shared_call_records(settings: ExplainerSettings, rows_per_record: int, n_fea
     ``GROUP_ROWS``. A call the client had to cut would send its requests through a thread hand-off,
     while the calls side by side already keep the model server's workers busy."""
     inference = settings.inference
-    rows = min(GROUP_ROWS, inference.max_payload_mb * 1024 * 1024 // (8 * max(1, n_features) + 16))
+    rows = min(GROUP_ROWS, inference.max_payload_mb * MIB // (8 * max(1, n_features) + 16))  # +16: slack
     if inference.max_record_count is not None:
         rows = min(rows, inference.max_record_count)
     return max(1, rows // rows_per_record)
