@@ -51,6 +51,7 @@ from analyzer.pipeline import (
 )
 from analyzer.predict import ModelEndpoint
 from analyzer.predict.client import MAX_PAYLOAD_BYTES
+from analyzer.predict.inprocess import ModelLoader
 from analyzer.redact import redact
 from analyzer.report import ReportError, check_report_engines
 from analyzer.report.process import ReportProcess, start_report_process
@@ -155,7 +156,16 @@ def open_model(config: AnalysisConfig, dataset: Dataset, model_dir: Path,
 
     local = None
     if scores_in_process(config):
-        local, default_io = scope.enter_context(in_process_model(config, model_dir))
+        from analyzer.explain.job import expected_shap_workers
+        from analyzer.explain.shards import spare_workers
+
+        workers = expected_shap_workers(config, dataset)
+
+        def start_shap_workers(loader: ModelLoader) -> None:  # they load the model while this process does
+            scope.enter_context(spare_workers(loader, workers))
+
+        local, default_io = scope.enter_context(
+            in_process_model(config, model_dir, before_load=start_shap_workers if workers > 1 else None))
         served = ServedModel("", default_io=default_io)
     else:
         served = scope.enter_context(model_endpoint(config, model_dir))

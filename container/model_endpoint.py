@@ -28,7 +28,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -161,10 +161,14 @@ def _refusals() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def in_process_model(config: AnalysisConfig, model_dir: Path) -> Iterator[tuple[InProcessModel, bool]]:
+def in_process_model(config: AnalysisConfig, model_dir: Path,
+                     before_load: Callable[[InProcessModel], None] | None = None,
+                     ) -> Iterator[tuple[InProcessModel, bool]]:
     """Load the job's model folder in this process (a tarball is extracted first, removed afterwards);
     yields the handle worker processes load it with and whether its handlers are the defaults. An
-    unloadable folder fails here, before any work, as it does when the server would not start."""
+    unloadable folder fails here, before any work, as it does when the server would not start.
+    ``before_load(handle)`` runs once the folder is ready, before this process loads it (to start the
+    worker processes that load it too, meanwhile)."""
     from container.sidecar.model import ModelLoadError, prepare_model_dir
 
     _log_sagemaker_names(config, model_dir)
@@ -176,6 +180,8 @@ def in_process_model(config: AnalysisConfig, model_dir: Path) -> Iterator[tuple[
         raise ModelUnavailable(f"model folder unloadable: {error}") from error
     model = InProcessModel(str(folder), str(source))
     try:
+        if before_load is not None:
+            before_load(model)
         loaded = loaded_model(model)
         log.info("Scoring the model in process (no model server): %s, loaded in %.1f seconds", loaded.source,
                  time.perf_counter() - started)

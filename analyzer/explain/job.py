@@ -32,7 +32,7 @@ from analyzer.config.model import Locator, ShapMethod
 from analyzer.data import Dataset, load_dataset, resolve_local_path
 from analyzer.data.csv_format import read_first_record
 from analyzer.data.files import list_data_files
-from analyzer.engines import job_engine
+from analyzer.engines import engine_choice, job_engine
 from analyzer.errors import DataError, UserError
 from analyzer.output import OutputStaging, write_text_atomic
 from analyzer.predict import ModelEndpoint
@@ -41,17 +41,20 @@ from analyzer.progress import progress
 from .aggregate import aggregate
 from .baseline import compute_baseline
 from .checkpoint_store import CheckpointMirror, CheckpointStore, remove_checkpoints
+from .design import make_design
 from .kernel_shap import Explanation, KernelShap, baseline_expected_value, fit_kernel_shap
 from .limits import PY_STRING_BYTES, check_num_clusters, check_pdp_memory, check_shap_memory
 from .pdp import partial_dependence
 from .shards import (
     DEFAULT_SHARD_ROWS,
     DEFAULT_TEXT_SHARD_ROWS,
+    IN_PROCESS_ROWS_PER_WORKER,
     ShapSettings,
     TextShapSettings,
     configured_shard_rows,
     discard_entry,
     even_bounds,
+    planned_workers,
     run_shards,
     run_text_shards,
     shard_size,
@@ -217,6 +220,33 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
     result = shap_section(local, shap.agg_method, names, label_keys)
     log.info("Kernel SHAP of %d records done in %.2f s", len(records), time.perf_counter() - started)
     return result
+
+
+def expected_shap_workers(config: AnalysisConfig, dataset: Dataset) -> int:
+    """The worker processes ``methods.shap`` on tabular data will most likely run on this machine with the
+    model scored in process, told before the model is loaded (``shards.spare_workers`` starts them then).
+
+    Counted as ``explain_shap`` counts them, from the records and the coalition budget, with the fewest
+    baseline rows the config allows (a computed baseline has one at least) and no checkpoint done: a job
+    that turns out to need another number runs its own pool. 1 for anything else (no SHAP, text, images,
+    the Spark engine, features the config names wrongly: the SHAP step reports those).
+    """
+    shap = config.methods.shap
+    if (shap is None or shap.text_config is not None or config.dataset_type == media.IMAGE
+            or dataset.features is None or engine_choice(config).name != "local"):
+        return 1
+    try:
+        coalitions = len(make_design(len(features_to_explain(shap.features_to_explain, dataset)),
+                                     shap.num_samples, seed=0).masks)  # how many depends on the seed in no way
+    except (UserError, ValueError):
+        return 1
+    given = shap.baseline
+    baseline_rows = (len(given) if isinstance(given, list) and given and all(isinstance(row, list) for row in given)
+                     else shap.num_clusters or 1 if given is None else 1)
+    n = len(dataset.features)
+    size = shard_size((coalitions + 2) * baseline_rows + 1)
+    return max(1, planned_workers(len(even_bounds(n, size)) - 1, n * (coalitions + 1) * baseline_rows,
+                                  IN_PROCESS_ROWS_PER_WORKER, config.predictor.max_concurrency))
 
 
 def check_explain_inputs(config: AnalysisConfig, dataset: Dataset, base_dir: Path | None) -> list[str]:

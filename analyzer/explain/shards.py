@@ -24,20 +24,24 @@ with ``kill -9`` leaves no worker behind, blocked on the pool's pipe.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
 import os
+import pickle
 import queue
 import re
 import shutil
 import signal
 import threading
 import time
+import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -52,6 +56,7 @@ from analyzer.errors import UserError
 from analyzer.output import atomic_writer
 from analyzer.parent import exit_with_parent
 from analyzer.predict import ModelEndpoint
+from analyzer.predict.inprocess import ModelLoader, loaded_model
 
 from .kernel_shap import (
     GLOBAL_TERMS,
@@ -162,6 +167,15 @@ def worker_count(n_shards: int, rows: int | None = None, rows_per_worker: int | 
     return max(1, min(wanted, n_shards))
 
 
+def planned_workers(n_shards: int, rows: int, rows_per_worker: int | None, cap: int | None) -> int:
+    """The worker processes for ``n_shards`` shards of ``rows`` synthetic rows in all (0: no shard to run):
+    ``worker_count``, held to ``cap`` (``predictor.max_concurrency``: each worker has a request in flight)."""
+    if n_shards == 0:
+        return 0
+    workers = worker_count(n_shards, rows, rows_per_worker)
+    return workers if cap is None else min(workers, cap)
+
+
 def shard_path(checkpoint_dir: Path, index: int) -> Path:
     return checkpoint_dir / f"shard-{index:06d}.npz"
 
@@ -258,9 +272,8 @@ def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: 
                  n_shards, settings.checkpoint_dir)
     in_process = bool(getattr(settings.endpoint, "in_process", False))
     rows_todo = int(sum(rows[bounds[i]:bounds[i + 1]].sum() for i in todo))
-    workers = worker_count(len(todo), rows_todo, in_process_rows_per_worker if in_process else None) if todo else 0
-    if (cap := max_concurrency(settings)) is not None:
-        workers = min(workers, cap)  # each worker has one request in flight at least
+    workers = planned_workers(len(todo), rows_todo, in_process_rows_per_worker if in_process else None,
+                              max_concurrency(settings))
     progress = _Progress([int(rows[bounds[i]:bounds[i + 1]].sum()) for i in range(n_shards)],
                          np.diff(bounds).tolist(), todo)
     log.info("SHAP: %d records in %d shards of up to %d records, %d worker process(es)", bounds[-1], n_shards,
@@ -312,6 +325,7 @@ def run_local_shards(settings: ShapSettings | TextShapSettings, tasks: Iterator[
     ``workers`` is 1 (the model is loaded here already), else in a pool of ``workers`` processes. Each
     shard is checkpointed, then ``finished(index)`` is called in this process."""
     if workers <= 1:
+        _take_spare(0)  # spare workers started for a bigger job: stopped, not kept idle beside this one
         _init_worker(settings, concurrency=worker_concurrency(settings, 1))
         try:
             for task in tasks:
@@ -336,8 +350,15 @@ def _run_pool(settings: ShapSettings | TextShapSettings, shards: Iterator[ShardT
     # forked child of a threaded process can deadlock on a lock held by a thread that does not exist in it.
     # The workers are told this process's id: they exit when it dies (a kill -9 runs no cleanup here).
     spawned = workers - 1
-    executor = ProcessPoolExecutor(spawned, mp_context=get_context("spawn"), initializer=_init_worker,
-                                   initargs=(settings, os.getpid(), workers, worker_concurrency(settings, workers)))
+    run_shard: Callable[..., int] = _run_shard
+    executor = _take_spare(spawned)
+    if executor is None:
+        executor = ProcessPoolExecutor(spawned, mp_context=get_context("spawn"), initializer=_init_worker,
+                                       initargs=(settings, os.getpid(), workers, worker_concurrency(settings, workers)))
+    else:  # started before the explainer existed: each shard carries the settings, set up once per worker
+        log.info("SHAP: %d of the worker processes started while the job loaded the model", spawned)
+        run_shard = functools.partial(_run_shard_set_up, _Setup.of(settings, workers,
+                                                                   worker_concurrency(settings, workers)))
     lock = threading.Lock()
     results: queue.SimpleQueue[Future[int]] = queue.SimpleQueue()
     stop = threading.Event()
@@ -354,7 +375,7 @@ def _run_pool(settings: ShapSettings | TextShapSettings, shards: Iterator[ShardT
         with lock:
             in_flight[0] += 1
         try:
-            future = executor.submit(_run_shard, *task)
+            future = executor.submit(run_shard, *task)
         except RuntimeError:  # the pool is shutting down: the job failed or stopped meanwhile
             with lock:
                 in_flight[0] -= 1
@@ -391,9 +412,7 @@ def _run_pool(settings: ShapSettings | TextShapSettings, shards: Iterator[ShardT
     except BaseException:
         # A failed or stopped job must not wait for the other shards: stop the workers we started.
         stop.set()
-        for process in list((getattr(executor, "_processes", None) or {}).values()):
-            process.terminate()
-        executor.shutdown(wait=False, cancel_futures=True)
+        _stop_pool(executor)
         raise
     finally:
         if here:
@@ -432,6 +451,94 @@ def _close_worker() -> None:
     if limits is not None:
         limits.unregister()
     _worker.clear()
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What ``_init_worker`` gets, pickled once by the job: sent with every shard to workers started before
+    the explainer existed (``spare_workers``), and unpickled by each worker the first time it sees it."""
+
+    token: str
+    arguments: bytes  # pickle of (settings, workers, concurrency)
+
+    @classmethod
+    def of(cls, settings: ShapSettings | TextShapSettings, workers: int, concurrency: int | None) -> _Setup:
+        return cls(uuid.uuid4().hex, pickle.dumps((settings, workers, concurrency), pickle.HIGHEST_PROTOCOL))
+
+
+def _run_shard_set_up(setup: _Setup, index: int, first: int, stop: int, payload: tuple) -> int:
+    """``_run_shard`` in a spare worker, set up for ``setup`` first if it is not yet."""
+    if _worker.get("setup") != setup.token:
+        _close_worker()
+        settings, workers, concurrency = pickle.loads(setup.arguments)
+        _init_worker(settings, workers=workers, concurrency=concurrency)
+        _worker["setup"] = setup.token
+    return _run_shard(index, first, stop, payload)
+
+
+def _warm_worker(loader: ModelLoader, parent_pid: int) -> None:
+    """A spare worker's start: the model's imports and load, the bulk of a worker's first seconds."""
+    exit_with_parent(parent_pid, death_signal=signal.SIGKILL)
+    loaded_model(loader)
+
+
+def _started() -> int:
+    return os.getpid()
+
+
+_spare: list[tuple[int, ProcessPoolExecutor]] = []  # this process's spare workers: (how many, their pool)
+_spare_lock = threading.Lock()
+
+
+@contextmanager
+def spare_workers(loader: ModelLoader, workers: int) -> Iterator[None]:
+    """Start the ``workers - 1`` SHAP worker processes a job of ``workers`` will spawn, now.
+
+    A job scoring its model in process reads its data and loads the model on one core before SHAP
+    starts; a worker started only then spends its first ~2 s (a new interpreter, imports, the model's
+    load) while the job already explains. Started here, the workers load the model (``loader``) on the
+    idle cores meanwhile; the SHAP step takes them if it runs that many workers (``_run_pool``), and
+    whatever was not taken is stopped when the block ends.
+    """
+    spawned = workers - 1
+    if spawned < 1:
+        yield
+        return
+    executor = ProcessPoolExecutor(spawned, mp_context=get_context("spawn"), initializer=_warm_worker,
+                                   initargs=(loader, os.getpid()))
+    for _ in range(spawned):  # a process pool spawns its processes as tasks arrive
+        executor.submit(_started)
+    with _spare_lock:
+        _spare.append((spawned, executor))
+    try:
+        yield
+    finally:
+        with _spare_lock:
+            unused = [entry for entry in _spare if entry[1] is executor]
+            for entry in unused:
+                _spare.remove(entry)
+        if unused:
+            _stop_pool(executor)
+
+
+def _take_spare(spawned: int) -> ProcessPoolExecutor | None:
+    """The spare workers if there are exactly ``spawned`` of them (None otherwise: those are stopped, not to
+    hold memory and cores beside a pool of another size)."""
+    with _spare_lock:
+        found = _spare.pop() if _spare else None
+    if found is None:
+        return None
+    if found[0] != spawned:
+        _stop_pool(found[1])
+        return None
+    return found[1]
+
+
+def _stop_pool(executor: ProcessPoolExecutor) -> None:
+    """Stop a pool's processes now (a failed job, or workers no longer wanted): nothing of theirs is kept."""
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 def init_worker(settings: ShapSettings | TextShapSettings, concurrency: int | None = None) -> None:
