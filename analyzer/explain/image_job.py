@@ -36,6 +36,7 @@ from analyzer.predict import ModelEndpoint
 from analyzer.predict.image_requests import IMAGE_REQUEST_TYPES
 from analyzer.progress import progress
 
+from . import image_shap
 from .checkpoint_store import CheckpointMirror, CheckpointStore
 from .image_detection import DetectedObject, DetectionEndpoint, top_objects
 from .image_shap import ImageEndpoint, ImageSource, score_filled
@@ -363,7 +364,8 @@ def _name_images(message: str, members: np.ndarray, names: Sequence[str]) -> str
 def _fingerprint(config: AnalysisConfig, shap: ShapMethod, source: ImageSource, filled_scores: np.ndarray,
                  model_identity: str) -> str:
     """Digest of what the checkpointed values depend on: Lucent's version, the images' bytes and names, the
-    segmentation and fill, ``num_samples`` / ``use_logit`` / ``seed``, the predictor's format, the model."""
+    segmentation and fill, ``num_samples`` / ``use_logit`` / ``seed``, the predictor's format, the model,
+    how the pictures are cut into requests."""
     predictor = {} if config.predictor is None else {
         key: value for key, value in asdict(config.predictor).items() if key not in _PREDICTOR_KEYS_NOT_IN_VALUES}
     import skimage
@@ -372,7 +374,9 @@ def _fingerprint(config: AnalysisConfig, shap: ShapMethod, source: ImageSource, 
                         shap.image_config) if shap.image_config else None, threshold=config.probability_threshold,
                     segments=source.num_segments, compactness=source.compactness,
                     mask=str(source.mask) if source.mask else None, num_samples=shap.num_samples,
-                    use_logit=shap.use_logit, seed=shap.seed, predictor=predictor, model=model_identity)
+                    use_logit=shap.use_logit, seed=shap.seed, predictor=predictor, model=model_identity,
+                    # how the pictures are cut into requests: a model's last bits depend on the batch it scores
+                    batches=(image_shap.IMAGES_PER_CHUNK, image_shap.IMAGES_PER_REQUEST))
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=repr).encode())
     for i in range(len(source.names)):
         digest.update(hashlib.sha256(source.path(i).read_bytes()).digest())
