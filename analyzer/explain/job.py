@@ -240,13 +240,22 @@ def expected_shap_workers(config: AnalysisConfig, dataset: Dataset) -> int:
                                      shap.num_samples, seed=0).masks)  # how many depends on the seed in no way
     except (UserError, ValueError):
         return 1
-    given = shap.baseline
-    baseline_rows = (len(given) if isinstance(given, list) and given and all(isinstance(row, list) for row in given)
-                     else shap.num_clusters or 1 if given is None else 1)
+    baseline_rows = _fewest_baseline_rows(shap)
     n = len(dataset.features)
     size = shard_size((coalitions + 2) * baseline_rows + 1)
     return max(1, planned_workers(len(even_bounds(n, size)) - 1, n * (coalitions + 1) * baseline_rows,
                                   IN_PROCESS_ROWS_PER_WORKER, config.predictor.max_concurrency))
+
+
+def _fewest_baseline_rows(shap: ShapMethod) -> int:
+    """The baseline rows ``methods.shap`` has at least, told from the config alone: the rows given inline,
+    ``num_clusters`` for a computed baseline, else one (a file or a document is read later)."""
+    given = shap.baseline
+    if given is None:
+        return shap.num_clusters or 1
+    if isinstance(given, list) and given and all(isinstance(row, list) for row in given):
+        return len(given)
+    return 1
 
 
 def check_explain_inputs(config: AnalysisConfig, dataset: Dataset, base_dir: Path | None) -> list[str]:

@@ -325,7 +325,7 @@ def run_local_shards(settings: ShapSettings | TextShapSettings, tasks: Iterator[
     ``workers`` is 1 (the model is loaded here already), else in a pool of ``workers`` processes. Each
     shard is checkpointed, then ``finished(index)`` is called in this process."""
     if workers <= 1:
-        _take_spare(0)  # spare workers started for a bigger job: stopped, not kept idle beside this one
+        _release_spare()  # started for a bigger job: stopped, not kept idle beside this one
         _init_worker(settings, concurrency=worker_concurrency(settings, 1))
         try:
             for task in tasks:
@@ -525,13 +525,18 @@ def _take_spare(spawned: int) -> ProcessPoolExecutor | None:
     """The spare workers if there are exactly ``spawned`` of them (None otherwise: those are stopped, not to
     hold memory and cores beside a pool of another size)."""
     with _spare_lock:
+        if _spare and _spare[-1][0] == spawned:
+            return _spare.pop()[1]
+    _release_spare()
+    return None
+
+
+def _release_spare() -> None:
+    """Stop the spare workers, if any (a job that runs no pool, or a pool of another size)."""
+    with _spare_lock:
         found = _spare.pop() if _spare else None
-    if found is None:
-        return None
-    if found[0] != spawned:
+    if found is not None:
         _stop_pool(found[1])
-        return None
-    return found[1]
 
 
 def _stop_pool(executor: ProcessPoolExecutor) -> None:
