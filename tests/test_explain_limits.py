@@ -260,3 +260,26 @@ def test_sizes_are_readable():
     assert limits._size(3 * 1024**3) == "3.0 GiB"
     assert _bytes(limits._size(10**18)) == pytest.approx(10**18, rel=1e-3)
 
+
+
+def test_an_in_process_job_beyond_memory_is_refused_before_its_workers_are_counted(job):
+    """A model folder scored in process: the SHAP workers are counted (and started) before the model loads,
+    from the coalition design's size; a budget beyond the memory is the SHAP step's error, not a design built
+    early (``expected_shap_workers`` checks the memory first)."""
+    import joblib
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(0)
+    x = np.round(rng.normal(size=(40, WIDE)), 3)
+    (job.root / "input" / "model").mkdir(parents=True, exist_ok=True)
+    joblib.dump(LinearRegression().fit(x, x.sum(axis=1)), job.root / "input" / "model" / "model.joblib")
+    data = pd.DataFrame(x, columns=[f"f{j}" for j in range(WIDE)])
+    data["y"] = rng.integers(0, 2, len(data))
+    job.write_data(data.to_csv(index=False, header=False))
+    num_samples = coalitions_over_memory(1e6)
+    job.write_config({"dataset_type": "text/csv", "headers": list(data.columns), "label": "y",
+                      "methods": {"shap": {"baseline": [[0.0] * WIDE], "num_samples": num_samples, "seed": 1}},
+                      "predictor": {"content_type": "text/csv"}})
+    assert job.run() == 1, job.message
+    assert job.message.startswith("ClientError: methods.shap.num_samples: "), job.message
+    assert "this machine has" in job.message

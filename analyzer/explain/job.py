@@ -235,12 +235,14 @@ def expected_shap_workers(config: AnalysisConfig, dataset: Dataset) -> int:
     if (shap is None or shap.text_config is not None or config.dataset_type == media.IMAGE
             or dataset.features is None or engine_choice(config).name != "local"):
         return 1
+    baseline_rows = _fewest_baseline_rows(shap)
     try:
-        coalitions = len(make_design(len(features_to_explain(shap.features_to_explain, dataset)),
-                                     shap.num_samples, seed=0).masks)  # how many depends on the seed in no way
+        features = features_to_explain(shap.features_to_explain, dataset)
+        # A design too large for the memory is the SHAP step's error to report, not to be built here.
+        _check_shap_memory(shap, dataset, features, None, baseline_rows)
+        coalitions = len(make_design(len(features), shap.num_samples, seed=0).masks)  # the seed changes no count
     except (UserError, ValueError):
         return 1
-    baseline_rows = _fewest_baseline_rows(shap)
     n = len(dataset.features)
     size = shard_size((coalitions + 2) * baseline_rows + 1)
     return max(1, planned_workers(len(even_bounds(n, size)) - 1, n * (coalitions + 1) * baseline_rows,
