@@ -347,13 +347,18 @@ def _publish_report(reports: ReportProcess, config: AnalysisConfig, dataset: Dat
     published even when another failed; ``ReportError`` then says which failed."""
     started = time.perf_counter()
     with OutputStaging(paths.output_dir) as staging:
-        render_job_reports(reports, config, dataset, results, staging.staging_dir, paths.output_dir, started_at)
-        model_scope.close()  # stop the model while the report renders: nothing needs it any more
         try:
+            render_job_reports(reports, config, dataset, results, staging.staging_dir, paths.output_dir, started_at)
+            model_scope.close()  # stop the model while the report renders: nothing needs it any more
             reports.wait()
         except ReportError as error:
             staging.keep_only(error.written)  # complete formats only, as the report process confirmed
             error.written = staging.commit(replace_previous=False)
+            raise
+        except BaseException:
+            # Stopped or failed while the child writes into this staging folder: the child is stopped before
+            # the folder is removed, or a file it creates meanwhile leaves the folder in the output.
+            reports.stop()
             raise
         published = staging.commit(replace_previous=False)
     log.info("Report written (%s) in %.2f s", ", ".join(p.name for p in published), time.perf_counter() - started)

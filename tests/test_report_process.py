@@ -162,6 +162,38 @@ def test_sigterm_while_the_report_renders_stops_its_process(tmp_path) -> None:
     assert "report process" not in rest  # stopped, not reported as a crash
 
 
+
+def test_a_job_stopped_while_its_report_renders_stops_the_child_before_removing_its_folder(tmp_path, monkeypatch) -> None:
+    """The child writes into the report's staging folder: it is stopped while that folder still exists. (The
+    other order left the folder in the output once: a file the child wrote while the folder was removed.)"""
+    import contextlib
+    from types import SimpleNamespace
+
+    import container.job as job_module
+
+    class Child:  # the report process, as _publish_report uses it
+        def __init__(self) -> None:
+            self.folder: Path | None = None
+            self.folder_when_stopped: list[bool] = []
+
+        def wait(self) -> list[Path]:
+            (self.folder / "report.html").write_text("<p>half")
+            raise job_module.JobStopped()
+
+        def stop(self) -> None:
+            self.folder_when_stopped.append(self.folder.is_dir())
+
+    def render(reports, config, dataset, results, staging_dir, published_dir, started_at) -> None:
+        reports.folder = staging_dir
+
+    child, out = Child(), tmp_path / "out"
+    monkeypatch.setattr(job_module, "render_job_reports", render)
+    with pytest.raises(job_module.JobStopped):
+        job_module._publish_report(child, None, None, {}, SimpleNamespace(output_dir=out), "", contextlib.ExitStack())
+    assert child.folder_when_stopped == [True]
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
 # -- speed (issue #14): what the report process does to save time must not change what the job does --------
 
 RECORD_IMPORT = '''
