@@ -125,6 +125,25 @@ def test_plain_number_fast_path_matches_pandas_parser_bit_for_bit(tmp_path, kind
     assert (dataset.label.to_series().to_numpy() + 0).tobytes() == (expected.to_numpy() + 0).tobytes()
 
 
+
+@pytest.mark.parametrize("spelling", ["%.18e", "%.17g", "%r"])
+def test_full_precision_numbers_beside_short_ones_and_missing_values_match_pandas_bit_for_bit(tmp_path, spelling):
+    """Fields too long for the fast path's patterns (which are then not run) are typed as pandas types them."""
+    rng = np.random.default_rng(len(spelling))
+    long_values = [spelling % float(v) for v in rng.normal(scale=1e3, size=3_000)]
+    short_values = [f"{v:.3f}" for v in rng.normal(size=3_000)]
+    columns = {"long": long_values, "mixed": short_values[:-1] + [long_values[0]],
+               "long_and_missing": long_values[:-2] + ["", "NA"], "integers": [str(i) for i in range(3_000)]}
+    text = "long,mixed,long_and_missing,integers\n" + "\n".join(",".join(row) for row in zip(*columns.values(), strict=True)) + "\n"
+    path = write(tmp_path / "numbers.csv", text)
+    dataset = load_dataset(csv_config(label="integers", facet=[Facet(name) for name in list(columns)[:3]]), path)
+    expected = pd.read_csv(path)
+    for name in list(columns)[:3]:
+        assert expected[name].dtype == np.float64
+        assert_column_is(dataset.facets[name], expected[name])
+        assert (dataset.facets[name].to_series().to_numpy() + 0).tobytes() == (expected[name].to_numpy() + 0).tobytes()
+
+
 def test_header_row_is_read_from_the_first_file(tmp_path):
     path = write(tmp_path / "d.csv", "age,sex,approved\n30,M,1\n40,F,0\n")
     dataset = load_dataset(csv_config(label="approved", facet=[Facet("sex")]), path, need_features=True)

@@ -234,8 +234,10 @@ def infer_csv_values(values: pa.Array, has_null: bool = False) -> pd.Series:
 
 _NA_STRINGS = pa.array(sorted(STR_NA_VALUES))  # pandas' default na_values (keep_default_na=True)
 _INT18 = r"^-?[0-9]{1,18}$"
+_INT18_LONGEST = 19  # bytes: a sign and 18 digits
 # A decimal with at most 15 digits in all: d{1,15}, or i digits, a point and 1..15-i digits.
 _DECIMAL15 = "^-?(?:[0-9]{1,15}|" + "|".join(f"[0-9]{{{i}}}\\.[0-9]{{1,{15 - i}}}" for i in range(1, 15)) + ")$"
+_DECIMAL15_LONGEST = 17  # bytes: a sign, 15 digits and a point
 # Everything pandas' C parser might read as a number (a superset: int, float with exponent, inf,
 # surrounding whitespace), and its default bool words.
 _MAYBE_NUMBER = r"^[\t\n\v\f\r ]*[+-]?(?:inf|infinity|[0-9]*\.?[0-9]*(?:e[+-]?[0-9]*)?)[\t\n\v\f\r ]*$"
@@ -253,11 +255,14 @@ def _plain_numbers(values: pa.Array, missing: pa.BooleanArray) -> pd.Series | No
     n_missing = pc.sum(missing).as_py() or 0
     if n_missing == len(values):
         return None
-    if pc.all(pc.or_(missing, pc.match_substring_regex(values, _DECIMAL15))).as_py():
+    # A field longer than a pattern's longest match fails it: the pattern is not run (full-precision floats,
+    # such as numpy's and pandas' CSV writers make, would otherwise go through both for nothing).
+    longest = pc.max(pc.if_else(missing, 0, pc.binary_length(values))).as_py()
+    if longest <= _DECIMAL15_LONGEST and pc.all(pc.or_(missing, pc.match_substring_regex(values, _DECIMAL15))).as_py():
         if n_missing == 0 and not pc.any(pc.match_substring(values, ".")).as_py():
             return values.cast(pa.int64()).to_pandas()
         return pc.if_else(missing, pa.scalar(None, values.type), values).cast(pa.float64()).to_pandas()
-    if n_missing == 0 and pc.all(pc.match_substring_regex(values, _INT18)).as_py():
+    if n_missing == 0 and longest <= _INT18_LONGEST and pc.all(pc.match_substring_regex(values, _INT18)).as_py():
         return values.cast(pa.int64()).to_pandas()  # integers of 16 to 18 digits
     return None
 
