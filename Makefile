@@ -12,6 +12,8 @@ SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-de
 .PHONY: help install demo demo-text demo-image demo-endpoint demo-monitor test test-fast test-spark lint bench image image-spark clean
 BASE_IMAGE ?= $(or $(LUCENT_BASE_IMAGE),python:3.11-slim)
 IMAGE      ?= lucent:dev
+# Test worker processes (pytest-xdist); 0 runs the suite in one process, in file order.
+PYTEST_WORKERS ?= 2
 SPARK_IMAGE ?= lucent-spark:dev
 
 help:
@@ -20,7 +22,8 @@ help:
 	@echo "make demo-image  explain a small image classifier's pictures, segment by segment (build/demo-image/output)"
 	@echo "make demo-endpoint  serve the demo model with \`lucent endpoint\` (capture + explanations), call it with boto3"
 	@echo "make demo-monitor  the bias-monitoring walkthrough: endpoint capture, baselines, \`lucent monitor\` on a normal and a drifted hour"
-	@echo "make test       set up and run lint + the whole test suite (slow end-to-end tests included)"
+	@echo "make test       set up and run lint + the whole test suite (slow end-to-end tests included), on"
+	@echo "                PYTEST_WORKERS=2 processes (PYTEST_WORKERS=0: one process, in file order)"
 	@echo "make test-fast  the test suite without tests marked slow"
 	@echo "make test-spark the Spark engine's tests alone (local[2] and a standalone cluster; Java 17)"
 	@echo "                (both fail when the smclarify oracle is missing; LUCENT_TESTS_WITHOUT_ORACLE=1 skips its tests)"
@@ -68,10 +71,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-fast: lint
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
 
 test-spark: $(STAMP)
 	$(PY) -m pytest tests/test_engine_*.py -q

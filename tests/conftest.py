@@ -18,11 +18,14 @@ from container.demo import DEMO_CONFIG, write_demo_job
 
 ORACLE_MODULE = "smclarify.bias.report"  # smclarify 0.5, the open-source metric library Clarify vendors
 WITHOUT_ORACLE = "LUCENT_TESTS_WITHOUT_ORACLE"
+CONTAINER_ENGINE_GROUP = "container-engine"  # tests using tests/test_container.py's ``engine`` fixture
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "oracle: compares Lucent with smclarify, the test oracle (a missing "
                                        f"oracle fails the run unless {WITHOUT_ORACLE}=1)")
+    # pytest-xdist registers it too; here so that a run without the plugin does not warn about it.
+    config.addinivalue_line("markers", "xdist_group(name): tests of one group run on the same xdist worker")
 
 
 def oracle_missing() -> str | None:
@@ -37,7 +40,15 @@ def oracle_missing() -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``oracle`` need smclarify. Without it the run fails before any test runs: skipping
     them would leave hundreds of bias comparisons unchecked and the suite green. A developer who knows
-    can set LUCENT_TESTS_WITHOUT_ORACLE=1 to skip them instead."""
+    can set LUCENT_TESTS_WITHOUT_ORACLE=1 to skip them instead.
+
+    Also the worker each test runs on when ``make test`` runs several (pytest-xdist, ``--dist loadgroup``):
+    a module's tests run together (its module fixtures start once: Spark sessions, servers), and every test
+    that uses the container engine runs on one worker, since those share the engine's images, containers and
+    the ports their containers listen on."""
+    for item in items:
+        group = CONTAINER_ENGINE_GROUP if "engine" in getattr(item, "fixturenames", ()) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
     needing = [item for item in items if item.get_closest_marker("oracle")]
     reason = oracle_missing() if needing else None
     if reason is None:
