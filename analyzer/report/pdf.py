@@ -36,8 +36,8 @@ def import_with_direct_library_names(name: str) -> ModuleType:
 
     Why: WeasyPrint opens each of Pango, GLib, HarfBuzz and fontconfig by trying up to six spellings of its
     name (Linux, macOS and Windows ones), and cffi hands every spelling that does not load as it is to
-    ``ctypes.util.find_library``, which on Linux runs ``ldconfig -p``, then gcc and ld, for each: about 30
-    subprocesses and 0.2 s of CPU each time a report process starts on a machine with a compiler. Each list
+    ``ctypes.util.find_library``, which on Linux runs ``ldconfig -p``, then gcc and ld, for each: 54
+    processes and 0.3 s of CPU each time a report process starts on a machine with a compiler. Each list
     holds the library's Linux file name (``libpango-1.0.so.0``), which the dynamic loader finds itself (its
     cache, ``LD_LIBRARY_PATH``), so the lookups find nothing more. If a library is not found that way, the
     import is done again the usual way, lookups included: a system where only they find it still works.
