@@ -143,7 +143,7 @@ def test_the_workers_started_early_are_the_workers_the_shap_step_plans(tmp_path,
 
 def test_the_pool_is_stopped_once_every_shard_is_reported(tmp_path, monkeypatch) -> None:
     """The spawned workers are stopped, not left to their interpreters' teardown (0.3-0.7 s with a model
-    loaded, which a job ending then waits for): each ends by SIGTERM, not with a clean exit of its own."""
+    loaded, which a job ending then waits for): each ends by SIGKILL, not with a clean exit of its own."""
     import signal
     from concurrent.futures import ProcessPoolExecutor
 
@@ -173,4 +173,4 @@ def test_the_pool_is_stopped_once_every_shard_is_reported(tmp_path, monkeypatch)
     assert len(pools) == 1 and processes
     for process in processes:
         process.join(timeout=30)
-        assert process.exitcode == -signal.SIGTERM
+        assert process.exitcode == -signal.SIGKILL
