@@ -12,7 +12,7 @@ Why this shape:
   under a temporary name in its folder and renamed (``analyzer.output.atomic_writer``), an S3 file is
   one ``put_object`` of the finished bytes. Readers never see half a file.
 * A record is dropped -- never silently -- when the queue is full (by count or bytes), when a local
-  destination's disk is ``disk_limit`` (75 %) full or more, or when a file cannot be published (S3
+  destination's disk is ``disk_limit`` (75 %, ``$LUCENT_CAPTURE_DISK_LIMIT``) full or more, or when a file cannot be published (S3
   put retried, then given up). Each drop is counted by reason (``dropped``, exported in ``/metrics``)
   and summarised in the log at most every ``DROP_LOG_SECONDS``; bodies are never logged.
 * ``close`` (the endpoint's SIGTERM handler calls it; ``atexit`` too, as a last resort) stops
@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from analyzer.environment import positive_number
 from analyzer.errors import UserError
 from analyzer.monitor.capture import capture_key, capture_line, capture_record, check_name, inference_hour
 from analyzer.output import atomic_writer
@@ -49,8 +50,21 @@ S3_ATTEMPTS = 3  # puts of one file (each with botocore's own retries) before it
 S3_BACKOFF_SECONDS = 0.2  # doubled after each failed attempt
 # Why a record was dropped: the keys of ``dropped_by_reason``.
 DROP_REASONS = ("queue_full", "disk_full", "publish_failed", "closed", "error")
+# A local destination's file system this full (a fraction) or more: records are dropped. 75 % by default (the
+# endpoint spec); a machine whose large disk is fuller than that by design can raise it.
+DISK_LIMIT_ENV = "LUCENT_CAPTURE_DISK_LIMIT"
+DEFAULT_DISK_LIMIT = 0.75
 
 Body = bytes | bytearray | memoryview | str
+
+
+def configured_disk_limit() -> float:
+    """``$LUCENT_CAPTURE_DISK_LIMIT`` (a fraction above 0, at most 1), else ``DEFAULT_DISK_LIMIT``; anything
+    else is a ``UserError`` naming the variable."""
+    limit = positive_number(DISK_LIMIT_ENV, DEFAULT_DISK_LIMIT, float, "the disk (a fraction, at most 1)")
+    if limit > 1:
+        raise UserError(f"{DISK_LIMIT_ENV}={limit:g}: must be a fraction of the disk, at most 1")
+    return limit
 
 
 def disk_fraction_used(folder: Path) -> float:
@@ -89,7 +103,7 @@ class CaptureWriter:
     def __init__(self, destination: str, endpoint: str, variant: str, *, sampling_percentage: float,
                  capture_input: bool, capture_output: bool, csv_types: Sequence[str], json_types: Sequence[str],
                  max_queue: int = 10_000, roll_seconds: float = 60, roll_bytes: int = 64 * 2**20,
-                 disk_limit: float = 0.75, endpoint_url: str | None = None, max_queue_bytes: int = 256 * 2**20,
+                 disk_limit: float | None = None, endpoint_url: str | None = None, max_queue_bytes: int = 256 * 2**20,
                  seed: int | None = None, clock: Callable[[], float] = time.monotonic,
                  disk_usage: Callable[[Path], float] = disk_fraction_used):
         self.endpoint = check_name(endpoint, "endpoint name")
@@ -117,7 +131,7 @@ class CaptureWriter:
         self._max_queue_bytes = max_queue_bytes
         self._roll_seconds = float(roll_seconds)
         self._roll_bytes = roll_bytes
-        self._disk_limit = disk_limit
+        self._disk_limit = configured_disk_limit() if disk_limit is None else disk_limit
         self._random = random.Random(seed)
         self._clock = clock
         self._disk_usage = disk_usage

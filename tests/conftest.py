@@ -19,6 +19,10 @@ from container.demo import DEMO_CONFIG, write_demo_job
 ORACLE_MODULE = "smclarify.bias.report"  # smclarify 0.5, the open-source metric library Clarify vendors
 WITHOUT_ORACLE = "LUCENT_TESTS_WITHOUT_ORACLE"
 CONTAINER_ENGINE_GROUP = "container-engine"  # tests using tests/test_container.py's ``engine`` fixture
+# The tests capture endpoint traffic to temporary folders on whatever disk this machine has: its fill level must
+# not decide whether records are kept (the disk guard's own tests set the limit, or the usage, they test).
+# Set here, at import, so that the endpoints and jobs the tests start as processes inherit it.
+os.environ["LUCENT_CAPTURE_DISK_LIMIT"] = "1"
 
 
 def pytest_configure(config: pytest.Config) -> None:

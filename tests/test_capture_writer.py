@@ -19,7 +19,7 @@ import pytest
 
 from analyzer.errors import UserError
 from analyzer.monitor.capture import payload_bytes, read_capture_lines
-from container.capture import CaptureWriter
+from container.capture import DEFAULT_DISK_LIMIT, DISK_LIMIT_ENV, CaptureWriter, configured_disk_limit
 from tests.conftest import moto_s3, use_test_credentials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,7 +287,8 @@ def test_submit_never_raises(tmp_path, caplog):
     w.close()  # twice is fine
 
 
-def test_disk_guard_with_an_injected_usage(tmp_path, caplog):
+def test_disk_guard_with_an_injected_usage(tmp_path, caplog, monkeypatch):
+    monkeypatch.delenv(DISK_LIMIT_ENV)  # the default limit (tests/conftest.py sets 1 for the other tests)
     usage = {"fraction": 0.80}
     clock = FakeClock()
     with caplog.at_level(logging.INFO, logger="lucent.capture"):
@@ -323,7 +324,7 @@ def tmpfs(tmp_path):
 def test_disk_guard_on_a_real_full_disk(tmpfs):
     filler = tmpfs / "filler"
     filler.write_bytes(b"\0" * 800 * 1024)  # 78 % of 1 MiB
-    w = writer(tmpfs / "capture")
+    w = writer(tmpfs / "capture", disk_limit=DEFAULT_DISK_LIMIT)
     assert w.disk_full and not submit(w, 1)
     filler.unlink()
     wait_until(lambda: not w.disk_full, what="capture to resume")
@@ -465,3 +466,16 @@ def test_s3_put_that_keeps_failing_is_counted_and_logged(s3, caplog):
     assert f"could not put s3://{bucket}-missing/prefix/ep/AllTraffic/2023/01/19/05/31-46-585-" in caplog.text
     assert "after 3 attempts (3 records dropped)" in caplog.text and "NoSuchBucket" in caplog.text
     assert "SECRET" not in caplog.text
+
+
+def test_the_disk_limit_is_read_from_the_environment_and_checked(tmp_path, monkeypatch):
+    usage = {"fraction": 0.80}
+    monkeypatch.setenv(DISK_LIMIT_ENV, "0.9")
+    assert not writer(tmp_path, disk_usage=lambda folder: usage["fraction"]).disk_full
+    monkeypatch.delenv(DISK_LIMIT_ENV)
+    assert configured_disk_limit() == DEFAULT_DISK_LIMIT == 0.75
+    assert writer(tmp_path / "b", disk_usage=lambda folder: usage["fraction"]).disk_full
+    for bad in ("0", "-0.5", "1.5", "lots", "nan"):
+        monkeypatch.setenv(DISK_LIMIT_ENV, bad)
+        with pytest.raises(UserError, match=DISK_LIMIT_ENV):
+            writer(tmp_path / "c")
