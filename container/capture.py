@@ -12,9 +12,10 @@ Why this shape:
   under a temporary name in its folder and renamed (``analyzer.output.atomic_writer``), an S3 file is
   one ``put_object`` of the finished bytes. Readers never see half a file.
 * A record is dropped -- never silently -- when the queue is full (by count or bytes), when a local
-  destination's disk is ``disk_limit`` (75 %, ``$LUCENT_CAPTURE_DISK_LIMIT``) full or more, or when a file cannot be published (S3
-  put retried, then given up). Each drop is counted by reason (``dropped``, exported in ``/metrics``)
-  and summarised in the log at most every ``DROP_LOG_SECONDS``; bodies are never logged.
+  destination's disk is ``disk_limit`` (75 %, or ``$LUCENT_CAPTURE_DISK_LIMIT``) full or more, or when a
+  file cannot be published (S3 put retried, then given up). Each drop is counted by reason (``dropped``,
+  exported in ``/metrics``) and summarised in the log at most every ``DROP_LOG_SECONDS``; bodies are never
+  logged.
 * ``close`` (the endpoint's SIGTERM handler calls it; ``atexit`` too, as a last resort) stops
   accepting records, writes everything queued and publishes every open file.
 """
