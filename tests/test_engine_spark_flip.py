@@ -127,6 +127,11 @@ def test_sampled_flip_test_beyond_the_broadcast(spark, job, caplog, monkeypatch)
     low, high = notes["interval"]
     assert notes["confidence"] == 0.95 and low < entry["value"] < high and high - low < 0.5
     assert low <= exact <= high and entry["value"] != exact
+    # The same data read from another folder: the same rows are drawn (the sample hashes file names, not paths).
+    elsewhere = JobRoot(job.root.parent / "mounted-elsewhere")
+    write_job(elsewhere, frame, config=config)
+    run_spark(elsewhere, caplog)
+    assert ft_entries(elsewhere.analysis()) == [entry]
     # Clarify's keys are untouched: without Lucent's note and FT's value, the documents are the same
     for document in (local, sampled):
         for metric in ft_entries(document):

@@ -11,7 +11,8 @@ the two counts F+ (model yes, neighbours no) and F- (model no, neighbours yes) l
   tree search answers each query alone, so the sums are the local counts. A brute-force search
   (more than 15 features, or a tiny a) depends on the batch: d then goes to one task, in data order.
 * **Sampled**, beyond the broadcast: a uniform sample of d (the ``LUCENT_FT_SAMPLE_ROWS`` rows, default
-  100,000, with the smallest seeded hash of their place in the data: deterministic) is shipped to the
+  100,000, with the smallest seeded hash of their place in the data (the file's name, not the folder it was
+  read from: the same data mounted elsewhere gives the same sample) is shipped to the
   tasks instead; each task finds each sampled row's k nearest rows in its block of facet a (a tree over
   the block, exact distances), and one aggregation keeps the k nearest of all candidates (ties broken
   by data order). So the neighbours are exact against all of a; only d is sampled. The value is the
@@ -371,7 +372,10 @@ def _sampled(marked: Any, types: list[FeatureType], n_a: int, n_d: int, n_sample
     """FT of a uniform sample of d, each sampled row's neighbours found in all of facet a (module docstring)."""
     functions = _functions()
     slots = [t.slot for t in types]
-    rank = functions.xxhash64(*[functions.col(c) for c in ORDER], functions.lit(seed))
+    # The file by its name: its folder is where this run mounted the data (a temporary folder, a container's
+    # /opt/ml/processing/input), which must not change which rows are drawn.
+    place = [functions.element_at(functions.split("__file", "/"), -1), *(functions.col(c) for c in ORDER[1:])]
+    rank = functions.xxhash64(*place, functions.lit(seed))
     sample = (marked.where(marked["__d"]).select(*slots, "__p", *ORDER).withColumn("__h", rank)
               .orderBy("__h", *ORDER).limit(n_sample).toArrow())
     x_s, _ = flip_test.feature_matrix(feature_frame(sample, types))
