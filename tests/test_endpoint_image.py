@@ -23,11 +23,12 @@ import urllib3
 from sklearn.linear_model import LogisticRegression
 
 from tests import test_container
-from tests.test_container import MODEL_DOCKERFILE, MODEL_IMAGE, build_from_text, model_containers
+from tests.test_container import MODEL_DOCKERFILE, MODEL_IMAGE, build_from_text
 from tests.test_endpoint_server import NAME, runtime
 
 pytestmark = pytest.mark.slow
 engine, image = test_container.engine, test_container.image  # module fixtures: the engine, the built image
+new_model_containers = test_container.new_model_containers
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"ProductionVariants": [{"VariantName": "Blue", "ModelName": "m"}],
           "ExplainerConfig": {"ClarifyExplainerConfig": {
@@ -93,7 +94,7 @@ def test_the_image_runs_the_endpoint(engine, image, tmp_path: Path) -> None:
         container.remove(force=True)
 
 
-def test_the_endpoint_in_front_of_a_model_image(engine, image, tmp_path: Path) -> None:
+def test_the_endpoint_in_front_of_a_model_image(engine, image, tmp_path: Path, new_model_containers) -> None:
     model = _model_folder(tmp_path / "model")
     model_image = build_from_text(engine, MODEL_DOCKERFILE, MODEL_IMAGE, tmp_path / "model-image")
     (tmp_path / "config.json").write_text(json.dumps(CONFIG))
@@ -115,4 +116,4 @@ def test_the_endpoint_in_front_of_a_model_image(engine, image, tmp_path: Path) -
             process.kill()
             process.wait()
         process.stderr.close()
-    assert model_containers(engine) == [], "the model container must be removed when the endpoint stops"
+    assert new_model_containers() == [], "the model container must be removed when the endpoint stops"
