@@ -55,7 +55,7 @@ from analyzer.output import (
     write_text_atomic,
 )
 from analyzer.redact import install_redaction, redact, redact_url
-from container.engine import EngineUnavailable, connect_engine
+from container.engine import EngineUnavailable, connect_engine, discard_container
 from container.job import (
     EXIT_INTERNAL_ERROR,
     EXIT_USER_ERROR,
@@ -582,8 +582,7 @@ def run_in_container(image: str, root: Path, environment: dict[str, str] | None 
             log.info("[job] %s", line.decode("utf-8", "replace").rstrip())
         code = container.wait()["StatusCode"]
     finally:
-        with contextlib.suppress(docker.errors.DockerException):
-            container.remove(force=True)
+        discard_container(container, "job")
     message_file = root / "message-dir" / "message"
     if message_file.is_file():
         shutil.copy2(message_file, root / "message")

@@ -39,7 +39,7 @@ from analyzer.errors import DependencyError, UserError
 from analyzer.predict import ModelRefused, ModelTransportError, wait_until_healthy
 from analyzer.predict.inprocess import forget_model, loaded_model
 from analyzer.redact import redact_url
-from container.engine import EngineUnavailable, connect_engine
+from container.engine import EngineUnavailable, connect_engine, discard_container
 
 if TYPE_CHECKING:
     import numpy as np
@@ -282,9 +282,8 @@ def _model_container(image: str, model_dir: Path) -> Iterator[str]:
         _wait_for_container(container, url)
         yield url
     finally:
-        with contextlib.suppress(docker.errors.DockerException):
-            container.remove(force=True)
-        log.info("Removed the model container %s", container.short_id)
+        if discard_container(container, "model"):
+            log.info("Removed the model container %s", container.short_id)
 
 
 def _wait_for_container(container, url: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from container.demo import MODEL_DEMO_CONFIG, write_demo_job
+from container.engine import remove_container
 from container.job import SUCCESS_MESSAGE
 from tests.conftest import JobRoot
 
@@ -142,7 +143,7 @@ def run_in_container(engine, image: str, job_root: Path, output: Path, message_d
         code = container.wait(timeout=600)["StatusCode"]
         return code, container.logs().decode("utf-8", "replace")
     finally:
-        container.remove(force=True)
+        remove_container(container)
 
 
 def test_demo_job_in_the_container_matches_the_host(engine, image, host_job, tmp_path):

@@ -22,6 +22,7 @@ import pytest
 import urllib3
 from sklearn.linear_model import LogisticRegression
 
+from container.engine import remove_container
 from tests import test_container
 from tests.test_container import MODEL_DOCKERFILE, MODEL_IMAGE, build_from_text
 from tests.test_endpoint_server import NAME, runtime
@@ -91,7 +92,7 @@ def test_the_image_runs_the_endpoint(engine, image, tmp_path: Path) -> None:
         container.stop(timeout=30)  # SIGTERM: drain, flush, stop the model server, exit 0
         assert container.wait(timeout=60)["StatusCode"] == 0, container.logs().decode()[-2000:]
     finally:
-        container.remove(force=True)
+        remove_container(container)
 
 
 def test_the_endpoint_in_front_of_a_model_image(engine, image, tmp_path: Path, new_model_containers) -> None:

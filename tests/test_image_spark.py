@@ -15,6 +15,7 @@ import shutil
 import pytest
 
 from analyzer.explain import shards
+from container.engine import remove_container
 from container.job import SUCCESS_MESSAGE
 from tests.conftest import JobRoot
 from tests.test_container import REPO, assert_same_numbers, engine  # noqa: F401 - engine: a fixture
@@ -51,7 +52,7 @@ def run_job_in(engine, image: str, source: JobRoot, target: JobRoot, *args: str)
         code = container.wait(timeout=600)["StatusCode"]
         return code, container.logs().decode("utf-8", "replace")
     finally:
-        container.remove(force=True)
+        remove_container(container)
 
 
 def test_spark_job_in_the_image_matches_the_local_engine(engine, spark_image, tmp_path, monkeypatch):  # noqa: F811
@@ -129,7 +130,7 @@ def test_an_executor_pod_started_from_the_image_runs_a_drivers_tasks(engine, spa
         if session is not None:
             session.stop()
         if container is not None:
-            container.remove(force=True)
+            remove_container(container)
         master.stop()
     assert "Successfully registered with driver" in logs, logs[-3000:]
 
@@ -140,7 +141,7 @@ def run_to_end(engine, image: str, args: list[str], environment: dict[str, str])
     try:
         return container.wait(timeout=120)["StatusCode"], container.logs().decode("utf-8", "replace")
     finally:
-        container.remove(force=True)
+        remove_container(container)
 
 
 def test_an_executor_pod_without_the_drivers_variables_says_which(engine, spark_image):  # noqa: F811
