@@ -22,6 +22,9 @@ CAPTURE_JSON = "application/sagemakercapturejson"  # Model Monitor capture data
 JPEG = "image/jpeg"
 PNG = "image/png"
 JPG = "image/jpg"  # not a registered type, but the SDK's ModelConfig lets it through
+# Coalition pictures described, not drawn (an image, its segments and fill, which segments each picture
+# keeps): between a Lucent job and Lucent's own model server only, which draws them (docs/images.md).
+IMAGE_COALITIONS = "application/x-lucent-image-coalitions"
 
 DATASET_TYPES = (CSV, JSON_LINES, JSON, CAPTURE_JSON, PARQUET, IMAGE)  # config dataset_type
 TABULAR_TYPES = (CSV, JSON_LINES, JSON)  # tabular datasets a model takes as they are; model responses

@@ -1,14 +1,15 @@
 """Image explanations benchmark: 100 pictures of 224 x 224 through the built-in model server, time in the model.
 
 Run from the repository root: ``python bench/image.py [--images N] [--size PIXELS] [--segments N]
-[--content-type application/x-npy|image/jpeg|image/png]``.
+[--content-type application/x-npy|image/jpeg|image/png] [--pictures described|drawn]``.
 
 The image demo's classifier (``container.image_demo``: logistic regression on the picture averaged down
 to 8 x 8 blocks, behind its ``inference.py``) is served by the built-in server (one gunicorn worker per
 core). The job's image SHAP step (``analyzer.explain.image_job.explain_images``: SLIC with
 ``num_segments`` segments, default sample count, mean-colour fill, shards and checkpoints, the pictures)
 explains every image. Reference, measured in the same run: the model's own in-process ``predict_fn``
-over the same number of pictures, in batches of the size the job sends.
+over the same number of pictures, in batches of the size the job sends. ``--pictures drawn`` measures the
+requests as they go to any other server (the job draws the pictures and sends them as npy).
 
 Printed: images/s, and the model's share of the CPU time: the reference's CPU time against all the CPU
 the step used (job process and the server's workers), as ``bench/text.py`` does. Target: the model holds
@@ -18,6 +19,7 @@ over half.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import resource
 import sys
@@ -53,6 +55,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--segments", type=int, default=20)
     parser.add_argument("--content-type", default="application/x-npy")
+    parser.add_argument("--pictures", choices=("described", "drawn"), default="described",
+                        help="npy requests carry the pictures described, drawn by the server (what a job does with "
+                             "the server it starts), or drawn by the job (as to any other server)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -66,6 +71,9 @@ def main() -> None:
         dataset = image_dataset(root / "data")
         with served_endpoint(root / "model", config, dataset, ["image"]) as (server, endpoint), \
                 OutputStaging(root / "out") as staging:
+            if args.pictures == "drawn":
+                endpoint = dataclasses.replace(endpoint, composes_pictures=False)
+            described = endpoint.composes_pictures and args.content_type == "application/x-npy"
             server_workers = children(server.pid)
             before = _own_cpu(), cpu_seconds(server_workers)
             start = time.perf_counter()
@@ -94,8 +102,10 @@ def main() -> None:
     print(f"Image SHAP through the built-in sidecar: {args.images} images of {args.size} x {args.size}, "
           f"num_segments {args.segments} ({segments.min()} to {segments.max()} SLIC segments, {segments.mean():.1f} "
           f"on average), default num_samples, mean-colour fill, {args.content_type} requests of up to "
-          f"{IMAGES_PER_REQUEST} images, {IMAGES_PER_CHUNK} composed at a time")
-    print(f"  pictures sent to the model: {n_pictures:,} ({n_pictures * pictures[0].nbytes / 2**30:.1f} GiB of pixels)")
+          f"{IMAGES_PER_REQUEST} images, " + ("the pictures described (the server draws them)" if described else
+                                              f"the pictures drawn by the job, {IMAGES_PER_CHUNK} at a time"))
+    print(f"  pictures scored by the model: {n_pictures:,} ({n_pictures * pictures[0].nbytes / 2**30:.1f} GiB of "
+          f"pixels, {'drawn by the server' if described else 'sent'})")
     print(f"  job image SHAP step: {wall:7.2f} s = {args.images / wall:6.2f} images/s, {n_pictures / wall:,.0f} "
           "pictures/s")
     print(f"  CPU during the step: job process {job_cpu:7.2f} s, {len(server_workers)} model server workers "

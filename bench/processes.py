@@ -21,9 +21,10 @@ def served_endpoint(model_dir: Path, config, dataset, feature_names) -> Iterator
 
     with start_model_server(model_dir) as server:
         server.wait_healthy(timeout=120)
-        served = ServedModel(server.url, default_io=bool(server.info().get("default_io")))
+        served = ServedModel.from_info(server.url, server.info())
         yield server, ModelEndpoint(server.url, request_format(config, dataset, served), tuple(feature_names),
-                                    max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES)
+                                    max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES,
+                                    composes_pictures=served.composes_pictures)
 
 
 def children(pid):

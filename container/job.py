@@ -173,7 +173,8 @@ def open_model(config: AnalysisConfig, dataset: Dataset, model_dir: Path,
         served.url, request_format(config, dataset, served), tuple(dataset.feature_names),
         # Lucent's own server takes bigger requests than SageMaker's 6 MB limit: fewer, larger
         # predict calls are most of the throughput on a local model.
-        max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES if local_model(config) else MAX_PAYLOAD_BYTES, local=local)
+        max_payload_bytes=LOCAL_MAX_PAYLOAD_BYTES if local_model(config) else MAX_PAYLOAD_BYTES, local=local,
+        composes_pictures=served.composes_pictures)
     identity = model_identity(config, model_dir) if config.methods.shap is not None else ""
     return endpoint, identity
 

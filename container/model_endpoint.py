@@ -65,6 +65,13 @@ class ServedModel:
     # The built-in server decodes requests with its default input_fn: any supported content type gives
     # the model the same array, so the job may send numeric features as application/x-npy.
     default_io: bool = False
+    # ... and draws coalition pictures sent described (IMAGE_COALITIONS) itself (its /lucent/info says so).
+    composes_pictures: bool = False
+
+    @classmethod
+    def from_info(cls, url: str, info: Mapping[str, object]) -> ServedModel:
+        """The built-in server at ``url`` as its ``/lucent/info`` answer describes it."""
+        return cls(url, default_io=bool(info.get("default_io")), composes_pictures=bool(info.get("composes_pictures")))
 
 
 @contextlib.contextmanager
@@ -245,7 +252,7 @@ def _builtin_server(model_dir: Path) -> Iterator[ServedModel]:
             raise ModelUnavailable(f"the built-in model server did not start: {error}") from error
         log.info("Model server ready at %s after %.1f seconds", server.url, time.perf_counter() - started)
         try:
-            yield ServedModel(server.url, default_io=bool(server.info().get("default_io")))
+            yield ServedModel.from_info(server.url, server.info())
         except ModelTransportError as error:  # read the log before stop() removes it
             raise _server_failure(server, error) from error
         if not server.is_alive():

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import urllib3
 
+from analyzer.data import pictures as pictures_module
+from analyzer.data.pictures import PreparedImage
 from analyzer.explain import image_shap
-from analyzer.explain.image_shap import PreparedImage, segment_image
+from analyzer.explain.image_shap import segment_image
 from analyzer.predict.predictions import Predictions
 from container.sidecar import ModelServer, start_model_server
 
@@ -42,7 +44,7 @@ def test_tiles_compose_the_definition(height, width, m):
     prepared = PreparedImage(image, segments, fill)
     tiles = prepared._tiles
     assert tiles is not None and (height * width) % tiles.pixels == 0
-    assert len(tiles.slot_segments) <= image_shap.TILE_MAX_SEGMENTS and tiles.table.nbytes <= image_shap.TILE_TABLE_BYTES
+    assert len(tiles.slot_segments) <= pictures_module.TILE_MAX_SEGMENTS and tiles.table.nbytes <= pictures_module.TILE_TABLE_BYTES
     pictures = prepared.compose(keep)
     assert pictures.shape == (70, height, width, 3) and pictures.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(pictures, brute_force(image, segments, fill, keep))
@@ -67,7 +69,7 @@ def test_compose_into_a_buffer_with_a_visible_area_and_the_per_byte_fallback(mon
     one_segment = PreparedImage(image, np.zeros((48, 64), dtype=np.int32), fill)
     np.testing.assert_array_equal(one_segment.compose(np.array([[True], [False]])), np.stack([image, fill]))
     assert one_segment.compose(np.zeros((0, 1), dtype=bool)).shape == (0, 48, 64, 3)
-    monkeypatch.setattr(image_shap, "TILE_TABLE_BYTES", 0)  # no tile size fits: bytes are masked one by one
+    monkeypatch.setattr(pictures_module, "TILE_TABLE_BYTES", 0)  # no tile size fits: bytes are masked one by one
     fallback = PreparedImage(image, segments, fill)
     assert fallback._tiles is None
     np.testing.assert_array_equal(fallback.compose(keep, visible), expected)

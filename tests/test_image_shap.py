@@ -10,8 +10,9 @@ import joblib
 import numpy as np
 from PIL import Image
 
+from analyzer.data.pictures import compose
 from analyzer.explain.image_job import _name_images, heatmap, output_stems
-from analyzer.explain.image_shap import compose, mean_colour_fill, segment_image
+from analyzer.explain.image_shap import mean_colour_fill, segment_image
 from container.image_demo import DEMO_COMPACTNESS, LABELS, downsample, image_demo_config, write_image_demo_job
 from tests.conftest import JobRoot
 

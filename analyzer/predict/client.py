@@ -387,6 +387,8 @@ class ModelClient:
         smaller batch may fare better and ``ModelTransportError`` when no answer came."""
         multiple = len(batch) > 1
         headers = self.headers
+        if batch.records.content_type:  # records of their own kind (coalition pictures described)
+            headers = {**headers, "Content-Type": batch.records.content_type}
         if isinstance(body, SplitBody):  # sent piece by piece: urllib3 would otherwise send it chunked
             headers = {**headers, "Content-Length": str(len(body))}
         retry_deadline = time.monotonic() + self.retry.max_elapsed_seconds

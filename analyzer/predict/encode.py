@@ -24,6 +24,7 @@ import orjson
 import pandas as pd
 
 from analyzer.config.model import Predictor
+from analyzer.data.pictures import CoalitionPictures
 from analyzer.errors import UserError
 from analyzer.media import (
     CSV,
@@ -43,7 +44,7 @@ from analyzer.media import (
     placeholders,
 )
 
-Rows = pd.DataFrame | np.ndarray
+Rows = pd.DataFrame | np.ndarray | CoalitionPictures
 Style = Literal["csv", "json"]
 
 
@@ -86,6 +87,8 @@ _Part = bytes | _Cells
 
 class EncodedRecords:
     """Serialised records of one window of rows, sliceable into request bodies."""
+
+    content_type: str | None = None  # the bodies' media type when it is not the predictor's
 
     def __init__(self, data: bytes | memoryview, offsets: np.ndarray, separator: bytes, head: bytes = b"",
                  tail: bytes = b"", max_records: int | None = None):
@@ -138,11 +141,15 @@ class NpyRecords(EncodedRecords):
         return 128  # np.save pads its header to a multiple of 64 bytes; 128 covers any 2-D shape
 
     def body(self, start: int, stop: int) -> Body:
-        rows = self.matrix[start:stop]  # their memory is the npy payload as it stands
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(rows.dtype),
-                                                      "fortran_order": False, "shape": rows.shape})
-        return SplitBody(header.getvalue(), memoryview(rows).cast("B"))
+        return SplitBody(*npy_pieces(self.matrix[start:stop]))  # their memory is the npy payload as it stands
+
+
+def npy_pieces(array: np.ndarray) -> tuple[bytes, memoryview]:
+    """A C-contiguous ``array`` as an ``.npy`` file in two pieces: its header, then its own memory (not copied)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(array.dtype),
+                                                  "fortran_order": False, "shape": array.shape})
+    return header.getvalue(), memoryview(array).cast("B")
 
 
 class RequestEncoder:
@@ -255,6 +262,10 @@ class RequestEncoder:
 
     def encode(self, rows: Rows) -> EncodedRecords:
         """Serialise ``rows`` (one per record, columns in ``feature_names`` order)."""
+        if isinstance(rows, CoalitionPictures):  # only for a server that draws them (ModelEndpoint.composes_pictures)
+            from analyzer.predict.image_requests import CoalitionRecords
+
+            return CoalitionRecords(rows)
         if not isinstance(rows, pd.DataFrame):
             rows = np.asarray(rows)
             if rows.ndim == 4 and rows.dtype == np.uint8:  # a batch of images (n, height, width, channels)

@@ -45,6 +45,9 @@ class ModelEndpoint:
     # The model folder, scored in each process that opens a client (loaded once per process); None: the
     # model is a server at ``url``.
     local: ModelLoader | None = None
+    # The server draws coalition pictures sent described (``CoalitionPictures``; Lucent's built-in server
+    # with the default input_fn): image explanations send those instead of the pictures.
+    composes_pictures: bool = False
 
     @property
     def in_process(self) -> bool:

@@ -16,6 +16,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from analyzer.media import IMAGE_COALITIONS
 from container.sidecar import codecs
 from container.sidecar.limits import SAGEMAKER_MAX_BODY_BYTES, announced_size, body_too_large_message
 from container.sidecar.model import (
@@ -25,6 +26,7 @@ from container.sidecar.model import (
     ModelLoadError,
     load_handlers,
 )
+from container.sidecar.pictures import PictureComposer
 
 log = logging.getLogger("lucent.sidecar")
 
@@ -76,6 +78,7 @@ class SidecarApp:
         self.handlers: ModelHandlers | None = None
         self.load_error = load_error
         self.max_body_bytes = max_body_bytes
+        self._composer: PictureComposer | None = None  # made at the first IMAGE_COALITIONS request
         if load_error is None and model_dir is not None:
             try:
                 self.handlers = load_handlers(model_dir)
@@ -117,6 +120,8 @@ class SidecarApp:
         ``default_io`` is true when the default input_fn and output_fn are in use: requests and
         responses are then plain arrays in any supported type, so a client may switch to the
         cheapest one (application/x-npy both ways) for all-numeric data and get the same numbers.
+        ``composes_pictures``: the server takes coalition pictures described (``IMAGE_COALITIONS``) and
+        draws them itself (container/sidecar/pictures.py).
         """
         handlers = self.handlers
         return {
@@ -125,6 +130,7 @@ class SidecarApp:
             "model": handlers.source if handlers else None,
             "default_io": bool(handlers and handlers.default_io),
             "content_types": list(codecs.SUPPORTED_TYPES),
+            "composes_pictures": bool(handlers and handlers.default_io),
         }
 
     def _invoke(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -148,10 +154,28 @@ class SidecarApp:
                                     target_model=headers.get(TARGET_MODEL_HEADER.lower()),
                                     headers=headers, model_dir=str(self.handlers.model_dir))
         try:
-            payload, response_type = self.handlers.invoke(body, content_type, accept, context)
+            if codecs.media_type(content_type) == IMAGE_COALITIONS:
+                payload, response_type = self._invoke_pictures(body, accept, context)
+            else:
+                payload, response_type = self.handlers.invoke(body, content_type, accept, context)
         except InvocationError as exc:
             return _respond(start_response, exc.status, str(exc).encode("utf-8"))
         return _respond(start_response, 200, payload, response_type)
+
+
+    def _invoke_pictures(self, body: bytes | bytearray, accept: str, context: InvocationContext) -> tuple[bytes, str]:
+        """An ``IMAGE_COALITIONS`` request: the pictures drawn here (container/sidecar/pictures.py),
+        then the model as for an npy body of them."""
+        if not self.handlers.default_io:
+            raise InvocationError(f"Content-Type {IMAGE_COALITIONS} is read only by the default input_fn; this "
+                                  "model has its own input handling", 415)
+        if self._composer is None:
+            self._composer = PictureComposer()
+        try:
+            pictures = self._composer.pictures(body, self.max_body_bytes)
+        except codecs.CodecError as exc:
+            raise InvocationError(str(exc), exc.status) from None
+        return self.handlers.invoke_decoded(pictures, accept, context)
 
 
 def _pick_supported(accept: str) -> str:

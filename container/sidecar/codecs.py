@@ -220,22 +220,28 @@ def _npy_in_place(body: bytearray) -> np.ndarray | None:
     the rows are not copied a second time (tens of MB per SHAP request). Only plain arrays with
     every value present qualify; np.load reads (or refuses, with its own message) anything else.
     """
-    head = io.BytesIO(bytes(body[:_NPY_HEAD_BYTES]))
     try:
-        version = np.lib.format.read_magic(head)
-        if version not in ((1, 0), (2, 0)):
-            return None
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran_order, dtype = read_header(head)
-    except ValueError:  # not an npy body: np.load says why
+        shape, fortran_order, dtype, offset = npy_header(body)
+    except ValueError:  # not an npy body (or a version np.load may still read): np.load says why
         return None
     count = math.prod(shape)
-    offset = head.tell()
     if dtype.hasobject or count == 0 or len(body) - offset < count * dtype.itemsize:
         return None
     values = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
     return values.reshape(shape, order="F" if fortran_order else "C")
+
+
+def npy_header(body: bytes | bytearray | memoryview, start: int = 0) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, data offset)`` of the ``.npy`` array at ``body[start:]``, read
+    by numpy's own header parser (versions 1.0 and 2.0, headers up to numpy's 10,000-byte limit);
+    ValueError says what is wrong."""
+    head = io.BytesIO(bytes(memoryview(body)[start:start + _NPY_HEAD_BYTES]))
+    version = np.lib.format.read_magic(head)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"npy format version {version[0]}.{version[1]} (1.0 and 2.0 are read)")
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(head)
+    return shape, fortran_order, dtype, start + head.tell()
 
 
 def _decode_jsonlines(body: bytes | bytearray) -> np.ndarray:

@@ -460,6 +460,12 @@ class ModelHandlers:
         else:
             data = self._stage("input_fn", 400, self.input_fn, self._user_payload(body, content_type),
                                content_type, context=context)
+        return self.invoke_decoded(data, accept, context)
+
+    def invoke_decoded(self, data: Any, accept: str, context: InvocationContext | None = None) -> tuple[bytes, str]:
+        """``invoke`` from the input stage's result on: predict_fn, then the output stage. For a request
+        the server decoded another way (the coalition pictures it draws itself)."""
+        context = context or InvocationContext(model_dir=str(self.model_dir))
         prediction = self._stage("predict_fn", 500, self.predict_fn, data, self.model, context=context)
         if self.output_fn is None:
             return self._stage("output_fn", 500, codecs.encode, prediction, accept), codecs.media_type(accept)
