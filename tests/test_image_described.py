@@ -144,10 +144,10 @@ def _with(index: int, value: np.ndarray) -> bytes:
     return _joined(arrays)
 
 
-def _object_header(shape: tuple[int, ...]) -> bytes:
-    """An npy header announcing pickled Python objects (what allow_pickle=False must refuse)."""
+def _header(descr: str, shape: tuple[int, ...]) -> bytes:
+    """An npy header as a hostile client may write it: pickled objects (``|O``), negative dimensions."""
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "|O", "fortran_order": False, "shape": shape})
+    np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
     return header.getvalue()
 
 
@@ -161,9 +161,11 @@ HOSTILE = {
     "float image": (_with(0, _arrays()[0].astype(np.float32)), 400, "the image array must be C-ordered uint8, got float32"),
     "Fortran fill": (_with(2, np.asfortranarray(_arrays()[2])), 400, "the fill array must be C-ordered uint8, got Fortran"),
     "int64 segments": (_with(1, _arrays()[1].astype(np.int64)), 400, "segments array must be C-ordered int32"),
-    "object keep": (_joined(_arrays()[:3]) + _object_header((3, 4)) + b"\0" * 96, 400,
+    "object keep": (_joined(_arrays()[:3]) + _header("|O", (3, 4)) + b"\0" * 96, 400,
                     "the keep array must be C-ordered bool, got object"),
     "flat image": (_with(0, np.zeros(768, np.uint8)), 400, r"must be \(height, width, channels\)"),
+    "negative dimensions": (_header("|u1", (-2, -2, 3)) + GOOD, 400, r"image array at byte 0: negative dimension"),
+    "one negative dimension": (_header("|u1", (-1, 4, 3)) + GOOD, 400, r"image array at byte 0: negative dimension"),
     "five channels": (_with(0, np.zeros((16, 16, 5), np.uint8)), 400, "1 to 4 channels"),
     "fill of another size": (_with(2, np.zeros((16, 8, 3), np.uint8)), 400, "must be the same picture"),
     "no picture": (_with(3, np.zeros((0, 4), bool)), 400, "at least one picture"),
