@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import urllib3
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analyzer.config.model import Predictor
 from analyzer.data import pictures as pictures_module
@@ -181,6 +183,22 @@ def test_a_hostile_body_is_refused_with_the_reason(name):
     with pytest.raises(CodecError, match=message) as refused:
         PictureComposer().pictures(bytearray(body), 50_000)
     assert refused.value.status == status
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_any_mangled_body_is_drawn_or_refused_with_the_reason(data):
+    """Bytes of a good body changed and cut anywhere: pictures, or a CodecError (400/413); nothing else."""
+    body = bytearray(GOOD)
+    for _ in range(data.draw(st.integers(1, 6))):
+        body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+    body = body[:data.draw(st.integers(0, len(body)))]
+    try:
+        pictures = PictureComposer().pictures(body, 10**6)
+    except CodecError as refused:
+        assert refused.status in (400, 413) and str(refused).startswith(IMAGE_COALITIONS)
+    else:
+        assert pictures.dtype == np.uint8 and pictures.ndim == 4 and pictures.nbytes <= 10**6
 
 
 @pytest.mark.parametrize("tiles", [True, False])

@@ -240,7 +240,12 @@ def npy_header(body: bytes | bytearray | memoryview, start: int = 0) -> tuple[tu
     if version not in ((1, 0), (2, 0)):
         raise ValueError(f"npy format version {version[0]}.{version[1]} (1.0 and 2.0 are read)")
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran_order, dtype = read_header(head)
+    try:
+        shape, fortran_order, dtype = read_header(head)
+    except ValueError:
+        raise
+    except Exception as exc:  # a mangled header also raises tokenize's and ast's errors, and TypeError
+        raise ValueError(f"unreadable npy header: {type(exc).__name__}: {exc}") from None
     if any(size < 0 for size in shape):  # numpy's parser lets them through; frombuffer would misread them
         raise ValueError(f"negative dimension in shape {shape}")
     return shape, fortran_order, dtype, start + head.tell()
