@@ -80,22 +80,25 @@ class OutputStaging:
         be created or written (a file in the way, read-only, no space left), before any work is done."""
         self.output_dir = Path(output_dir)
         self._committed, self._lock = False, None
-        with held_stop_signals():  # a stop request lands before the staging folder exists or after it is locked
-            try:
-                self.output_dir.mkdir(parents=True, exist_ok=True)
-                remove_staging_leftovers(self.output_dir)
-                _check_free_space(self.output_dir)
-                self.staging_dir = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.output_dir))
-                self._lock = _lock_folder(self.staging_dir)
-            except OSError as error:
-                raise output_folder_error(self.output_dir, error) from error
+        self.staging_dir: Path | None = None
         try:
+            # A stop request lands before the staging folder exists or once it is locked: when the held
+            # request is handled (leaving this block), the folder exists and is removed below.
+            with held_stop_signals():
+                try:
+                    self.output_dir.mkdir(parents=True, exist_ok=True)
+                    remove_staging_leftovers(self.output_dir)
+                    _check_free_space(self.output_dir)
+                    self.staging_dir = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.output_dir))
+                    self._lock = _lock_folder(self.staging_dir)
+                except OSError as error:
+                    raise output_folder_error(self.output_dir, error) from error
             _probe_write(self.staging_dir, self.output_dir)
-        except OSError as error:
-            self.discard()
-            raise output_folder_error(self.output_dir, error) from error
-        except BaseException:  # a stop request while probing: no staging folder left behind
-            self.discard()
+        except BaseException as error:  # no object is returned, so no ``with`` block removes the folder: here
+            if self.staging_dir is not None:
+                self.discard()
+            if isinstance(error, OSError):  # from the probe
+                raise output_folder_error(self.output_dir, error) from error
             raise
 
     def path(self, relative: str) -> Path:
@@ -163,7 +166,8 @@ class OutputStaging:
 
     def discard(self) -> None:
         with held_stop_signals():  # a stop request must not leave the staging folder half removed
-            shutil.rmtree(self.staging_dir, ignore_errors=True)
+            if self.staging_dir is not None:
+                shutil.rmtree(self.staging_dir, ignore_errors=True)
             if self._lock is not None:
                 os.close(self._lock)
                 self._lock = None

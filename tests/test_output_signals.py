@@ -63,3 +63,21 @@ def test_a_stop_request_while_staging_opens_leaves_no_staging_folder(tmp_path: P
     with pytest.raises(Stopped):
         OutputStaging(tmp_path / "out")
     assert not list((tmp_path / "out").glob(f"{STAGING_PREFIX}*"))
+
+
+def test_a_stop_request_held_while_the_folder_is_made_leaves_no_staging_folder(tmp_path: Path, stop_handler,
+                                                                                monkeypatch) -> None:
+    """The request is held while the folder is made and locked, and handled right after: at that moment the
+    folder exists, and the constructor must remove it (no object is returned, so no ``with`` block would)."""
+    import analyzer.output
+
+    real_lock = analyzer.output._lock_folder
+
+    def lock_and_stop(folder):
+        os.kill(os.getpid(), signal.SIGTERM)  # held: handled when the folder is made and locked
+        return real_lock(folder)
+
+    monkeypatch.setattr(analyzer.output, "_lock_folder", lock_and_stop)
+    with pytest.raises(Stopped):
+        OutputStaging(tmp_path / "out")
+    assert not list((tmp_path / "out").glob(f"{STAGING_PREFIX}*"))
