@@ -41,6 +41,20 @@ def oracle_missing() -> str | None:
     return None
 
 
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """With ``--dist loadgroup`` every test must carry its group in its node id: that is how pytest-xdist sends
+    a group to one worker. A pytest that drops it (9.2: pytest-xdist#1386) would spread the container-engine
+    tests over both workers, where they see each other's containers: stop before any test runs."""
+    if node.config.getvalue("dist") != "loadgroup":
+        return
+    ungrouped = [nodeid for nodeid in ids if "@" not in nodeid.rpartition("::")[2]]
+    if ungrouped:
+        raise pytest.UsageError(f"pytest-xdist --dist loadgroup does not group tests with pytest {pytest.__version__} "
+                                f"(pytest-xdist#1386; {ungrouped[0]} has no group): install the pytest that "
+                                "pyproject.toml names (pytest<9.2)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups marked here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``oracle`` need smclarify. Without it the run fails before any test runs: skipping
     them would leave hundreds of bias comparisons unchecked and the suite green. A developer who knows
