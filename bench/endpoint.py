@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyzer.explain import default_num_samples  # noqa: E402
 from analyzer.explain.online import OnlineShapSettings, fit_online_explainer  # noqa: E402
+from bench.processes import cpu_seconds, descendants  # noqa: E402
 from bench.shap import _import_shap  # noqa: E402
 from container.demo import running_endpoint, runtime_client  # noqa: E402
 
@@ -139,36 +140,10 @@ def concurrent_run(pool, url: str, bodies: list[str]) -> tuple[float, float]:
     return time.perf_counter() - started, sum(cpu for _, cpu in parts)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process so far (Linux /proc; 0 where it cannot be read)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc): the model server's master and workers."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
 def server_cpu(endpoint) -> tuple[float, float]:
     """CPU seconds so far of the endpoint process and of the model server it started (all its processes)."""
-    return _cpu_seconds(endpoint.process.pid), sum(_cpu_seconds(pid) for pid in _descendants(endpoint.process.pid))
+    endpoint_pid, *model_server = descendants(endpoint.process.pid)
+    return cpu_seconds([endpoint_pid]), cpu_seconds(model_server)
 
 
 _model = None

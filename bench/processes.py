@@ -40,10 +40,14 @@ def children(pid):
 
 
 def cpu_seconds(pids):
-    """User + system CPU time of processes, in seconds (Linux /proc; 10 ms resolution)."""
+    """User + system CPU time of processes, in seconds (Linux /proc; 10 ms resolution); a process that has
+    exited meanwhile counts 0."""
     total = 0
     for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / os.sysconf("SC_CLK_TCK")
 
