@@ -41,6 +41,7 @@ def oracle_missing() -> str | None:
     return None
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: without xdist (-p no:xdist) it is never called
 def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
     """With ``--dist loadgroup`` every test must carry its group in its node id: that is how pytest-xdist sends
     a group to one worker. A pytest that drops it (9.2: pytest-xdist#1386) would spread the container-engine
