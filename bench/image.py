@@ -73,7 +73,7 @@ def main() -> None:
                 OutputStaging(root / "out") as staging:
             if args.pictures == "drawn":
                 endpoint = dataclasses.replace(endpoint, composes_pictures=False)
-            described = endpoint.composes_pictures and args.content_type == "application/x-npy"
+            described = endpoint.describes_pictures
             server_workers = children(server.pid)
             before = _own_cpu(), cpu_seconds(server_workers)
             start = time.perf_counter()

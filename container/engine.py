@@ -46,18 +46,26 @@ def remove_container(container, wait_seconds: float = 60) -> None:
         try:
             container.remove(force=True)
             return
-        except docker.errors.NotFound:
-            return
         except docker.errors.APIError as error:
-            explanation = str(error.explanation or error).lower()
-            if "no such container" in explanation:  # podman's 500 for a container removed meanwhile
+            if container_gone(error):
                 return
+            explanation = str(error.explanation or error).lower()
             if attempt == _REMOVAL_ATTEMPTS or not any(text in explanation for text in _STOPPING_WHILE_REMOVED):
                 raise
         try:
             container.wait(timeout=wait_seconds)
         except docker.errors.NotFound:
             return
+
+
+def container_gone(error: Exception) -> bool:
+    """Whether the engine's ``error`` says the container does not exist (any more): Docker's 404, or podman's
+    500 "no such container" for one removed while it was being listed or removed."""
+    import docker.errors
+
+    if isinstance(error, docker.errors.NotFound):
+        return True
+    return isinstance(error, docker.errors.APIError) and "no such container" in str(error.explanation or error).lower()
 
 
 def discard_container(container, role: str) -> bool:

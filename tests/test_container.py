@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from container.demo import MODEL_DEMO_CONFIG, write_demo_job
-from container.engine import remove_container
+from container.engine import container_gone, remove_container
 from container.job import SUCCESS_MESSAGE
 from tests.conftest import JobRoot
 
@@ -87,16 +87,14 @@ def model_containers(engine) -> list[str]:
     """The model containers that exist now. One whose removal completes while the list is read is not one:
     the engine lists it and then answers "no such container" (podman: 500, Docker: 404) when it is inspected
     (seen once, right after another test's container was removed)."""
-    from docker.errors import APIError, NotFound
+    from docker.errors import APIError
 
     found = []
     for entry in engine.api.containers(all=True, filters=MODEL_ROLE):
         try:
             found.append(engine.containers.get(entry["Id"]).short_id)
-        except NotFound:
-            continue
         except APIError as error:
-            if "no such container" not in str(error.explanation).lower():
+            if not container_gone(error):
                 raise
     return found
 

@@ -29,9 +29,9 @@ def brute_force(image: np.ndarray, segments: np.ndarray, fill: np.ndarray, keep:
     return np.where(keep[:, segments][..., None], image[None], fill[None])
 
 
-def random_case(rng: np.random.Generator, height: int, width: int, m: int, n: int):
-    image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    fill = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+def random_case(rng: np.random.Generator, height: int, width: int, m: int, n: int, channels: int = 3):
+    image = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+    fill = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
     segments = rng.permutation(np.arange(height * width) % m).reshape(height, width).astype(np.int32)
     segments.sort(axis=1)  # runs of one segment along rows, as superpixels have, with every segment present
     return image, segments, fill, rng.random((n, m)) < 0.5

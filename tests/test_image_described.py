@@ -2,7 +2,7 @@
 the pictures the job would have drawn, byte for byte; hostile bodies are refused with the reason; the job
 describes pictures only to a server that says it draws them.
 
-Pictures are checked against the definition (segment j from the image where kept, else from the fill)
+Pictures are checked against the definition (``brute_force``: segment j from the image where kept, else from the fill)
 through real servers: one whose model returns each picture's byte sum and keeps its first input (which a
 reused buffer would overwrite), the image demo's model, and a model with its own input_fn."""
 
@@ -31,7 +31,7 @@ from container.model_endpoint import ServedModel
 from container.sidecar import ModelServer, start_model_server
 from container.sidecar.codecs import CodecError
 from container.sidecar.pictures import PictureComposer
-from tests.test_image_compose import KEEPING_MODEL  # each picture's byte sum; keeps its first input
+from tests.test_image_compose import KEEPING_MODEL, brute_force, npy, random_case  # KEEPING_MODEL: byte sums
 
 OWN_INPUT_MODEL = '''
 import numpy as np
@@ -47,26 +47,8 @@ def predict_fn(data, model):
 '''
 
 
-def random_case(rng: np.random.Generator, height: int, width: int, m: int, n: int, channels: int = 3):
-    image = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
-    fill = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
-    segments = rng.permutation(np.arange(height * width) % m).reshape(height, width).astype(np.int32)
-    keep = rng.random((n, m)) < 0.5
-    return image, segments, fill, keep
-
-
-def definition(image, segments, fill, keep) -> np.ndarray:
-    return np.where(keep[:, segments][..., None], image[None], fill[None])
-
-
 def body_of(image, segments, fill, keep) -> bytes:
     return bytes(CoalitionRecords(CoalitionPictures(image, segments, fill, keep)).body(0, len(keep)))
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def server_for(folder: Path, script: str) -> ModelServer:
@@ -100,7 +82,7 @@ def test_the_server_draws_the_definitions_pictures(height, width, m, channels):
         keep = rng.random((30, m)) < 0.5
         image, segments, fill, _ = case
         pictures = composer.pictures(bytearray(body_of(image, segments, fill, keep)), 10**8)
-        np.testing.assert_array_equal(pictures, definition(image, segments, fill, keep))
+        np.testing.assert_array_equal(pictures, brute_force(image, segments, fill, keep))
         np.testing.assert_array_equal(pictures, PreparedImage(image, segments, fill).compose(keep))
 
 
@@ -115,7 +97,7 @@ def test_the_same_pixels_are_recognised_only_when_every_byte_is_the_same():
         flat[-1] = (int(flat[-1]) + 1) % (6 if changed == "segments" else 256)  # one value, the last one
         pictures = composer.pictures(bytearray(body_of(arrays["image"], arrays["segments"], arrays["fill"], keep)),
                                      10**8)
-        np.testing.assert_array_equal(pictures, definition(arrays["image"], arrays["segments"], arrays["fill"], keep))
+        np.testing.assert_array_equal(pictures, brute_force(arrays["image"], arrays["segments"], arrays["fill"], keep))
 
 
 def test_requests_are_cut_by_the_pictures_drawn_size():
@@ -209,7 +191,7 @@ def test_bool_bytes_other_than_0_and_1_are_kept_segments(tiles, monkeypatch):
     raw = keep.view(np.uint8).copy()
     raw[raw == 1] = 7  # numpy does not check a bool's byte: 7 reads as True but indexes like 7
     pictures = PictureComposer().pictures(bytearray(_joined([image, segments, fill, raw.view(bool)])), 10**6)
-    np.testing.assert_array_equal(pictures, definition(image, segments, fill, keep))
+    np.testing.assert_array_equal(pictures, brute_force(image, segments, fill, keep))
 
 
 def test_the_server_answers_a_hostile_body_and_keeps_serving(sums_server):
@@ -219,7 +201,7 @@ def test_the_server_answers_a_hostile_body_and_keeps_serving(sums_server):
     answered = post(sums_server, body_of(image, segments, fill, keep))
     assert answered.status == 200
     sums = np.load(io.BytesIO(answered.data))[:, 0]
-    assert sums.tolist() == definition(image, segments, fill, keep).reshape(3, -1).astype(np.int64).sum(axis=1).tolist()
+    assert sums.tolist() == brute_force(image, segments, fill, keep).reshape(3, -1).astype(np.int64).sum(axis=1).tolist()
 
 
 def test_a_model_with_its_own_input_fn_is_not_sent_described_pictures(tmp_path):
@@ -238,7 +220,7 @@ def test_a_model_that_keeps_its_input_keeps_its_pictures(tmp_path):
     rng = np.random.default_rng(8)
     image, segments, fill, _ = random_case(rng, 32, 32, 6, 0)
     batches = [rng.random((20, 6)) < 0.5 for _ in range(3)]
-    sums = [definition(image, segments, fill, keep).reshape(20, -1).astype(np.int64).sum(axis=1) for keep in batches]
+    sums = [brute_force(image, segments, fill, keep).reshape(20, -1).astype(np.int64).sum(axis=1) for keep in batches]
     with server_for(tmp_path / "keeping", KEEPING_MODEL) as server:
         for keep, own in zip(batches, sums, strict=True):
             answer = np.load(io.BytesIO(post(server, body_of(image, segments, fill, keep)).data))
@@ -262,7 +244,7 @@ def test_the_scorer_describes_pictures_and_gets_each_ones_score(sums_server, mon
                         or post_request(body, batch, *args))
     with ImageScorer(client, source, describe=True) as scorer:
         scores = scorer.predict(rows).scores
-    expected = [int(definition(*cases[int(row[0])], row[None, 1:] > 0.5).astype(np.int64).sum()) for row in rows]
+    expected = [int(brute_force(*cases[int(row[0])], row[None, 1:] > 0.5).astype(np.int64).sum()) for row in rows]
     assert scores[:, 0].tolist() == expected
     assert len(sent) >= 9 and set(sent) == {IMAGE_COALITIONS}  # 130 pictures per image, at most 48 per request
 
@@ -298,5 +280,5 @@ def test_the_demo_models_scores_are_the_same_for_drawn_and_described_pictures(tm
     assert described.data == drawn.data
     namespace: dict = {}
     exec(compile(IMAGE_INFERENCE_SCRIPT, "inference.py", "exec"), namespace)  # noqa: S102 - our own script
-    expected = namespace["predict_fn"](definition(image, segments, fill, keep), model)
+    expected = namespace["predict_fn"](brute_force(image, segments, fill, keep), model)
     np.testing.assert_array_equal(np.load(io.BytesIO(described.data)), expected)

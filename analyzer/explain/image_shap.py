@@ -29,7 +29,6 @@ import numpy as np
 from analyzer.data.images import read_image
 from analyzer.data.pictures import CoalitionPictures, PreparedImage
 from analyzer.errors import UserError
-from analyzer.media import NPY
 from analyzer.predict import ModelEndpoint
 from analyzer.predict.client import ModelError
 from analyzer.predict.predictions import Predictions
@@ -145,8 +144,8 @@ class ImageEndpoint:
     def client(self, feature_names: Sequence[str] | None = None, *, processes: int = 1, **options) -> ImageScorer:
         requested = options.get("max_records_per_request") or IMAGES_PER_REQUEST
         options["max_records_per_request"] = min(int(requested), IMAGES_PER_REQUEST)
-        describe = self.model.composes_pictures and self.model.predictor.content_type == NPY
-        return ImageScorer(self.model.client(processes=processes, **options), self.source, describe=describe)
+        return ImageScorer(self.model.client(processes=processes, **options), self.source,
+                           describe=self.model.describes_pictures)
 
 
 class ImageScorer:

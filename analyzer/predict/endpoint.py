@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from analyzer.config import Predictor
+from analyzer.media import NPY
 from analyzer.predict.client import MAX_PAYLOAD_BYTES, ModelClient, model_timeout_seconds
 from analyzer.predict.encode import Rows
 from analyzer.predict.inprocess import InProcessClient, ModelLoader
@@ -52,6 +53,12 @@ class ModelEndpoint:
     @property
     def in_process(self) -> bool:
         return self.local is not None
+
+    @property
+    def describes_pictures(self) -> bool:
+        """Image explanations send their coalition pictures described (``CoalitionPictures``), not drawn:
+        the server draws them, and would have been sent them as npy."""
+        return self.composes_pictures and self.predictor.content_type == NPY
 
     def client(self, feature_names: Sequence[str] | None = None, *, processes: int = 1, **options) -> Scorer:
         """A new client (its own connections and threads); close it, or use it in a ``with`` block.
