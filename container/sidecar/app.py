@@ -78,7 +78,7 @@ class SidecarApp:
         self.handlers: ModelHandlers | None = None
         self.load_error = load_error
         self.max_body_bytes = max_body_bytes
-        self._composer: PictureComposer | None = None  # made at the first IMAGE_COALITIONS request
+        self._composer = PictureComposer()  # IMAGE_COALITIONS requests (it holds nothing until the first)
         if load_error is None and model_dir is not None:
             try:
                 self.handlers = load_handlers(model_dir)
@@ -169,8 +169,6 @@ class SidecarApp:
         if not self.handlers.default_io:
             raise InvocationError(f"Content-Type {IMAGE_COALITIONS} is read only by the default input_fn; this "
                                   "model has its own input handling", 415)
-        if self._composer is None:
-            self._composer = PictureComposer()
         try:
             pictures = self._composer.pictures(body, self.max_body_bytes)
         except codecs.CodecError as exc:
