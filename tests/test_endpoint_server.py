@@ -122,6 +122,18 @@ class _Faulty(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         if self.server.mode == "hang":
             self.server.release.wait(30)
+        if self.server.mode == "drip":  # an answer that never ends: one byte each time the test lets one go
+            self.send_response(200)
+            self.send_header("Content-Type", "text/csv")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                self.server.release.wait(0.05)  # paced by the fault, not by the test: the endpoint must give up
+                if self.server.release.is_set():
+                    return
+                self.wfile.write(b"0")
+                self.wfile.flush()
+            return
         body = b"0.5\n" if self.server.mode == "short" else b"boom"
         self.send_response(200 if self.server.mode == "short" else 503)
         self.send_header("Content-Type", "text/csv")
@@ -150,6 +162,23 @@ def test_model_down_or_slow_is_model_error(model_url: str) -> None:
         with pytest.raises(client.exceptions.ModelError, match="cannot reach"):
             invoke(client)
         assert urllib3.PoolManager().request("GET", f"{url}/ping").status == 503
+
+
+def test_a_model_answer_that_drips_in_is_cut_at_the_timeout() -> None:
+    """A socket timeout bounds each read, not the answer: a container sending one byte at a time would
+    hold the request forever. The timeout is the whole answer's, and the caller gets ModelError."""
+    release = threading.Event()
+    with http_server(_Faulty, mode="drip", release=release) as dripping:
+        try:
+            with endpoint({}, f"http://127.0.0.1:{dripping.server_address[1]}", model_timeout=0.5) as url:
+                client = boto3.session.Session().client(
+                    "sagemaker-runtime", endpoint_url=url, region_name="us-east-1", aws_access_key_id="a",
+                    aws_secret_access_key="b", config=Config(retries={"total_max_attempts": 1}, read_timeout=20))
+                with pytest.raises(client.exceptions.ModelError, match="timed out") as caught:
+                    invoke(client)  # the drip lasts 50 s: boto3's own read timeout (20 s) fails the test first
+                assert caught.value.response["OriginalStatusCode"] == 0
+        finally:
+            release.set()
 
 
 def test_model_http_error_keeps_its_status(model_url: str) -> None:

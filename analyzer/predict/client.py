@@ -31,9 +31,10 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import chain
@@ -83,35 +84,40 @@ class _Late(Exception):
     """The model's answer did not arrive in full before the deadline."""
 
 
-def read_body(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
-    """The whole body of a response opened with ``preload_content=False``, by ``deadline`` (monotonic).
+def read_by_deadline(read1: Callable[[int], bytes], sock: socket.socket | None, deadline: float) -> bytes:
+    """A whole response body by ``deadline`` (monotonic), from any HTTP response's ``read1``.
 
-    urllib3's read timeout bounds each socket read, not the answer: a server that sends one byte every
-    few seconds would never time out. Each read here returns what has arrived (``read1``), waits at
-    most until the deadline, and the deadline is checked between reads. Raises ``_Late`` when the
-    deadline passes first; the connection is then closed, not reused.
-    """
-    sock = getattr(getattr(response, "connection", None), "sock", None)
+    A socket timeout bounds each read, not the answer: a server that sends one byte every few seconds
+    would never time out. Each read here returns what has arrived, waits at most until the deadline
+    (``sock``'s timeout is set before each read), and the deadline is checked between reads. Raises
+    ``TimeoutError`` when the deadline passes first (the caller closes the connection)."""
     chunks: list[bytes] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the answer did not arrive in full before the deadline")
+        if sock is not None:  # the next read waits no longer than the time left
+            sock.settimeout(remaining)
+        chunk = read1(_READ_CHUNK_BYTES)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def read_body(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+    """:func:`read_by_deadline` for a urllib3 response opened with ``preload_content=False``. Raises
+    ``_Late`` when the deadline passes first; the connection is then closed, not reused."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)
     try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _Late
-            if sock is not None:  # the next read waits no longer than the time left
-                sock.settimeout(remaining)
-            try:
-                chunk = response.read1(_READ_CHUNK_BYTES)
-            except ReadTimeoutError:
-                raise _Late from None
-            if not chunk:
-                break
-            chunks.append(chunk)
+        data = read_by_deadline(response.read1, sock, deadline)
+    except (TimeoutError, ReadTimeoutError):
+        response.close()
+        raise _Late from None
     except BaseException:
         response.close()
         raise
     response.release_conn()
-    return b"".join(chunks)
+    return data
 
 
 class ModelError(UserError):

@@ -32,6 +32,7 @@ from analyzer.config.model import Predictor
 from analyzer.errors import UserError
 from analyzer.media import CSV, JSON, JSON_LINES, NPY, TABULAR_TYPES, media_type
 from analyzer.predict import ModelClient, RetryPolicy
+from analyzer.predict.client import read_by_deadline
 from analyzer.redact import redact_url
 from container.endpoint.config import ExplainerSettings
 
@@ -176,7 +177,8 @@ class PendingAnswer:
             try:
                 connection.sock.settimeout(max(self._left(), 0.001))  # an answer already here is read at once
                 response = connection.getresponse()
-                body = response.read()
+                body = read_by_deadline(response.read1, connection.sock, self._deadline)
+                response.close()  # read to its end: closing it frees the connection (not its socket) for reuse
             except TimeoutError:
                 connection.close()
                 raise ModelUnreachable(f"no answer within {self._container.timeout:g} s", timed_out=True) from None
