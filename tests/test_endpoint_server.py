@@ -134,8 +134,17 @@ class _Faulty(BaseHTTPRequestHandler):
                 self.wfile.write(b"0")
                 self.wfile.flush()
             return
-        body = b"0.5\n" if self.server.mode == "short" else b"boom"
-        self.send_response(200 if self.server.mode == "short" else 503)
+        self.server.calls = getattr(self.server, "calls", 0) + 1
+        if self.server.mode == "truncate" and self.server.calls > 1:  # promises 100 bytes, sends 4, hangs up
+            self.send_response(200)
+            self.send_header("Content-Type", "text/csv")
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"0.5\n")
+            self.close_connection = True
+            return
+        body = b"0.5\n" if self.server.mode in ("short", "truncate") else b"boom"
+        self.send_response(200 if self.server.mode in ("short", "truncate") else 503)
         self.send_header("Content-Type", "text/csv")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -179,6 +188,21 @@ def test_a_model_answer_that_drips_in_is_cut_at_the_timeout() -> None:
                 assert caught.value.response["OriginalStatusCode"] == 0
         finally:
             release.set()
+
+
+class _KeepAliveFaulty(_Faulty):
+    protocol_version = "HTTP/1.1"  # keeps its connections: the endpoint's second call reuses the first's
+
+
+def test_a_model_answer_cut_short_is_model_error_and_is_not_sent_again(model_url: str) -> None:
+    with http_server(_KeepAliveFaulty, mode="truncate") as truncating, \
+            endpoint({}, f"http://127.0.0.1:{truncating.server_address[1]}") as url:
+        client = runtime(url)
+        assert invoke(client)["Body"].read() == b"0.5\n"  # the first answer is whole, its connection kept
+        with pytest.raises(client.exceptions.ModelError, match="IncompleteRead") as caught:
+            invoke(client)  # on the kept connection: the answer starts, then stops
+        assert caught.value.response["OriginalStatusCode"] == 0
+        assert truncating.calls == 2  # the container ran the second invocation once: it was not sent again
 
 
 def test_model_http_error_keeps_its_status(model_url: str) -> None:

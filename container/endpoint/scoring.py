@@ -174,17 +174,22 @@ class PendingAnswer:
         while True:
             connection = self._connection
             assert connection is not None and connection.sock is not None
+            response = None
             try:
                 connection.sock.settimeout(max(self._left(), 0.001))  # an answer already here is read at once
                 response = connection.getresponse()
                 body = read_by_deadline(response.read1, connection.sock, self._deadline)
+                if response.length:  # the connection ended before the Content-Length's bytes came
+                    raise http.client.IncompleteRead(body, response.length)
                 response.close()  # read to its end: closing it frees the connection (not its socket) for reuse
             except TimeoutError:
                 connection.close()
                 raise ModelUnreachable(f"no answer within {self._container.timeout:g} s", timed_out=True) from None
             except (OSError, http.client.HTTPException) as error:
                 connection.close()
-                if not self._reused:
+                # Sent again only when nothing came back on a kept-alive connection: an answer that started
+                # means the container ran the invocation, and it must not run twice.
+                if response is not None or not self._reused:
                     raise ModelUnreachable(f"the model container at {redact_url(self._container.url)} dropped the "
                                            f"connection: {type(error).__name__}") from None
                 log.debug("model container connection dropped (%s); retrying once", type(error).__name__)
