@@ -80,8 +80,17 @@ def model_route(endpoint_url: str, route: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{route}", "", ""))
 
 
-class _Late(Exception):
+# What ``ModelClient._exchange`` raises, whichever HTTP stack carries the request:
+class AnswerLate(Exception):
     """The model's answer did not arrive in full before the deadline."""
+
+
+class CannotConnect(Exception):
+    """No connection to the model (refused, unknown host, timed out); the message is the reason."""
+
+
+class ConnectionBroken(Exception):
+    """The connection broke before a whole answer came (reset, closed); the message is the reason."""
 
 
 def read_by_deadline(read1: Callable[[int], bytes], sock: socket.socket | None, deadline: float) -> bytes:
@@ -106,13 +115,13 @@ def read_by_deadline(read1: Callable[[int], bytes], sock: socket.socket | None, 
 
 def read_body(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
     """:func:`read_by_deadline` for a urllib3 response opened with ``preload_content=False``. Raises
-    ``_Late`` when the deadline passes first; the connection is then closed, not reused."""
+    ``AnswerLate`` when the deadline passes first; the connection is then closed, not reused."""
     sock = getattr(getattr(response, "connection", None), "sock", None)
     try:
         data = read_by_deadline(response.read1, sock, deadline)
     except (TimeoutError, ReadTimeoutError):
         response.close()
-        raise _Late from None
+        raise AnswerLate from None
     except BaseException:
         response.close()
         raise
@@ -406,21 +415,16 @@ class ModelClient:
             if remaining <= 0:
                 raise self._no_answer(batch, reason)
             no_answer = split_now = False
-            timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT_SECONDS, remaining), read=remaining)
             try:
-                response = self._http.request("POST", self.url, body=body, headers=headers, timeout=timeout,
-                                              preload_content=False)
-                data = read_body(response, patience.deadline)
-            except _Late:  # the answer started but did not finish in time: the same as no answer
-                raise self._no_answer(batch, reason) from None
-            except ConnectTimeoutError as error:  # includes NewConnectionError (refused, unknown host)
-                reason, no_answer = f"cannot connect ({_reason(error)})", True
-            except ReadTimeoutError:
+                status, data = self._exchange(body, headers, remaining, patience.deadline)
+            except AnswerLate:  # no answer (or not all of it) in time: the same as no answer
                 # The whole wait is spent. Not split: a model that does not answer a batch in time would
                 # not answer its halves either, and the halves would wait as long again, level by level.
                 raise self._no_answer(batch, reason) from None
-            except HTTPError as error:  # connection reset or closed mid-request
-                reason, no_answer = f"connection failed ({_reason(error)})", True
+            except CannotConnect as error:  # refused, unknown host, connect timeout
+                reason, no_answer = f"cannot connect ({error})", True
+            except ConnectionBroken as error:  # connection reset or closed mid-request
+                reason, no_answer = f"connection failed ({error})", True
                 # Once may be a keep-alive connection the server closed; twice, this batch may be what
                 # crashes the model's worker: smaller batches find the record.
                 split_now = multiple and attempt > 1
@@ -429,13 +433,13 @@ class ModelClient:
                     self.stats.requests += 1
                     self.stats.records += len(batch)
                     self.stats.bytes_sent += len(body)
-                if 200 <= response.status < 300:
+                if 200 <= status < 300:
                     patience.renew()
                     return data
-                reason = f"HTTP {response.status}: {excerpt(data)}"
-                if response.status in _BUSY_STATUSES:
+                reason = f"HTTP {status}: {excerpt(data)}"
+                if status in _BUSY_STATUSES:
                     no_answer = True  # the same batch will do once the model has capacity; a smaller one no sooner
-                elif response.status < 500:
+                elif status < 500:
                     raise _Refused(reason)  # a client error will not go away by itself
                 else:
                     split_now = multiple
@@ -454,6 +458,24 @@ class ModelClient:
             if abort.wait(wait_seconds):
                 raise _Aborted
         raise AssertionError("unreachable")
+
+    def _exchange(self, body: Body, headers: dict[str, str], timeout: float, deadline: float) -> tuple[int, bytes]:
+        """One POST of ``body`` to the model and its whole answer (status, body), by ``deadline``: how a
+        request travels, apart from what its answer means (``_post``). Raises ``AnswerLate`` when no complete
+        answer came in time, ``CannotConnect`` and ``ConnectionBroken`` with the reason otherwise.
+        Here urllib3's pool; the endpoint sends over keep-alive ``http.client`` connections instead
+        (``container.endpoint.scoring.ContainerClient``)."""
+        try:
+            response = self._http.request(
+                "POST", self.url, body=body, headers=headers, preload_content=False,
+                timeout=urllib3.Timeout(connect=min(CONNECT_TIMEOUT_SECONDS, timeout), read=timeout))
+            return response.status, read_body(response, deadline)
+        except ConnectTimeoutError as error:  # includes NewConnectionError (refused, unknown host)
+            raise CannotConnect(_reason(error)) from None
+        except ReadTimeoutError:
+            raise AnswerLate from None
+        except HTTPError as error:
+            raise ConnectionBroken(_reason(error)) from None
 
     def _no_answer(self, batch: _Batch, reason: str) -> ModelTransportError:
         last = f"; last attempt: {reason}" if reason else ""
@@ -489,7 +511,7 @@ def wait_until_healthy(endpoint_url: str, timeout: float = 240.0, interval: floa
                 if response.status == 200:
                     return time.monotonic() - started
                 last = f"HTTP {response.status}"
-            except _Late:
+            except AnswerLate:
                 last = f"no complete answer within {attempt_seconds:g} s"
             except HTTPError as error:
                 last = _reason(error)

@@ -29,10 +29,16 @@ import jmespath
 import numpy as np
 
 from analyzer.config.model import Predictor
-from analyzer.errors import UserError
+from analyzer.errors import DependencyError, UserError
 from analyzer.media import CSV, JSON, JSON_LINES, NPY, TABULAR_TYPES, media_type
 from analyzer.predict import ModelClient, RetryPolicy
-from analyzer.predict.client import read_by_deadline
+from analyzer.predict.client import (
+    MODEL_TIMEOUT_VARIABLE,
+    AnswerLate,
+    CannotConnect,
+    ConnectionBroken,
+    read_by_deadline,
+)
 from analyzer.redact import redact_url
 from container.endpoint.config import ExplainerSettings
 
@@ -45,6 +51,7 @@ MIB = 1024 * 1024
 # Lucent's built-in model server keeps a connection open only for clients that ask (container/sidecar/worker.py);
 # a new connection per call would cost about as much as a small prediction. Other servers ignore it.
 KEEP_ALIVE = {"Connection": "keep-alive"}
+LABELS_HINT = "; if the model returns predicted labels, set predictor.label"  # analyzer.predict.decode's hint
 
 
 class RecordError(UserError):
@@ -56,9 +63,10 @@ class ModelUnreachable(Exception):
 
     ``timed_out`` tells the two apart: SageMaker words a timeout its own way."""
 
-    def __init__(self, message: str, *, timed_out: bool = False):
+    def __init__(self, message: str, *, timed_out: bool = False, connected: bool = True):
         super().__init__(message)
         self.timed_out = timed_out
+        self.connected = connected  # False: no connection could be made at all
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,11 @@ class ModelContainer:
         headers = {"Content-Type": content_type or CSV, **KEEP_ALIVE, **(extra_headers or {})}
         if accept:
             headers["Accept"] = accept
-        pending = PendingAnswer(self, f"{self._path}/invocations", body, headers, time.monotonic() + self.timeout)
+        return self.post(body, headers, time.monotonic() + self.timeout)
+
+    def post(self, body: Any, headers: dict[str, str], deadline: float) -> PendingAnswer:
+        """:meth:`send` with the headers as given and its own deadline (monotonic)."""
+        pending = PendingAnswer(self, f"{self._path}/invocations", body, headers, deadline)
         pending.send()
         return pending
 
@@ -214,7 +226,7 @@ class PendingAnswer:
             connection = container._new_connection(self._left())
         except (OSError, http.client.HTTPException) as error:
             raise ModelUnreachable(f"cannot reach the model container at {redact_url(container.url)}: "
-                                   f"{type(error).__name__}") from None
+                                   f"{type(error).__name__}", connected=False) from None
         try:
             connection.sock.settimeout(max(self._left(), 0.001))
             connection.request("POST", self._path, body=self._body, headers=self._headers)
@@ -229,6 +241,32 @@ class PendingAnswer:
 
     def _left(self) -> float:
         return self._deadline - time.monotonic()
+
+
+class ContainerClient(ModelClient):
+    """The explainer's :class:`ModelClient` (batching, encoding, parsing, retries) sending its requests
+    over keep-alive ``http.client`` connections to the container, as the callers' own invocations go.
+
+    Why not urllib3's pool, as the batch job's client: an explained request's synthetic-rows call is on
+    its critical path, and urllib3 spent about 2.4x the CPU of ``http.client`` per request there (27 % of
+    the endpoint's CPU for a single-record explained request, against 11 % for the caller's own call)."""
+
+    def __init__(self, url: str, *args: Any, **kwargs: Any):
+        super().__init__(url, *args, **kwargs)
+        self._container = ModelContainer(url, self.timeout, max_connections=self.concurrency)
+
+    def close(self) -> None:
+        super().close()
+        self._container.close()
+
+    def _exchange(self, body: Any, headers: dict[str, str], timeout: float, deadline: float) -> tuple[int, bytes]:
+        try:
+            answer = self._container.post(body, {**headers, **KEEP_ALIVE}, deadline).answer()
+        except ModelUnreachable as error:
+            if error.timed_out:
+                raise AnswerLate from None
+            raise (ConnectionBroken if error.connected else CannotConnect)(str(error)) from None
+        return answer.status, answer.body
 
 
 def build_score(url: str, settings: ExplainerSettings, feature_names: Sequence[str], response_type: str,
@@ -266,13 +304,31 @@ def build_score(url: str, settings: ExplainerSettings, feature_names: Sequence[s
     # spread=False: concurrent requests' explanations already run as calls side by side, one per model server
     # worker (app._SharedCalls); cutting each call into more requests only added HTTP round trips (39 % more
     # explained records/s without them, 8 clients sending 10 records per request).
-    client = ModelClient(url, predictor, list(feature_names), spread=False, **options)
-    client.headers.update(KEEP_ALIVE)
+    client = ContainerClient(url, predictor, list(feature_names), spread=False, **options)
 
     def score(rows: np.ndarray) -> np.ndarray:
-        return client.predict(rows).scores
+        try:
+            return client.predict(rows).scores
+        except (UserError, DependencyError) as error:  # worded for the batch job's settings
+            error.args = (endpoint_wording(str(error), inference),)
+            raise
 
     return score, client
+
+
+def endpoint_wording(message: str, inference: Any) -> str:
+    """``message`` from ``analyzer.predict`` (which names the batch job's settings) with the endpoint's:
+    ``InferenceConfig`` fields for ``predictor.*``, ``--model-timeout`` for the job's timeout variable."""
+    probability = ("InferenceConfig.ProbabilityAttribute" if inference.probability_attribute is not None
+                   else "InferenceConfig.ProbabilityIndex")
+    label = "InferenceConfig.LabelAttribute" if inference.label_attribute is not None else "InferenceConfig.LabelIndex"
+    for old, new in ((LABELS_HINT, "; the explainer needs a score: if the model answers labels beside scores, set "
+                                   "InferenceConfig.ProbabilityIndex (CSV) or ProbabilityAttribute (JSON) to the score"),
+                     (f"Set {MODEL_TIMEOUT_VARIABLE} to wait longer", "Start the endpoint with a larger --model-timeout "
+                                                                      "to wait longer"),
+                     ("predictor.probability", probability), ("predictor.label", label)):
+        message = message.replace(old, new)
+    return message
 
 
 def response_type_for(answer: ModelAnswer) -> str:
