@@ -166,3 +166,91 @@ def test_continuous_predictions_are_cast_to_the_label_dtype():
     assert predicted.row_mask(columns.predicted_positive(predicted, label)).tolist() == [True, False, True, True]
     with pytest.raises(ValueError, match="Cannot convert non-finite values"):
         columns.predicted_positive(col([6.0, np.nan, 7.0, 8.0]), label)
+
+
+# A configured value that no row has: a warning naming it (Lucent rule), Clarify's numbers unchanged --------
+
+
+def credit(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"approved": rng.integers(0, 2, n), "gender": rng.integers(0, 2, n),
+                         "score": rng.random(n).round(4)})
+
+
+def present(series: pd.Series) -> str:
+    return ", ".join(str(v) for v in sorted(series.unique()))
+
+
+def test_label_value_that_no_row_has_is_a_warning_naming_it_the_column_and_the_values(caplog):
+    df = credit()
+    label = col(df["approved"], name="approved")
+    with caplog.at_level(logging.WARNING, logger="analyzer.bias.columns"), columns.value_warnings() as found:
+        typing = columns.type_label(label, [5])
+    assert typing.data_type is CAT and not label.row_mask(typing.positive).any()
+    expected = f"`label_values_or_threshold`: no row of 'approved' has value 5 (values: {present(df['approved'])})"
+    assert expected in caplog.text
+    assert len(found) == 1 and found[0].startswith(expected) and "no row has a positive label" in found[0]
+
+
+def test_facet_value_that_no_row_has_is_a_warning_worded_for_the_facet(caplog):
+    df = credit()
+    facet = col(df["gender"], name="gender")
+    with caplog.at_level(logging.WARNING, logger="analyzer.bias.columns"), columns.value_warnings() as found:
+        groups = columns.facet_groups(facet, CAT, [7])
+    assert not groups[0].row_mask(facet).any()
+    assert found == [f"facet 'gender' `value_or_threshold`: no row of 'gender' has value 7 (values: "
+                     f"{present(df['gender'])}); the facet's sensitive group is empty, so its metrics are errors."]
+    assert found[0] in caplog.text
+
+
+def test_one_absent_value_among_present_ones_and_a_threshold_above_every_value(caplog):
+    df = credit()
+    facet = col(df["gender"].map({0: "F", 1: "M"}), name="sex")
+    with columns.value_warnings() as found:
+        groups = columns.facet_groups(facet, CAT, ["M", "X"])
+        score = col(df["score"], name="score")
+        typing = columns.type_label(score, [1.5])
+    assert groups[0].row_mask(facet).tolist() == (df["gender"] == 1).tolist()  # 'M' still matches
+    assert found[0] == "facet 'sex' `value_or_threshold`: no row of 'sex' has value 'X' (values: 'F', 'M')."
+    assert typing.data_type is CONT and not score.row_mask(typing.positive).any()
+    assert found[1] == (f"`label_values_or_threshold`: no row of 'score' is greater than the threshold 1.5 (values "
+                        f"from {df['score'].min()} to {df['score'].max()}); no row has a positive label, so the "
+                        "metrics compare groups without positive outcomes.")
+
+
+def test_no_warning_when_every_value_has_rows_and_none_collected_outside_the_block(caplog):
+    df = credit()
+    with caplog.at_level(logging.WARNING, logger="analyzer.bias.columns"), columns.value_warnings() as found:
+        columns.type_label(col(df["approved"], name="approved"), [1])
+        columns.facet_groups(col(df["gender"], name="gender"), CAT, [0])
+        columns.facet_groups(col(df["score"], name="score"), CONT, [0.5])
+    assert found == [] and "no row of" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="analyzer.bias.columns"):
+        columns.type_label(col(df["approved"], name="approved"), [5])  # logged, collected nowhere
+    assert "no row of 'approved' has value 5" in caplog.text and found == []
+
+
+def test_absent_values_keep_clarify_numbers_and_are_collected_once_per_run():
+    from analyzer.bias import bias_analysis
+    from analyzer.config.model import AnalysisConfig, BiasMethod, Facet, Methods
+    from analyzer.data.dataset import Dataset
+
+    df = credit(300, seed=1)
+    dataset = Dataset(source="memory", n_rows=len(df), headers=list(df.columns), feature_names=["score"],
+                      label=Column.from_series(df["approved"]), predicted_label=Column.from_series(df["approved"]),
+                      facets={"gender": Column.from_series(df["gender"])}, features=df[["score"]])
+    config = AnalysisConfig(dataset_type="text/csv", label="approved", label_values_or_threshold=[5],
+                            facet=[Facet("gender", [7])], methods=Methods(pre_training_bias=BiasMethod(["CI", "DPL"])))
+    with columns.value_warnings() as found:
+        first = bias_analysis(dataset, config, "pre_training")
+        second = bias_analysis(dataset, config, "pre_training")
+    assert first == second and len(found) == 2
+    assert found[0].startswith("`label_values_or_threshold`") and found[1].startswith("facet 'gender'")
+    metrics = {m["name"]: m for m in first["facets"]["gender"][0]["metrics"]}
+    assert metrics["CI"]["value"] is None and metrics["CI"]["error"]  # d is empty: Clarify's per-metric errors
+    config = AnalysisConfig(dataset_type="text/csv", label="approved", label_values_or_threshold=[5],
+                            facet=[Facet("gender", [1])], methods=Methods(pre_training_bias=BiasMethod(["CI", "DPL"])))
+    metrics = {m["name"]: m["value"] for m in bias_analysis(dataset, config, "pre_training")["facets"]["gender"][0]["metrics"]}
+    d = df["gender"] == 1
+    assert metrics["CI"] == pytest.approx(((~d).sum() - d.sum()) / len(df))
+    assert metrics["DPL"] == 0.0  # no positive label anywhere: q_a = q_d = 0

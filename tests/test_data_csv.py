@@ -13,7 +13,8 @@ import pyarrow.compute as pc
 import pytest
 
 import analyzer.data.csv_format as csv_format
-from analyzer.config.model import AnalysisConfig, Facet, Methods
+from analyzer.bias import bias_analysis
+from analyzer.config.model import AnalysisConfig, BiasMethod, Facet, Methods
 from analyzer.data import Column, load_dataset
 from analyzer.errors import DataError
 
@@ -313,3 +314,161 @@ def test_error_duplicate_config_headers(tmp_path):
     path = write(tmp_path / "d.csv", "1,2\n")
     with pytest.raises(DataError, match=r"`headers` in the analysis config repeats \['a'\]"):
         load_dataset(csv_config(headers=["a", "a"], label="a"), path)
+
+
+# Header rule without `headers`, and header rows that differ from `headers` ----------------------------
+
+
+def numeric_frame(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"approved": rng.integers(0, 2, n), "age": rng.integers(18, 90, n),
+                         "income": rng.normal(50, 15, n).round(2), "gender": rng.integers(0, 2, n),
+                         "debt": rng.random(n).round(3)})
+
+
+def bias_config(**kwargs) -> AnalysisConfig:
+    return AnalysisConfig(dataset_type="text/csv", label_values_or_threshold=[1],
+                          methods=Methods(pre_training_bias=BiasMethod(["CI", "DPL"])), **kwargs)
+
+
+@pytest.mark.parametrize(("label", "facet"), [(0, 3), ("column_0", "column_3")])
+def test_headerless_numeric_csv_keeps_its_first_row_and_gets_generated_names(tmp_path, caplog, label, facet):
+    frame = numeric_frame(400, seed=1)
+    path = write(tmp_path / "d.csv", frame.to_csv(header=False, index=False))
+    expected = pd.read_csv(path, header=None)  # every row is data
+    config = bias_config(label=label, facet=[Facet(facet, [1])])
+
+    with caplog.at_level("INFO", logger="analyzer.data.csv_format"):
+        dataset = load_dataset(config, path, need_features=True)
+
+    assert dataset.n_rows == len(expected) == 400
+    assert dataset.headers == [f"column_{i}" for i in range(5)]
+    assert dataset.label.name == "column_0"
+    assert dataset.label.to_series().tolist() == expected[0].tolist()
+    assert dataset.facets["column_3"].to_series().tolist() == expected[3].tolist()
+    assert dataset.features["column_2"].tolist() == expected[2].tolist()
+    assert f"{path} line 1 is data: every field of it is a number" in caplog.text
+    # the bias numbers are those of all 400 rows: CI = (n_a - n_d) / n, DPL = q_a - q_d
+    d = expected[3] == 1
+    metrics = {m["name"]: m["value"] for m in bias_analysis(dataset, config, "pre_training")["facets"]["column_3"][0]["metrics"]}
+    assert metrics["CI"] == pytest.approx(((~d).sum() - d.sum()) / len(expected))
+    assert metrics["DPL"] == pytest.approx(expected[0][~d].mean() - expected[0][d].mean())
+
+
+def test_header_row_is_found_by_a_text_field_above_numbers_and_logged(tmp_path, caplog):
+    frame = numeric_frame(50, seed=2).assign(city=["x", "y"] * 25, flag=["True", "False"] * 25)
+    path = write(tmp_path / "d.csv", frame.to_csv(index=False))
+    with caplog.at_level("INFO", logger="analyzer.data.csv_format"):
+        dataset = load_dataset(csv_config(label="approved", facet=[Facet("flag")]), path)
+    assert dataset.headers == list(pd.read_csv(path).columns)
+    assert dataset.n_rows == 50
+    assert dataset.facets["flag"].dtype == bool
+    assert f"{path} line 1 is the header row: 'approved' (column 0) is text and the next rows there are numbers" \
+        in caplog.text
+
+
+def test_text_only_csv_without_headers_reads_its_first_row_as_header(tmp_path, caplog):
+    path = write(tmp_path / "d.csv", "name,city\nann,paris\nbob,rome\n")
+    with caplog.at_level("INFO", logger="analyzer.data.csv_format"):
+        dataset = load_dataset(csv_config(label="name"), path)
+    assert dataset.headers == ["name", "city"] and dataset.n_rows == 2
+    assert "is the header row: it has text fields" in caplog.text
+
+
+def test_headerless_parts_and_gz_parts_each_with_or_without_a_repeated_header(tmp_path):
+    frame = numeric_frame(90, seed=3)
+    root = tmp_path / "data"
+    parts = [frame.iloc[:30], frame.iloc[30:60], frame.iloc[60:]]
+    # headerless parts: the first part's first row is data
+    write(root / "part-0.csv", parts[0].to_csv(header=False, index=False))
+    (root / "part-1.csv.gz").write_bytes(gzip.compress(parts[1].to_csv(header=False, index=False).encode()))
+    write(root / "part-2.csv", parts[2].to_csv(header=False, index=False))
+    dataset = load_dataset(csv_config(label=0, facet=[Facet(1)]), root)
+    assert dataset.n_rows == len(frame)
+    assert dataset.facets["column_1"].to_series().tolist() == frame["age"].tolist()
+    # parts that all repeat the header row (Spark / pandas part files), one of them compressed
+    root = tmp_path / "with_headers"
+    write(root / "part-0.csv", parts[0].to_csv(index=False))
+    (root / "part-1.csv.gz").write_bytes(gzip.compress(parts[1].to_csv(index=False).encode()))
+    write(root / "part-2.csv", parts[2].to_csv(index=False))
+    dataset = load_dataset(csv_config(label="approved", facet=[Facet("age")]), root)
+    assert dataset.headers == list(frame.columns) and dataset.n_rows == len(frame)
+    assert dataset.facets["age"].to_series().tolist() == frame["age"].tolist()
+
+
+@pytest.mark.parametrize("header_row", ["approved,age,income,gender,Debt", " APPROVED ,age,income,Gender,debt"])
+def test_header_row_differing_from_config_headers_in_case_or_spaces_is_skipped_with_a_warning(
+        tmp_path, caplog, header_row):
+    frame = numeric_frame(60, seed=4)
+    first = write(tmp_path / "data" / "part-0.csv", header_row + "\n" + frame.iloc[:30].to_csv(header=False, index=False))
+    write(tmp_path / "data" / "part-1.csv", header_row + "\n" + frame.iloc[30:].to_csv(header=False, index=False))
+    config = csv_config(headers=list(frame.columns), label="approved", facet=[Facet("debt")])
+    with caplog.at_level("WARNING", logger="analyzer.data.csv_format"):
+        dataset = load_dataset(config, tmp_path / "data")
+    assert dataset.n_rows == len(frame)
+    assert dataset.label.dtype == np.int64 and dataset.facets["debt"].dtype == np.float64
+    assert dataset.facets["debt"].to_series().tolist() == frame["debt"].tolist()
+    differing = [(j, f) for j, (f, h) in enumerate(zip(header_row.split(","), frame.columns, strict=True)) if f.strip() != h]
+    assert f"{first} line 1 is read as a header row" in caplog.text
+    for j, field in differing:
+        assert f"column {j}: {field!r} for {frame.columns[j]!r}" in caplog.text
+
+
+def test_header_row_naming_other_columns_than_config_headers_is_an_error(tmp_path):
+    frame = numeric_frame(20, seed=5)
+    path = write(tmp_path / "d.csv", "approved,age,income,gender,loan\n" + frame.to_csv(header=False, index=False))
+    with pytest.raises(DataError) as error:
+        load_dataset(csv_config(headers=list(frame.columns), label="approved"), path)
+    message = str(error.value)
+    assert f"line 1 of {path} looks like a header row ('approved' in column 0 is text" in message
+    assert "column 4: 'loan' for 'debt'" in message and "`headers` in the analysis config says" in message
+
+
+def test_with_config_headers_a_first_row_is_data_unless_it_has_text_above_numbers(tmp_path):
+    path = write(tmp_path / "d.csv", "sex,age\nM,30\nF,40\n")  # 'sex' is a value of a text column, 'age' is text
+    with pytest.raises(DataError, match="looks like a header row"):  # ... above numbers: a header
+        load_dataset(csv_config(headers=["s", "a"], label="a"), path)
+    path = write(tmp_path / "e.csv", "M,30\nF,40\n")
+    dataset = load_dataset(csv_config(headers=["s", "a"], label="a"), path)
+    assert dataset.n_rows == 2 and dataset.label.to_series().tolist() == [30, 40]
+
+
+def test_every_row_with_a_wrong_number_of_fields_is_reported_at_once(tmp_path):
+    rng = random.Random(6)
+    bad_lines: list[tuple[Path, int, int]] = []
+    for part in range(2):
+        lines = ["a,b,c"]
+        for _ in range(200):
+            width = rng.choice([3] * 12 + [2, 4])
+            lines.append(",".join(str(rng.randint(0, 9)) for _ in range(width)))
+        path = write(tmp_path / "d" / f"part-{part}.csv", "\n".join(lines) + "\n")
+        bad_lines += [(path, i + 1, len(line.split(","))) for i, line in enumerate(lines) if len(line.split(",")) != 3]
+    assert len(bad_lines) > 12
+    with pytest.raises(DataError) as error:
+        load_dataset(csv_config(label="a"), tmp_path / "d")
+    message = str(error.value)
+    assert message.startswith(f"{len(bad_lines)} rows have another number of fields than the dataset's 3 columns")
+    for path, line, n_fields in bad_lines[:10]:
+        assert f"{path} line {line} has {n_fields} fields;" in message
+    assert f"{bad_lines[10][0]} line {bad_lines[10][1]} " not in message
+    assert f"and {len(bad_lines) - 10} more such row(s)" in message
+
+
+def test_parts_repeating_a_header_row_with_empty_and_repeated_names(tmp_path):
+    """Part files are compared with the header row as written, not with the names pandas makes of it."""
+    write(tmp_path / "d" / "part-0.csv", "a,a,,y\n1,2,3,0\n")
+    write(tmp_path / "d" / "part-1.csv", "a,a,,y\n5,6,7,1\n")
+    dataset = load_dataset(csv_config(label="y", facet=[Facet("a.1")]), tmp_path / "d")
+    assert dataset.headers == ["a", "a.1", "Unnamed: 2", "y"]
+    assert dataset.n_rows == 2 and dataset.facets["a.1"].to_series().tolist() == [2, 6]
+
+
+def test_pandas_header_row_of_unnamed_columns_is_a_header(tmp_path: Path) -> None:
+    """DataFrame(array).to_csv(index=False) writes 0,1,2,... as the header row: the names, not a data row."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(rng.integers(0, 5, size=(40, 4)))
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    dataset = load_dataset(csv_config(label="3", facet=[Facet("0")]), tmp_path / "d.csv")
+    assert dataset.headers == ["0", "1", "2", "3"]
+    assert dataset.n_rows == 40
+    assert dataset.facets["0"].to_series().tolist() == frame[0].tolist()

@@ -219,8 +219,10 @@ def test_log_lines(main_csv, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0] == f"Dataset type: text/csv uri: {main_csv}"
     assert messages[1] == "Loading dataset..."
-    assert messages[2].startswith("Loaded dataset: 6 rows, 7 columns (1 files) in ")
-    assert messages[3] == ("Role columns: label 'approved': int64 (2 distinct); facet 'sex': object (2 distinct); "
+    assert messages[2] == (f"{main_csv} line 1 is the header row: 'id' (column 0) is text and the next rows there "
+                           "are numbers (no `headers` in the analysis config; set it if this is wrong)")
+    assert messages[3].startswith("Loaded dataset: 6 rows, 7 columns (1 files) in ")
+    assert messages[4] == ("Role columns: label 'approved': int64 (2 distinct); facet 'sex': object (2 distinct); "
                            "group_variable 'race': object (3 distinct)")
 
 

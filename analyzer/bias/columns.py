@@ -13,11 +13,19 @@ Every decision here depends on a row only through its value, so it is taken once
 value of a ``Column`` (``uniques``) and returned as a per-unique boolean mask; ``Column.row_mask``
 spreads it over the rows. Errors are ``ValueError`` with smclarify's message; the report decides
 which of them fail the whole report.
+
+A configured label or facet value that matches no row is not an error in Clarify (the metrics come out
+as 0.0 or as per-metric errors), which reads as "no bias" when it is a typo: Lucent logs a WARNING
+naming the value, the column and the values present (Lucent rule, docs/bias.md), and ``lucent validate``
+lists it (``value_warnings``). The numbers stay Clarify's.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -40,6 +48,69 @@ PREDICTED_ALL_FALSE = (
     "Positive Predicted Index Series contains all False values"
 )
 NO_LABEL_VALUES = "Positive label values or thresholds are empty for Label column"
+
+_LABEL, _FACET = "label", "facet"
+_SHOWN_VALUES = 10  # distinct values named in an absent-value warning
+_collected: ContextVar[list[str] | None] = ContextVar("lucent_value_warnings", default=None)
+
+
+@contextmanager
+def value_warnings() -> Iterator[list[str]]:
+    """Collect the absent-value warnings logged inside the block (each once), for ``lucent validate``,
+    which runs the bias stages without failing on them."""
+    collected: list[str] = []
+    token = _collected.set(collected)
+    try:
+        yield collected
+    finally:
+        _collected.reset(token)
+
+
+def _warn(message: str) -> None:
+    logger.warning("%s", message)
+    collected = _collected.get()
+    if collected is not None and message not in collected:
+        collected.append(message)
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _present(column: Column) -> str:
+    """The column's distinct values for a warning: ``0, 1`` (sorted when they can be), at most ten."""
+    uniques = list(column.uniques)
+    with suppress(TypeError):  # values of mixed types keep their order
+        uniques = sorted(uniques)
+    shown = ", ".join(_show(value) for value in uniques[:_SHOWN_VALUES])
+    return f"{shown}, ... ({len(uniques)} in all)" if len(uniques) > _SHOWN_VALUES else shown or "none"
+
+
+def _consequence(role: str) -> str:
+    if role == _LABEL:
+        return "no row has a positive label, so the metrics compare groups without positive outcomes"
+    return "the facet's sensitive group is empty, so its metrics are errors"
+
+
+def _where(role: str, column: Column) -> str:
+    key = "`label_values_or_threshold`" if role == _LABEL else f"facet {column.name!r} `value_or_threshold`"
+    return f"{key}: no row of {column.name!r}"
+
+
+def _warn_absent_values(column: Column, role: str, absent: list[Any], mask: np.ndarray) -> None:
+    """One warning per configured categorical value that no row has."""
+    for value in absent:
+        consequence = "" if mask.any() else f"; {_consequence(role)}"
+        _warn(f"{_where(role, column)} has value {_show(value)} (values: {_present(column)}){consequence}.")
+
+
+def _warn_empty_interval(column: Column, role: str, threshold: Any, numbers: pd.Series, mask: np.ndarray) -> None:
+    """A warning when no row is above a continuous column's threshold."""
+    if mask.any():
+        return
+    shown = f"from {_show(numbers.min())} to {_show(numbers.max())}" if numbers.notna().any() else "none"
+    _warn(f"{_where(role, column)} is greater than the threshold {_show(threshold)} (values {shown}); "
+          f"{_consequence(role)}.")
 
 
 class DataType(Enum):
@@ -188,17 +259,21 @@ def _match(categories: pd.Series, values: list[Any]) -> np.ndarray:
     return mask
 
 
-def categorical_mask(column: Column, values: list[Any]) -> np.ndarray:
+def categorical_mask(column: Column, values: list[Any], role: str | None = None) -> np.ndarray:
     """Per-unique mask of the values equal to one of ``values`` (Clarify ``_categorical_data_idx``).
 
     If nothing matches, ``values`` are converted to the type of the column's first element and
-    matched again; if that matches nothing either, the mask is all False (not an error).
+    matched again; if that matches nothing either, the mask is all False (not an error). With a
+    ``role`` (``"label"`` or ``"facet"``), each value that matches no row is logged as a warning.
     """
     categories = _as_category(column)
     mask = _match(categories, values)
-    if mask.any():
-        return mask
-    return _match(categories, convert_values(first_value(column), values))
+    if not mask.any():
+        values = convert_values(first_value(column), values)
+        mask = _match(categories, values)
+    if role is not None:
+        _warn_absent_values(column, role, [v for v in values if not _match(categories, [v]).any()], mask)
+    return mask
 
 
 def values_string(values: list[Any]) -> str:
@@ -244,9 +319,11 @@ def facet_groups(facet: Column, data_type: DataType, values: list[Any] | None) -
         numbers = numeric_uniques(facet)
         intervals = threshold_intervals(numbers.max(), numeric_thresholds(values))
         logger.info("Facet %s threshold intervals: %s", facet.name, intervals_string(intervals))
-        return [FacetGroup(intervals_string(intervals), interval_mask(numbers, intervals))]
+        sensitive = interval_mask(numbers, intervals)
+        _warn_empty_interval(facet, _FACET, numeric_thresholds(values)[0], numbers, sensitive)
+        return [FacetGroup(intervals_string(intervals), sensitive)]
     if values:
-        return [FacetGroup(values_string(values), categorical_mask(facet, values))]
+        return [FacetGroup(values_string(values), categorical_mask(facet, values, _FACET))]
     groups = [FacetGroup(str(value), value_index=index) for index, value in enumerate(_as_category(facet))]
     missing_at = facet.missing_position()
     if missing_at is not None:
@@ -279,12 +356,13 @@ def type_label(label: Column, values: list[Any]) -> LabelTyping:
         raise ValueError(NO_LABEL_VALUES)
     data_type = classify(label, values)
     if data_type is DataType.CATEGORICAL:
-        return LabelTyping(data_type, categorical_mask(label, values), values_string(values), list(values))
+        return LabelTyping(data_type, categorical_mask(label, values, _LABEL), values_string(values), list(values))
     thresholds = numeric_thresholds(values)
     numbers = numeric_uniques(label)
     intervals = threshold_intervals(numbers.max(), thresholds)
-    return LabelTyping(data_type, interval_mask(numbers, intervals), intervals_string(intervals),
-                       thresholds, numbers)
+    positive = interval_mask(numbers, intervals)
+    _warn_empty_interval(label, _LABEL, thresholds[0], numbers, positive)
+    return LabelTyping(data_type, positive, intervals_string(intervals), thresholds, numbers)
 
 
 def label_value_or_threshold(label: Column, values: list[Any]) -> str:

@@ -1,13 +1,21 @@
 """CSV datasets (``text/csv``): the header rule, a streaming read, and pandas' column typing.
 
-Header rule (spec 8.6/8.7 leave it open; this is Lucent's decision):
+Header rule (spec 8.6/8.7 leave it open; this is Lucent's decision, docs/data-formats.md). A field is
+*typed* when pandas would read it as a number or a bool, *missing* when it is one of pandas' missing-value
+strings, *text* otherwise. "Text above numbers": a field that is text in a column whose values in the
+next records (up to ``_SAMPLE_RECORDS``, those with as many fields) are all typed or missing, one at least typed.
 
-* ``headers`` absent: the first record of the first file is the header row (names as pandas gives
-  them: an empty name becomes ``Unnamed: <i>``, a repeated name ``name.1``, ``name.2``, ...).
-* Every file (all files of a folder, and the first file when ``headers`` is given) has its first
-  record skipped if and only if it equals the headers field by field (surrounding spaces ignored).
-  So header-less files, files that each repeat the header row (Spark / pandas part files), and a mix
-  of both all read correctly. A first record that differs from the headers is data.
+* ``headers`` absent: the first record of the first file is (a) the header row when it has text above
+  numbers; else (b) data when every field is typed or missing (one at least typed): the columns are then
+  named ``column_0``, ``column_1``, ... (the contract's generated names); else (c) the header row (text
+  columns only: nothing tells). Names from a header row are pandas' (an empty name becomes
+  ``Unnamed: <i>``, a repeated name ``name.1``, ``name.2``, ...). The decision and its reason are logged.
+* Every other first record of a file (and the first file's when ``headers`` is given) is skipped when
+  it equals the headers field by field (surrounding spaces ignored), or equals them ignoring case too (a
+  WARNING names the file, line and names). Otherwise, with text above numbers it is a header row that
+  names other columns: an error naming the file, line and differences. Otherwise it is data. So
+  header-less files, files that each repeat the header row (Spark / pandas part files), and a mix of
+  both all read correctly.
 * A first record with a different number of fields than the headers is an error (Clarify's
   ``Headers in config do not match with the number of columns in the dataset.``).
 
@@ -29,9 +37,10 @@ columns that are certainly text (``_plain_strings``). ``low_memory=False`` matte
 that mix numbers and text beyond ~65k rows, where default pandas returns a mix of numbers and strings
 depending on its internal chunking; Lucent returns strings.
 
-Deviations from ``pandas.read_csv`` (deliberate): a row with more or fewer fields than there are
-headers is an error naming the file and line (pandas pads short rows with NaN, and with a surplus
-field on every row silently uses the first column as the index). Whitespace-only lines are skipped
+Deviations from ``pandas.read_csv`` (deliberate): rows with more or fewer fields than there are
+headers are an error naming the file and line of each (the first ``_LISTED_BAD_ROWS``, then a count;
+every file is read first, so one run lists them all). pandas pads short rows with NaN, and with a
+surplus field on every row silently uses the first column as the index. Whitespace-only lines are skipped
 as pandas does, except in single-column files where they are read as a value.
 """
 
@@ -41,6 +50,8 @@ import contextlib
 import csv
 import gzip
 import io
+import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +75,10 @@ _MAX_BLOCK_BYTES = 1 << 30  # a block must hold the longest row: grown up to thi
 _PEEK_BYTES = 1 << 16  # bytes read to find a file's first record (grown if the record is longer)
 _MAX_PEEK_BYTES = 1 << 28
 _HEADERS_MISMATCH = "Headers in config do not match with the number of columns in the dataset."
+_SAMPLE_RECORDS = 100  # records after the first one that the header rule looks at
+_LISTED_BAD_ROWS = 10  # rows with a wrong number of fields named in the error (the rest are counted)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,7 @@ class FirstRecord:
     line: int  # 1-based line where the record starts
     end_line: int  # last line of the record (a quoted field can span lines)
     end_offset: int  # bytes from the start of the decompressed file to the end of ``end_line``
+    following: tuple[list[str], ...] = ()  # up to _SAMPLE_RECORDS next records (the header rule's sample)
 
 
 class CsvTable:
@@ -92,19 +108,30 @@ class CsvTable:
             if duplicated:
                 raise DataError(f"`{headers_key}` in the analysis config repeats {duplicated}; "
                                 "every column needs a distinct name.")
-            self.headers, header_fields = [str(h) for h in headers], [str(h) for h in headers]
+            self.headers = [str(h) for h in headers]
+            header_fields = self.headers
             origin = f"`{headers_key}` in the analysis config"
         elif first_file is not None:
-            header_fields = self._first[first_file].fields
-            self.headers = pandas_header_names(header_fields)
-            origin = f"the header row of {first_file}"
+            first = self._first[first_file]
+            is_header, why = _first_record_is_header(first, self._sample(first))
+            if is_header:
+                self.headers, header_fields = pandas_header_names(first.fields), first.fields
+                origin = f"the header row of {first_file}"
+            else:
+                self.headers = header_fields = [f"column_{i}" for i in range(len(first.fields))]
+                origin = f"the first row of {first_file} (no header row; columns named column_0, column_1, ...)"
+            logger.info("%s line %d is %s: %s (no `%s` in the analysis config; set it if this is wrong)",
+                        first_file, first.line, "the header row" if is_header else "data", why, headers_key)
         else:
             raise no_data_rows(source, self.files)
         self._skip_first = {}
         for path, record in self._first.items():
             if record is None:
                 continue
-            self._skip_first[path] = _same_fields(record.fields, header_fields)
+            if headers is None and path == first_file:
+                self._skip_first[path] = is_header
+            else:
+                self._skip_first[path] = self._is_header_row(path, record, header_fields, origin)
             if not self._skip_first[path] and len(record.fields) != len(self.headers):
                 raise DataError(
                     f"{_HEADERS_MISMATCH} {path} line {record.line} has {len(record.fields)} fields but "
@@ -112,21 +139,65 @@ class CsvTable:
                     "of the file, in order."
                 )
 
+    def _sample(self, first: FirstRecord) -> list[list[str]]:
+        """Up to ``_SAMPLE_RECORDS`` records after ``first``: the rest of its file's peek, then the first
+        records of the next files (a repeat of ``first``, a part file's header row, left out)."""
+        sample = list(first.following)
+        for record in self._first.values():
+            if len(sample) >= _SAMPLE_RECORDS:
+                break
+            if record is None or record is first:
+                continue
+            sample.extend(r for r in [record.fields, *record.following] if not _same_fields(r, first.fields))
+        return sample[:_SAMPLE_RECORDS]
+
+    def _is_header_row(self, path: Path, record: FirstRecord, header_fields: list[str], origin: str) -> bool:
+        """Whether the first record of ``path`` is a header row to skip (the module docstring's rule);
+        ``header_fields``: the headers as written in the config or the first file's header row."""
+        if _same_fields(record.fields, header_fields):
+            return True
+        pairs = list(zip(record.fields, header_fields, strict=False))
+        differing = [(j, field, name) for j, (field, name) in enumerate(pairs) if field.strip() != name.strip()]
+        shown = "; ".join(f"column {j}: {field!r} for {name!r}" for j, field, name in differing[:5])
+        if len(differing) > 5:
+            shown += f"; and {len(differing) - 5} more"
+        if len(record.fields) == len(header_fields) and all(
+                field.strip().lower() == name.strip().lower() for field, name in pairs):
+            logger.warning("%s line %d is read as a header row: it names the columns of %s but in other case or "
+                           "spacing (%s). Use the same names to silence this warning.", path, record.line, origin, shown)
+            return True
+        text = _text_in_typed_columns(record.fields, record.following)
+        if len(record.fields) == len(self.headers) and text:
+            j = text[0]
+            raise DataError(
+                f"line {record.line} of {path} looks like a header row ({record.fields[j]!r} in column {j} is "
+                f"text, the rows below it there are numbers), but {origin} says {self.headers}: {shown}. "
+                "Make the header row and the headers name the same columns, or remove one of them."
+            )
+        return False
+
     @property
     def n_files(self) -> int:
         return len(self.files)
 
     def read(self, columns: Sequence[str], values: Sequence[str] = (), progress: Progress | None = None) -> TableData:
-        """Read ``columns`` as ``Column`` objects and ``values`` as Series, in one pass over the files."""
+        """Read ``columns`` as ``Column`` objects and ``values`` as Series, in one pass over the files.
+
+        Rows with another number of fields than there are headers are all found (every file is read)
+        and reported in one error."""
         accumulators = {name: ColumnAccumulator(name, pa.string()) for name in [*columns, *values]}
-        n_rows = sum(self._read_file(path, accumulators, progress) for path in self.files)
+        bad_rows: list[_BadRows] = []
+        n_rows = sum(self._read_file(path, accumulators, progress, bad_rows) for path in self.files)
+        if bad_rows:
+            raise self._bad_rows_error(bad_rows)
         return TableData(
             n_rows,
             columns={name: accumulators.pop(name).finish(infer_csv_values) for name in columns},
             values={name: accumulators.pop(name).finish_values(infer_csv_values) for name in values},
         )
 
-    def _read_file(self, path: Path, accumulators: dict[str, ColumnAccumulator], progress: Progress | None) -> int:
+    def _read_file(self, path: Path, accumulators: dict[str, ColumnAccumulator], progress: Progress | None,
+                   found: list[_BadRows]) -> int:
         record = self._first[path]
         if record is None:  # empty, or only blank lines
             return 0
@@ -137,7 +208,7 @@ class CsvTable:
         while True:
             bad_rows: list[pacsv.InvalidRow] = []
             try:
-                return self._parse(path, offset, block_bytes, accumulators, bad_rows, progress)
+                n_rows = self._parse(path, offset, block_bytes, accumulators, bad_rows, progress)
             except pa.ArrowInvalid as exc:
                 for name, acc in accumulators.items():
                     acc.truncate(marks[name])
@@ -146,9 +217,13 @@ class CsvTable:
                 if "straddl" in str(exc) and block_bytes < _MAX_BLOCK_BYTES:
                     block_bytes *= 8  # a row longer than a block: read the file again with bigger blocks
                     continue
-                raise self._parse_error(path, offset, first_line, exc, bad_rows) from None
+                raise self._parse_error(path, offset, first_line, exc) from None
             except OSError as exc:
                 raise read_error(path, exc) from exc
+            if bad_rows:
+                rows, total = _rows_with_wrong_width(path, offset, first_line, len(self.headers), len(bad_rows))
+                found.append(_BadRows(path, rows, max(total, len(bad_rows)), bad_rows[0]))
+            return n_rows
 
     def _parse(self, path: Path, offset: int, block_bytes: int, accumulators: dict[str, ColumnAccumulator],
                bad_rows: list[pacsv.InvalidRow], progress: Progress | None = None) -> int:
@@ -158,7 +233,7 @@ class CsvTable:
             if multi_column and not row.text.strip(" \t"):
                 return "skip"  # whitespace-only line: pandas skips those as blank lines
             bad_rows.append(row)
-            return "error"
+            return "skip"  # counted, to report every such row once the files are read
 
         include = list(accumulators) or self.headers[:1]  # one column at least, to count the rows
         with open_stream(path) as stream:
@@ -181,27 +256,41 @@ class CsvTable:
                     progress.update(batch.num_rows)
         return n_rows
 
-    def _parse_error(self, path: Path, offset: int, first_line: int, exc: Exception,
-                     bad_rows: list[pacsv.InvalidRow]) -> DataError:
+    def _parse_error(self, path: Path, offset: int, first_line: int, exc: Exception) -> DataError:
         if "UTF8" in str(exc) or "UTF-8" in str(exc):
             line = _first_non_utf8_line(path, offset, first_line)
             where = f"{path} line {line}" if line else str(path)
             return DataError(f"{where} is not valid UTF-8 text. Save the file as UTF-8.")
-        found = _first_row_with_wrong_width(path, offset, first_line, len(self.headers))
-        if found is not None:
-            line, n_fields = found
-            return DataError(
-                f"{path} line {line} has {n_fields} fields, but the dataset has {len(self.headers)} "
-                f"columns (headers: {self.headers}). Every row needs one field per column: fix or "
-                "remove that row."
-            )
-        if bad_rows:
-            row = bad_rows[0]
-            return DataError(
-                f"{path}: a row has {row.actual_columns} fields, but the dataset has "
-                f"{row.expected_columns} columns: {row.text[:200]!r}. Fix or remove that row."
-            )
         return DataError(f"{path}: cannot parse the file as CSV ({exc}).")
+
+    def _bad_rows_error(self, found: list[_BadRows]) -> DataError:
+        """One error naming the first ``_LISTED_BAD_ROWS`` rows with a wrong number of fields, counting the rest."""
+        width = len(self.headers)
+        named = [f"{bad.path} line {line} has {n_fields} fields" for bad in found for line, n_fields in bad.rows]
+        for bad in found:  # rows Python's csv module did not see (it tokenizes a few rare cases otherwise)
+            if not bad.rows:
+                row = bad.first
+                named.append(f"{bad.path}: a row has {row.actual_columns} fields: {row.text[:200]!r}")
+        total = sum(bad.total for bad in found)
+        listed = named[:_LISTED_BAD_ROWS]
+        rest = total - len(listed)
+        more = f"; and {rest} more such row(s)" if rest > 0 else ""
+        if total == 1:
+            return DataError(f"{listed[0]}, but the dataset has {width} columns (headers: {self.headers}). "
+                             "Every row needs one field per column: fix or remove that row.")
+        return DataError(f"{total} rows have another number of fields than the dataset's {width} columns "
+                         f"(headers: {self.headers}): {'; '.join(listed)}{more}. Every row needs one field "
+                         "per column: fix or remove those rows.")
+
+
+@dataclass(frozen=True)
+class _BadRows:
+    """The rows of one file with a wrong number of fields: (line, fields) of the first ones, and how many."""
+
+    path: Path
+    rows: list[tuple[int, int]]
+    total: int
+    first: pacsv.InvalidRow  # as pyarrow saw the first one
 
 
 def infer_csv_values(values: pa.Array, has_null: bool = False) -> pd.Series:
@@ -322,8 +411,8 @@ def read_first_record(path: Path) -> FirstRecord | None:
 
 
 def _parse_first_record(path: Path, lines: list[bytes], at_eof: bool) -> FirstRecord | None | bool:
-    """The first record in ``lines``; None if there is none; False (only before the end of the file)
-    if more lines are needed to know."""
+    """The first record in ``lines`` (with the next ones, up to ``_SAMPLE_RECORDS``, as its ``following``);
+    None if there is none; False (only before the end of the file) if more lines are needed to know."""
     texts = []
     for i, line in enumerate(lines):
         try:
@@ -339,12 +428,77 @@ def _parse_first_record(path: Path, lines: list[bytes], at_eof: bool) -> FirstRe
                 continue
             if consumed == len(lines) and not at_eof:
                 return False  # a quoted field may go on in the lines not read yet
-            return FirstRecord(fields, start, consumed, sum(len(line) for line in lines[:consumed]))
+            end_offset = sum(len(line) for line in lines[:consumed])
+            return FirstRecord(fields, start, consumed, end_offset, _following(reader, len(lines), at_eof))
     except csv.Error as exc:
         if at_eof:
             raise DataError(f"{path} line {consumed + 1}: cannot parse the first record as CSV ({exc}).") from None
         return False
     return None if at_eof else False
+
+
+def _following(reader: Iterator[list[str]], n_lines: int, at_eof: bool) -> tuple[list[str], ...]:
+    """The next non-blank records of ``reader`` (a sample: a record that may be cut short is left out)."""
+    records: list[list[str]] = []
+    try:
+        for fields in reader:
+            if len(records) >= _SAMPLE_RECORDS:
+                break
+            if not at_eof and reader.line_num >= n_lines:  # type: ignore[attr-defined]
+                break  # the last line read: a quoted field may go on after it
+            if not _is_blank(fields):
+                records.append(fields)
+    except csv.Error:
+        pass  # the reader reports this row when it gets there
+    return tuple(records)
+
+
+# The header rule's view of a field: a number (as pandas reads it) or a bool word is "typed"; a missing
+# value string is neither typed nor text; anything else is text.
+_NUMBER_FIELD = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?inf(?:inity)?", re.IGNORECASE)
+_BOOL_FIELDS = frozenset(["True", "TRUE", "true", "False", "FALSE", "false"])
+_MISSING_FIELDS = frozenset(STR_NA_VALUES)
+
+
+def _is_typed(field: str) -> bool:
+    return field.strip() in _BOOL_FIELDS or _NUMBER_FIELD.fullmatch(field.strip()) is not None
+
+
+def _is_text(field: str) -> bool:
+    return field not in _MISSING_FIELDS and not _is_typed(field)
+
+
+def _text_in_typed_columns(fields: Sequence[str], sample: Sequence[Sequence[str]]) -> list[int]:
+    """The columns where ``fields`` has text while every sampled value (of the records with as many
+    fields) is a number, a bool or missing, one at least not missing: signs that ``fields`` is a header."""
+    rows = [row for row in sample if len(row) == len(fields)]
+    found = []
+    for j, field in enumerate(fields):
+        if not _is_text(field):
+            continue
+        values = [row[j] for row in rows if row[j] not in _MISSING_FIELDS]
+        if values and all(_is_typed(value) for value in values):
+            found.append(j)
+    return found
+
+
+def _first_record_is_header(first: FirstRecord, sample: Sequence[Sequence[str]]) -> tuple[bool, str]:
+    """Whether the first record of a dataset without ``headers`` is its header row, and why.
+
+    (a) a field that is text in a column whose sampled values are numbers: a header row; then 0, 1, 2, ...
+    (the header row pandas writes for unnamed columns): a header row; (b) else, every field a number (or
+    bool, or missing): data; (c) else (text columns only): a header row, as pandas reads it.
+    """
+    text = _text_in_typed_columns(first.fields, sample)
+    if text:
+        j = text[0]
+        return True, f"{first.fields[j]!r} (column {j}) is text and the next rows there are numbers"
+    if [field.strip() for field in first.fields] == [str(j) for j in range(len(first.fields))]:
+        # pandas writes a frame without column names (DataFrame(array).to_csv()) with this header row
+        return True, "it reads 0, 1, 2, ...: pandas' names for unnamed columns"
+    if any(_is_typed(f) for f in first.fields) and not any(_is_text(f) for f in first.fields):
+        return False, "every field of it is a number"
+    return True, "it has text fields and no column shows numbers below text to tell a header from data"
 
 
 def _is_blank(fields: list[str]) -> bool:
@@ -377,8 +531,13 @@ def _first_non_utf8_line(path: Path, offset: int, first_line: int) -> int | None
     return None
 
 
-def _first_row_with_wrong_width(path: Path, offset: int, first_line: int, width: int) -> tuple[int, int] | None:
-    """(line, number of fields) of the first record without ``width`` fields, found with Python's csv."""
+def _rows_with_wrong_width(path: Path, offset: int, first_line: int, width: int,
+                           expected: int) -> tuple[list[tuple[int, int]], int]:
+    """(line, number of fields) of the first ``_LISTED_BAD_ROWS`` records without ``width`` fields, found
+    with Python's csv module (which counts lines), and how many there are; reading stops after the
+    ``expected``-th (what pyarrow counted), so a bad row near the start of a big file is found fast."""
+    rows: list[tuple[int, int]] = []
+    total = 0
     try:
         with _binary_file(path, offset) as f:
             text = io.TextIOWrapper(f, encoding="utf-8", newline="")
@@ -389,7 +548,11 @@ def _first_row_with_wrong_width(path: Path, offset: int, first_line: int, width:
                 if not fields or (width > 1 and _is_blank(fields)):
                     continue
                 if len(fields) != width:
-                    return first_line + start - 1, len(fields)
+                    total += 1
+                    if len(rows) < _LISTED_BAD_ROWS:
+                        rows.append((first_line + start - 1, len(fields)))
+                    if total >= expected:
+                        break
     except (OSError, EOFError, UnicodeDecodeError, csv.Error):
         pass
-    return None
+    return rows, total

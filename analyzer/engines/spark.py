@@ -389,12 +389,13 @@ class SparkEngine:
                            functions.col("_metadata.file_block_start").alias("__block"),
                            functions.monotonically_increasing_id().alias("__id"))
         if config.dataset_type == media.CSV:
-            # Lucent's header rule: a record equal to the headers (spaces and a BOM aside) is not data.
+            # Lucent's header rule: a record equal to the headers (spaces, case and a BOM aside) is not data.
             # Cheap tests only (no regexp per row); the first column first, so data rows stop there.
-            first_field = functions.trim(functions.col("c0"))
-            header_row = (first_field == headers[0].strip()) | (first_field == "\ufeff" + headers[0].strip())
+            first_field = functions.lower(functions.trim(functions.col("c0")))
+            first_name = headers[0].strip().lower()
+            header_row = (first_field == first_name) | (first_field == "\ufeff" + first_name)
             for i, name in enumerate(headers[1:], start=1):
-                header_row = header_row & (functions.trim(functions.col(f"c{i}")) == name.strip())
+                header_row = header_row & (functions.lower(functions.trim(functions.col(f"c{i}"))) == name.strip().lower())
             frame = frame.where(~functions.coalesce(header_row, functions.lit(False)))
         return frame
 
