@@ -29,7 +29,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,11 +67,14 @@ class ServedModel:
     default_io: bool = False
     # ... and draws coalition pictures sent described (IMAGE_COALITIONS) itself (its /lucent/info says so).
     composes_pictures: bool = False
+    # The built-in server's handle, for a caller that must notice its exit at once (`lucent endpoint`).
+    server: ModelServer | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_info(cls, url: str, info: Mapping[str, object]) -> ServedModel:
+    def from_info(cls, url: str, info: Mapping[str, object], server: ModelServer | None = None) -> ServedModel:
         """The built-in server at ``url`` as its ``/lucent/info`` answer describes it."""
-        return cls(url, default_io=bool(info.get("default_io")), composes_pictures=bool(info.get("composes_pictures")))
+        return cls(url, default_io=bool(info.get("default_io")), composes_pictures=bool(info.get("composes_pictures")),
+                   server=server)
 
 
 @contextlib.contextmanager
@@ -233,7 +236,7 @@ def model_source(model_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _builtin_server(model_dir: Path) -> Iterator[ServedModel]:
+def _builtin_server(model_dir: Path, during: str = "the job") -> Iterator[ServedModel]:
     from container.sidecar import ModelLoadError, ModelServerError, start_model_server
 
     source = model_source(model_dir)
@@ -252,23 +255,24 @@ def _builtin_server(model_dir: Path) -> Iterator[ServedModel]:
             raise ModelUnavailable(f"the built-in model server did not start: {error}") from error
         log.info("Model server ready at %s after %.1f seconds", server.url, time.perf_counter() - started)
         try:
-            yield ServedModel.from_info(server.url, server.info())
+            yield ServedModel.from_info(server.url, server.info(), server)
         except ModelTransportError as error:  # read the log before stop() removes it
-            raise _server_failure(server, error) from error
+            raise _server_failure(server, error, during) from error
         if not server.is_alive():
-            raise _server_failure(server, None)
+            raise _server_failure(server, None, during)
     finally:
         server.stop()
         log.info("Stopped the built-in model server")
 
 
 @contextlib.contextmanager
-def _model_container(image: str, model_dir: Path) -> Iterator[str]:
-    """Run ``image`` with ``serve`` like SageMaker hosting does, the model mounted read-only."""
+def _model_container(image: str, model_dir: Path, setting: str = "predictor.image_uri") -> Iterator[str]:
+    """Run ``image`` with ``serve`` like SageMaker hosting does, the model mounted read-only; ``setting``
+    names where the image came from in messages."""
     import docker.errors
 
     try:
-        client = connect_engine("predictor.image_uri")
+        client = connect_engine(setting)
     except EngineUnavailable as error:
         raise ModelUnavailable(str(error)) from error
     volumes = {}
@@ -281,26 +285,26 @@ def _model_container(image: str, model_dir: Path) -> Iterator[str]:
                                           ports={f"{MODEL_PORT}/tcp": ("127.0.0.1", port)},
                                           labels={"lucent.role": "model"})
     except docker.errors.ImageNotFound as error:
-        raise ModelUnavailable(f"predictor.image_uri: image {image!r} not found: {error.explanation}") from error
+        raise ModelUnavailable(f"{setting}: image {image!r} not found: {error.explanation}") from error
     except docker.errors.APIError as error:
-        raise ModelUnavailable(f"predictor.image_uri: could not start {image!r}: {error.explanation}") from error
+        raise ModelUnavailable(f"{setting}: could not start {image!r}: {error.explanation}") from error
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_container(container, url)
+        _wait_for_container(container, url, setting)
         yield url
     finally:
         if discard_container(container, "model"):
             log.info("Removed the model container %s", container.short_id)
 
 
-def _wait_for_container(container, url: str) -> None:
+def _wait_for_container(container, url: str, setting: str = "predictor.image_uri") -> None:
     deadline = time.monotonic() + HEALTHY_WITHIN_SECONDS
     while True:
         container.reload()
         if container.status in ("exited", "dead"):
             logs = container.logs(tail=20).decode("utf-8", "replace")
             code = container.attrs.get("State", {}).get("ExitCode")
-            raise ModelUnavailable(f"predictor.image_uri: the model container exited (code {code}) before it "
+            raise ModelUnavailable(f"{setting}: the model container exited (code {code}) before it "
                                    f"answered /ping. Its last lines:\n{logs}")
         try:
             wait_until_healthy(url, timeout=2, interval=0.2)
@@ -308,20 +312,20 @@ def _wait_for_container(container, url: str) -> None:
             return
         except ModelTransportError:
             if time.monotonic() > deadline:
-                raise ModelUnavailable(f"predictor.image_uri: the model container did not answer /ping within "
+                raise ModelUnavailable(f"{setting}: the model container did not answer /ping within "
                                        f"{HEALTHY_WITHIN_SECONDS} s") from None
 
 
-def _server_failure(server: ModelServer, error: ModelTransportError | None) -> DependencyError:
-    """Why the job lost its built-in model server: how the server exited (if it did), what the client
-    saw, and the server's last log lines."""
+def _server_failure(server: ModelServer, error: ModelTransportError | None, during: str = "the job") -> DependencyError:
+    """Why the job (``during``) lost its built-in model server: how the server exited (if it did), what
+    the client saw, and the server's last log lines."""
     status = server.exit_status()
     if status is None:
         what = f"{error}"  # the server runs, but a request failed (a worker crashed or hung)
     else:
         how = f"was killed by signal {-status} ({_signal_name(-status)})" if status < 0 else \
             f"exited with code {status}"
-        what = f"the built-in model server {how} during the job" + (f" ({error})" if error else "")
+        what = f"the built-in model server {how} during {during}" + (f" ({error})" if error else "")
     tail = server.log_tail()
     return DependencyError(f"{what}. The model server's last log lines:\n{tail}" if tail else what)
 

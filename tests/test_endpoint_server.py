@@ -360,6 +360,13 @@ def test_each_bad_config_field_is_named(document: dict, problem: str) -> None:
     assert any(line.startswith(problem) for line in caught.value.problems), caught.value.problems
 
 
+def test_a_missing_baseline_config_is_reported_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_endpoint_config({"ExplainerConfig": {"ClarifyExplainerConfig": {"ShapConfig": {}}}})
+    assert [p for p in caught.value.problems if "ShapBaselineConfig" in p] == [
+        f"{_EXPLAINER}.ShapConfig.ShapBaselineConfig: required key missing"], caught.value.problems
+
+
 def test_sdk_config_is_read_and_other_keys_ignored(caplog: pytest.LogCaptureFixture) -> None:
     document = {
         "EndpointConfigName": "cfg", "Tags": [],

@@ -131,13 +131,15 @@ class Metrics:
         self._bucket_counts = [0] * (len(_HISTOGRAM_BUCKETS) + 1)
         self._latency_sum = 0.0
 
-    def observe(self, route: str, status: int, seconds: float, error: str | None, explained: int) -> None:
+    def observe(self, route: str, status: int, seconds: float | None, error: str | None, explained: int) -> None:
+        """Count one answer; ``seconds`` None for a request refused before it was read (not in the
+        latency histogram, which is the invocations' own)."""
         with self._lock:
             self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
             if error is not None:
                 self.errors[error] = self.errors.get(error, 0) + 1
             self.explained_records += explained
-            if route == "invocations":
+            if route == "invocations" and seconds is not None:
                 index = next((i for i, bound in enumerate(_HISTOGRAM_BUCKETS) if seconds <= bound),
                              len(_HISTOGRAM_BUCKETS))
                 self._bucket_counts[index] += 1
@@ -378,8 +380,8 @@ class Explanations:
         else:
             try:
                 enabled = enable_explanations(expression, outputs)
-            except ValueError as error:
-                raise validation_error(f"EnableExplanations {expression!r}: {error}") from None
+            except ValueError as error:  # its message names the expression already
+                raise validation_error(str(error)) from None
         chosen = [index for index, on in enumerate(enabled) if on]
         explained: list[Any] = [None] * len(records)
         if chosen:
@@ -419,6 +421,15 @@ class EndpointApp:
                              outcome["explained"])
         return response
 
+    def refused(self, error: ApiError, method: str, target: str) -> Response:
+        """The answer to a request the HTTP server refuses before it reaches :meth:`handle` (body too
+        large or badly framed, headers too large or too slow, too many connections): the same shape and
+        request id as the app's own errors, and counted in the metrics."""
+        response = error.response()
+        response.headers.setdefault(REQUEST_ID, request_id())
+        self.metrics.observe(_route_name(method, target.split("?", 1)[0]), error.status, None, error.code, 0)
+        return response
+
     def _route(self, request: Request, outcome: dict[str, Any]) -> Response:
         try:
             path = request.path
@@ -456,9 +467,8 @@ class EndpointApp:
         try:
             self.verifier.verify(request.method, request.target, request.headers, request.body)
         except AuthenticationError as error:
-            log.info("refused an unauthenticated %s request: %s", request.method, error)
-            raise ApiError(403, "AccessDeniedException", "The request signature does not match the endpoint's "
-                           "credentials (SigV4 with LUCENT_ENDPOINT_ACCESS_KEY_ID)") from None
+            log.info("refused an unauthenticated %s request (%s): %s", request.method, error.code, error)
+            raise ApiError(403, error.code, error.message) from None
 
     def _check_endpoint_name(self, name: str) -> None:
         from urllib.parse import unquote
@@ -476,6 +486,8 @@ class EndpointApp:
         expression = request.header(ENABLE_EXPLANATIONS)
         if expression is not None:
             _check_expression(expression)
+        for name in ("Content-Type", "Accept"):  # forwarded to the model container
+            _check_media_header(name, request.header(name))
         custom_attributes = request.header(CUSTOM_ATTRIBUTES)
         if custom_attributes is not None and len(custom_attributes) > 1024:
             raise validation_error(f"{CUSTOM_ATTRIBUTES}: must be at most 1024 characters")
@@ -542,6 +554,25 @@ def _unreachable(error: ModelUnreachable) -> ApiError:
         return model_error(0, f"Your invocation timed out while waiting for a response from container "
                               f"{CONTAINER_NAME} ({error}).")
     return model_error(0, str(error))
+
+
+def _route_name(method: str, path: str) -> str:
+    """The metrics' route label of a request refused before routing."""
+    if path in ("/ping", "/metrics") and method in ("GET", "HEAD"):
+        return path[1:]
+    return "invocations" if path == "/invocations" or _INVOCATIONS.fullmatch(path) else "other"
+
+
+_MEDIA_HEADER = re.compile(r"[\x20-\x7e]{0,1024}")
+
+
+def _check_media_header(name: str, value: str | None) -> None:
+    """SageMaker's ``ContentType`` and ``Accept``: at most 1,024 printable ASCII characters. Refused
+    here rather than forwarded: the model server would answer a mangled header with its own error."""
+    if value is not None and not _MEDIA_HEADER.fullmatch(value):
+        what = f"{len(value):,} characters" if len(value) > 1024 else "a character that is not printable ASCII"
+        # The value itself is not echoed: it may be anything.
+        raise validation_error(f"{name}: must be at most 1024 printable ASCII characters, got {what}")
 
 
 @lru_cache(maxsize=256)

@@ -33,8 +33,26 @@ _AUTHORIZATION = re.compile(r"AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s
                             r"SignedHeaders=(?P<signed>[^,\s]+),\s*Signature=(?P<signature>[0-9a-f]{64})\s*")
 
 
+MISSING_TOKEN = "MissingAuthenticationTokenException"
+UNRECOGNIZED_CLIENT = "UnrecognizedClientException"
+INCOMPLETE_SIGNATURE = "IncompleteSignatureException"
+INVALID_SIGNATURE = "InvalidSignatureException"
+_MISMATCH = ("The request signature we calculated does not match the signature you provided. Check your AWS "
+             "Secret Access Key and signing method. Consult the service documentation for details.")
+
+
 class AuthenticationError(Exception):
-    """The request is not signed by the endpoint's credentials (the reason is for the log only)."""
+    """The request is not signed by the endpoint's credentials. ``code`` and ``message`` are what AWS
+    answers in that case (boto3 raises the exception class named by ``code``); ``reason``, the detail
+    for the endpoint's log. Neither holds the secret or the signature."""
+
+    def __init__(self, reason: str, code: str = INVALID_SIGNATURE, message: str = _MISMATCH):
+        super().__init__(reason)
+        self.code, self.message = code, message
+
+
+def _amz_time(moment: datetime) -> str:
+    return moment.strftime("%Y%m%dT%H%M%SZ")
 
 
 @dataclass(frozen=True)
@@ -70,35 +88,54 @@ class SigV4Verifier:
         received: dict[str, list[str]] = {}
         for name, value in headers:
             received.setdefault(name.lower(), []).append(value)
-        authorization = received.get("authorization", [""])
+        authorization = received.get("authorization", [])
+        if not authorization:
+            raise AuthenticationError("no Authorization header", MISSING_TOKEN, "Missing Authentication Token")
         match = _AUTHORIZATION.fullmatch(authorization[0]) if len(authorization) == 1 else None
         if match is None:
-            raise AuthenticationError("no SigV4 Authorization header")
+            raise AuthenticationError("the Authorization header is not one AWS4-HMAC-SHA256 signature",
+                                      INCOMPLETE_SIGNATURE, "Authorization header requires 'Credential', "
+                                      "'SignedHeaders' and 'Signature' parameters (AWS4-HMAC-SHA256).")
         parts = match["credential"].split("/")
         if len(parts) != 5 or parts[3] != SERVICE or parts[4] != "aws4_request" or not parts[2]:
-            raise AuthenticationError("malformed credential scope")
+            raise AuthenticationError("malformed credential scope", INCOMPLETE_SIGNATURE,
+                                      f"Credential should be scoped to a valid region and to the service "
+                                      f"'{SERVICE}' (KEY_ID/DATE/REGION/{SERVICE}/aws4_request).")
         key_id, scope_date, region = parts[0], parts[1], parts[2]
         if not hmac.compare_digest(key_id.encode(), self.access_key_id.encode()):
-            raise AuthenticationError("unknown access key id")
+            raise AuthenticationError("unknown access key id", UNRECOGNIZED_CLIENT,
+                                      "The security token included in the request is invalid.")
         signed = match["signed"].split(";")
         if "host" not in signed or "x-amz-date" not in signed:
-            raise AuthenticationError("host and x-amz-date must be signed")
+            raise AuthenticationError("host and x-amz-date must be signed", INCOMPLETE_SIGNATURE,
+                                      "The headers host and x-amz-date must be signed (SignedHeaders).")
         amz_date = received.get("x-amz-date", [""])[0]
         try:
             signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         except ValueError:
-            raise AuthenticationError("missing or malformed X-Amz-Date") from None
-        if abs((now or datetime.now(UTC)) - signed_at) > self.max_clock_skew:
-            raise AuthenticationError("X-Amz-Date is outside the allowed clock skew")
+            raise AuthenticationError("missing or malformed X-Amz-Date", INCOMPLETE_SIGNATURE,
+                                      "X-Amz-Date must be a date as YYYYMMDDTHHMMSSZ.") from None
+        current = now or datetime.now(UTC)
+        minutes = f"{self.max_clock_skew.total_seconds() / 60:g} min."
+        if signed_at < current - self.max_clock_skew:  # AWS's wording, for the caller to see its clock's error
+            raise AuthenticationError("X-Amz-Date is outside the allowed clock skew", INVALID_SIGNATURE,
+                                      f"Signature expired: {amz_date} is now earlier than "
+                                      f"{_amz_time(current - self.max_clock_skew)} ({_amz_time(current)} - {minutes})")
+        if signed_at > current + self.max_clock_skew:
+            raise AuthenticationError("X-Amz-Date is outside the allowed clock skew", INVALID_SIGNATURE,
+                                      f"Signature not yet current: {amz_date} is still later than "
+                                      f"{_amz_time(current + self.max_clock_skew)} ({_amz_time(current)} + {minutes})")
         if scope_date != amz_date[:8]:
             raise AuthenticationError("credential scope date differs from X-Amz-Date")
         declared_hash = received.get("x-amz-content-sha256")
         if declared_hash is not None and declared_hash != [hashlib.sha256(body).hexdigest()]:
-            raise AuthenticationError("X-Amz-Content-SHA256 is not the hash of the body")
+            raise AuthenticationError("X-Amz-Content-SHA256 is not the hash of the body", INVALID_SIGNATURE,
+                                      "The provided 'x-amz-content-sha256' header does not match what was computed.")
         request = AWSRequest(method=method, url=f"http://{received.get('host', [''])[0]}{target}", data=body)
         for name in signed:
             if name not in received:
-                raise AuthenticationError(f"signed header {name} is missing")
+                raise AuthenticationError(f"signed header {name} is missing", INCOMPLETE_SIGNATURE,
+                                          f"The header {name[:60]} is in SignedHeaders but not in the request.")
             for value in received[name]:
                 request.headers[name] = value  # HTTPHeaders: assigning again adds a value
         request.context["timestamp"] = amz_date

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_endpoint_config(args.config)
         verifier = SigV4Verifier.from_environment()
+        # The baseline is read and checked against the config before the model starts: a mistake in the
+        # config is reported in a second, not after the model server's start.
+        explainer_inputs = _fit_explainer_inputs(config.explainer) if config.explainer is not None else None
     except ConfigError as error:
         print(f"{len(error.problems)} problem(s) in {args.config}:", file=sys.stderr)
         for problem in error.problems:
@@ -117,20 +122,66 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     host = args.host or default_host()
     port = default_port() if args.port is None else args.port
+    failure = None
+    served_to_the_end = False  # stopped by SIGTERM/SIGINT, not by a failure
     try:
         with contextlib.ExitStack() as stack:
             served = stack.enter_context(_model(args))
             parts = stack.enter_context(open_endpoint(config, args.endpoint_name, served.url, host=host, port=port,
                                                       model_timeout=args.model_timeout, verifier=verifier,
                                                       max_connections=args.max_connections,
-                                                      default_io=served.default_io))
-            log.info("Endpoint %s (variant %s) in service at %s%s", args.endpoint_name, config.variant_name,
-                     parts.server.url, "; requests must be SigV4-signed" if verifier else "")
-            serve_until_stopped(parts.server)
+                                                      default_io=served.default_io, explainer_inputs=explainer_inputs))
+            if served.server is not None:
+                watch_model_server(served.server, parts.server)
+            url = parts.server.url
+            serve_until_stopped(parts.server, announce=lambda: log.info(
+                "Endpoint %s (variant %s) in service at %s%s", args.endpoint_name, config.variant_name, url,
+                "; requests must be SigV4-signed" if verifier else ""))
+            failure = parts.server.failure
+            served_to_the_end = failure is None
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except DependencyError as error:  # the built-in model server had exited when it was to be stopped
+        if served_to_the_end:  # it got the stop signal too (systemd's control-group kill): part of the stop
+            log.info("The built-in model server had already stopped: %s", str(error).splitlines()[0])
+        elif failure is None:
+            log.error("%s", error)
+            failure = str(error).splitlines()[0].rstrip(".") + "; its last log lines are above"
+    except KeyboardInterrupt:  # SIGINT before the endpoint served (while the model or the explainer started)
+        print("error: interrupted while the endpoint was starting", file=sys.stderr)
+        return 130
+    if failure is not None:
+        print(f"error: {failure}", file=sys.stderr)
+        return 2
     return 0
+
+
+def watch_model_server(model: Any, server: EndpointServer) -> threading.Thread:
+    """Stop the endpoint as soon as the built-in model server (``container.sidecar.ModelServer``) exits
+    on its own: an endpoint whose model is gone would answer /ping 503 and every invocation ModelError
+    until someone looked. The watcher blocks in ``waitid`` (no polling) without reaping the process, so
+    that ``ModelServer`` still reads its exit status; an exit after the endpoint began stopping is the
+    model server's own stop, not a failure."""
+
+    def watch() -> None:
+        with contextlib.suppress(ChildProcessError):  # reaped already: ModelServer knows its status
+            os.waitid(os.P_PID, model.pid, os.WEXITED | os.WNOWAIT)
+        if server.stopping:
+            return
+        status = model.exit_status()
+        how = f"was killed by signal {-status}" if status is not None and status < 0 else f"exited with code {status}"
+        tail = model.log_tail()
+        log.error("The built-in model server (pid %d) %s while the endpoint was serving; its log, %s (removed when "
+                  "the endpoint exits), ends with:\n%s", model.pid, how, model.log_path, tail or "(empty)")
+        if server.stop(f"the built-in model server {how}; the endpoint cannot answer without it "
+                       f"(its last log lines are above)"):
+            log.info("Stopping the endpoint: finishing requests in flight, flushing capture")
+
+    thread = threading.Thread(target=watch, name="model-server-watch", daemon=True)
+    thread.start()
+    log.info("Built-in model server: pid %d, log %s", model.pid, model.log_path)
+    return thread
 
 
 @contextlib.contextmanager
@@ -142,10 +193,10 @@ def _model(args: argparse.Namespace) -> Iterator[ServedModel]:
     if args.model_url is not None:
         yield ServedModel(_existing_endpoint(args.model_url))
     elif args.image is not None:
-        with _model_container(args.image, args.model_dir or Path("/nonexistent/lucent-no-model")) as url:
+        with _model_container(args.image, args.model_dir or Path("/nonexistent/lucent-no-model"), "--image") as url:
             yield ServedModel(url)
     else:
-        with _builtin_server(args.model_dir) as served:
+        with _builtin_server(args.model_dir, during="the endpoint's service") as served:
             yield served
 
 
@@ -153,11 +204,13 @@ def _model(args: argparse.Namespace) -> Iterator[ServedModel]:
 def open_endpoint(config: EndpointConfig, endpoint_name: str, model_url: str, *, host: str = "127.0.0.1",
                   port: int = 0, model_timeout: float = DEFAULT_MODEL_TIMEOUT_S, verifier: SigV4Verifier | None = None,
                   max_connections: int = DEFAULT_MAX_CONNECTIONS, limits: RequestLimits | None = None,
-                  default_io: bool = False) -> Iterator[EndpointParts]:
+                  default_io: bool = False,
+                  explainer_inputs: tuple[np.ndarray, list[str]] | None = None) -> Iterator[EndpointParts]:
     """An endpoint bound to ``host:port`` and ready to serve (``server.serve_forever()``); on exit the
     socket is closed, the capture writer flushed and the model client closed. ``default_io``: the model
     is Lucent's built-in server with its default handlers (``ServedModel.default_io``), so the explainer
-    may exchange numeric rows with it as npy."""
+    may exchange numeric rows with it as npy. ``explainer_inputs``: the baseline and feature names
+    (:func:`_fit_explainer_inputs`) when the caller has read them already."""
     model = ModelContainer(model_url, model_timeout, max_connections)
     limits = limits or RequestLimits(SAGEMAKER_MAX_BODY_BYTES, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_BODY_TIMEOUT_S,
                                      max_connections)
@@ -166,7 +219,7 @@ def open_endpoint(config: EndpointConfig, endpoint_name: str, model_url: str, *,
         explanations = None
         if config.explainer is not None:
             explanations = _fit_explanations(config.explainer, model, model_url, model_timeout, max_connections, stack,
-                                             default_io)
+                                             default_io, explainer_inputs)
         capture = None
         if config.capture is not None:
             from container.capture import CaptureWriter
@@ -224,12 +277,13 @@ def _read_baseline(uri: str | None, field: str) -> str:
 
 
 def _fit_explanations(settings: ExplainerSettings, model: ModelContainer, model_url: str, timeout: float,
-                      concurrency: int, stack: contextlib.ExitStack, default_io: bool = False) -> Explanations:
+                      concurrency: int, stack: contextlib.ExitStack, default_io: bool = False,
+                      inputs: tuple[np.ndarray, list[str]] | None = None) -> Explanations:
     """Parse the baseline, learn the container's answer type from one call, fit the explainer (the
     baseline's predictions are computed here, once)."""
     from analyzer.explain.online import OnlineShapSettings, fit_online_explainer
 
-    baseline, names = _fit_explainer_inputs(settings)
+    baseline, names = inputs if inputs is not None else _fit_explainer_inputs(settings)
     probe_predictor = Predictor(content_type=settings.baseline_mime_type,
                                 content_template=settings.inference.content_template)
     try:

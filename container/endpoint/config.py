@@ -232,7 +232,8 @@ def _explainer_settings(checked: dict, ctx: Context) -> ExplainerSettings | None
     baseline_path = f"{path}.ShapConfig.ShapBaselineConfig"
     if "ShapBaseline" in baseline and "ShapBaselineUri" in baseline:
         ctx.add(baseline_path, "ShapBaseline and ShapBaselineUri are mutually exclusive: give one of them")
-    elif "ShapBaseline" not in baseline and "ShapBaselineUri" not in baseline:
+    elif isinstance(shap.get("ShapBaselineConfig"), dict) and "ShapBaseline" not in baseline \
+            and "ShapBaselineUri" not in baseline:  # a missing ShapBaselineConfig is reported by the spec
         ctx.add(baseline_path, "one of ShapBaseline (inline) and ShapBaselineUri is required")
     mime_type = baseline.get("MimeType")
     mime_type = media_type(mime_type) if isinstance(mime_type, str) and mime_type else CSV

@@ -20,6 +20,7 @@ capture writer and stops the model server it started.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import io
 import logging
 import signal
@@ -27,17 +28,20 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 from container.endpoint.app import ApiError, EndpointApp, Request, Response, validation_error
-from container.sidecar.limits import RequestLimits, body_too_large_message
+from container.sidecar.limits import RequestLimits, announced_size, body_too_large_message
 
 log = logging.getLogger("lucent.endpoint")
 
 LINGER_S = 2.0
 _DRAIN_BYTES = 256 * 1024
+# The endpoint's body limit is SageMaker's, fixed: no setting to name (the model server's has one).
+ENDPOINT_BODY_HINT = "SageMaker's InvokeEndpoint limit; send fewer records per request"
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -75,30 +79,42 @@ class EndpointHandler(BaseHTTPRequestHandler):
         super().handle_one_request()
 
     def do_GET(self) -> None:  # noqa: N802 -- http.server's naming
-        self._serve(b"")
+        self._read_and_serve()
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self._serve(b"")
+        self._read_and_serve()
 
     def do_POST(self) -> None:  # noqa: N802
-        if self.headers.get("Transfer-Encoding"):
+        self._read_and_serve()
+
+    def _read_and_serve(self) -> None:
+        """Read the body its framing announces (any method: a GET's unread body would be read as the
+        next request on a kept-alive connection), then answer. Framing that two parsers could read two
+        ways (RFC 9112 6.3: Transfer-Encoding, several Content-Length values) is refused and the
+        connection closed, so that no proxy in front can be made to see another request boundary."""
+        if self.headers.get_all("Transfer-Encoding"):
             self._refuse(validation_error("a request body must have a Content-Length (chunked bodies are not "
-                                          "accepted)", 411).response())
+                                          "accepted)", 411))
             return
-        text = (self.headers.get("Content-Length") or "0").strip()
-        if not text.isdigit():
-            self._refuse(validation_error(f"Content-Length must be a whole number of bytes, got {text[:40]!r}").response())
+        values = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+        if len(values) > 1:
+            shown = ", ".join(sorted(value[:20] for value in values)[:4])
+            self._refuse(validation_error(f"conflicting Content-Length headers ({shown}): send one"))
             return
-        length, cap = int(text), self.server.limits.max_body_bytes
-        if length > cap:
-            self._refuse(validation_error(body_too_large_message(length, cap), 413).response())
+        text = values.pop() if values else "0"
+        if not (text.isascii() and text.isdigit()):
+            self._refuse(validation_error(f"Content-Length must be a whole number of bytes, got {text[:40]!r}"))
+            return
+        length, cap = announced_size(text), self.server.limits.max_body_bytes
+        if length is None or length > cap:
+            self._refuse(validation_error(body_too_large_message(length, cap, hint=ENDPOINT_BODY_HINT), 413))
             return
         self.deadline = time.monotonic() + self.server.limits.body_timeout
         try:
-            body = self.rfile.read(length)
+            body = self.rfile.read(length) if length else b""
         except TimeoutError:
             self._refuse(ApiError(408, "ValidationError", f"the request body did not arrive within "
-                                                          f"{self.server.limits.body_timeout:g} s").response())
+                                                          f"{self.server.limits.body_timeout:g} s"))
             return
         if len(body) < length:
             self.close_connection = True  # the client went away
@@ -113,20 +129,17 @@ class EndpointHandler(BaseHTTPRequestHandler):
     def _send(self, response: Response) -> None:
         self.connection.settimeout(self.server.limits.body_timeout)  # a client that does not read
         self.log_request(response.status)
-        lines = [f"{self.protocol_version} {response.status} {_phrase(response.status)}",
-                 f"Server: {self.version_string()}", f"Date: {self.date_time_string()}",
-                 f"Content-Type: {response.content_type}", f"Content-Length: {len(response.body)}"]
-        lines += [f"{name}: {value}" for name, value in response.headers.items()]
-        if self.close_connection:
-            lines.append("Connection: close")
         # Headers and body in one write: one segment for a small response, so the client wakes once.
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "strict")
-        self.wfile.write(head if self.command == "HEAD" else head + response.body)
+        self.wfile.write(encode_response(response, server=self.version_string(), date=self.date_time_string(),
+                                         close=self.close_connection,
+                                         head_only=getattr(self, "command", None) == "HEAD"))
 
-    def _refuse(self, response: Response) -> None:
-        """Answer without reading the body, then drain what the client still sends for a moment."""
+    def _refuse(self, error: ApiError) -> None:
+        """Answer ``error`` without reading the body (counted in the metrics, like every answer), then
+        drain what the client still sends for a moment."""
         self.close_connection = True
-        self._send(response)
+        # command and path are not set yet when the request line itself is refused
+        self._send(self.server.app.refused(error, getattr(self, "command", None) or "", getattr(self, "path", None) or ""))
         with contextlib.suppress(OSError):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_WR)
@@ -136,11 +149,44 @@ class EndpointHandler(BaseHTTPRequestHandler):
                 if not self.connection.recv(_DRAIN_BYTES):
                     break
 
+    def parse_request(self) -> bool:
+        """http.server's parsing, plus a 408 when the headers do not arrive in time (http.server would
+        close the connection without a word)."""
+        try:
+            return super().parse_request()
+        except TimeoutError:
+            self.send_error(408, f"the request headers did not arrive within {self.server.limits.header_timeout:g} s")
+            return False
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """What http.server refuses itself (a bad request line, headers too large or too many, an
+        unsupported method, HTTP/2.0) answered in the runtime API's JSON shape, as the app answers."""
+        text = message or _phrase(code) or "error"
+        if explain and explain != text:
+            text = f"{text}: {explain}"
+        if len(text) > 300:  # http.server quotes the request line, which may be 64 KB of anything
+            text = text[:300] + "..."
+        kind = "ValidationError" if 400 <= code < 500 or code in (501, 505) else "InternalFailure"
+        with contextlib.suppress(OSError):
+            self._refuse(ApiError(code, kind, text))
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.debug("%s %s -> %s", self.command, self.path.split("?", 1)[0][:200], code)
+        path = getattr(self, "path", None) or ""
+        log.debug("%s %s -> %s", getattr(self, "command", None) or "-", path.split("?", 1)[0][:200], code)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 -- http.server's signature
         log.info("%s: %s", self.address_string(), format % args)
+
+
+def encode_response(response: Response, *, server: str, date: str, close: bool, head_only: bool = False) -> bytes:
+    """The status line, headers and (unless ``head_only``) body of ``response``, as sent."""
+    lines = [f"HTTP/1.1 {response.status} {_phrase(response.status)}", f"Server: {server}", f"Date: {date}",
+             f"Content-Type: {response.content_type}", f"Content-Length: {len(response.body)}"]
+    lines += [f"{name}: {value}" for name, value in response.headers.items()]
+    if close:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "strict")
+    return head if head_only else head + response.body
 
 
 def _phrase(status: int) -> str:
@@ -163,6 +209,9 @@ class EndpointServer(socketserver.ThreadingMixIn, HTTPServer):
         self._slots = threading.BoundedSemaphore(limits.max_connections)
         self._busy = 0
         self._busy_changed = threading.Condition()
+        self._stop_lock = threading.Lock()
+        self.stopping = False
+        self.failure: str | None = None  # why the endpoint stopped, when it was not asked to
         super().__init__(address, EndpointHandler)
 
     @property
@@ -174,11 +223,10 @@ class EndpointServer(socketserver.ThreadingMixIn, HTTPServer):
         if not self._slots.acquire(blocking=False):
             log.warning("%d connections open (the limit): refusing one from %s", self.limits.max_connections,
                         client_address[0])
+            response = self.app.refused(ApiError(503, "ServiceUnavailable", "too many connections; try again"), "", "")
             with contextlib.suppress(OSError):
-                body = b'{"message": "too many connections; try again"}'
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"x-amzn-ErrorType: ServiceUnavailable\r\nConnection: close\r\n"
-                                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                request.sendall(encode_response(response, server=EndpointHandler.server_version,
+                                                date=email.utils.formatdate(usegmt=True), close=True))
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -188,6 +236,17 @@ class EndpointServer(socketserver.ThreadingMixIn, HTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def stop(self, failure: str | None = None) -> bool:
+        """Stop serving (once): ``serve_forever`` returns, requests in flight finish. ``failure``: why, when
+        the endpoint cannot go on (its model server died); the command then exits 2. False if already
+        stopping. Safe from a signal handler and from any thread but ``serve_forever``'s own."""
+        with self._stop_lock:
+            if self.stopping:
+                return False
+            self.stopping, self.failure = True, failure
+        threading.Thread(target=self.shutdown, name="endpoint-stop").start()  # not from serve_forever's thread
+        return True
 
     @contextlib.contextmanager
     def in_flight(self) -> Any:
@@ -206,22 +265,30 @@ class EndpointServer(socketserver.ThreadingMixIn, HTTPServer):
             return self._busy_changed.wait_for(lambda: self._busy == 0, timeout)
 
 
-def serve_until_stopped(server: EndpointServer, drain_seconds: float = 60.0) -> None:
-    """Serve until SIGTERM/SIGINT; then stop accepting and let requests in flight finish."""
-    stopping = threading.Event()
+def serve_until_stopped(server: EndpointServer, drain_seconds: float = 60.0,
+                        announce: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT or ``server.stop()``; then stop accepting and let requests in flight finish.
+    ``announce`` (the "in service" line) runs once the handlers are installed: a supervisor that signals the
+    endpoint as soon as it reads that line gets a clean stop.
+
+    The signal handlers stay installed when this returns: a second SIGTERM (or Ctrl-C) while the caller
+    flushes the capture files and stops the model server is logged, not obeyed, so that it cannot end the
+    process half-way (capture lost, a traceback). SIGKILL remains for an endpoint that will not stop."""
 
     def stop(signum: int, frame: Any) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info("%s: stopping the endpoint", signal.Signals(signum).name)
-            threading.Thread(target=server.shutdown, name="endpoint-stop").start()  # not from serve_forever's thread
+        name = signal.Signals(signum).name
+        if server.stop():
+            log.info("%s: stopping the endpoint", name)
+        else:
+            log.info("%s: the endpoint is already stopping", name)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    if announce is not None:
+        announce()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         server.server_close()  # no new connections
         if not server.wait_idle(drain_seconds):
             log.warning("requests still running after %g s; stopping anyway", drain_seconds)

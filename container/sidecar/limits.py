@@ -62,13 +62,16 @@ def announced_size(digits: str) -> int | None:
     return int(significant or "0") if len(significant) <= MAX_SIZE_DIGITS else None
 
 
-def body_too_large_message(size: int | None, cap: int, chunked: bool = False) -> str:
-    """Why a body is refused with 413 (the worker's and the app's checks say the same)."""
+SERVE_MODEL_BODY_HINT = f"lucent serve-model --max-body-mb or ${MAX_BODY_VARIABLE}"
+
+
+def body_too_large_message(size: int | None, cap: int, chunked: bool = False, hint: str = SERVE_MODEL_BODY_HINT) -> str:
+    """Why a body is refused with 413 (the worker's and the app's checks say the same); ``hint``: where
+    the limit comes from, for the server that refuses (the endpoint's is SageMaker's, fixed)."""
     if chunked:
         what = "a chunked request body larger than"
     elif size is None:
         what = "a request body larger than"
     else:
         what = f"a request body of {size:,} bytes is larger than"
-    return (f"{what} the server's limit of {cap:,} bytes ({cap / MIB:g} MB; "
-            f"lucent serve-model --max-body-mb or ${MAX_BODY_VARIABLE})")
+    return f"{what} the server's limit of {cap:,} bytes ({cap / MIB:g} MB; {hint})"
