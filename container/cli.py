@@ -11,6 +11,7 @@ WeasyPrint only in the commands and steps that use them; tests/test_logging_cli.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -38,7 +39,40 @@ examples:
                                               a SageMaker endpoint (boto3 invoke_endpoint) on port 8080
   lucent monitor --job-definition bias-job.json --capture-uri s3://bucket/capture
                                               one bias / explainability monitoring execution (last hour)
-exit codes: 0 success, 1 problem with the inputs (reason in the message file), 2 internal error
+exit codes: 0 success, 1 problem with the inputs (reason in the message file), 2 internal or model error,
+or a job stopped by SIGTERM / Ctrl-C ("Stopped: ..." in the message file)
+"""
+
+
+RUN_DESCRIPTION = """\
+Run the analysis configured in DIR/input/config on the dataset and write the results to DIR/output,
+as SageMaker Processing runs the Clarify container (with no arguments, DIR is /opt/ml/processing):
+
+  DIR/input/config/   analysis_config.json (or the one *.json there)
+  DIR/input/data/     the dataset: a file or a folder, read recursively (or the config's dataset_uri)
+  DIR/input/model/    the model, when the config asks for predictions and names no predictor.endpoint_url
+                      or image_uri: one model file (model.joblib, *.pkl, xgboost-model, ...), scored with
+                      the built-in predict (model.predict / predict_proba), or code/inference.py with
+                      SageMaker's model_fn / input_fn / predict_fn / output_fn, or a model.tar.gz of them.
+                      SAGEMAKER_PROGRAM=<name> picks another script of code/ (the model's entry_point);
+                      without it the only script in code/ is used (docs/model-server.md)
+  DIR/output/         results: analysis.json, report.*, explanations_shap/; a failed or stopped job
+                      publishes nothing there (an earlier run's results stay)
+
+The exit message goes to DIR/message (/opt/ml/output/message for the default DIR, or --message-file);
+it is removed when the job starts:
+  Completed: SageMaker XAI Analyzer ran successfully   exit 0
+  ClientError: <what to fix in the inputs>             exit 1
+  AlgorithmError: <internal or model failure>          exit 2
+  Stopped: the job was stopped (SIGTERM|SIGINT) ...    exit 2 (SageMaker's stop request, or Ctrl-C)
+"""
+
+RUN_EPILOG = """\
+example:
+  mkdir -p job/input/config job/input/data job/input/model
+  cp analysis_config.json job/input/config/ && cp train.csv job/input/data/ && cp model.joblib job/input/model/
+  lucent run --processing-root ./job && cat job/message && ls job/output
+See docs/running.md (also `lucent validate` to check a job first, `lucent launch` for S3).
 """
 
 
@@ -64,9 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lucent {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run a processing job",
-                              description="Run the analysis configured in <root>/input/config on the dataset "
-                                          "and write the results to <root>/output.")
+    run = commands.add_parser("run", help="run a processing job", description=RUN_DESCRIPTION, epilog=RUN_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_job_arguments(run)
     run.add_argument("--engine", choices=("local", "spark"), metavar="ENGINE",
                      help="where bias counts and SHAP shards run: local (default: this machine) or spark "
@@ -74,9 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--spark-master", metavar="URL",
                      help="Spark master for --engine spark: local[2], spark://host:7077, yarn, k8s://..., "
                           "sc://host:15002 (default: LUCENT_SPARK_MASTER, SPARK_REMOTE or Spark's configuration)")
-    validate = commands.add_parser("validate", help="check config and data without computing",
-                                   description="Check the config and the dataset the way `run` would, list every "
-                                               "problem found, and exit 0 only when the job would start.")
+    validate = commands.add_parser(
+        "validate", help="check config and data without computing",
+        description="Check the config, the dataset, the model folder (without loading it) and the output folder the "
+                    "way `lucent run` would, list every problem found, and exit 0 only when the job would start "
+                    "(1 otherwise). Nothing is computed and no message file is written.",
+        epilog="example:\n  lucent validate --processing-root ./job     OK: the job would start. (or one line per "
+               "problem)", formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_job_arguments(validate)
     serve = commands.add_parser("serve-model", add_help=False,
                                 help="serve a model folder over SageMaker's model-container protocol "
@@ -112,7 +149,11 @@ def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
         from container.endpoint.cli import main as serve_endpoint
 
         return serve_endpoint(argv[1:])
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except KeyboardInterrupt:  # Ctrl-C while the subcommands' modules load: no traceback
+        print("lucent: stopped (SIGINT)", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.command is None:  # the container runs `lucent` with no arguments: that is a job run
         args = parser.parse_args(["run", *argv])
@@ -133,11 +174,16 @@ def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
     configure_logging(level=level_from_args(args))
     paths = JobPaths.for_root(args.processing_root, args.message_file)
     if args.command == "run":
-        from analyzer.engines import engine_arguments
-        from container.cluster import run_host  # one host: run_job; several: a Spark cluster over them
+        try:
+            from analyzer.engines import engine_arguments
+            from container.cluster import run_host  # one host: run_job; several: a Spark cluster over them
 
-        with engine_arguments(args.engine, args.spark_master):
-            code = run_host(paths, allow_paths_outside_root=args.allow_paths_outside_root)
+            with engine_arguments(args.engine, args.spark_master):
+                code = run_host(paths, allow_paths_outside_root=args.allow_paths_outside_root)
+        except KeyboardInterrupt:  # Ctrl-C before the job's own handler (container.job.stop_on_signals) is set
+            from container.job import EXIT_STOPPED, JobStopped, finish, stopped_message
+
+            code = finish(paths.message_file, EXIT_STOPPED, stopped_message(JobStopped(signal.SIGINT)))
         if program:  # the job is done: no interpreter teardown (analyzer.process_exit)
             from analyzer.process_exit import end_process
 

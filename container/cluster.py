@@ -50,13 +50,17 @@ from analyzer.parent import set_parent_death_signal
 from container.job import (
     EXIT_INTERNAL_ERROR,
     EXIT_OK,
+    EXIT_STOPPED,
     EXIT_USER_ERROR,
+    STOP_SIGNALS,
     SUCCESS_MESSAGE,
     JobPaths,
     JobStopped,
+    clear_message,
     finish,
     raise_job_stopped,
     run_job,
+    stopped_message,
 )
 
 log = logging.getLogger("lucent.cluster")
@@ -301,8 +305,9 @@ def run_host(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
         cluster = None  # the job reports the problem, with its other first lines (run_job logs the hosts)
     if cluster is None or len(cluster.hosts) == 1:
         return run_job(paths, allow_paths_outside_root=allow_paths_outside_root)
-    previous = signal.signal(signal.SIGTERM, raise_job_stopped)
+    previous = {signum: signal.signal(signum, raise_job_stopped) for signum in STOP_SIGNALS}
     try:
+        clear_message(paths.message_file)
         if cluster.is_leader:
             return _run_leader(cluster, paths, allow_paths_outside_root)
         return _run_member(cluster, paths)
@@ -312,16 +317,16 @@ def run_host(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
     except DependencyError as error:
         log.error("Job failed: %s", error)
         return finish(paths.message_file, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}")
-    except JobStopped:
-        log.error("Signal 15 received, cleaning up")
-        return finish(paths.message_file, EXIT_INTERNAL_ERROR,
-                      f"ClientError: the job was stopped (SIGTERM) on {cluster.current_host} before it finished")
+    except JobStopped as stop:
+        log.error("Signal %d received, cleaning up", stop.signum)
+        return finish(paths.message_file, EXIT_STOPPED, stopped_message(stop, f" on {cluster.current_host}"))
     except Exception as error:  # noqa: BLE001 - every host leaves an exit message, as run_job does
         log.exception("Internal error on %s", cluster.current_host)
         return finish(paths.message_file, EXIT_INTERNAL_ERROR, f"AlgorithmError: internal error in Lucent on "
                                                                f"{cluster.current_host}: {type(error).__name__}: {error}")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _run_leader(cluster: Cluster, paths: JobPaths, allow_paths_outside_root: bool) -> int:

@@ -6,7 +6,10 @@ unless the config's ``dataset_uri`` names another one, and results go to ``<root
 The exit message goes to ``/opt/ml/output/message`` (where SageMaker Processing reads it), or to
 ``<root>/message`` when the processing root is not the default one.
 
-Exit codes: 0 success, 1 the user's inputs are wrong (``ClientError: <reason>``), 2 internal error.
+Exit codes: 0 success, 1 the user's inputs are wrong (``ClientError: <reason>``), 2 the job did not complete
+for another reason: an internal error or a failing dependency (``AlgorithmError: <reason>``), or a stop request
+(SIGTERM, or SIGINT from Ctrl-C: ``Stopped: <reason>``, as SageMaker's ``Stopped`` status). The exit message
+of an earlier run is removed when a job starts, so it never stands beside this run's outcome.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 from analyzer import __version__
 from analyzer.config import AnalysisConfig, Predictor, find_config_file, load_config
 from analyzer.data import Dataset, resolve_local_path
-from analyzer.data.files import first_outside
+from analyzer.data.files import first_outside, s3_refusal
 from analyzer.engines import engine_choice
 from analyzer.engines.spark_read import cluster_uri
 from analyzer.errors import ConfigError, DependencyError, UserError
@@ -66,6 +69,10 @@ DEFAULT_PROCESSING_ROOT = Path("/opt/ml/processing")
 DEFAULT_MESSAGE_FILE = Path("/opt/ml/output/message")
 SUCCESS_MESSAGE = "Completed: SageMaker XAI Analyzer ran successfully"
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 0, 1, 2
+# A stopped job did not complete and its inputs are not at fault: exit 2, as an internal or dependency error,
+# with its own prefix (SageMaker's ProcessingJobStatus for a stopped job is "Stopped", not "Failed").
+EXIT_STOPPED = EXIT_INTERNAL_ERROR
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # SageMaker's StopProcessingJob; Ctrl-C on a terminal
 # Request size for Lucent's own model server: what the server it starts accepts (several requests per
 # worker balance better than a few huge ones).
 LOCAL_MAX_PAYLOAD_BYTES = STARTED_SERVER_MAX_BODY_BYTES
@@ -107,10 +114,44 @@ class JobPaths:
 
 
 class JobStopped(BaseException):
-    """Raised in the main thread when the job receives SIGTERM (SageMaker's stop request).
+    """Raised in the main thread when the job receives SIGTERM (SageMaker's stop request) or SIGINT (Ctrl-C).
 
     A ``BaseException``, as ``KeyboardInterrupt`` is: the signal may land in any code, and handlers that
     catch ``Exception`` (a log handler's ``emit``, one report format's failure) must not swallow it."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def stopped_message(stop: JobStopped, where: str = "") -> str:
+    """The exit message of a stopped job (``where``: " on algo-2", for one host of several)."""
+    return f"Stopped: the job was stopped ({stop.signal_name}){where} before it finished"
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGINT raise ``JobStopped`` in the main thread while the block runs: the job stops the
+    same way for SageMaker's stop request and for Ctrl-C (no bare ``KeyboardInterrupt`` traceback)."""
+    previous = {signum: signal.signal(signum, raise_job_stopped) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def clear_message(message_file: Path) -> None:
+    """Remove an earlier run's exit message: a job that starts must not leave "Completed" standing when it
+    then fails, stops or is killed (SIGKILL writes nothing). Unlinking is atomic."""
+    try:
+        message_file.unlink(missing_ok=True)
+    except OSError as error:
+        log.warning("Could not remove the previous exit message %s: %s", message_file, error)
 
 
 def configure_logging(verbose: bool = False, level: int | None = None) -> None:
@@ -154,6 +195,8 @@ def open_model(config: AnalysisConfig, dataset: Dataset, model_dir: Path,
     here (an unloadable folder fails the job now) and no model server is started."""
     from container.model_endpoint import in_process_model, scores_in_process
 
+    if config.predictor is not None and config.predictor.endpoint_name and (problems := model_problems(config, model_dir)):
+        raise UserError(problems[0])
     local = None
     if scores_in_process(config):
         from analyzer.explain.job import expected_shap_workers
@@ -177,6 +220,27 @@ def open_model(config: AnalysisConfig, dataset: Dataset, model_dir: Path,
         composes_pictures=served.composes_pictures)
     identity = model_identity(config, model_dir) if config.methods.shap is not None else ""
     return endpoint, identity
+
+
+def model_problems(config: AnalysisConfig, model_dir: Path) -> list[str]:
+    """Why the job's model folder cannot serve it, found without loading it (``lucent validate``; the job
+    finds the same when it loads): none when the job needs no model or calls a server (``endpoint_url``,
+    ``image_uri``). A config made for SageMaker names its model by ``predictor.endpoint_name``, which
+    Lucent cannot call: then that is the problem named."""
+    predictor = config.predictor
+    if predictor is None or not needs_model(config) or predictor.endpoint_url or predictor.image_uri:
+        return []
+    from container.sidecar.model import model_folder_problem
+
+    problem = model_folder_problem(model_dir)
+    if problem is None:
+        return []
+    if predictor.endpoint_name:
+        return [f"predictor.endpoint_name {predictor.endpoint_name!r} names a SageMaker endpoint, which cannot be "
+                "called here: set predictor.endpoint_url to the URL of a server that answers /ping and "
+                f"/invocations, or put the model folder in {model_dir} ({problem})"]
+    return [f"the model: {problem}. Put the model folder (or model.tar.gz) in {model_dir}, or set "
+            "predictor.endpoint_url / predictor.image_uri"]
 
 
 def dataset_path_for(config: AnalysisConfig, paths: JobPaths, config_file: Path) -> Path | str:
@@ -227,6 +291,16 @@ def local_inputs(config: AnalysisConfig) -> list[tuple[str, str]]:
     return [(key, value) for key, value in keys if value]
 
 
+def s3_input_problems(config: AnalysisConfig) -> list[str]:
+    """One problem per config key that names an ``s3://`` file the job would read itself: ``lucent run``
+    reads local files (``lucent launch`` downloads them first). The key is named, as a reader deep in
+    the analysis could not. A Spark job's ``dataset_uri`` is left to ``dataset_path_for``: its cluster
+    may read it."""
+    spark = engine_choice(config).name == "spark"
+    return [s3_refusal(value, key) for key, value in local_inputs(config)
+            if value.lower().startswith("s3://") and not (spark and key == "dataset_uri")]
+
+
 def inputs_outside_root(config: AnalysisConfig, paths: JobPaths, config_file: Path) -> list[str]:
     """One problem per input the job would read from outside the processing root: a config path (or the
     dataset input folder) whose real location, or that of a data file below it, is elsewhere. Links are
@@ -265,9 +339,11 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
     ``inputs_outside_root``); without it they fail the job."""
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    previous_handler = signal.signal(signal.SIGTERM, raise_job_stopped)
+    stop_scope = contextlib.ExitStack()
     published_analysis = False
     try:
+        stop_scope.enter_context(stop_on_signals())
+        clear_message(paths.message_file)
         log.info("Starting Lucent %s processing job (SageMaker Clarify compatible)", __version__)
         config, config_file = _load(paths)
         log.info("Analysis result path: %s", paths.output_dir)
@@ -277,6 +353,8 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
 
         log_cluster()
         check_supported(config)
+        if s3_problems := s3_input_problems(config):
+            raise UserError("; ".join(s3_problems))
         if not allow_paths_outside_root and (outside := inputs_outside_root(config, paths, config_file)):
             raise UserError("; ".join(outside))
         dataset_path = dataset_path_for(config, paths, config_file)
@@ -309,36 +387,37 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
                                                    model_scope)
                 for path in published_report:
                     log.info("Wrote %s", path)
+        remove_empty_work_area(paths.output_dir)
         log.info("Job finished in %.2f s", time.perf_counter() - started)
         return _finish(paths, EXIT_OK, SUCCESS_MESSAGE)
     except UserError as error:
         log.error("Job failed: %s", error)
-        return _finish(paths, EXIT_USER_ERROR, f"ClientError: {error}{_published_note(published_analysis)}")
+        return _finish(paths, EXIT_USER_ERROR, f"ClientError: {error}{_outputs_note(paths, published_analysis)}")
     except DependencyError as error:  # the model server died or stopped answering: not the user's inputs
         log.error("Job failed: %s", error)
-        return _finish(paths, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}{_published_note(published_analysis)}")
+        return _finish(paths, EXIT_INTERNAL_ERROR,
+                       f"AlgorithmError: {error}{_outputs_note(paths, published_analysis)}")
     except ReportError as error:
         # analysis.json is complete and published; the report the config asked for is not (or only some
         # of its formats are): the job has not done all it was asked, and says exactly what is missing.
         log.error("The report could not be written: %s", error)
         return _finish(paths, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}{_published_note(published_analysis, error.written)}")
-    except JobStopped:
-        log.error("Signal 15 received, cleaning up")
-        return _finish(paths, EXIT_INTERNAL_ERROR, "ClientError: the job was stopped (SIGTERM) before it finished"
-                                                   f"{_published_note(published_analysis)}")
+    except JobStopped as stop:
+        log.error("Signal %d received, cleaning up", stop.signum)
+        return _finish(paths, EXIT_STOPPED, stopped_message(stop) + _outputs_note(paths, published_analysis))
     except Exception as error:  # noqa: BLE001 - the job must always leave an exit message
         if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:  # full disk, quota, read-only mount
             where = error.filename or paths.output_dir
             log.error("Job failed: cannot write %s: %s", where, error.strerror)
-            note = _published_note(published_analysis) or "; nothing was published"
+            note = _outputs_note(paths, published_analysis) or "; nothing was published"
             return _finish(paths, EXIT_USER_ERROR, f"ClientError: cannot write {where}: {error.strerror}. Free "
                                                    f"some space (or raise the quota) and run the job again{note}")
         log.error("Internal error:\n%s", traceback.format_exc())
         return _finish(paths, EXIT_INTERNAL_ERROR,
                        f"AlgorithmError: internal error in Lucent {__version__}: {type(error).__name__}: {error}"
-                       f"{_published_note(published_analysis)}")
+                       f"{_outputs_note(paths, published_analysis)}")
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        stop_scope.close()
 
 
 def _publish_report(reports: ReportProcess, config: AnalysisConfig, dataset: Dataset, results: dict,
@@ -374,6 +453,36 @@ def _published_note(analysis_published: bool, report_files: list[Path] | None = 
     return f"; {', '.join(names)} and the other results were published"
 
 
+def _outputs_note(paths: JobPaths, analysis_published: bool) -> str:
+    """What a failed job's exit message says about the output folder: that this run published
+    ``analysis.json``, or that the results still there are an earlier run's (a failed job publishes nothing
+    and removes nothing, so they are never mistaken for this run's)."""
+    return _published_note(analysis_published) or earlier_results_note(paths.output_dir)
+
+
+def earlier_results_note(output_dir: Path) -> str:
+    """``; <output_dir> still holds an earlier run's results ...`` when it holds a published
+    ``analysis.json``, else empty."""
+    if not (output_dir / ANALYSIS_FILE).is_file():
+        return ""
+    return (f"; {output_dir} still holds an earlier run's results ({ANALYSIS_FILE}, ...), not this run's: "
+            "this run published nothing")
+
+
+WORK_AREA = ".lucent-work"  # <output>/.lucent-work: SHAP checkpoints of a job that may be resumed
+
+
+def remove_empty_work_area(output_dir: Path) -> None:
+    """Remove ``<output_dir>/.lucent-work`` and the folders below it when they hold no file: a job that
+    succeeded keeps no checkpoint, and an empty work folder would only puzzle whoever reads the output."""
+    work = output_dir / WORK_AREA
+    if not work.is_dir() or work.is_symlink():
+        return
+    for parent, _folders, _files in sorted(os.walk(work), key=lambda entry: -len(entry[0])):
+        with contextlib.suppress(OSError):  # not empty: kept
+            os.rmdir(parent)
+
+
 def validate_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> list[str]:
     """Every problem that would stop the job, without computing any metric."""
     try:
@@ -396,6 +505,8 @@ def validate_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> 
         check_output_folder(paths.output_dir)
     except UserError as error:
         problems.append(str(error))
+    problems.extend(model_problems(config, paths.model_dir))
+    problems.extend(s3_input_problems(config))
     if not allow_paths_outside_root and (outside := inputs_outside_root(config, paths, config_file)):
         return problems + outside  # not read, as the job would not read them
     try:
@@ -404,7 +515,9 @@ def validate_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> 
         problems.extend(check_inputs(config, dataset, config_file.parent))
     except UserError as error:
         problems.append(str(error))
-    return problems
+    # The readers refuse an s3:// value too, without its key: s3_input_problems said it with the key.
+    said = {s3_refusal(value) for _key, value in local_inputs(config)}
+    return [problem for problem in problems if problem not in said]
 
 
 def _finish(paths: JobPaths, code: int, message: str) -> int:
@@ -424,6 +537,6 @@ def finish(message_file: Path, code: int, message: str) -> int:
 
 
 def raise_job_stopped(signum, frame):  # noqa: ARG001
-    """SIGTERM handler: stop the main thread's work with ``JobStopped``."""
-    raise JobStopped()
+    """SIGTERM / SIGINT handler: stop the main thread's work with ``JobStopped``."""
+    raise JobStopped(signum)
 

@@ -17,12 +17,17 @@ What SageMaker Processing does around the Clarify container, done on this machin
    excepted), and ``analysis.json`` and ``message`` come last, so their presence marks a complete
    result. A local folder is published as a job publishes its output folder (``OutputStaging``:
    complete copies renamed into place; what the previous run published and this one did not is
-   removed, the user's own files are kept), with the message last. The work area (``.lucent-*``) is
-   never published.
+   removed, the user's own files are kept), with the message last. The job's work area (``.lucent-*``)
+   is not a result and is never uploaded from the job's folder; a job that explains writes its SHAP
+   checkpoints to ``<output>/.lucent-work/`` itself while it runs (so a rerun elsewhere resumes), kept
+   after a failed job and removed after a successful one.
 
-A failed job still publishes its message and exits non-zero. A failed publication keeps the local copy
-and says where it is. S3 credentials come from boto3's usual chain; ``--endpoint-url`` (or
-``AWS_ENDPOINT_URL``) points it at MinIO, Ceph, moto, ...
+A failed job publishes its message alone and exits non-zero: the earlier run's results at ``--output``
+stay (as ``lucent run`` keeps them), and the message says they are not this run's. A launch that starts
+removes the earlier message first. SIGTERM and SIGINT stop it as they stop a job (``Stopped: ...``, exit
+2). A failed publication keeps the local copy and says where it is. S3 credentials come from boto3's
+usual chain; ``--endpoint-url`` (or ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``) points it at MinIO,
+Ceph, moto, ...
 """
 
 from __future__ import annotations
@@ -58,11 +63,17 @@ from analyzer.redact import install_redaction, redact, redact_url
 from container.engine import EngineUnavailable, connect_engine, discard_container
 from container.job import (
     EXIT_INTERNAL_ERROR,
+    EXIT_STOPPED,
     EXIT_USER_ERROR,
     OUTPUT_URI_VARIABLE,
     JobPaths,
+    JobStopped,
     configure_logging,
+    earlier_results_note,
+    remove_empty_work_area,
     run_job,
+    stop_on_signals,
+    stopped_message,
 )
 from container.storage import Location, StorageError, s3_client, uri_scheme
 
@@ -81,7 +92,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 class LaunchError(StorageError):
     """The job could not be staged, started or published; the message says what and where (redacted,
-    as every ``StorageError``)."""
+    as every ``StorageError``). ``code``: the exit code of ``lucent launch`` when it ends with this error."""
+
+    def __init__(self, message: str, code: int = EXIT_USER_ERROR):
+        super().__init__(message)
+        self.code = code
 
 
 def locate(option: str, uri: str) -> Location:
@@ -346,30 +361,61 @@ class Launch:
         else:
             raise LaunchError(f"reading {location}: no such file or folder")
 
-    def publish(self, root: Path, message: str, output: Location, *, keep_work: bool = False) -> str:
+    def publish(self, root: Path, message: str, output: Location, *, failed: bool = False) -> tuple[str, str]:
         """Replace the results at ``output`` with ``root/output`` and ``message``; returns a one-line
-        summary. ``analysis.json`` and ``message`` go last: together they mark a complete result.
-        ``keep_work``: leave Lucent's work files there (a failed job's SHAP checkpoints, for its rerun)."""
+        summary and the message published. ``analysis.json`` and ``message`` go last: together they mark a
+        complete result. A failed job (``failed``) keeps Lucent's work files there (its SHAP checkpoints,
+        for its rerun); one that produced no result publishes its message alone and removes nothing, as
+        ``lucent run`` does, the message saying when the results there are an earlier run's."""
         message_file = root / MESSAGE_FILE
-        write_text_atomic(message_file, message + "\n")
         files = result_files(root / "output") if (root / "output").is_dir() else {}
+        if failed and not files:
+            message += self.earlier_results_note(output)
+            write_text_atomic(message_file, message + "\n")
+            return self.publish_files({MESSAGE_FILE: message_file}, output, last=[MESSAGE_FILE],
+                                      keep_others=True), message
+        write_text_atomic(message_file, message + "\n")
         files[MESSAGE_FILE] = message_file
-        return self.publish_files(files, output, last=[ANALYSIS_FILE, MESSAGE_FILE], keep_work=keep_work)
+        summary = self.publish_files(files, output, last=[ANALYSIS_FILE, MESSAGE_FILE], keep_work=failed)
+        if not failed and not output.is_s3:  # a FolderStore's checkpoints (.lucent-work) were removed: its folders too
+            remove_empty_work_area(output.path)
+        return summary, message
+
+    def earlier_results_note(self, output: Location) -> str:
+        """The note a failed job's message gets when ``output`` still holds an earlier run's ``analysis.json``."""
+        if not output.is_s3:
+            return earlier_results_note(output.path)
+        if output.child(ANALYSIS_FILE).key not in self.store.objects(output, output.child(ANALYSIS_FILE).key):
+            return ""
+        return (f"; {output} still holds an earlier run's results ({ANALYSIS_FILE}, ...), not this run's: this "
+                "run published nothing")
+
+    def clear_message(self, output: Location) -> None:
+        """Remove the exit message an earlier launch published at ``output``: from now on it would describe
+        another run (a launch killed by SIGKILL publishes nothing, and must not leave "Completed" there)."""
+        if output.is_s3:
+            key = output.child(MESSAGE_FILE).key
+            with self.store.errors("deleting the previous exit message in", str(output)):
+                self.store.client.delete_object(Bucket=output.bucket, Key=key)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (output.path / MESSAGE_FILE).unlink()
 
     def publish_files(self, files: dict[str, Path], output: Location, last: Sequence[str], *,
-                      keep_work: bool = False) -> str:
+                      keep_work: bool = False, keep_others: bool = False) -> str:
         """Replace the results at ``output`` with ``files`` (relative name -> local file); returns a one-line
         summary. The ``last`` names are removed first and written last, in order, so that their presence
         marks a complete result (a name in ``last`` that is not in ``files`` is only removed). What the
         previous publication left and this one did not produce is removed (the launch's inputs excepted)."""
         if output.is_s3:
-            return self._publish_s3(files, output, last, keep_work)
+            return self._publish_s3(files, output, last, keep_work, keep_others)
         try:
-            return self._publish_local(files, output.path, last)
+            return self._publish_local(files, output.path, last, keep_others)
         except (OSError, UserError) as error:
             raise LaunchError(f"publishing to {output.path}: {error}") from error
 
-    def _publish_s3(self, files: dict[str, Path], output: Location, last: Sequence[str], keep_work: bool) -> str:
+    def _publish_s3(self, files: dict[str, Path], output: Location, last: Sequence[str], keep_work: bool,
+                    keep_others: bool = False) -> str:
         store = self.store
         remote = store.objects(output, output.prefix)
         keys = {name: output.child(name).key for name in {*files, *last}}
@@ -378,8 +424,9 @@ class Launch:
         uploaded, unchanged = store.upload(body, output, remote)
         # A failed job's SHAP checkpoints (.lucent-work/) stay: its rerun resumes from them
         # (analyzer/explain/checkpoint_store.py); a job that succeeded has no use for them.
-        stale = [key for key in remote if key not in keys.values() and not self._is_source(output.bucket, key)
-                 and not (keep_work and is_work_file(PurePosixPath(key[len(output.prefix):])))]
+        stale = [] if keep_others else [
+            key for key in remote if key not in keys.values() and not self._is_source(output.bucket, key)
+            and not (keep_work and is_work_file(PurePosixPath(key[len(output.prefix):])))]
         store.delete(output, stale)
         markers = [(files[name], keys[name]) for name in last if name in files]
         for path, key in markers:
@@ -387,12 +434,18 @@ class Launch:
                 store.client.upload_file(str(path), output.bucket, key, Config=store.transfer)
         return f"{uploaded + len(markers)} file(s) uploaded, {unchanged} unchanged, {len(stale)} old removed"
 
-    def _publish_local(self, files: dict[str, Path], dest: Path, last: Sequence[str]) -> str:
+    def _publish_local(self, files: dict[str, Path], dest: Path, last: Sequence[str], keep_others: bool = False) -> str:
         """The job's own publication (``OutputStaging``: staged copies, one rename each, and the files the
         previous launch published but this one did not removed, the user's other files kept), between
-        removing the old markers and writing the new ones."""
+        removing the old markers and writing the new ones. ``keep_others``: only the ``last`` files."""
         for name in last:
             (dest / name).unlink(missing_ok=True)
+        if keep_others:
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in last:
+                if name in files:
+                    write_bytes_atomic(dest / name, files[name].read_bytes())
+            return f"{len(files)} file(s) copied"
         with OutputStaging(dest) as staging:
             for name, path in files.items():
                 if name not in last:
@@ -411,6 +464,7 @@ class Launch:
         """Lay out ``root`` as the processing root; ``job_root`` is where the job will see it."""
         inputs = root / "input"
         self.fetch(config, inputs / "config", "--config")
+        check_inputs_given(inputs / "config", data, model)
         if data is not None:
             self.fetch(data, inputs / "data", "--data")
         if model is not None:
@@ -449,6 +503,35 @@ class Launch:
         job_path = job_inputs / (staged[0].relative_to(dest.parent) if only_file else dest.name)
         log.info("Staged %s %s as %s", key, location, job_path)
         return str(job_path)
+
+
+def check_inputs_given(config_dir: Path, data: Location | None, model: Location | None) -> None:
+    """Before the data and the model are staged: a config that needs a dataset (no ``dataset_uri``) or a
+    model folder (predictions, and no ``predictor.endpoint_url`` / ``image_uri``) got ``--data`` /
+    ``--model``. Otherwise the job would fail later naming a temporary folder the user never saw. A
+    config that does not load is left to the job, which lists its problems."""
+    if data is not None and model is not None:
+        return
+    from analyzer.config import find_config_file, load_config
+    from analyzer.pipeline import needs_model
+
+    try:
+        config = load_config(find_config_file(config_dir))
+    except UserError:
+        return
+    missing = []
+    if data is None and not config.dataset_uri:
+        missing.append("the config has no dataset_uri: pass --data URI (the dataset: an s3:// object or prefix, "
+                       "or a local file or folder)")
+    predictor = config.predictor
+    if (model is None and predictor is not None and needs_model(config) and not predictor.endpoint_url
+            and not predictor.image_uri):
+        named = (f" (predictor.endpoint_name {predictor.endpoint_name!r} names a SageMaker endpoint, which cannot be "
+                 "called here)" if predictor.endpoint_name else "")
+        missing.append(f"the config asks for predictions{named}: pass --model URI (the model folder or "
+                       "model.tar.gz, on S3 or local), or set predictor.endpoint_url to a running model server")
+    if missing:
+        raise LaunchError("; ".join(missing))
 
 
 def copy_local_input(option: str, source: Path, dest: Path) -> None:
@@ -597,25 +680,31 @@ def launch(config: str, output: str, data: str | None = None, model: str | None 
     """Check the output, stage, run and publish one job; returns (exit code, exit message). Raises
     ``LaunchError`` only when not even the message could be published: then nothing was computed (the
     output is not writable) or the local copy is kept, and the error says where."""
-    runner = Launch(endpoint_url)
-    destination = locate("--output", output)
-    runner.check_output(destination)
-    root = Path(tempfile.mkdtemp(prefix="lucent-launch-", dir=work_dir))
-    published = False
-    try:
-        code, message = _run(runner, root, config, data, model, image, output_uri=redact_url(destination.uri))
+    with stop_on_signals():  # SIGTERM and Ctrl-C stop the launch as they stop a job: a message, no traceback
+        runner = Launch(endpoint_url)
+        destination = locate("--output", output)
+        runner.check_output(destination)
+        runner.clear_message(destination)
+        root = Path(tempfile.mkdtemp(prefix="lucent-launch-", dir=work_dir))
+        published = False
         try:
-            summary = runner.publish(root, message, destination, keep_work=code != 0)
-        except StorageError as error:
-            raise LaunchError(f"{error}; the results are kept in {root / 'output'} and the exit message in "
-                              f"{root / MESSAGE_FILE}") from error
-        published = True
-    finally:
-        if published:
-            shutil.rmtree(root, ignore_errors=True)
-        else:  # the job's results may be the only copy: never delete them unpublished
-            log.error("Nothing (or not everything) was published to %s; the job's folder is kept: %s",
-                      destination, root)
+            code, message = _run(runner, root, config, data, model, image, output_uri=redact_url(destination.uri))
+            try:
+                summary, message = runner.publish(root, message, destination, failed=code != 0)
+            except StorageError as error:
+                raise LaunchError(f"{error}; the results are kept in {root / 'output'} and the exit message in "
+                                  f"{root / MESSAGE_FILE}") from error
+            except JobStopped as stop:
+                raise LaunchError(f"stopped ({stop.signal_name}) while publishing to {destination}; the results "
+                                  f"are kept in {root / 'output'} and the exit message in {root / MESSAGE_FILE}",
+                                  EXIT_STOPPED) from None
+            published = True
+        finally:
+            if published:
+                shutil.rmtree(root, ignore_errors=True)
+            else:  # the job's results may be the only copy: never delete them unpublished
+                log.error("Nothing (or not everything) was published to %s; the job's folder is kept: %s",
+                          destination, root)
     log.info("Results in %s (%s)", destination, summary)
     return code, message
 
@@ -640,23 +729,60 @@ def _run(runner: Launch, root: Path, config: str, data: str | None, model: str |
         code, message = EXIT_USER_ERROR, f"ClientError: {error}"
         shutil.rmtree(root / "output", ignore_errors=True)  # nothing half-made gets published
         log.error("%s", message)
+    except JobStopped as stop:  # while staging or starting (the job itself writes its own message)
+        log.error("Signal %d received, cleaning up", stop.signum)
+        code, message = EXIT_STOPPED, stopped_message(stop)
+        shutil.rmtree(root / "output", ignore_errors=True)
     return code, redact(message)
+
+
+LAUNCH_DESCRIPTION = """\
+Run one processing job as SageMaker Processing runs the Clarify container, on S3 (any S3-compatible
+store: AWS, MinIO, Ceph, ...) or local inputs:
+
+  1. check that --output can be written (before anything is downloaded or computed);
+  2. download --config, --data and --model into a temporary processing root, and the files the config
+     names by s3:// URI (dataset_uri, facet_dataset_uri, predicted_label_dataset_uri, SHAP baselines);
+  3. run the job (in this process, or in a container with --image);
+  4. publish the results and the exit message ("message") to --output, replacing the previous results
+     there; analysis.json and message are written last. A failed job publishes its message alone (an
+     earlier run's results stay, and the message says they are not this run's).
+
+--model is needed when the config asks for predictions (SHAP, PDP, or post-training bias without
+predicted labels) and names no predictor.endpoint_url or image_uri; --data unless the config has a
+dataset_uri. S3 credentials come from boto3's usual chain (environment, ~/.aws, instance role).
+"""
+
+LAUNCH_EPILOG = """\
+example (MinIO on minio.local; omit AWS_ENDPOINT_URL for AWS S3):
+  export AWS_ENDPOINT_URL_S3=http://minio.local:9000   # or AWS_ENDPOINT_URL, or --endpoint-url
+  lucent launch --config s3://bucket/jobs/credit/config/ --data s3://bucket/datasets/credit/ \\
+                --model s3://bucket/models/credit/model.tar.gz --output s3://bucket/results/credit/
+  # results: s3://bucket/results/credit/analysis.json, report.html, ...; exit message: .../message
+
+exit codes: 0 success, 1 a problem with the inputs (ClientError: ...), 2 an internal or model error
+(AlgorithmError: ...) or a stopped job (Stopped: ..., after SIGTERM or Ctrl-C). See docs/running.md.
+"""
 
 
 def add_launch_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``launch`` on the ``lucent`` subcommand parser."""
     parser = subparsers.add_parser(
         "launch", help="run a job on S3 (or local) inputs and publish its results, as SageMaker Processing does",
-        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=LAUNCH_DESCRIPTION, epilog=LAUNCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, metavar="URI",
                         help="analysis config: s3://bucket/key (an object or a prefix) or a local file/folder")
     parser.add_argument("--data", metavar="URI", help="dataset (object, prefix or local path); optional when the "
                                                       "config has dataset_uri")
-    parser.add_argument("--model", metavar="URI", help="model folder or model.tar.gz, for the built-in model server")
-    parser.add_argument("--output", required=True, metavar="URI", help="where results and `message` go")
+    parser.add_argument("--model", metavar="URI",
+                        help="model folder or model.tar.gz (object, prefix or local path); needed when the config "
+                             "asks for predictions and has no predictor.endpoint_url / image_uri")
+    parser.add_argument("--output", required=True, metavar="URI",
+                        help="where the results and the exit message (message) go: s3://bucket/prefix/ or a "
+                             "local folder")
     parser.add_argument("--image", help="run the job in this container image (default: in this process)")
     parser.add_argument("--endpoint-url", default=None, metavar="URL",
-                        help="S3 API endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+                        help="S3 API endpoint (default: $AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL, else AWS)")
     parser.add_argument("--work-dir", type=Path, metavar="DIR", help="where to stage (default: the temp folder)")
     add_log_arguments(parser)
     return parser
@@ -671,7 +797,10 @@ def run_launch(args: argparse.Namespace) -> int:
                                args.work_dir)
     except StorageError as error:
         print(f"error: {error}")
-        return EXIT_USER_ERROR
+        return error.code if isinstance(error, LaunchError) else EXIT_USER_ERROR
+    except JobStopped as stop:  # before anything was staged (checking --output)
+        print(f"error: {stopped_message(stop)}")
+        return EXIT_STOPPED
     except Exception as error:  # noqa: BLE001 - an unexpected failure must still end with a clear line
         log.exception("launch failed")
         print(redact(f"error: internal error: {type(error).__name__}: {error}"))

@@ -182,7 +182,7 @@ def test_resolve_local_path(tmp_path, monkeypatch):
     assert resolve_local_path("/abs/x.csv", base_dir=Path("/config/dir")) == Path("/abs/x.csv")
     assert resolve_local_path("file:///abs/with%20space.csv") == Path("/abs/with space.csv")
     assert resolve_local_path("file://localhost/abs/x.csv") == Path("/abs/x.csv")
-    with pytest.raises(DataError, match=r"^s3://bucket/key: S3 URIs need `lucent launch` \(not available yet\)"):
+    with pytest.raises(DataError, match=r"^s3://bucket/key: S3 URIs are read by `lucent launch`, which downloads"):
         resolve_local_path("s3://bucket/key")
     with pytest.raises(DataError, match="unsupported URI scheme 'https'"):
         resolve_local_path("https://example.com/x.csv")
@@ -192,7 +192,7 @@ def test_resolve_local_path(tmp_path, monkeypatch):
 
 def test_error_s3_side_dataset(main_csv):
     config = csv_config(label="approved", facet_dataset_uri="s3://bucket/facets/")
-    with pytest.raises(DataError, match="S3 URIs need `lucent launch`"):
+    with pytest.raises(DataError, match=r"^facet_dataset_uri: s3://bucket/facets/: S3 URIs are read by `lucent launch`"):
         load_dataset(config, main_csv)
 
 

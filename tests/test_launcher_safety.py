@@ -171,7 +171,7 @@ def test_a_config_naming_a_local_file_outside_the_inputs_is_refused(local_job, t
     assert code == 1
     assert message.startswith(f"ClientError: {key}: "), message
     assert "s3:// URI or a path in the staged inputs" in message
-    assert files_below(results) == [".lucent-outputs.json", "message"]  # the manifest lists no results
+    assert files_below(results) == ["message"]  # a failed job publishes its message alone
     assert SECRET not in capsys.readouterr().out
 
 
@@ -343,7 +343,7 @@ def test_publishing_to_s3_replaces_the_previous_set_and_only_it(s3, tmp_path):
     s3.put_object(Bucket="jobs", Key="out/data/credit.csv", Body=b"an input that lives below --output")
     runner = Launch()
     runner.sources.append(Location("s3://jobs/out/data"))
-    summary = runner.publish(job_folder(tmp_path), "Completed", Location("s3://jobs/out"))
+    summary, _ = runner.publish(job_folder(tmp_path), "Completed", Location("s3://jobs/out"))
     assert keys(s3, "out/") == ["out/analysis.json", "out/data/credit.csv", "out/explanations_shap/out.csv",
                                 "out/message", "out/report.html"]
     assert get_text(s3, "out/explanations_shap/out.csv") == "a\n1\n"
@@ -369,13 +369,20 @@ def test_publishing_to_a_local_folder_replaces_the_previous_set_and_keeps_the_us
     assert SECRET not in (dest / "report.html").read_text() and not (dest / "link.csv").exists()
 
 
-def test_a_failed_rerun_leaves_only_its_message_and_the_checkpoints(s3, local_job, capsys):
+def test_a_failed_rerun_replaces_only_the_message_which_says_the_results_are_earlier_ones(s3, local_job, capsys):
     put_tree(s3, local_job.root / "input", "in")
     a_previous_run(s3)
     s3.put_object(Bucket="jobs", Key="bad/config/analysis_config.json", Body=b'{"dataset_type": "text/csv"}')
     assert main(["--config", "s3://jobs/bad/config", "--data", "s3://jobs/in/data", "--output", "s3://jobs/out"]) == 1
-    # No result of the previous run stays to look current; its SHAP checkpoints do, for the next rerun to resume.
-    assert keys(s3, "out/") == ["out/.lucent-work/shard-0.npz", "out/message"]
+    # As `lucent run`: a failed job removes nothing (its SHAP checkpoints stay for the rerun), and its message
+    # says that the results there are an earlier run's, so they are never taken for this run's.
+    assert keys(s3, "out/") == ["out/.lucent-work/shard-0.npz", "out/analysis.json", "out/explanations_shap/out.csv",
+                                "out/message", "out/report.html"]
+    assert get_text(s3, "out/analysis.json") == "old analysis.json"
+    message = get_text(s3, "out/message")
+    assert message.startswith("ClientError: "), message
+    assert message.endswith("; s3://jobs/out still holds an earlier run's results (analysis.json, ...), not this "
+                            "run's: this run published nothing\n"), message
     capsys.readouterr()
 
 

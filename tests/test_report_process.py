@@ -156,7 +156,7 @@ def test_sigterm_while_the_report_renders_stops_its_process(tmp_path) -> None:
             break
     rest = process.stderr.read()
     assert process.wait(timeout=60) == 2, "".join(lines) + rest
-    assert job.message == ("ClientError: the job was stopped (SIGTERM) before it finished; analysis.json and the "
+    assert job.message == ("Stopped: the job was stopped (SIGTERM) before it finished; analysis.json and the "
                            "other results were published")
     assert job.output_files() == [MANIFEST_FILE, "analysis.json"]
     assert "report process" not in rest  # stopped, not reported as a crash

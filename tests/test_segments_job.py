@@ -330,7 +330,7 @@ def test_validate_checks_segments_against_the_data(tmp_path, capsys):
     frame = pd.DataFrame({"age": [20, 30, 40, 50], "flag": [True, False, True, False], "g": ["a", "b", "a", "b"],
                           "y": [1, 0, 1, 0]})
     job.write_data(frame.to_csv(index=False))  # a header row, and no `headers`: columns checked with the data
-    job.write_config({"dataset_type": "text/csv", "label": "y", "label_values_or_threshold": [1],
+    job.write_config({"dataset_type": "text/csv", "label": "y", "label_values_or_threshold": [0],
                       "facet": [{"name_or_index": "g"}], "methods": {"pre_training_bias": {"methods": "all"}},
                       "segment_config": [{"name_or_index": "agee", "segments": [[1]]},
                                          {"name_or_index": "age", "segments": [["young"], ["(1, 2"]]},

@@ -110,7 +110,9 @@ def test_default_decoding_errors_are_client_errors(tmp_path, data):
     with pytest.raises(InvocationError) as error:
         handlers.invoke(b"1,2\n3", "text/csv", "text/csv")
     assert error.value.status == 400
-    with pytest.raises(InvocationError, match="predict_fn failed: ValueError: X has 3 features") as error:
+    # A bare model file has no predict_fn: the failure names what ran, the built-in predict.
+    with pytest.raises(InvocationError, match=r"^the built-in predict \(model.predict / predict_proba\) failed: "
+                                              "ValueError: X has 3 features") as error:
         handlers.invoke(b"1,2,3", "text/csv", "text/csv")
     assert error.value.status == 500
 

@@ -206,7 +206,8 @@ def test_missing_accept_defaults_to_json_and_single_records_work(classifier_serv
     (b"[[1, 2", "application/json", "text/csv", 400, "malformed application/json body"),
     (b"GIF89a", "image/gif", "text/csv", 415, "unsupported Content-Type 'image/gif'"),
     (b"1,2,3,4,5", "text/csv", "text/html", 406, "unsupported Accept 'text/html'"),
-    (b"1,2,3", "text/csv", "text/csv", 500, "predict_fn failed: ValueError: X has 3 features"),
+    (b"1,2,3", "text/csv", "text/csv", 500,
+     "the built-in predict (model.predict / predict_proba) failed: ValueError: X has 3 features"),
 ])
 def test_bad_requests_get_a_clear_plain_text_error_and_the_server_stays_up(classifier_server, body, content_type,
                                                                             accept, status, message):

@@ -22,20 +22,18 @@ import pyarrow as pa
 from analyzer.errors import DataError
 
 
-def resolve_local_path(uri: str, *, base_dir: Path | None = None) -> Path:
+def resolve_local_path(uri: str, *, base_dir: Path | None = None, key: str | None = None) -> Path:
     """The local path a dataset URI names: an absolute or relative path, or a ``file://`` URI.
 
     Relative paths are taken from ``base_dir`` (default: the current directory). ``s3://`` URIs are
-    refused for now: a later ``lucent launch`` will stage S3 data to local paths before the analysis.
+    refused: ``lucent launch`` downloads them and gives the job local paths. ``key``: the config key
+    the URI was given for, named in the error (``methods.shap.baseline: s3://...``).
     """
     if "\x00" in uri or "%00" in uri:  # the OS refuses such names; say so instead of a ValueError later
         raise DataError(f"{uri!r}: a path cannot contain a NUL character.")
     parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        raise DataError(
-            f"{uri}: S3 URIs need `lucent launch` (not available yet). "
-            "Download the data and give a local path or file:// URI instead."
-        )
+    if parsed.scheme.lower() == "s3":
+        raise DataError(s3_refusal(uri, key))
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise DataError(f"{uri}: file:// URIs must name a local file (file:///path/to/data).")
@@ -44,6 +42,14 @@ def resolve_local_path(uri: str, *, base_dir: Path | None = None) -> Path:
         raise DataError(f"{uri}: unsupported URI scheme {parsed.scheme!r}; give a local path or file:// URI.")
     path = Path(uri).expanduser()
     return path if path.is_absolute() else (base_dir or Path.cwd()) / path
+
+
+def s3_refusal(uri: str, key: str | None = None) -> str:
+    """Why a job on local files cannot read the ``s3://`` ``uri`` given for config ``key``, and what to do."""
+    named = f"{key}: " if key else ""
+    return (f"{named}{uri}: S3 URIs are read by `lucent launch`, which downloads them and gives the job local "
+            "paths; `lucent run` reads local files only. Run the job with `lucent launch`, or download the "
+            "file into the processing root and give its path (or a file:// URI).")
 
 
 def list_data_files(path: Path) -> list[Path]:

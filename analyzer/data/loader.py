@@ -192,7 +192,7 @@ def _open_side_table(uri: str | None, headers: Sequence[str] | None, key: str, *
     """A facet or predicted label dataset: always CSV (Clarify accepts side datasets for CSV only)."""
     if uri is None:
         return None
-    path = resolve_local_path(uri, base_dir=base_dir)
+    path = resolve_local_path(uri, base_dir=base_dir, key=key)
     return CsvTable(list_data_files(path), f"{path} (`{key}`)", headers, chunk_rows=chunk_rows,
                     headers_key=key.replace("dataset_uri", "headers"))
 

@@ -154,15 +154,65 @@ def load_handlers(model_dir: Path, threads: int | None = None) -> ModelHandlers:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelLoadError(f"model folder {model_dir} does not exist or is not a folder")
-    entry = os.environ.get("SAGEMAKER_PROGRAM") or DEFAULT_ENTRY_POINT
-    script = model_dir / "code" / entry
-    if script.is_file():
+    script = entry_script(model_dir)
+    if script is not None:
         return _load_script(model_dir, script, threads)
-    if os.environ.get("SAGEMAKER_PROGRAM"):
-        raise ModelLoadError(f"SAGEMAKER_PROGRAM={entry} but {script} does not exist")
     model = load_model_file(model_dir, threads)
     return ModelHandlers(model=model, predict_fn=predict_scores, model_dir=model_dir,
-                         source=f"{model_dir} ({_describe(model)})")
+                         source=f"{model_dir} ({_describe(model)}, {BUILTIN_PREDICT})")
+
+
+BUILTIN_PREDICT = "the built-in predict (model.predict / predict_proba)"  # a bare model file's prediction
+
+
+def entry_script(model_dir: Path, *, report: bool = True) -> Path | None:
+    """The script whose handlers serve ``model_dir``, or None for a bare model file (``BUILTIN_PREDICT``).
+
+    ``SAGEMAKER_PROGRAM`` names it (``code/<name>``; SageMaker sets it from the model's ``entry_point``,
+    e.g. the SDK's ``SKLearnModel(entry_point="predictor.py")``); else ``code/inference.py``; else, when
+    ``code/`` holds exactly one other ``.py`` file, that one: a folder packed for SageMaker with another
+    entry point would otherwise be served without its ``model_fn`` / ``predict_fn`` and give other
+    scores, silently. Several such files: none is guessed, a WARNING names them. ``report``: log the
+    choice (INFO) or the warning."""
+    code = model_dir / "code"
+    program = os.environ.get("SAGEMAKER_PROGRAM")
+    if program:
+        if not (code / program).is_file():
+            raise ModelLoadError(f"SAGEMAKER_PROGRAM={program} but {code / program} does not exist")
+        return code / program
+    if (code / DEFAULT_ENTRY_POINT).is_file():
+        return code / DEFAULT_ENTRY_POINT
+    scripts = sorted(path for path in code.glob("*.py") if path.is_file()) if code.is_dir() else []
+    if len(scripts) == 1:
+        if report:
+            log.info("Using code/%s as the model's entry point: code/ has no %s and this is its only script "
+                     "(set SAGEMAKER_PROGRAM=<name> to use another file of code/)", scripts[0].name,
+                     DEFAULT_ENTRY_POINT)
+        return scripts[0]
+    if scripts and report:
+        log.warning("code/ has no %s and several scripts (%s): none is used, the model file is served with %s; "
+                    "set SAGEMAKER_PROGRAM=<name> to the script SageMaker would run (the model's entry_point)",
+                    DEFAULT_ENTRY_POINT, ", ".join(path.name for path in scripts), BUILTIN_PREDICT)
+    return None
+
+
+def model_folder_problem(model_dir: Path) -> str | None:
+    """Why ``model_dir`` (a folder or ``model.tar.gz``) cannot be served, found without loading or
+    extracting anything: no folder, no entry script and no single model file. None when it may work
+    (a tarball is not opened; a script or a model file may still fail to load). ``lucent validate``
+    reports it; the server and the in-process scorer find the same problems when they load."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        return f"model folder {model_dir} does not exist"
+    if model_dir.is_file() or (model_dir / TARBALL_NAME).is_file():
+        return None
+    try:
+        if entry_script(model_dir, report=False) is not None:
+            return None
+        _single_model_file(model_dir)
+    except ModelLoadError as error:
+        return str(error)
+    return None
 
 
 def _load_script(model_dir: Path, script: Path, threads: int | None = None) -> ModelHandlers:
@@ -252,14 +302,7 @@ def _model_files(model_dir: Path) -> list[tuple[Path, str]]:
 def load_model_file(model_dir: Path, threads: int | None = None) -> Any:
     """Find the folder's single model file and load it into an object with ``predict`` (``threads``:
     see ``load_handlers``)."""
-    found = _model_files(model_dir)
-    if not found:
-        raise ModelLoadError(_no_model_file_message(model_dir))
-    if len(found) > 1:
-        names = ", ".join(path.name for path, _ in found)
-        raise ModelLoadError(f"several model files in {model_dir}: {names}; keep one, or add code/inference.py "
-                             "with a model_fn that loads the right one")
-    path, kind = found[0]
+    path, kind = _single_model_file(model_dir)
     loader = {"pickle": _load_pickle, "xgboost": _load_xgboost, "lightgbm": _load_lightgbm}[kind]
     try:
         model = loader(path, threads)
@@ -272,6 +315,18 @@ def load_model_file(model_dir: Path, threads: int | None = None) -> Any:
         raise ModelLoadError(f"{path.name} holds a {type(model).__module__}.{type(model).__qualname__}, "
                              "which has no predict or predict_proba method")
     return model
+
+
+def _single_model_file(model_dir: Path) -> tuple[Path, str]:
+    """The folder's one model file and its kind; ``ModelLoadError`` for none or several."""
+    found = _model_files(model_dir)
+    if not found:
+        raise ModelLoadError(_no_model_file_message(model_dir))
+    if len(found) > 1:
+        names = ", ".join(path.name for path, _ in found)
+        raise ModelLoadError(f"several model files in {model_dir}: {names}; keep one, or add code/inference.py "
+                             "with a model_fn that loads the right one")
+    return found[0]
 
 
 def _no_model_file_message(model_dir: Path) -> str:
@@ -436,7 +491,7 @@ class ModelHandlers:
         answer is the array its body would hold (``np.load`` gives it back unchanged, so the body is not
         made); for other types it is the body. Raises :class:`InvocationError` as ``invoke`` does."""
         context = context or InvocationContext(model_dir=str(self.model_dir))
-        prediction = self._stage("predict_fn", 500, self.predict_fn, data, self.model, context=context)
+        prediction = self._stage(self._predict_stage, 500, self.predict_fn, data, self.model, context=context)
         if codecs.media_type(accept) == codecs.NPY:
             array = codecs.as_prediction_array(prediction)
             if not array.dtype.hasobject:
@@ -466,11 +521,16 @@ class ModelHandlers:
         """``invoke`` from the input stage's result on: predict_fn, then the output stage. For a request
         the server decoded another way (the coalition pictures it draws itself)."""
         context = context or InvocationContext(model_dir=str(self.model_dir))
-        prediction = self._stage("predict_fn", 500, self.predict_fn, data, self.model, context=context)
+        prediction = self._stage(self._predict_stage, 500, self.predict_fn, data, self.model, context=context)
         if self.output_fn is None:
             return self._stage("output_fn", 500, codecs.encode, prediction, accept), codecs.media_type(accept)
         result = self._stage("output_fn", 500, self.output_fn, prediction, accept, context=context)
         return _as_response(result, accept)
+
+    @property
+    def _predict_stage(self) -> str:
+        """The prediction stage as failures name it: the script's ``predict_fn``, or the built-in predict."""
+        return BUILTIN_PREDICT if self.predict_fn is predict_scores else "predict_fn"
 
     @staticmethod
     def _user_payload(body: bytes | bytearray, content_type: str) -> bytes | str:
