@@ -89,6 +89,11 @@ class _OpenFile:
         self.chunks: list[bytes] = []
 
 
+# A capture file is published once it is this old (or big enough): a record reaches its destination at
+# most this long after it is captured (lucent monitor waits as long past a window's end).
+ROLL_SECONDS = 60.0
+
+
 class CaptureWriter:
     """Queues sampled invocations and writes them as capture files (see the module docstring).
 
@@ -103,7 +108,7 @@ class CaptureWriter:
 
     def __init__(self, destination: str, endpoint: str, variant: str, *, sampling_percentage: float,
                  capture_input: bool, capture_output: bool, csv_types: Sequence[str], json_types: Sequence[str],
-                 max_queue: int = 10_000, roll_seconds: float = 60, roll_bytes: int = 64 * 2**20,
+                 max_queue: int = 10_000, roll_seconds: float = ROLL_SECONDS, roll_bytes: int = 64 * 2**20,
                  disk_limit: float | None = None, endpoint_url: str | None = None, max_queue_bytes: int = 256 * 2**20,
                  seed: int | None = None, clock: Callable[[], float] = time.monotonic,
                  disk_usage: Callable[[Path], float] = disk_fraction_used):

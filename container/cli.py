@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while the subcommands' modules load: no traceback
         print("lucent: stopped (SIGINT)", file=sys.stderr)
         return 2
+    if argv[:1] == ["monitor"]:
+        from container.monitor.cli import join_offset_values
+
+        argv = join_offset_values(argv)
     args = parser.parse_args(argv)
     if args.command is None:  # the container runs `lucent` with no arguments: that is a job run
         args = parser.parse_args(["run", *argv])

@@ -21,7 +21,9 @@ Schedule names follow the SageMaker SDK's ``CronExpressionGenerator``: ``hourly`
 
 A monitoring schedule (``--monitoring-schedule``: the ``CreateMonitoringSchedule`` body the SageMaker SDK
 sends, with ``--job-definition`` and ``--capture-uri``) becomes two crontab lines: one per tick of its
-``ScheduleExpression`` (``--run``) and one ``@reboot`` line (``--catch-up``). Each run is one
+``ScheduleExpression`` (``--run``), fired 5 minutes after the tick so that the window's last capture files
+are published, and one ``@reboot`` line (``--catch-up``). ``lucent monitor`` holds the window's lock
+with ``lucent schedule`` (it inherits the lock's descriptor) and gets the SIGTERM it gets. Each run is one
 ``lucent monitor --now <tick> --schedule-name <MonitoringScheduleName> ...`` for the tick's window;
 ``NOW`` runs one execution immediately instead. ``--catch-up`` runs, oldest first, the ticks after the
 last one attempted (or after ``--install``, or from ``--since T``) that have not completed, at most
@@ -38,6 +40,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -63,6 +66,14 @@ STAMP = "%Y%m%dT%H%M%SZ"  # a window's name: its tick in UTC
 DEFAULT_MAX_WINDOWS = 24  # --catch-up runs at most this many windows (the most recent) unless told otherwise
 MAX_SCAN = 100_000  # ticks --catch-up looks back over at most (11 years of hourly ticks)
 MONITOR_COMMAND_ENV = "LUCENT_MONITOR_COMMAND"  # replaces `python -m container.cli monitor` (tests, wrappers)
+# A monitoring schedule's crontab line fires this many minutes after its tick: the window's last capture files
+# are published up to a roll interval (plus a margin) after its end, and `lucent monitor` refuses a window until
+# then. SageMaker too starts an execution 0-20 minutes after the hour.
+MONITOR_DELAY_MINUTES = 5
+
+
+class ScheduleStopped(Exception):
+    """``lucent schedule`` got SIGTERM while a window ran: the child was stopped and waited for."""
 
 
 class ScheduleError(ValueError):
@@ -176,10 +187,12 @@ class Job:
         return _cron_line(crontab_expression(self.schedule), self.state_dir, command, self.name)
 
 
-def run_once(state_dir: Path, label: str, tick: datetime, force: bool, action: Callable[[], tuple[int, str]]) -> int:
-    """Run ``action`` for the window of ``tick`` unless it is running elsewhere or already completed.
+def run_once(state_dir: Path, label: str, tick: datetime, force: bool, action: Callable[[int], tuple[int, str]]) -> int:
+    """Run ``action(lock_fd)`` for the window of ``tick`` unless it is running elsewhere or already completed.
 
-    A lock file (``fcntl.flock``) keeps two runs of one window from overlapping. The outcome is recorded
+    A lock file (``fcntl.flock``) keeps two runs of one window from overlapping; ``action`` gets its
+    descriptor to hand to a child process, so that the lock lasts as long as the child does (a flock
+    belongs to the open file, which the child then shares). The outcome is recorded
     as ``<stamp>.done`` (exit 0: never run again unless ``force``) or ``<stamp>.failed`` (may be rerun):
     what ``--catch-up`` reads to know which windows were attempted.
     """
@@ -197,7 +210,7 @@ def run_once(state_dir: Path, label: str, tick: datetime, force: bool, action: C
         if done.exists() and not force:
             print(f"{label} {stamp}: already completed ({done}); nothing done (--force reruns it)", flush=True)
             return EXIT_OK
-        code, note = action()
+        code, note = action(lock.fileno())
         outcome, stale = (done, failed) if code == EXIT_OK else (failed, done)  # a failed rerun replaced the outputs
         write_text_atomic(outcome, f"{datetime.now(UTC).isoformat()} exit {code} {note}\n")
         stale.unlink(missing_ok=True)
@@ -211,7 +224,7 @@ def run_window(job: Job, now: datetime | None = None, force: bool = False) -> in
     window = window_of(crontab_expression(job.schedule), now or datetime.now(UTC))
     output = f"{job.output.rstrip('/')}/{job.name}/{window.strftime(STAMP)}"
 
-    def action() -> tuple[int, str]:
+    def action(lock_fd: int) -> tuple[int, str]:  # noqa: ARG001 - launch() runs its own processes
         print(f"{job.name} {window.strftime(STAMP)}: launching, results in {output}", flush=True)
         try:
             code, message = launch(job.config, output, job.data, job.model, job.image, job.endpoint_url)
@@ -303,10 +316,11 @@ class MonitoringJob:
     definition: JobDefinition
     model_dir: Path | None = None
     model_url: str | None = None
+    cloudwatch_dir: Path | None = None  # lucent monitor --cloudwatch-dir (None: its default)
 
     @classmethod
     def load(cls, schedule_file: Path, definition_file: Path, capture_uri: str, model_dir: Path | None = None,
-             model_url: str | None = None) -> MonitoringJob:
+             model_url: str | None = None, cloudwatch_dir: Path | None = None) -> MonitoringJob:
         """Read and check both files now, so that a bad schedule is refused when the entry is made."""
         from container.monitor.definition import (
             check_schedule_pair,
@@ -322,7 +336,8 @@ class MonitoringJob:
         if local is not None and uri_scheme(capture_uri) is None:
             capture_uri = str(local)  # absolute: the entry runs from the install folder, but say so plainly
         return cls(schedule_file.resolve(), definition_file.resolve(), capture_uri, schedule, definition,
-                   model_dir.resolve() if model_dir is not None else None, model_url)
+                   model_dir.resolve() if model_dir is not None else None, model_url,
+                   cloudwatch_dir.resolve() if cloudwatch_dir is not None else None)
 
     @property
     def name(self) -> str:
@@ -345,7 +360,8 @@ class MonitoringJob:
     def arguments(self) -> list[str]:
         """The ``lucent schedule`` arguments that name this monitoring schedule (before the action)."""
         return ["--monitoring-schedule", str(self.schedule_file), "--job-definition", str(self.definition_file),
-                "--capture-uri", self.capture_uri, *self._model_arguments()]
+                "--capture-uri", self.capture_uri, *self._model_arguments(),
+                *(["--cloudwatch-dir", str(self.cloudwatch_dir)] if self.cloudwatch_dir is not None else [])]
 
     def _model_arguments(self) -> list[str]:
         if self.model_dir is not None:
@@ -354,26 +370,47 @@ class MonitoringJob:
 
     def monitor_argv(self, tick: datetime) -> list[str]:
         """The ``lucent monitor`` command line of the window of ``tick``."""
+        # ``--opt=value``: an offset such as -PT3H starts with '-', and argparse takes a separate "-PT3H" for
+        # an option (the run fails with "expected one argument").
         offsets = []
         if self.schedule.data_analysis_start_time is not None:
-            offsets += ["--data-analysis-start-time", self.schedule.data_analysis_start_time]
+            offsets.append(f"--data-analysis-start-time={self.schedule.data_analysis_start_time}")
         if self.schedule.data_analysis_end_time is not None:
-            offsets += ["--data-analysis-end-time", self.schedule.data_analysis_end_time]
+            offsets.append(f"--data-analysis-end-time={self.schedule.data_analysis_end_time}")
+        if self.cloudwatch_dir is not None:
+            offsets.append(f"--cloudwatch-dir={self.cloudwatch_dir}")
         return [*monitor_command(), "--job-definition", str(self.definition_file), "--capture-uri", self.capture_uri,
                 "--now", _iso(tick), "--schedule-name", self.name, *offsets, *self._model_arguments()]
+
+    def unfinished(self, tick: datetime) -> str | None:
+        """Why the window of ``tick`` cannot run yet (``lucent monitor`` would refuse it), or None."""
+        from container.monitor.run import Execution, refuse_unfinished_window
+
+        return refuse_unfinished_window(Execution(self.definition, self.capture_uri, tick, self.name,
+                                                  self.schedule.data_analysis_start_time,
+                                                  self.schedule.data_analysis_end_time))
 
     def entry(self) -> str:
         """The crontab lines: one run per tick, and a catch-up when the machine starts."""
         if self.expression is None:
             raise ScheduleError(f"{self.name}: a NOW schedule runs once, immediately: it has no crontab entry")
         command = [sys.executable, "-m", "container.schedule", *self.arguments()]
-        return "\n".join([_cron_line(self.expression, self.state_dir, [*command, "--run"], self.mark),
+        return "\n".join([_cron_line(_delayed(self.expression), self.state_dir, [*command, "--run"], self.mark),
                           _cron_line("@reboot", self.state_dir, [*command, "--catch-up"], self.mark)])
 
     def one_shot(self) -> str:
         """For ``NOW``: the shell line that runs the one execution (what ``--print`` shows)."""
         command = [sys.executable, "-m", "container.schedule", *self.arguments(), "--run"]
         return f"cd {shlex.quote(str(Path.cwd()))} && {shlex.join(command)}"
+
+
+def _delayed(expression: str) -> str:
+    """``expression`` firing ``MONITOR_DELAY_MINUTES`` later when its minute is one number (SageMaker's
+    schedules are on the hour): ``--run`` still serves the tick before (``window_of``)."""
+    minute, rest = expression.split(" ", 1)
+    if minute.isdigit() and int(minute) + MONITOR_DELAY_MINUTES < 60:
+        return f"{int(minute) + MONITOR_DELAY_MINUTES} {rest}"
+    return expression
 
 
 def _naming_file(path: Path, function: Callable, *args):
@@ -394,20 +431,43 @@ def run_monitoring_window(job: MonitoringJob, tick: datetime, force: bool = Fals
     """One ``lucent monitor`` execution for the window of ``tick`` (a tick of the schedule, or NOW's hour)."""
     from analyzer.redact import redact
 
-    def action() -> tuple[int, str]:
+    if (problem := job.unfinished(tick)) is not None:
+        # Not an attempt: no marker, so that the run after the window's end (or a catch-up) still takes it.
+        print(f"{job.name} {tick.strftime(STAMP)}: not started: {problem}", flush=True)
+        return EXIT_USER_ERROR
+    stopped: list[int] = []
+
+    def action(lock_fd: int) -> tuple[int, str]:
         argv = job.monitor_argv(tick)
         print(f"{job.name} {tick.strftime(STAMP)}: {redact(shlex.join(argv))}", flush=True)
         try:
-            code = subprocess.run(argv).returncode
+            # The child holds the window's lock too: if this process is killed, the window stays locked
+            # until lucent monitor ends.
+            child = subprocess.Popen(argv, pass_fds=(lock_fd,))
         except OSError as error:
             print(f"{job.name} {tick.strftime(STAMP)}: cannot start lucent monitor: {error}", flush=True)
             return EXIT_INTERNAL_ERROR, "not started"
+
+        def forward(signum, frame) -> None:  # noqa: ARG001 - cron / systemd stopping us: stop the child, wait
+            stopped.append(signum)
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+
+        previous = signal.signal(signal.SIGTERM, forward)
+        try:
+            code = child.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         code = code if code in (EXIT_OK, EXIT_USER_ERROR) else EXIT_INTERNAL_ERROR  # a signal is an internal error
-        print(f"{job.name} {tick.strftime(STAMP)}: exit code {code}", flush=True)
+        print(f"{job.name} {tick.strftime(STAMP)}: exit code {code}"
+              + (" (stopped: SIGTERM passed on to lucent monitor)" if stopped else ""), flush=True)
         return code, f"{job.definition.output_uri.rstrip('/')}/{job.definition.endpoint_name}/{job.name}/" \
                      f"{tick:%Y/%m/%d/%H}"
 
-    return run_once(job.state_dir, job.name, tick, force, action)
+    code = run_once(job.state_dir, job.name, tick, force, action)
+    if stopped:  # no further window of a catch-up
+        raise ScheduleStopped(f"{job.name}: stopped by SIGTERM; window {tick.strftime(STAMP)} recorded as failed")
+    return code
 
 
 def install(entry: str, name: str) -> None:
@@ -439,6 +499,9 @@ def add_schedule_parser(subparsers) -> argparse.ArgumentParser:
     model = monitoring.add_mutually_exclusive_group()
     model.add_argument("--model-dir", type=Path, metavar="DIR", help="explainability: the model folder to serve")
     model.add_argument("--model-url", metavar="URL", help="explainability: a running model server")
+    monitoring.add_argument("--cloudwatch-dir", type=Path, metavar="DIR",
+                            help="lucent monitor --cloudwatch-dir: where CloudWatch metric files go (default: "
+                                 "$LUCENT_CLOUDWATCH_DIR, else /opt/ml/output/metrics/cloudwatch)")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--print", action="store_true", help="print the crontab line(s)")
     action.add_argument("--install", action="store_true", help="add (or replace) the line(s) in your crontab; "
@@ -490,6 +553,9 @@ def run_schedule(args: argparse.Namespace) -> int:
     except (ScheduleError, UserError, OSError, subprocess.CalledProcessError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except ScheduleStopped as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -500,7 +566,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if monitoring and (args.job_definition is None or args.capture_uri is None):
         raise ScheduleError("--monitoring-schedule needs --job-definition FILE and --capture-uri URI")
     extra = [flag for flag, value in (("--job-definition", args.job_definition), ("--capture-uri", args.capture_uri),
-                                      ("--model-dir", args.model_dir), ("--model-url", args.model_url)) if value]
+                                      ("--model-dir", args.model_dir), ("--model-url", args.model_url),
+                                      ("--cloudwatch-dir", args.cloudwatch_dir)) if value]
     if not monitoring and extra:
         raise ScheduleError(f"{', '.join(extra)}: only with --monitoring-schedule")
     if args.since is not None and not args.catch_up:
@@ -528,7 +595,7 @@ def _run_monitoring_schedule(args: argparse.Namespace, now: datetime) -> int:
     from analyzer.monitor.window import execution_time
 
     job = MonitoringJob.load(args.monitoring_schedule, args.job_definition, args.capture_uri, args.model_dir,
-                             args.model_url)
+                             args.model_url, args.cloudwatch_dir)
     if job.expression is None:  # NOW: one execution at this hour, whether asked to run, install or print
         if args.catch_up:
             raise ScheduleError(f"{job.name}: a NOW schedule runs once (--run or --install); it has no missed "

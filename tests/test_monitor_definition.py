@@ -487,6 +487,9 @@ def test_a_schedule_must_name_its_job_definition():
     late = parse_monitoring_schedule(_schedule("cron(0 * ? * * *)", "-PT0H"))  # with the definition's -PT0H end
     with pytest.raises(ConfigError, match=r"the window \[T-PT0H, T-PT0H\) is empty"):
         check_schedule_pair(late, parse_job_definition(BIAS_DEFINITION))
+    ahead = parse_monitoring_schedule(_schedule("cron(0 * ? * * *)", "PT1H"))  # a positive offset gets its sign
+    with pytest.raises(ConfigError, match=r"the window \[T\+PT1H, T-PT0H\) is empty"):
+        check_schedule_pair(ahead, parse_job_definition(BIAS_DEFINITION))
 
 
 def test_the_sdk_bodies_as_files_round_trip(tmp_path: Path):

@@ -224,13 +224,13 @@ def test_monitoring_entries(monitoring, capsys):
     assert schedule(monitoring, "--print") == 0
     tick, reboot = capsys.readouterr().out.strip().split("\n")
     mark = "# lucent-schedule:monitoring/churn-bias"
-    assert tick.startswith("0 * * * * mkdir -p ") and tick.endswith(mark) and " --run >> " in tick
+    assert tick.startswith("5 * * * * mkdir -p ") and tick.endswith(mark) and " --run >> " in tick
     assert reboot.startswith("@reboot mkdir -p ") and reboot.endswith(mark) and " --catch-up >> " in reboot
     state = monitoring["state"] / "churn-bias"
     assert f"LUCENT_STATE_DIR={monitoring['tmp'] / 'state'} " in tick and f"{state}/cron.log" in tick
     assert f"--capture-uri {monitoring['capture']} " in tick  # a local capture folder is made absolute
     assert schedule(monitoring, "--print", kind="explain") == 0
-    assert capsys.readouterr().out.startswith("0 1-23/6 * * * ")  # cron(0 1/6 ? * * *)
+    assert capsys.readouterr().out.startswith("5 1-23/6 * * * ")  # cron(0 1/6 ? * * *), 5 minutes after the tick
 
 
 def test_the_crontab_line_runs_lucent_monitor_for_its_tick(monitoring, capsys):
@@ -314,13 +314,19 @@ def test_data_analysis_offsets_are_passed_on(monitoring):
     body["MonitoringScheduleConfig"]["ScheduleConfig"].update(DataAnalysisStartTime="-PT3H", DataAnalysisEndTime="-PT1H")
     monitoring["bias-schedule"].write_text(json.dumps(body))
     assert schedule(monitoring, "--run", "--now", "2024-05-01T13:05Z") == 0
-    assert recorded(monitoring) == [monitor_args(monitoring, "2024-05-01T13:00:00Z", "churn-bias", "bias",
-                                                 "--data-analysis-start-time", "-PT3H",
-                                                 "--data-analysis-end-time", "-PT1H")]
+    [argv] = recorded(monitoring)
+    assert argv == monitor_args(monitoring, "2024-05-01T13:00:00Z", "churn-bias", "bias",
+                                "--data-analysis-start-time=-PT3H", "--data-analysis-end-time=-PT1H")
+    # What `lucent monitor`'s own parser makes of that command line (a separate "-PT3H" is an option to it).
+    from container.cli import build_parser
+
+    args = build_parser().parse_args(["monitor", *argv])
+    assert (args.data_analysis_start_time, args.data_analysis_end_time) == ("-PT3H", "-PT1H")
+    assert args.now == datetime(2024, 5, 1, 13, tzinfo=UTC) and args.schedule_name == "churn-bias"
 
 
 def test_now_runs_once_immediately(monitoring, capsys):
-    expected = ["--data-analysis-start-time", "-PT5H", "--data-analysis-end-time", "-PT1H"]
+    expected = ["--data-analysis-start-time=-PT5H", "--data-analysis-end-time=-PT1H"]
     assert schedule(monitoring, "--run", "--now", "2024-05-01T13:25Z", kind="once") == 0
     assert schedule(monitoring, "--run", "--now", "2024-05-01T13:55Z", kind="once") == 0  # same hour: done
     assert recorded(monitoring) == [monitor_args(monitoring, "2024-05-01T13:00:00Z", "churn-bias-once", "once",
@@ -346,7 +352,7 @@ def test_install_and_catch_up_after_the_machine_was_off(monitoring, monkeypatch,
     lines = crontab_lines()
     assert "# kept by lucent tests" in lines
     ours = [line for line in lines if line.endswith("# lucent-schedule:monitoring/churn-bias")]
-    assert [line.split(" ")[0] for line in ours] == ["0", "@reboot"]
+    assert [line.split(" ")[0] for line in ours] == ["5", "@reboot"]  # 5 minutes after the tick
     monkeypatch.delenv("LUCENT_SCHEDULE_NOW")
     assert schedule(monitoring, "--catch-up", "--now", "2024-05-01T13:20Z") == 0  # off from 10:30 to 13:20
     assert [run[5] for run in recorded(monitoring)] == ["2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z",

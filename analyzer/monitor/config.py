@@ -12,7 +12,13 @@ type, so the missing keys are filled here and the rest of the config is validate
   ``dataset_type`` = the captured requests' content type (what the endpoint's model reads, and so what
   synthetic rows must be sent as), unless the file gives one;
 * bias: ``predicted_label`` names the captured predictions, so no model is called;
-* ``probability_threshold`` = the job definition's ``ProbabilityThresholdAttribute`` when given.
+* ``probability_threshold`` = the job definition's ``ProbabilityThresholdAttribute`` when given;
+* ``features`` = the job definition's ``FeaturesAttribute`` for a JSON ``dataset_type`` when the file has
+  none: the SDK keeps the features' JMESPath in ``EndpointInput`` (spec 3, 4.1), not in the config;
+* explainability: ``predictor.probability`` = ``ProbabilityAttribute``, else ``InferenceAttribute``, when
+  the predictor has neither ``label`` nor ``probability``: the SDK puts ``model_scores`` (the scores to
+  explain) in ``EndpointInput`` (spec 4.1), and Kernel SHAP must read the same scores out of the model's
+  answers (a digit string is a CSV column index, anything else a JMESPath).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ def monitoring_config(doc: Any, kind: str, attributes: EndpointAttributes, *, in
     tree = copy.deepcopy(doc)
     if "dataset_type" not in tree:
         tree["dataset_type"] = media_type(input_content_type) if input_content_type else CSV
+    if "features" not in tree and attributes.features_attribute is not None and tree["dataset_type"] != CSV:
+        tree["features"] = attributes.features_attribute
     methods = tree.setdefault("methods", {})
     if isinstance(methods, dict):
         if kind == BIAS and not {"pre_training_bias", "post_training_bias"} & set(methods):
@@ -56,6 +64,11 @@ def monitoring_config(doc: Any, kind: str, attributes: EndpointAttributes, *, in
             if isinstance(tree.get("headers"), list):
                 tree["headers"] = [*tree["headers"], tree["predicted_label"]]
         methods.setdefault("report", {"name": "report", "title": REPORT_TITLES[kind]})
+    predictor = tree.get("predictor")
+    if kind == EXPLAINABILITY and isinstance(predictor, dict) and not {"label", "probability"} & set(predictor):
+        scores = attributes.probability_attribute or attributes.inference_attribute
+        if scores is not None:
+            predictor["probability"] = int(scores) if scores.isdigit() else scores
     if attributes.probability_threshold_attribute is not None:
         tree["probability_threshold"] = attributes.probability_threshold_attribute
     return parse_config(tree, source=source)

@@ -37,7 +37,8 @@ dataset is. The predicted label is typed as the pipeline types a model's answers
 Bad input. A malformed capture line (not JSON, not the capture shape, an unreadable payload, a response
 with another number of records than its request) is skipped, counted and listed ("file line n: reason",
 at most 10) when malformed lines are at most 1 % of the lines read; above that the merge fails. The same
-holds for ground truth lines. A window without captured records, and a bias window where no record has
+holds for ground truth lines (a JSON label the analysis config's ``label`` finds nothing in, or null, is
+malformed too: no label, never a null one). A window without captured records, and a bias window where no record has
 ground truth, are ``UserError``.
 
 Speed. Capture files are read in chunks of ``chunk_bytes`` on a reader thread, one chunk ahead of the
@@ -618,6 +619,12 @@ def _json_labels(data: pa.Array, keep: np.ndarray, origin: Callable[[int], str],
             keep[i] = False
             malformed.add(origin(i), f"groundTruthData.data {text[:60]!r}: the label "
                                      f"{'' if label is None else repr(label) + ' '}does not locate one value in it")
+            continue
+        if value is None:  # the config's label key is not in it (or the label is null): no label, not a null one
+            keep[i] = False
+            found = f"has no {label!r} (the analysis config's label)" if label is not None and document is not None \
+                else "is null"
+            malformed.add(origin(i), f"groundTruthData.data {text[:60]!r} {found}")
             continue
         values.append(value)
     return values

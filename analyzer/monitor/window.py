@@ -94,6 +94,18 @@ def monitoring_window(now: datetime, start_offset: str | None, end_offset: str |
     return Window(start, end)
 
 
+def check_window_over(window: Window, publish_delay: timedelta, clock: datetime | None = None) -> None:
+    """``UserError`` unless ``window`` is over: its end at or before ``clock`` (default: now) minus
+    ``publish_delay``, the time a capture file may stay unpublished (records of the window's last
+    minute would otherwise be missing without a word)."""
+    now = datetime.now(UTC) if clock is None else _utc(clock)
+    ready = window.end + publish_delay
+    if ready > now:
+        raise UserError(f"the window {window} is not over yet: its capture files may be published until "
+                        f"{_text(ready)} ({int(publish_delay.total_seconds())} s after its end), and it is "
+                        f"{_text(now)}; run it after that")
+
+
 def _shift(when: datetime, offset: timedelta, key: str, text: str) -> datetime:
     try:
         return when + offset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,8 +30,13 @@ EPILOG = """\
 examples:
   lucent monitor --job-definition bias-job.json --capture-uri s3://bucket/data-capture --now 2024-05-01T06:00Z
   lucent monitor --job-definition shap-job.json --capture-uri ./capture --model-dir ./model
+  lucent monitor --job-definition bias-job.json --capture-uri ./capture --data-analysis-start-time=-PT5H \\
+      --data-analysis-end-time=-PT1H
 environment: LUCENT_BOOTSTRAP=1 raises a bias violation only when a metric's whole bootstrap interval is worse
-  than the baseline; LUCENT_PUSHGATEWAY_URL pushes the metrics to a Prometheus Pushgateway.
+  than the baseline; LUCENT_PUSHGATEWAY_URL pushes the metrics to a Prometheus Pushgateway;
+  LUCENT_CLOUDWATCH_DIR is the default --cloudwatch-dir.
+a window is analysed once it is over: its end at least the capture publish delay (the capture writer's roll
+  interval plus a minute) before the clock; an earlier run is refused (exit 1) before any work.
 exit codes: 0 the execution ran (with or without violations), 1 bad input, 2 internal error
 """
 
@@ -51,10 +57,13 @@ def add_monitor_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--schedule-name", metavar="S",
                         help="the monitoring schedule's name, a folder of the output (default: the job "
                              "definition's name)")
+    # argparse reads a separate "-PT5H" as an option: join_offset_values() joins it to its option first.
     parser.add_argument("--data-analysis-start-time", metavar="OFFSET",
-                        help="the schedule's DataAnalysisStartTime (-PT5H): overrides StartTimeOffset")
+                        help="the schedule's DataAnalysisStartTime, overriding StartTimeOffset "
+                             "(--data-analysis-start-time=-PT5H, or -PT5H after a space)")
     parser.add_argument("--data-analysis-end-time", metavar="OFFSET",
-                        help="the schedule's DataAnalysisEndTime (-PT1H): overrides EndTimeOffset")
+                        help="the schedule's DataAnalysisEndTime, overriding EndTimeOffset "
+                             "(--data-analysis-end-time=-PT1H, or -PT1H after a space)")
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model-dir", type=Path, metavar="DIR",
                        help="explainability: serve this model folder with the built-in model server")
@@ -66,7 +75,8 @@ def add_monitor_parser(subparsers) -> argparse.ArgumentParser:
                         help="where to write the exit message (default: DIR/message)")
     parser.add_argument("--cloudwatch-dir", type=Path, metavar="DIR",
                         help="where CloudWatch metric files go when publish_cloudwatch_metrics is Enabled "
-                             "(default: /opt/ml/output/metrics/cloudwatch)")
+                             "(the SDK enables it by default); checked writable before the analysis (default: "
+                             "$LUCENT_CLOUDWATCH_DIR, else /opt/ml/output/metrics/cloudwatch, SageMaker's path)")
     add_log_arguments(parser)
     return parser
 
@@ -87,7 +97,7 @@ def run_monitor_command(args: argparse.Namespace) -> int:
     from analyzer.redact import install_redaction
     from container.job import EXIT_USER_ERROR, configure_logging
     from container.monitor.definition import load_job_definition
-    from container.monitor.run import DEFAULT_CLOUDWATCH_DIR, Execution, run_monitor
+    from container.monitor.run import CLOUDWATCH_DIR_VARIABLE, DEFAULT_CLOUDWATCH_DIR, Execution, run_monitor
 
     configure_logging(level=level_from_args(args))
     install_redaction()
@@ -107,5 +117,23 @@ def run_monitor_command(args: argparse.Namespace) -> int:
         schedule_name=args.schedule_name or definition.name,
         start_offset=args.data_analysis_start_time, end_offset=args.data_analysis_end_time,
         model_dir=args.model_dir, model_url=args.model_url, work_dir=args.processing_root,
-        message_file=args.message_file, cloudwatch_dir=args.cloudwatch_dir or DEFAULT_CLOUDWATCH_DIR)
+        message_file=args.message_file,
+        cloudwatch_dir=args.cloudwatch_dir or Path(os.environ.get(CLOUDWATCH_DIR_VARIABLE) or DEFAULT_CLOUDWATCH_DIR))
     return run_monitor(execution)
+
+
+OFFSET_OPTIONS = ("--data-analysis-start-time", "--data-analysis-end-time")
+
+
+def join_offset_values(argv: list[str]) -> list[str]:
+    """``argv`` with a negative ISO-8601 offset given after a space (``--data-analysis-start-time -PT5H``)
+    joined to its option (``--data-analysis-start-time=-PT5H``): argparse would read "-PT5H" as an option."""
+    joined: list[str] = []
+    values = iter(range(len(argv)))
+    for i in values:
+        if argv[i] in OFFSET_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-P"):
+            joined.append(f"{argv[i]}={argv[i + 1]}")
+            next(values)
+        else:
+            joined.append(argv[i])
+    return joined

@@ -416,7 +416,13 @@ def check_schedule_pair(schedule: MonitoringSchedule, definition: JobDefinition)
     start = schedule.data_analysis_start_time or definition.start_time_offset or DEFAULT_START_OFFSET
     end = schedule.data_analysis_end_time or definition.end_time_offset or DEFAULT_END_OFFSET
     if parse_duration(start, "start") >= parse_duration(end, "end"):
-        problems.append(f"MonitoringScheduleConfig.ScheduleConfig: the window [T{start}, T{end}) is empty (start from "
+        problems.append(f"MonitoringScheduleConfig.ScheduleConfig: the window [T{_signed(start)}, T{_signed(end)}) "
+                        "is empty (start from "
                         "DataAnalysisStartTime or the job definition's StartTimeOffset, end likewise)")
     if problems:
         raise ConfigError(problems)
+
+
+def _signed(offset: str) -> str:
+    """``PT1H`` -> ``+PT1H``, so that ``T+PT1H`` reads as a time (a ``-`` or ``+`` offset is kept)."""
+    return offset if offset[:1] in "+-" else f"+{offset}"

@@ -217,7 +217,10 @@ def run_monitor_demo(root: Path) -> int:
         constraints[kind] = run_baseline(root, f"baseline-{kind}", baseline_job_config(config), data, model_dir)
         print(f"   {kind}: constraints {constraints[kind]}")
 
-    now = execution_time(datetime.now(UTC))
+    from container.monitor.run import capture_publish_delay
+
+    # The latest window `lucent monitor` accepts: in the first minutes of an hour, the one before.
+    now = execution_time(datetime.now(UTC) - capture_publish_delay())
     hours = [now - timedelta(hours=2), now - timedelta(hours=1)]
     capture = root / "capture"
     config_path = root / "endpoint-config.json"

@@ -38,7 +38,7 @@ import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,12 @@ from analyzer import __version__
 from analyzer.config import find_config_file
 from analyzer.config.parser import read_json_file
 from analyzer.environment import environment_set
-from analyzer.errors import DependencyError, UserError
+from analyzer.errors import ConfigError, DependencyError, UserError
 from analyzer.monitor.attributes import BIAS
 from analyzer.monitor.capture import check_name, payload_bytes
 from analyzer.monitor.config import monitoring_config
 from analyzer.monitor.metrics import CLOUDWATCH_FILE, PROMETHEUS_FILE
+from analyzer.monitor.window import Window, check_window_over, execution_time, monitoring_window
 from analyzer.output import STORAGE_ERRNOS, OutputStaging, dumps, write_text_atomic
 from analyzer.pipeline import needs_model, run_analysis, write_outputs
 from analyzer.redact import redact, redact_url
@@ -74,6 +75,8 @@ PUSHGATEWAY_VARIABLE = "LUCENT_PUSHGATEWAY_URL"
 VIOLATIONS_FILE = "constraint_violations.json"
 COMPLETED, WITH_VIOLATIONS, FAILED = "Completed", "CompletedWithViolations", "Failed"
 DEFAULT_CLOUDWATCH_DIR = Path(CLOUDWATCH_FILE)  # a folder: SageMaker's BYOC contract reads every file in it
+CLOUDWATCH_DIR_VARIABLE = "LUCENT_CLOUDWATCH_DIR"  # the folder when --cloudwatch-dir is not given (schedules)
+PUBLISH_MARGIN = timedelta(seconds=60)  # on top of the capture writer's roll interval: clocks, slow uploads
 READ_AHEAD = 32  # capture objects fetched concurrently from S3 (each is small; latency dominates)
 
 
@@ -94,6 +97,18 @@ class Execution:
     cloudwatch_dir: Path = DEFAULT_CLOUDWATCH_DIR
 
     @property
+    def cloudwatch_file(self) -> Path:
+        """This window's CloudWatch metrics file (one per endpoint, schedule and hour: a rerun replaces it)."""
+        return self.cloudwatch_dir / (f"{self.definition.endpoint_name}-{self.schedule_name}-"
+                                      f"{execution_time(self.now):%Y%m%d%H}.json")
+
+    @property
+    def window(self) -> Window:
+        """``[start, end)`` from T and the offsets (the schedule's DataAnalysis* first); ``UserError`` if bad."""
+        return monitoring_window(self.now, self.start_offset or self.definition.start_time_offset,
+                                 self.end_offset or self.definition.end_time_offset)
+
+    @property
     def output(self) -> Location:
         """The window's output folder: ``{output}/{endpoint}/{schedule}/yyyy/mm/dd/hh``. The schedule name
         becomes a folder: it must match SageMaker's name pattern (no ``/``, no ``..``)."""
@@ -102,9 +117,41 @@ class Execution:
         return locate("MonitoringOutputs.S3Output.S3Uri", self.definition.output_uri).child(folder)
 
 
+def capture_publish_delay() -> timedelta:
+    """How long after a record's inference time its capture file may still be unpublished: the capture
+    writer's roll interval (``container.capture``: a file is published once that old) plus a margin."""
+    from container.capture import ROLL_SECONDS
+
+    return timedelta(seconds=ROLL_SECONDS) + PUBLISH_MARGIN
+
+
+def refuse_unfinished_window(execution: Execution) -> str | None:
+    """Why the execution's window cannot be analysed yet (its end is later than the clock minus the capture
+    publish delay: records of its last minute may still be unpublished), or None. A window whose offsets
+    are bad is left to the execution, which reports it in the window's status."""
+    try:
+        window = execution.window
+    except UserError:
+        return None
+    try:
+        check_window_over(window, capture_publish_delay())
+    except UserError as error:
+        return str(error)
+    return None
+
+
 def run_monitor(execution: Execution) -> int:
     """Run one execution and publish its window folder; never raises. Returns the exit code and writes
-    the exit message (``ClientError: ...`` / ``AlgorithmError: ...`` as ``lucent run``)."""
+    the exit message (``ClientError: ...`` / ``AlgorithmError: ...`` as ``lucent run``).
+
+    A window that is not over yet is refused before anything (no temporary folder, no status published):
+    its results would be partial, and a Failed status would mark the window as attempted."""
+    if (problem := refuse_unfinished_window(execution)) is not None:
+        message = f"{FAILED}: ClientError: {problem}"
+        if execution.message_file is not None:
+            return finish(execution.message_file, EXIT_USER_ERROR, message)
+        log.error("exit_message: %s", message)
+        return EXIT_USER_ERROR
     started = time.perf_counter()
     definition = execution.definition
     root = execution.work_dir or Path(tempfile.mkdtemp(prefix="lucent-monitor-"))
@@ -132,6 +179,8 @@ def run_monitor(execution: Execution) -> int:
             published = _publish(runner, root, status, output)
         if not published:
             code, reason = EXIT_USER_ERROR, reason or f"cannot publish to {output}"
+        if code != EXIT_OK and definition.publish_cloudwatch_metrics:
+            _remove_stale_cloudwatch_file(execution)
         log.info("Execution %s in %.2f s", status["ExecutionStatus"], time.perf_counter() - started)
         if code == EXIT_OK:
             found = status.get("Violations", 0)
@@ -142,10 +191,23 @@ def run_monitor(execution: Execution) -> int:
         return finish(execution.message_file or root / "message", code, message)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-        if published and execution.work_dir is None:
+        if execution.work_dir is None:  # a temporary folder is never kept: the log says what went wrong
             shutil.rmtree(root, ignore_errors=True)
         elif not published:
             log.error("Nothing was published; the execution's folder is kept: %s", root)
+
+
+def _remove_stale_cloudwatch_file(execution: Execution) -> None:
+    """A failed (re)run of a window leaves no CloudWatch metrics: an earlier run's file would be read as
+    this window's result."""
+    path = execution.cloudwatch_file
+    try:
+        path.unlink()
+        log.warning("Removed the CloudWatch metrics of an earlier run of this window: %s", path)
+    except (FileNotFoundError, NotADirectoryError):  # none (or no such folder: the failure may be that)
+        pass
+    except OSError as error:
+        log.error("Could not remove the earlier run's CloudWatch metrics %s: %s", path, error.strerror or error)
 
 
 def _execute(execution: Execution, root: Path, runner: Launch, status: dict) -> tuple[int, str, dict]:
@@ -154,6 +216,8 @@ def _execute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
     try:
         output = execution.output
         runner.check_output(output)  # an output that cannot be written fails before any work
+        if execution.definition.publish_cloudwatch_metrics:
+            _check_cloudwatch_dir(execution.cloudwatch_dir)
         return EXIT_OK, "", _compute(execution, root, runner, status)
     except UserError as error:
         reason, code = str(error), EXIT_USER_ERROR
@@ -173,6 +237,17 @@ def _execute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
     return code, redact(reason), {}
 
 
+def _check_cloudwatch_dir(folder: Path) -> None:
+    """The CloudWatch metrics folder must be writable before the analysis starts (as the output folder)."""
+    from analyzer.output import check_output_folder
+
+    try:
+        check_output_folder(folder)
+    except UserError as error:
+        raise UserError(f"--cloudwatch-dir (or ${CLOUDWATCH_DIR_VARIABLE}; publish_cloudwatch_metrics is Enabled): "
+                        f"{error}") from None
+
+
 def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> dict[str, Any]:
     from analyzer.monitor.drift import (
         add_bootstrap_intervals,
@@ -190,17 +265,11 @@ def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
         prometheus_text,
         push_metrics,
     )
-    from analyzer.monitor.window import (
-        execution_time,
-        ground_truth_prefixes,
-        hour_prefixes,
-        monitoring_window,
-    )
+    from analyzer.monitor.window import ground_truth_prefixes, hour_prefixes
 
     definition = execution.definition
     now = execution_time(execution.now)
-    window = monitoring_window(now, execution.start_offset or definition.start_time_offset,
-                               execution.end_offset or definition.end_time_offset)
+    window = execution.window
     window_text = f"[{_iso(window.start)}, {_iso(window.end)})"
     status["Window"] = window_text
     log.info("Window %s; results to %s", window_text, execution.output)
@@ -209,7 +278,10 @@ def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
     capture = Location(execution.capture_uri).child(definition.endpoint_name)
     capture_names = _list_hour_files(runner, capture, hour_prefixes(window), variants=True)
     log.info("Captured data: %d file(s) in the window's hour folders under %s", len(capture_names), capture)
-    config = monitoring_config(doc, definition.kind, definition.attributes, source=str(config_file),
+    if unpublished := _unpublished_capture_files(capture, hour_prefixes(window)):
+        log.warning("%d capture file(s) in the window's hour folders are not published yet (still being written; "
+                    "their records are not analysed): %s", len(unpublished), ", ".join(unpublished[:10]))
+    config = monitoring_config(doc, definition.kind, definition.attributes, source=config_source(definition),
                                input_content_type=_input_content_type(runner, capture_names))
     ground_truth = None
     if definition.kind == BIAS:
@@ -222,6 +294,9 @@ def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
     merged = merge_window(config, _read_files(runner, capture_names), window, definition.attributes, ground_truth)
     dataset = merged.dataset
     log.info("Merged window: %s", ", ".join(f"{k} {v}" for k, v in merged.counts.items() if not isinstance(v, list)))
+    if missing := merged.counts.get("records_without_ground_truth"):
+        log.warning("%d captured record(s) of the window have no ground truth (no label with their inference id "
+                    "under GroundTruthS3Input.S3Uri yet): they are left out of the metrics", missing)
     output_dir = root / "output"
     output_dir.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -260,10 +335,10 @@ def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
         staging.write_text(PROMETHEUS_FILE, prometheus_text(results, **names, violations=violations))
         staging.commit()
     for violation in violations:
-        log.warning("Violation: %s", violation.get("description"))
+        log.warning("Violation: %s", _violation_text(violation))
     if definition.publish_cloudwatch_metrics:
         records = cloudwatch_records(results, **names, timestamp=now)
-        path = execution.cloudwatch_dir / f"{definition.endpoint_name}-{execution.schedule_name}-{now:%Y%m%d%H}.json"
+        path = execution.cloudwatch_file
         write_text_atomic(path, cloudwatch_file_text(records))
         log.info("Wrote %d CloudWatch metric record(s) to %s", len(records), path)
     summary: dict[str, Any] = {"Violations": len(violations), "Records": merged.counts}
@@ -277,6 +352,13 @@ def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
             log.error("Could not push the metrics to %s: %s", redact_url(pushgateway), error)
             summary["MetricsPushError"] = redact(str(error))
     return summary
+
+
+def _violation_text(violation: dict) -> str:
+    """A violation's log line: which metric of which facet value (bias) or label (explainability), then why."""
+    subject = (f"facet {violation['facet']!r} value {violation.get('facet_value')!r}" if "facet" in violation
+               else f"label {violation['label']!r}" if "label" in violation else "")
+    return f"{' '.join(filter(None, (str(violation.get('metric_name')), subject)))}: {violation.get('description')}"
 
 
 def job_environment(variables: dict[str, str]) -> contextlib.AbstractContextManager[None]:
@@ -293,8 +375,17 @@ def _stage_config(execution: Execution, root: Path, runner: Launch) -> tuple[Pat
         log.info("No --model-dir / --model-url: the model comes from the analysis config's predictor")
     shutil.rmtree(root / "input" / "config", ignore_errors=True)  # a reused work folder: this config only
     runner.stage(root, locate("ConfigUri", definition.config_uri), None, None, root)
-    config_file = find_config_file(root / "input" / "config")
-    return config_file, read_json_file(config_file)
+    staged = root / "input" / "config"
+    try:
+        config_file = find_config_file(staged)
+        return config_file, read_json_file(config_file)
+    except ConfigError as error:  # name the user's file, not the staged copy
+        raise ConfigError(str(error).replace(str(staged), config_source(definition))) from None
+
+
+def config_source(definition: JobDefinition) -> str:
+    """How messages name the analysis config: the job definition's ``ConfigUri`` (never the staged copy)."""
+    return f"ConfigUri {redact_url(definition.config_uri)}"
 
 
 def _check_model_given(execution: Execution, config) -> None:
@@ -341,6 +432,15 @@ def _list_hour_files(runner: Launch, location: Location, hours: list[str], *, va
             if hour_dir.is_dir():
                 files.extend(str(p) for p in hour_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     return sorted(files)
+
+
+def _unpublished_capture_files(location: Location, hours: list[str]) -> list[str]:
+    """The capture writer's temporary files (``.<name>.<random>.tmp``, ``analyzer.output.atomic_writer``) in
+    the hour folders of a local capture: records not published yet. An S3 capture keeps them in memory."""
+    if location.is_s3 or not location.path.is_dir():
+        return []
+    return sorted(str(path) for base in sorted(p for p in location.path.iterdir() if p.is_dir())
+                  for hour in hours for path in (base / hour).glob(".*.tmp") if path.is_file())
 
 
 def _read_files(runner: Launch, uris: list[str]) -> Iterator[tuple[str, bytes]]:
@@ -395,7 +495,10 @@ def _input_content_type(runner: Launch, uris: list[str]) -> str | None:
 def _read_constraints(runner: Launch, uri: str | None) -> dict | None:
     if uri is None:
         return None
-    [(_, data)] = list(_read_files(runner, [str(Location(uri).uri)]))
+    try:
+        [(_, data)] = list(_read_files(runner, [str(Location(uri).uri)]))
+    except StorageError as error:
+        raise UserError(f"ConstraintsResource.S3Uri (the baseline analysis.json): {error}") from None
     try:
         document = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:  # RecursionError: nested too deeply
