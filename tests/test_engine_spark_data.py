@@ -262,6 +262,19 @@ def test_file_uri_is_read_by_spark(spark, job, dataset_type):
     assert rows.n_rows == 800 and rows.source == job.data_dir.as_uri()
 
 
+def test_a_headerless_csv_uri_keeps_its_first_row_on_spark(spark, job):
+    """No header row and no `headers`: the local reader's rule, on the lines Spark reads (a first row of
+    numbers is data, the columns are column_0, column_1, ...)."""
+    frame = bias_frame(500, seed=4)[["y", "age", "yhat"]]
+    (job.data_dir / "a.csv").write_text(frame.to_csv(index=False, header=False))
+    config = {"dataset_type": "text/csv", "label": "column_0", "predicted_label": "column_2",
+              "label_values_or_threshold": [1], "facet": [{"name_or_index": "column_1", "value_or_threshold": [40]}],
+              "methods": {"pre_training_bias": {"methods": "all"}}}
+    local, on_spark, rows = local_and_spark(spark, config, job.data_dir, job.data_dir.as_uri())
+    assert on_spark == local
+    assert rows.n_rows == 500
+
+
 def test_the_pipeline_hands_a_uri_to_the_spark_engine(spark, job, monkeypatch):
     monkeypatch.setenv(ENGINE_ENV, "spark")
     monkeypatch.setenv(SPARK_MASTER_ENV, MASTER)  # the module's session (adopted for this master)

@@ -3,7 +3,7 @@
 Header rule (spec 8.6/8.7 leave it open; this is Lucent's decision, docs/data-formats.md). A field is
 *typed* when pandas would read it as a number or a bool, *missing* when it is one of pandas' missing-value
 strings, *text* otherwise. "Text above numbers": a field that is text in a column whose values in the
-next records (up to ``_SAMPLE_RECORDS``, those with as many fields) are all typed or missing, one at least typed.
+next records (up to ``HEADER_SAMPLE_RECORDS``, those with as many fields) are all typed or missing, one at least typed.
 
 * ``headers`` absent: the first record of the first file is (a) the header row when it has text above
   numbers; else (b) data when every field is typed or missing (one at least typed): the columns are then
@@ -75,7 +75,7 @@ _MAX_BLOCK_BYTES = 1 << 30  # a block must hold the longest row: grown up to thi
 _PEEK_BYTES = 1 << 16  # bytes read to find a file's first record (grown if the record is longer)
 _MAX_PEEK_BYTES = 1 << 28
 _HEADERS_MISMATCH = "Headers in config do not match with the number of columns in the dataset."
-_SAMPLE_RECORDS = 100  # records after the first one that the header rule looks at
+HEADER_SAMPLE_RECORDS = 100  # records after the first one that the header rule looks at
 _LISTED_BAD_ROWS = 10  # rows with a wrong number of fields named in the error (the rest are counted)
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class FirstRecord:
     line: int  # 1-based line where the record starts
     end_line: int  # last line of the record (a quoted field can span lines)
     end_offset: int  # bytes from the start of the decompressed file to the end of ``end_line``
-    following: tuple[list[str], ...] = ()  # up to _SAMPLE_RECORDS next records (the header rule's sample)
+    following: tuple[list[str], ...] = ()  # up to HEADER_SAMPLE_RECORDS next records (the header rule's sample)
 
 
 class CsvTable:
@@ -113,12 +113,12 @@ class CsvTable:
             origin = f"`{headers_key}` in the analysis config"
         elif first_file is not None:
             first = self._first[first_file]
-            is_header, why = _first_record_is_header(first, self._sample(first))
+            is_header, why = header_row_decision(first.fields, self._sample(first))
             if is_header:
                 self.headers, header_fields = pandas_header_names(first.fields), first.fields
                 origin = f"the header row of {first_file}"
             else:
-                self.headers = header_fields = [f"column_{i}" for i in range(len(first.fields))]
+                self.headers = header_fields = generated_names(len(first.fields))
                 origin = f"the first row of {first_file} (no header row; columns named column_0, column_1, ...)"
             logger.info("%s line %d is %s: %s (no `%s` in the analysis config; set it if this is wrong)",
                         first_file, first.line, "the header row" if is_header else "data", why, headers_key)
@@ -140,16 +140,16 @@ class CsvTable:
                 )
 
     def _sample(self, first: FirstRecord) -> list[list[str]]:
-        """Up to ``_SAMPLE_RECORDS`` records after ``first``: the rest of its file's peek, then the first
+        """Up to ``HEADER_SAMPLE_RECORDS`` records after ``first``: the rest of its file's peek, then the first
         records of the next files (a repeat of ``first``, a part file's header row, left out)."""
         sample = list(first.following)
         for record in self._first.values():
-            if len(sample) >= _SAMPLE_RECORDS:
+            if len(sample) >= HEADER_SAMPLE_RECORDS:
                 break
             if record is None or record is first:
                 continue
             sample.extend(r for r in [record.fields, *record.following] if not _same_fields(r, first.fields))
-        return sample[:_SAMPLE_RECORDS]
+        return sample[:HEADER_SAMPLE_RECORDS]
 
     def _is_header_row(self, path: Path, record: FirstRecord, header_fields: list[str], origin: str) -> bool:
         """Whether the first record of ``path`` is a header row to skip (the module docstring's rule);
@@ -411,7 +411,7 @@ def read_first_record(path: Path) -> FirstRecord | None:
 
 
 def _parse_first_record(path: Path, lines: list[bytes], at_eof: bool) -> FirstRecord | None | bool:
-    """The first record in ``lines`` (with the next ones, up to ``_SAMPLE_RECORDS``, as its ``following``);
+    """The first record in ``lines`` (with the next ones, up to ``HEADER_SAMPLE_RECORDS``, as its ``following``);
     None if there is none; False (only before the end of the file) if more lines are needed to know."""
     texts = []
     for i, line in enumerate(lines):
@@ -442,7 +442,7 @@ def _following(reader: Iterator[list[str]], n_lines: int, at_eof: bool) -> tuple
     records: list[list[str]] = []
     try:
         for fields in reader:
-            if len(records) >= _SAMPLE_RECORDS:
+            if len(records) >= HEADER_SAMPLE_RECORDS:
                 break
             if not at_eof and reader.line_num >= n_lines:  # type: ignore[attr-defined]
                 break  # the last line read: a quoted field may go on after it
@@ -482,21 +482,27 @@ def _text_in_typed_columns(fields: Sequence[str], sample: Sequence[Sequence[str]
     return found
 
 
-def _first_record_is_header(first: FirstRecord, sample: Sequence[Sequence[str]]) -> tuple[bool, str]:
-    """Whether the first record of a dataset without ``headers`` is its header row, and why.
+def generated_names(n_columns: int) -> list[str]:
+    """Column names for a dataset without a header row and without ``headers``: the contract's ``column_<i>``."""
+    return [f"column_{i}" for i in range(n_columns)]
+
+
+def header_row_decision(fields: Sequence[str], sample: Sequence[Sequence[str]]) -> tuple[bool, str]:
+    """Whether ``fields``, the first record of a dataset without ``headers``, is its header row, and why;
+    ``sample``: the records after it (up to ``HEADER_SAMPLE_RECORDS``).
 
     (a) a field that is text in a column whose sampled values are numbers: a header row; then 0, 1, 2, ...
     (the header row pandas writes for unnamed columns): a header row; (b) else, every field a number (or
     bool, or missing): data; (c) else (text columns only): a header row, as pandas reads it.
     """
-    text = _text_in_typed_columns(first.fields, sample)
+    text = _text_in_typed_columns(fields, sample)
     if text:
         j = text[0]
-        return True, f"{first.fields[j]!r} (column {j}) is text and the next rows there are numbers"
-    if [field.strip() for field in first.fields] == [str(j) for j in range(len(first.fields))]:
+        return True, f"{fields[j]!r} (column {j}) is text and the next rows there are numbers"
+    if [field.strip() for field in fields] == [str(j) for j in range(len(fields))]:
         # pandas writes a frame without column names (DataFrame(array).to_csv()) with this header row
         return True, "it reads 0, 1, 2, ...: pandas' names for unnamed columns"
-    if any(_is_typed(f) for f in first.fields) and not any(_is_text(f) for f in first.fields):
+    if any(_is_typed(f) for f in fields) and not any(_is_text(f) for f in fields):
         return False, "every field of it is a number"
     return True, "it has text fields and no column shows numbers below text to tell a header from data"
 

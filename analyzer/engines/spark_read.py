@@ -27,6 +27,7 @@ import contextlib
 import csv
 import functools
 import json
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,10 +43,19 @@ import pyarrow.compute as pc
 from analyzer import media
 from analyzer.config import AnalysisConfig
 from analyzer.data.accumulate import arrow_to_pandas
-from analyzer.data.csv_format import _NA_STRINGS, infer_csv_values, pandas_header_names
+from analyzer.data.csv_format import (
+    _NA_STRINGS,
+    HEADER_SAMPLE_RECORDS,
+    generated_names,
+    header_row_decision,
+    infer_csv_values,
+    pandas_header_names,
+)
 from analyzer.data.files import list_data_files, no_data_rows, open_stream
 from analyzer.data.json_format import _NO_FEATURES, _ROLE_PREFIX, JsonTable, _compile, _describe, _loads
 from analyzer.errors import DataError, DependencyError, UserError
+
+log = logging.getLogger(__name__)
 
 POSITION = ("__file", "__block", "__id")  # where a row stands: file, split, position (order of first appearance)
 ERROR, KIND = "__error", "__kind"
@@ -138,8 +148,13 @@ def read_layout(spark: Any, config: AnalysisConfig, dataset_path: Path | str) ->
             return Layout(uri, [uri], headers)
         if config.headers is not None:
             return Layout(uri, [uri], [str(h) for h in config.headers])
-        line, where = _first_spark_line(spark, uri)
-        return Layout(uri, [uri], pandas_header_names(next(csv.reader([line]))))
+        lines, where = _first_spark_lines(spark, uri, 1 + HEADER_SAMPLE_RECORDS)
+        first, *sample = csv.reader(lines)
+        # The local reader's header rule, on the first file's first lines (a record spanning lines aside)
+        is_header, why = header_row_decision(first, sample)
+        log.info("%s is %s: %s (no `headers` in the analysis config; set it if this is wrong)", where,
+                 "the header row" if is_header else "data", why)
+        return Layout(uri, [uri], pandas_header_names(first) if is_header else generated_names(len(first)))
 
 
 def _first_local_line(files: list[Path], source: str) -> tuple[str, str]:
@@ -163,15 +178,24 @@ def _first_local_line(files: list[Path], source: str) -> tuple[str, str]:
 
 def _first_spark_line(spark: Any, uri: str) -> tuple[str, str]:
     """The first non-blank line of the first file (in name order) below ``uri``, read by Spark."""
+    lines, where = _first_spark_lines(spark, uri, 1)
+    return lines[0], where
+
+
+def _first_spark_lines(spark: Any, uri: str, n: int) -> tuple[list[str], str]:
+    """The first ``n`` non-blank lines of the first file (in name order) below ``uri`` that has one,
+    read by Spark, and where they start."""
     from pyspark.sql import functions
 
     with reading(uri):
         files = sorted(spark.read.option("recursiveFileLookup", "true").text(uri).inputFiles())
         for name in files:
             rows = (spark.read.text(name).where(functions.length(functions.trim("value")) > 0)
-                    .limit(1).collect())  # one file, its splits in order: its first such line
+                    .limit(n).collect())  # one file, its splits in order: its first such lines
             if rows:
-                return rows[0]["value"].lstrip("\ufeff"), f"{name} (first record)"
+                lines = [row["value"] for row in rows]
+                lines[0] = lines[0].lstrip("\ufeff")
+                return lines, f"{name} (first record)"
     raise DataError(f"The dataset {uri} has no data rows (files read: {', '.join(files[:3]) or 'none'}).")
 
 
