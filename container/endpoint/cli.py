@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     port = default_port() if args.port is None else args.port
     failure = None
     served_to_the_end = False  # stopped by SIGTERM/SIGINT, not by a failure
+    # serve_until_stopped leaves its handlers in place while capture is flushed and the model stopped;
+    # they go once all that is done (main may run in a process that goes on: tests, an embedding program)
+    previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with contextlib.ExitStack() as stack:
             served = stack.enter_context(_model(args))
@@ -151,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # SIGINT before the endpoint served (while the model or the explainer started)
         print("error: interrupted while the endpoint was starting", file=sys.stderr)
         return 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
     if failure is not None:
         print(f"error: {failure}", file=sys.stderr)
         return 2

@@ -273,7 +273,8 @@ def serve_until_stopped(server: EndpointServer, drain_seconds: float = 60.0,
 
     The signal handlers stay installed when this returns: a second SIGTERM (or Ctrl-C) while the caller
     flushes the capture files and stops the model server is logged, not obeyed, so that it cannot end the
-    process half-way (capture lost, a traceback). SIGKILL remains for an endpoint that will not stop."""
+    process half-way (capture lost, a traceback); the caller restores the previous handlers once it is
+    done. SIGKILL remains for an endpoint that will not stop."""
 
     def stop(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
