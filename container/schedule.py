@@ -372,15 +372,15 @@ class MonitoringJob:
         """The ``lucent monitor`` command line of the window of ``tick``."""
         # ``--opt=value``: an offset such as -PT3H starts with '-', and argparse takes a separate "-PT3H" for
         # an option (the run fails with "expected one argument").
-        offsets = []
+        options = []
         if self.schedule.data_analysis_start_time is not None:
-            offsets.append(f"--data-analysis-start-time={self.schedule.data_analysis_start_time}")
+            options.append(f"--data-analysis-start-time={self.schedule.data_analysis_start_time}")
         if self.schedule.data_analysis_end_time is not None:
-            offsets.append(f"--data-analysis-end-time={self.schedule.data_analysis_end_time}")
+            options.append(f"--data-analysis-end-time={self.schedule.data_analysis_end_time}")
         if self.cloudwatch_dir is not None:
-            offsets.append(f"--cloudwatch-dir={self.cloudwatch_dir}")
+            options.append(f"--cloudwatch-dir={self.cloudwatch_dir}")
         return [*monitor_command(), "--job-definition", str(self.definition_file), "--capture-uri", self.capture_uri,
-                "--now", _iso(tick), "--schedule-name", self.name, *offsets, *self._model_arguments()]
+                "--now", _iso(tick), "--schedule-name", self.name, *options, *self._model_arguments()]
 
     def unfinished(self, tick: datetime) -> str | None:
         """Why the window of ``tick`` cannot run yet (``lucent monitor`` would refuse it), or None."""
