@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from analyzer.monitor.capture import capture_key, capture_line, capture_record
 from container.cli import main as lucent
 from container.monitor.demo import (
     ENDPOINT,
@@ -27,7 +25,7 @@ from container.monitor.demo import (
     make_churn_data,
 )
 from container.monitor.run import capture_publish_delay
-from tests.test_monitor_run import HOUR, SCHEDULE, THRESHOLD, Setup, T, churn_score
+from tests.test_monitor_run import HOUR, SCHEDULE, Setup, T, jsonlines_setup
 
 
 @pytest.fixture
@@ -70,34 +68,6 @@ def test_json_ground_truth_without_the_label_key_is_malformed(tmp_path: Path, no
     json_ground_truth(setup, LABEL)
     assert setup.run() == 0
     assert setup.analysis()["pre_training_bias_metrics"] == csv.analysis()["pre_training_bias_metrics"]
-
-
-def jsonlines_setup(root: Path, records, *, config: dict) -> Path:
-    """The NB-BIAS walkthrough: JSON Lines requests {"features": [...]}, answers {"predicted_label", "score"},
-    the job definition's EndpointInput naming the attributes; returns the job definition file."""
-    scores = churn_score(records)
-    lines = [capture_line(capture_record(
-        event_id=str(uuid.uuid4()), inference_time=HOUR + timedelta(seconds=5 * i), inference_id=str(i),
-        input_body=json.dumps({"features": [float(v) for v in row]}).encode(), input_content_type="application/jsonlines",
-        output_body=json.dumps({"predicted_label": int(score > THRESHOLD), "score": float(score)}).encode() + b"\n",
-        output_content_type="application/jsonlines", csv_types=[], json_types=["application/jsonlines"]))
-        for i, (row, score) in enumerate(zip(records[FEATURES].itertuples(index=False), scores, strict=True))]
-    path = root / "capture" / capture_key(ENDPOINT, VARIANT, HOUR, str(uuid.uuid4()))
-    path.parent.mkdir(parents=True)
-    path.write_text("".join(lines), encoding="utf-8")
-    truth = root / "ground-truth" / f"{HOUR:%Y/%m/%d/%H}"
-    truth.mkdir(parents=True)
-    (truth / "labels.jsonl").write_text("".join(
-        json.dumps({"groundTruthData": {"data": json.dumps({"label": int(label)}), "encoding": "JSON"},
-                    "eventMetadata": {"eventId": str(i)}, "eventVersion": "0"}) + "\n"
-        for i, label in enumerate(records[LABEL])), encoding="utf-8")
-    (root / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    definition = job_definition("bias", root, root / "config.json", root / "none.json")
-    del definition["ModelBiasBaselineConfig"]
-    definition["ModelBiasJobInput"]["EndpointInput"].update(
-        FeaturesAttribute="features", InferenceAttribute="predicted_label", ProbabilityAttribute="score")
-    (root / "definition.json").write_text(json.dumps(definition), encoding="utf-8")
-    return root / "definition.json"
 
 
 def monitor(definition: Path, capture: Path, *extra: str, now: datetime = T) -> int:

@@ -364,20 +364,17 @@ def test_malformed_capture_lines_are_listed_under_one_percent_and_fail_the_execu
     assert setup.published() == ["monitoring_execution.json"]
 
 
-def test_json_lines_capture_with_attributes(tmp_path: Path, normal) -> None:
-    """The NB-BIAS setup: JSON Lines requests ``{"features": [...]}``, answers ``{"predicted_label", "score"}``,
-    ground truth ``{"label": 0}``; the same metrics as the CSV capture of the same traffic."""
-    csv = Setup(tmp_path / "csv", normal)
-    assert csv.run() == 0
-
-    root = tmp_path / "json"
-    scores = churn_score(normal)
+def jsonlines_setup(root: Path, records, *, config: dict) -> Path:
+    """The NB-BIAS walkthrough: JSON Lines requests {"features": [...]}, answers {"predicted_label", "score"},
+    the job definition's EndpointInput naming the attributes; returns the job definition file."""
+    scores = churn_score(records)
     lines = [capture_line(capture_record(
         event_id=str(uuid.uuid4()), inference_time=HOUR + timedelta(seconds=5 * i), inference_id=str(i),
-        input_body=json.dumps({"features": [getattr(v, "item", lambda v=v: v)() for v in row]}).encode(), input_content_type="application/jsonlines",
+        input_body=json.dumps({"features": [getattr(v, "item", lambda v=v: v)() for v in row]}).encode(),
+        input_content_type="application/jsonlines",
         output_body=json.dumps({"predicted_label": int(score > THRESHOLD), "score": float(score)}).encode() + b"\n",
         output_content_type="application/jsonlines", csv_types=[], json_types=["application/jsonlines"]))
-        for i, (row, score) in enumerate(zip(normal[FEATURES].itertuples(index=False), scores, strict=True))]
+        for i, (row, score) in enumerate(zip(records[FEATURES].itertuples(index=False), scores, strict=True))]
     path = root / "capture" / capture_key(ENDPOINT, VARIANT, HOUR, str(uuid.uuid4()))
     path.parent.mkdir(parents=True)
     path.write_text("".join(lines), encoding="utf-8")
@@ -386,15 +383,25 @@ def test_json_lines_capture_with_attributes(tmp_path: Path, normal) -> None:
     (truth / "labels.jsonl").write_text("".join(
         json.dumps({"groundTruthData": {"data": json.dumps({"label": int(label)}), "encoding": "JSON"},
                     "eventMetadata": {"eventId": str(i)}, "eventVersion": "0"}) + "\n"
-        for i, label in enumerate(normal[LABEL])), encoding="utf-8")
-    config = root / "config.json"
-    config.write_text(json.dumps({**bias_config(), "headers": [*FEATURES, "label"], "label": "label",
-                                  "features": "features"}), encoding="utf-8")
-    definition = job_definition("bias", root, config, root / "none.json")
+        for i, label in enumerate(records[LABEL])), encoding="utf-8")
+    (root / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    definition = job_definition("bias", root, root / "config.json", root / "none.json")
     del definition["ModelBiasBaselineConfig"]
     definition["ModelBiasJobInput"]["EndpointInput"].update(
         FeaturesAttribute="features", InferenceAttribute="predicted_label", ProbabilityAttribute="score")
     (root / "definition.json").write_text(json.dumps(definition), encoding="utf-8")
+    return root / "definition.json"
+
+
+def test_json_lines_capture_with_attributes(tmp_path: Path, normal) -> None:
+    """The NB-BIAS setup: JSON Lines requests ``{"features": [...]}``, answers ``{"predicted_label", "score"}``,
+    ground truth ``{"label": 0}``; the same metrics as the CSV capture of the same traffic."""
+    csv = Setup(tmp_path / "csv", normal)
+    assert csv.run() == 0
+
+    root = tmp_path / "json"
+    jsonlines_setup(root, normal, config={**bias_config(), "headers": [*FEATURES, "label"], "label": "label",
+                                          "features": "features"})
     assert lucent(["monitor", "--job-definition", str(root / "definition.json"), "--capture-uri",
                    str(root / "capture"), "--now", T.isoformat(), "--schedule-name", SCHEDULE]) == 0
     analysis = json.loads((root / "monitoring" / ENDPOINT / SCHEDULE / f"{T:%Y/%m/%d/%H}" / "analysis.json").read_text())

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from analyzer.bias.metrics import divide
+from analyzer.config.spec import short_repr
 from analyzer.data.column import MISSING, Column
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def _warn(message: str) -> None:
 
 
 def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+    return short_repr(value) if isinstance(value, str) else str(value)  # numbers: 5, not np.int64(5)
 
 
 def _present(column: Column) -> str:

@@ -63,6 +63,13 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages quoting what a file or a model gave
+    (a field, a value, an output) that may be any size."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def child(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 

@@ -64,6 +64,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from pandas._libs.parsers import STR_NA_VALUES
 
+from analyzer.config.spec import short_repr
 from analyzer.data.accumulate import ColumnAccumulator
 from analyzer.data.files import is_gzip, no_data_rows, open_stream, read_error
 from analyzer.data.table import TableData
@@ -158,7 +159,7 @@ class CsvTable:
             return True
         pairs = list(zip(record.fields, header_fields, strict=False))
         differing = [(j, field, name) for j, (field, name) in enumerate(pairs) if field.strip() != name.strip()]
-        shown = "; ".join(f"column {j}: {field!r} for {name!r}" for j, field, name in differing[:5])
+        shown = "; ".join(f"column {j}: {short_repr(field)} for {short_repr(name)}" for j, field, name in differing[:5])
         if len(differing) > 5:
             shown += f"; and {len(differing) - 5} more"
         if len(record.fields) == len(header_fields) and all(
@@ -170,7 +171,7 @@ class CsvTable:
         if len(record.fields) == len(self.headers) and text:
             j = text[0]
             raise DataError(
-                f"line {record.line} of {path} looks like a header row ({record.fields[j]!r} in column {j} is "
+                f"line {record.line} of {path} looks like a header row ({short_repr(record.fields[j])} in column {j} is "
                 f"text, the rows below it there are numbers), but {origin} says {self.headers}: {shown}. "
                 "Make the header row and the headers name the same columns, or remove one of them."
             )
@@ -498,7 +499,7 @@ def header_row_decision(fields: Sequence[str], sample: Sequence[Sequence[str]]) 
     text = _text_in_typed_columns(fields, sample)
     if text:
         j = text[0]
-        return True, f"{fields[j]!r} (column {j}) is text and the next rows there are numbers"
+        return True, f"{short_repr(fields[j])} (column {j}) is text and the next rows there are numbers"
     if [field.strip() for field in fields] == [str(j) for j in range(len(fields))]:
         # pandas writes a frame without column names (DataFrame(array).to_csv()) with this header row
         return True, "it reads 0, 1, 2, ...: pandas' names for unnamed columns"

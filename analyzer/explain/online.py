@@ -23,6 +23,8 @@ import jmespath
 import jmespath.exceptions
 import numpy as np
 
+from analyzer.config.spec import short_repr
+
 from .design import make_design
 from .kernel_shap import GROUP_ROWS, Explanation, KernelShapFit, as_matrix, fit_kernel_shap
 from .text_shap import TextExplanation, TextKernelShap
@@ -298,14 +300,11 @@ def enable_explanations(expression: str, parsed_outputs: list) -> list[bool]:
             result = compiled.search(output)
         except jmespath.exceptions.JMESPathError as error:
             raise ValueError(f"EnableExplanations {expression!r} failed on record {i}'s model output "
-                             f"{_short(output)}: {str(error).strip()}") from None
+                             f"{short_repr(output, 120)}: {str(error).strip()}") from None
         if not isinstance(result, bool):
             raise ValueError(f"EnableExplanations {expression!r} must evaluate to true or false, but gave "
-                             f"{_short(result)} for record {i}'s model output {_short(output)}")
+                             f"{short_repr(result, 120)} for record {i}'s model output {short_repr(output, 120)}")
         out.append(result)
     return out
 
 
-def _short(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
