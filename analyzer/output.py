@@ -131,13 +131,14 @@ class OutputStaging:
         names = [p.relative_to(self.staging_dir).as_posix() for p in staged_files]
         previous = read_manifest(self.output_dir)
         names_after = names if replace_previous else sorted(set(previous) | set(names))
-        # The manifest first lists both sets, so that a job killed halfway leaves nothing untracked.
-        _write_manifest(self.output_dir, sorted(set(previous) | set(names)))
         # A previous file where this job publishes a folder, or files in a folder where it publishes a file
         # (explanations_shap/out.csv as one file or as part files): removed first, or the rename fails.
         files, folders = set(names), {str(parent) for name in names for parent in PurePosixPath(name).parents}
         in_the_way = [name for name in sorted(set(previous) - files)
                       if name in folders or any(str(parent) in files for parent in PurePosixPath(name).parents)]
+        self._check_writable([*names, *(set(previous) - set(names_after)), *in_the_way])
+        # The manifest first lists both sets, so that a job killed halfway leaves nothing untracked.
+        _write_manifest(self.output_dir, sorted(set(previous) | set(names)))
         for name in in_the_way:
             _remove_published(self.output_dir, name)
         published = []
@@ -155,6 +156,23 @@ class OutputStaging:
         self._committed = True
         self.discard()
         return published
+
+    def _check_writable(self, names: list[str]) -> None:
+        """Raise ``UserError`` before the first rename when a folder that a rename or a removal of ``names``
+        touches is not writable (an earlier run's folders owned by another user): otherwise the commit
+        would fail half-way, this run's first files published beside the earlier run's others."""
+        folders = set()
+        for name in names:
+            folder = (self.output_dir / name).parent
+            while not folder.exists() and folder != self.output_dir:  # made by the commit: its parent is written
+                folder = folder.parent
+            folders.add(folder)
+        blocked = sorted(str(folder) for folder in folders if not os.access(folder, os.W_OK | os.X_OK))
+        if blocked:
+            more = f" and {len(blocked) - 3} more" if len(blocked) > 3 else ""
+            raise UserError(f"The outputs cannot be published: {', '.join(blocked[:3])}{more} cannot be written "
+                            f"by this job (user id {os.getuid()}): an earlier run's folders, made by another user? "
+                            "Make them writable for this user or remove them. Nothing was published.")
 
     def keep_only(self, staged: list[Path]) -> None:
         """Remove every staged file but ``staged`` (paths in the staging folder): what another process

@@ -13,7 +13,7 @@ import pytest
 from analyzer.errors import UserError
 from analyzer.output import STAGING_PREFIX, OutputStaging, check_output_folder, write_bytes_atomic
 from tests.conftest import JobRoot
-from tests.test_inputs_hostile import bias_job, fill, mounted_tmpfs, run_fails
+from tests.test_inputs_hostile import bias_job, fill, mounted_tmpfs, read_only, run_fails
 
 
 def use_every_inode(folder: Path, leave: int) -> list[Path]:
@@ -98,3 +98,22 @@ def test_final_path_maps_only_staged_files(tmp_path):
         assert staging.final_path(str(staged / "analysis.json")) == str(tmp_path / "out" / "analysis.json")
         assert staging.final_path("/etc/passwd") == "/etc/passwd"
         assert staging.final_path(None) is None
+
+
+def test_a_folder_the_job_cannot_write_publishes_nothing(tmp_path):
+    """An earlier run's folder this job cannot write (another user's; here a read-only mount, which binds
+    root too): the commit used to publish analysis.json, then fail on the folder, half the run beside the
+    earlier one's other files. Now nothing is renamed and the error names the folder."""
+    output = tmp_path / "output"
+    with OutputStaging(output) as staging:
+        staging.write_text("analysis.json", "earlier")
+        staging.write_text("explanations_shap/out.csv", "earlier")
+        staging.commit()
+    with read_only(output / "explanations_shap"):
+        with OutputStaging(output) as staging:
+            staging.write_text("analysis.json", "this run")
+            staging.write_text("explanations_shap/out.csv", "this run")
+            with pytest.raises(UserError, match=r"explanations_shap cannot be written .*Nothing was published"):
+                staging.commit()
+        assert (output / "analysis.json").read_text() == "earlier"
+        assert not any(p.name.startswith(STAGING_PREFIX) for p in output.iterdir())
