@@ -57,7 +57,7 @@ from analyzer.predict.client import MAX_PAYLOAD_BYTES
 from analyzer.predict.inprocess import ModelLoader
 from analyzer.redact import redact
 from analyzer.report import ReportError, check_report_engines
-from analyzer.report.process import ReportProcess, start_report_process
+from analyzer.report.process import ReportProcess, check_temporary_folder, start_report_process
 from container.checkpoint_store import open_checkpoint_store
 from container.model_endpoint import ServedModel, model_endpoint
 from container.model_identity import model_identity
@@ -362,6 +362,8 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
         with contextlib.ExitStack() as report_scope, contextlib.ExitStack() as model_scope:
             # The report's process starts now: it checks the PDF engine and loads the renderers while the
             # job reads and computes (WeasyPrint and matplotlib are never imported by this process).
+            if writes_report(config):
+                check_temporary_folder()  # the report's renderers need one: say so now, not after the work
             reports = report_scope.enter_context(start_report_process()) if writes_report(config) else None
             # Staging first: an output folder that cannot be written fails the job before any work is done.
             with OutputStaging(paths.output_dir) as staging:

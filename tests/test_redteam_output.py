@@ -117,3 +117,24 @@ def test_a_folder_the_job_cannot_write_publishes_nothing(tmp_path):
                 staging.commit()
         assert (output / "analysis.json").read_text() == "earlier"
         assert not any(p.name.startswith(STAGING_PREFIX) for p in output.iterdir())
+
+
+def test_no_writable_temporary_folder_is_named_before_the_work(tmp_path, monkeypatch):
+    """docker run --read-only without a tmpfs at /tmp: the report's process died at its start with a bare
+    traceback, and the job said so only after all its work. Python's own search (TMPDIR, /tmp, ...) is
+    pointed at one read-only folder here: the job refuses at once, naming what to do."""
+    import tempfile
+
+    from analyzer.report.process import check_temporary_folder
+
+    check_temporary_folder()  # this machine has one
+    with read_only(tmp_path / "tmp"):
+        monkeypatch.setattr(tempfile, "_candidate_tempdir_list", lambda: [str(tmp_path / "tmp")])
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        with pytest.raises(UserError, match=r"No temporary folder can be written .*--tmpfs /tmp"):
+            check_temporary_folder()
+        job = bias_job(JobRoot(tmp_path / "job"), methods={"pre_training_bias": {"methods": ["CI"]},
+                                                           "report": {"name": "report"}})
+        assert job.run() == 1
+        assert job.message.startswith("ClientError: No temporary folder can be written"), job.message
+        assert job.output_files() == []

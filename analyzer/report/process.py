@@ -26,10 +26,12 @@ import logging
 import multiprocessing
 import os
 import signal
+import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from analyzer.errors import UserError
 from analyzer.report import ReportError
 from analyzer.report.summary import JobSummary
 
@@ -109,6 +111,22 @@ class ReportProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def check_temporary_folder() -> None:
+    """Raise ``UserError`` when no temporary folder can be written (``TMPDIR``, /tmp, /var/tmp, the current
+    folder: Python's own search): the report's renderers (matplotlib, WeasyPrint) need one, and without
+    it the report process dies at its start with a bare traceback, found only once the work is done."""
+    previous, tempfile.tempdir = tempfile.tempdir, None  # search again: the cached answer may be stale
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError:
+        raise UserError("No temporary folder can be written (TMPDIR, /tmp, /var/tmp and the current folder were "
+                        "tried): the report needs one. Mount one (docker run --tmpfs /tmp, or a volume) or set "
+                        "TMPDIR to a writable folder.") from None
+    finally:
+        if tempfile.tempdir is None:
+            tempfile.tempdir = previous
 
 
 def start_report_process() -> ReportProcess:
