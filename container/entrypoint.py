@@ -1,7 +1,12 @@
-"""The image's entrypoint: ``lucent run`` (a processing job), or the roles Spark on Kubernetes gives a pod.
+"""The image's entrypoint: ``lucent run`` (a processing job), a model server, or the roles Spark on
+Kubernetes gives a pod.
 
 The image is a SageMaker processing container first: ``docker run IMAGE [ARGS]`` is ``lucent run [ARGS]``,
-as before. Built with the Spark extra (``make image-spark``) it is also usable as
+as before. It is also a SageMaker *model* container: SageMaker hosting starts one with the single argument
+``serve``, which is ``lucent serve-model`` (the model in ``/opt/ml/model``, on ``$SAGEMAKER_BIND_TO_PORT`` or
+8080; the image sets ``LUCENT_HOST=0.0.0.0``), so a model image built ``FROM`` this one is served as is. A
+first argument that names a ``lucent`` subcommand (``serve-model``, ``endpoint``, ``validate``, ...) runs
+that subcommand. Built with the Spark extra (``make image-spark``) it is also usable as
 ``spark.kubernetes.container.image``: Spark starts its driver and executor pods from that image with the
 first argument ``driver`` or ``executor`` and the rest in environment variables, and expects the image's
 entrypoint to start them as Spark's own images do (Spark's ``entrypoint.sh``):
@@ -21,6 +26,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+# `lucent` subcommands a first argument passes through to (tests/test_entrypoint_roles.py checks this list
+# against container.cli's parser); any other arguments are `lucent run`'s.
+LUCENT_COMMANDS = ("run", "validate", "serve-model", "endpoint", "launch", "monitor", "schedule")
+SERVE = "serve"  # what SageMaker hosting passes to a model container
 EXECUTOR_CLASS = "org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend"
 # (argument, variable) pairs Spark's driver sets on an executor pod; all are required.
 EXECUTOR_ARGUMENTS = (("--driver-url", "SPARK_DRIVER_URL"), ("--executor-id", "SPARK_EXECUTOR_ID"),
@@ -61,8 +70,20 @@ def driver_command(args: Sequence[str], env: Mapping[str, str]) -> tuple[list[st
     return [*command, "--deploy-mode", "client", *args], {**env, "SPARK_HOME": str(home)}
 
 
+def lucent_arguments(args: Sequence[str]) -> list[str]:
+    """The ``lucent`` command line for the image's arguments: ``serve [OPTIONS]`` is ``serve-model
+    [OPTIONS]``, a ``lucent`` subcommand is itself, anything else (none included) is ``run ARGS``."""
+    args = list(args)
+    if args[:1] == [SERVE]:
+        return ["serve-model", *args[1:]]
+    if args and args[0] in LUCENT_COMMANDS:
+        return args
+    return ["run", *args]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``lucent run ARGS``, or a Spark pod's role (module docstring)."""
+    """``lucent run ARGS``, ``serve`` (the model server), a ``lucent`` subcommand, or a Spark pod's role
+    (module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)
     role = args[0] if args else None
     if role in ("driver", "executor"):
@@ -71,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.execvpe(command[0], command, env)  # the pod is the JVM from here on
     from container.cli import main as lucent
 
-    return lucent(["run", *args], program=argv is None)
+    return lucent(lucent_arguments(args), program=argv is None)
 
 
 if __name__ == "__main__":

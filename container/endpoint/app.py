@@ -38,6 +38,7 @@ from analyzer.errors import UserError
 from analyzer.explain.kernel_shap import GROUP_ROWS
 from analyzer.media import JSON
 from analyzer.predict import ModelTransportError
+from analyzer.redact import redact
 from container.endpoint.auth import AuthenticationError, SigV4Verifier
 from container.endpoint.config import ENDPOINT_NAME_PATTERN, ExplainerSettings
 from container.endpoint.scoring import (
@@ -109,7 +110,9 @@ class ApiError(Exception):
 
 
 def model_error(status: int, message: str) -> ApiError:
-    """SageMaker's ModelError for a container that answered ``status`` (0: no answer) with ``message``."""
+    """SageMaker's ModelError for a container that answered ``status`` (0: no answer) with ``message``
+    (redacted: a model's exception text may quote a connection string or a key)."""
+    message = redact(message)
     kind = "an unusable answer" if 200 <= status < 300 else "client error" if 400 <= status < 500 else "server error"
     return ApiError(424, "ModelError", f'Received {kind} ({status}) from {CONTAINER_NAME} with message '
                     f'"{message}". See the endpoint\'s log for more information.',

@@ -121,8 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    host = args.host or default_host()
-    port = default_port() if args.port is None else args.port
+    try:
+        host = args.host or default_host()
+        port = default_port() if args.port is None else args.port
+    except UserError as error:  # SAGEMAKER_BIND_TO_PORT that is not a port
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     failure = None
     served_to_the_end = False  # stopped by SIGTERM/SIGINT, not by a failure
     # serve_until_stopped leaves its handlers in place while capture is flushed and the model stopped;

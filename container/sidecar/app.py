@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from analyzer.media import IMAGE_COALITIONS
+from analyzer.redact import redact
 from container.sidecar import codecs
 from container.sidecar.limits import SAGEMAKER_MAX_BODY_BYTES, announced_size, body_too_large_message
 from container.sidecar.model import (
@@ -102,13 +103,13 @@ class SidecarApp:
             return _respond(start_response, 413, (message + "\n").encode("utf-8"))
         if path == "/ping":
             if method not in ("GET", "HEAD"):
-                return _respond(start_response, 405, b"use GET /ping\n")
+                return _respond(start_response, 405, b"use GET /ping\n", headers=(("Allow", "GET, HEAD"),))
             if self.handlers is None:
                 return _respond(start_response, 503, (self.load_error or "model not loaded").encode("utf-8"))
             return _respond(start_response, 200, b"")
         if path == "/invocations":
             if method != "POST":
-                return _respond(start_response, 405, b"use POST /invocations\n")
+                return _respond(start_response, 405, b"use POST /invocations\n", headers=(("Allow", "POST"),))
             return self._invoke(environ, start_response)
         if path == INFO_PATH and method == "GET":
             return _respond(start_response, 200, json.dumps(self.info()).encode(), codecs.JSON)
@@ -143,11 +144,12 @@ class SidecarApp:
             return _respond(start_response, refusal.status, (str(refusal) + "\n").encode("utf-8"))
         # SageMaker's containers assume JSON when Content-Type is missing; so do we.
         content_type = environ.get("CONTENT_TYPE") or codecs.JSON
-        accept = environ.get("HTTP_ACCEPT") or ""
-        if not accept or accept.strip() == "*/*":
-            accept = default_accept()
-        elif self.handlers.output_fn is None and self.handlers.transform_fn is None:
-            accept = _pick_supported(accept)
+        accept = negotiate_accept(environ.get("HTTP_ACCEPT") or "",
+                                  own_output=self.handlers.output_fn is not None or self.handlers.transform_fn is not None)
+        if accept is None:
+            message = (f"unsupported Accept {_excerpt(environ.get('HTTP_ACCEPT') or '')}: the default output_fn "
+                       f"produces {', '.join(codecs.SUPPORTED_TYPES)} (a q=0 range means not acceptable)")
+            return _respond(start_response, 406, message.encode("utf-8"))
         headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items()
                    if key.startswith("HTTP_")}
         context = InvocationContext(custom_attributes=headers.get(CUSTOM_ATTRIBUTES_HEADER.lower()),
@@ -176,13 +178,63 @@ class SidecarApp:
         return self.handlers.invoke_decoded(pictures, accept, context)
 
 
-def _pick_supported(accept: str) -> str:
-    """First type of a multi-valued Accept that the default encoder produces (else the first)."""
-    offered = [part for part in accept.split(",") if part.strip()]
-    for part in offered:
-        if codecs.media_type(part) in codecs.SUPPORTED_TYPES:
-            return part.strip()
-    return offered[0].strip() if offered else default_accept()
+def accept_ranges(accept: str) -> list[tuple[str, float]]:
+    """The media ranges of an Accept header with their q-values (RFC 9110 12.5.1), most preferred first
+    (a stable sort: ties keep the client's order); ranges with q=0 (not acceptable) are left out. A bare
+    ``*`` (Java's default Accept) is ``*/*``; a malformed q counts as 1, as most servers read it."""
+    ranges = []
+    for part in accept.split(","):
+        media, *params = part.split(";")
+        media = media.strip().lower()
+        if not media:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value.strip()), 0.0), 1.0)
+                except ValueError:
+                    q = 1.0
+        if q > 0:
+            ranges.append(("*/*" if media == "*" else codecs.media_type(media), q))
+    ranges.sort(key=lambda item: -item[1])
+    return ranges
+
+
+def negotiate_accept(accept: str, own_output: bool = False) -> str | None:
+    """The media type to answer with for this Accept header, or None when the default output_fn can
+    write none of the types it accepts (406).
+
+    A missing Accept, or a most preferred range of ``*/*`` / ``*``, is :func:`default_accept`;
+    ``type/*`` is the default when it matches, else the first supported type of that kind. A model with
+    its own ``output_fn`` / ``transform_fn`` gets the header itself (it may serve other types), except
+    where a wildcard is the client's first choice: then it gets the default, as without an Accept.
+    """
+    if not accept.strip():
+        return default_accept()
+    ranges = accept_ranges(accept)
+    if own_output:
+        first = ranges[0][0] if ranges else ""
+        return default_accept() if first in ("*/*", "") else accept
+    default = default_accept()
+    for media, _ in ranges:
+        if media == "*/*":
+            return default
+        if media.endswith("/*"):
+            kind = media[:-1]
+            for candidate in (codecs.media_type(default), *codecs.SUPPORTED_TYPES):
+                if candidate.startswith(kind) and candidate in codecs.SUPPORTED_TYPES:
+                    return candidate
+        elif media in codecs.SUPPORTED_TYPES:
+            return media
+    return None
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    """A short, escaped excerpt of a client's header for an error message (``repr``: no control
+    characters or markup reach the client's terminal verbatim)."""
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def read_body(environ: dict[str, Any], max_bytes: int) -> bytes | bytearray:
@@ -215,7 +267,11 @@ def read_body(environ: dict[str, Any], max_bytes: int) -> bytes | bytearray:
 
 
 def _respond(start_response: StartResponse, status: int, body: bytes,
-             content_type: str = "text/plain; charset=utf-8") -> list[bytes]:
+             content_type: str = "text/plain; charset=utf-8", headers: tuple[tuple[str, str], ...] = ()) -> list[bytes]:
+    """One response; an error's text is redacted (analyzer.redact): a model's exception may quote a
+    connection string or a key, and the log is not the only place it would reach."""
+    if status >= 400:
+        body = redact(body.decode("utf-8", errors="replace")).encode("utf-8")
     start_response(f"{status} {HTTPStatus(status).phrase}",
-                   [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+                   [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers])
     return [body]

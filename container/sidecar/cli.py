@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from analyzer.errors import UserError
 from container.sidecar.errors import ModelServerError
 from container.sidecar.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -28,7 +29,11 @@ from container.sidecar.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     HOST_VARIABLE,
+    MAX_PORT,
+    cpu_count,
     default_host,
+    default_port,
+    default_timeout,
     default_workers,
     serve,
 )
@@ -57,7 +62,7 @@ def build_parser(prog: str = "lucent serve-model") -> argparse.ArgumentParser:
                                        f"this machine only; the Lucent image sets {HOST_VARIABLE}=0.0.0.0)")
     parser.add_argument("--workers", type=int, metavar="N",
                         help=f"worker processes (default: $SAGEMAKER_MODEL_SERVER_WORKERS, else one per core: "
-                             f"{default_workers()} here)")
+                             f"{cpu_count()} here)")
     parser.add_argument("--timeout", type=int, metavar="SECONDS",
                         help="seconds one request may take before its worker is restarted "
                              "(default: $SAGEMAKER_MODEL_SERVER_TIMEOUT, else 300)")
@@ -93,14 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         limits = _limits(args)
-    except ValueError as exc:
+        # The settings read from the environment, checked before anything starts (a bad one is an
+        # error line naming the variable, not a traceback from inside the server).
+        port = default_port() if args.port is None else args.port
+        workers = default_workers() if args.workers is None else args.workers
+        timeout = default_timeout() if args.timeout is None else args.timeout
+    except (ValueError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     try:
-        return serve(args.model_dir, host=args.host or default_host(), port=args.port, workers=args.workers,
-                     timeout=args.timeout, limits=limits, listen_fd=args.listen_fd, parent_pid=args.parent_pid,
+        return serve(args.model_dir, host=args.host or default_host(), port=port, workers=workers,
+                     timeout=timeout, limits=limits, listen_fd=args.listen_fd, parent_pid=args.parent_pid,
                      ready_fd=args.ready_fd)
     except ModelServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -114,6 +124,10 @@ def _limits(args: argparse.Namespace) -> RequestLimits:
                           ("--send-timeout", args.send_timeout)):
         if not 0 < value < 1e6:
             raise ValueError(f"{option} must be more than 0 seconds, got {value:g}")
+    if args.port is not None and not 0 <= args.port <= MAX_PORT:
+        raise ValueError(f"--port must be from 0 to {MAX_PORT} (0: any free port), got {args.port}")
+    if args.timeout is not None and args.timeout < 1:
+        raise ValueError(f"--timeout must be at least 1 second, got {args.timeout}")
     if args.max_connections < 1:
         raise ValueError(f"--max-connections must be at least 1, got {args.max_connections}")
     return RequestLimits(max_body, args.header_timeout, args.body_timeout, args.max_connections, args.send_timeout)

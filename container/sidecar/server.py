@@ -40,6 +40,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from analyzer.errors import UserError
 from container.sidecar.errors import ModelLoadError, ModelServerError, PortInUseError
 from container.sidecar.limits import MIB, RequestLimits
 from container.sidecar.model import remove_abandoned_dirs
@@ -55,6 +56,7 @@ HOST_VARIABLE = "LUCENT_HOST"
 STARTED_SERVER_MAX_BODY_BYTES = 16 * MIB
 LOG_DIR_PREFIX = "lucent-model-server-"  # + the pid of the process that started the server + "-" + random
 DEFAULT_TIMEOUT_S = 300  # per request; SageMaker allows 60 s, local batches can be larger
+MAX_PORT = 65535
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -67,8 +69,22 @@ def cpu_count() -> int:
 
 
 def default_port() -> int:
-    """``SAGEMAKER_BIND_TO_PORT`` when set (inference pipelines), else 8080, as in SageMaker."""
-    return int(os.environ.get("SAGEMAKER_BIND_TO_PORT") or DEFAULT_PORT)
+    """``SAGEMAKER_BIND_TO_PORT`` when set (inference pipelines), else 8080, as in SageMaker; a value that
+    is no port number is a ``UserError`` naming the variable."""
+    from analyzer.environment import positive_number
+
+    port = int(positive_number("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT, int))
+    if port > MAX_PORT:
+        raise UserError(f"SAGEMAKER_BIND_TO_PORT={port}: must be a port number from 1 to {MAX_PORT}")
+    return port
+
+
+def default_timeout() -> int:
+    """``SAGEMAKER_MODEL_SERVER_TIMEOUT`` (whole seconds) when set, else 300; ``UserError`` when not a
+    positive whole number."""
+    from analyzer.environment import positive_number
+
+    return int(positive_number("SAGEMAKER_MODEL_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S, int, "seconds"))
 
 
 def default_host() -> str:
@@ -77,8 +93,11 @@ def default_host() -> str:
 
 
 def default_workers() -> int:
-    """``SAGEMAKER_MODEL_SERVER_WORKERS`` when set, else one worker per core."""
-    return int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or cpu_count())
+    """``SAGEMAKER_MODEL_SERVER_WORKERS`` when set, else one worker per core (``UserError`` when not a
+    positive whole number)."""
+    from analyzer.environment import positive_number
+
+    return int(positive_number("SAGEMAKER_MODEL_SERVER_WORKERS", cpu_count(), int))
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -121,7 +140,7 @@ def serve(model_dir: Path, *, host: str | None = None, port: int | None = None, 
     for variable in _THREAD_VARIABLES:  # read by the workers' OpenMP/BLAS runtimes when they load
         os.environ.setdefault(variable, str(threads))
     if timeout is None:
-        timeout = int(os.environ.get("SAGEMAKER_MODEL_SERVER_TIMEOUT") or DEFAULT_TIMEOUT_S)
+        timeout = default_timeout()
 
     # A tarball is extracted once here, not once per worker; failures are served through /ping.
     serve_dir, load_error, extracted = None, None, None
@@ -207,7 +226,30 @@ def _run_gunicorn(options: dict, model_dir: Path | None, load_error: str | None,
                 _report_ready(ready_fd)
             return app
 
+    logging.getLogger("gunicorn.error").addFilter(_TimeoutWording(options["timeout"]))
     GunicornServer().run()
+
+
+class _TimeoutWording(logging.Filter):
+    """gunicorn's arbiter logs a worker it killed with SIGKILL as "Perhaps out of memory?"; when that
+    worker is one it had found running a request past ``--timeout`` (and SIGABRT did not stop it: the
+    model was stuck in native code), the line says so instead."""
+
+    def __init__(self, timeout: int):
+        super().__init__()
+        self.timeout = timeout
+        self._timed_out: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("WORKER TIMEOUT (pid:"):
+            self._timed_out.add(message.partition("(pid:")[2].partition(")")[0])
+            record.msg, record.args = f"{message}: a request ran longer than --timeout {self.timeout} s", None
+        elif "Perhaps out of memory?" in message and message.partition("(pid:")[2].partition(")")[0] in self._timed_out:
+            record.msg = message.replace("Perhaps out of memory?", f"It ran a request longer than --timeout "
+                                         f"{self.timeout} s and did not stop on SIGABRT (stuck in native code?)")
+            record.args = None
+        return True
 
 
 def _report_ready(ready_fd: int) -> None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import html
 import logging
 import os
 import re
@@ -63,6 +64,7 @@ from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.workers.sync import SyncWorker
 
+from analyzer.redact import redact
 from container.sidecar.app import ReceivedBody
 from container.sidecar.limits import RequestLimits, announced_size, body_too_large_message
 
@@ -223,6 +225,9 @@ def _framing(head: bytes, cap: int) -> tuple[int, bool, bool]:
                                 "this server decodes plain chunked only")
         return 0, True, expect_continue
     if not lengths:
+        if lines[0].startswith(b"POST ") and lines[0].endswith(b"HTTP/1.0"):
+            # HTTP/1.0 has no chunked coding: without Content-Length the body would run to the connection's end
+            raise _Refusal(411, "an HTTP/1.0 POST needs a Content-Length header")
         return 0, False, False
     if len(lengths) > 1:
         raise _Refusal(400, "a request may have only one Content-Length")
@@ -242,9 +247,36 @@ def _drop_expect(head: bytes) -> bytes:
 
 
 def _simple_response(status: int, message: str) -> bytes:
-    body = (message.rstrip("\n") + "\n").encode("utf-8", errors="replace")
+    """A plain-text response that closes the connection; the message is redacted as the app's errors are."""
+    body = (redact(message).rstrip("\n") + "\n").encode("utf-8", errors="replace")
     return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("ascii") + body
+
+
+class _ErrorPage:
+    """Stands in for the client while gunicorn's ``handle_error`` writes its HTML error page, so that the
+    worker can answer the same status and reason as plain text instead (see ``BufferingWorker.handle_error``)."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def gettimeout(self) -> float:
+        return 0.0  # util.write_nonblock leaves a non-blocking socket as it is
+
+    def sendall(self, data: bytes, *flags: int) -> None:
+        self.data += bytes(data)
+
+    def plain(self) -> tuple[int, str]:
+        """(status, message) of the page written: the reason, and gunicorn's text when it gave one."""
+        head, _, page = self.data.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+        status = int(status_line[1]) if len(status_line) > 1 and status_line[1].isdigit() else 500
+        reason = status_line[2] if len(status_line) > 2 else HTTPStatus(status).phrase
+        text = page.decode("latin-1").partition("</h1>")[2].partition("</body>")[0].strip()
+        detail = html.unescape(text)
+        if status >= 500 and not detail:
+            return status, "internal server error: the request failed in the server (see its log)"
+        return status, f"{reason.lower()}: {detail}" if detail else reason.lower()
 
 
 class _ReceivedSocket:
@@ -316,6 +348,29 @@ class BufferingWorker(SyncWorker):
     """
 
     limits = RequestLimits()
+    _aborted = False  # the arbiter sent SIGABRT: the request running now outlasted --timeout
+
+    def handle_abort(self, sig: int, frame: Any) -> None:
+        """SIGABRT from the arbiter (a request ran past ``--timeout``): remembered, so that the request's
+        ``SystemExit`` is answered 504 by :meth:`handle_error` before the worker exits (gunicorn's own
+        answer is an HTML 500)."""
+        self._aborted = True
+        super().handle_abort(sig, frame)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's error answers (a refused header block, an app failure, a timeout) as text/plain with
+        their reason, not gunicorn's HTML page; the status and reason are gunicorn's own."""
+        if self._aborted and isinstance(exc, SystemExit):
+            message = (f"the model did not answer within --timeout {self.cfg.timeout:g} s; its worker was "
+                       "restarted")
+            self.log.error("%s %s: %s", getattr(req, "method", "?"), getattr(req, "uri", "?"), message)
+            with contextlib.suppress(OSError):
+                client.sendall(_simple_response(504, message))
+            return
+        page = _ErrorPage()
+        super().handle_error(req, page, addr, exc)
+        with contextlib.suppress(OSError):
+            client.sendall(_simple_response(*page.plain()))
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
