@@ -188,7 +188,8 @@ def in_process_model(config: AnalysisConfig, model_dir: Path,
         folder, extracted = prepare_model_dir(source)
     except ModelLoadError as error:
         raise ModelUnavailable(f"model folder unloadable: {error}") from error
-    model = InProcessModel(str(folder), str(source))
+    # Absolute: a Spark executor (another host, another working folder) loads the folder by this path
+    model = InProcessModel(str(Path(folder).resolve()), str(source))
     try:
         if before_load is not None:
             before_load(model)

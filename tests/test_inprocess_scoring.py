@@ -336,3 +336,21 @@ def test_shard_progress_counts_blocks_of_the_callers_size():
         counter(index)
         assert reported == covered
     assert sum(min(size, 5000 - k * size) for k in reported) == 5000
+
+
+def test_the_handle_names_the_folder_absolutely(tmp_path, monkeypatch):
+    """Spark executors (other hosts, other working folders) load the model by the handle's path: a
+    relative --processing-root gave them a relative one, and a multi-host job failed on its leader."""
+    from sklearn.linear_model import LogisticRegression
+
+    from container.model_endpoint import in_process_model
+
+    folder = tmp_path / "job" / "input" / "model"
+    folder.mkdir(parents=True)
+    joblib.dump(LogisticRegression().fit(np.eye(3), [0, 1, 1]), folder / "model.joblib")
+    monkeypatch.chdir(tmp_path)
+    config = parse_config({"dataset_type": "text/csv", "label": "y", "methods": {"shap": {"baseline": [[0, 0, 0]]}},
+                           "predictor": {"model_name": "m", "instance_type": "ml.m5.large", "initial_instance_count": 1}})
+    with in_process_model(config, Path("job/input/model")) as (model, _):
+        assert Path(model.folder).is_absolute() and Path(model.folder) == folder.resolve()
+    forget_model(model)

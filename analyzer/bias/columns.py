@@ -16,8 +16,9 @@ which of them fail the whole report.
 
 A configured label or facet value that matches no row is not an error in Clarify (the metrics come out
 as 0.0 or as per-metric errors), which reads as "no bias" when it is a typo: Lucent logs a WARNING
-naming the value, the column and the values present (Lucent rule, docs/bias.md), and ``lucent validate``
-lists it (``value_warnings``). The numbers stay Clarify's.
+naming the value, the column and the values present (Lucent rule, docs/bias.md), in the run and in
+``lucent validate``, which still exits 0: the job would start (``value_warnings`` collects them). The
+numbers stay Clarify's.
 """
 
 from __future__ import annotations
