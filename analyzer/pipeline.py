@@ -31,7 +31,7 @@ from analyzer.explain.job import SHAP_DIR, check_explain_inputs, explain_dataset
 from analyzer.output import ANALYSIS_FILE, OutputStaging
 from analyzer.predict import ModelEndpoint, predicted_labels_for_bias
 from analyzer.progress import progress
-from analyzer.report.summary import JobSummary
+from analyzer.report.summary import DISTRIBUTION_BARS, JobSummary, other_values
 from analyzer.segments.analysis import SegmentAnalysis, check_segment_inputs
 
 if TYPE_CHECKING:
@@ -286,10 +286,14 @@ def job_summary(config: AnalysisConfig, dataset: Dataset, results: dict[str, Any
     )
 
 
-def value_counts(column: Column, weights: np.ndarray | None = None, limit: int = 50) -> dict[str, int]:
-    """Rows per value (the ``limit`` most frequent), missing values counted as "nan"."""
+def value_counts(column: Column, weights: np.ndarray | None = None, limit: int = DISTRIBUTION_BARS) -> dict[str, int]:
+    """Rows per value, most frequent first, missing values counted as "nan"; beyond ``limit`` entries the
+    rest are one entry (``other_values``) holding all their rows, so that shares are of every row."""
     with weighted_rows(weights):  # rows grouped by the engine count with their weights
         counts = count_cells(column.codes + 1, column.nunique + 1)  # slot 0 = missing
     labels = ["nan", *(str(v) for v in column.uniques)]
-    ranked = sorted(((int(c), lab) for c, lab in zip(counts, labels, strict=True) if c), reverse=True)[:limit]
+    ranked = sorted(((int(c), lab) for c, lab in zip(counts, labels, strict=True) if c), reverse=True)
+    if len(ranked) > limit:
+        rest = ranked[limit - 1:]
+        ranked = [*ranked[:limit - 1], (sum(c for c, _ in rest), other_values(len(rest)))]
     return {lab: c for c, lab in ranked}

@@ -412,3 +412,23 @@ def test_pdf_pages_render_and_are_not_blank(job: str, expected_pages: int, reque
     assert len(pages) == expected_pages
     for page in pages:
         assert _variance(page) > 50, f"{page.name} looks blank"
+
+
+def test_distributions_of_many_values_keep_every_row():
+    """A facet of 62 values: the report's chart showed 11 values and an "other" bar of only the next 39
+    (value_counts kept the 50 most frequent), its shares of part of the rows. Now the job folds the
+    values beyond the chart's bars into one entry holding all their rows."""
+    import numpy as np
+    import pandas as pd
+
+    from analyzer.data.column import Column
+    from analyzer.pipeline import value_counts
+    from analyzer.report.summary import DISTRIBUTION_BARS, other_values
+
+    ages = pd.Series(np.repeat(np.arange(18, 80), np.arange(1, 63)))  # age 18 once, ..., 79 62 times: no ties
+    counts = value_counts(Column.from_series(ages, "age"))
+    assert len(counts) == DISTRIBUTION_BARS and sum(counts.values()) == len(ages) == 1953
+    expected = ages.value_counts()
+    top = expected.iloc[:DISTRIBUTION_BARS - 1]
+    assert [counts[str(v)] for v in top.index] == top.tolist()
+    assert counts[other_values(62 - DISTRIBUTION_BARS + 1)] == expected.iloc[DISTRIBUTION_BARS - 1:].sum()

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Bars in a report's distribution chart: the most frequent values, then one "other (N values)" bar.
+DISTRIBUTION_BARS = 12
+
+
+def other_values(n_values: int) -> str:
+    """The distribution chart's name for the values beyond its bars."""
+    return f"other ({n_values} values)"
+
 
 @dataclass
 class JobSummary:
@@ -18,5 +26,6 @@ class JobSummary:
     methods: list[str]  # e.g. ["pre_training_bias", "post_training_bias", "shap"]
     lucent_version: str
     started_at: str  # ISO 8601, UTC
-    label_distribution: dict[str, int] | None = None  # label value -> rows
-    facet_distributions: dict[str, dict[str, int]] | None = None  # facet -> value -> rows
+    # value -> rows, at most DISTRIBUTION_BARS entries, the last one the rest of the values (other_values)
+    label_distribution: dict[str, int] | None = None
+    facet_distributions: dict[str, dict[str, int]] | None = None  # facet -> the same
