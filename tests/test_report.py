@@ -357,6 +357,12 @@ def test_notebook_is_valid_and_has_stored_outputs(full_job: Path) -> None:
     assert "## How to read this report" in markdown and "partial dependence" in markdown
 
 
+def test_the_same_analysis_gives_the_same_notebook_bytes(full_job: Path, tmp_path: Path) -> None:
+    """nbformat gives each new cell a random id: two runs of one job wrote different notebooks."""
+    _write(tmp_path / "again", full_analysis(), ALL_METHODS)
+    assert (tmp_path / "again" / "report.ipynb").read_bytes() == (full_job / "report.ipynb").read_bytes()
+
+
 def test_notebook_executes_top_to_bottom(full_job: Path, tmp_path: Path) -> None:
     from nbclient import NotebookClient
 

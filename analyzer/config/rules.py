@@ -112,6 +112,14 @@ def bias_inputs(tree: Tree) -> Iterator[Finding]:
     for key in ("label", "label_values_or_threshold", "facet"):
         if not has(tree, key):
             yield key, f"required by methods.{stages[0]}"
+    seen: dict[str, int] = {}
+    for i, facet in enumerate(get(tree, "facet") or []):
+        name = facet.get("name_or_index") if isinstance(facet, dict) else None
+        if isinstance(name, str | int) and not isinstance(name, bool):
+            if str(name) in seen:  # analysis.json holds one result per facet column: one would be lost
+                yield f"facet[{i}].name_or_index", (f"{name!r} is facet[{seen[str(name)]}] too: analysis.json keeps one "
+                                                    "result per facet column; give it once, with all its values")
+            seen.setdefault(str(name), i)
 
 
 @rule

@@ -137,6 +137,8 @@ def render_notebook(doc: Document) -> nbformat.NotebookNode:
         else:
             pending.append(_markdown(block))
     flush()
+    for number, cell in enumerate(cells):  # nbformat draws random ids: the same job would give other bytes
+        cell.id = f"cell-{number}"
     notebook = v4.new_notebook(cells=cells, metadata={
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
         "language_info": {"name": "python"},
