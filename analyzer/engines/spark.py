@@ -133,6 +133,28 @@ def master_addresses(master: str) -> list[tuple[str, int]]:
     return []
 
 
+# Spark's master URL forms (SparkContext's own parsing, and Spark Connect's sc://): anything else fails
+# inside the JVM with a message about its gateway, not about the URL.
+_MASTER_FORMS = re.compile(r"local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://\S+|yarn"
+                           r"|k8s://\S+|mesos://\S+|sc://\S+")
+
+
+def check_master_form(master: str) -> None:
+    """A user error naming ``master`` when it is not one of the master URL forms Spark accepts."""
+    if not _MASTER_FORMS.fullmatch(master):
+        raise UserError(f"Spark master {master!r} is not a master URL Spark accepts: use local[N] (or local[*]), "
+                        "spark://HOST:PORT, yarn, k8s://URL, or sc://HOST:PORT for Spark Connect")
+
+
+def check_spark_home() -> None:
+    """A user error naming ``SPARK_HOME`` when it is set to a folder without Spark (pyspark starts
+    ``$SPARK_HOME/bin/spark-submit`` and fails with a bare "No such file")."""
+    home = os.environ.get("SPARK_HOME")
+    if home and not (Path(home) / "bin" / "spark-submit").is_file():
+        raise UserError(f"SPARK_HOME={home!r} has no bin/spark-submit: point it at a Spark installation, or unset "
+                        "it to use the Spark that comes with pyspark")
+
+
 def check_master_reachable(master: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Fail fast, naming the URL, when no address of the master accepts a connection (Spark itself would
     retry for minutes and then print a Java stack trace)."""
@@ -175,9 +197,11 @@ class SparkEngine:
         sql = import_pyspark()
         where = self.master or "Spark's configured master"
         if self.master:
+            check_master_form(self.master)
             check_master_reachable(self.master)
         if not (self.master or "").startswith("sc://"):
             check_java()
+            check_spark_home()
         builder = sql.SparkSession.builder.appName("lucent")
         if self.master and self.master.startswith("sc://"):
             builder = builder.remote(self.master)
