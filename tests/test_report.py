@@ -438,3 +438,13 @@ def test_distributions_of_many_values_keep_every_row():
     top = expected.iloc[:DISTRIBUTION_BARS - 1]
     assert [counts[str(v)] for v in top.index] == top.tolist()
     assert counts[other_values(62 - DISTRIBUTION_BARS + 1)] == expected.iloc[DISTRIBUTION_BARS - 1:].sum()
+
+
+def test_long_names_are_shortened_in_the_middle():
+    """13 features named feature_with_a_rather_long_... all read the same with the ellipsis at the end."""
+    from analyzer.report.views import _shorten
+
+    names = [f"feature_with_a_rather_long_name_{i}" for i in range(13)]
+    shown = [_shorten(name, 28) for name in names]
+    assert len(set(shown)) == 13 and all(len(text) == 28 and "…" in text for text in shown)
+    assert _shorten("short", 28) == "short"

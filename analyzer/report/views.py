@@ -559,12 +559,17 @@ def distribution_chart(counts: dict, title: str, top: int = DISTRIBUTION_BARS) -
     ax.xaxis.set_visible(False)
     ax.spines["bottom"].set_visible(False)
     ax.grid(False)
-    fig.suptitle(title, fontsize=CHART_FONT_SIZE + 1, color=INK, x=0.02, ha="left")
+    fig.suptitle(_shorten(title, 44), fontsize=CHART_FONT_SIZE + 1, color=INK, x=0.02, ha="left")
     return fig
 
 
 def _shorten(text: str, width: int = 22) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
+    """``text`` in at most ``width`` characters, the ellipsis in the middle: names that share a long
+    start (feature_with_a_long_prefix_1, ..._2) stay told apart by their ends."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
 # ---------------------------------------------------------------------------------------------
