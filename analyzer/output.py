@@ -164,7 +164,8 @@ class OutputStaging:
         folders = set()
         for name in names:
             folder = (self.output_dir / name).parent
-            while not folder.exists() and folder != self.output_dir:  # made by the commit: its parent is written
+            # made by the commit (or a published file the commit replaces with a folder): its parent is written
+            while not folder.is_dir() and folder != self.output_dir:
                 folder = folder.parent
             folders.add(folder)
         blocked = sorted(str(folder) for folder in folders if not os.access(folder, os.W_OK | os.X_OK))

@@ -138,6 +138,9 @@ def load_job_dataset(config: AnalysisConfig, dataset_path: Path | str, base_dir:
         else:
             dataset = load(need_features=True)
     elif needs_features(config) and not engine_predicts(config):
+        if job_engine(config).name == "spark":  # the user asked for Spark: say where the rows are read
+            log.info("Spark engine: the dataset is read on this machine (explanations and the Flip Test with "
+                     "model predictions need the feature rows here); SHAP shards run as Spark tasks")
         dataset = load(need_features=True)
     else:  # role columns only: counted by the job's engine (Spark: one GROUP BY, the rows stay in the cluster;
         # predictions the model must make are made there too, see predicted_label_column)
