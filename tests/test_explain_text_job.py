@@ -273,3 +273,32 @@ def test_validate_reports_text_problems_without_running_the_model(job, text_endp
     text_job(job, text_endpoint)
     assert job.run(command="validate") == 0, job.message
     assert text_endpoint.requests == 0
+
+
+def test_an_empty_csv_text_cell_is_named_as_empty(job, text_endpoint):
+    rows = [("Loved it, truly great. It fits!", 4, 1), ("", 2, 0), ("Not great, sadly.", 2, 0), ("", 5, 1)]
+    with io.StringIO() as handle:
+        csv.writer(handle).writerows(rows)
+        job.write_data(handle.getvalue())
+    job.write_config({"dataset_type": "text/csv", "headers": ["Comments", "Rating", "Target"], "label": "Target",
+                      "methods": {"shap": {"text_config": {"granularity": "token", "language": "english",
+                                                           "text_features": ["Comments"]},
+                                           "baseline": [["[MASK]", 4]]}},
+                      "predictor": {"endpoint_url": f"http://127.0.0.1:{text_endpoint.server_port}"}})
+    assert job.run() == 1
+    assert "text feature 'Comments' is empty at dataset row 1 and 1 more row(s)" in job.message, job.message
+    assert "holds nan" not in job.message, job.message
+    assert text_endpoint.requests == 0
+
+
+def test_a_record_with_more_units_than_the_sample_budget_is_warned_about(job, text_endpoint, caplog):
+    long_review = " ".join(f"word{i}" for i in range(60))  # 60 tokens + 1 category: 61 players
+    text_job(job, text_endpoint, reviews=[*REVIEWS[:2], (long_review, "A", 1)], num_samples=20)
+    m = len(split_text(long_review, "en", "token")) + 1
+    assert m == 61
+    with caplog.at_level(logging.WARNING):
+        assert job.run() == 0, job.message
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "num_samples" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert f"dataset row 2 has {m} players" in warnings[0] and "only 20 coalitions" in warnings[0], warnings
+    assert "(1 record(s) alike)" in warnings[0]

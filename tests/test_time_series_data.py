@@ -159,3 +159,31 @@ def test_timestamp_records_keep_missing_values_in_their_row(tmp_path):
     first, _ = load(tmp_path, document, TIMESTAMP_RECORDS_LOCATORS, "timestamp_records").items
     np.testing.assert_array_equal(first.target, [5, np.nan, 3])
     np.testing.assert_array_equal(first.related, [[0.25, 0.5, np.nan]])
+
+
+@pytest.mark.parametrize("stamps, named", [
+    ([1, 2, 4, 3], "timestamp 3 comes after 4"),
+    ([1.5, 2.5, 2.0], "timestamp 2.0 comes after 2.5"),
+    (["2024-01-01 00:00", "2024-01-01 01:00", "2024-01-01 04:00", "2024-01-01 03:00"],
+     "timestamp '2024-01-01 03:00' comes after '2024-01-01 04:00'"),
+])
+def test_timestamps_out_of_order_are_refused(tmp_path, stamps, named):
+    document = [{"id": "a", "timestamp": t, "target_ts": float(i)} for i, t in enumerate(stamps)]
+    locators = {"item_id": "[*].id", "timestamp": "[*].timestamp", "target_time_series": "[*].target_ts"}
+    with pytest.raises(DataError) as error:
+        load(tmp_path, document, locators, "timestamp_records")
+    message = str(error.value)
+    assert "data.json" in message and "item 'a'" in message
+    assert named in message
+
+
+def test_timestamps_in_order_or_not_comparable_are_kept(tmp_path):
+    locators = {"item_id": "[*].id", "timestamp": "[*].timestamp", "target_time_series": "[*].target_ts"}
+    stamps = ["2024-01-01T23:00", "2024-01-02T01:00", "2024-01-10"]   # chronological, not lexical order issue
+    dataset = load(tmp_path, [{"id": 1, "timestamp": t, "target_ts": 1.0} for t in stamps], locators,
+                   "timestamp_records")
+    assert dataset.items[0].timestamps == stamps
+    labels = ["week b", "week a"]   # not dates: taken in file order as given
+    dataset = load(tmp_path, [{"id": 1, "timestamp": t, "target_ts": 1.0} for t in labels], locators,
+                   "timestamp_records")
+    assert dataset.items[0].timestamps == labels

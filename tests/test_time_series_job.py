@@ -303,3 +303,24 @@ def test_record_templates_fill_the_time_series_placeholders():
     scoring = forecast_endpoint(ModelEndpoint("http://unused", lines_predictor, ("x",))).predictor
     answer = b'{"quantiles": {"0.5": [3.0, 4.0]}}\n{"quantiles": {"0.5": [5.0, 6.5]}}'
     assert parse_response(answer, "application/jsonlines", scoring, 2).scores.tolist() == [[3.0, 4.0], [5.0, 6.5]]
+
+
+def test_a_relative_processing_root_publishes_an_absolute_results_path_and_says_why_no_report(
+        job, monkeypatch, caplog):
+    import logging
+
+    from container.cli import main
+
+    write_model(job)
+    write_json(job, timestamp_records())
+    job.write_config(SPEC_CONFIG)
+    monkeypatch.chdir(job.root.parent)
+    with caplog.at_level(logging.INFO):
+        assert main(["run", "--processing-root", job.root.name]) == 0, job.message
+    path = job.analysis()["explanations"]["asymmetric_shapley_value"]["explanation_results_path"]
+    assert Path(path).is_absolute(), path
+    assert Path(path) == (job.output_dir / "asymmetric_shapley_value" / "fine_grained_chronological"
+                          / "out.jsonl").resolve()
+    assert Path(path).is_file()
+    assert any(r.levelno == logging.INFO and "methods.report: no report is written for time-series" in r.getMessage()
+               for r in caplog.records)

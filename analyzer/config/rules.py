@@ -138,6 +138,10 @@ def shap_options(tree: Tree) -> Iterator[Finding]:
             yield "methods.shap.features_to_explain", f"cannot include the {key.replace('_', ' ')} {value!r}"
     if has(tree, "methods.shap.image_config") and get(tree, "dataset_type") not in (None, media.IMAGE):
         yield "methods.shap.image_config", "only for dataset_type application/x-image"
+    compactness = get(tree, "methods.shap.image_config.segment_compactness")
+    if isinstance(compactness, int | float) and not isinstance(compactness, bool) and compactness == 0:
+        # The schema refuses negatives (>= 0); SLIC divides by the compactness, so 0 fails mid-job.
+        yield "methods.shap.image_config.segment_compactness", "must be > 0 (SLIC divides by it), got 0"
 
 
 @rule

@@ -73,10 +73,33 @@ def open_picture(source: Path | IO[bytes], what: str) -> Iterator[Any]:
 
     with warnings.catch_warnings():  # Pillow's own warning for a picture check_pixels refuses by name
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        picture = Image.open(source)
+        try:
+            picture = Image.open(source)
+        except Image.DecompressionBombError:  # Pillow refuses past twice its limit, before we can look
+            raise DataError(f"{what} has more pixels than Lucent decodes ({MAX_PIXELS:,}; Pillow refused to open "
+                            "it as a decompression bomb)") from None
     with picture:
         check_pixels(picture, what)
         yield picture
+
+
+def to_rgb(picture: Any, what: str) -> np.ndarray:
+    """A decoded picture as ``(height, width, 3)`` uint8 RGB, deep pictures scaled to 8 bits.
+
+    ``convert("RGB")`` clips a 16-bit grey picture (Pillow modes ``I;16*`` and ``I``, which is what a 16-bit
+    grey PNG gives) at 255, so nearly every pixel would turn white: such a picture is scaled instead,
+    value // 256 (65535 -> 255), values of an ``I`` picture first clipped to 0..65535 (Lucent's choice:
+    JPEG and PNG hold at most 16 bits). A floating-point picture (mode ``F``, no JPEG or PNG gives one)
+    has no agreed scale: refused, naming ``what``.
+    """
+    mode = picture.mode
+    if mode == "F":
+        raise DataError(f"{what} holds floating-point pixels (mode F), which Lucent cannot scale to 8 bits")
+    if mode == "I" or mode.startswith("I;16"):
+        deep = np.asarray(picture).astype(np.int64)
+        grey = (np.clip(deep, 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(picture.convert("RGB"), dtype=np.uint8).copy()
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -84,21 +107,38 @@ def read_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with open_picture(path, f"image {path}") as opened:
+        with strict_decoding(), open_picture(path, f"image {path}") as opened:
             if opened.format not in ("JPEG", "PNG"):
                 raise DataError(f"image {path} is {opened.format or 'an unknown format'}, not JPEG or PNG")
-            rgb = opened.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8).copy()
+            return to_rgb(opened, f"image {path}")
     except DataError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"cannot read image {path}: {error}") from None
 
 
+@contextmanager
+def strict_decoding() -> Iterator[None]:
+    """Pillow raising on a truncated file while the block runs.
+
+    WeasyPrint (the PDF report) sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`` for the whole process
+    when it is imported, after which Pillow fills the missing part of a truncated JPEG with grey silently.
+    """
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
 def image_dataset(dataset_path: Path) -> Dataset:
     """The ``Dataset`` of an image folder: one record per file, feature ``image`` = its relative path.
 
-    Every file is opened here (header only), so that an unreadable one fails the job before any model call.
+    Every file is decoded here (``load``: ``verify`` alone does not decode JPEG data, so a truncated JPEG
+    would pass it), so that an unreadable one fails ``lucent validate`` and the job before any model call.
     """
     dataset_path = Path(dataset_path)
     files = list_image_files(dataset_path)
@@ -107,8 +147,10 @@ def image_dataset(dataset_path: Path) -> Dataset:
 
     for file in files:
         try:
-            with open_picture(file, f"image {file}") as opened:
-                opened.verify()
+            with strict_decoding(), open_picture(file, f"image {file}") as opened:
+                opened.verify()  # PNG chunk checksums
+            with strict_decoding(), open_picture(file, f"image {file}") as opened:
+                opened.load()  # the pixel data itself: a truncated JPEG fails here
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
             raise DataError(f"cannot read image {file}: {error}") from None
     names = [os.fspath(file.relative_to(root)) for file in files]
@@ -123,4 +165,4 @@ def image_root(dataset: Dataset) -> Path:
     return source if source.is_dir() else source.parent
 
 
-__all__ = ["IMAGE_COLUMN", "IMAGE_SUFFIXES", "MAX_PIXELS", "check_pixels", "image_dataset", "open_picture", "image_root", "list_image_files", "read_image"]
+__all__ = ["IMAGE_COLUMN", "IMAGE_SUFFIXES", "MAX_PIXELS", "check_pixels", "image_dataset", "open_picture", "image_root", "list_image_files", "read_image", "to_rgb"]

@@ -283,6 +283,7 @@ def _item(path: Path, ts: TimeSeriesDataConfig, item_id: Any, series: dict[str, 
         if stamp in seen:
             raise DataError(f"{path}: item {item_id!r}: timestamp {stamp!r} appears twice")
         seen.add(stamp)
+    _check_chronological(path, item_id, timestamps)
     for j, value in enumerate(static):
         if isinstance(value, list | dict):
             raise DataError(f"{path}: item {item_id!r}: static_covariates[{j}] must be a number or a string, "
@@ -292,6 +293,44 @@ def _item(path: Path, ts: TimeSeriesDataConfig, item_id: Any, series: dict[str, 
     related = np.array([_numbers(path, item_id, k, series[k], timestamps) for k in related_keys],
                        dtype=np.float64).reshape(len(related_keys), len(timestamps))
     return TimeSeriesItem(item_id, list(timestamps), target, related, list(static))
+
+
+def _check_chronological(path: Path, item_id: Any, timestamps: list[Any]) -> None:
+    """Refuse an item whose timestamps go back in time (docs/time-series.md: rows are chronological).
+
+    The explainer takes rows in file order, so an unsorted item would be explained in the wrong order
+    without a word. Timestamps are compared when they are comparable: all numbers, or all strings that
+    pandas.to_datetime parses; anything else (mixed types, free-form labels) is taken as given.
+    """
+    if len(timestamps) < 2:
+        return
+    keys: list[Any]
+    if all(isinstance(t, int | float) and not isinstance(t, bool) for t in timestamps):
+        keys = list(timestamps)
+    elif all(isinstance(t, str) for t in timestamps):
+        import warnings
+
+        import pandas as pd
+        try:
+            with warnings.catch_warnings():  # pandas warns on mixed time zones: those are taken as given below
+                warnings.simplefilter("ignore")
+                parsed = pd.to_datetime(pd.Series(timestamps), format="mixed", errors="coerce")
+        except (ValueError, TypeError):
+            return  # e.g. mixed time zones: not comparable
+        if parsed.isna().any():
+            return
+        keys = list(parsed)
+    else:
+        return
+    for i in range(1, len(keys)):
+        try:
+            later = keys[i] > keys[i - 1]
+        except TypeError:  # e.g. a time zone on some timestamps only: not comparable, taken as given
+            return
+        if not later:
+            raise DataError(f"{path}: item {item_id!r}: timestamp {timestamps[i]!r} comes after "
+                            f"{timestamps[i - 1]!r} but is not later; an item's rows must be in "
+                            "chronological order (docs/time-series.md)")
 
 
 def _numbers(path: Path, item_id: Any, key: str, values: list[Any], timestamps: list[Any]) -> np.ndarray:

@@ -143,6 +143,9 @@ def time_series_explanations(config: AnalysisConfig, dataset: TimeSeriesDataset,
                                            read_baseline(method.baseline, base_dir))
     check_baseline(explainer, dataset)
     check_templates(endpoint.predictor, dataset)
+    if config.methods.report is not None:  # the SDK adds methods.report to every config it writes
+        log.info("methods.report: no report is written for time-series explanations (as Clarify); "
+                 "the values are in out.jsonl")
     relative = output_file(method)
     started = time.perf_counter()
     series = [dataset.target_name, *dataset.related_names]
@@ -157,7 +160,7 @@ def time_series_explanations(config: AnalysisConfig, dataset: TimeSeriesDataset,
              method.granularity, method.direction, time.perf_counter() - started)
     return {METHOD: {"direction": method.direction, "granularity": method.granularity,
                      "explanation_results_path": (f"{output_uri.rstrip('/')}/{relative}" if output_uri
-                                                  else str(published))}}
+                                                  else str(published.resolve()))}}
 
 
 def check_baseline(explainer: AsymmetricShapleyExplainer, dataset: TimeSeriesDataset) -> None:

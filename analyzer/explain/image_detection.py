@@ -89,6 +89,27 @@ def detection_array(detections: object, key: str, first_row: int = 0) -> np.ndar
     return array
 
 
+BOX_TOLERANCE = 0.01  # corners may stray this far outside [0, 1] (a regressed box's rounding) before refused
+
+
+def check_detections(detections: np.ndarray, headers: Sequence[str], what: str) -> None:
+    """Refuse an original image's detections that Lucent would misread, naming ``what`` and the detection.
+
+    Corners must be fractions of the width and height (the inference format): boxes in pixels would be
+    explained as boxes covering the whole image. A class index must be an index into
+    ``predictor.label_headers`` when those are given, as a tabular model's labels must match them.
+    """
+    for row in np.asarray(detections, dtype=float).reshape(-1, 6):
+        shown = "[" + ", ".join(f"{v:g}" for v in row) + "]"
+        corners = row[2:6]
+        if not np.all((corners >= -BOX_TOLERANCE) & (corners <= 1 + BOX_TOLERANCE)):
+            raise UserError(f"{what}: detection {shown} has box corners outside [0, 1]; the corners xmin, ymin, "
+                            "xmax, ymax must be fractions of the image's width and height, not pixels")
+        if headers and not (row[0] == int(row[0]) and 0 <= row[0] < len(headers)):
+            raise UserError(f"{what}: detection {shown} has class index {row[0]:g}, which is not an index into "
+                            f"predictor.label_headers ({len(headers)} entries: {list(headers)})")
+
+
 def iou(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
     """Intersection over union of ``box`` with each row of ``boxes`` (corners xmin, ymin, xmax, ymax)."""
     boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)

@@ -38,7 +38,7 @@ from analyzer.progress import progress
 
 from . import image_shap
 from .checkpoint_store import CheckpointMirror, CheckpointStore
-from .image_detection import DetectedObject, DetectionEndpoint, top_objects
+from .image_detection import DetectedObject, DetectionEndpoint, check_detections, top_objects
 from .image_shap import ImageEndpoint, ImageSource, score_filled
 from .job import _PREDICTOR_KEYS_NOT_IN_VALUES, _check_finite_baseline, _work_folder
 from .kernel_shap import KernelShap, fit_kernel_shap, link
@@ -53,6 +53,9 @@ POSITIVE, NEGATIVE = np.array([0, 90, 255.0]), np.array([230, 25, 25.0])  # heat
 HEAT_ALPHA = 0.75  # opacity of the strongest segment's colour over the grey image
 BOUNDARY = (1.0, 1.0, 0.0)  # segment edges in the segmented image: yellow
 JPEG_QUALITY = 90
+# Most segments (players) one image may have: Kernel SHAP's solve grows as M^3 and its coalitions with M, so
+# 1,000 keeps the solve near a second; 3,072 (num_segments 10,000 on 48 x 64) took minutes (docs/images.md).
+MAX_SEGMENTS = 1_000
 
 
 def check_image_config(config: AnalysisConfig, shap: ShapMethod) -> ImageConfig:
@@ -106,6 +109,10 @@ def explain_images(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, e
         for i in range(n):
             prepared = source.prepared(i)
             counts[i] = prepared.n_segments
+            if counts[i] > MAX_SEGMENTS:
+                raise UserError(f"{KEY}.num_segments {source.num_segments}: image {source.names[i]} has "
+                                f"{counts[i]:,} SLIC segments, more than Lucent explains ({MAX_SEGMENTS:,}: the "
+                                "cost grows as the cube of the segments); lower num_segments")
             write_jpeg(staging.path(f"{stems[i]}_segmented.jpeg"), segmented_picture(prepared.image, prepared.segments))
             bar.update(1)
     log.info("Segmented %d image(s) into %d to %d segments (num_segments %d, compactness %g) in %.2f s", n,
@@ -188,6 +195,7 @@ def explain_objects(config: AnalysisConfig, shap: ShapMethod, image_config: Imag
     if not 0 <= context <= 1:
         raise UserError(f"{KEY}.context must be in [0, 1], got {context}")
     players = DetectionEndpoint(endpoint, source, (), float(image_config.iou_threshold), context)
+    headers = list(config.predictor.label_headers or []) if config.predictor else []
     objects: list[DetectedObject] = []
     with players.client() as scorer:
         for i in range(len(source.names)):
@@ -195,6 +203,7 @@ def explain_objects(config: AnalysisConfig, shap: ShapMethod, image_config: Imag
                 found = scorer.detections(source.prepared(i).image[None])[0]
             except UserError as error:
                 raise UserError(f"methods.shap: image {source.names[i]}: {error}") from None
+            check_detections(found, headers, f"methods.shap: image {source.names[i]}")
             objects.extend(top_objects(i, found, config.probability_threshold, int(image_config.max_objects)))
     players = replace(players, objects=tuple(objects))
     keys = np.array([[obj.image, j] for j, obj in enumerate(objects)], dtype=float).reshape(-1, 2)
@@ -217,7 +226,6 @@ def explain_objects(config: AnalysisConfig, shap: ShapMethod, image_config: Imag
             values, stderr, reference, prediction = explain_groups(shap, players, keys, object_counts, filled_scores,
                                                                    checkpoint_dir, seed, described, bar.update,
                                                                    mirror)
-    headers = list(config.predictor.label_headers or []) if config.predictor else []
     images = []
     for i, name in enumerate(source.names):
         prepared = source.prepared(i)

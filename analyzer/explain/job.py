@@ -67,6 +67,7 @@ from .text_job import (
     text_baseline_values,
     text_columns,
     text_section,
+    warn_thin_budgets,
     write_text_local,
 )
 from .text_shap import TextKernelShap, player_counts
@@ -352,6 +353,7 @@ def _explain_text(shap: ShapMethod, dataset: Dataset, text: _TextInputs, inputs:
                                use_logit=inputs.use_logit, baseline_scores=baseline_scores)
     n_columns = len(dataset.feature_names)
     rows = np.array([synthetic_rows(u, n_columns, inputs.num_samples, len(baseline)) for u in text.units])
+    warn_thin_budgets(text.units, n_columns, inputs.num_samples)
     log.info("Text SHAP: %d records, %d baseline row(s), %d output(s) %s, %d synthetic rows in all", len(rows),
              len(baseline), len(label_keys), label_keys, int(rows.sum()))
     settings = TextShapSettings(endpoint=endpoint, baseline=baseline, text_columns=text.columns,

@@ -80,7 +80,15 @@ def record_units(text_config: TextConfig, dataset: Dataset, columns: Sequence[in
     for j in columns:
         name = dataset.feature_names[j]
         values = dataset.features.iloc[:, j]
-        not_text = ~values.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+        # An empty CSV cell reads as NaN, not as "": report it as the empty text it is (a JSON null stays
+        # "not a string": the document said null, not "").
+        missing = values.map(lambda v: isinstance(v, float) and np.isnan(v)).to_numpy(dtype=bool)
+        not_text = ~values.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool) & ~missing
+        if missing.any():
+            rows = np.flatnonzero(missing)
+            raise UserError(f"{KEY}: text feature {name!r} is empty at dataset row {int(rows[0])}"
+                            + (f" and {len(rows) - 1} more row(s)" if len(rows) > 1 else "")
+                            + " (a missing value); every record needs text to explain")
         if not_text.any():
             row = int(np.argmax(not_text))
             raise UserError(f"{KEY}: text feature {name!r} at dataset row {row} holds {values.iloc[row]!r} "
@@ -122,6 +130,26 @@ def synthetic_rows(units: Sequence[Sequence[TextUnit]], n_columns: int, num_samp
     m = n_columns - len(units) + sum(len(u) for u in units)
     coalitions = min(default_num_samples(m) if num_samples is None else num_samples, 2**m - 2)
     return (coalitions + 1) * n_baseline + 1
+
+
+def warn_thin_budgets(units: Sequence[Sequence[Sequence[TextUnit]]], n_columns: int, num_samples: int | None) -> None:
+    """One WARNING when a record has more players (text units + other features) than coalitions to fit them.
+
+    Kernel SHAP then solves an underdetermined regression: the job runs, but that record's values are
+    mostly noise. Names the record with the most units (its dataset row) and how many records are alike.
+    """
+    thin = []
+    for row, record in enumerate(units):
+        m = n_columns - len(record) + sum(len(u) for u in record)
+        coalitions = min(default_num_samples(m) if num_samples is None else num_samples, 2**m - 2)
+        if coalitions < m:
+            thin.append((m, row, coalitions))
+    if thin:
+        m, row, coalitions = max(thin)
+        log.warning("methods.shap.num_samples: dataset row %d has %s players (text units and other features) but "
+                    "only %s coalitions are sampled for it, far fewer than its players: its values are mostly "
+                    "noise (%d record(s) alike). Raise num_samples, or use a coarser text_config.granularity",
+                    row, f"{m:,}", f"{coalitions:,}", len(thin))
 
 
 # -- outputs -----------------------------------------------------------------------------------------
@@ -224,4 +252,4 @@ def feature_data_types(dataset: Dataset, columns: Sequence[int]) -> list[str]:
 
 
 __all__ = ["TEXT_BASELINE", "feature_data_types", "json_line", "record_units", "synthetic_rows", "text_baseline_values",
-           "text_columns", "text_section", "write_text_local"]
+           "text_columns", "text_section", "warn_thin_budgets", "write_text_local"]

@@ -70,12 +70,12 @@ def decode_image(body: bytes | bytearray, mime: str) -> np.ndarray:
     """A JPEG / PNG request body -> ``(1, height, width, 3)`` uint8 RGB, the shape an npy batch of images has."""
     from PIL import Image, UnidentifiedImageError
 
-    from analyzer.data.images import open_picture
+    from analyzer.data.images import open_picture, to_rgb
     from analyzer.errors import DataError
 
     try:
         with open_picture(io.BytesIO(bytes(body)), f"the {mime} body") as picture:
-            return np.asarray(picture.convert("RGB"), dtype=np.uint8)[None]
+            return to_rgb(picture, f"the {mime} body")[None]
     except DataError as exc:  # a header claiming more pixels than Lucent decodes
         raise CodecError(str(exc)) from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
