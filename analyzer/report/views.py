@@ -26,7 +26,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from analyzer.bias_registry import BIAS_METRICS, BiasMetric
-from analyzer.report.summary import DISTRIBUTION_BARS, other_values
 
 PRE_TRAINING = "pre_training_bias_metrics"
 POST_TRAINING = "post_training_bias_metrics"
@@ -535,13 +534,11 @@ def skipped_metrics(analysis: dict, stage: str, facet: str, index: int = 0) -> l
 # ---------------------------------------------------------------------------------------------
 # Data distributions (counts come from the job, not from analysis.json)
 
-def distribution_chart(counts: dict, title: str, top: int = DISTRIBUTION_BARS) -> Figure:
-    """Bars of how many rows have each value; beyond ``top`` values the rest are summed as "other"
-    (the job's ``value_counts`` has folded them already: shares are then of every row)."""
+def distribution_chart(counts: dict, title: str) -> Figure:
+    """Bars of how many rows have each value, one bar per entry of ``counts``: the job's ``value_counts``
+    has summed the values beyond the chart's bars into one "other" entry, so shares are of every row.
+    (This module imports nothing of Lucent's but the bias registry: the notebook runs a copy of it.)"""
     items = sorted(counts.items(), key=lambda kv: -kv[1])
-    if len(items) > top:
-        rest = items[top - 1:]
-        items = [*items[:top - 1], (other_values(len(rest)), sum(c for _, c in rest))]
     total = sum(c for _, c in items) or 1
     fig = _new_figure(3.55, 0.9 + 0.26 * len(items))
     ax = fig.subplots()
