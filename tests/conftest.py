@@ -196,6 +196,28 @@ def demo_config() -> dict:
     return json.loads(json.dumps(DEMO_CONFIG))
 
 
+class FakeContainer(BaseHTTPRequestHandler):
+    """A model container for ``http_server``: ``GET /ping`` answers 200; subclasses write ``do_POST``
+    with ``request_body`` and ``answer`` (one write: headers and body together)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        self.answer(200, b"")
+
+    def request_body(self) -> bytes:
+        return self.rfile.read(int(self.headers["Content-Length"]))
+
+    def answer(self, status: int, body: bytes, content_type: str = "text/csv", *, length: int | None = None) -> None:
+        """``body`` with ``status``; ``length``: the Content-Length to announce instead of the body's."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 def csv_scoring_model(score: Callable, around: Callable | None = None) -> type[BaseHTTPRequestHandler]:
     """A model server's handler for ``http_server(handler, request_rows=[])``: ``GET`` answers 200, ``POST``
     reads CSV rows (no header), records how many in ``server.request_rows`` and answers ``score(frame)``

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import threading
-from http.server import BaseHTTPRequestHandler
 
 import joblib
 import numpy as np
@@ -19,7 +18,7 @@ from analyzer.predict import ModelError, ModelTransportError, RetryPolicy
 from container.endpoint.scoring import ContainerClient
 from container.model_endpoint import _free_port
 from container.sidecar import start_model_server
-from tests.conftest import http_server
+from tests.conftest import FakeContainer, http_server
 
 NAMES = ["a", "b", "c"]
 
@@ -47,16 +46,18 @@ def test_scores_equal_the_models_own_and_connections_are_kept(tmp_path) -> None:
     np.testing.assert_array_equal(scores, model.predict_proba(x))
     np.testing.assert_array_equal(again, model.predict_proba(x[:5]))
     assert scorer.stats.requests == 4
-    assert len(opened) == 3 and kept == opened  # the later request went over a kept-alive connection
+    # three requests side by side open up to three connections (fewer when one ends before the next starts);
+    # the later request goes over one of them, kept alive: no new connection
+    assert 1 <= len(opened) <= 3 and kept == opened
 
 
-class _Faulty(BaseHTTPRequestHandler):
+class _Faulty(FakeContainer):
     """Answers by ``server.modes``, one mode per request in turn (the last one repeats)."""
 
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:  # noqa: N802 -- http.server's naming
-        self.rfile.read(int(self.headers["Content-Length"]))
+        self.request_body()
         with self.server.lock:
             mode = self.server.modes[min(self.server.calls, len(self.server.modes) - 1)]
             self.server.calls += 1
@@ -64,16 +65,10 @@ class _Faulty(BaseHTTPRequestHandler):
             self.server.release.wait(30)
             return
         body = _npy(np.array([[0.25, 0.75]])) if mode in ("ok", "truncate") else b"busy"
-        self.send_response({"ok": 200, "truncate": 200, "busy": 503, "refuse": 400}[mode])
-        self.send_header("Content-Type", NPY)
-        self.send_header("Content-Length", str(len(body) + (100 if mode == "truncate" else 0)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.answer({"ok": 200, "truncate": 200, "busy": 503, "refuse": 400}[mode], body, NPY,
+                    length=len(body) + (100 if mode == "truncate" else 0))
         if mode == "truncate":
             self.close_connection = True
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 def _npy(array: np.ndarray) -> bytes:

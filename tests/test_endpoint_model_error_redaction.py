@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler
 
 import boto3
 import pytest
@@ -12,31 +11,19 @@ from botocore.config import Config
 
 from container.endpoint.cli import open_endpoint
 from container.endpoint.config import parse_endpoint_config
-from tests.conftest import http_server
+from tests.conftest import FakeContainer, http_server
 
 NAME = "my-endpoint"
 LEAK = (b"predict_fn failed: cannot connect to postgres://admin:hunter2@db.internal/x "
         b"AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY key AKIAIOSFODNN7EXAMPLE")
 
 
-class _Leaky(BaseHTTPRequestHandler):
+class _Leaky(FakeContainer):
     """A model container (not Lucent's: any image or URL) whose 500 body quotes secrets."""
 
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
     def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(500)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(LEAK)))
-        self.end_headers()
-        self.wfile.write(LEAK)
-
-    def log_message(self, *args) -> None:
-        pass
+        self.request_body()
+        self.answer(500, LEAK, "text/plain")
 
 
 def test_model_error_original_message_is_redacted() -> None:

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import boto3
@@ -29,11 +28,10 @@ from sklearn.linear_model import LogisticRegression
 from analyzer.errors import UserError
 from container.endpoint.auth import SigV4Verifier
 from container.endpoint.cli import main as endpoint_main
-from container.endpoint.cli import open_endpoint
-from container.endpoint.config import parse_endpoint_config
 from container.sidecar import start_model_server
 from container.sidecar.limits import RequestLimits
-from tests.conftest import http_server
+from tests.conftest import FakeContainer, http_server
+from tests.test_endpoint_server import endpoint as served_endpoint
 
 NAME = "my-endpoint"
 KEY_ID, SECRET = "AKIDLUCENTTEST000001", "lucent-test-secret"
@@ -57,15 +55,9 @@ def model_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
 
 
-@contextmanager
-def endpoint(model_url: str, config: dict | None = None, **options) -> Iterator[str]:
-    with open_endpoint(parse_endpoint_config(config or {}), NAME, model_url, **options) as parts:
-        thread = threading.Thread(target=parts.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        try:
-            yield parts.server.url
-        finally:
-            parts.server.shutdown()
+def endpoint(model_url: str, config: dict | None = None, **options):
+    """test_endpoint_server's endpoint on a thread, the model URL first."""
+    return served_endpoint(config or {}, model_url, **options)
 
 
 def _port(url: str) -> int:
@@ -239,29 +231,16 @@ def test_sigv4_failures_have_aws_error_types(model_url: str) -> None:
 # -- messages that name the endpoint's settings -------------------------------------------------------------
 
 
-class _Model(BaseHTTPRequestHandler):
+class _Model(FakeContainer):
     """A model container: one record answered "0.25,0.75" (or the server's ``answer``); several records
     (the explainer's synthetic rows) held until the test releases them, when ``hold`` is set."""
 
-    def do_GET(self) -> None:  # noqa: N802
-        self._answer(b"")
-
     def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
+        body = self.request_body()
         if body.count(b"\n") > 1 and self.server.hold is not None:
             self.server.hold.wait(30)
             return
-        self._answer(b"\n".join(self.server.answer for _ in body.strip().split(b"\n")))
-
-    def _answer(self, body: bytes) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/csv")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+        self.answer(200, b"\n".join(self.server.answer for _ in body.strip().split(b"\n")))
 
 
 def _with_inference(**inference) -> dict:

@@ -7,7 +7,6 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import boto3
@@ -25,7 +24,7 @@ from container.endpoint.cli import open_endpoint
 from container.endpoint.config import EndpointConfig, load_endpoint_config, parse_endpoint_config
 from container.sidecar import start_model_server
 from container.sidecar.limits import RequestLimits
-from tests.conftest import http_server
+from tests.conftest import FakeContainer, http_server
 
 NAME = "my-endpoint"
 KEY_ID, SECRET = "AKIDLUCENTTEST000001", "lucent-test-secret"
@@ -110,23 +109,15 @@ def test_model_failure_is_model_error_and_the_endpoint_stays_up(model_url: str) 
         assert invoke(client)["Body"].read()  # still serving
 
 
-class _Faulty(BaseHTTPRequestHandler):
-    """A model container that answers too few rows, fails, or hangs until released."""
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+class _Faulty(FakeContainer):
+    """A model container that answers too few rows, fails, hangs until released, drips or cuts its answer."""
 
     def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
+        self.request_body()
         if self.server.mode == "hang":
             self.server.release.wait(30)
         if self.server.mode == "drip":  # an answer that never ends: one byte each time the test lets one go
-            self.send_response(200)
-            self.send_header("Content-Type", "text/csv")
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
+            self.answer(200, b"", length=1000)
             for _ in range(1000):
                 self.server.release.wait(0.05)  # paced by the fault, not by the test: the endpoint must give up
                 if self.server.release.is_set():
@@ -136,22 +127,13 @@ class _Faulty(BaseHTTPRequestHandler):
             return
         self.server.calls = getattr(self.server, "calls", 0) + 1
         if self.server.mode == "truncate" and self.server.calls > 1:  # promises 100 bytes, sends 4, hangs up
-            self.send_response(200)
-            self.send_header("Content-Type", "text/csv")
-            self.send_header("Content-Length", "100")
-            self.end_headers()
-            self.wfile.write(b"0.5\n")
+            self.answer(200, b"0.5\n", length=100)
             self.close_connection = True
             return
-        body = b"0.5\n" if self.server.mode in ("short", "truncate") else b"boom"
-        self.send_response(200 if self.server.mode in ("short", "truncate") else 503)
-        self.send_header("Content-Type", "text/csv")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+        if self.server.mode in ("short", "truncate"):
+            self.answer(200, b"0.5\n")
+        else:
+            self.answer(503, b"boom")
 
 
 def test_model_down_or_slow_is_model_error(model_url: str) -> None:
