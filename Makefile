@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 # Debian packages: Pango for WeasyPrint (report.pdf) with HarfBuzz-Subset (fast font subsetting), a pinned
 # font so PDF page breaks are the same everywhere, poppler-utils for the tests that turn the PDF into page images, cron for `lucent schedule --install`,
 # prometheus-pushgateway for the tests that push monitoring metrics to a real Pushgateway, a Java 17 runtime
@@ -79,7 +80,12 @@ test-fast: lint
 test-spark: $(STAMP)
 	$(PY) -m pytest tests/test_engine_*.py -q
 
-bench: $(STAMP)
+# The benchmarks' references (shap) are not test dependencies: installed on first `make bench`.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) bench/bias.py
 	$(PY) bench/predict.py
 	$(PY) bench/shap.py

@@ -68,8 +68,11 @@ def _import_shap():
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     sys.modules.pop("shap", None)
-    import shap
-
+    try:
+        import shap
+    except ModuleNotFoundError:
+        sys.exit("the benchmarks compare against the shap package: `make bench` installs it "
+                 "(or pip install -e '.[bench]')")
     return shap
 
 
