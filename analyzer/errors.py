@@ -31,3 +31,18 @@ class DependencyError(Exception):
     """Something the job relies on failed while it ran -- neither the user's inputs nor a bug in
     Lucent's code: the model server died, the connection to the model broke, the model did not answer
     in time. The message says what failed and where (the endpoint, the server's last log lines)."""
+
+
+def jmespath_error_text(error: Exception) -> str:
+    """A JMESPath syntax error's reason, for a message that quotes the expression itself.
+
+    jmespath words its errors ``invalid token: Parse error at column 0, ...`` and ``Unexpected token: ]:
+    ...``: a ``token:`` field that ``analyzer.redact`` hides as a credential, which left the user
+    ``invalid token: ***``. Kept: the reason and the column; dropped: the prefix and the multi-line echo.
+    """
+    import re
+
+    reason = str(error).split("\n", 1)[0]
+    reason = re.sub(r",? for expression:$", "", reason).rstrip(":")
+    reason = re.sub(r"^(?:invalid token|Bad jmespath expression|Invalid jmespath expression): ", "", reason)
+    return reason.replace("token: ", "token ")

@@ -213,12 +213,14 @@ def _describe_source(config: AnalysisConfig, model_dir: Path) -> str:
     return f"the built-in model server on {model_dir}"
 
 
-def _existing_endpoint(url: str) -> str:
+def _existing_endpoint(url: str, setting: str = "predictor.endpoint_url") -> str:
+    """``url`` once its ``GET /ping`` answers 200; ``ModelUnavailable`` naming ``setting`` (the config key or
+    the option that gave the URL) when it does not within ``EXISTING_ENDPOINT_WAIT_SECONDS``."""
     log.info("Using the model endpoint at %s", redact_url(url))
     try:
         waited = wait_until_healthy(url, timeout=EXISTING_ENDPOINT_WAIT_SECONDS)
     except ModelTransportError as error:
-        raise ModelUnavailable(f"predictor.endpoint_url: {error}") from error
+        raise ModelUnavailable(f"{setting}: {error}") from error
     log.info("Endpoint is in service after %.0f seconds", waited)
     return url
 

@@ -126,17 +126,59 @@ def _state_base() -> Path:
     return Path(os.environ.get("LUCENT_STATE_DIR") or Path.home() / ".cache" / "lucent" / "schedules")
 
 
-def _cron_line(when: str, state_dir: Path, command: list[str], mark: str) -> str:
-    """One crontab line: ``command`` at ``when``, from this directory, its output appended to the state's log."""
+# What a crontab line cannot hold: cron ends a line at a newline, so a newline in any value (even inside shell
+# quotes) starts a second cron entry. Every other control character is refused too, with the Unicode line
+# separators (NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR: line ends to str.splitlines and to many editors).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+_CONTROL_NAMES = {"\n": "newline", "\r": "carriage return", "\t": "tab", "\x00": "NUL", "\x7f": "DEL",
+                  "\x85": "NEL, U+0085", "\u2028": "line separator, U+2028", "\u2029": "paragraph separator, U+2029"}
+
+
+def _refuse_control_characters(values: list[tuple[str, str]]) -> None:
+    """``ScheduleError`` naming the first ``(source, value)`` whose value holds a character ``_CONTROL`` matches."""
+    for source, value in values:
+        if match := _CONTROL.search(value):
+            char = match.group()
+            name = _CONTROL_NAMES.get(char, f"U+{ord(char):04X}")
+            raise ScheduleError(f"{source}: contains a control character ({name}); a crontab line cannot hold it")
+
+
+def _cron_line(when: str, state_dir: Path, command: list[str], mark: str,
+               sources: dict[int, str] | None = None) -> str:
+    """One crontab line: ``command`` at ``when``, from this directory, its output appended to the state's log.
+
+    Every value that reaches the line is checked here (the one place lines are made) for control characters,
+    a newline above all: ``ScheduleError`` naming where the value came from, before anything is installed.
+    ``sources``: what the user calls ``command[i]`` where its preceding ``--option`` does not say it."""
+    cwd = str(Path.cwd())
+    pinned_dir = os.environ.get("LUCENT_STATE_DIR") or ""
+    state_source = "$LUCENT_STATE_DIR" if pinned_dir else "the state folder (~/.cache/lucent/schedules, from $HOME)"
+    _refuse_control_characters([
+        ("the schedule", when), (state_source, str(state_dir)), ("the current directory", cwd),
+        ("$LUCENT_STATE_DIR", pinned_dir),
+        *((_argument_source(command, i, sources or {}), arg) for i, arg in enumerate(command)),
+        ("the entry's name", mark)])
     log = state_dir / "cron.log"
     # The state folder is pinned: cron's environment does not have the LUCENT_STATE_DIR given to --install.
-    pinned = f"LUCENT_STATE_DIR={shlex.quote(os.environ['LUCENT_STATE_DIR'])} " \
-        if os.environ.get("LUCENT_STATE_DIR") else ""
+    pinned = f"LUCENT_STATE_DIR={shlex.quote(pinned_dir)} " if pinned_dir else ""
     # mkdir first: the shell opens the log before the command could create its folder. `%` escaped:
     # cron turns an unescaped one into a newline.
-    return (f"{when} mkdir -p {shlex.quote(str(state_dir))} && "
-            f"cd {shlex.quote(str(Path.cwd()))} && "
+    line = (f"{when} mkdir -p {shlex.quote(str(state_dir))} && "
+            f"cd {shlex.quote(cwd)} && "
             f"{pinned}{shlex.join(command)} >> {shlex.quote(str(log))} 2>&1 {ENTRY_MARK}{mark}").replace("%", "\\%")
+    _refuse_control_characters([("the crontab line", line)])  # whatever value a later change adds to it
+    return line
+
+
+def _argument_source(command: list[str], i: int, sources: dict[int, str]) -> str:
+    """What the user calls ``command[i]`` in an error message: ``sources[i]``, else the option it follows."""
+    if i in sources:
+        return sources[i]
+    if i == 0:
+        return "the Python interpreter's path (sys.executable)"
+    if command[i - 1].startswith("--") and not command[i].startswith("--"):
+        return command[i - 1]
+    return f"argument {i} of the command"
 
 
 @dataclass(frozen=True)
@@ -184,7 +226,8 @@ class Job:
     def entry(self, force: bool = False) -> str:
         """The crontab line that runs this job on its schedule."""
         command = [sys.executable, "-m", "container.schedule", str(self.file), "--run", *(["--force"] * force)]
-        return _cron_line(crontab_expression(self.schedule), self.state_dir, command, self.name)
+        return _cron_line(crontab_expression(self.schedule), self.state_dir, command, self.name,
+                          {3: "the job file's path"})
 
 
 def run_once(state_dir: Path, label: str, tick: datetime, force: bool, action: Callable[[int], tuple[int, str]]) -> int:
@@ -474,9 +517,14 @@ def install(entry: str, name: str) -> None:
     """Add ``entry`` (one line or several) to the user's crontab, replacing the lines installed before for ``name``."""
     if shutil.which("crontab") is None:
         raise ScheduleError("no `crontab` command on this machine: add the --print line to your scheduler by hand")
+    if any(not line.endswith(f"{ENTRY_MARK}{name}") for line in entry.split("\n")):
+        raise ScheduleError(f"{name}: every line installed must end with its mark {ENTRY_MARK}{name}")
     current = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
-    lines = [line for line in (current.stdout if current.returncode == 0 else "").splitlines()
-             if not line.endswith(f"{ENTRY_MARK}{name}")]
+    text = current.stdout if current.returncode == 0 else ""
+    # Split at newlines only, as cron does: str.splitlines also splits at \f, \v, U+2028 ..., and would cut
+    # (and rewrite) other lines of the crontab holding one.
+    lines = [line for line in text.removesuffix("\n").split("\n") if text]
+    lines = [line for line in lines if not line.endswith(f"{ENTRY_MARK}{name}")]
     subprocess.run(["crontab", "-"], input="\n".join([*lines, entry]) + "\n", text=True, check=True)
 
 

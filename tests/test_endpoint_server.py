@@ -4,6 +4,7 @@ endpoint's real HTTP server, and boto3's own sagemaker-runtime client."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -271,6 +272,27 @@ def test_sigv4_old_signature_is_refused() -> None:
         verifier.verify("POST", "/invocations", headers, b"x", now=datetime.now(UTC) + timedelta(minutes=20))
 
 
+def test_sigv4_region_is_checked_when_the_endpoint_names_one(model_url: str, monkeypatch) -> None:
+    """LUCENT_ENDPOINT_REGION: a signature scoped to another region gets AWS's answer; unset, any region."""
+    monkeypatch.setenv("LUCENT_ENDPOINT_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("LUCENT_ENDPOINT_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("LUCENT_ENDPOINT_REGION", "eu-west-1")
+    verifier = SigV4Verifier.from_environment()
+    assert verifier is not None and verifier.region == "eu-west-1"
+    with endpoint({}, model_url, verifier=verifier) as url:
+        client = runtime(url, KEY_ID, SECRET)  # signs for us-east-1
+        with pytest.raises(client.exceptions.ClientError) as caught:
+            invoke(client)
+        assert caught.value.response["Error"]["Code"] == "InvalidSignatureException"
+        assert caught.value.response["Error"]["Message"] == "Credential should be scoped to a valid region, not 'us-east-1'."
+        here = boto3.session.Session().client(
+            "sagemaker-runtime", endpoint_url=url, region_name="eu-west-1", aws_access_key_id=KEY_ID,
+            aws_secret_access_key=SECRET, config=Config(retries={"total_max_attempts": 1}, read_timeout=30))
+        assert invoke(here)["Body"].read()
+    monkeypatch.delenv("LUCENT_ENDPOINT_REGION")
+    assert SigV4Verifier.from_environment().region is None
+
+
 # -- config ------------------------------------------------------------------------------------------
 
 _EXPLAINER = "ExplainerConfig.ClarifyExplainerConfig"
@@ -485,6 +507,27 @@ def test_command_serves_the_model_folder_and_flushes_capture_on_sigterm(tmp_path
         process.stderr.close()
     lines = [line for path in (tmp_path / "capture").rglob("*.jsonl") for line in path.read_text().splitlines()]
     assert len(lines) == 1 and json.loads(lines[0])["captureData"]["endpointInput"]["encoding"] == "BASE64"
+
+
+def test_command_names_model_url_when_that_model_never_answers(tmp_path: Path) -> None:
+    """The wait for --model-url names the option (not the batch job's predictor.endpoint_url) and hides the
+    URL's password."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "config.json").write_text(json.dumps({"ProductionVariants": [{"VariantName": "AllTraffic"}]}))
+    done = subprocess.run([sys.executable, "-m", "container.cli", "endpoint", "--config", str(tmp_path / "config.json"),
+                           "--endpoint-name", NAME, "--model-url", f"http://user:hunter2@127.0.0.1:{port}/"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+                          env={**os.environ, "LUCENT_ENDPOINT_WAIT_SECONDS": "1"})
+    assert done.returncode != 0
+    assert (f"error: --model-url: The model at http://***@127.0.0.1:{port}/ did not become healthy within 1 s"
+            in done.stderr), done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(("content", "expected"), [

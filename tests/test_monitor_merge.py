@@ -348,14 +348,24 @@ def test_quoted_csv_fields_and_crlf_bodies():
     assert merged.dataset.predicted_label.to_series().tolist() == [1, 0]
 
 
-def test_mixed_formats_fail():
+def test_a_request_in_another_format_is_a_malformed_line():
+    """One caller's request in another Content-Type is skipped and counted, not the end of the window; the
+    window's format is its lines' most common, whichever comes first; more than 1 % of strays fails."""
     when = START + timedelta(minutes=1)
-    lines = [line("e1", when, b"1,2,3,KS", b"0.9"),
-             line("e2", when, b'{"features": [1, 2, 3, "KS"]}', b"0.9", content_type="application/jsonlines")]
-    with pytest.raises(UserError, match=r"mix text/csv \(capture/000.jsonl line 1\) and application/jsonlines "
-                                        r"\(capture/000.jsonl line 2\)"):
-        merge_window(parse_config(churn_config()), files(lines), WINDOW, EndpointAttributes(),
-                     files([truth("e1", "1"), truth("e2", "1")]))
+    stray = line("j0", when, b'{"features": [1, 2, 3, "KS"]}', b"0.9", content_type="application/jsonlines")
+    lines = [stray, *(line(f"e{i}", when, b"1,2,3,KS", b"0.9") for i in range(299))]
+    truths = [truth("j0", "1"), *(truth(f"e{i}", "1") for i in range(299))]
+    config = parse_config(churn_config())
+    merged = merge_window(config, files(lines, 300), WINDOW, EndpointAttributes(), files(truths, 300, "truth"))
+    assert merged.counts["malformed_lines"] == 1
+    assert merged.counts["malformed_examples"] == [
+        "capture/000.jsonl line 1: captured requests in application/jsonlines; the window's requests are "
+        "text/csv (as capture/000.jsonl line 2), and a monitor reads one format"]
+    assert len(merged.dataset.label.to_series()) == 299
+    with pytest.raises(UserError, match=r"captured requests in application/jsonlines; the window's requests are "
+                                        r"text/csv \(as capture/000.jsonl line 1\)"):
+        merge_window(config, files(lines[1:] + [stray] * 5, 400), WINDOW, EndpointAttributes(),
+                     files(truths, 300, "truth"))
 
 
 def test_malformed_ground_truth_is_counted():
@@ -614,3 +624,21 @@ def test_json_records_without_ground_truth_leave_no_trace():
         assert dataset.facets["Account Length"].dtype == np.int64
         assert dataset.predicted_label.to_series().tolist() == [1, 0, 1]
         assert dataset.label.to_series().tolist() == [1, 1, 0]
+
+
+def test_a_line_longer_than_any_invocation_is_a_malformed_line():
+    """A capture line over MAX_LINE_BYTES (a hostile or corrupt file) is named and skipped, not parsed: a
+    1 GB line once took pyarrow's block size past int32 (an internal error) and 4 GB of memory."""
+    from analyzer.monitor.merge import MAX_LINE_BYTES
+
+    when = START + timedelta(minutes=1)
+    lines = [line(f"e{i}", when, b"1,2,3,KS", b"0.9") for i in range(200)]
+    huge = line("big", when, b"1," * (MAX_LINE_BYTES // 2 + 10) + b"1", b"0.9")
+    assert len(huge) > MAX_LINE_BYTES
+    merged = merge_window(parse_config(churn_config()), files([*lines[:100], huge, *lines[100:]], 300), WINDOW,
+                          EndpointAttributes(), files([truth(f"e{i}", "1") for i in range(200)], 300, "truth"))
+    assert merged.counts["malformed_lines"] == 1
+    assert merged.counts["malformed_examples"] == [
+        f"capture/000.jsonl line 101: a line of {len(huge) - 1:,} bytes, over the {MAX_LINE_BYTES:,} that one "
+        "invocation's capture can take"]
+    assert len(merged.dataset.label.to_series()) == 200

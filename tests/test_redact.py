@@ -308,3 +308,20 @@ def test_model_server_log_is_redacted(tmp_path) -> None:
     assert "upstream is http://***@10.0.0.5/ token=***" in text
     assert "key id ***" in text
     assert PASSWORD not in text and SESSION_TOKEN not in text and KEY_ID not in text
+
+
+@pytest.mark.parametrize(("expression", "reason"), [
+    ("1", 'Parse error at column 0, token "1" (NUMBER)'),
+    ("[*]]", 'Unexpected token ]: Parse error at column 3, token "]" (RBRACKET)'),
+    ("$", "Unknown token $"),
+    ("a[", "Incomplete expression"),
+])
+def test_jmespath_errors_survive_redaction(expression: str, reason: str) -> None:
+    """jmespath's "invalid token: ..." read as a credential field: the user saw "invalid token: ***"."""
+    from analyzer.errors import UserError
+    from analyzer.predict.locator import JsonLocator
+
+    with pytest.raises(UserError) as caught:
+        JsonLocator(expression, "predictor.probability")
+    assert redact(str(caught.value)) == (f"predictor.probability {expression!r} is not a valid JMESPath "
+                                         f"expression: {reason}")

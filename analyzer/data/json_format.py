@@ -36,7 +36,7 @@ from analyzer.config.model import AnalysisConfig
 from analyzer.data.column import Column
 from analyzer.data.files import no_data_rows, read_bytes
 from analyzer.data.table import TableData
-from analyzer.errors import DataError
+from analyzer.errors import DataError, jmespath_error_text
 from analyzer.progress import Progress
 
 _HEADERS_MISMATCH = "Headers in config do not match with the number of columns in the dataset."
@@ -203,7 +203,8 @@ def _compile(key: str, expression: Any) -> jmespath.parser.ParsedResult:
     try:
         return jmespath.compile(expression)
     except jmespath.exceptions.JMESPathError as exc:
-        raise DataError(f"`{key}` {expression!r} is not a valid JMESPath expression ({exc}).") from None
+        raise DataError(f"`{key}` {expression!r} is not a valid JMESPath expression "
+                        f"({jmespath_error_text(exc)}).") from None
 
 
 def _loads(text: str, where: str) -> Any:

@@ -38,7 +38,7 @@ import orjson
 from analyzer.config.model import AnalysisConfig, Locator, TimeSeriesDataConfig
 from analyzer.data.dataset import Dataset
 from analyzer.data.files import list_data_files, read_bytes
-from analyzer.errors import DataError
+from analyzer.errors import DataError, jmespath_error_text
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ def _search(path: Path, key: str, expression: str, document: Any) -> Any:
     try:
         return jmespath.search(expression, document)
     except jmespath.exceptions.JMESPathError as error:
-        raise DataError(f"{KEY}.{key} {expression!r} is not a valid JMESPath expression: {error}") from None
+        raise DataError(f"{KEY}.{key} {expression!r} is not a valid JMESPath expression: "
+                        f"{jmespath_error_text(error)}") from None
 
 
 def _flat_columns(path: Path, document: Any, ts: TimeSeriesDataConfig) -> dict[str, list[Any]]:

@@ -24,6 +24,7 @@ import jmespath.exceptions
 import numpy as np
 
 from analyzer.config.spec import short_repr
+from analyzer.errors import jmespath_error_text
 
 from .design import make_design
 from .kernel_shap import GROUP_ROWS, Explanation, KernelShapFit, as_matrix, fit_kernel_shap
@@ -278,7 +279,7 @@ def _compiled(expression: str) -> jmespath.parser.ParsedResult:
         return jmespath.compile(expression)
     except jmespath.exceptions.JMESPathError as error:
         raise ValueError(f"EnableExplanations {expression!r} is not a valid JMESPath expression: "
-                         f"{str(error).strip()}") from None
+                         f"{jmespath_error_text(error)}") from None
 
 
 def check_enable_explanations(expression: str) -> None:

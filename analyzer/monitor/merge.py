@@ -118,6 +118,10 @@ CAPTURE_READER, TRUTH_READER = "lucent-capture-reader", "lucent-ground-truth-rea
 PREDICTED_LABEL = "predicted_label"  # the predicted label's column when the config names none
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _BLOCK_BYTES = 4 << 20  # pyarrow.json block; grown for a line longer than it (payloads reach megabytes)
+# A capture line holds one invocation: a request and a response of at most 6 MB each (the runtime API's
+# cap), base64 at worst: about 17 MB. A longer line is a malformed line, not parsed (a 1 GB line took
+# pyarrow's block size past int32 and 4 GB of memory in Python's json).
+MAX_LINE_BYTES = 64 << 20
 _CSV_BLOCK_BYTES = 8 << 20
 
 _PART = pa.struct([("observedContentType", pa.string()), ("mode", pa.string()), ("data", pa.string()),
@@ -334,6 +338,8 @@ class _Background:
 def _read_json_lines(files: list[CaptureFile], schema: pa.Schema) -> pa.Table | None:
     """The chunk's lines as a table of ``schema``'s fields, or None when pyarrow refuses a line."""
     body = b"".join(data if data.endswith(b"\n") else data + b"\n" for _, data in files if data)
+    if len(body) > MAX_LINE_BYTES and _longest_line(body) > MAX_LINE_BYTES:
+        return None  # read line by line (``_python_lines``), where a line too long is a malformed one
     block = _BLOCK_BYTES
     while True:
         try:
@@ -341,10 +347,16 @@ def _read_json_lines(files: list[CaptureFile], schema: pa.Schema) -> pa.Table | 
                                     parse_options=pajson.ParseOptions(explicit_schema=schema,
                                                                       unexpected_field_behavior="ignore"))
         except pa.ArrowInvalid as error:
-            if "straddl" in str(error) and block < len(body):
-                block *= 8  # a line longer than a block
+            if "straddl" in str(error) and block < min(len(body), MAX_LINE_BYTES):
+                block = min(block * 8, MAX_LINE_BYTES)  # a line longer than a block
                 continue
-            return None
+            return None  # read line by line (``_python_lines``), where a line too long is a malformed one
+
+
+def _longest_line(body: bytes) -> int:
+    """The longest line's length in bytes, its line end included (``body`` ends with one)."""
+    ends = np.flatnonzero(np.frombuffer(body, dtype=np.uint8) == ord("\n"))
+    return int(np.diff(ends, prepend=-1).max()) if len(ends) else len(body)
 
 
 def _python_lines(files: list[CaptureFile], malformed: _Malformed,
@@ -357,6 +369,10 @@ def _python_lines(files: list[CaptureFile], malformed: _Malformed,
                 continue
             malformed.lines += 1
             where = f"{name} line {number}"
+            if len(raw) > MAX_LINE_BYTES:
+                malformed.add(where, f"a line of {len(raw):,} bytes, over the {MAX_LINE_BYTES:,} that one "
+                                     "invocation's capture can take")
+                continue
             try:
                 record = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError:
@@ -1024,7 +1040,7 @@ class _WindowBuilder:
             self._require(lines.out_data, keep, lines.origin, "endpointOutput", "Output")
         texts = _decoded(lines.in_data, lines.in_encoding, keep, lines.origin, self.malformed, INPUT)
         kinds = _kinds(lines.in_encoding, lines.in_type, keep, lines.origin, self.malformed, "input")
-        self.input_kind = _one_kind(self.input_kind, kinds, lines.origin, "requests")
+        self.input_kind = _one_kind(self.input_kind, kinds, keep, lines.origin, "requests", self.malformed)
         if self.input_kind is None:
             return
         kind = _KIND_LIST[self.input_kind[0]]
@@ -1080,7 +1096,7 @@ class _WindowBuilder:
         """The responses, one per record, checked against their requests' record counts."""
         texts = _decoded(lines.out_data, lines.out_encoding, keep, lines.origin, self.malformed, OUTPUT)
         kinds = _kinds(lines.out_encoding, lines.out_type, keep, lines.origin, self.malformed, "output")
-        self.output_kind = _one_kind(self.output_kind, kinds, lines.origin, "responses")
+        self.output_kind = _one_kind(self.output_kind, kinds, keep, lines.origin, "responses", self.malformed)
         if self.output_kind is None:
             return (-1, None)
         kind = _KIND_LIST[self.output_kind[0]]
@@ -1280,19 +1296,24 @@ class _WindowBuilder:
         return Column.from_series(labels, name=name)
 
 
-def _one_kind(seen: tuple[int, str] | None, kinds: np.ndarray, origin: Callable[[int], str],
-              what: str) -> tuple[int, str] | None:
-    """The window's one payload format; a window that mixes CSV and JSON is a ``UserError``."""
+def _one_kind(seen: tuple[int, str] | None, kinds: np.ndarray, keep: np.ndarray, origin: Callable[[int], str],
+              what: str, malformed: _Malformed) -> tuple[int, str] | None:
+    """The window's one payload format for ``what``: the most common among the first lines that have one.
+
+    A window's traffic is one model's, in one format; a line in another (a caller who sent another
+    Content-Type) is a malformed line: skipped, counted and named, so that one stray request cannot stop
+    the execution (more than 1 % of them still do, as other malformed lines)."""
     present = np.flatnonzero(kinds >= 0)
     if not len(present):
         return seen
     if seen is None:
-        seen = (int(kinds[present[0]]), origin(int(present[0])))
-    other = np.flatnonzero((kinds >= 0) & (kinds != seen[0]))
-    if len(other):
-        i = int(other[0])
-        raise UserError(f"The window's captured {what} mix {_KIND_LIST[seen[0]]} ({seen[1]}) and "
-                        f"{_KIND_LIST[int(kinds[i])]} ({origin(i)}); a monitor reads one format")
+        chosen = int(np.argmax(np.bincount(kinds[present], minlength=len(_KIND_LIST))))
+        seen = (chosen, origin(int(present[kinds[present] == chosen][0])))
+    for i in np.flatnonzero((kinds >= 0) & (kinds != seen[0])).tolist():
+        malformed.add(origin(i), f"captured {what} in {_KIND_LIST[int(kinds[i])]}; the window's {what} are "
+                                 f"{_KIND_LIST[seen[0]]} (as {seen[1]}), and a monitor reads one format")
+        keep[i] = False
+        kinds[i] = -1
     return seen
 
 
@@ -1409,4 +1430,4 @@ def _text(when: datetime) -> str:
     return _naive_utc(when).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-__all__ = ["CHUNK_BYTES", "MAX_EXAMPLES", "MAX_MALFORMED_FRACTION", "CaptureFile", "MergedWindow", "merge_window"]
+__all__ = ["CHUNK_BYTES", "MAX_EXAMPLES", "MAX_LINE_BYTES", "MAX_MALFORMED_FRACTION", "CaptureFile", "MergedWindow", "merge_window"]

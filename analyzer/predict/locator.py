@@ -16,7 +16,7 @@ from typing import Any
 import jmespath
 import jmespath.exceptions
 
-from analyzer.errors import UserError
+from analyzer.errors import UserError, jmespath_error_text
 
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 _CHAIN = re.compile(rf"{_IDENTIFIER}(?:\.{_IDENTIFIER})*")
@@ -39,7 +39,8 @@ class JsonLocator:
         try:
             self._compiled = jmespath.compile(expression)
         except jmespath.exceptions.JMESPathError as error:
-            raise UserError(f"{key} {expression!r} is not a valid JMESPath expression: {error}") from None
+            raise UserError(f"{key} {expression!r} is not a valid JMESPath expression: "
+                            f"{jmespath_error_text(error)}") from None
         self._chain: tuple[str, ...] | None = None
         self._projection: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         if _CHAIN.fullmatch(expression):

@@ -34,7 +34,7 @@ import jmespath
 import jmespath.exceptions
 import numpy as np
 
-from analyzer.errors import UserError
+from analyzer.errors import UserError, jmespath_error_text
 from analyzer.explain.kernel_shap import GROUP_ROWS
 from analyzer.media import JSON
 from analyzer.predict import ModelTransportError
@@ -586,7 +586,7 @@ def _check_expression(expression: str) -> None:
         jmespath.compile(expression)
     except jmespath.exceptions.JMESPathError as error:
         raise validation_error(f"{ENABLE_EXPLANATIONS}: {expression!r} is not a valid JMESPath expression: "
-                               f"{error}") from None
+                               f"{jmespath_error_text(error)}") from None
 
 
 def request_id() -> str:

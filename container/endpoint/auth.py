@@ -7,7 +7,9 @@ the SHA-256 of the body actually received), lets ``botocore.auth.SigV4Auth`` com
 and compares the two in constant time. Why botocore: any difference between two implementations of
 the canonical request would be a request boto3 signs and Lucent refuses (or the reverse).
 
-Also checked: the key id, the credential scope (date, service ``sagemaker``, ``aws4_request``),
+Also checked: the key id, the credential scope (date, service ``sagemaker``, ``aws4_request``, and the
+region when ``LUCENT_ENDPOINT_REGION`` names the endpoint's: a self-hosted endpoint has no region of its
+own, so without it any region the client signed for is accepted),
 ``X-Amz-Date`` within 15 minutes of now (as AWS allows), and that ``host`` and ``x-amz-date`` are
 signed. A declared ``X-Amz-Content-SHA256`` must be the body's hash: botocore trusts that header over
 the body, so an attacker could otherwise sign a body and send another.
@@ -27,6 +29,7 @@ from analyzer.errors import UserError
 
 ACCESS_KEY_VARIABLE = "LUCENT_ENDPOINT_ACCESS_KEY_ID"
 SECRET_KEY_VARIABLE = "LUCENT_ENDPOINT_SECRET_ACCESS_KEY"
+REGION_VARIABLE = "LUCENT_ENDPOINT_REGION"
 SERVICE = "sagemaker"  # the runtime API's signing name
 MAX_CLOCK_SKEW = timedelta(minutes=15)
 _AUTHORIZATION = re.compile(r"AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+),\s*"
@@ -60,6 +63,7 @@ class SigV4Verifier:
     access_key_id: str
     secret_access_key: str = field(repr=False)
     max_clock_skew: timedelta = MAX_CLOCK_SKEW
+    region: str | None = None  # the only region a signature may be scoped to (None: any)
 
     @classmethod
     def from_environment(cls) -> SigV4Verifier | None:
@@ -72,7 +76,7 @@ class SigV4Verifier:
             missing = ACCESS_KEY_VARIABLE if not key_id else SECRET_KEY_VARIABLE
             raise UserError(f"{missing} is not set: set both {ACCESS_KEY_VARIABLE} and {SECRET_KEY_VARIABLE} to "
                             "require signed requests, or neither")
-        return cls(key_id, secret)
+        return cls(key_id, secret, region=os.environ.get(REGION_VARIABLE, "").strip() or None)
 
     def verify(self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes,
                now: datetime | None = None) -> None:
@@ -102,6 +106,9 @@ class SigV4Verifier:
                                       f"Credential should be scoped to a valid region and to the service "
                                       f"'{SERVICE}' (KEY_ID/DATE/REGION/{SERVICE}/aws4_request).")
         key_id, scope_date, region = parts[0], parts[1], parts[2]
+        if self.region is not None and region != self.region:  # AWS's answer to a request signed for another region
+            raise AuthenticationError(f"signed for region {region[:40]!r}, not {self.region!r}", INVALID_SIGNATURE,
+                                      f"Credential should be scoped to a valid region, not '{region[:40]}'.")
         if not hmac.compare_digest(key_id.encode(), self.access_key_id.encode()):
             raise AuthenticationError("unknown access key id", UNRECOGNIZED_CLIENT,
                                       "The security token included in the request is invalid.")

@@ -27,7 +27,7 @@ from analyzer.errors import ConfigError, DependencyError, UserError
 from analyzer.predict import serialize_records
 from analyzer.redact import install_redaction, redact_url
 from container.endpoint.app import EndpointApp, Explanations
-from container.endpoint.auth import ACCESS_KEY_VARIABLE, SECRET_KEY_VARIABLE, SigV4Verifier
+from container.endpoint.auth import ACCESS_KEY_VARIABLE, REGION_VARIABLE, SECRET_KEY_VARIABLE, SigV4Verifier
 from container.endpoint.config import (
     ENDPOINT_NAME_PATTERN,
     EndpointConfig,
@@ -59,7 +59,8 @@ Clarify online explanations configured by FILE: the JSON body of CreateEndpointC
 (DataCaptureConfig, ExplainerConfig, ProductionVariants[0].VariantName).
 
 With {ACCESS_KEY_VARIABLE} and {SECRET_KEY_VARIABLE} set, every request except GET /ping
-must be SigV4-signed with those credentials (boto3 does it when given them).
+must be SigV4-signed with those credentials (boto3 does it when given them);
+{REGION_VARIABLE}, when set, is the only region a signature may be scoped to.
 """
 
 
@@ -203,7 +204,7 @@ def _model(args: argparse.Namespace) -> Iterator[ServedModel]:
     from container.model_endpoint import _builtin_server, _existing_endpoint, _model_container
 
     if args.model_url is not None:
-        yield ServedModel(_existing_endpoint(args.model_url))
+        yield ServedModel(_existing_endpoint(args.model_url, "--model-url"))
     elif args.image is not None:
         with _model_container(args.image, args.model_dir or Path("/nonexistent/lucent-no-model"), "--image") as url:
             yield ServedModel(url)

@@ -17,6 +17,7 @@ inference toolkit); it carries ``X-Amzn-SageMaker-Custom-Attributes``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import glob
 import importlib.util
@@ -32,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 from container.sidecar import codecs
 from container.sidecar.errors import ModelLoadError
@@ -133,14 +134,92 @@ def prepare_model_dir(path: Path) -> tuple[Path, tempfile.TemporaryDirectory | N
     remove_abandoned_dirs(EXTRACTED_DIR_PREFIX)  # left by a server killed with SIGKILL
     tmp = tempfile.TemporaryDirectory(prefix=f"{EXTRACTED_DIR_PREFIX}{os.getpid()}-")
     try:
-        with tarfile.open(tarball) as archive:
-            # filter="data" refuses absolute paths, links out of the folder and device files
-            # (Python >= 3.11.4; older interpreters extract as tarfile always did).
-            archive.extractall(tmp.name, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        extract_model_archive(tarball, Path(tmp.name))
+    except ModelLoadError:
+        tmp.cleanup()
+        raise
     except (tarfile.TarError, OSError) as exc:
         tmp.cleanup()
         raise ModelLoadError(f"cannot extract {tarball}: {exc}") from None
     return Path(tmp.name), tmp
+
+
+def extract_model_archive(tarball: Path, dest: Path) -> None:
+    """Extract the model archive ``tarball`` into the (new, empty) folder ``dest``, every member checked by
+    ``check_archive_member`` just before it is written: a hostile member raises ``ModelLoadError`` naming the
+    archive and the member, and nothing is written outside ``dest`` (the caller removes ``dest``).
+
+    On every Python version: the check does not depend on ``tarfile``'s extraction filters, which Debian
+    bookworm's Python 3.11.2 (the image's base) lacks. Where they exist ``filter="data"`` is used as well;
+    where not, the members are given the owner and permission bits that filter would give them (no
+    set-uid bits, no owner taken from the archive when extracting as root)."""
+    data_filter = hasattr(tarfile, "data_filter")
+    with tarfile.open(tarball) as archive:
+
+        def checked():  # lazily: extractall writes each member before taking the next, so each check sees
+            for member in archive:  # the folder as the members before it left it
+                check_archive_member(member, dest, tarball)
+                yield member if data_filter else _plain_data(member)
+
+        archive.extractall(dest, members=checked(), **({"filter": "data"} if data_filter else {}))
+
+
+def check_archive_member(member: tarfile.TarInfo, dest: Path, archive: Path | str) -> None:
+    """Raise ``ModelLoadError`` unless extracting ``member`` of the model archive ``archive`` into ``dest``
+    writes a plain file, folder or link inside ``dest``. Refused: absolute names, ``..`` components, names
+    that resolve (through links already extracted) outside ``dest``, device files, FIFOs and other special
+    members, and links other than relative ones without ``..``.
+
+    Links: a symlink or hardlink is accepted only when its target is relative and has no ``..`` component.
+    Such a link resolves downwards from its own folder, into ``dest``, and so does any chain of them:
+    whatever order the members come in and whatever other links the archive holds, no path through them
+    leaves ``dest``. A ``..`` target cannot be judged member by member -- ``a -> sub/dir`` then ``b -> a/..``
+    is inside when checked, outside once a later member replaces ``a`` by ``a -> .`` -- and a model archive
+    rarely needs one; refusing it (with this message) is simpler and safe. The resolved-destination check
+    below is then a second line of defence."""
+
+    def refuse(why: str) -> NoReturn:
+        raise ModelLoadError(f"model archive {archive}: member {member.name!r} {why}; refused")
+
+    if os.path.isabs(member.name):
+        refuse("is an absolute path")
+    if ".." in member.name.split("/"):
+        refuse("has a '..' component")
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        kind = ("is a device file" if member.ischr() or member.isblk() else "is a FIFO" if member.isfifo()
+                else f"has the special type {member.type!r}")
+        refuse(f"{kind} (a model archive holds files, folders and links)")
+    root = os.path.realpath(dest)
+
+    def inside(path: str) -> bool:
+        resolved = os.path.realpath(os.path.join(root, path))
+        return os.path.commonpath([root, resolved]) == root
+
+    if not inside(member.name):
+        refuse(f"resolves outside the extraction folder {dest}")
+    if member.issym() or member.islnk():
+        link = "symlink" if member.issym() else "hardlink"
+        target = member.linkname
+        if not target:
+            refuse(f"is a {link} with an empty target")
+        if os.path.isabs(target):
+            refuse(f"is a {link} to the absolute path {target!r} (only links inside the archive's folder, "
+                   "relative and without '..', are extracted)")
+        if ".." in target.split("/"):
+            refuse(f"is a {link} to {target!r}, through '..' (only links inside the archive's folder, relative "
+                   "and without '..', are extracted)")
+        # A symlink's target is relative to the link's folder, a hardlink's to the archive's root.
+        if not inside(os.path.join(os.path.dirname(member.name), target) if member.issym() else target):
+            refuse(f"is a {link} to {target!r}, which resolves outside the extraction folder {dest}")
+
+
+def _plain_data(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A copy of ``member`` with what ``filter="data"`` would change: no set-uid/set-gid/sticky bits, no
+    group or other write bit, readable and writable by its owner; its owner the extracting user."""
+    member = copy.copy(member)
+    member.mode = 0o755 if member.isdir() else (member.mode & 0o755) | 0o600
+    member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+    return member
 
 
 def load_handlers(model_dir: Path, threads: int | None = None) -> ModelHandlers:
