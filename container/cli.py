@@ -76,14 +76,17 @@ See docs/running.md (also `lucent validate` to check a job first, `lucent launch
 """
 
 
-def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_job_arguments(parser: argparse.ArgumentParser, *, message_file: bool = True) -> None:
     from container.job import DEFAULT_MESSAGE_FILE, DEFAULT_PROCESSING_ROOT
 
     parser.add_argument("--processing-root", type=Path, default=DEFAULT_PROCESSING_ROOT, metavar="DIR",
                         help=f"folder with input/config, input/data and output (default: {DEFAULT_PROCESSING_ROOT})")
-    parser.add_argument("--message-file", type=Path, metavar="FILE",
-                        help=f"where to write the exit message (default: {DEFAULT_MESSAGE_FILE} for the default "
-                             "processing root, else DIR/message)")
+    if message_file:
+        parser.add_argument("--message-file", type=Path, metavar="FILE",
+                            help=f"where to write the exit message (default: {DEFAULT_MESSAGE_FILE} for the default "
+                                 "processing root, else DIR/message)")
+    else:  # validate writes no message: the option is not offered (JobPaths still wants the attribute)
+        parser.set_defaults(message_file=None)
     parser.add_argument("--allow-paths-outside-root", action="store_true",
                         help="let the config read files outside DIR (dataset_uri, facet_dataset_uri, "
                              "predicted_label_dataset_uri, methods.shap.baseline, and links in the dataset "
@@ -111,10 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="check config and data without computing",
         description="Check the config, the dataset, the model folder (without loading it) and the output folder the "
                     "way `lucent run` would, list every problem found, and exit 0 only when the job would start "
-                    "(1 otherwise). Nothing is computed and no message file is written.",
+                    "(1 otherwise). No model is called and no message file is written; the output folder is only "
+                    "probed (a small file written and removed).",
         epilog="example:\n  lucent validate --processing-root ./job     OK: the job would start. (or one line per "
                "problem)", formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_job_arguments(validate)
+    _add_job_arguments(validate, message_file=False)
     serve = commands.add_parser("serve-model", add_help=False,
                                 help="serve a model folder over SageMaker's model-container protocol "
                                      "(see `lucent serve-model --help`)")
@@ -173,10 +177,17 @@ def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
         from container.schedule import run_schedule
 
         return run_schedule(args)
-    from container.job import JobPaths, configure_logging
+    from container.job import EXIT_USER_ERROR, JobPaths, configure_logging, finish
 
-    configure_logging(level=level_from_args(args))
     paths = JobPaths.for_root(args.processing_root, args.message_file)
+    try:
+        level = level_from_args(args)
+    except SystemExit as problem:  # a bad LUCENT_LOG_LEVEL (a processing job's Environment): the job's message says so
+        if args.command != "run":
+            raise
+        print(problem, file=sys.stderr)
+        return finish(paths.message_file, EXIT_USER_ERROR, f"ClientError: {str(problem).removeprefix('lucent: ')}")
+    configure_logging(level=level)
     if args.command == "run":
         try:
             from analyzer.engines import engine_arguments
@@ -199,11 +210,19 @@ def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
         problems = validate_job(paths, allow_paths_outside_root=args.allow_paths_outside_root)
         if not problems:
             print("OK: the job would start.")
-            return 0
-        print(f"{len(problems)} problem(s) found:")
-        for problem in problems:
-            print(f"  - {problem}")
-        return 1
+        else:
+            print(f"{len(problems)} problem(s) found:")
+            for problem in problems:
+                print(f"  - {problem}")
+        code = 1 if problems else 0
+        if program:
+            # As for run: no interpreter teardown, during which a native library's thread (a C++ std::thread
+            # still joinable) sometimes aborted the process (exit 134, "terminate called without an active
+            # exception") after the report was printed.
+            from analyzer.process_exit import end_process
+
+            return end_process(code)
+        return code
     parser.error(f"unknown command {args.command}")
     return 2
 

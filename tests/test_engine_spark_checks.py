@@ -32,3 +32,18 @@ def test_a_spark_home_without_spark_is_named(tmp_path, monkeypatch) -> None:
     check_spark_home()
     monkeypatch.delenv("SPARK_HOME")
     check_spark_home()
+
+
+def test_the_session_start_wait_is_configurable(monkeypatch) -> None:
+    """A JVM on a busy 2-core machine took 104 s to start; the wait (default START_TIMEOUT_S) is
+    LUCENT_SPARK_START_SECONDS, checked before anything starts."""
+    from analyzer.engines.spark import START_TIMEOUT_S, start_seconds
+
+    monkeypatch.delenv("LUCENT_SPARK_START_SECONDS", raising=False)
+    assert SparkEngine("local[2]").start_timeout == START_TIMEOUT_S >= 180
+    monkeypatch.setenv("LUCENT_SPARK_START_SECONDS", "900")
+    assert SparkEngine("local[2]").start_timeout == start_seconds() == 900.0
+    for bad in ("soon", "0", "-5", "inf", "nan"):
+        monkeypatch.setenv("LUCENT_SPARK_START_SECONDS", bad)
+        with pytest.raises(UserError, match=rf"LUCENT_SPARK_START_SECONDS='{bad}': expected a number of seconds"):
+            start_seconds()

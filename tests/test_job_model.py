@@ -98,6 +98,33 @@ def test_post_training_bias_through_the_builtin_sidecar_matches_smclarify(model_
     assert lucent_children() == []
 
 
+@pytest.mark.oracle
+def test_probability_threshold_cuts_the_positive_score_of_a_bare_model(tmp_path, caplog):
+    """A bare scikit-learn model answers predict_proba's two columns and the SDK's config has no
+    predictor.probability: probability_threshold (0.7) cuts P(1), not an argmax (a 0.5 cut)."""
+    from smclarify.bias.report import FacetColumn, LabelColumn, StageType, bias_report
+
+    predictor = {key: value for key, value in MODEL_DEMO_CONFIG["predictor"].items() if key != "probability"}
+    config = {**MODEL_DEMO_CONFIG, "probability_threshold": 0.7, "predictor": predictor,
+              "methods": {"post_training_bias": {"methods": "all"}}}
+    write_demo_job(tmp_path / "job", n_rows=400, seed=5, config=config, with_model=True)
+    job = JobRoot(tmp_path / "job")
+    assert job.run() == 0, job.message
+    assert "We assume a prediction above 0.700 indicates 1" in caplog.text
+    df = pd.read_csv(job.data_dir / "credit.csv", header=None, names=COLUMNS[:8])
+    scores = joblib.load(job.root / "input" / "model" / "model.joblib").predict_proba(
+        df[FEATURES].to_numpy(dtype=object))[:, 1]
+    predicted = pd.Series((scores > 0.7).astype(np.int64), name="predicted_label")
+    assert 0 < predicted.sum() < (scores > 0.5).sum()  # the cut matters here
+    section = job.analysis()["post_training_bias_metrics"]
+    for facet in MODEL_DEMO_CONFIG["facet"]:
+        name = facet["name_or_index"]
+        expected = bias_report(df.drop(columns=["approved"]), FacetColumn(name, facet.get("value_or_threshold")),
+                               LabelColumn("approved", df["approved"], [1]), StageType.POST_TRAINING,
+                               LabelColumn("predicted_label", predicted, [1]), group_variable=df["age_group"])
+        assert_same_metrics(section["facets"][name], expected)
+
+
 def assert_model_error(job: JobRoot, *fragments: str, code: int = 1) -> None:
     """The job fails with ``code``: 1 and ClientError for the user's model or its answers, 2 and
     AlgorithmError when the model server died or no answer came."""

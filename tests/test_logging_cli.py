@@ -107,6 +107,11 @@ def test_the_level_can_come_from_the_environment(tmp_path, capsys, monkeypatch, 
     monkeypatch.setenv("LUCENT_LOG_LEVEL", "chatty")
     with pytest.raises(SystemExit, match=r"^lucent: LUCENT_LOG_LEVEL='chatty': choose from debug, info, warning, error$"):
         job.run(command="validate")
+    # A job: the processing job's status says why (the previous run's "Completed" does not stay).
+    (job.root / "message").write_text("Completed: an earlier run\n")
+    assert job.run() == 1
+    assert job.message == "ClientError: LUCENT_LOG_LEVEL='chatty': choose from debug, info, warning, error"
+    assert "LUCENT_LOG_LEVEL='chatty'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["run", "validate", "monitor", "launch"])

@@ -488,3 +488,29 @@ def test_server_stops_when_the_process_that_started_it_dies(tmp_path, numeric_da
         launcher.kill()
         launcher.wait()
         launcher.stdout.close()
+
+
+def test_the_model_code_does_not_see_the_endpoints_signing_secret(tmp_path: Path, monkeypatch) -> None:
+    """`lucent endpoint` checks callers with LUCENT_ENDPOINT_* credentials; the model server it starts runs
+    the user's inference.py, which must not be able to read them from its environment."""
+    from container.sidecar.server import start_model_server
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "inference.py").write_text(textwrap.dedent("""
+        import json, os
+
+        def model_fn(model_dir):
+            return None
+
+        def transform_fn(model, body, content_type, accept):
+            names = sorted(name for name in os.environ if name.startswith(("LUCENT_ENDPOINT_", "QA_")))
+            return json.dumps(names), "application/json"
+    """))
+    monkeypatch.setenv("LUCENT_ENDPOINT_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("LUCENT_ENDPOINT_SECRET_ACCESS_KEY", "endpoint-secret")
+    monkeypatch.setenv("QA_VISIBLE", "1")  # everything else is passed on
+    with start_model_server(tmp_path, workers=1) as server:
+        server.wait_healthy()
+        request = urllib.request.Request(f"{server.url}/invocations", data=b"1", headers={"Content-Type": "text/csv"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read()) == ["QA_VISIBLE"]

@@ -82,7 +82,10 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = ("install the Spark extra with `pip install lucent[spark]` (pyspark 4) and a Java 17 runtime "
                 "(for example the openjdk-17-jre-headless package; `java` on PATH or JAVA_HOME set)")
-START_TIMEOUT_S = 60.0  # a session that is not up by then fails the job, naming the master
+START_SECONDS_VARIABLE = "LUCENT_SPARK_START_SECONDS"
+# A session that is not up by then fails the job, naming the master. Starting the JVM took 101-104 s on a
+# busy 2-core machine (pyspark alone, local[2]), so the default leaves room; the variable gives more.
+START_TIMEOUT_S = 300.0
 CONNECT_TIMEOUT_S = 10.0  # per address of the master, before the JVM is even started
 DEFAULT_CONNECT_PORT = 15002
 # Always set: speculation would score a shard twice (the model is called twice, and in phase 2 the
@@ -171,6 +174,20 @@ def check_master_reachable(master: str, timeout: float = CONNECT_TIMEOUT_S) -> N
                         "(LUCENT_SPARK_MASTER, SPARK_REMOTE or lucent.spark_master) and that the master is running")
 
 
+def start_seconds() -> float:
+    """``LUCENT_SPARK_START_SECONDS``, else ``START_TIMEOUT_S``: how long a Spark session may take to start."""
+    text = os.environ.get(START_SECONDS_VARIABLE, "").strip()
+    if not text:
+        return START_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise UserError(f"{START_SECONDS_VARIABLE}={text[:40]!r}: expected a number of seconds above 0")
+    return seconds
+
+
 class SparkEngine:
     """Bias counts and SHAP shards on a Spark cluster (``master``: any Spark master URL or ``sc://``;
     None: Spark's own configuration, e.g. ``spark-submit --master``, else ``local[*]``)."""
@@ -178,10 +195,10 @@ class SparkEngine:
     name = "spark"
 
     def __init__(self, master: str | None = None, conf: dict[str, str] | None = None,
-                 start_timeout: float = START_TIMEOUT_S):
+                 start_timeout: float | None = None):
         self.master = master
         self.conf = dict(conf or {})
-        self.start_timeout = start_timeout
+        self.start_timeout = start_timeout if start_timeout is not None else start_seconds()
         self._session: Any = None
 
     # -- session ---------------------------------------------------------------------------------------
@@ -234,10 +251,16 @@ class SparkEngine:
 
         thread = threading.Thread(target=start, name="lucent-spark-start", daemon=True)
         thread.start()
+        log.info("Starting the Spark session on %s (waiting up to %.0f s: %s)", where, self.start_timeout,
+                 START_SECONDS_VARIABLE)
         thread.join(self.start_timeout)
         if thread.is_alive():
+            more = f"set {START_SECONDS_VARIABLE} to wait longer"
+            if (self.master or "").startswith("local"):  # no master to check: this machine is slow or busy
+                raise DependencyError(f"The local Spark session ({where}) did not start within "
+                                      f"{self.start_timeout:.0f} s: the JVM is slow to start on a busy machine; {more}")
             raise UserError(f"The Spark session on {where} did not start within {self.start_timeout:.0f} s; check "
-                            "that the master is running and has free workers")
+                            f"that the master is running and has free workers, or {more}")
         if "error" in result:
             raise UserError(f"Cannot start Spark on {where}: {_first_line(result['error'])}") from None
         session = result["session"]

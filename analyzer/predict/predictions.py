@@ -92,6 +92,8 @@ class Predictions:
             check_finite_outputs(scores, "predictor.probability", self.first_row)
             if scores.shape[1] == 1:  # 4. one score per record, cut at the threshold
                 return (scores[:, 0] > probability_threshold).astype(np.int64)
+            if cuts_second_score(scores.shape[1], self.label_headers, probability_threshold):
+                return (scores[:, 1] > probability_threshold).astype(np.int64)
             best = np.argmax(scores, axis=1)
             if self.label_headers is None:
                 return best  # no names for the scores: their position is the label
@@ -132,11 +134,28 @@ class Predictions:
         )
 
 
+def cuts_second_score(width: int, label_headers: Sequence[Scalar] | None, probability_threshold: float) -> bool:
+    """Whether two scores per record (no names for them, no label) are read as ``[P(0), P(1)]`` and the
+    second cut at ``probability_threshold``, rather than labelled by their argmax.
+
+    A bare scikit-learn model answers ``predict_proba``'s two columns: a config's ``probability_threshold``
+    (0.6, say) must apply to P(1), not be lost to an argmax (a 0.5 cut). At 0.5 both give the same labels
+    for probabilities (a tie goes to 0 either way), so the argmax, which also suits two scores that are not
+    probabilities, is kept there."""
+    return width == 2 and label_headers is None and probability_threshold != 0.5
+
+
 def predicted_labels_for_bias(predictions: Predictions, probability_threshold: float = 0.5,
                               name: str = "predicted_label") -> pd.Series:
     """Predicted labels for post-training bias, as a Series (the bias layer types it like the label)."""
     if predictions.label is None and predictions.probability is not None and predictions.scores.shape[1] == 1:
         log.info("We assume a prediction above %.3f indicates 1 and below or equal indicates 0.",
+                 probability_threshold)
+    elif predictions.label is None and predictions.probability is not None and cuts_second_score(
+            predictions.scores.shape[1], predictions.label_headers, probability_threshold):
+        log.info("We assume a prediction above %.3f indicates 1 and below or equal indicates 0 (the model answers "
+                 "two scores per record: the second, P(1), is cut at probability_threshold; set "
+                 "predictor.probability to choose another, or predictor.label_headers to label by the highest)",
                  probability_threshold)
     return pd.Series(predictions.predicted_labels(probability_threshold), name=name)
 

@@ -411,7 +411,7 @@ def _single_model_file(model_dir: Path) -> tuple[Path, str]:
 def _no_model_file_message(model_dir: Path) -> str:
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in model_dir.iterdir() if not p.name.startswith("."))
     expected = ("expected code/inference.py or one model file: *.joblib, *.pkl, *.pickle or 'model' (joblib), "
-                "xgboost-model, *.json or *.ubj (XGBoost), *.txt (LightGBM)")
+                "xgboost-model, *.json, *.ubj or *.bst (XGBoost), *.txt (LightGBM)")
     if not entries:
         return f"model folder {model_dir} is empty: {expected}"
     hint = ""

@@ -425,6 +425,9 @@ def _wait_group_gone(pgid: int, timeout: float) -> None:
         time.sleep(0.01)
 
 
+ENDPOINT_SECRET_PREFIX = "LUCENT_ENDPOINT_"  # LUCENT_ENDPOINT_ACCESS_KEY_ID / _SECRET_ACCESS_KEY (container/endpoint/auth.py)
+
+
 def start_model_server(model_dir: Path | str, port: int | None = None, workers: int | None = None, *,
                        host: str = "127.0.0.1", log_file: Path | None = None,
                        limits: RequestLimits | None = None) -> ModelServer:
@@ -456,7 +459,9 @@ def start_model_server(model_dir: Path | str, port: int | None = None, workers: 
                "--workers", str(workers), "--max-body-mb", repr(limits.max_body_bytes / MIB),
                "--header-timeout", repr(limits.header_timeout), "--body-timeout", repr(limits.body_timeout),
                "--max-connections", str(limits.max_connections), "--send-timeout", repr(limits.send_timeout)]
-    env = dict(os.environ)
+    # The model's code (inference.py, and anything it starts) runs in the child: it gets this process's
+    # environment but not the credentials that `lucent endpoint` checks its callers' signatures with.
+    env = {name: value for name, value in os.environ.items() if not name.startswith(ENDPOINT_SECRET_PREFIX)}
     # The child imports this package however the parent found it (installed, or a source checkout).
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
