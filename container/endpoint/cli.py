@@ -83,7 +83,9 @@ def build_parser(prog: str = "lucent endpoint") -> argparse.ArgumentParser:
     parser.add_argument("--model-timeout", type=float, default=DEFAULT_MODEL_TIMEOUT_S, metavar="SECONDS",
                         help=f"seconds the model container has to answer (default: {DEFAULT_MODEL_TIMEOUT_S:g})")
     parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
-                        help=f"connections served at once; more get 503 (default: {DEFAULT_MAX_CONNECTIONS})")
+                        help=f"connections open at once (default: {DEFAULT_MAX_CONNECTIONS}); past it a new connection "
+                             "closes the oldest one without a complete request, and gets 503 only when every "
+                             "one is busy with a request")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 

@@ -344,21 +344,54 @@ def parse_records(body: bytes | str, content_type: str, *, features_attribute: s
                   feature_types: Sequence[str] | None = None, what: str = "the request") -> np.ndarray:
     """Feature rows of a CSV or JSON Lines body: float when every value is a number, else object
     (text and categorical values kept as strings). ``feature_types`` keeps non-numerical columns as
-    strings even when they look like numbers."""
+    strings even when they look like numbers.
+
+    ``RecordError`` for anything the body's own content decides (a record's request is then a
+    ValidationError, never an internal error): bad JSON, a line nested more than 64 levels deep (a record
+    needs two or three; Python's parser would hit its recursion limit, and so would whatever walks the
+    document after it), a number with more digits than Python reads, a CSV field over the csv module's
+    size limit."""
+    max_nesting = 64
+
+    def nested_deeper(document: Any) -> bool:
+        """Arrays or objects nested more than ``max_nesting`` levels deep (walked without recursion)."""
+        stack = [(document, 1)]
+        while stack:
+            value, depth = stack.pop()
+            if isinstance(value, list | dict):
+                if depth > max_nesting:
+                    return True
+                stack.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value)
+                             if isinstance(child, list | dict))
+        return False
+
     text = body.decode("utf-8") if isinstance(body, bytes | bytearray) else body
     kind = media_type(content_type)
     if kind == CSV:
-        rows = [row for row in csv.reader(io.StringIO(text)) if row]
+        reader = csv.reader(io.StringIO(text))
+        try:
+            rows = [row for row in reader if row]
+        except csv.Error as error:  # a field over csv.field_size_limit() (128 KiB), ...
+            raise RecordError(f"{what}: CSV line {reader.line_num} cannot be read: {error}") from None
     elif kind == JSON_LINES:
         locator = jmespath.compile(features_attribute) if features_attribute else None
         rows = []
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
+            too_deep = (f"{what}: line {number} is nested too deeply (more than {max_nesting} levels of "
+                        "arrays and objects); a record is a list of feature values, or an object holding one")
             try:
                 document = json.loads(line)
             except json.JSONDecodeError as error:
                 raise RecordError(f"{what}: line {number} is not JSON: {error}") from None
+            except RecursionError:
+                raise RecordError(too_deep) from None
+            except ValueError as error:  # int_max_str_digits: "Exceeds the limit (4300 digits) for integer ..."
+                raise RecordError(f"{what}: line {number} has a number with too many digits to read ({error})") from None
+            # Only a line with that many brackets can be that deep: counting them is cheap, walking is not.
+            if line.count("[") + line.count("{") > max_nesting and nested_deeper(document):
+                raise RecordError(too_deep)
             values = locator.search(document) if locator is not None else document
             if values is None and isinstance(document, list):  # a bare feature list needs no attribute
                 values = document
