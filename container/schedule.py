@@ -13,7 +13,12 @@ becomes one crontab line (``--print``, or ``--install`` with ``crontab -``) whos
 window being the UTC time of the schedule tick the run belongs to (``20240501T060000Z``). A lock file
 (``fcntl.flock``) keeps two runs of one window from overlapping, and a window that completed is not run
 again unless ``--force``; a failed window may be rerun. Cron must run in UTC (the usual server setting)
-for windows to match the crontab ticks.
+for windows to match the crontab ticks. Cron's environment is nearly empty: the line pins the
+``LUCENT_STATE_DIR``, ``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``, ``AWS_DEFAULT_REGION`` and ``AWS_REGION``
+set at ``--install`` (never credentials: cron jobs get them from ~/.aws or an instance role). ``--list``
+shows the entries installed in your crontab; ``--remove`` takes out the lines of one (a job file, a
+``--monitoring-schedule`` file or a name as ``--list`` shows it), every other line kept. A crontab that
+``crontab -l`` cannot read is an error: nothing is written.
 
 Schedule names follow the SageMaker SDK's ``CronExpressionGenerator``: ``hourly`` is
 ``cron(0 * ? * * *)``, ``daily(H)`` is ``cron(0 H ? * * *)`` (``daily`` = ``daily(0)``), and
@@ -62,6 +67,7 @@ SCHEDULES = {
     "daily_every_x_hours": re.compile(r"^daily_every_x_hours\((\d{1,2})(?:,\s*(\d{1,2}))?\)$"),
 }
 ENTRY_MARK = "# lucent-schedule:"  # ends every line Lucent installs, so --install can replace its own line
+JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # no '/' (monitoring marks have one), no leading '.'
 STAMP = "%Y%m%dT%H%M%SZ"  # a window's name: its tick in UTC
 DEFAULT_MAX_WINDOWS = 24  # --catch-up runs at most this many windows (the most recent) unless told otherwise
 MAX_SCAN = 100_000  # ticks --catch-up looks back over at most (11 years of hourly ticks)
@@ -70,6 +76,11 @@ MONITOR_COMMAND_ENV = "LUCENT_MONITOR_COMMAND"  # replaces `python -m container.
 # are published up to a roll interval (plus a margin) after its end, and `lucent monitor` refuses a window until
 # then. SageMaker too starts an execution 0-20 minutes after the hour.
 MONITOR_DELAY_MINUTES = 5
+# Settings of the installing shell that a crontab line pins, as cron's environment is nearly empty: the state
+# folder, the S3 endpoint (MinIO, moto) and the region. Never credentials: a cron job gets them from ~/.aws or
+# an instance role, as any AWS client does.
+PINNED_VARIABLES = ("LUCENT_STATE_DIR", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")  # not pinned for a job giving its endpoint_url
 
 
 class ScheduleStopped(Exception):
@@ -144,23 +155,26 @@ def _refuse_control_characters(values: list[tuple[str, str]]) -> None:
 
 
 def _cron_line(when: str, state_dir: Path, command: list[str], mark: str,
-               sources: dict[int, str] | None = None) -> str:
+               sources: dict[int, str] | None = None, pin_endpoint: bool = True) -> str:
     """One crontab line: ``command`` at ``when``, from this directory, its output appended to the state's log.
 
     Every value that reaches the line is checked here (the one place lines are made) for control characters,
     a newline above all: ``ScheduleError`` naming where the value came from, before anything is installed.
-    ``sources``: what the user calls ``command[i]`` where its preceding ``--option`` does not say it."""
+    ``sources``: what the user calls ``command[i]`` where its preceding ``--option`` does not say it.
+    ``pin_endpoint`` False: ``$AWS_ENDPOINT_URL`` / ``$AWS_ENDPOINT_URL_S3`` are not pinned (the job gives one)."""
     cwd = str(Path.cwd())
-    pinned_dir = os.environ.get("LUCENT_STATE_DIR") or ""
-    state_source = "$LUCENT_STATE_DIR" if pinned_dir else "the state folder (~/.cache/lucent/schedules, from $HOME)"
+    # Cron's environment has none of PINNED_VARIABLES: those set at --install are pinned on the line.
+    pins = [(name, value) for name in PINNED_VARIABLES if (value := os.environ.get(name))
+            and (pin_endpoint or name not in ENDPOINT_VARIABLES)]
+    state_source = ("$LUCENT_STATE_DIR" if os.environ.get("LUCENT_STATE_DIR")
+                    else "the state folder (~/.cache/lucent/schedules, from $HOME)")
     _refuse_control_characters([
         ("the schedule", when), (state_source, str(state_dir)), ("the current directory", cwd),
-        ("$LUCENT_STATE_DIR", pinned_dir),
+        *((f"${name}", value) for name, value in pins),
         *((_argument_source(command, i, sources or {}), arg) for i, arg in enumerate(command)),
         ("the entry's name", mark)])
     log = state_dir / "cron.log"
-    # The state folder is pinned: cron's environment does not have the LUCENT_STATE_DIR given to --install.
-    pinned = f"LUCENT_STATE_DIR={shlex.quote(pinned_dir)} " if pinned_dir else ""
+    pinned = "".join(f"{name}={shlex.quote(value)} " for name, value in pins)
     # mkdir first: the shell opens the log before the command could create its folder. `%` escaped:
     # cron turns an unescaped one into a newline.
     line = (f"{when} mkdir -p {shlex.quote(str(state_dir))} && "
@@ -213,8 +227,9 @@ class Job:
             raise ScheduleError(f"{path}: unknown key(s) {sorted(unknown)}; expected {sorted(fields)}")
         if missing := [key for key in ("name", "schedule", "config", "output") if not tree.get(key)]:
             raise ScheduleError(f"{path}: missing {missing}")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(tree["name"])):
-            raise ScheduleError(f"{path}: name {tree['name']!r} must be letters, digits, '-', '_' or '.'")
+        if not JOB_NAME.fullmatch(str(tree["name"])):
+            raise ScheduleError(f"{path}: name {tree['name']!r} must start with an ASCII letter or digit, followed "
+                                "by ASCII letters, digits, '-', '_' or '.'")
         job = cls(file=path.resolve(), **{k: str(v) for k, v in tree.items()})
         crontab_expression(job.schedule)  # refuse a bad schedule when the entry is made, not at 3 a.m.
         return job
@@ -227,7 +242,7 @@ class Job:
         """The crontab line that runs this job on its schedule."""
         command = [sys.executable, "-m", "container.schedule", str(self.file), "--run", *(["--force"] * force)]
         return _cron_line(crontab_expression(self.schedule), self.state_dir, command, self.name,
-                          {3: "the job file's path"})
+                          {3: "the job file's path"}, pin_endpoint=self.endpoint_url is None)
 
 
 def run_once(state_dir: Path, label: str, tick: datetime, force: bool, action: Callable[[int], tuple[int, str]]) -> int:
@@ -513,19 +528,137 @@ def run_monitoring_window(job: MonitoringJob, tick: datetime, force: bool = Fals
     return code
 
 
-def install(entry: str, name: str) -> None:
-    """Add ``entry`` (one line or several) to the user's crontab, replacing the lines installed before for ``name``."""
+# `crontab -l` exits 1 both when the user has no crontab and when it cannot be read (permissions, a broken spool):
+# only the first is an empty crontab. cronie and vixie cron (Debian's cron) print "no crontab for USER"; BusyBox
+# cats the file from the spool folder: "crontab: can't open 'USER': No such file or directory".
+_NO_CRONTAB = re.compile(r"(?:crontab: )?(?:no crontab for \S+|can't open '[^'/]+': no such file or directory)",
+                         re.IGNORECASE)
+# A crontab is bytes: what is not UTF-8 in other lines goes back unchanged (surrogateescape), never replaced.
+_CRONTAB_TEXT = {"text": True, "encoding": "utf-8", "errors": "surrogateescape"}
+
+
+def read_crontab(unchanged: str) -> list[str]:
+    """The lines of the user's crontab (none when there is no crontab). ``ScheduleError`` when it cannot be read,
+    quoting ``crontab -l``: nothing may be written then, since a new table replaces the whole crontab.
+    ``unchanged``: what the error adds (what was not done)."""
     if shutil.which("crontab") is None:
         raise ScheduleError("no `crontab` command on this machine: add the --print line to your scheduler by hand")
-    if any(not line.endswith(f"{ENTRY_MARK}{name}") for line in entry.split("\n")):
-        raise ScheduleError(f"{name}: every line installed must end with its mark {ENTRY_MARK}{name}")
-    current = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
-    text = current.stdout if current.returncode == 0 else ""
+    try:
+        current = subprocess.run(["crontab", "-l"], capture_output=True, **_CRONTAB_TEXT)
+    except OSError as error:
+        raise ScheduleError(f"cannot run `crontab -l`: {error}; {unchanged}") from None
+    if current.returncode == 0:
+        text = current.stdout
+    elif _NO_CRONTAB.fullmatch(current.stderr.strip()) and not current.stdout.strip():
+        text = ""
+    else:
+        said = " / ".join(line.strip() for line in current.stderr.strip().split("\n")) or "no message"
+        raise ScheduleError(f"cannot read your crontab: `crontab -l` exited {current.returncode}: {said}; {unchanged}")
     # Split at newlines only, as cron does: str.splitlines also splits at \f, \v, U+2028 ..., and would cut
     # (and rewrite) other lines of the crontab holding one.
-    lines = [line for line in text.removesuffix("\n").split("\n") if text]
-    lines = [line for line in lines if not line.endswith(f"{ENTRY_MARK}{name}")]
-    subprocess.run(["crontab", "-"], input="\n".join([*lines, entry]) + "\n", text=True, check=True)
+    return text.removesuffix("\n").split("\n") if text else []
+
+
+def write_crontab(lines: list[str]) -> None:
+    """Replace the user's crontab by ``lines`` (``crontab -``); ``ScheduleError`` quoting it when it refuses."""
+    table = "".join(f"{line}\n" for line in lines)
+    try:
+        written = subprocess.run(["crontab", "-"], input=table, capture_output=True, **_CRONTAB_TEXT)
+    except OSError as error:
+        raise ScheduleError(f"cannot run `crontab -`: {error}") from None
+    if written.returncode != 0:
+        said = " / ".join(line.strip() for line in written.stderr.strip().split("\n")) or "no message"
+        raise ScheduleError(f"`crontab -` exited {written.returncode}: {said}")
+
+
+def _mark_of(line: str) -> str | None:
+    """The name a line Lucent installed ends with (``credit-bias``, ``monitoring/churn-bias``), else None."""
+    match = re.search(rf"{re.escape(ENTRY_MARK)}(\S+)$", line)
+    return match.group(1) if match else None
+
+
+def install(entry: str, name: str) -> None:
+    """Add ``entry`` (one line or several) to the user's crontab, replacing the lines installed before for ``name``.
+    A crontab that cannot be read is an error, and nothing is written."""
+    if any(not line.endswith(f"{ENTRY_MARK}{name}") for line in entry.split("\n")):
+        raise ScheduleError(f"{name}: every line installed must end with its mark {ENTRY_MARK}{name}")
+    lines = read_crontab("nothing installed (installing writes the whole crontab, which could not be read)")
+    write_crontab([*(line for line in lines if _mark_of(line) != name), entry])
+
+
+def installed() -> dict[str, list[str]]:
+    """The lines Lucent installed in the user's crontab, by name (``--list``), in the crontab's order."""
+    entries: dict[str, list[str]] = {}
+    for line in read_crontab("nothing listed"):
+        if (mark := _mark_of(line)) is not None:
+            entries.setdefault(mark, []).append(line)
+    return entries
+
+
+def remove(target: str, exact: bool = False, about: str = "") -> list[str]:
+    """Remove the lines of the entry ``target`` names (``--list``'s name; unless ``exact``, a name without '/' also
+    finds ``monitoring/<name>``), every other line kept as it is; the lines removed. ``ScheduleError`` when no
+    entry or two have that name; ``about``: where the name came from, for the message."""
+    lines = read_crontab("nothing removed")
+    marks = {mark for line in lines if (mark := _mark_of(line)) is not None}
+    candidates = [target] if exact or "/" in target else [target, f"monitoring/{target}"]
+    found = [mark for mark in candidates if mark in marks]
+    if not found:
+        raise ScheduleError(f"{target}{about}: not installed: no line of your crontab ends with "
+                            f"{' or '.join(ENTRY_MARK + mark for mark in candidates)} (lucent schedule --list shows "
+                            "what is)")
+    if len(found) > 1:
+        raise ScheduleError(f"{target}: both a job and a monitoring schedule of that name are installed: give "
+                            f"{' or '.join(found)}")
+    removed = [line for line in lines if _mark_of(line) == found[0]]
+    write_crontab([line for line in lines if _mark_of(line) != found[0]])
+    return removed
+
+
+def _describe(lines: list[str]) -> tuple[str, str]:
+    """An entry's schedule (the crontab times of its lines, UTC) and the file it runs, for ``--list``."""
+    times = ", ".join(line.split()[0] if line.startswith("@") else " ".join(line.split()[:5]) for line in lines)
+    try:
+        # cron reads `\%` as `%`; the mark is a shell comment
+        words = shlex.split(lines[0].replace("\\%", "%"), comments=True)
+        after = words[words.index("container.schedule") + 1:]
+        file = after[1] if after[0] == "--monitoring-schedule" else after[0]
+    except (ValueError, IndexError):  # a line edited by hand
+        file = "?"
+    return times, file
+
+
+def list_schedules() -> int:
+    """``--list``: the entries Lucent installed in the user's crontab, with their schedules and files."""
+    entries = installed()
+    if not entries:
+        print("no Lucent schedule is installed in your crontab")
+        return EXIT_OK
+    rows = [("NAME", "SCHEDULE (crontab, UTC)", "FILE"),
+            *((mark, *_describe(lines)) for mark, lines in entries.items())]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for name, times, file in rows:
+        print(f"{name:<{widths[0]}}  {times:<{widths[1]}}  {file}")
+    return EXIT_OK
+
+
+def _removal_target(args: argparse.Namespace) -> tuple[str, bool, str]:
+    """What ``--remove`` removes: the name in ``--monitoring-schedule FILE`` (``monitoring/<name>``), else the
+    job description JOB's name, else JOB itself as a name (``--list`` shows them); whether the name is exact (a
+    file's); where it came from."""
+    if args.monitoring_schedule is not None:
+        from container.monitor.definition import load_monitoring_schedule
+
+        schedule = _naming_file(args.monitoring_schedule, load_monitoring_schedule, args.monitoring_schedule)
+        return f"monitoring/{schedule.name}", True, f" (from {args.monitoring_schedule})"
+    if args.job.is_file():
+        return Job.load(args.job).name, True, f" (from {args.job})"
+    target = str(args.job)
+    name = target.removeprefix("monitoring/")
+    if not JOB_NAME.fullmatch(name):
+        raise ScheduleError(f"{target}: no such job description, and not the name of an entry "
+                            "(lucent schedule --list shows them)")
+    return target, False, " (no file of that name here: read as a name)"
 
 
 def add_schedule_parser(subparsers) -> argparse.ArgumentParser:
@@ -537,7 +670,8 @@ def add_schedule_parser(subparsers) -> argparse.ArgumentParser:
                                    description=__doc__.split("\n\n", 1)[1],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("job", type=Path, nargs="?", help="job description (YAML or JSON); not with "
-                                                          "--monitoring-schedule")
+                                                          "--monitoring-schedule. With --remove, also the name "
+                                                          "of an installed entry (as --list shows it)")
     monitoring = parser.add_argument_group("monitoring schedules (lucent monitor on a schedule)")
     monitoring.add_argument("--monitoring-schedule", type=Path, metavar="FILE",
                             help="the JSON body of CreateMonitoringSchedule (ScheduleExpression, DataAnalysis*)")
@@ -557,6 +691,11 @@ def add_schedule_parser(subparsers) -> argparse.ArgumentParser:
     action.add_argument("--run", action="store_true", help="run the current window now (what cron calls)")
     action.add_argument("--catch-up", action="store_true", help="run the windows missed since the last one "
                                                                 "attempted (or --since T), oldest first")
+    action.add_argument("--list", action="store_true", help="list the entries installed in your crontab: name, "
+                                                            "schedule and file (no JOB or --monitoring-schedule)")
+    action.add_argument("--remove", action="store_true", help="remove the line(s) installed for JOB (a job "
+                                                              "description or an entry's name) or for "
+                                                              "--monitoring-schedule FILE; other lines kept")
     parser.add_argument("--force", action="store_true", help="with --run / --catch-up: rerun completed windows")
     parser.add_argument("--now", type=parse_time, metavar="T", help="with --run / --catch-up: the clock, ISO-8601 "
                         "UTC (default: now, or $LUCENT_SCHEDULE_NOW)")
@@ -575,6 +714,10 @@ def run_schedule(args: argparse.Namespace) -> int:
         _check_arguments(args)
         if args.run or args.catch_up:
             configure_logging()
+        if args.list:
+            return list_schedules()
+        if args.remove:
+            return _remove(*_removal_target(args))
         now = _clock(args)
         if args.monitoring_schedule is not None:
             return _run_monitoring_schedule(args, now)
@@ -606,12 +749,26 @@ def run_schedule(args: argparse.Namespace) -> int:
         return EXIT_INTERNAL_ERROR
 
 
+def _remove(target: str, exact: bool, about: str) -> int:
+    lines = remove(target, exact, about)
+    print("removed:\n" + "\n".join(lines))
+    return EXIT_OK
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     monitoring = args.monitoring_schedule is not None
-    if monitoring == (args.job is not None):
+    if args.list:
+        given = [flag for flag, value in (("JOB", args.job), ("--monitoring-schedule", args.monitoring_schedule),
+                                          ("--job-definition", args.job_definition),
+                                          ("--capture-uri", args.capture_uri), ("--model-dir", args.model_dir),
+                                          ("--model-url", args.model_url), ("--cloudwatch-dir", args.cloudwatch_dir))
+                 if value is not None]
+        if given:
+            raise ScheduleError(f"--list lists every entry Lucent installed: give it no {', '.join(given)}")
+    elif monitoring == (args.job is not None):
         raise ScheduleError("give a job description (lucent schedule JOB ...) or a monitoring schedule "
                             "(--monitoring-schedule FILE --job-definition FILE --capture-uri URI), one of them")
-    if monitoring and (args.job_definition is None or args.capture_uri is None):
+    if monitoring and not args.remove and (args.job_definition is None or args.capture_uri is None):
         raise ScheduleError("--monitoring-schedule needs --job-definition FILE and --capture-uri URI")
     extra = [flag for flag, value in (("--job-definition", args.job_definition), ("--capture-uri", args.capture_uri),
                                       ("--model-dir", args.model_dir), ("--model-url", args.model_url),
@@ -661,6 +818,8 @@ def _run_monitoring_schedule(args: argparse.Namespace, now: datetime) -> int:
                         lambda tick: run_monitoring_window(job, tick, args.force), since=args.since,
                         max_windows=args.max_windows, force=args.force)
     entry = job.entry()
+    if (note := _default_schedule_note(job.schedule_file)) is not None:
+        print(note, file=sys.stderr, flush=True)
     if args.install:
         install(entry, job.mark)
         _mark_installed(job.state_dir, now)
@@ -668,6 +827,23 @@ def _run_monitoring_schedule(args: argparse.Namespace, now: datetime) -> int:
     else:
         print(entry)
     return EXIT_OK
+
+
+def _default_schedule_note(schedule_file: Path) -> str | None:
+    """The note that a schedule without ``ScheduleConfig`` runs daily at 00:00 UTC, or None. Reading the file
+    logs it at INFO, which ``--print`` / ``--install`` do not show (their output is the crontab line)."""
+    from container.monitor.definition import DEFAULT_EXPRESSION
+
+    try:
+        body = json.loads(schedule_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # read and checked already: not expected
+    config = body.get("MonitoringScheduleConfig") if isinstance(body, dict) else None
+    if not isinstance(config, dict) or config.get("ScheduleConfig") is not None:
+        return None
+    return (f"note: {schedule_file}: MonitoringScheduleConfig has no ScheduleConfig: Lucent runs it daily at 00:00 "
+            f"UTC, {DEFAULT_EXPRESSION} (SageMaker runs such a schedule daily at a time it picks); give "
+            "ScheduleConfig.ScheduleExpression to choose the hour")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,6 +128,25 @@ def test_bad_job_description(tmp_path, capsys):
     assert "weekly" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "-x", "_x", "café", "a/b", "a b"])
+def test_a_job_name_must_start_with_a_letter_or_digit(tmp_path, capsys, name):
+    from container.schedule import main
+
+    (tmp_path / "job.json").write_text(json.dumps({"name": name, "schedule": "hourly", "config": "c", "output": "o"}))
+    assert main([str(tmp_path / "job.json"), "--print"]) == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'job.json'}: name {name!r} must start with an ASCII "
+                                       "letter or digit, followed by ASCII letters, digits, '-', '_' or '.'\n")
+
+
+@pytest.mark.parametrize("name", ["a..b", "0.x", "A_b-c.d", "x."])
+def test_job_names_that_are_accepted(tmp_path, capsys, name):
+    from container.schedule import main
+
+    (tmp_path / "job.json").write_text(json.dumps({"name": name, "schedule": "hourly", "config": "c", "output": "o"}))
+    assert main([str(tmp_path / "job.json"), "--print"]) == 0
+    assert capsys.readouterr().out.rstrip("\n").endswith(f"# lucent-schedule:{name}")
+
+
 @pytest.fixture
 def user_crontab():
     """The real crontab of this user, restored afterwards (the test installs into it for real)."""
@@ -364,6 +383,29 @@ def test_a_now_schedule_installs_nothing(monitoring, monkeypatch, crontab_lines)
     assert schedule(monitoring, "--install", kind="once") == 0
     assert crontab_lines() == ["# kept by lucent tests"]
     assert [run[5] for run in recorded(monitoring)] == ["2024-05-01T15:00:00Z"]
+
+
+def test_a_schedule_without_schedule_config_says_when_it_runs(monitoring, monkeypatch, crontab_lines, capsys):
+    """Without ScheduleConfig Lucent runs daily at 00:00 UTC: --print and --install say so (on stderr)."""
+    body = json.loads(monitoring["bias-schedule"].read_text())
+    del body["MonitoringScheduleConfig"]["ScheduleConfig"]
+    monitoring["bias-schedule"].write_text(json.dumps(body))
+    note = (f"note: {monitoring['bias-schedule']}: MonitoringScheduleConfig has no ScheduleConfig: Lucent runs it "
+            "daily at 00:00 UTC, cron(0 0 ? * * *) (SageMaker runs such a schedule daily at a time it picks); give "
+            "ScheduleConfig.ScheduleExpression to choose the hour\n")
+    command = [sys.executable, "-m", "container.schedule", "--monitoring-schedule", str(monitoring["bias-schedule"]),
+               "--job-definition", str(monitoring["bias"]), "--capture-uri", "capture", "--print"]
+    printed = subprocess.run(command, capture_output=True, text=True, timeout=120)  # as typed: a process of its own
+    assert printed.returncode == 0 and printed.stdout.startswith("5 0 * * * ") and printed.stderr == note
+    monkeypatch.setenv("LUCENT_SCHEDULE_NOW", "2024-05-01T10:30:00Z")
+    assert schedule(monitoring, "--install") == 0
+    # (in this process, an earlier test's --run may have configured logging: the INFO line may come too)
+    assert [line for line in capsys.readouterr().err.split("\n") if line.startswith("note: ")] == [note.strip()]
+    assert [line.split(" ")[:2] for line in crontab_lines()[1:]] == [["5", "0"], ["@reboot", "mkdir"]]
+    body["MonitoringScheduleConfig"]["ScheduleConfig"] = {"ScheduleExpression": "cron(0 0 ? * * *)"}
+    monitoring["bias-schedule"].write_text(json.dumps(body))
+    printed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0 and printed.stderr == ""  # given: nothing to say
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

@@ -123,6 +123,24 @@ def test_a_newline_in_the_schedule_expression_is_refused(monitoring, crontab_lin
     assert crontab_lines() == KEPT
 
 
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION"])
+def test_a_newline_in_a_pinned_aws_setting_is_refused(monitoring, crontab_lines, capsys, monkeypatch, variable):
+    """The S3 endpoint and the region set at --install are pinned on the line (cron's environment has neither)."""
+    monkeypatch.setenv(variable, f"http://127.0.0.1:9000{INJECTED}")
+    assert schedule(monitoring, "--install") == 1
+    refused(capsys, f"${variable}")
+    assert crontab_lines() == KEPT
+    assert not monitoring["state"].exists()
+
+
+def test_a_newline_in_aws_endpoint_url_is_refused_for_a_job_too(job_file, crontab_lines, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:9000{INJECTED}")
+    assert job(job_file) == 1
+    assert "error: $AWS_ENDPOINT_URL: contains a control character (newline); a crontab line cannot hold it" \
+           in capsys.readouterr().err
+    assert crontab_lines() == KEPT
+
+
 def test_the_python_path_is_checked_too(monitoring, crontab_lines, capsys, monkeypatch):
     monkeypatch.setattr(sys, "executable", f"/opt/venv{INJECTED}/python")
     assert schedule(monitoring, "--install") == 1
