@@ -97,7 +97,8 @@ def test_output_names_and_error_messages_name_the_files():
         ["a_cat", "b_cat", "dog", "a_dog_3", "a_dog_4"]
     names = ["image x.png", "image y.png", "image z.png"]
     members = np.array([2, 0])
-    assert _name_images("methods.shap: the model failed on dataset row 1, on the record itself", members, names) == \
+    assert _name_images("methods.shap: the model failed on dataset row 1 (0-based), on the record itself", members,
+                        names) == \
         "methods.shap: the model failed on image x.png, on the record itself"
     assert "(image z.png, image x.png)" in _name_images("NaN for 2 records (dataset rows 0, 1)", members, names)
 

@@ -249,9 +249,14 @@ def convert_values(example: Any, values: list[Any]) -> list[Any]:
         converted = [float(value) for value in values]
     logger.warning(
         "Data type of the elements in `positive_label_values` and in `label` must match. "
-        "Converted positive_label_values from %s to %s", values, converted,
+        "Converted positive_label_values from %s to %s", _plain(values), _plain(converted),
     )
     return converted
+
+
+def _plain(values: list[Any]) -> list[Any]:
+    """``values`` with numpy scalars as Python's (``7``, not ``np.int64(7)``), for a message."""
+    return [value.item() if isinstance(value, np.generic) else value for value in values]
 
 
 def _match(categories: pd.Series, values: list[Any]) -> np.ndarray:

@@ -366,7 +366,7 @@ def _name_images(message: str, members: np.ndarray, names: Sequence[str]) -> str
     message = re.sub(r"dataset rows ([\d, ]+)", lambda m: ", ".join(
         names[members[int(p)]] for p in m.group(1).split(", ") if p.strip().isdigit() and int(p) < len(members)),
         message)
-    return re.sub(r"dataset row (\d+)", image, message)
+    return re.sub(r"dataset row (\d+)(?: \(0-based\))?", image, message)
 
 
 def _fingerprint(config: AnalysisConfig, shap: ShapMethod, source: ImageSource, filled_scores: np.ndarray,

@@ -598,7 +598,7 @@ def _explain_shard(first: int, payload: tuple) -> Explanation | TextExplanation:
     except ModelCallError as error:
         what = ("a synthetic row made from it (some features or text units replaced by the baseline's)"
                 if error.synthetic else "the record itself")
-        raise UserError(f"methods.shap: the model failed on dataset row {first + (error.record or 0)}, on {what}: "
+        raise UserError(f"methods.shap: the model failed on dataset row {first + (error.record or 0)} (0-based), on {what}: "
                         f"{error.reason}") from None
     except ValueError as error:  # wrong output shape, scores outside [0, 1] with use_logit
         raise UserError(f"methods.shap: {error}") from None
@@ -606,7 +606,7 @@ def _explain_shard(first: int, payload: tuple) -> Explanation | TextExplanation:
 
 def _renumber(message: str, first: int) -> str:
     """The explainer numbers records within the shard; name the dataset row instead."""
-    return re.sub(r"for record (\d+)", lambda m: f"for dataset row {first + int(m.group(1))}", message)
+    return re.sub(r"for record (\d+)", lambda m: f"for dataset row {first + int(m.group(1))} (0-based)", message)
 
 
 def records_digest(records: np.ndarray) -> str:
