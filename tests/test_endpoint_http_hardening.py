@@ -355,3 +355,15 @@ def test_the_nesting_limit_leaves_ordinary_records_alone() -> None:
     assert parse_records(wide, "application/jsonlines").shape == (1, 500)
     brackets_in_text = b'{"f": [1, "' + b"[" * 200 + b'"]}'
     assert parse_records(brackets_in_text, "application/jsonlines", features_attribute="f").tolist() == [[1.0, "[" * 200]]
+
+
+def test_json_lines_records_are_split_at_newlines_only() -> None:
+    """U+2028, U+0085 and other characters str.splitlines breaks at may stand unescaped inside a JSON string:
+    the record is one line (the capture reader splits the same way, analyzer/monitor/capture.py)."""
+    from container.endpoint.scoring import parse_outputs, parse_records
+
+    body = '{"f": [1, "a\u2028b\u0085c"]}\r\n{"f": [2, "e"]}\n'.encode()
+    assert parse_records(body, "application/jsonlines", features_attribute="f").tolist() == [
+        [1.0, "a\u2028b\u0085c"], [2.0, "e"]]
+    assert parse_outputs('{"label": "x\u2028y"}\n{"label": "z"}\n'.encode(), "application/jsonlines", 2) == [
+        {"label": "x\u2028y"}, {"label": "z"}]

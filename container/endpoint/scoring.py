@@ -376,7 +376,9 @@ def parse_records(body: bytes | str, content_type: str, *, features_attribute: s
     elif kind == JSON_LINES:
         locator = jmespath.compile(features_attribute) if features_attribute else None
         rows = []
-        for number, line in enumerate(text.splitlines(), 1):
+        # Split on "\n" only (a "\r" before it is JSON whitespace): str.splitlines would also split inside a
+        # string holding U+2028 or U+0085, which JSON allows unescaped.
+        for number, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             too_deep = (f"{what}: line {number} is nested too deeply (more than {max_nesting} levels of "
@@ -449,9 +451,11 @@ def parse_outputs(body: bytes, content_type: str, n_records: int) -> list[Any]:
             outputs = [[_csv_value(cell) for cell in row] for row in lines]
     elif kind == JSON_LINES:
         try:
-            outputs = [json.loads(line) for line in text.splitlines() if line.strip()]
+            outputs = [json.loads(line) for line in text.split("\n") if line.strip()]
         except json.JSONDecodeError as error:
             raise RecordError(f"the model's JSON Lines answer is not JSON: {error}") from None
+        except (RecursionError, ValueError) as error:  # nested too deeply; a number of thousands of digits
+            raise RecordError(f"the model's JSON Lines answer cannot be read: {type(error).__name__}") from None
     elif kind == JSON:
         try:
             document = json.loads(text)
