@@ -100,8 +100,28 @@ def engine_reads_rows(config: AnalysisConfig) -> bool:
     return not needs_model(config) and engine_flip_test(config)
 
 
+def warn_unmatched_label_headers(config: AnalysisConfig) -> None:
+    """A WARNING when the model's predicted labels are to be named by ``predictor.label_headers`` (its
+    scores, one per label: spec 5.3 rule 3) and no header is a positive label value: every prediction would
+    be negative, and post-training bias then fails with Clarify's "No Label values are present in the
+    predicted Label Column", which does not say why. (A model answering one score is cut at the threshold
+    instead, so this is a warning, in the run and in ``lucent validate``.)"""
+    predictor, positives = config.predictor, config.label_values_or_threshold
+    if (config.methods.post_training_bias is None or predictor is None or not predictor.label_headers
+            or predictor.label is not None or not positives):
+        return
+    if {str(header) for header in predictor.label_headers} & {str(value) for value in positives}:
+        return
+    log.warning("predictor.label_headers %s holds none of label_values_or_threshold %s: a model answering one "
+                "score per label gets label_headers[argmax] as its predicted label, which would never be positive "
+                "(post-training bias would fail). List the positive value among label_headers as the label "
+                "column has it (%s), or name the labels as the data does", list(predictor.label_headers),
+                list(positives), ", ".join(repr(value) for value in positives))
+
+
 def predicted_label_column(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint) -> Column:
     """The model's predicted labels for every row, by Clarify's rules (spec section 5.3)."""
+    warn_unmatched_label_headers(config)
     if isinstance(dataset, GroupedRows):  # rows grouped by the engine: it predicts them there and regroups
         return job_engine(config).predict_groups(config, dataset, endpoint)  # type: ignore[attr-defined]
     log.info("Getting predictions from the endpoint")
@@ -181,6 +201,8 @@ def check_bias_inputs(config: AnalysisConfig, dataset: Dataset) -> list[str]:
     running them on the loaded columns without the Flip Test, the one costly metric. Post-training
     bias that needs a model is not run here."""
     problems = []
+    if dataset.predicted_label is None:  # the model will give them
+        warn_unmatched_label_headers(config)
     for stage, _, _ in STAGES:
         method = getattr(config.methods, f"{stage}_bias")
         if method is None or (stage == "post_training" and dataset.predicted_label is None):

@@ -414,3 +414,16 @@ def test_a_model_that_stops_answering_shap_workers_fails_the_job_as_not_the_user
             assert_model_error(model_job, "did not answer within 2 s", code=2)
         finally:
             release.set()
+
+
+@pytest.mark.parametrize(("headers", "warned"), [(["denied", "approved"], True), ([0, 1], False), (["0", "1"], False)])
+def test_label_headers_without_a_positive_label_value_are_warned_of(tmp_path, caplog, headers, warned):
+    """Predicted labels named by label_headers that hold none of label_values_or_threshold are never
+    positive: validate (which calls no model) says so beforehand, in the words of the config."""
+    predictor = {key: value for key, value in MODEL_DEMO_CONFIG["predictor"].items() if key != "probability"}
+    config = {**MODEL_DEMO_CONFIG, "predictor": {**predictor, "label_headers": headers},
+              "methods": {"post_training_bias": {"methods": ["DPPL"]}}}
+    job = JobRoot(write_demo_job(tmp_path / "job", n_rows=100, seed=5, config=config, with_model=True))
+    assert job.run(command="validate") == 0
+    warning = f"predictor.label_headers {headers} holds none of label_values_or_threshold [1]"
+    assert (warning in caplog.text) is warned
