@@ -19,6 +19,10 @@ type, so the missing keys are filled here and the rest of the config is validate
   the predictor has neither ``label`` nor ``probability``: the SDK puts ``model_scores`` (the scores to
   explain) in ``EndpointInput`` (spec 4.1), and Kernel SHAP must read the same scores out of the model's
   answers (a digit string is a CSV column index, anything else a JMESPath).
+
+A problem with a key filled in from the job definition names the job definition's field and file
+(``ModelExplainabilityJobInput.EndpointInput.ProbabilityAttribute (job definition job.json): ...``), not the
+config key the user never wrote (``attribute_keys``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import copy
 from typing import Any
 
 from analyzer.config import AnalysisConfig
-from analyzer.config.parser import parse_config
+from analyzer.config.parser import ConfigValidationError, parse_config
 from analyzer.errors import ConfigError
 from analyzer.media import CSV, media_type
 from analyzer.monitor.attributes import BIAS, EXPLAINABILITY, EndpointAttributes
@@ -71,7 +75,46 @@ def monitoring_config(doc: Any, kind: str, attributes: EndpointAttributes, *, in
             predictor["probability"] = int(scores) if scores.isdigit() else scores
     if attributes.probability_threshold_attribute is not None:
         tree["probability_threshold"] = attributes.probability_threshold_attribute
-    return parse_config(tree, source=source)
+    try:
+        return parse_config(tree, source=source)
+    except ConfigError as error:
+        keys = attribute_keys(doc, kind, attributes, input_content_type=input_content_type)
+        problems = [_named(problem, keys, attributes) for problem in error.problems]
+        if problems == error.problems:
+            raise
+        if isinstance(error, ConfigValidationError):
+            raise ConfigValidationError(problems, source) from None
+        raise ConfigError(problems) from None
+
+
+def attribute_keys(doc: Any, kind: str, attributes: EndpointAttributes, *,
+                   input_content_type: str | None = None) -> dict[str, str]:
+    """The config keys ``monitoring_config`` fills in from the job definition's ``EndpointInput`` attributes
+    (``predictor.probability`` -> ``ProbabilityAttribute``): messages about them name the attribute."""
+    if not isinstance(doc, dict):
+        return {}
+    keys = {}
+    dataset_type = doc["dataset_type"] if "dataset_type" in doc else (
+        media_type(input_content_type) if input_content_type else CSV)
+    if "features" not in doc and attributes.features_attribute is not None and dataset_type != CSV:
+        keys["features"] = "FeaturesAttribute"
+    predictor = doc.get("predictor")
+    if kind == EXPLAINABILITY and isinstance(predictor, dict) and not {"label", "probability"} & set(predictor):
+        if attributes.probability_attribute is not None:
+            keys["predictor.probability"] = "ProbabilityAttribute"
+        elif attributes.inference_attribute is not None:
+            keys["predictor.probability"] = "InferenceAttribute"
+    if attributes.probability_threshold_attribute is not None:
+        keys["probability_threshold"] = "ProbabilityThresholdAttribute"
+    return keys
+
+
+def _named(problem: str, keys: dict[str, str], attributes: EndpointAttributes) -> str:
+    """A config problem with the filled-in keys named as the job definition's attributes. ``features`` is
+    a common word: only a problem about that key (its path first) is renamed."""
+    if "features" in keys and (problem == "features" or problem.startswith(("features:", "features "))):
+        problem = attributes.named("features", {"features": keys["features"]}) + problem[len("features"):]
+    return attributes.named(problem, {key: name for key, name in keys.items() if key != "features"})
 
 
 def _free_name(name: str, headers: Any) -> str:

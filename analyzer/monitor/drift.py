@@ -222,8 +222,28 @@ def _quoted(names: Any) -> str:
     return ", ".join(repr(str(n)) for n in names) if names else "none"
 
 
-def _bias_mismatches(window: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str]:
+def _numbers_hint(facet: str, live_values: list[str], base_values: list[str], dataset: Dataset | None) -> str:
+    """Why a window's facet values can be intervals where the baseline's are categories: the captured values
+    are numbers (``1.0``), so the configured value is a threshold; a hint on what to send instead."""
+    def threshold(value: str) -> bool:  # a threshold facet's group: "(0.0, 35.0]"
+        return group_key(value)[0] == "thresholds"
+
+    if not live_values or not all(map(threshold, live_values)) or any(map(threshold, base_values)):
+        return ""
+    column = dataset.facets.get(facet) if dataset is not None else None
+    values = column.uniques.head(3).tolist() if column is not None else []
+    examples = f" ({', '.join(map(repr, values))}{', ...' if len(column.uniques) > 3 else ''})" if values else ""
+    whole = next((v for v in values if isinstance(v, float) and v.is_integer() and v), 1.0)
+    return (f". The captured values of {facet!r} are numbers{examples}, so the window reads the facet's "
+            "value_or_threshold as a threshold, while the constraints file has categories: send the values as "
+            f"the baseline's data has them ({int(whole)}, not {whole!r}: the SDK's CSVSerializer sends a pandas row "
+            "as floats; cast integer columns to int before sending), or make the baseline from data sent the same "
+            "way")
+
+
+def _bias_mismatches(window: Mapping[str, Any], baseline: Mapping[str, Any], dataset: Dataset | None = None) -> list[str]:
     problems = []
+    hinted: set[str] = set()  # the numbers hint once per facet, not once per stage
     for key in _STAGE_KEYS:
         live = window.get(key)
         if not isinstance(live, Mapping):
@@ -248,7 +268,9 @@ def _bias_mismatches(window: Mapping[str, Any], baseline: Mapping[str, Any]) -> 
             unmatched = [v for v in live_values if group_key(v) not in base_keys]
             if live_values and len(unmatched) == len(live_values):
                 problems.append(f"it has no value of facet {facet!r} the window has in {key}: the window has "
-                                f"{_quoted(live_values)}, the constraints file {_quoted(base_values)}")
+                                f"{_quoted(live_values)}, the constraints file {_quoted(base_values)}"
+                                + ("" if facet in hinted else _numbers_hint(facet, live_values, base_values, dataset)))
+                hinted.add(facet)
             elif unmatched:
                 # A one-vs-all facet can meet a value live that the baseline data never had: nothing to
                 # compare it with, which is no reason to fail the other values' checks.
@@ -286,20 +308,21 @@ def _attribution_mismatches(window: Mapping[str, Any], baseline: Mapping[str, An
     return problems
 
 
-def check_constraints_match(window: dict, baseline: dict, kind: str) -> None:
+def check_constraints_match(window: dict, baseline: dict, kind: str, dataset: Dataset | None = None) -> None:
     """Refuse a constraints file that cannot be compared with the window: ``UserError`` listing, at once,
     every stage, label, facet, facet value (bias) or label and feature (explainability) it lacks.
 
     ``kind`` is ``"ModelBias"`` or ``"ModelExplainability"`` (the monitor's type). For bias, every stage
     the window computed needs the same label and positive label value in the constraints file, each
     facet needs to be there, with at least one of the window's facet values (values only the window
-    has are logged and not checked: a one-vs-all facet can meet a new value live).
+    has are logged and not checked: a one-vs-all facet can meet a new value live). ``dataset``: the window's
+    records, for the captured values a hint quotes.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not isinstance(baseline, Mapping):
         raise UserError(f"The constraints file must be a baseline analysis.json object, got {type(baseline).__name__}")
-    problems = (_bias_mismatches if kind == BIAS else _attribution_mismatches)(window, baseline)
+    problems = _bias_mismatches(window, baseline, dataset) if kind == BIAS else _attribution_mismatches(window, baseline)
     if problems:
         raise UserError("The constraints file does not match this monitor's analysis: " + "; ".join(problems))
 

@@ -28,6 +28,10 @@ label, ``ProbabilityAttribute`` the score (a 0-based column for CSV, JMESPath fo
 neither attribute the whole response is the score: a bare CSV value such as the churn walkthrough's
 ``0.0254`` is cut at the threshold (score > threshold -> 1, else 0), and a model that answers a 0/1 label
 gives that same label back for any threshold in [0, 1).
+An endpoint with ``ExplainerConfig`` answers (and so captures) an explanation document,
+``{"version", "predictions": {"content_type", "data"}, "label_headers", "explanations"}``
+(online-explainability.md 5): such a response is read as the model's answer it carries, ``predictions.data``
+in ``predictions.content_type``, so the attributes apply to it as to an endpoint without explanations.
 
 Typing. Role columns are typed exactly as ``load_dataset`` types them on the same rows written as a
 dataset file: CSV values are the raw field strings, typed once from all their distinct values by the CSV
@@ -87,7 +91,7 @@ from analyzer.data.dataset import Dataset
 from analyzer.data.locate import locate_column
 from analyzer.errors import DataError, UserError
 from analyzer.media import CSV, JSON, JSON_LINES, media_type
-from analyzer.monitor.attributes import EndpointAttributes
+from analyzer.monitor.attributes import PARSER_KEYS, EndpointAttributes
 from analyzer.monitor.capture import (
     BASE64_ENCODING,
     CSV_ENCODING,
@@ -153,7 +157,8 @@ class MergedWindow:
       ``malformed_ground_truth_examples``, ``ground_truth_records`` (distinct join keys),
       ``duplicate_ground_truth`` (records replaced by a later one for the same key),
       ``records_without_ground_truth``, ``ground_truth_without_records`` (keys no record of the window
-      has: labels for other windows, or for requests that were not sampled);
+      has: labels for other windows, or for requests that were not sampled), ``explanation_documents``
+      (captured responses that were explanation documents, read through their ``predictions``);
     * ``window_start``, ``window_end``, ``join_key`` and ``seconds``.
     """
 
@@ -889,7 +894,7 @@ def _read_csv_records(texts: pa.Array, keep: np.ndarray, names: list[str], neede
 
 
 def _json_records(texts: pa.Array, kinds: np.ndarray, keep: np.ndarray, origin: Callable[[int], str],
-                  malformed: _Malformed, locator: JsonLocator | None) -> _Records:
+                  malformed: _Malformed, locator: JsonLocator | None, locator_name: str = "features") -> _Records:
     """Feature lists located in JSON Lines (one document per line) or JSON (one document per request)."""
     parents, rows = [], []
     documents: list[tuple[int, Any]] = []
@@ -917,7 +922,7 @@ def _json_records(texts: pa.Array, kinds: np.ndarray, keep: np.ndarray, origin: 
             keep[i] = False
             malformed.add(origin(i), f"captured input is not JSON ({error})")
     documents.sort(key=lambda item: item[0])  # stable: records keep their order within a request
-    what = f"FeaturesAttribute {locator.expression!r}" if locator is not None else "the record"
+    what = f"{locator_name} {locator.expression!r}" if locator is not None else "the record"
     for parent, document in documents:
         if not keep[parent] or document is _BAD:
             continue
@@ -1019,11 +1024,13 @@ class _WindowBuilder:
         self.n_lines = 0
         self.features_locator = None
         expression = attributes.features_attribute or config.features
+        self.features_name = (attributes.field_name("FeaturesAttribute") if attributes.features_attribute
+                              else "features")
         if expression:
-            self.features_locator = JsonLocator(expression, "FeaturesAttribute" if attributes.features_attribute
-                                                else "features")
+            self.features_locator = JsonLocator(expression, self.features_name)
         self.parser: ResponseParser | None = None
         self.n_rows = 0
+        self.ground_truth_where: str | None = None  # the folders listed for ground truth, for messages
 
     # one chunk ---------------------------------------------------------------------------------
     def add(self, lines: _Lines) -> None:
@@ -1049,7 +1056,8 @@ class _WindowBuilder:
             if records is None:
                 records = _csv_records(texts, keep)
         else:
-            records = _json_records(texts, kinds, keep, lines.origin, self.malformed, self.features_locator)
+            records = _json_records(texts, kinds, keep, lines.origin, self.malformed, self.features_locator,
+                                    self.features_name)
         per_line = np.bincount(records.parent, minlength=len(lines))
         outputs = self._outputs(lines, keep, per_line) if self.bias else None
         records = records.take(keep[records.parent]) if len(records.parent) else records
@@ -1096,16 +1104,25 @@ class _WindowBuilder:
         """The responses, one per record, checked against their requests' record counts."""
         texts = _decoded(lines.out_data, lines.out_encoding, keep, lines.origin, self.malformed, OUTPUT)
         kinds = _kinds(lines.out_encoding, lines.out_type, keep, lines.origin, self.malformed, "output")
+        texts = self._model_answers(texts, kinds, keep, lines.origin)
         self.output_kind = _one_kind(self.output_kind, kinds, keep, lines.origin, "responses", self.malformed)
         if self.output_kind is None:
             return (-1, None)
         kind = _KIND_LIST[self.output_kind[0]]
         if self.parser is None:
             predictor = self.config.predictor
-            self.parser = ResponseParser(Predictor(
-                label=self.attributes.inference_attribute, probability=self.attributes.probability_attribute,
-                label_headers=predictor.label_headers if predictor is not None else None,
-                content_type=kind, accept_type=kind))
+            try:
+                self.parser = ResponseParser(Predictor(
+                    label=self.attributes.inference_attribute, probability=self.attributes.probability_attribute,
+                    label_headers=predictor.label_headers if predictor is not None else None,
+                    content_type=kind, accept_type=kind))
+            except UserError as error:
+                hint = _attribute_hint(kind, self.attributes.probability_attribute, self.attributes.inference_attribute)
+                if self.counts.get("explanation_documents"):
+                    hint += (". The captured responses are explanation documents (an endpoint with ExplainerConfig): "
+                             f"the attributes read the model's answer they carry (predictions.data, {kind}), as for "
+                             "an endpoint without explanations")
+                raise UserError(self._named(str(error)) + hint) from None
         if kind == JSON:  # one document per response: parsed per request
             parsed: dict[int, Predictions] = {}
             for i in np.flatnonzero(keep).tolist():
@@ -1113,7 +1130,7 @@ class _WindowBuilder:
                     parsed[i] = self.parser.parse(texts[i].as_py().encode("utf-8"), int(per_line[i]))
                 except UserError as error:
                     keep[i] = False
-                    self.malformed.add(lines.origin(i), f"captured output: {error}")
+                    self.malformed.add(lines.origin(i), f"captured output: {self._named(str(error))}")
             return (self.output_kind[0], parsed)
         texts = pc.if_else(pa.array(keep), texts, pa.scalar("", pa.string()))
         if _has_blank_line(texts.filter(pa.array(keep))):
@@ -1127,6 +1144,53 @@ class _WindowBuilder:
         # One line per record once the trailing line break is gone: the responses joined by line breaks
         # are one body for the parser.
         return (self.output_kind[0], pc.utf8_rtrim(texts, characters="\r\n"))
+
+    def _named(self, text: str) -> str:
+        """A response parser's message with the attributes' names (``ProbabilityAttribute``), not the
+        config keys the parser calls them by: the parser's locators come from the job definition."""
+        return self.attributes.named(text, PARSER_KEYS)
+
+    def _model_answers(self, texts: pa.Array, kinds: np.ndarray, keep: np.ndarray,
+                       origin: Callable[[int], str]) -> pa.Array:
+        """``texts`` with every explanation document (the answer of an endpoint with ``ExplainerConfig``,
+        online-explainability.md 5) replaced by the model's answer it carries, ``predictions.data``, and
+        ``kinds`` (in place) by that answer's format, ``predictions.content_type``: the attributes then read
+        the model's answer exactly as they read the response of an endpoint without explanations."""
+        json_kind = _KIND_LIST.index(JSON)
+        candidates = np.flatnonzero(keep & (kinds == json_kind))
+        if not len(candidates):
+            return texts
+        maybe = _true(pc.match_substring(texts.take(pa.array(candidates)), '"predictions"'))
+        candidates = candidates[maybe]
+        if not len(candidates):
+            return texts
+        answers: list[str] = []
+        replaced: list[int] = []
+        for i in candidates.tolist():
+            try:
+                document = orjson.loads(texts[i].as_py())
+            except orjson.JSONDecodeError:
+                continue  # the parser names it
+            answer = explanation_answer(document)
+            if answer is None:
+                continue
+            content_type, data = answer
+            kind = media_type(content_type)
+            if kind not in _KIND_LIST:
+                keep[i] = False
+                kinds[i] = -1
+                self.malformed.add(origin(i), f"captured output: an explanation document whose model answer "
+                                              f"(predictions.content_type {content_type!r}) is neither CSV nor JSON")
+                continue
+            kinds[i] = _KIND_LIST.index(kind)
+            answers.append(data)
+            replaced.append(i)
+        self.counts["explanation_documents"] += len(replaced)
+        if not replaced:
+            return texts
+        mask = np.zeros(len(texts), dtype=bool)
+        mask[replaced] = True
+        return pc.replace_with_mask(texts, pa.array(mask), pa.array(answers, pa.string()))
 
     def _add_outputs(self, outputs: tuple[int, Any] | None, keep: np.ndarray) -> None:
         assert outputs is not None
@@ -1265,10 +1329,12 @@ class _WindowBuilder:
         where = (f"{counts['capture_files']} capture file(s), {counts['captured_lines']} line(s) read, "
                  f"{counts['invocations_in_window']} invocation(s) in the window")
         if self.bias and counts["records_in_window"]:
+            searched = (f" in {self.ground_truth_where}" if self.ground_truth_where and not counts["ground_truth_files"]
+                        else "")
             return (f"None of the {counts['records_in_window']} captured record(s) in the window {self.window} "
                     f"has ground truth ({counts['ground_truth_records']} ground truth record(s) from "
-                    f"{counts['ground_truth_files']} file(s); records are joined on eventMetadata.inferenceId, "
-                    f"else eventId, against the ground truth's eventMetadata.eventId)")
+                    f"{counts['ground_truth_files']} file(s){searched}; records are joined on "
+                    "eventMetadata.inferenceId, else eventId, against the ground truth's eventMetadata.eventId)")
         return f"No captured records in the window {self.window} ({where})"
 
     def _label_column(self, name: str | None) -> Column:
@@ -1288,12 +1354,38 @@ class _WindowBuilder:
             predictions = Predictions.concat(self.output_predictions)
         else:
             body = _joined(pa.concat_arrays(self.output_lines)).to_pybytes()
-            predictions = self.parser.parse(body, self.n_rows)
+            try:
+                predictions = self.parser.parse(body, self.n_rows)
+            except UserError as error:
+                raise UserError(f"captured output: {self._named(str(error))}") from None
         threshold = (self.attributes.probability_threshold_attribute
                      if self.attributes.probability_threshold_attribute is not None
                      else self.config.probability_threshold)
         labels = predicted_labels_for_bias(predictions, threshold, name=name)
         return Column.from_series(labels, name=name)
+
+
+def explanation_answer(document: Any) -> tuple[str, str] | None:
+    """``(predictions.content_type, predictions.data)`` when ``document`` is an explanation document
+    (``{"version": ..., "predictions": {"content_type": ..., "data": ...}, "explanations": ...}``, what an
+    endpoint with ``ExplainerConfig`` answers: online-explainability.md 5), else None."""
+    if not isinstance(document, dict) or "version" not in document:
+        return None
+    predictions = document.get("predictions")
+    if not isinstance(predictions, dict):
+        return None
+    content_type, data = predictions.get("content_type"), predictions.get("data")
+    if isinstance(content_type, str) and isinstance(data, str):
+        return content_type, data
+    return None
+
+
+def _attribute_hint(kind: str, *attributes: str | None) -> str:
+    """A hint for an attribute the window's responses cannot use: a column index for JSON responses."""
+    if kind in (JSON, JSON_LINES) and any(a is not None and a.strip().isdigit() for a in attributes):
+        return (f". The window's captured responses are {kind}: there the attribute is a JMESPath expression "
+                "(such as score or probabilities[1]); a column index applies to text/csv responses")
+    return ""
 
 
 def _one_kind(seen: tuple[int, str] | None, kinds: np.ndarray, keep: np.ndarray, origin: Callable[[int], str],
@@ -1328,7 +1420,8 @@ def _record_origin(origin: Callable[[int], str], records: _Records, i: int) -> s
 
 def merge_window(config: AnalysisConfig, capture_files: Iterable[CaptureFile], window: Window,
                  attributes: EndpointAttributes, ground_truth_files: Iterable[CaptureFile] | None, *,
-                 need_features: bool | None = None, chunk_bytes: int = CHUNK_BYTES) -> MergedWindow:
+                 need_features: bool | None = None, chunk_bytes: int = CHUNK_BYTES,
+                 ground_truth_where: str | None = None) -> MergedWindow:
     """The window's records as a ``Dataset`` for ``run_analysis`` (see the module docstring for the rules).
 
     ``capture_files``: the capture objects of the window's hour folders (``hour_prefixes``), any order,
@@ -1336,7 +1429,8 @@ def merge_window(config: AnalysisConfig, capture_files: Iterable[CaptureFile], w
     one is merged). ``ground_truth_files``: the ground truth objects (``ground_truth_prefixes``), oldest
     first, read on another thread meanwhile; None for an explainability execution (features only: no
     label, no predicted label). Both are iterated on threads: iterating them must not depend on
-    thread-local state. Ground truth problems are reported before the capture's, as if read first. ``need_features``: build ``Dataset.features`` (default: for
+    thread-local state. ``ground_truth_where``: the folders the ground truth files were listed in, named
+    when a bias window has no ground truth at all. Ground truth problems are reported before the capture's, as if read first. ``need_features``: build ``Dataset.features`` (default: for
     explainability, and for bias when the Flip Test is asked for).
     """
     started = time.perf_counter()
@@ -1349,7 +1443,7 @@ def merge_window(config: AnalysisConfig, capture_files: Iterable[CaptureFile], w
     jobs: list[_Background] = []
     try:
         return _merge(config, window, attributes, ground_truth_files, need_features, chunk_bytes, parsed, counter,
-                      started, jobs)
+                      started, jobs, ground_truth_where)
     finally:
         parsed.close()
         for job in jobs:
@@ -1358,7 +1452,8 @@ def merge_window(config: AnalysisConfig, capture_files: Iterable[CaptureFile], w
 
 def _merge(config: AnalysisConfig, window: Window, attributes: EndpointAttributes,
            ground_truth_files: Iterable[CaptureFile] | None, need_features: bool, chunk_bytes: int,
-           parsed: _Prefetched, counter: list[int], started: float, jobs: list[_Background]) -> MergedWindow:
+           parsed: _Prefetched, counter: list[int], started: float, jobs: list[_Background],
+           ground_truth_where: str | None = None) -> MergedWindow:
     bias = ground_truth_files is not None
     counts: dict[str, Any] = {"window_start": _text(window.start), "window_end": _text(window.end),
                               "capture_files": 0, "captured_lines": 0, "malformed_lines": 0,
@@ -1368,7 +1463,7 @@ def _merge(config: AnalysisConfig, window: Window, attributes: EndpointAttribute
     if ground_truth_files is not None:
         counts.update(ground_truth_lines=0, malformed_ground_truth_lines=0, malformed_ground_truth_examples=[],
                       records_without_ground_truth=0, ground_truth_files=0, ground_truth_records=0,
-                      duplicate_ground_truth=0)
+                      duplicate_ground_truth=0, explanation_documents=0)
         # The join waits for the last capture chunk, so the ground truth is read meanwhile, on its own thread.
         label = config.label
         truth_job = _Background(lambda stop: _ground_truth(ground_truth_files, label, chunk_bytes, stop),
@@ -1376,6 +1471,7 @@ def _merge(config: AnalysisConfig, window: Window, attributes: EndpointAttribute
         jobs.append(truth_job)
     malformed = _Malformed("capture")
     builder = _WindowBuilder(config, attributes, window, bias, need_features, malformed, counts)
+    builder.ground_truth_where = ground_truth_where
     try:
         for lines, chunk_malformed in parsed:
             malformed.absorb(chunk_malformed)

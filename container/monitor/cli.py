@@ -60,7 +60,8 @@ def add_monitor_parser(subparsers) -> argparse.ArgumentParser:
     # argparse reads a separate "-PT5H" as an option: join_offset_values() joins it to its option first.
     parser.add_argument("--data-analysis-start-time", metavar="OFFSET",
                         help="the schedule's DataAnalysisStartTime, overriding StartTimeOffset "
-                             "(--data-analysis-start-time=-PT5H, or -PT5H after a space)")
+                             "(--data-analysis-start-time=-PT5H, or -PT5H after a space); at most 24 hours before "
+                             "the end, as in a schedule")
     parser.add_argument("--data-analysis-end-time", metavar="OFFSET",
                         help="the schedule's DataAnalysisEndTime, overriding EndTimeOffset "
                              "(--data-analysis-end-time=-PT1H, or -PT1H after a space)")
@@ -72,7 +73,9 @@ def add_monitor_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--processing-root", type=Path, metavar="DIR",
                         help="work folder, kept afterwards (default: a temporary folder, removed once published)")
     parser.add_argument("--message-file", type=Path, metavar="FILE",
-                        help="where to write the exit message (default: DIR/message)")
+                        help="where to write the exit message, by every exit (the previous one is removed when "
+                             "the run starts) (default: DIR/message of --processing-root; without either, the log "
+                             "only)")
     parser.add_argument("--cloudwatch-dir", type=Path, metavar="DIR",
                         help="where CloudWatch metric files go when publish_cloudwatch_metrics is Enabled "
                              "(the SDK enables it by default); checked writable before the analysis (default: "
@@ -91,16 +94,41 @@ def parse_time(text: str) -> datetime:
 
 
 def run_monitor_command(args: argparse.Namespace) -> int:
-    """``lucent monitor``: one execution; returns the exit code."""
-    from analyzer.errors import ConfigError, UserError
-    from analyzer.monitor.window import execution_time
+    """``lucent monitor``: one execution; returns the exit code. Every exit writes the exit message file
+    (``--message-file``, else ``--processing-root``/message), after removing the previous run's first."""
+    import logging
+    import traceback
+
+    from analyzer import __version__
     from analyzer.redact import install_redaction
-    from container.job import EXIT_USER_ERROR, configure_logging
-    from container.monitor.definition import load_job_definition
-    from container.monitor.run import CLOUDWATCH_DIR_VARIABLE, DEFAULT_CLOUDWATCH_DIR, Execution, run_monitor
+    from container.job import EXIT_INTERNAL_ERROR, clear_message, configure_logging
+    from container.monitor.run import exit_with
 
     configure_logging(level=level_from_args(args))
     install_redaction()
+    message_file = args.message_file or (args.processing_root / "message" if args.processing_root else None)
+    if message_file is not None:
+        clear_message(message_file)  # the message always belongs to the run that started last
+    try:
+        return _run(args, message_file)
+    except Exception as error:  # noqa: BLE001 - every exit leaves its message
+        logging.getLogger("lucent.monitor").error("Internal error:\n%s", traceback.format_exc())
+        return exit_with(message_file, EXIT_INTERNAL_ERROR, f"Failed: AlgorithmError: internal error in Lucent "
+                                                            f"{__version__}: {type(error).__name__}: {error}")
+
+
+def _run(args: argparse.Namespace, message_file: Path | None) -> int:
+    from analyzer.errors import ConfigError, UserError
+    from analyzer.monitor.window import execution_time
+    from container.monitor.definition import analysis_window_problem, load_job_definition
+    from container.monitor.run import (
+        CLOUDWATCH_DIR_VARIABLE,
+        DEFAULT_CLOUDWATCH_DIR,
+        Execution,
+        refuse,
+        run_monitor,
+    )
+
     try:
         definition = load_job_definition(args.job_definition)
     except ConfigError as error:
@@ -108,10 +136,15 @@ def run_monitor_command(args: argparse.Namespace) -> int:
         print(f"{args.job_definition}: {len(problems)} problem(s):")
         for problem in problems:
             print(f"  - {problem}")
-        return EXIT_USER_ERROR
+        return refuse(message_file, f"job definition {args.job_definition}: {len(problems)} problem(s): "
+                                    + "; ".join(problems))
     except UserError as error:
         print(f"error: {error}")
-        return EXIT_USER_ERROR
+        return refuse(message_file, f"job definition {args.job_definition}: {error}")
+    if problem := analysis_window_problem(definition, args.data_analysis_start_time, args.data_analysis_end_time,
+                                          names=OFFSET_OPTIONS):
+        print(f"error: {problem}")
+        return refuse(message_file, problem)
     execution = Execution(
         definition=definition, capture_uri=args.capture_uri, now=execution_time(args.now),
         schedule_name=args.schedule_name or definition.name,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,8 @@ from container.storage import parse_uri
 
 log = logging.getLogger("lucent.monitor")
 
-__all__ = ["BIAS", "EXPLAINABILITY", "JobDefinition", "MonitoringSchedule", "check_schedule_pair",
+__all__ = ["BIAS", "EXPLAINABILITY", "JobDefinition", "MonitoringSchedule", "analysis_span_problem",
+           "analysis_window_problem", "check_schedule_pair",
            "load_job_definition", "load_monitoring_schedule", "parse_job_definition", "parse_monitoring_schedule"]
 
 OTHER_KINDS = ("DataQuality", "ModelQuality")  # monitoring types of the Model Monitor image, not Clarify's
@@ -142,8 +143,10 @@ class JobDefinition:
 
 
 def load_job_definition(path: Path) -> JobDefinition:
-    """Read and validate ``path``; ``ConfigError`` lists every problem, each naming its field."""
-    return parse_job_definition(read_json_file(path, "monitoring job definition (--job-definition)"))
+    """Read and validate ``path``; ``ConfigError`` lists every problem, each naming its field. Messages
+    about the ``EndpointInput`` attributes later name ``path`` too (``EndpointAttributes.source``)."""
+    definition = parse_job_definition(read_json_file(path, "monitoring job definition (--job-definition)"))
+    return replace(definition, attributes=replace(definition.attributes, source=f"job definition {path}"))
 
 
 def parse_job_definition(document: Any) -> JobDefinition:
@@ -204,7 +207,8 @@ def parse_job_definition(document: Any) -> JobDefinition:
             inference_attribute=endpoint.get("InferenceAttribute"),
             probability_attribute=endpoint.get("ProbabilityAttribute"),
             probability_threshold_attribute=endpoint.get("ProbabilityThresholdAttribute"),
-            exclude_features_attribute=endpoint.get("ExcludeFeaturesAttribute")),
+            exclude_features_attribute=endpoint.get("ExcludeFeaturesAttribute"),
+            path=f"{kind}JobInput.EndpointInput"),
         start_time_offset=endpoint.get("StartTimeOffset"), end_time_offset=endpoint.get("EndTimeOffset"),
         ground_truth_uri=ground_truth, constraints_uri=constraints,
         output_uri=outputs[0]["S3Output"]["S3Uri"], environment=environment,
@@ -384,18 +388,52 @@ def parse_monitoring_schedule(document: Any) -> MonitoringSchedule:
     if isinstance(expression, str) and expression.strip() == NOW and (start is None or end is None):
         ctx.add(path, "NOW (one execution, immediately) needs both DataAnalysisStartTime and DataAnalysisEndTime "
                 "(e.g. -PT1H and -PT0H)")
-    if isinstance(start, str) and isinstance(end, str):
-        span = parse_duration(end, "DataAnalysisEndTime") - parse_duration(start, "DataAnalysisStartTime")
-        if span <= timedelta(0):
-            ctx.add(path, f"DataAnalysisStartTime {start!r} must come before DataAnalysisEndTime {end!r}")
-        elif span > MAX_WINDOW:
-            ctx.add(path, f"DataAnalysisStartTime {start!r} and DataAnalysisEndTime {end!r} are {_hours(span)} apart: "
-                    "at most 24 hours (SageMaker's limit)")
+    if isinstance(start, str) and isinstance(end, str) and (problem := analysis_span_problem(start, end)):
+        ctx.add(path, problem)
     if ctx.problems or has_invalid(config) or name is INVALID or not isinstance(expression, str):
         raise ConfigError(ctx.problems or ["(top level): invalid monitoring schedule"])
     return MonitoringSchedule(
         name=name, expression=expression.strip(), job_definition_name=config.get("MonitoringJobDefinitionName"),
         monitoring_type=config.get("MonitoringType"), data_analysis_start_time=start, data_analysis_end_time=end)
+
+
+def analysis_span_problem(start: str, end: str, start_name: str = "DataAnalysisStartTime",
+                          end_name: str = "DataAnalysisEndTime", notes: tuple[str, str] = ("", "")) -> str | None:
+    """What is wrong with the window ``[T + start, T + end)`` of a schedule's ``DataAnalysisStartTime`` /
+    ``DataAnalysisEndTime`` (start before end, at most 24 hours apart: SageMaker's limit), or None. The
+    one check of ``lucent schedule`` (the schedule file) and ``lucent monitor`` (its options); the names
+    are how the message calls the two offsets, ``notes`` what it adds after each value. Offsets that are
+    not durations are left to their parser."""
+    try:
+        span = parse_duration(end, end_name) - parse_duration(start, start_name)
+    except UserError:
+        return None
+    first, second = f"{start_name} {start!r}{notes[0]}", f"{end_name} {end!r}{notes[1]}"
+    if span <= timedelta(0):
+        return f"{first} must come before {second}"
+    if span > MAX_WINDOW:
+        return f"{first} and {second} are {_hours(span)} apart: at most 24 hours (SageMaker's limit)"
+    return None
+
+
+def analysis_window_problem(definition: JobDefinition, start: str | None, end: str | None,
+                            names: tuple[str, str] = ("DataAnalysisStartTime", "DataAnalysisEndTime")) -> str | None:
+    """``analysis_span_problem`` of the window a schedule's ``DataAnalysisStartTime`` / ``DataAnalysisEndTime``
+    (``start`` / ``end``, either may be None) make with the job definition's offsets, or None when neither
+    is given (the job definition's own offsets have no 24-hour limit: ``-P8D`` / ``-P1D`` is the DG's
+    example). ``names`` are how the message calls the two (``--data-analysis-start-time`` for the command)."""
+    if start is None and end is None:
+        return None
+    notes = ["", ""]
+    if start is None:
+        notes[0] = " (not given: the {} StartTimeOffset)".format(
+            "job definition's" if definition.start_time_offset is not None else "default")
+        start = definition.start_time_offset or DEFAULT_START_OFFSET
+    if end is None:
+        notes[1] = " (not given: the {} EndTimeOffset)".format(
+            "job definition's" if definition.end_time_offset is not None else "default")
+        end = definition.end_time_offset or DEFAULT_END_OFFSET
+    return analysis_span_problem(start, end, *names, notes=(notes[0], notes[1]))
 
 
 def _hours(span: timedelta) -> str:
@@ -419,6 +457,9 @@ def check_schedule_pair(schedule: MonitoringSchedule, definition: JobDefinition)
         problems.append(f"MonitoringScheduleConfig.ScheduleConfig: the window [T{_signed(start)}, T{_signed(end)}) "
                         "is empty (start from "
                         "DataAnalysisStartTime or the job definition's StartTimeOffset, end likewise)")
+    elif problem := analysis_window_problem(definition, schedule.data_analysis_start_time,
+                                            schedule.data_analysis_end_time):
+        problems.append(f"MonitoringScheduleConfig.ScheduleConfig: {problem}")
     if problems:
         raise ConfigError(problems)
 

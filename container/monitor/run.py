@@ -60,6 +60,7 @@ from container.job import (
     EXIT_OK,
     EXIT_USER_ERROR,
     JobStopped,
+    clear_message,
     finish,
     open_model,
     raise_job_stopped,
@@ -95,6 +96,14 @@ class Execution:
     work_dir: Path | None = None  # the processing root (default: a temporary folder, removed when published)
     message_file: Path | None = None
     cloudwatch_dir: Path = DEFAULT_CLOUDWATCH_DIR
+
+    @property
+    def exit_message_file(self) -> Path | None:
+        """Where the exit message goes: ``--message-file``, else ``DIR/message`` of ``--processing-root``;
+        None without either (the execution's temporary folder would not outlive it: the log has it)."""
+        if self.message_file is not None:
+            return self.message_file
+        return self.work_dir / "message" if self.work_dir is not None else None
 
     @property
     def cloudwatch_file(self) -> Path:
@@ -140,18 +149,31 @@ def refuse_unfinished_window(execution: Execution) -> str | None:
     return None
 
 
+def exit_with(message_file: Path | None, code: int, message: str) -> int:
+    """Write the exit message (redacted, atomically) to ``message_file`` and log it, as ``lucent run``
+    does (``container.job.finish``); without a file, only log it. Returns ``code``."""
+    if message_file is not None:
+        return finish(message_file, code, message)
+    (log.info if code == EXIT_OK else log.error)("exit_message: %s", redact(message))
+    return code
+
+
+def refuse(message_file: Path | None, reason: str) -> int:
+    """An execution refused before it started (bad input, exit 1): ``Failed: ClientError: <reason>``."""
+    return exit_with(message_file, EXIT_USER_ERROR, f"{FAILED}: ClientError: {reason}")
+
+
 def run_monitor(execution: Execution) -> int:
     """Run one execution and publish its window folder; never raises. Returns the exit code and writes
-    the exit message (``ClientError: ...`` / ``AlgorithmError: ...`` as ``lucent run``).
+    the exit message (``ClientError: ...`` / ``AlgorithmError: ...`` as ``lucent run``) to
+    ``execution.exit_message_file``, after removing the previous run's message first.
 
     A window that is not over yet is refused before anything (no temporary folder, no status published):
     its results would be partial, and a Failed status would mark the window as attempted."""
+    if (message_file := execution.exit_message_file) is not None:
+        clear_message(message_file)
     if (problem := refuse_unfinished_window(execution)) is not None:
-        message = f"{FAILED}: ClientError: {problem}"
-        if execution.message_file is not None:
-            return finish(execution.message_file, EXIT_USER_ERROR, message)
-        log.error("exit_message: %s", message)
-        return EXIT_USER_ERROR
+        return refuse(message_file, problem)
     started = time.perf_counter()
     definition = execution.definition
     root = execution.work_dir or Path(tempfile.mkdtemp(prefix="lucent-monitor-"))
@@ -188,7 +210,7 @@ def run_monitor(execution: Execution) -> int:
                        + (f", {found} violation(s) in {VIOLATIONS_FILE}" if found else ""))
         else:
             message = f"{FAILED}: {'ClientError' if code == EXIT_USER_ERROR else 'AlgorithmError'}: {reason}"
-        return finish(execution.message_file or root / "message", code, message)
+        return finish(execution.exit_message_file or root / "message", code, message)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         if execution.work_dir is None:  # a temporary folder is never kept: the log says what went wrong
@@ -249,22 +271,7 @@ def _check_cloudwatch_dir(folder: Path) -> None:
 
 
 def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> dict[str, Any]:
-    from analyzer.monitor.drift import (
-        add_bootstrap_intervals,
-        attribution_scores,
-        attribution_violations,
-        bias_violations,
-        bootstrap_violations_enabled,
-        check_constraints_match,
-        violations_document,
-    )
-    from analyzer.monitor.merge import merge_window
-    from analyzer.monitor.metrics import (
-        cloudwatch_file_text,
-        cloudwatch_records,
-        prometheus_text,
-        push_metrics,
-    )
+    from analyzer.monitor.config import attribute_keys
     from analyzer.monitor.window import ground_truth_prefixes, hour_prefixes
 
     definition = execution.definition
@@ -281,17 +288,54 @@ def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
     if unpublished := _unpublished_capture_files(capture, hour_prefixes(window)):
         log.warning("%d capture file(s) in the window's hour folders are not published yet (still being written; "
                     "their records are not analysed): %s", len(unpublished), ", ".join(unpublished[:10]))
+    if not capture_names:  # a wrong --capture-uri or EndpointName reads as an hour without traffic: say which
+        raise UserError(_no_capture_message(runner, execution, window_text, hour_prefixes(window), len(unpublished)))
+    input_content_type = _input_content_type(runner, capture_names)
     config = monitoring_config(doc, definition.kind, definition.attributes, source=config_source(definition),
-                               input_content_type=_input_content_type(runner, capture_names))
-    ground_truth = None
+                               input_content_type=input_content_type)
+    ground_truth, truth_where = None, None
     if definition.kind == BIAS:
         truth = Location(definition.ground_truth_uri)
-        truth_names = _list_hour_files(runner, truth, ground_truth_prefixes(window, now), variants=False)
+        truth_hours = ground_truth_prefixes(window, now)
+        truth_names = _list_hour_files(runner, truth, truth_hours, variants=False)
         log.info("Ground truth: %d file(s) under %s", len(truth_names), truth)
         ground_truth = _read_files(runner, truth_names)
+        if not truth_names:
+            truth_where = _ground_truth_where(runner, truth, truth_hours)
+            log.warning("No ground truth file in %s", truth_where)
     constraints = _read_constraints(runner, definition.constraints_uri)
+    # Keys the monitor filled in from EndpointInput (the explainer's predictor.probability): a message
+    # about them names the job definition's attribute, which the user wrote.
+    with _attribute_names(definition, attribute_keys(doc, definition.kind, definition.attributes,
+                                                     input_content_type=input_content_type)):
+        return _analyse(execution, root, config, config_file, capture_names, ground_truth, truth_where, constraints,
+                        runner, now)
 
-    merged = merge_window(config, _read_files(runner, capture_names), window, definition.attributes, ground_truth)
+
+def _analyse(execution: Execution, root: Path, config, config_file: Path, capture_names: list[str], ground_truth,
+             truth_where: str | None, constraints: dict | None, runner: Launch, now: datetime) -> dict[str, Any]:
+    """The merge, the analysis and the window's files in ``root/output``; returns the status summary."""
+    from analyzer.monitor.drift import (
+        add_bootstrap_intervals,
+        attribution_scores,
+        attribution_violations,
+        bias_violations,
+        bootstrap_violations_enabled,
+        check_constraints_match,
+        violations_document,
+    )
+    from analyzer.monitor.merge import merge_window
+    from analyzer.monitor.metrics import (
+        cloudwatch_file_text,
+        cloudwatch_records,
+        prometheus_text,
+        push_metrics,
+    )
+
+    definition = execution.definition
+    window = execution.window
+    merged = merge_window(config, _read_files(runner, capture_names), window, definition.attributes, ground_truth,
+                          ground_truth_where=truth_where)
     dataset = merged.dataset
     log.info("Merged window: %s", ", ".join(f"{k} {v}" for k, v in merged.counts.items() if not isinstance(v, list)))
     if missing := merged.counts.get("records_without_ground_truth"):
@@ -315,7 +359,7 @@ def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
         violations: list[dict] = []
         scores = None  # explainability: NDCG per label against the baseline
         if constraints is not None:
-            check_constraints_match(results, constraints, definition.kind)
+            check_constraints_match(results, constraints, definition.kind, dataset=dataset)
             if definition.kind == BIAS:
                 violations = bias_violations(results, constraints, use_intervals=bootstrap_violations_enabled())
             else:
@@ -352,6 +396,148 @@ def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
             log.error("Could not push the metrics to %s: %s", redact_url(pushgateway), error)
             summary["MetricsPushError"] = redact(str(error))
     return summary
+
+
+@contextlib.contextmanager
+def _attribute_names(definition: JobDefinition, keys: dict[str, str]) -> Iterator[None]:
+    """Re-raise a ``UserError`` / ``DependencyError`` that names a config key the monitor filled in from
+    the job definition (``keys``: ``predictor.probability`` -> ``ProbabilityAttribute``) with the attribute's
+    name and file instead. ``features`` is a common word: only config problems rename it."""
+    keys = {key: name for key, name in keys.items() if key != "features"}
+    try:
+        yield
+    except (UserError, DependencyError) as error:
+        text = definition.attributes.named(str(error), keys)
+        if text == str(error):
+            raise
+        raise (DependencyError if isinstance(error, DependencyError) else UserError)(text) from error
+
+
+MAX_NAMED = 4  # prefixes or folders a message lists before "..."
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_NAMED])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > MAX_NAMED else "")
+
+
+def _hours_text(hours: list[str]) -> str:
+    return hours[0] if len(hours) == 1 else f"{hours[0]} to {hours[-1]} ({len(hours)} hours)"
+
+
+def _subfolders(runner: Launch, location: Location) -> tuple[list[str], bool] | None:
+    """The names of the folders directly under ``location`` (sorted; dot folders left out) and whether it
+    holds anything at all; None when it does not exist (a local path that is not a folder; an S3 prefix
+    with no object under it)."""
+    if location.is_s3:
+        folders, anything = [], False
+        with runner.store.errors("listing", str(location)):
+            pages = runner.store.client.get_paginator("list_objects_v2").paginate(
+                Bucket=location.bucket, Prefix=location.prefix, Delimiter="/")
+            for page in pages:
+                anything = anything or bool(page.get("Contents")) or bool(page.get("CommonPrefixes"))
+                folders.extend(p["Prefix"][len(location.prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
+        if not anything:
+            return None
+        return sorted(name for name in folders if name and not name.startswith(".")), True
+    folder = location.path
+    if not folder.is_dir():
+        return None
+    entries = list(folder.iterdir())
+    return sorted(p.name for p in entries if p.is_dir() and not p.name.startswith(".")), bool(entries)
+
+
+def _hour_range(runner: Launch, location: Location) -> tuple[str, str] | None:
+    """The first and the last ``yyyy/mm/dd/hh`` folder under ``location``, or None when it has none."""
+    ends = []
+    for pick in (min, max):
+        parts, where = [], location
+        for _ in range(4):
+            listed = _subfolders(runner, where)
+            names = [name for name in (listed[0] if listed else []) if name.isdigit()]
+            if not names:
+                return None
+            parts.append(pick(names))
+            where = where.child(parts[-1])
+        ends.append("/".join(parts))
+    return ends[0], ends[1]
+
+
+def _span_text(span: tuple[str, str]) -> str:
+    return f"the hour folder {span[0]} only" if span[0] == span[1] else f"hour folders {span[0]} to {span[1]}"
+
+
+def _no_capture_message(runner: Launch, execution: Execution, window_text: str, hours: list[str],
+                        unpublished: int) -> str:
+    """Why no capture file was found for the window: the prefixes listed, and what the capture URI does
+    hold (nothing, other endpoints, a variant's folders: a URI one level too deep or too high), so that
+    a wrong --capture-uri or EndpointName does not read as an hour without traffic."""
+    endpoint = execution.definition.endpoint_name
+    base = Location(execution.capture_uri)
+    capture = base.child(endpoint)
+    head = f"No capture files for the window {window_text}"
+    where = f"{capture}/<variant>/yyyy/mm/dd/hh/ for the window's hour(s) {_hours_text(hours)}"
+    top = _subfolders(runner, base)
+    if top is None:
+        return (f"{head}: --capture-uri {base} does not exist (looked for {where}). --capture-uri is the "
+                "endpoint's DataCaptureConfig.DestinationS3Uri")
+    folders, anything = top
+    if not anything:
+        return f"{head}: --capture-uri {base} is empty (looked for {where})"
+    variants_listed = _subfolders(runner, capture) if endpoint in folders else None
+    if variants_listed is None:
+        hint = _level_hint(runner, base, folders, endpoint)
+        holds = f"the folder(s) {_listed(folders)} but no {endpoint}/" if folders else f"files but no folder, no {endpoint}/"
+        return (f"{head}: --capture-uri {base} holds {holds} ({execution.definition.attributes.field_name('EndpointName')}"
+                f" of the job definition), so nothing was found in "
+                f"{where}. --capture-uri is the endpoint's DataCaptureConfig.DestinationS3Uri, the folder that "
+                f"holds <endpoint>/<variant>/yyyy/mm/dd/hh/" + hint)
+    variants = variants_listed[0]
+    if not variants:
+        return f"{head}: {capture}/ holds no variant folder (looked for {where})"
+    prefixes = [f"{capture}/{variant}/{hour}/" for variant in variants for hour in hours]
+    found = []
+    for variant in variants[:MAX_NAMED]:
+        span = _hour_range(runner, capture.child(variant))
+        found.append(f"{variant} has {_span_text(span)}" if span else f"{variant} has no yyyy/mm/dd/hh folder")
+    message = (f"{head}: no capture file in {_listed(prefixes)} (the window's hour(s) {_hours_text(hours)}; "
+               f"{capture}/ holds the variant folder(s) {_listed(variants)}: {'; '.join(found)})")
+    if unpublished:
+        message += (f"; {unpublished} capture file(s) there are not published yet (.tmp files the capture writer "
+                    "is still writing, or left behind by an endpoint that stopped without closing its writer)")
+    return message
+
+
+def _level_hint(runner: Launch, base: Location, folders: list[str], endpoint: str) -> str:
+    """A hint when --capture-uri is one level off: an endpoint's or a variant's folder, or the folder above
+    the destination."""
+    if folders and all(name.isdigit() and len(name) == 4 for name in folders):
+        return (f". {base} holds year folders: it is a variant's folder; give the folder two levels up "
+                f"(the one that holds {endpoint}/)")
+    if base.uri.rstrip("/").rsplit("/", 1)[-1] == endpoint:
+        return f". {base} ends with the endpoint's name: give the folder above it"
+    for name in folders[:20]:
+        inner = _subfolders(runner, base.child(name))
+        inner_names = inner[0] if inner else []
+        if endpoint in inner_names:
+            return f". {base.child(name)} holds {endpoint}/: give --capture-uri {base.child(name)}"
+        if inner_names and all(n.isdigit() and len(n) == 4 for n in inner_names):
+            return (f". {base.child(name)} holds year folders, as a variant's folder does: {base} looks like an "
+                    "endpoint's folder; give the folder above it")
+    return ""
+
+
+def _ground_truth_where(runner: Launch, truth: Location, hours: list[str]) -> str:
+    """The ground truth hour folders listed, and what the ground truth URI holds, for a message."""
+    searched = (f"{truth}/{hours[0]}/" if len(hours) == 1 else
+                f"{truth}/{hours[0]}/ to {truth}/{hours[-1]}/ ({len(hours)} hour folders)")
+    listed = _subfolders(runner, truth)
+    if listed is None:
+        return f"{searched}; GroundTruthS3Input.S3Uri {truth} does not exist"
+    span = _hour_range(runner, truth)
+    if span is None:
+        return f"{searched}; GroundTruthS3Input.S3Uri {truth} has no yyyy/mm/dd/hh folder"
+    return f"{searched}; GroundTruthS3Input.S3Uri {truth} has {_span_text(span)}"
 
 
 def _violation_text(violation: dict) -> str:
