@@ -138,7 +138,7 @@ class OutputStaging:
                       if name in folders or any(str(parent) in files for parent in PurePosixPath(name).parents)]
         self._check_writable([*names, *(set(previous) - set(names_after)), *in_the_way])
         # The manifest first lists both sets, so that a job killed halfway leaves nothing untracked.
-        _write_manifest(self.output_dir, sorted(set(previous) | set(names)))
+        write_manifest(self.output_dir, sorted(set(previous) | set(names)))
         for name in in_the_way:
             _remove_published(self.output_dir, name)
         published = []
@@ -152,7 +152,7 @@ class OutputStaging:
             published.append(final)
         for name in sorted(set(previous) - set(names_after) - set(in_the_way)):
             _remove_published(self.output_dir, name)
-        _write_manifest(self.output_dir, names_after)
+        write_manifest(self.output_dir, names_after)
         self._committed = True
         self.discard()
         return published
@@ -263,7 +263,9 @@ def read_manifest(output_dir: Path) -> list[str]:
     return [name for name in names if isinstance(name, str) and _is_plain_relative(name)]
 
 
-def _write_manifest(output_dir: Path, names: list[str]) -> None:
+def write_manifest(output_dir: Path, names: list[str]) -> None:
+    """Record ``names`` (relative paths) as what the last job published into ``output_dir``; the launcher
+    writes one into a scratch folder for an S3 output prefix too, in the same format."""
     write_text_atomic(output_dir / MANIFEST_FILE, json.dumps({"published": names}, indent=1) + "\n")
 
 

@@ -3,17 +3,36 @@ S3 prefix (any S3-compatible store, through ``container.storage``'s one client) 
 
 The analyzer declares what it needs (``CheckpointStore``); S3 stays on this side, as the model loader
 does (docs/architecture.md).
+
+``lucent launch --image`` gives its container no credentials: the launcher copies the checkpoints between
+the store and the job's work area on the host, before and after the container (``WorkAreaCopy``), and
+tells the job so (``COPIED_BY_LAUNCHER``), which then keeps them in its work area only.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from analyzer.config import AnalysisConfig
-from analyzer.explain.checkpoint_store import CHECKPOINT_URI_KEY, CheckpointStore, FolderStore, checkpoint_uri
-from container.storage import Location, StorageError, s3_client
+from analyzer.explain.checkpoint_store import (
+    CHECKPOINT_URI_KEY,
+    SHAP_PREFIX,
+    CheckpointStore,
+    FolderStore,
+    checkpoint_uri,
+    is_checkpoint_name,
+)
+from container.storage import Location, StorageError, boto_problem, s3_client
+
+log = logging.getLogger(__name__)
+
+# Set by `lucent launch --image` to the store it copies the checkpoints to and from (shown in the log).
+COPIED_BY_LAUNCHER = "LUCENT_CHECKPOINTS_COPIED_BY_LAUNCHER"
 
 
 class S3Store:
@@ -51,7 +70,7 @@ class S3Store:
             raise StorageError(f"SHAP checkpoints: {action} {where}: {info.get('Code', '?')}: "
                                f"{info.get('Message', '')}") from None
         except BotoCoreError as error:
-            raise StorageError(f"SHAP checkpoints: {action} {where}: {error}") from None
+            raise StorageError(f"SHAP checkpoints: {action} {where}: {boto_problem(error)}") from None
 
     def names(self, prefix: str) -> list[str]:
         found = []
@@ -81,15 +100,82 @@ class S3Store:
 
 def open_checkpoint_store(config: AnalysisConfig, output_uri: str | None) -> CheckpointStore | None:
     """The store for ``config``'s SHAP checkpoints (``"lucent": {"checkpoint_uri": ...}``, else the
-    published output's ``.lucent-work``), or None: the job's work area only."""
+    published output's ``.lucent-work``), or None: the job's work area only, also when the launcher copies
+    them (``COPIED_BY_LAUNCHER``)."""
     uri = checkpoint_uri(config.lucent, output_uri)
     if uri is None:
         return None
+    if copied_from := os.environ.get(COPIED_BY_LAUNCHER, "").strip():
+        log.info("SHAP checkpoints: kept in the work area; `lucent launch` copies them from and to %s", copied_from)
+        return None
     try:
-        location = Location(uri)
+        return store_at(uri)
     except StorageError as error:
         raise StorageError(f"lucent.{CHECKPOINT_URI_KEY}: {error}") from None
-    return S3Store(location) if location.is_s3 else FolderStore(location.path)
 
 
-__all__ = ["S3Store", "open_checkpoint_store"]
+def store_at(uri: str, endpoint_url: str | None = None) -> CheckpointStore:
+    """The checkpoint store at ``uri`` (an ``s3://`` prefix or a local folder)."""
+    location = Location(uri)
+    return S3Store(location, endpoint_url) if location.is_s3 else FolderStore(location.path)
+
+
+class WorkAreaCopy:
+    """The SHAP checkpoints of a job that cannot reach their store (a container given no credentials),
+    copied on its behalf: the store's into the job's work area (``<output>/.lucent-work``) before the job
+    starts, and back when it has ended, however it ended (a failed or stopped job's shards are what a
+    rerun resumes from). The names are the work area's (``shap/<fingerprint>/shard-000000.npz``), as a
+    ``CheckpointMirror`` keeps them."""
+
+    def __init__(self, store: CheckpointStore, work_area: Path):
+        self.store, self.work_area = store, Path(work_area)
+        self.local = FolderStore(self.work_area)
+        self.pulled: dict[str, tuple[int, int] | None] = {}  # name -> the copy's (size, mtime) in the work area
+
+    def __str__(self) -> str:
+        return str(self.store)
+
+    def _stamp(self, name: str) -> tuple[int, int] | None:
+        try:
+            stat = os.lstat(self.work_area / name)
+        except OSError:
+            return None
+        return stat.st_size, stat.st_mtime_ns
+
+    def _local_names(self) -> list[str]:
+        return [name for name in self.local.names(SHAP_PREFIX) if is_checkpoint_name(name)]
+
+    def pull(self) -> int:
+        """Copy every checkpoint of the store into the work area; returns how many. Names a job never
+        writes (hidden, temporary, deeper) are left in the store."""
+        names = [name for name in self.store.names(SHAP_PREFIX) if is_checkpoint_name(name)]
+        for name in names:
+            self.local.write(name, self.store.read(name))
+            self.pulled[name] = self._stamp(name)
+        if names:
+            log.info("SHAP: %d checkpoint file(s) copied from %s into the job's work area", len(names), self.store)
+        return len(names)
+
+    def push(self, succeeded: bool) -> tuple[int, int]:
+        """Copy the work area's new and changed checkpoints to the store, and remove from the store those
+        the job removed: every one after a success, and those of other fingerprints once the job has
+        made its own folder (as ``CheckpointMirror.pull`` does); returns (copied, removed). A failed job
+        that removed its work area (no shard to resume from) leaves the store as it was."""
+        local = self._local_names()
+        changed = [name for name in local if name not in self.pulled or self.pulled[name] != self._stamp(name)]
+        for name in changed:
+            self.store.write(name, (self.work_area / name).read_bytes())
+        shap = self.work_area / SHAP_PREFIX
+        folders = ({path.name for path in shap.iterdir() if path.is_dir() and not path.is_symlink()}
+                   if shap.is_dir() and not shap.is_symlink() else set())
+        removed = [name for name in sorted(self.pulled) if name.split("/")[1] not in folders] \
+            if succeeded or folders else []
+        if removed:
+            self.store.remove(removed)
+        if changed or removed:
+            log.info("SHAP: %d checkpoint file(s) copied to %s, %d removed there", len(changed), self.store,
+                     len(removed))
+        return len(changed), len(removed)
+
+
+__all__ = ["COPIED_BY_LAUNCHER", "S3Store", "WorkAreaCopy", "open_checkpoint_store", "store_at"]

@@ -2,27 +2,33 @@
 
 What SageMaker Processing does around the Clarify container, done on this machine:
 
-1. check that ``--output`` can be written (the bucket exists, a probe object can be put and deleted; or
-   the local folder can be created and written), so a misspelled bucket fails before any computing;
+1. parse every URI (a malformed one is the command line's error: nothing is written), then check that
+   ``--output`` can be written (the bucket exists, a probe object can be put and deleted; or the local
+   folder can be created and written), so a misspelled bucket fails before any computing;
 2. stage the inputs (``--config``, ``--data``, ``--model``; S3 URIs or local paths) into a temporary
    processing root, plus the datasets the config names by ``s3://`` URI (``dataset_uri``,
    ``facet_dataset_uri``, ``predicted_label_dataset_uri``, string SHAP baselines), rewriting the
    staged config copy to their local paths (spec clarify-contract.md section 1.2). Every staged file
    stays inside its folder, and the config may name no local file outside the staged inputs;
 3. run the job, in-process or in a container (``--image``) with the staged folders mounted;
-4. publish ``output/`` to ``--output``, replacing the previous results. On S3 (managed transfer:
-   multipart for large files, concurrent, objects already there with the same size and ETag skipped)
-   the old ``analysis.json`` and ``message`` are removed first, then the new files are put, every other
-   object below the prefix that this run did not produce is removed (the launch's own inputs
-   excepted), and ``analysis.json`` and ``message`` come last, so their presence marks a complete
-   result. A local folder is published as a job publishes its output folder (``OutputStaging``:
-   complete copies renamed into place; what the previous run published and this one did not is
-   removed, the user's own files are kept), with the message last. The job's work area (``.lucent-*``)
-   is not a result and is never uploaded from the job's folder; a job that explains writes its SHAP
-   checkpoints to ``<output>/.lucent-work/`` itself while it runs (so a rerun elsewhere resumes), kept
-   after a failed job and removed after a successful one.
+4. publish ``output/`` to ``--output``, replacing the previous results and nothing else. On S3 (managed
+   transfer: multipart for large files, concurrent, objects already there with the same size and ETag
+   skipped) the old ``analysis.json`` and ``message`` are removed first, then the new files are put,
+   the objects the previous publication's manifest (``.lucent-outputs.json``, the local output folder's
+   format, analyzer/output.py) lists and this run did not produce are removed (the launch's own inputs
+   excepted; a prefix without a manifest loses nothing), the manifest is replaced, and
+   ``analysis.json`` and ``message`` come last, so their presence marks a complete result. A local
+   folder is published as a job publishes its output folder (``OutputStaging``: complete copies
+   renamed into place; what the previous run published and this one did not is removed, the user's
+   own files are kept), with the message last. The job's work area (``.lucent-*``) is not a result and
+   is never uploaded from the job's folder; a job that explains writes its SHAP checkpoints to
+   ``<output>/.lucent-work/`` itself while it runs (so a rerun elsewhere resumes), kept after a failed
+   job and removed after a successful one. A job in a container (``--image``) is given no credentials:
+   the launcher copies its checkpoints from there into the job's work area before it starts and back
+   after it ends (``container.checkpoint_store.WorkAreaCopy``).
 
-A failed job publishes its message alone and exits non-zero: the earlier run's results at ``--output``
+Exit messages name the inputs by the URIs given, never by their temporary staged copies. A failed job
+publishes its message alone and exits non-zero: the earlier run's results at ``--output``
 stay (as ``lucent run`` keeps them), and the message says they are not this run's. A launch that starts
 removes the earlier message first. SIGTERM and SIGINT stop it as they stop a job (``Stopped: ...``, exit
 2). A failed publication keeps the local copy and says where it is. S3 credentials come from boto3's
@@ -44,7 +50,7 @@ import sys
 import tempfile
 import unicodedata
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -54,9 +60,12 @@ from analyzer.logs import add_log_arguments, level_from_args
 from analyzer.output import (
     ANALYSIS_FILE,
     INTERNAL_PREFIX,
+    MANIFEST_FILE,
     OutputStaging,
     check_output_folder,
+    read_manifest,
     write_bytes_atomic,
+    write_manifest,
     write_text_atomic,
 )
 from analyzer.redact import install_redaction, redact, redact_url
@@ -75,7 +84,7 @@ from container.job import (
     stop_on_signals,
     stopped_message,
 )
-from container.storage import Location, StorageError, s3_client, uri_scheme
+from container.storage import Location, StorageError, boto_problem, s3_client, uri_scheme
 
 log = logging.getLogger("lucent.launch")
 
@@ -234,7 +243,7 @@ class Store:
                 yield
             except S3UploadFailedError as error:  # upload_file wraps the ClientError that says why
                 cause = error.__cause__ or error.__context__
-                raise (cause if isinstance(cause, ClientError) else error) from None
+                raise (cause if isinstance(cause, ClientError | BotoCoreError) else error) from None
         except ClientError as error:
             info = error.response.get("Error", {})
             code = info.get("Code", "?")
@@ -243,7 +252,7 @@ class Store:
                     "403": "access denied: check the credentials' policy"}.get(code, info.get("Message", ""))
             raise LaunchError(f"{action} {uri}: {code}: {hint}") from error
         except (BotoCoreError, S3UploadFailedError, OSError) as error:  # no credentials, endpoint down, retries exhausted, ...
-            raise LaunchError(f"{action} {uri}: {error}") from error
+            raise LaunchError(f"{action} {uri}: {boto_problem(error)}") from error
 
     def objects(self, location: Location, prefix: str | None = None) -> dict[str, tuple[int, str]]:
         """Every object whose key starts with ``prefix`` (default: the location's key as given):
@@ -257,14 +266,15 @@ class Store:
                     found[item["Key"]] = (item["Size"], item["ETag"].strip('"'))
         return found
 
-    def download(self, location: Location, dest: Path) -> None:
+    def download(self, location: Location, dest: Path) -> dict[str, Path]:
         """Stage ``location`` into ``dest`` (see ``staging_targets``); every key is checked before
-        anything is written."""
+        anything is written. Returns where each key went."""
         targets = staging_targets(location, self.objects(location), dest)
         for source, target in targets.items():
             with self.errors("downloading", f"s3://{location.bucket}/{source}"):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(location.bucket, source, str(target), Config=self.transfer)
+        return targets
 
     def upload(self, files: dict[str, Path], location: Location, remote: dict[str, tuple[int, str]]) -> tuple[int, int]:
         """Put ``files`` (key -> local path) into the location's bucket, concurrently, skipping those
@@ -325,6 +335,8 @@ class Launch:
         self.endpoint_url = endpoint_url
         self._store: Store | None = None
         self.sources: list[Location] = []  # every input read: never removed as a stale output
+        # (staged file or folder, the URI the user gave for it, whether names below it map below the URI)
+        self.staged: list[tuple[Path, str, bool]] = []
 
     @property
     def store(self) -> Store:
@@ -351,8 +363,15 @@ class Launch:
         dest.mkdir(parents=True, exist_ok=True)
         self.sources.append(location)
         if location.is_s3:
-            self.store.download(location, dest)
-        elif option is not None and (location.path.is_dir() or location.path.is_file()):
+            targets = self.store.download(location, dest)
+            if location.key in targets:  # one object, staged as dest/<its name>
+                self.staged.append((targets[location.key], location.uri, False))
+            self.staged.append((dest, location.uri, location.key not in targets))
+            return
+        if location.path.is_file():
+            self.staged.append((dest / location.path.name, location.uri, False))
+        self.staged.append((dest, location.uri, location.path.is_dir()))
+        if option is not None and (location.path.is_dir() or location.path.is_file()):
             copy_local_input(option, location.path, dest)
         elif location.path.is_dir():
             shutil.copytree(location.path, dest, dirs_exist_ok=True)
@@ -361,12 +380,31 @@ class Launch:
         else:
             raise LaunchError(f"reading {location}: no such file or folder")
 
+    def user_names(self, text: str, root: Path, job_root: Path) -> str:
+        """``text`` (an exit message) with the paths of the staged inputs, as this machine (below ``root``)
+        or the job (below ``job_root``) names them, replaced by the URIs the user gave: the processing
+        root is temporary and removed after the launch. A file below a staged prefix or folder is named
+        by its key or path below the URI (``.../input/data/a.csv`` -> ``s3://b/datasets/a.csv``)."""
+        replacements: dict[str, tuple[str, bool]] = {}
+        for staged, uri, below in self.staged:
+            for base in (root, job_root):
+                replacements.setdefault(str(base / staged.relative_to(root)), (uri.rstrip("/") if below else uri, below))
+        if not replacements:
+            return text
+        # A path ends where a name does (a final '.' ends a sentence); one with nothing below it also
+        # before a '/'. Longest first: input/data is not the start of input/dataset_uri.
+        end = r"(?![\w\-]|\.[\w\-])"
+        pattern = re.compile("|".join(re.escape(path) + end + ("" if below else "(?!/)") for path, (_, below)
+                                      in sorted(replacements.items(), key=lambda item: -len(item[0]))))
+        return pattern.sub(lambda match: printable(replacements[match[0]][0]), text)
+
     def publish(self, root: Path, message: str, output: Location, *, failed: bool = False) -> tuple[str, str]:
         """Replace the results at ``output`` with ``root/output`` and ``message``; returns a one-line
         summary and the message published. ``analysis.json`` and ``message`` go last: together they mark a
-        complete result. A failed job (``failed``) keeps Lucent's work files there (its SHAP checkpoints,
-        for its rerun); one that produced no result publishes its message alone and removes nothing, as
-        ``lucent run`` does, the message saying when the results there are an earlier run's."""
+        complete result. Lucent's work files there (a failed job's SHAP checkpoints, for its rerun) are not
+        results and are never removed by publishing. A failed job that produced no result publishes its
+        message alone and removes nothing, as ``lucent run`` does, the message saying when the results
+        there are an earlier run's."""
         message_file = root / MESSAGE_FILE
         files = result_files(root / "output") if (root / "output").is_dir() else {}
         if failed and not files:
@@ -376,7 +414,7 @@ class Launch:
                                       keep_others=True), message
         write_text_atomic(message_file, message + "\n")
         files[MESSAGE_FILE] = message_file
-        summary = self.publish_files(files, output, last=[ANALYSIS_FILE, MESSAGE_FILE], keep_work=failed)
+        summary = self.publish_files(files, output, last=[ANALYSIS_FILE, MESSAGE_FILE])
         if not failed and not output.is_s3:  # a FolderStore's checkpoints (.lucent-work) were removed: its folders too
             remove_empty_work_area(output.path)
         return summary, message
@@ -402,37 +440,79 @@ class Launch:
                 (output.path / MESSAGE_FILE).unlink()
 
     def publish_files(self, files: dict[str, Path], output: Location, last: Sequence[str], *,
-                      keep_work: bool = False, keep_others: bool = False) -> str:
+                      keep_others: bool = False) -> str:
         """Replace the results at ``output`` with ``files`` (relative name -> local file); returns a one-line
         summary. The ``last`` names are removed first and written last, in order, so that their presence
         marks a complete result (a name in ``last`` that is not in ``files`` is only removed). What the
-        previous publication left and this one did not produce is removed (the launch's inputs excepted)."""
+        previous publication listed in its manifest (``.lucent-outputs.json``) and this one did not
+        produce is removed, and nothing else: not the user's files, not the launch's inputs, not what
+        a version that kept no manifest published. ``keep_others``: only the ``last`` names change."""
         if output.is_s3:
-            return self._publish_s3(files, output, last, keep_work, keep_others)
+            return self._publish_s3(files, output, last, keep_others)
         try:
             return self._publish_local(files, output.path, last, keep_others)
         except (OSError, UserError) as error:
             raise LaunchError(f"publishing to {output.path}: {error}") from error
 
-    def _publish_s3(self, files: dict[str, Path], output: Location, last: Sequence[str], keep_work: bool,
+    def _publish_s3(self, files: dict[str, Path], output: Location, last: Sequence[str],
                     keep_others: bool = False) -> str:
+        """``publish_files`` to an S3 prefix, with the local folder's manifest (analyzer/output.py: the
+        same object name and format) published beside the results: listing both sets while the objects
+        change, as ``OutputStaging`` does, so that a launch killed halfway leaves nothing untracked, then
+        this publication's alone."""
         store = self.store
         remote = store.objects(output, output.prefix)
         keys = {name: output.child(name).key for name in {*files, *last}}
         store.delete(output, [keys[name] for name in last if keys[name] in remote])
         body = {keys[name]: path for name, path in files.items() if name not in last}
-        uploaded, unchanged = store.upload(body, output, remote)
-        # A failed job's SHAP checkpoints (.lucent-work/) stay: its rerun resumes from them
-        # (analyzer/explain/checkpoint_store.py); a job that succeeded has no use for them.
-        stale = [] if keep_others else [
-            key for key in remote if key not in keys.values() and not self._is_source(output.bucket, key)
-            and not (keep_work and is_work_file(PurePosixPath(key[len(output.prefix):])))]
-        store.delete(output, stale)
+        stale: list[str] = []
+        others: list[str] = []  # objects below the prefix that Lucent did not publish: left as they are
+        if keep_others:
+            uploaded, unchanged = store.upload(body, output, remote)
+        else:
+            manifest = output.child(MANIFEST_FILE).key
+            with tempfile.TemporaryDirectory(prefix="lucent-manifest-") as scratch:
+                previous = self._read_manifest(output, manifest, Path(scratch)) if manifest in remote else None
+                self._put_manifest(output, sorted({*(previous or ()), *files}), Path(scratch))
+                uploaded, unchanged = store.upload(body, output, remote)
+                stale = sorted(key for key in {output.child(name).key for name in previous or ()} - set(keys.values())
+                               if key in remote and not self._is_source(output.bucket, key))
+                store.delete(output, stale)
+                self._put_manifest(output, sorted(files), Path(scratch))
+            others = [key for key in remote if key not in keys.values() and key not in stale
+                      and not is_work_file(PurePosixPath(key[len(output.prefix):]))]
+            self._log_others(output, others, previous is not None)
         markers = [(files[name], keys[name]) for name in last if name in files]
         for path, key in markers:
             with store.errors("uploading to", f"s3://{output.bucket}/{key}"):
                 store.client.upload_file(str(path), output.bucket, key, Config=store.transfer)
-        return f"{uploaded + len(markers)} file(s) uploaded, {unchanged} unchanged, {len(stale)} old removed"
+        left = f", {len(others)} other object(s) left" if others else ""
+        return f"{uploaded + len(markers)} file(s) uploaded, {unchanged} unchanged, {len(stale)} old removed{left}"
+
+    def _read_manifest(self, output: Location, key: str, scratch: Path) -> list[str]:
+        """The names the previous publication's manifest object lists (analyzer/output.py reads it)."""
+        with self.store.errors("reading", f"s3://{output.bucket}/{key}"):
+            data = self.store.client.get_object(Bucket=output.bucket, Key=key)["Body"].read()
+        write_bytes_atomic(scratch / MANIFEST_FILE, data)
+        return read_manifest(scratch)
+
+    def _put_manifest(self, output: Location, names: list[str], scratch: Path) -> None:
+        """Publish the manifest listing ``names`` (written by analyzer/output.py) as one object."""
+        write_manifest(scratch, names)
+        key = output.child(MANIFEST_FILE).key
+        with self.store.errors("uploading to", f"s3://{output.bucket}/{key}"):
+            self.store.client.put_object(Bucket=output.bucket, Key=key, Body=(scratch / MANIFEST_FILE).read_bytes())
+
+    @staticmethod
+    def _log_others(output: Location, others: list[str], has_manifest: bool) -> None:
+        """Say that the objects at ``output`` that Lucent did not publish were left as they were."""
+        if not others:
+            return
+        why = ("no Lucent manifest lists them" if has_manifest else
+               f"there is no Lucent manifest ({MANIFEST_FILE}) there, so they are not Lucent's (or an earlier "
+               "version's, which kept no list)")
+        log.info("Left %d object(s) below %s as they are: %s (e.g. %s)", len(others), output, why,
+                 printable(sorted(others)[0]))
 
     def _publish_local(self, files: dict[str, Path], dest: Path, last: Sequence[str], keep_others: bool = False) -> str:
         """The job's own publication (``OutputStaging``: staged copies, one rename each, and the files the
@@ -455,6 +535,52 @@ class Launch:
             if name in files:
                 write_bytes_atomic(dest / name, files[name].read_bytes())
         return f"{len(files)} file(s) copied"
+
+    def run_image(self, image: str, root: Path, environment: dict[str, str], output: Location,
+                  run_container: ContainerRunner) -> int:
+        """Run the job in ``image`` on the staged ``root``. The container is given no credentials, so its
+        SHAP checkpoints are copied here, with the launcher's: from their store into the job's work area
+        before it starts, and back when it has ended, however it ended (``WorkAreaCopy``)."""
+        from container.checkpoint_store import COPIED_BY_LAUNCHER
+
+        copy = self.checkpoint_copy(root, output)
+        if copy is not None:
+            try:
+                copy.pull()
+            except UserError as error:
+                raise LaunchError(str(error)) from error
+            environment = {**environment, COPIED_BY_LAUNCHER: str(copy)}
+        code = None
+        try:
+            code = run_container(image, root, environment)
+        finally:
+            if copy is not None:
+                try:
+                    copy.push(succeeded=code == 0)
+                except (UserError, OSError) as error:  # the results still get published
+                    log.error("The SHAP checkpoints could not be copied to %s (a rerun starts over): %s", copy,
+                              error)
+        return code
+
+    def checkpoint_copy(self, root: Path, output: Location):  # -> WorkAreaCopy | None (imported lazily)
+        """The copy of the job's SHAP checkpoints to and from the store it would use (the config's
+        ``lucent.checkpoint_uri``, else ``<output>/.lucent-work``), or None when the config asks for no
+        SHAP (the job then leaves its store alone), or when the URI is malformed (the job says so)."""
+        from analyzer.explain.checkpoint_store import WORK_AREA, checkpoint_uri
+        from container.checkpoint_store import WorkAreaCopy, store_at
+
+        staged = _read_staged_config(root / "input")
+        _, shap = _lookup(staged[1], ("methods", "shap")) if staged else (None, None)
+        if shap is None:
+            return None
+        uri = checkpoint_uri(staged[1].get("lucent"), output.uri)
+        if uri is None:
+            return None
+        try:
+            store = store_at(uri, self.endpoint_url)
+        except StorageError:
+            return None
+        return WorkAreaCopy(store, root / "output" / WORK_AREA)
 
     def _is_source(self, bucket: str, key: str) -> bool:
         return any(source.holds(bucket, key) for source in self.sources)
@@ -675,20 +801,29 @@ def run_in_container(image: str, root: Path, environment: dict[str, str] | None 
     return code
 
 
+ContainerRunner = Callable[[str, Path, dict[str, str]], int]  # run_in_container's signature
+
+
 def launch(config: str, output: str, data: str | None = None, model: str | None = None, image: str | None = None,
-           endpoint_url: str | None = None, work_dir: Path | None = None) -> tuple[int, str]:
+           endpoint_url: str | None = None, work_dir: Path | None = None,
+           run_container: ContainerRunner | None = None) -> tuple[int, str]:
     """Check the output, stage, run and publish one job; returns (exit code, exit message). Raises
     ``LaunchError`` only when not even the message could be published: then nothing was computed (the
-    output is not writable) or the local copy is kept, and the error says where."""
+    URIs are malformed or the output is not writable) or the local copy is kept, and the error says
+    where. ``run_container``: what runs ``image`` (default ``run_in_container``)."""
     with stop_on_signals():  # SIGTERM and Ctrl-C stop the launch as they stop a job: a message, no traceback
         runner = Launch(endpoint_url)
+        # Every URI is parsed before anything is written: a typing mistake is the command line's error, not
+        # an exit message that replaces the previous run's at --output.
         destination = locate("--output", output)
+        inputs = (locate("--config", config), None if data is None else locate("--data", data),
+                  None if model is None else locate("--model", model))
         runner.check_output(destination)
         runner.clear_message(destination)
         root = Path(tempfile.mkdtemp(prefix="lucent-launch-", dir=work_dir))
         published = False
         try:
-            code, message = _run(runner, root, config, data, model, image, output_uri=redact_url(destination.uri))
+            code, message = _run(runner, root, inputs, destination, image, run_container or run_in_container)
             try:
                 summary, message = runner.publish(root, message, destination, failed=code != 0)
             except StorageError as error:
@@ -709,18 +844,19 @@ def launch(config: str, output: str, data: str | None = None, model: str | None 
     return code, message
 
 
-def _run(runner: Launch, root: Path, config: str, data: str | None, model: str | None,
-         image: str | None, output_uri: str | None = None) -> tuple[int, str]:
-    """Stage and run the job in ``root``; returns (exit code, redacted exit message). A problem staging
-    or starting it is the job's ``ClientError``, published like any other failure. ``output_uri``: where
-    the output is published, told to the job (``LUCENT_OUTPUT_URI``) for the paths analysis.json names."""
+def _run(runner: Launch, root: Path, inputs: tuple[Location, Location | None, Location | None], destination: Location,
+         image: str | None, run_container: ContainerRunner) -> tuple[int, str]:
+    """Stage and run the job in ``root``; returns (exit code, redacted exit message naming the user's
+    URIs, not the staged copies). A problem staging or starting it is the job's ``ClientError``, published
+    like any other failure. The job is told where its output is published (``LUCENT_OUTPUT_URI``), for
+    the paths analysis.json names and for its SHAP checkpoints."""
     (root / "output").mkdir()
+    job_root = CONTAINER_ROOT if image else root
     try:
-        runner.stage(root, locate("--config", config), None if data is None else locate("--data", data),
-                     None if model is None else locate("--model", model), CONTAINER_ROOT if image else root)
-        told = {OUTPUT_URI_VARIABLE: output_uri} if output_uri else {}
+        runner.stage(root, *inputs, job_root)
+        told = {OUTPUT_URI_VARIABLE: redact_url(destination.uri)}
         if image:
-            code = run_in_container(image, root, told)
+            code = runner.run_image(image, root, told, destination, run_container)
         else:
             with environment_set(told):
                 code = run_job(JobPaths.for_root(root))
@@ -733,7 +869,7 @@ def _run(runner: Launch, root: Path, config: str, data: str | None, model: str |
         log.error("Signal %d received, cleaning up", stop.signum)
         code, message = EXIT_STOPPED, stopped_message(stop)
         shutil.rmtree(root / "output", ignore_errors=True)
-    return code, redact(message)
+    return code, redact(runner.user_names(message, root, job_root))
 
 
 LAUNCH_DESCRIPTION = """\
@@ -744,9 +880,13 @@ store: AWS, MinIO, Ceph, ...) or local inputs:
   2. download --config, --data and --model into a temporary processing root, and the files the config
      names by s3:// URI (dataset_uri, facet_dataset_uri, predicted_label_dataset_uri, SHAP baselines);
   3. run the job (in this process, or in a container with --image);
-  4. publish the results and the exit message ("message") to --output, replacing the previous results
-     there; analysis.json and message are written last. A failed job publishes its message alone (an
-     earlier run's results stay, and the message says they are not this run's).
+  4. publish the results and the exit message ("message") to --output, replacing what the previous
+     launch published there (listed in .lucent-outputs.json) and nothing else; analysis.json and
+     message are written last. A failed job publishes its message alone (an earlier run's results
+     stay, and the message says they are not this run's).
+
+A launch that cannot run the job or publish its results (a malformed URI, an output that cannot be
+written, no credentials, a failed upload) prints "error: ..." on stderr and exits non-zero.
 
 --model is needed when the config asks for predictions (SHAP, PDP, or post-training bias without
 predicted labels) and names no predictor.endpoint_url or image_uri; --data unless the config has a
@@ -796,14 +936,14 @@ def run_launch(args: argparse.Namespace) -> int:
         code, message = launch(args.config, args.output, args.data, args.model, args.image, args.endpoint_url,
                                args.work_dir)
     except StorageError as error:
-        print(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
         return error.code if isinstance(error, LaunchError) else EXIT_USER_ERROR
     except JobStopped as stop:  # before anything was staged (checking --output)
-        print(f"error: {stopped_message(stop)}")
+        print(f"error: {stopped_message(stop)}", file=sys.stderr)
         return EXIT_STOPPED
     except Exception as error:  # noqa: BLE001 - an unexpected failure must still end with a clear line
         log.exception("launch failed")
-        print(redact(f"error: internal error: {type(error).__name__}: {error}"))
+        print(redact(f"error: internal error: {type(error).__name__}: {error}"), file=sys.stderr)
         return EXIT_INTERNAL_ERROR
     print(f"results: {redact_url(args.output)}\nmessage: {message}")
     return code

@@ -112,7 +112,6 @@ class Location:
         return redact_url(self.uri)
 
 
-
 def s3_client(endpoint_url: str | None = None, **config: Any) -> Any:
     """A boto3 S3 client on a session of its own (boto3's default session caches the credentials it
     first found). ``endpoint_url`` None lets botocore read ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``;
@@ -141,4 +140,21 @@ def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
         raise StorageError(f"cannot read {location}: {code}: {error.response.get('Error', {}).get('Message', '')}"
                            ) from None
     except BotoCoreError as error:
-        raise StorageError(f"cannot read {location}: {error}") from None
+        raise StorageError(f"cannot read {location}: {boto_problem(error)}") from None
+
+
+# What to do about botocore's "Unable to locate credentials" (and "Partial credentials found"): its own
+# message says nothing about where boto3 looks.
+CREDENTIALS_HINT = ("give S3 credentials as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a profile of "
+                    "~/.aws/credentials with AWS_PROFILE (or write a [default] one there), or run where an "
+                    "instance role provides them")
+
+
+def boto_problem(error: BaseException) -> str:
+    """``error`` (botocore's, not S3's answer) as the text a message quotes; missing credentials say how
+    to provide them."""
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    if isinstance(error, NoCredentialsError | PartialCredentialsError):
+        return f"{error}: {CREDENTIALS_HINT}"
+    return str(error)

@@ -68,7 +68,9 @@ def test_job_on_s3_inputs_publishes_the_same_results(s3, local_job, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert f"message: {SUCCESS_MESSAGE}" in printed and "results: s3://jobs/out" in printed
-    assert keys(s3, "out/") == ["out/analysis.json", "out/message"]
+    assert keys(s3, "out/") == ["out/.lucent-outputs.json", "out/analysis.json", "out/message"]
+    # the local output folder's manifest, in its format: what the next launch may replace
+    assert json.loads(get_text(s3, "out/.lucent-outputs.json")) == {"published": ["analysis.json", "message"]}
     assert json.loads(get_text(s3, "out/analysis.json")) == local_job.analysis()
     assert get_text(s3, "out/message").strip() == SUCCESS_MESSAGE
 
@@ -113,10 +115,10 @@ def test_missing_bucket_is_a_clear_error(s3, local_job, capsys):
     put_tree(s3, local_job.root / "input", "in")
     code = main(["--config", "s3://jobs/in/config", "--data", "s3://jobs/in/data",
                  "--output", "s3://no-such-bucket/out"])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr()
     assert code == 1
-    assert "error: " in printed and "no-such-bucket" in printed and "NoSuchBucket" in printed
-    assert "results:" not in printed  # nothing reported as published
+    assert printed.err.startswith("error: ") and "no-such-bucket" in printed.err and "NoSuchBucket" in printed.err
+    assert printed.out == ""  # nothing reported as published
 
 
 def test_image_without_a_reachable_engine(s3, local_job, monkeypatch, capsys):
@@ -238,7 +240,7 @@ def test_access_denied_by_the_credentials_policy(s3, local_job, monkeypatch, cap
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
     monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
     code = main(["--config", "s3://jobs/in/config", "--data", "s3://jobs/in/data", "--output", "s3://jobs/out"])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     monkeypatch.undo()  # back to unauthenticated moto for the cleanup
     assert code == 1
     assert "AccessDenied" in printed and "s3://jobs/out" in printed, printed

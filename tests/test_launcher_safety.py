@@ -172,7 +172,8 @@ def test_a_config_naming_a_local_file_outside_the_inputs_is_refused(local_job, t
     assert message.startswith(f"ClientError: {key}: "), message
     assert "s3:// URI or a path in the staged inputs" in message
     assert files_below(results) == ["message"]  # a failed job publishes its message alone
-    assert SECRET not in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert SECRET not in printed.out + printed.err
 
 
 def test_a_utf8_bom_does_not_hide_the_config_from_the_check(local_job, tmp_path, fake_home, capsys):
@@ -223,9 +224,10 @@ def test_a_misspelled_bucket_fails_before_anything_is_staged(s3, local_job, tmp_
     work.mkdir()
     code = main(["--config", "s3://jobs/in/config", "--data", "s3://jobs/in/data", "--output", "s3://jbos/out",
                  "--work-dir", str(work)])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr()
     assert code == 1
-    assert "error: writing to s3://jbos/out: NoSuchBucket: the bucket does not exist" in printed
+    assert printed.err == "error: writing to s3://jbos/out: NoSuchBucket: the bucket does not exist\n"
+    assert printed.out == ""
     assert list(work.iterdir()) == []  # no processing root was even made
 
 
@@ -246,7 +248,7 @@ def test_an_unwritable_local_output_fails_before_anything_is_staged(local_job, t
     inputs = local_job.root / "input"
     code = main(["--config", str(inputs / "config"), "--data", str(inputs / "data"), "--output", str(output),
                  "--work-dir", str(work)])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     if kind == "read-only":
         output.chmod(0o700)
     assert code == 1
@@ -257,7 +259,7 @@ def test_an_unwritable_local_output_fails_before_anything_is_staged(local_job, t
 @pytest.mark.parametrize("output", ["s3://jobs", "s3://jobs/"])
 def test_a_whole_bucket_is_not_an_output(s3, output, capsys):
     assert main(["--config", "s3://jobs/in/config", "--output", output]) == 1
-    assert "is a whole bucket: give a prefix" in capsys.readouterr().out
+    assert "is a whole bucket: give a prefix" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -288,11 +290,15 @@ def test_analysis_and_message_are_published_last_and_old_ones_removed_first(s3, 
     assert main(["--config", "s3://jobs/in/config", "--data", "s3://jobs/in/data", "--output", "s3://jobs/out"]) == 0
     writes = [(method, path) for method, path in proxy.requests if method in ("PUT", "POST", "DELETE")
               and path.startswith("/jobs/out")]
-    # probe put and delete, delete of the old markers and stale objects (one DeleteObjects POST each),
-    # then analysis.json and message last
-    assert writes[-2:] == [("PUT", "/jobs/out/analysis.json"), ("PUT", "/jobs/out/message")], writes
-    assert keys(s3, "out/") == ["out/analysis.json", "out/message"]
+    # probe put and delete, delete of the old markers (one DeleteObjects POST), the manifest listing the
+    # old and new sets, the new one alone, then analysis.json and message last
+    assert writes[-4:] == [("PUT", "/jobs/out/.lucent-outputs.json"), ("PUT", "/jobs/out/.lucent-outputs.json"),
+                           ("PUT", "/jobs/out/analysis.json"), ("PUT", "/jobs/out/message")], writes
+    # No manifest listed the earlier objects: an earlier version's (or someone's), never removed.
+    assert keys(s3, "out/") == ["out/.lucent-outputs.json", "out/.lucent-work/shard-0.npz", "out/analysis.json",
+                                "out/explanations_shap/out.csv", "out/message", "out/report.html"]
     assert get_text(s3, "out/message").strip() == SUCCESS_MESSAGE
+    assert get_text(s3, "out/report.html") == "old report.html"
 
 
 def test_a_failed_upload_keeps_the_local_copy_and_leaves_no_complete_looking_result(s3, proxy, local_job, tmp_path,
@@ -304,7 +310,7 @@ def test_a_failed_upload_keeps_the_local_copy_and_leaves_no_complete_looking_res
     work.mkdir()
     code = main(["--config", "s3://jobs/in/config", "--data", "s3://jobs/in/data", "--output", "s3://jobs/out",
                  "--work-dir", str(work)])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert code == 1
     assert "error: uploading to s3://jobs/out/analysis.json: AccessDenied" in printed, printed
     kept = next(work.iterdir())
@@ -337,18 +343,60 @@ def test_the_work_area_temporary_files_and_links_are_never_results(tmp_path):
 
 # 4. Stale outputs -----------------------------------------------------------------------------------------
 
+def earlier_results(tmp_path: Path, names: list[str]) -> Path:
+    root = tmp_path / "earlier" / "root"
+    for name in names:
+        (root / "output" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "output" / name).write_text("old")
+    return root
+
+
 def test_publishing_to_s3_replaces_the_previous_set_and_only_it(s3, tmp_path):
-    a_previous_run(s3)
     a_previous_run(s3, "out2")  # shares the prefix "out" as a string, not as a folder
+    s3.put_object(Bucket="jobs", Key="out/notes.txt", Body=b"the user's")
+    s3.put_object(Bucket="jobs", Key="out/.lucent-work/shap/f/shard-000000.npz", Body=b"a failed job's checkpoint")
+    earlier = earlier_results(tmp_path, ["analysis.json", "old-report.html", "explanations_shap/out.csv",
+                                         "pdp/old.csv", "data/credit.csv"])
+    Launch().publish(earlier, "Completed", Location("s3://jobs/out"))
+    assert json.loads(get_text(s3, "out/.lucent-outputs.json")) == {"published": [
+        "analysis.json", "data/credit.csv", "explanations_shap/out.csv", "message", "old-report.html", "pdp/old.csv"]}
+    # An input of the next launch, at a key the earlier run published: the launch's inputs are never removed.
     s3.put_object(Bucket="jobs", Key="out/data/credit.csv", Body=b"an input that lives below --output")
     runner = Launch()
     runner.sources.append(Location("s3://jobs/out/data"))
     summary, _ = runner.publish(job_folder(tmp_path), "Completed", Location("s3://jobs/out"))
-    assert keys(s3, "out/") == ["out/analysis.json", "out/data/credit.csv", "out/explanations_shap/out.csv",
-                                "out/message", "out/report.html"]
+    assert keys(s3, "out/") == ["out/.lucent-outputs.json", "out/.lucent-work/shap/f/shard-000000.npz",
+                                "out/analysis.json", "out/data/credit.csv", "out/explanations_shap/out.csv",
+                                "out/message", "out/notes.txt", "out/report.html"]
     assert get_text(s3, "out/explanations_shap/out.csv") == "a\n1\n"
+    assert get_text(s3, "out/notes.txt") == "the user's"
+    assert get_text(s3, "out/data/credit.csv") == "an input that lives below --output"
+    assert json.loads(get_text(s3, "out/.lucent-outputs.json")) == {"published": [
+        "analysis.json", "explanations_shap/out.csv", "message", "report.html"]}
     assert len(keys(s3, "out2/")) == 5
-    assert "1 old removed" in summary  # .lucent-work/shard-0.npz
+    assert summary == "4 file(s) uploaded, 0 unchanged, 2 old removed, 2 other object(s) left"  # old-report, pdp
+
+
+def test_a_prefix_without_a_manifest_loses_nothing(s3, tmp_path, caplog):
+    """Objects no Lucent manifest lists (an earlier version's results, or anyone's) are never removed."""
+    for name in ["old-report.html", "notes/a.txt", "analysis.json"]:
+        s3.put_object(Bucket="jobs", Key=f"out/{name}", Body=b"not listed")
+    with caplog.at_level("INFO", logger="lucent.launch"):
+        summary, _ = Launch().publish(job_folder(tmp_path), "Completed", Location("s3://jobs/out"))
+    assert keys(s3, "out/") == ["out/.lucent-outputs.json", "out/analysis.json", "out/explanations_shap/out.csv",
+                                "out/message", "out/notes/a.txt", "out/old-report.html", "out/report.html"]
+    assert summary.endswith("0 old removed, 2 other object(s) left")
+    assert "Left 2 object(s) below s3://jobs/out as they are: there is no Lucent manifest (.lucent-outputs.json) " \
+           "there, so they are not Lucent's" in caplog.text
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"published": "analysis.json"}', b'{"published": ["../x", "/y"]}'])
+def test_an_unreadable_manifest_removes_nothing(s3, tmp_path, content):
+    s3.put_object(Bucket="jobs", Key="out/.lucent-outputs.json", Body=content)
+    for name in ["x", "y", "old.html"]:
+        s3.put_object(Bucket="jobs", Key=f"out/{name}", Body=b"kept")
+    Launch().publish(job_folder(tmp_path), "Completed", Location("s3://jobs/out"))
+    assert {"out/x", "out/y", "out/old.html"} <= set(keys(s3, "out/"))
 
 
 def test_publishing_to_a_local_folder_replaces_the_previous_set_and_keeps_the_users_files(tmp_path):
@@ -415,18 +463,24 @@ def test_a_malformed_input_uri_is_a_client_error(local_job, tmp_path, monkeypatc
     inputs = local_job.root / "input"
     arguments = {"--config": str(inputs / "config"), "--data": str(inputs / "data"), option: uri}
     results = tmp_path / "results"
+    results.mkdir()
+    (results / "message").write_text("the previous run's message\n")
     code = main([*[x for pair in arguments.items() for x in pair], "--output", str(results)])
+    printed = capsys.readouterr()
     assert code == 1
-    assert (results / "message").read_text().startswith(f"ClientError: {option}: "), (results / "message").read_text()
+    # A mistake on the command line: said on stderr, before anything is written to --output.
+    assert printed.err.startswith(f"error: {option}: "), printed.err
+    assert printed.out == ""
+    assert (results / "message").read_text() == "the previous run's message\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # nothing made under the URI's name
-    capsys.readouterr()
 
 
 @pytest.mark.parametrize("uri", MALFORMED)
 def test_a_malformed_output_uri_is_an_error(local_job, tmp_path, monkeypatch, capsys, uri):
     monkeypatch.chdir(tmp_path)
     assert main(["--config", str(local_job.root / "input" / "config"), "--output", uri]) == 1
-    assert "error: --output: " in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert printed.err.startswith("error: --output: ") and printed.out == ""
     assert list(tmp_path.iterdir()) == []
 
 
@@ -457,14 +511,16 @@ def test_credentials_in_uris_never_reach_the_message_or_the_log(s3, local_job, c
     code = main(["--config", "s3://jobs/in/config", "--data", "s3://jobs/in/data",
                  "--model", f"https://user:{SECRET}@models.example/model.tar.gz", "--output", "s3://jobs/out"])
     printed = capsys.readouterr()
-    message = get_text(s3, "out/message")
     assert code == 1
-    assert "https://***@models.example/model.tar.gz" in message, message
-    assert SECRET not in message and SECRET not in printed.out and SECRET not in printed.err
+    # An unsupported scheme is the command line's mistake: refused on stderr, nothing published.
+    assert printed.err.startswith("error: --model: https://***@models.example/model.tar.gz: unsupported URI "
+                                  "scheme"), printed.err
+    assert keys(s3, "out/") == []
+    assert SECRET not in printed.out and SECRET not in printed.err
 
 
 def test_credentials_in_the_output_uri_are_not_printed(local_job, capsys):
     assert main(["--config", str(local_job.root / "input" / "config"),
                  "--output", f"s3://admin:{SECRET}@jobs/out"]) == 1
     printed = capsys.readouterr()
-    assert "error: --output: " in printed.out and SECRET not in printed.out + printed.err
+    assert "error: --output: " in printed.err and SECRET not in printed.out + printed.err

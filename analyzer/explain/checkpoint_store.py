@@ -15,6 +15,10 @@ store under the same relative names (``shap/<fingerprint>/shard-000000.npz``, ``
 Where the store is: ``"lucent": {"checkpoint_uri": "s3://bucket/prefix"}`` in ``analysis_config.json``
 (a local path or ``file://`` URI for a shared file system), else ``<published output URI>/.lucent-work``
 when the job's output is published (``LUCENT_OUTPUT_URI`` or SageMaker's processing output), else none.
+A job that cannot reach the store itself (``lucent launch --image``: the container gets no credentials)
+keeps its checkpoints in its work area only, and the launcher copies them from the store before the job
+and back after it (``container.checkpoint_store.WorkAreaCopy``).
+
 The analyzer never talks to S3 itself: it declares ``CheckpointStore`` and the container hands it an
 implementation (``container.checkpoint_store``), as it hands down the model loader. A folder store
 (``FolderStore``) is implemented here: it needs no client.
@@ -177,10 +181,18 @@ class CheckpointMirror:
                 self.push(path)
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """``name`` is one a job writes below its work area and a mirror copies: ``shap/<fingerprint>/<file>``
+    or ``shap/<fingerprint>/<folder>/<file>`` (``CheckpointMirror.child``), every part a plain name: no
+    hidden or temporary file, no empty part, no way out of the work area."""
+    parts = name.split("/")
+    return parts[0] == SHAP_PREFIX and 3 <= len(parts) <= 4 and all(_PLAIN_NAME.fullmatch(part) for part in parts[1:])
+
+
 def remove_checkpoints(store: CheckpointStore) -> None:
     """The job succeeded: its SHAP checkpoints are no longer needed anywhere."""
     store.remove(store.names(SHAP_PREFIX))
 
 
 __all__ = ["CHECKPOINT_URI_KEY", "CheckpointMirror", "CheckpointStore", "FolderStore", "checkpoint_uri",
-           "remove_checkpoints"]
+           "is_checkpoint_name", "remove_checkpoints"]
