@@ -45,5 +45,5 @@ def test_the_session_start_wait_is_configurable(monkeypatch) -> None:
     assert SparkEngine("local[2]").start_timeout == start_seconds() == 900.0
     for bad in ("soon", "0", "-5", "inf", "nan"):
         monkeypatch.setenv("LUCENT_SPARK_START_SECONDS", bad)
-        with pytest.raises(UserError, match=rf"LUCENT_SPARK_START_SECONDS='{bad}': expected a number of seconds"):
+        with pytest.raises(UserError, match=rf"LUCENT_SPARK_START_SECONDS='{bad}': must be a positive number of seconds"):
             start_seconds()

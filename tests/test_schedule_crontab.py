@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from container.schedule import ENTRY_MARK
-from tests import test_schedule
+from tests import test_schedule, test_schedule_hostile
 from tests.test_schedule import schedule
 
 # test_schedule's fixtures: the SDK's monitoring schedule as files, and the real crontab, restored afterwards
 crontab_lines, monitoring, user_crontab = test_schedule.crontab_lines, test_schedule.monitoring, test_schedule.user_crontab
+job_file = test_schedule_hostile.job_file  # a job description whose --print / --install works
 
 KEPT = "# kept by lucent tests"  # what user_crontab leaves in the crontab
 MONITOR_MARK = f"{ENTRY_MARK}monitoring/churn-bias"
@@ -36,17 +37,6 @@ def no_aws_settings(monkeypatch):
     """No endpoint or region from the environment the tests run in: each test sets those it means."""
     for name in AWS_SETTINGS:
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def job_file(tmp_path, monkeypatch) -> Path:
-    """A job description whose --print / --install works (nothing is run)."""
-    monkeypatch.setenv("LUCENT_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "job.json"
-    path.write_text(json.dumps({"name": "nightly", "schedule": "daily(2)", "config": "s3://b/config/",
-                                "output": "s3://b/results/"}), encoding="utf-8")
-    return path
 
 
 def lucent(*arguments: str) -> int:

@@ -176,16 +176,9 @@ def check_master_reachable(master: str, timeout: float = CONNECT_TIMEOUT_S) -> N
 
 def start_seconds() -> float:
     """``LUCENT_SPARK_START_SECONDS``, else ``START_TIMEOUT_S``: how long a Spark session may take to start."""
-    text = os.environ.get(START_SECONDS_VARIABLE, "").strip()
-    if not text:
-        return START_TIMEOUT_S
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < float("inf"):
-        raise UserError(f"{START_SECONDS_VARIABLE}={text[:40]!r}: expected a number of seconds above 0")
-    return seconds
+    from analyzer.environment import positive_number
+
+    return positive_number(START_SECONDS_VARIABLE, START_TIMEOUT_S, unit="seconds")
 
 
 class SparkEngine:
