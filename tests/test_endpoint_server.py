@@ -44,10 +44,12 @@ def model_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @contextmanager
-def endpoint(config: EndpointConfig | dict, model_url: str, **options) -> Iterator[str]:
+def endpoint(config: EndpointConfig | dict, model_url: str, name: str = NAME, **options) -> Iterator[str]:
+    """``lucent endpoint`` (``open_endpoint``) serving on a thread; its URL. Leaving it closes the capture
+    writer: every capture file is published."""
     if isinstance(config, dict):
         config = parse_endpoint_config(config)
-    with open_endpoint(config, NAME, model_url, **options) as parts:
+    with open_endpoint(config, name, model_url, **options) as parts:
         thread = threading.Thread(target=parts.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         try:

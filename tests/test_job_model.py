@@ -78,8 +78,6 @@ def model_job(tmp_path) -> JobRoot:
 @pytest.mark.slow
 @pytest.mark.oracle
 def test_post_training_bias_through_the_builtin_sidecar_matches_smclarify(model_job):
-    from smclarify.bias.report import FacetColumn, LabelColumn, StageType, bias_report
-
     assert model_job.run() == 0, model_job.message
     assert model_job.message == SUCCESS_MESSAGE
     section = model_job.analysis()["post_training_bias_metrics"]
@@ -89,12 +87,7 @@ def test_post_training_bias_through_the_builtin_sidecar_matches_smclarify(model_
     model = joblib.load(model_job.root / "input" / "model" / "model.joblib")
     scores = model.predict_proba(df[FEATURES].to_numpy(dtype=object))[:, 1]
     predicted = pd.Series((scores > 0.5).astype(np.int64), name="predicted_label")
-    for facet in MODEL_DEMO_CONFIG["facet"]:
-        name = facet["name_or_index"]
-        expected = bias_report(df.drop(columns=["approved"]), FacetColumn(name, facet.get("value_or_threshold")),
-                               LabelColumn("approved", df["approved"], [1]), StageType.POST_TRAINING,
-                               LabelColumn("predicted_label", predicted, [1]), group_variable=df["age_group"])
-        assert_same_metrics(section["facets"][name], expected)
+    assert_post_training_like_smclarify(section, df, predicted)
     assert lucent_children() == []
 
 
@@ -102,7 +95,6 @@ def test_post_training_bias_through_the_builtin_sidecar_matches_smclarify(model_
 def test_probability_threshold_cuts_the_positive_score_of_a_bare_model(tmp_path, caplog):
     """A bare scikit-learn model answers predict_proba's two columns and the SDK's config has no
     predictor.probability: probability_threshold (0.7) cuts P(1), not an argmax (a 0.5 cut)."""
-    from smclarify.bias.report import FacetColumn, LabelColumn, StageType, bias_report
 
     predictor = {key: value for key, value in MODEL_DEMO_CONFIG["predictor"].items() if key != "probability"}
     config = {**MODEL_DEMO_CONFIG, "probability_threshold": 0.7, "predictor": predictor,
@@ -117,6 +109,13 @@ def test_probability_threshold_cuts_the_positive_score_of_a_bare_model(tmp_path,
     predicted = pd.Series((scores > 0.7).astype(np.int64), name="predicted_label")
     assert 0 < predicted.sum() < (scores > 0.5).sum()  # the cut matters here
     section = job.analysis()["post_training_bias_metrics"]
+    assert_post_training_like_smclarify(section, df, predicted)
+
+
+def assert_post_training_like_smclarify(section: dict, df: pd.DataFrame, predicted: pd.Series) -> None:
+    """The job's post-training metrics for each demo facet equal smclarify's on ``predicted``."""
+    from smclarify.bias.report import FacetColumn, LabelColumn, StageType, bias_report
+
     for facet in MODEL_DEMO_CONFIG["facet"]:
         name = facet["name_or_index"]
         expected = bias_report(df.drop(columns=["approved"]), FacetColumn(name, facet.get("value_or_threshold")),

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,8 +29,6 @@ from analyzer.monitor.attributes import EndpointAttributes
 from analyzer.monitor.capture import read_capture_lines
 from analyzer.monitor.merge import explanation_answer, merge_window
 from container.cli import main as lucent
-from container.endpoint.cli import open_endpoint
-from container.endpoint.config import parse_endpoint_config
 from container.monitor.demo import (
     ENDPOINT,
     FEATURES,
@@ -47,6 +43,7 @@ from container.monitor.demo import (
     write_ground_truth,
 )
 from container.sidecar import start_model_server
+from tests.test_endpoint_server import endpoint
 from tests.test_monitor_merge import WINDOW, churn_config, files, line, truth
 from tests.test_monitor_run import HOUR, SCHEDULE, T, metric_values
 
@@ -61,18 +58,6 @@ def churn_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with start_model_server(folder, workers=1) as server:
         server.wait_healthy(timeout=60)
         yield server.url
-
-
-@contextmanager
-def running(document: dict, model_url: str) -> Iterator[str]:
-    with open_endpoint(parse_endpoint_config(document), ENDPOINT, model_url, default_io=True) as parts:
-        thread = threading.Thread(target=parts.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        try:
-            yield parts.server.url
-        finally:
-            parts.server.shutdown()
-    # leaving open_endpoint closed the capture writer: every file is published
 
 
 def explainer_config(baseline: list[float]) -> dict:
@@ -90,7 +75,7 @@ def monitored_window(root: Path, records, model_url: str, *, explained: bool, js
         document["DataCaptureConfig"]["CaptureContentTypeHeader"]["JsonContentTypes"] = ["application/json"]
     if explained:
         document["ExplainerConfig"] = explainer_config([float(v) for v in records[FEATURES].mean()])
-    with running(document, model_url) as url:
+    with endpoint(document, model_url, ENDPOINT, default_io=True) as url:
         assert send_traffic(url, records, 0) == len(records)
     assert file_under_hours(root / "capture", {str(i): HOUR for i in range(len(records))}) == {HOUR: len(records)}
     captured = [record for path in sorted((root / "capture").rglob("*.jsonl"))
