@@ -550,3 +550,17 @@ def test_a_config_file_with_a_bom_is_read(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_bytes(b'\xef\xbb\xbf{"ProductionVariants": [{"VariantName": "Blue"}]}')
     assert load_endpoint_config(path).variant_name == "Blue"
+
+
+@pytest.mark.parametrize("document, problem", [
+    # the SDK's ExplainerConfig._to_request_dict() given as the whole body: no silent endpoint without explanations
+    ({"ClarifyExplainerConfig": {"ShapConfig": {}}},
+     'ClarifyExplainerConfig: not a CreateEndpointConfig key; it belongs inside ExplainerConfig'),
+    ({"EnableCapture": True}, "EnableCapture: not a CreateEndpointConfig key; it belongs inside DataCaptureConfig"),
+    ({"DataCaptureConfigs": {}}, "DataCaptureConfigs: not a CreateEndpointConfig key (did you mean DataCaptureConfig?)"),
+    ({"Explainer": {}}, "Explainer: not a CreateEndpointConfig key (did you mean ExplainerConfig?)"),
+])
+def test_a_key_sagemaker_would_refuse_is_a_problem_not_ignored(document, problem) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_endpoint_config(document)
+    assert [p for p in caught.value.problems if p.startswith(problem)], caught.value.problems

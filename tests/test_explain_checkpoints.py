@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -157,6 +158,10 @@ DAMAGE = {
 }
 
 
+def damaged_name(warning: str, damaged: dict[str, str]) -> str | None:
+    return next((kind for name, kind in damaged.items() if name in warning), None)
+
+
 def test_damaged_checkpoints_are_recomputed_with_a_warning(job, endpoint, monkeypatch, caplog):
     """Every kind of damage at once, one per checkpoint (shard 0 stays intact: it is the source of "another
     shard's file"); each damaged shard is named in a warning and computed again."""
@@ -174,6 +179,9 @@ def test_damaged_checkpoints_are_recomputed_with_a_warning(job, endpoint, monkey
     missed = {name: kind for name, kind in damaged.items() if not any(name in w for w in warnings)}
     assert not missed, f"damaged checkpoints used: {missed}"
     assert len(warnings) == len(DAMAGE)
+    # np.load takes a file that is not a zip for a pickle, and said so: a warning must not suggest loading one
+    assert not any("pickle" in w for w in warnings), warnings
+    assert any("not an .npz archive" in w for w in warnings if damaged_name(w, damaged) == "not a zip"), warnings
     assert f"resuming, {14 - len(DAMAGE)} of 15 shards already done" in caplog.text
     assert_same_outputs(job, reference)
     assert not (job.output_dir / ".lucent-work").exists()
@@ -208,6 +216,12 @@ def test_unreadable_drawn_seed_never_blocks_a_rerun(job, endpoint, monkeypatch, 
     assert caplog.text.count("made with another coalition seed") == 3
     local = tabular.read_local(job)
     assert len(local) == N_RECORDS
+    # The seed drawn is logged, and methods.shap.seed takes it: the same values again
+    drawn = int(re.search(r"drew the coalition seed (\d+)", caplog.text).group(1))
+    config["methods"]["shap"]["seed"] = drawn
+    job.write_config(config)
+    assert job.run() == 0, job.message
+    pd.testing.assert_frame_equal(tabular.read_local(job), local)
     # Efficiency holds for every record: its values add up to its score minus the expected value.
     data = tabular.make_data()
     expected = job.analysis()["explanations"]["kernel_shap"]["a"]["expected_value"]

@@ -339,3 +339,80 @@ def test_local_values_are_written_byte_for_byte_as_pandas_writes_them(tmp_path, 
     assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
     back = pd.read_csv(tmp_path / "out.csv", float_precision="round_trip").to_numpy()
     np.testing.assert_array_equal(back, flat)
+
+
+def test_outputs_named_by_predicted_values_have_one_name_in_shap_and_pdp(job, endpoint):
+    """Scores located by ``predictor.label`` without label_headers are named by a predicted value (spec
+    4.3); SHAP's baseline and PDP's grids predict different values, and analysis.json still names the
+    output once."""
+    shap_job(job, endpoint)
+    config = json.loads((job.config_dir / "analysis_config.json").read_text())
+    config["predictor"] = {"endpoint_url": config["predictor"]["endpoint_url"], "label": 0}
+    config["methods"]["pdp"] = {"grid_resolution": 3, "features": ["x0", "x3"]}
+    job.write_config(config)
+    assert job.run() == 0, job.message
+    explanations = job.analysis()["explanations"]
+    (key,) = explanations["kernel_shap"]
+    baseline = pd.DataFrame(BASELINE[:1], columns=FEATURES)
+    assert float(key) == pytest.approx(score(baseline)[0, 0])  # the first baseline row's prediction
+    assert [entry["label_headers"] for entry in explanations["pdp"]] == [[key], [key]]
+
+    del config["methods"]["shap"]  # PDP alone: the first feature's first prediction, for every feature
+    job.write_config(config)
+    assert job.run() == 0, job.message
+    headers = [entry["label_headers"] for entry in job.analysis()["explanations"]["pdp"]]
+    assert headers[0] == headers[1] and headers[0] != [key]
+
+
+BASELINE_REFUSED = """
+import numpy as np
+
+def predict_fn(data, model):
+    if (np.asarray(data)[:, 0] == 99.0).any():
+        raise ValueError("cannot score f0 = 99")
+    return model.predict(data)
+"""
+
+
+@pytest.mark.slow
+def test_a_baseline_row_the_model_refuses_is_named_as_the_baselines(job):
+    model_folder_job(job, linear_data(n=10), {"baseline": [[0.0] * 6, [99.0] + [0.0] * 5]}, inference=BASELINE_REFUSED)
+    assert_user_error(job, "methods.shap.baseline: scoring the baseline rows failed",
+                      "numbered within the baseline", "row 1", "cannot score f0 = 99")
+
+
+BATCH_SENSITIVE = """
+def predict_fn(data, model):
+    # The last bits of a row's score depend on how many rows came with it, as BLAS products' can.
+    return model.predict(data) + 1e-9 * len(data)
+"""
+
+
+@pytest.mark.slow
+def test_worker_count_does_not_change_how_rows_are_cut_into_model_calls(job, monkeypatch):
+    """1 or N workers (and so any core count: a resumed run on another machine) give the same bytes, even
+    for a model whose scores depend on the rows scored together: requests are cut by the caps alone."""
+    model_folder_job(job, linear_data(n=400), {"baseline": [[0.0] * 6]}, inference=BATCH_SENSITIVE)
+    # 2 shards of 200 records, 63 rows each (exact: 62 coalitions and the record): 12,600-row calls, which
+    # two scoring threads (one worker on two cores) used to cut in two, and one thread (two workers) not
+    monkeypatch.setenv(shards.SHARD_ROWS_ENV, str(63 * 200))
+    outputs = []
+    for workers in ("1", "2"):
+        monkeypatch.setenv(shards.WORKERS_ENV, workers)
+        assert job.run() == 0, job.message
+        outputs.append([(job.output_dir / "explanations_shap" / name).read_bytes()
+                        for name in ("out.csv", "out_stderr.csv")])
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("values", [[10.0, 20.0, 1e308], [-1e308, 0.0, 1e308], [-1.7e308, 1.7e308]])
+def test_pdp_grid_of_values_near_the_float_limit_is_finite(values):
+    """A span or a sum of two edges past 1.8e308 overflowed to inf: the model was then asked about a grid
+    row that no record holds, and the error named a row the dataset does not have."""
+    from analyzer.explain.pdp import feature_grid
+
+    grid, shares, kind = feature_grid(pd.Series(values, name="amount"), 4)
+    assert kind == "numerical" and np.isfinite(grid).all()
+    assert min(values) < grid[0] < grid[-1] < max(values) and np.all(np.diff(grid) > 0)
+    assert sum(shares) == pytest.approx(1.0)
+    np.testing.assert_allclose(np.diff(grid), (max(values) / 4 - min(values) / 4), rtol=1e-12)

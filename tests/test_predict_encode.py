@@ -225,3 +225,18 @@ def test_npy_needs_numeric_features():
     encoder = RequestEncoder(Predictor(content_type="application/x-npy"), ["a"])
     with pytest.raises(UserError, match="numeric"):
         encoder.encode(pd.DataFrame({"a": ["x"]}))
+
+
+def test_npy_sends_booleans_as_the_numbers_a_json_decoder_makes_of_them():
+    """A job picks npy for a model folder's default handlers when the features are numbers or booleans;
+    the model must get the array it would get from the configured JSON Lines (true -> 1.0)."""
+    from container.sidecar.codecs import _decode_jsonlines
+
+    frame = pd.DataFrame({"member": [True, False, True], "x": [-0.3, 1.5, 2.0]})
+    records = RequestEncoder(Predictor(content_type="application/x-npy"), ["member", "x"]).encode(frame)
+    sent = np.load(io.BytesIO(bytes(records.body(0, 3))))
+    lines = RequestEncoder(jsonl('{"features":$features}'), ["member", "x"]).encode(frame)
+    decoded = _decode_jsonlines(bytes(lines.body(0, 3)))
+    assert sent.dtype == np.float64
+    np.testing.assert_array_equal(sent, decoded)
+    np.testing.assert_array_equal(sent, [[1.0, -0.3], [0.0, 1.5], [1.0, 2.0]])

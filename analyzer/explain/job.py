@@ -137,9 +137,12 @@ def _explain(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint, 
         text_features = frozenset(name for entry in explanations["kernel_shap"].values()
                                   for name in entry.get("global_top_shap_text", {}))
     if pdp is not None:
+        # SHAP's label keys name PDP's outputs too: one name per model output in one analysis.json (the
+        # keys can come from predicted values, spec 4.3, which differ between the baseline and PDP's grid).
         explanations["pdp"] = partial_dependence(pdp, dataset, endpoint, global_values,
                                                  seed=shap.seed if shap is not None and shap.seed is not None else 0,
-                                                 text_features=text_features, engine=job_engine(config))
+                                                 text_features=text_features, engine=job_engine(config),
+                                                 label_keys=list(explanations["kernel_shap"]) if shap else None)
     return explanations
 
 
@@ -173,9 +176,13 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
 
     # The baseline scores name the outputs (label keys) and take part in the fingerprint, beside the
     # model's identity: a checkpoint made with another model is not reused.
-    with endpoint.client() as client:
-        predictions = client.predict(inputs.baseline)
-    label_keys = predictions.score_keys()
+    try:
+        with endpoint.client() as client:
+            predictions = client.predict(inputs.baseline)
+        label_keys = predictions.score_keys()  # reads the scores: a value that is not a number fails here
+    except UserError as error:  # its rows are the baseline's, not the dataset's: say so
+        raise UserError(f"methods.shap.baseline: scoring the baseline rows failed (rows are numbered within "
+                        f"the baseline, 0-based): {error}") from None
     fingerprint = _fingerprint(config, shap, dataset, inputs, text, predictions.scores, model_identity)
     checkpoint_dir, seed, mirror = _work_folder(work_dir, fingerprint, shap.seed, checkpoint_store)
 
@@ -629,8 +636,11 @@ def _job_seed(seed: int | None, checkpoint_dir: Path) -> int:
             # seed each carries (shards.py) and recomputed.
             log.warning("SHAP: discarding unreadable %s (%s); drawing a new coalition seed", saved, error)
             discard_entry(saved)  # a folder or a link there would block the new seed's write
-    drawn = int(np.random.SeedSequence().entropy % 2**63)
+    # In the range methods.shap.seed accepts, and logged: a user can repeat the values by putting it there.
+    drawn = int(np.random.SeedSequence().entropy % 2**32)
     write_text_atomic(saved, json.dumps(drawn))
+    log.info("SHAP: no methods.shap.seed given; drew the coalition seed %d (give it as methods.shap.seed to "
+             "draw the same coalitions again)", drawn)
     return drawn
 
 

@@ -18,8 +18,9 @@ and their scores: no model, no dataset, no files. The batch job (``shards``) and
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -539,6 +540,9 @@ class KernelShap:
         features_to_explain: column indices to attribute (default all). The other columns keep the
             record's value in every synthetic row, so they are held fixed rather than attributed.
         max_rows_per_call: largest number of rows passed to ``model`` in one call.
+        parallel_calls: calls to ``model`` run at once, each with its own group of records (threads:
+            ``model`` must be thread-safe when > 1). The groups are the same whatever this is, so the
+            values are too, even for a model whose last bits depend on the rows scored beside a row.
     """
 
     def __init__(
@@ -551,8 +555,10 @@ class KernelShap:
         use_logit: bool = False,
         features_to_explain: Sequence[int] | None = None,
         max_rows_per_call: int = 100_000,
+        parallel_calls: int = 1,
     ):
         self.scorer = ScoringModel(model, use_logit=use_logit, max_rows_per_call=max_rows_per_call)
+        self.parallel_calls = max(1, parallel_calls)
         base = as_matrix(baseline, "baseline")
         if len(base) == 0:
             raise ValueError("baseline has no rows")
@@ -560,11 +566,13 @@ class KernelShap:
                                       use_logit=use_logit, features_to_explain=features_to_explain)
 
     @classmethod
-    def from_fit(cls, fitted: KernelShapFit, model: Model | None, *, max_rows_per_call: int = 100_000) -> KernelShap:
+    def from_fit(cls, fitted: KernelShapFit, model: Model | None, *, max_rows_per_call: int = 100_000,
+                 parallel_calls: int = 1) -> KernelShap:
         """An explainer over an existing fit (``model`` None: it can only assemble, never score)."""
         explainer = cls.__new__(cls)
         explainer.scorer = ScoringModel(model, use_logit=fitted.use_logit, max_rows_per_call=max_rows_per_call)
         explainer.fitted = fitted
+        explainer.parallel_calls = max(1, parallel_calls)
         return explainer
 
     @property
@@ -601,17 +609,17 @@ class KernelShap:
         if len(x) <= group:  # one group: nothing to overlap, no thread to start
             yield self.fitted.solve(*self._evaluate(x, 0))
             return
-        # The next group's rows are built and scored on a second thread while this one is solved, so the
-        # model server is not left idle during the solve (numpy and the HTTP waits release the GIL).
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shap-evaluate") as pool:
-            pending = None
+        # The next groups' rows are built and scored on other threads while this one is solved, so the
+        # model is not left idle during the solve (numpy, the model's native code and the HTTP waits
+        # release the GIL); ``parallel_calls`` groups are with the model at once.
+        with ThreadPoolExecutor(max_workers=self.parallel_calls, thread_name_prefix="shap-evaluate") as pool:
+            pending: deque[Future] = deque()
             for i in range(0, len(x), group):
-                future = pool.submit(self._evaluate, x[i : i + group], i)
-                if pending is not None:
-                    yield self.fitted.solve(*pending.result())
-                pending = future
-            if pending is not None:
-                yield self.fitted.solve(*pending.result())
+                pending.append(pool.submit(self._evaluate, x[i : i + group], i))
+                if len(pending) > self.parallel_calls:
+                    yield self.fitted.solve(*pending.popleft().result())
+            while pending:
+                yield self.fitted.solve(*pending.popleft().result())
 
     def _evaluate(self, x: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
         """``(v, fx)``: coalition values ``(n, C, k)`` and record values ``(n, k)`` of one group."""

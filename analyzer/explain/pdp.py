@@ -43,11 +43,14 @@ FREE_TEXT_ERROR = ("Detected data type is not supported for PDP. PDP can only be
 
 def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint,
                        global_shap: dict[str, dict[str, float]] | None, *, seed: int = 0,
-                       text_features: frozenset[str] = frozenset(), engine: Engine | None = None) -> list[dict[str, Any]]:
+                       text_features: frozenset[str] = frozenset(), engine: Engine | None = None,
+                       label_keys: list[str] | None = None) -> list[dict[str, Any]]:
     """``explanations.pdp``: one entry per feature, in the order chosen (config order, else SHAP rank).
 
     ``text_features`` (the text features of a ``text_config`` job) get Clarify's error entry instead.
-    ``engine`` asks the model for the grids' rows (None: a client in this process).
+    ``engine`` asks the model for the grids' rows (None: a client in this process). ``label_keys``: the
+    outputs' names (``kernel_shap``'s keys when SHAP ran); else those of the first feature's predictions,
+    for every feature (predicted values as keys, spec 4.3, would otherwise differ from feature to feature).
     """
     from .job import feature_index  # job imports this module
 
@@ -87,6 +90,8 @@ def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint
             grid, distribution, data_type = grids[j]
             predictions = next(answered)
             scores = predictions.scores.reshape(len(grid), len(sample), -1)
+            if label_keys is None or len(label_keys) != scores.shape[2]:
+                label_keys = predictions.score_keys()
             if not np.isfinite(scores).all():
                 raise UserError(f"methods.pdp: the model returned NaN or infinite scores for feature "
                                 f"{dataset.feature_names[j]!r}")
@@ -96,7 +101,7 @@ def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint
                 "feature_values": [_plain(v) for v in grid],
                 "data_distribution": distribution,
                 "model_predictions": scores.mean(axis=1).T.tolist(),
-                "label_headers": predictions.score_keys(),
+                "label_headers": label_keys,
             })
             bar.update()
     log.info("Partial dependence of %d feature(s) on %d records in %.2f s", len(entries), len(sample),
@@ -144,8 +149,18 @@ def feature_grid(column: pd.Series, resolution: int) -> tuple[list[Any], list[fl
     if column.dtype.kind in "biuf":
         values = present.to_numpy(dtype=float)
         low, high = float(values.min()), float(values.max())
-        edges = np.linspace(low, high, resolution + 1)
-        centres = (edges[:-1] + edges[1:]) / 2
+        # Values near the float limit (1e308) overflow a span or a sum of two edges: those take the
+        # interpolation and the halves, which give the same numbers wherever the usual ones are finite.
+        with np.errstate(over="ignore", invalid="ignore"):
+            edges = np.linspace(low, high, resolution + 1)
+        if not np.isfinite(edges).all():
+            t = np.linspace(0.0, 1.0, resolution + 1)
+            edges = low * (1 - t) + high * t
+            edges[-1] = high
+        with np.errstate(over="ignore"):
+            centres = (edges[:-1] + edges[1:]) / 2
+        if not np.isfinite(centres).all():
+            centres = edges[:-1] / 2 + edges[1:] / 2
         counts = np.histogram(values, bins=edges)[0] if high > low else np.eye(resolution, dtype=int)[0] * len(values)
         return centres.tolist(), (counts / len(column)).tolist(), "numerical"
     counts = present.value_counts(sort=True)

@@ -56,7 +56,7 @@ from analyzer.errors import UserError
 from analyzer.output import atomic_writer
 from analyzer.parent import exit_with_parent
 from analyzer.predict import ModelEndpoint
-from analyzer.predict.inprocess import ModelLoader, loaded_model
+from analyzer.predict.inprocess import ModelLoader, loaded_model, scoring_threads
 
 from .kernel_shap import (
     GLOBAL_TERMS,
@@ -115,12 +115,13 @@ class ShapSettings:
     # process that writes its checkpoint. None: the work area only.
     mirror: CheckpointMirror | None = None
 
-    def explainer(self, model: Callable[[np.ndarray], np.ndarray]) -> KernelShap:
+    def explainer(self, model: Callable[[np.ndarray], np.ndarray], parallel_calls: int = 1) -> KernelShap:
         if self.fitted is not None:
-            return KernelShap.from_fit(self.fitted, model, max_rows_per_call=MAX_ROWS_PER_CALL)
+            return KernelShap.from_fit(self.fitted, model, max_rows_per_call=MAX_ROWS_PER_CALL,
+                                       parallel_calls=parallel_calls)
         return KernelShap(model, self.baseline, num_samples=self.num_samples, seed=self.seed,
                           use_logit=self.use_logit, features_to_explain=list(self.features),
-                          max_rows_per_call=MAX_ROWS_PER_CALL)
+                          max_rows_per_call=MAX_ROWS_PER_CALL, parallel_calls=parallel_calls)
 
 
 @dataclass(frozen=True)
@@ -437,10 +438,19 @@ def _init_worker(settings: ShapSettings | TextShapSettings, parent_pid: int | No
     # than cores still keeps every core busy, and one with more does not oversubscribe them.
     # ``concurrency``: this worker's share of predictor.max_concurrency (None: the client's default).
     capped = {} if concurrency is None else {"concurrency": concurrency}
-    client = settings.endpoint.client(max_records_per_request=RECORDS_PER_REQUEST,
-                                      processes=workers, **capped)
-    _worker.update(settings=settings, client=client,
-                   explainer=settings.explainer(lambda rows: client.predict(rows).scores))
+    if isinstance(settings, ShapSettings):
+        # Requests are cut by the records and payload caps alone, never by how many run at once (which
+        # depends on the worker count and the cores): a model whose last bits depend on the rows scored
+        # beside a row (BLAS products) then gives the same values with 1 or N workers, on any machine,
+        # and a run resumed with other workers matches. The cores stay busy with groups side by side.
+        client = settings.endpoint.client(max_records_per_request=RECORDS_PER_REQUEST, processes=workers,
+                                          spread=False, **capped)
+        explainer = settings.explainer(lambda rows: client.predict(rows).scores,
+                                       parallel_calls=min(getattr(client, "concurrency", 1), scoring_threads(workers)))
+    else:
+        client = settings.endpoint.client(max_records_per_request=RECORDS_PER_REQUEST, processes=workers, **capped)
+        explainer = settings.explainer(lambda rows: client.predict(rows).scores)
+    _worker.update(settings=settings, client=client, explainer=explainer)
 
 
 def _close_worker() -> None:
@@ -707,6 +717,9 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
         raise CheckpointError(f"{kind}, not a checkpoint file")
     try:
+        with path.open("rb") as head:  # np.load takes anything else for a pickle, and says so
+            if head.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
+                raise CheckpointError("not an .npz archive (it does not start as a zip file)")
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, NpzFile):
             raise CheckpointError("not an .npz archive")

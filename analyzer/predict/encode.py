@@ -283,7 +283,9 @@ class RequestEncoder:
         self._check_width(frame.shape[1])
         matrix = _numeric_matrix(frame)
         if self.content_type == NPY:
-            if matrix is None and not _all_numeric(frame):
+            # Booleans go as 1.0 / 0.0: the array a JSON or CSV decoder makes of true / false (the job
+            # picks npy for a model folder's default handlers when every feature is numeric or boolean).
+            if matrix is None and not _all_numeric(frame, booleans=True):
                 raise UserError("content_type application/x-npy needs numeric features only")
             return NpyRecords(matrix if matrix is not None else frame.to_numpy(dtype=np.float64))
         cells = [part for part in self.parts if isinstance(part, _Cells)]
@@ -340,8 +342,9 @@ def _template_text(template: str | dict[str, str] | None, key: str) -> str | Non
     raise UserError(f"predictor.{key} must be a string for tabular data")
 
 
-def _all_numeric(frame: pd.DataFrame) -> bool:
-    return all(isinstance(d, np.dtype) and d.kind in "iuf" for d in frame.dtypes)
+def _all_numeric(frame: pd.DataFrame, *, booleans: bool = False) -> bool:
+    kinds = "biuf" if booleans else "iuf"
+    return all(isinstance(d, np.dtype) and d.kind in kinds for d in frame.dtypes)
 
 
 def _numeric_matrix(frame: pd.DataFrame) -> np.ndarray | None:

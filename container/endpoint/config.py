@@ -11,6 +11,7 @@ path or ``file://`` URI.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,8 +164,10 @@ def parse_endpoint_config(document: Any) -> EndpointConfig:
         raise ConfigError(f"(top level): expected a JSON object (a CreateEndpointConfig body), got {shown(document)}")
     ctx = Context()
     for key in document:
-        if key not in ("DataCaptureConfig", "ExplainerConfig", "ProductionVariants"):
+        if key in _UNUSED_KEYS:
             log.info("Config key %s is not used by a self-hosted endpoint; ignored", key)
+        elif key not in _READ_KEYS:
+            ctx.problems.append(_unknown_key(str(key)))
     variant = _variant_name(document.get("ProductionVariants"), ctx)
     capture = explainer = None
     if document.get("DataCaptureConfig") is not None:
@@ -178,6 +181,25 @@ def parse_endpoint_config(document: Any) -> EndpointConfig:
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return EndpointConfig(variant, capture, explainer)
+
+
+# CreateEndpointConfig's request keys (the API reference): those read, and those a self-hosted endpoint has no
+# use for (logged, ignored). Any other key is refused, as SageMaker refuses it: silently ignoring a misplaced
+# section (the SDK's ExplainerConfig._to_request_dict() is the value of ExplainerConfig, not the body) would
+# serve an endpoint without explanations or capture.
+_READ_KEYS = ("DataCaptureConfig", "ExplainerConfig", "ProductionVariants")
+_UNUSED_KEYS = ("EndpointConfigName", "Tags", "KmsKeyId", "AsyncInferenceConfig", "ShadowProductionVariants",
+                "ExecutionRoleArn", "VpcConfig", "EnableNetworkIsolation")
+
+
+def _unknown_key(key: str) -> str:
+    for section, spec in (("ExplainerConfig", EXPLAINER), ("DataCaptureConfig", DATA_CAPTURE)):
+        if key in spec.fields:
+            return (f"{key}: not a CreateEndpointConfig key; it belongs inside {section} "
+                    f"({{\"{section}\": {{\"{key}\": ...}}}})")
+    close = difflib.get_close_matches(key, (*_READ_KEYS, *_UNUSED_KEYS), n=1)
+    hint = f"did you mean {close[0]}?" if close else f"the keys read are {', '.join(_READ_KEYS)}"
+    return f"{key}: not a CreateEndpointConfig key ({hint})"
 
 
 def _variant_name(variants: Any, ctx: Context) -> str:
