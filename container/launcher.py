@@ -185,6 +185,17 @@ def staging_targets(location: Location, keys: Iterable[str], dest: Path) -> dict
     else:
         prefix = location.prefix
         relatives = {key: key[len(prefix):] for key in keys if key.startswith(prefix) and not key.endswith("/")}
+    if (not relatives and location.key and not location.key.endswith("/")
+            and not any(key.startswith(location.prefix) for key in keys)):
+        # Nothing at the key and no key/ folder (not even its empty marker): the key as a plain string
+        # prefix, as SageMaker's S3Prefix input reads it (s3://b/data/train stages data/train.csv as
+        # train.csv, relative to data/).
+        folder = location.key.rsplit("/", 1)[0] + "/" if "/" in location.key else ""
+        relatives = {key: key[len(folder):] for key in keys
+                     if key.startswith(location.key) and not key.endswith("/")}
+        if relatives:
+            log.info("%s: no object at this key or below %s; staging the %d object(s) whose key starts with it, "
+                     "as SageMaker's S3Prefix input does", location, prefix, len(relatives))
     if not relatives:
         raise LaunchError(f"reading {location}: no object at this key or below this prefix")
     targets = {key: contained_path(dest, relative, f"s3://{location.bucket}/{key}")

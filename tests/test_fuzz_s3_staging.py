@@ -139,3 +139,17 @@ def test_download_writes_only_inside_the_destination(store, relatives):
     finally:
         shutil.rmtree(sandbox, ignore_errors=True)
         assert not os.path.exists(sandbox)
+
+
+def test_a_key_with_nothing_at_or_below_it_is_a_plain_prefix_as_sagemakers_s3prefix(tmp_path):
+    """s3://b/data/train with only data/train.csv (seed 001's prepared_data/train): SageMaker's S3Prefix
+    input stages it; so does Lucent, relative to the key's folder."""
+    keys = ["data/train.csv", "data/train_extra/part-0.csv", "data/test.csv"]
+    targets = staging_targets(Location("s3://jobs/data/train"), keys, tmp_path)
+    assert {key: path.relative_to(tmp_path).as_posix() for key, path in targets.items()} == {
+        "data/train.csv": "train.csv", "data/train_extra/part-0.csv": "train_extra/part-0.csv"}
+    # An object at the key, or objects below key/, win as before: the plain prefix is only a fallback.
+    assert list(staging_targets(Location("s3://jobs/data/train"), [*keys, "data/train/a.csv"], tmp_path)) == [
+        "data/train/a.csv"]
+    with pytest.raises(LaunchError, match="no object at this key"):
+        staging_targets(Location("s3://jobs/data/validation"), keys, tmp_path)

@@ -159,3 +159,39 @@ def test_missing_optional_library_is_named(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "xgboost", None)  # what an absent package looks like to import
     with pytest.raises(ModelLoadError, match="needs the 'xgboost' package, which is not installed"):
         load_handlers(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:.*Unknown file format")
+def test_a_request_without_accept_gets_what_sagemakers_container_for_the_model_answers(tmp_path, data, monkeypatch):
+    """SageMaker's XGBoost container answers text/csv; its scikit-learn container JSON (seed 002's traffic
+    reads `0.76\\n`, and its capture files hold text/csv)."""
+    import io
+
+    from container.sidecar.app import SidecarApp
+
+    xgb = pytest.importorskip("xgboost")
+    monkeypatch.delenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", raising=False)
+    x, y = data
+    (tmp_path / "xgb").mkdir()
+    xgb.train({"objective": "binary:logistic", "max_depth": 2, "nthread": 1}, xgb.DMatrix(x, label=y),
+              3).save_model(str(tmp_path / "xgb" / "xgboost-model.json"))
+    (tmp_path / "xgb" / "xgboost-model.json").rename(tmp_path / "xgb" / "xgboost-model")
+    (tmp_path / "sk").mkdir()
+    joblib.dump(LogisticRegression().fit(x, y), tmp_path / "sk" / "model.joblib")
+
+    def invoke(folder, accept=None):
+        body = _csv(x[:2])
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/invocations", "CONTENT_TYPE": "text/csv",
+                   "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}
+        if accept is not None:
+            environ["HTTP_ACCEPT"] = accept
+        answer = {}
+        payload = b"".join(SidecarApp(folder)(environ, lambda status, headers: answer.update(headers)))
+        return answer["Content-Type"], payload
+
+    content_type, body = invoke(tmp_path / "xgb")
+    assert content_type == "text/csv" and len(body.decode().split()) == 2
+    assert invoke(tmp_path / "xgb", "*/*")[0] == "text/csv"
+    assert invoke(tmp_path / "sk")[0] == "application/json"
+    monkeypatch.setenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/jsonlines")  # the variable wins
+    assert invoke(tmp_path / "xgb")[0] == "application/jsonlines"

@@ -66,9 +66,16 @@ class ReceivedBody(io.RawIOBase):
         return n
 
 
-def default_accept() -> str:
-    """Accept used when a request has none (or ``*/*``): SageMaker's variable, else JSON as there."""
-    return os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or codecs.JSON
+def default_accept(model: Any = None) -> str:
+    """Accept used when a request has none (or ``*/*``): SageMaker's variable, else what SageMaker's own
+    container for the model answers: CSV for an XGBoost model (its algorithm container writes text/csv),
+    JSON otherwise (the scikit-learn and other framework containers)."""
+    from container.sidecar.model import XGBoostBooster
+
+    configured = os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT")
+    if configured:
+        return configured
+    return codecs.CSV if isinstance(model, XGBoostBooster) else codecs.JSON
 
 
 class SidecarApp:
@@ -145,7 +152,8 @@ class SidecarApp:
         # SageMaker's containers assume JSON when Content-Type is missing; so do we.
         content_type = environ.get("CONTENT_TYPE") or codecs.JSON
         accept = negotiate_accept(environ.get("HTTP_ACCEPT") or "",
-                                  own_output=self.handlers.output_fn is not None or self.handlers.transform_fn is not None)
+                                  own_output=self.handlers.output_fn is not None or self.handlers.transform_fn is not None,
+                                  default=default_accept(self.handlers.model))
         if accept is None:
             message = (f"unsupported Accept {_excerpt(environ.get('HTTP_ACCEPT') or '')}: the default output_fn "
                        f"produces {', '.join(codecs.SUPPORTED_TYPES)} (a q=0 range means not acceptable)")
@@ -202,22 +210,22 @@ def accept_ranges(accept: str) -> list[tuple[str, float]]:
     return ranges
 
 
-def negotiate_accept(accept: str, own_output: bool = False) -> str | None:
+def negotiate_accept(accept: str, own_output: bool = False, default: str | None = None) -> str | None:
     """The media type to answer with for this Accept header, or None when the default output_fn can
     write none of the types it accepts (406).
 
-    A missing Accept, or a most preferred range of ``*/*`` / ``*``, is :func:`default_accept`;
+    A missing Accept, or a most preferred range of ``*/*`` / ``*``, is ``default`` (:func:`default_accept`);
     ``type/*`` is the default when it matches, else the first supported type of that kind. A model with
     its own ``output_fn`` / ``transform_fn`` gets the header itself (it may serve other types), except
     where a wildcard is the client's first choice: then it gets the default, as without an Accept.
     """
+    default = default or default_accept()
     if not accept.strip():
-        return default_accept()
+        return default
     ranges = accept_ranges(accept)
     if own_output:
         first = ranges[0][0] if ranges else ""
-        return default_accept() if first in ("*/*", "") else accept
-    default = default_accept()
+        return default if first in ("*/*", "") else accept
     for media, _ in ranges:
         if media == "*/*":
             return default
