@@ -303,8 +303,9 @@ class ModelClient:
             if progress is not None:
                 progress.update(n_rows)
             return parts
-        executor = self._executor = self._executor or ThreadPoolExecutor(
-            self.concurrency, thread_name_prefix="predict", initializer=self._thread_started)
+        with self._lock:  # calls can come from several threads (SHAP's groups side by side)
+            executor = self._executor = self._executor or ThreadPoolExecutor(
+                self.concurrency, thread_name_prefix="predict", initializer=self._thread_started)
         abort = threading.Event()  # set when one batch fails: the others stop retrying and splitting
         results: dict[int, list[Predictions]] = {}
         pending: dict[Future[list[Predictions]], int] = {}
