@@ -254,3 +254,20 @@ def test_absent_values_keep_clarify_numbers_and_are_collected_once_per_run():
     d = df["gender"] == 1
     assert metrics["CI"] == pytest.approx(((~d).sum() - d.sum()) / len(df))
     assert metrics["DPL"] == 0.0  # no positive label anywhere: q_a = q_d = 0
+
+
+def test_rows_written_like_a_configured_value_but_of_another_type_are_named(caplog):
+    """JSON Lines labels `1` and `"1"`: only the numbers match `[1]` (as in Clarify), and a warning says how
+    many rows hold the text (the CSV case warns about its conversion already)."""
+    from analyzer.bias.columns import categorical_mask
+    from analyzer.data.column import Column
+
+    column = Column.from_series(pd.Series([1, "1", 0, "1", 1, 0], dtype=object, name="approved"))
+    with caplog.at_level("WARNING"):
+        mask = categorical_mask(column, [1], role="label")
+    assert mask.tolist() == [True, False, False]
+    assert "2 row(s) of 'approved' hold '1' (str), written like a configured value but of another type" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        categorical_mask(Column.from_series(pd.Series([1, 0, 1], name="approved")), [1], role="label")
+    assert "another type" not in caplog.text

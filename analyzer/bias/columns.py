@@ -280,7 +280,23 @@ def categorical_mask(column: Column, values: list[Any], role: str | None = None)
         mask = _match(categories, values)
     if role is not None:
         _warn_absent_values(column, role, [v for v in values if not _match(categories, [v]).any()], mask)
+        _warn_lookalike_values(column, role, values, mask)
     return mask
+
+
+def _warn_lookalike_values(column: Column, role: str, values: list[Any], mask: np.ndarray) -> None:
+    """A warning for rows whose value is written like a configured one but is of another type (JSON's ``"1"``
+    beside ``1``): Clarify matches by value and type, so those rows do not match, and nothing else says so."""
+    written = {str(value) for value in values}
+    lookalikes = [i for i, value in enumerate(column.uniques)
+                  if not mask[i] and str(value) in written and not any(type(value) is type(v) for v in values)]
+    if not lookalikes:
+        return
+    rows = int(np.isin(column.codes, lookalikes).sum())
+    shown = ", ".join(f"{_show(column.uniques.iloc[i])} ({type(column.uniques.iloc[i]).__name__})" for i in lookalikes)
+    key = "`label_values_or_threshold`" if role == _LABEL else f"facet {column.name!r} `value_or_threshold`"
+    _warn(f"{key} {_plain(values)}: {rows} row(s) of {column.name!r} hold {shown}, written like a configured value "
+          "but of another type; they do not match it (values are matched with their type, as in Clarify)")
 
 
 def values_string(values: list[Any]) -> str:
