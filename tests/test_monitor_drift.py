@@ -323,7 +323,9 @@ def test_ndcg_edge_cases():
     same_order = ndcg({"a": 0.3, "b": 0.2}, {"a": 0.9, "b": 0.1})
     assert same_order == pytest.approx(1.0, rel=1e-15) and same_order == ndcg_score([[0.3, 0.2]], [[0.9, 0.1]])
     assert ndcg({"a": 0.3}, {"a": 5.0}) == 1.0  # one feature cannot be misranked
-    assert ndcg({"a": 0.0, "b": 0.0}, {"a": 1.0, "b": 2.0}) == 0.0 == ndcg_score([[0.0, 0.0]], [[1.0, 2.0]])
+    # All-zero baseline attributions: no ranking to compare with, 1.0 (sklearn says 0: a violation every hour
+    # for a constant model; docs/monitoring-drift.md).
+    assert ndcg({"a": 0.0, "b": 0.0}, {"a": 1.0, "b": 2.0}) == 1.0 != ndcg_score([[0.0, 0.0]], [[1.0, 2.0]])
     assert ndcg({"a": 0.3, "b": 0.2}, {"a": 0.5, "b": 0.5}) == pytest.approx(ndcg_score([[0.3, 0.2]], [[0.5, 0.5]]))
     with pytest.raises(ValueError, match="baseline only 'b', window only 'c'"):
         ndcg({"a": 0.3, "b": 0.2}, {"a": 0.3, "c": 0.2})

@@ -376,7 +376,8 @@ def test_malformed_ground_truth_is_counted():
                           files(truths, 300, "truth"))
     assert merged.counts["malformed_ground_truth_lines"] == 1
     assert merged.counts["malformed_ground_truth_examples"] == [
-        "truth/000.jsonl line 8: groundTruthData.data holds 2 CSV fields; it must hold only the label"]
+        "truth/000.jsonl line 8: groundTruthData.data holds 2 CSV fields on a line; it must hold only the label (one "
+        "per line for a request of several records)"]
     assert merged.counts["records_without_ground_truth"] == 1
 
 

@@ -174,7 +174,8 @@ def bootstrap_violations_enabled() -> bool:
     return text == "1"
 
 
-def bias_violations(window: dict, baseline: dict, *, use_intervals: bool = False) -> list[dict]:
+def bias_violations(window: dict, baseline: dict, *, use_intervals: bool = False,
+                    source: str = "constraints file") -> list[dict]:
     """The ``bias_drift_check`` violations of a window's analysis.json against the baseline's.
 
     One violation per (stage, facet, facet value, metric) whose window value ``is_worse`` than the
@@ -184,6 +185,7 @@ def bias_violations(window: dict, baseline: dict, *, use_intervals: bool = False
 
     ``use_intervals`` (``LUCENT_BOOTSTRAP=1``): a metric with a ``lucent_ci`` interval violates only when
     the whole interval is worse; one without (FT, or too few valid resamples) falls back to its value.
+    ``source`` names the baseline in messages ("constraints file s3://.../analysis.json").
     """
     baseline_values: dict[tuple[str, str, tuple, str], Any] = {}
     for key, facet, facet_value, entry in _metric_entries(baseline):
@@ -198,7 +200,7 @@ def bias_violations(window: dict, baseline: dict, *, use_intervals: bool = False
         where = f"{key} facet {facet!r} value {facet_value!r} metric {name}"
         baseline_value = baseline_values[constraint_key]
         live = _number(entry.get("value"), f"window analysis.json {where}")
-        allowed = _number(baseline_value, f"constraints file {where}")
+        allowed = _number(baseline_value, f"{source} {where}")
         interval = _interval(entry, f"window analysis.json {where}") if use_intervals else None
         if is_worse(metric, live, allowed, interval):
             violations.append({
@@ -332,39 +334,71 @@ def check_constraints_match(window: dict, baseline: dict, kind: str, dataset: Da
 # --------------------------------------------------------------------------------------------
 
 
+def _finite_attributions(values: Mapping[str, Any], features: list[str], where: str) -> np.ndarray:
+    """The attributions of ``features`` as floats; ``ValueError`` naming ``where`` and the feature for a value
+    that is not a finite number (null, "NaN", "Infinity", a string)."""
+    numbers = np.empty(len(features), dtype=float)
+    for i, feature in enumerate(features):
+        value = values[feature]
+        number = math.nan
+        if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
+            number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"{where}feature {feature!r}: expected a finite number, got {value!r}")
+        numbers[i] = number
+    return numbers
+
+
+def _dcg(gains: np.ndarray, scores: np.ndarray, discount: np.ndarray) -> float:
+    """DCG of ``gains`` in the order of ``scores`` (highest first), ties of ``scores`` averaged as sklearn does.
+
+    The gains are put in the ranked order and each tie group holding different gains gets their mean in
+    every position of the group (McSherry and Najork; the same value as averaging the group's discounts),
+    then one dot product with the discounts. A tie group whose gains are all equal keeps them unchanged:
+    the ideal ranking (``scores`` = ``gains``) is then exactly the gains sorted, and any ranking consistent
+    with it gives the same array, so the same float: an unchanged ranking scores exactly 1.0.
+    """
+    order = np.lexsort((-gains, -scores))  # by score, then by gain: one canonical order
+    ranked, ranked_scores = gains[order], scores[order]
+    starts = np.flatnonzero(np.r_[True, ranked_scores[1:] != ranked_scores[:-1]])
+    ends = np.r_[starts[1:], len(ranked)]
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        if end - start > 1 and ranked[start] != ranked[end - 1]:  # sorted by gain within the group
+            ranked[start:end] = ranked[start:end].mean()
+    return float(np.dot(ranked, discount))
+
+
 def ndcg(baseline: Mapping[str, float], window: Mapping[str, float]) -> float:
-    """NDCG of the window's attribution ranking, with the baseline attributions as relevance (spec 5.2).
+    """NDCG of the window's attribution ranking, with the baseline attributions as relevance (spec 5.2), in [0, 1].
 
     DCG = sum_i a(f'_i) / log2(i + 1) over the features f' sorted by window attribution, divided by the
-    same sum over the features sorted by baseline attribution. Equal to
-    ``sklearn.metrics.ndcg_score([baseline], [window])``, ties included: features with equal window
-    attributions share the average of their gains over their positions (McSherry and Najork, sklearn's
-    default), so the result does not depend on the order of the keys. All-zero baseline attributions
-    give 0 (sklearn's convention); a single feature cannot be misranked and gives 1 (sklearn refuses it).
+    same sum over the features sorted by baseline attribution. Importance is magnitude: features are ranked
+    and weighted by the absolute value of their global SHAP value (``agg_method`` ``median`` gives signed
+    values; ``mean_abs`` and ``mean_sq`` never negative ones, and then nothing changes). Equal to
+    ``sklearn.metrics.ndcg_score([|baseline|], [|window|])``, ties included: features with equal window
+    attributions share the average of their gains (McSherry and Najork, sklearn's default), so the result
+    does not depend on the order of the keys. DCG and the ideal DCG are computed by the same function, so
+    an unchanged ranking gives exactly 1.0 (and rounding never gives more than 1).
 
-    Raises ``ValueError`` when the two mappings name different features or a value is not finite.
+    No ranking to compare: a single feature, or all-zero baseline attributions (a model whose
+    predictions did not depend on the features on the baseline data), give 1.0 (sklearn gives 0 for the
+    latter, which would be a violation every hour for a constant model; ``attribution_scores`` logs a
+    WARNING).
+
+    Raises ``ValueError`` when the two mappings name different features or a value is not a finite number.
     """
     features = list(baseline)
     if set(features) != set(window):
         raise ValueError(f"the baseline and the window attribute different features: baseline only "
                          f"{_quoted(f for f in features if f not in window)}, window only "
                          f"{_quoted(f for f in window if f not in baseline)}")
-    relevance = np.array([baseline[f] for f in features], dtype=float)
-    scores = np.array([window[f] for f in features], dtype=float)
-    if not (np.all(np.isfinite(relevance)) and np.all(np.isfinite(scores))):
-        raise ValueError("attributions must be finite numbers")
-    if len(features) <= 1:
+    relevance = np.abs(_finite_attributions(baseline, features, "the baseline's "))
+    scores = np.abs(_finite_attributions(window, features, "the window's "))
+    if len(features) <= 1 or not relevance.any():
         return 1.0
     discount = 1 / (np.log(np.arange(len(features)) + 2) / np.log(2))  # log2 as sklearn computes it
-    ideal = float(discount.dot(np.sort(relevance)[::-1]))
-    if ideal == 0:
-        return 0.0
-    # Tie groups of the window scores, best first; each group's mean gain times its positions' discounts.
-    _, group_of, group_sizes = np.unique(-scores, return_inverse=True, return_counts=True)
-    mean_gain = np.bincount(group_of, weights=relevance) / group_sizes
-    discount_cumsum = np.cumsum(discount)
-    group_discounts = np.diff(discount_cumsum[np.cumsum(group_sizes) - 1], prepend=0.0)
-    return float((mean_gain * group_discounts).sum() / ideal)
+    ideal = _dcg(relevance, relevance, discount)
+    return min(1.0, _dcg(relevance, scores, discount) / ideal)
 
 
 def attribution_threshold(baseline: Mapping[str, Any], threshold: float | None = None) -> float:
@@ -381,21 +415,45 @@ def attribution_threshold(baseline: Mapping[str, Any], threshold: float | None =
     return threshold
 
 
-def attribution_scores(window: dict, baseline: dict) -> dict[str, float]:
-    """NDCG of each label of the window's ``explanations.kernel_shap`` against the baseline's."""
+def attribution_scores(window: dict, baseline: dict, *, source: str = "constraints file") -> dict[str, float]:
+    """NDCG of each label of the window's ``explanations.kernel_shap`` against the baseline's.
+
+    ``source`` names the baseline in messages ("constraints file s3://.../analysis.json"). A value that is not
+    a finite number is a ``UserError`` naming the file, the label and the feature. A label whose baseline
+    attributions are all 0 scores 1.0 (``ndcg``: no ranking to compare with) and is logged as a WARNING."""
     live, base = _kernel_shap(window) or {}, _kernel_shap(baseline) or {}
     scores = {}
     for label, entry in live.items():
         if label not in base:
-            raise UserError(f"The constraints file has no label {label!r} in explanations.kernel_shap")
+            raise UserError(f"The {source} has no label {label!r} in explanations.kernel_shap")
+        base_values = (base[label] or {}).get("global_shap_values") if isinstance(base[label], Mapping) else None
+        live_values = (entry or {}).get("global_shap_values") if isinstance(entry, Mapping) else None
+        path = f"explanations.kernel_shap.{label}.global_shap_values"
+        if not isinstance(base_values, Mapping):
+            raise UserError(f"{source} {path}: expected an object of feature: value, got {base_values!r}")
+        if not isinstance(live_values, Mapping):
+            raise UserError(f"window analysis.json {path}: expected an object of feature: value, got {live_values!r}")
+        features = list(base_values)
         try:
-            scores[label] = ndcg(base[label]["global_shap_values"], entry["global_shap_values"])
-        except (ValueError, TypeError, KeyError) as error:
+            _finite_attributions(base_values, features, "")
+        except ValueError as error:
+            raise UserError(f"{source} {path} {error}") from None
+        try:
+            scores[label] = ndcg(base_values, live_values)
+        except ValueError as error:
             raise UserError(f"Feature attribution drift of label {label!r}: {error}") from error
+        if features and not any(base_values[f] for f in features) and len(features) > 1:
+            largest = max(features, key=lambda f: abs(live_values[f]))
+            log.warning("Label %r: every global SHAP value in the %s is 0 (a model whose predictions did not depend "
+                        "on the features on the baseline data): there is no ranking to compare with, so the NDCG is "
+                        "taken as 1.0 and no feature attribution drift can be detected against this baseline (the "
+                        "window's largest attribution: %r %s). Make the baseline on data where the model's "
+                        "predictions vary", label, source, largest, _value_text(live_values[largest]))
     return scores
 
 
-def attribution_violations(window: dict, baseline: dict, threshold: float | None = None) -> list[dict]:
+def attribution_violations(window: dict, baseline: dict, threshold: float | None = None, *,
+                           source: str = "constraints file") -> list[dict]:
     """The ``feature_attribution_drift_check`` violations: one per label whose NDCG is below the threshold
     (``attribution_threshold``), worded as the spec's example ("Feature attribution drift 0.76...
     exceeds threshold 0.9")."""
@@ -405,7 +463,7 @@ def attribution_violations(window: dict, baseline: dict, threshold: float | None
         "metric_name": ATTRIBUTION_METRIC,
         "constraint_check_type": ATTRIBUTION_DRIFT_CHECK,
         "description": f"Feature attribution drift {_value_text(score)} exceeds threshold {_value_text(limit)}",
-    } for label, score in attribution_scores(window, baseline).items() if score < limit]
+    } for label, score in attribution_scores(window, baseline, source=source).items() if score < limit]
 
 
 def violations_document(violations: list[dict]) -> dict:

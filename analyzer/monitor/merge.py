@@ -9,8 +9,12 @@ Ground truth (bias only). One label per join key, ``eventMetadata.eventId`` of t
 read like the baseline's label: ``CSV`` data is the label's field as a CSV cell; ``JSON`` data is a JSON
 value, a scalar label or a document the config's ``label`` locates (a JMESPath, e.g. ``label`` in
 ``{"label": 0}``; an integer ``label`` indexes a list). When a key has several ground truth records, the
-last one read wins (folders are read oldest first, so a corrected label replaces the first one); every
-record of a multi-record request gets its request's label.
+last one read wins (folders are read oldest first, so a corrected label replaces the first one). A
+multi-record request's records share its key: one label is copied to every record (counted in
+``records_with_copied_ground_truth`` and logged as a WARNING); one label per line of ``data`` (CSV fields,
+or JSON Lines documents), as many as the request's records, gives the j-th record the j-th label; another
+number of labels leaves the request out (``records_with_mismatched_ground_truth``, a WARNING). A gzip-compressed
+capture or ground truth file is a ``UserError`` naming it.
 
 Features. ``headers`` minus the label's header and the predicted label's header name the captured values,
 in order: a bias config lists the label among its headers, an explainability config lists the features
@@ -63,6 +67,7 @@ again line by line with Python's ``json`` to find and name the bad lines. bench/
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -232,11 +237,19 @@ class _Origins:
 
 # -- reading JSON Lines files in chunks -------------------------------------------------------------
 
-def _chunks(files: Iterable[CaptureFile], chunk_bytes: int, counter: list[int]) -> Iterator[list[CaptureFile]]:
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _chunks(files: Iterable[CaptureFile], chunk_bytes: int, counter: list[int],
+            what: str = "capture") -> Iterator[list[CaptureFile]]:
     chunk: list[CaptureFile] = []
     size = 0
     for name, data in files:
         counter[0] += 1
+        if bytes(data[:2]) == GZIP_MAGIC:  # every line would be "not UTF-8 text": say what the file is
+            writers = ", as SageMaker's data capture and `lucent endpoint` write them" if what == "capture" else ""
+            raise UserError(f"{name} is gzip-compressed: {what} files are plain JSON Lines (UTF-8 text, one "
+                            f"{what} record per line){writers}; decompress it (gunzip) in place")
         chunk.append((name, bytes(data)))
         size += len(data)
         if size >= chunk_bytes:
@@ -508,10 +521,15 @@ class _Truth:
     """The ground truth records read, and the row holding each join key's label: the last record read
     for a key wins (a label corrected later replaces the first one)."""
 
-    def __init__(self, keys: pa.Array, csv_labels: pa.Array | None, json_labels: list[Any] | None):
-        self.csv_labels = csv_labels  # CSV data: the label's raw field, per record
-        self.json_labels = json_labels  # JSON data: the label value, per record
+    def __init__(self, keys: pa.Array, csv_labels: pa.Array | None, json_labels: list[Any] | None,
+                 label_counts: np.ndarray | None = None):
+        self.csv_labels = csv_labels  # CSV data: the labels' raw fields, record after record
+        self.json_labels = json_labels  # JSON data: the label values, record after record
         self.n_records = len(keys)
+        # Labels per ground truth record: 1, or one per data record of a multi-record request (one per line).
+        self.label_counts = (np.ones(len(keys), dtype=np.int64) if label_counts is None
+                             else np.asarray(label_counts, dtype=np.int64))
+        self.label_starts = np.cumsum(self.label_counts) - self.label_counts  # each record's first label
         encoded = pc.dictionary_encode(keys)
         self._keys = encoded.dictionary  # the distinct keys
         self._rows = np.full(len(self._keys), -1, dtype=np.int64)  # each one's last record
@@ -573,8 +591,9 @@ def _read_ground_truth(files: Iterable[CaptureFile], label: Locator | None, malf
     counter = [0]
     csv_parts: list[pa.Array] = []
     json_parts: list[Any] = []
+    label_counts: list[np.ndarray] = []
     first_origin = ""
-    for chunk in _chunks(files, chunk_bytes, counter):
+    for chunk in _chunks(files, chunk_bytes, counter, "ground truth"):
         if stop is not None and stop.is_set():
             raise _Stopped
         chunk_keys, data, encoding, origin = _truth_lines(chunk, malformed)
@@ -588,67 +607,98 @@ def _read_ground_truth(files: Iterable[CaptureFile], label: Locator | None, malf
                             "give every label in the format of the baseline's label")
         keep = np.ones(len(chunk_keys), dtype=bool)
         if kinds == {CSV_ENCODING}:
-            values = _csv_labels(data, keep, origin, malformed)
+            values, per_record = _csv_labels(data, keep, origin, malformed)
             csv_parts.append(values)
         else:
-            json_parts.extend(_json_labels(data, keep, origin, malformed, label))
+            json_values, per_record = _json_labels(data, keep, origin, malformed, label)
+            json_parts.extend(json_values)
+        label_counts.append(per_record)
         keys.append(chunk_keys.filter(pa.array(keep)))
     counts["ground_truth_files"] = counter[0]
     truth = _Truth(pa.concat_arrays(keys) if keys else pa.array([], pa.string()),
-                   pa.concat_arrays(csv_parts) if csv_parts else None, json_parts if json_parts else None)
+                   pa.concat_arrays(csv_parts) if csv_parts else None, json_parts if json_parts else None,
+                   np.concatenate(label_counts) if label_counts else None)
     counts["ground_truth_records"] = truth.n_keys
     counts["duplicate_ground_truth"] = truth.n_records - truth.n_keys
     return truth
 
 
-def _csv_labels(data: pa.Array, keep: np.ndarray, origin: Callable[[int], str], malformed: _Malformed) -> pa.Array:
-    """Each CSV ``data`` as the label's one field (a trailing line break dropped)."""
+def _csv_labels(data: pa.Array, keep: np.ndarray, origin: Callable[[int], str],
+                malformed: _Malformed) -> tuple[pa.Array, np.ndarray]:
+    """Each CSV ``data`` as its labels (a trailing line break dropped): one field, or one field per line (a
+    label per record of a multi-record request). Returns the labels, record after record, and how many
+    each kept record has."""
     text = pc.utf8_rtrim(data, characters="\r\n")
     odd = np.flatnonzero(_true(pc.match_substring_regex(text, r'[,"\r\n]')))
     if not len(odd):
-        return text
-    values = text.to_pylist()
+        return text, np.ones(len(text), dtype=np.int64)
+    values: list[Any] = [[value] for value in text.to_pylist()]
     for i in odd.tolist():
-        rows = [row for row in csv.reader(io.StringIO(values[i])) if row]
-        if len(rows) == 1 and len(rows[0]) == 1:
-            values[i] = rows[0][0]
+        rows = [row for row in csv.reader(io.StringIO(values[i][0])) if row]
+        if rows and all(len(row) == 1 for row in rows):
+            values[i] = [row[0] for row in rows]
         else:
             keep[i] = False
-            malformed.add(origin(i), f"groundTruthData.data holds {sum(len(r) for r in rows)} CSV fields; it "
-                                     "must hold only the label")
-    return pa.array([v for v, k in zip(values, keep, strict=True) if k], pa.string())
+            malformed.add(origin(i), f"groundTruthData.data holds {sum(len(r) for r in rows)} CSV fields"
+                                     + (" on a line" if len(rows) == 1 else f" on {len(rows)} lines")
+                                     + "; it must hold only the label (one per line for a request of several "
+                                       "records)")
+    kept = [labels for labels, k in zip(values, keep, strict=True) if k]
+    return (pa.array([label for labels in kept for label in labels], pa.string()),
+            np.array([len(labels) for labels in kept], dtype=np.int64))
 
 
 def _json_labels(data: pa.Array, keep: np.ndarray, origin: Callable[[int], str], malformed: _Malformed,
-                 label: Locator | None) -> list[Any]:
-    """Each JSON ``data`` as a label value: the value itself, or what ``label`` locates in it."""
+                 label: Locator | None) -> tuple[list[Any], np.ndarray]:
+    """Each JSON ``data`` as its labels: the value itself, or what ``label`` locates in it; JSON Lines data
+    (several documents, one per line) gives one label per line, for a request of several records. Returns
+    the labels, record after record, and how many each kept record has."""
     locator = JsonLocator(label, "label") if isinstance(label, str) else None
-    values = []
+    values: list[Any] = []
+    counts: list[int] = []
     for i, text in enumerate(data.to_pylist()):
         try:
-            document = orjson.loads(text)
+            documents = [orjson.loads(text)]
         except orjson.JSONDecodeError as error:
+            lines = [line for line in text.split("\n") if line.strip()]
+            documents = []
+            if len(lines) > 1:  # JSON Lines: a label per line
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    documents = [orjson.loads(line) for line in lines]
+            if not documents:
+                keep[i] = False
+                malformed.add(origin(i), f"groundTruthData.data is not JSON ({error})")
+                continue
+        found, problem = [], ""
+        for document in documents:
+            problem, value = _json_label(document, text, label, locator)
+            if problem:
+                break
+            found.append(value)
+        if problem:
             keep[i] = False
-            malformed.add(origin(i), f"groundTruthData.data is not JSON ({error})")
+            malformed.add(origin(i), problem)
             continue
-        value = document
-        if isinstance(document, dict) and locator is not None:
-            value = locator.search(document)
-        elif isinstance(document, list) and isinstance(label, int) and not isinstance(label, bool):
-            value = document[label] if -len(document) <= label < len(document) else None
-        if isinstance(value, dict | list):
-            keep[i] = False
-            malformed.add(origin(i), f"groundTruthData.data {text[:60]!r}: the label "
-                                     f"{'' if label is None else repr(label) + ' '}does not locate one value in it")
-            continue
-        if value is None:  # the config's label key is not in it (or the label is null): no label, not a null one
-            keep[i] = False
-            found = f"has no {label!r} (the analysis config's label)" if label is not None and document is not None \
-                else "is null"
-            malformed.add(origin(i), f"groundTruthData.data {text[:60]!r} {found}")
-            continue
-        values.append(value)
-    return values
+        values.extend(found)
+        counts.append(len(found))
+    return values, np.array(counts, dtype=np.int64)
+
+
+def _json_label(document: Any, text: str, label: Locator | None, locator: JsonLocator | None) -> tuple[str, Any]:
+    """("", the label) of one JSON ground truth document, or (why it has none, None)."""
+    value = document
+    if isinstance(document, dict) and locator is not None:
+        value = locator.search(document)
+    elif isinstance(document, list) and isinstance(label, int) and not isinstance(label, bool):
+        value = document[label] if -len(document) <= label < len(document) else None
+    if isinstance(value, dict | list):
+        return (f"groundTruthData.data {text[:60]!r}: the label "
+                f"{'' if label is None else repr(label) + ' '}does not locate one value in it"), None
+    if value is None:  # the config's label key is not in it (or the label is null): no label, not a null one
+        found = f"has no {label!r} (the analysis config's label)" if label is not None and document is not None \
+            else "is null"
+        return f"groundTruthData.data {text[:60]!r} {found}", None
+    return "", value
 
 
 # -- the table's layout -----------------------------------------------------------------------------
@@ -1201,7 +1251,12 @@ class _WindowBuilder:
             self.output_lines.append(value.filter(pa.array(keep)))
 
     def _join(self, truth: _Truth) -> None:
-        """Every held record takes its request's ground truth row; records without one are dropped."""
+        """Every held record takes its request's ground truth; records without one are dropped.
+
+        A ground truth record holds one label, or one per record of its request (``_csv_labels``): the
+        request's j-th record takes the j-th. One label for a request of several records is copied to each
+        of them (counted and logged); another number of labels than the request's records leaves the request
+        out (counted and logged, as records without ground truth are)."""
         self.truth = truth
         self.matched = np.zeros(truth.n_records, dtype=bool)
         keys = pa.concat_arrays(self.line_keys) if self.line_keys else pa.array([], pa.string())
@@ -1209,9 +1264,23 @@ class _WindowBuilder:
         joined = position >= 0
         self.matched[position[joined]] = True
         lines = np.concatenate(self.record_lines) if self.record_lines else np.empty(0, dtype=np.int64)
+        per_line = np.bincount(lines, minlength=len(keys))  # records of each request
+        labels = np.zeros(len(keys), dtype=np.int64)  # labels of each request's ground truth
+        labels[joined] = truth.label_counts[position[joined]]
+        mismatched = joined & (labels > 1) & (labels != per_line)
+        copied = joined & (labels == 1) & (per_line > 1)
+        self._report_label_counts(keys, per_line, labels, mismatched, copied)
+        joined &= ~mismatched
         chosen = joined[lines]
         self.counts["records_without_ground_truth"] = int(len(chosen) - np.count_nonzero(chosen))
-        self.label_rows = [position[lines[chosen]]]
+        # The j-th record of a request with a label per record takes the j-th label; otherwise the one label.
+        order = np.argsort(lines, kind="stable")
+        index = np.empty(len(lines), dtype=np.int64)
+        index[order] = np.arange(len(lines)) - np.searchsorted(lines[order], lines[order])
+        record_labels = labels[lines[chosen]]
+        own = (record_labels > 1) & (record_labels == per_line[lines[chosen]])
+        rows = truth.label_starts[position[lines[chosen]]] + np.where(own, index[chosen], 0)
+        self.label_rows = [rows]
         self.n_rows = int(np.count_nonzero(chosen))
         if self.output_predictions:
             self.output_predictions = [p for p, j in zip(self.output_predictions, joined.tolist(), strict=True) if j]
@@ -1223,6 +1292,26 @@ class _WindowBuilder:
             assert isinstance(held, _HeldColumn)
             self.accumulators[name] = held.accumulator(chosen)
         self.line_keys, self.record_lines = [], []
+
+    def _report_label_counts(self, keys: pa.Array, per_line: np.ndarray, labels: np.ndarray, mismatched: np.ndarray,
+                             copied: np.ndarray) -> None:
+        """Count and log the multi-record requests whose one label is copied to each of their records, and
+        those whose ground truth has another number of labels than they have records (left out)."""
+        n_copied = int(per_line[copied].sum())
+        n_mismatched = int(per_line[mismatched].sum())
+        self.counts["records_with_copied_ground_truth"] = n_copied
+        self.counts["records_with_mismatched_ground_truth"] = n_mismatched
+        if n_copied:
+            log.warning("%d record(s) of %d multi-record request(s) got a copy of their request's one ground truth "
+                        "label (labels are joined per request, on its inference id); to give each record its own, "
+                        "put one label per line in groundTruthData.data, as many as the request's records",
+                        n_copied, int(np.count_nonzero(copied)))
+        if n_mismatched:
+            examples = [f"{keys[int(i)].as_py()!r} ({labels[i]} labels, {per_line[i]} records)"
+                        for i in np.flatnonzero(mismatched)[:MAX_EXAMPLES]]
+            log.warning("%d record(s) of %d request(s) are left out: their ground truth holds another number of "
+                        "labels (one per line) than the request has records: %s", n_mismatched,
+                        int(np.count_nonzero(mismatched)), "; ".join(examples))
 
     def _check_widths(self, records: _Records, origin: Callable[[int], str], json_input: bool) -> None:
         if records.columns is not None:
@@ -1462,7 +1551,8 @@ def _merge(config: AnalysisConfig, window: Window, attributes: EndpointAttribute
     truth_job = None
     if ground_truth_files is not None:
         counts.update(ground_truth_lines=0, malformed_ground_truth_lines=0, malformed_ground_truth_examples=[],
-                      records_without_ground_truth=0, ground_truth_files=0, ground_truth_records=0,
+                      records_without_ground_truth=0, records_with_copied_ground_truth=0,
+                      records_with_mismatched_ground_truth=0, ground_truth_files=0, ground_truth_records=0,
                       duplicate_ground_truth=0, explanation_documents=0)
         # The join waits for the last capture chunk, so the ground truth is read meanwhile, on its own thread.
         label = config.label

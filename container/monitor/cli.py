@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +23,8 @@ captured traffic, as SageMaker Model Monitor does every hour:
 
 Results go to <output>/<endpoint>/<schedule>/yyyy/mm/dd/hh/: analysis.json, constraint_violations.json
 (only when there are violations), report.html/.ipynb/.pdf, metrics.prom and monitoring_execution.json
-(status Completed, CompletedWithViolations or Failed, with the reason). Rerunning a window replaces them.
+(status Completed, CompletedWithViolations, Failed or Stopped, with the reason). Rerunning a window
+replaces them.
 URIs are s3:// (any S3-compatible store: AWS_ENDPOINT_URL) or local paths.
 """
 
@@ -37,7 +39,8 @@ environment: LUCENT_BOOTSTRAP=1 raises a bias violation only when a metric's who
   LUCENT_CLOUDWATCH_DIR is the default --cloudwatch-dir.
 a window is analysed once it is over: its end at least the capture publish delay (the capture writer's roll
   interval plus a minute) before the clock; an earlier run is refused (exit 1) before any work.
-exit codes: 0 the execution ran (with or without violations), 1 bad input, 2 internal error
+exit codes: 0 the execution ran (with or without violations), 1 bad input (bad arguments too), 2 internal
+  error, or an execution stopped by SIGTERM / Ctrl-C ("Stopped: ..." in the message file)
 """
 
 
@@ -81,7 +84,54 @@ def add_monitor_parser(subparsers) -> argparse.ArgumentParser:
                              "(the SDK enables it by default); checked writable before the analysis (default: "
                              "$LUCENT_CLOUDWATCH_DIR, else /opt/ml/output/metrics/cloudwatch, SageMaker's path)")
     add_log_arguments(parser)
+    _refuse_bad_arguments_as_bad_input(parser)
     return parser
+
+
+def _refuse_bad_arguments_as_bad_input(parser: argparse.ArgumentParser) -> None:
+    """Make the parser's errors (a bad --now, a missing option) bad input: exit 1, as the other refusals,
+    and the exit message written to --message-file (else --processing-root/message) when the arguments
+    name one, replacing the previous run's. argparse alone exits 2, which the docs reserve for internal
+    errors, and writes no message: a schedule's previous "Completed" would stay in the file."""
+    given: list[list[str]] = []
+    parse_known_args = parser.parse_known_args
+
+    def remembering(args=None, namespace=None):
+        given.append(list(args) if args is not None else [])
+        namespace, extras = parse_known_args(args, namespace)
+        if extras:  # the subcommand is the last word of `lucent`: what it does not know, nothing knows
+            error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def error(message: str):
+        parser.print_usage(sys.stderr)
+        target = _message_file_in(given[-1] if given else [])
+        if target is not None:
+            from container.job import EXIT_USER_ERROR, clear_message
+            from container.monitor.run import refuse
+
+            clear_message(target)
+            refuse(target, f"lucent monitor: {message}")
+            parser.exit(EXIT_USER_ERROR, f"{parser.prog}: error: {message}\n")
+        parser.exit(1, f"{parser.prog}: error: {message}\n")
+
+    parser.parse_known_args = remembering  # type: ignore[method-assign]
+    parser.error = error  # type: ignore[method-assign]
+
+
+def _message_file_in(argv: list[str]) -> Path | None:
+    """The message file the arguments name (--message-file, else --processing-root/message), read with the
+    options' own rules (abbreviations, --option=value) even when another argument is bad; None without."""
+    reader = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    reader.add_argument("--message-file", type=Path)
+    reader.add_argument("--processing-root", type=Path)
+    try:
+        found, _ = reader.parse_known_args(argv)
+    except (argparse.ArgumentError, SystemExit):
+        return None
+    if found.message_file is not None:
+        return found.message_file
+    return found.processing_root / "message" if found.processing_root is not None else None
 
 
 def parse_time(text: str) -> datetime:
@@ -89,7 +139,8 @@ def parse_time(text: str) -> datetime:
     try:
         when = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 time such as 2024-05-01T06:00Z") from None
+        hint = " (a number of seconds since 1970 is not one)" if text.strip().lstrip("-").isdigit() else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 time such as 2024-05-01T06:00Z{hint}") from None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 

@@ -18,10 +18,12 @@ schedule (spec model-monitor.md), on this machine:
    ``analyzer.monitor.drift``);
 5. the window folder is replaced as a whole: ``analysis.json``, ``constraint_violations.json`` (only
    with violations), the reports, ``metrics.prom``, and ``monitoring_execution.json`` last. A failed
-   execution leaves only ``monitoring_execution.json`` (status ``Failed`` and the reason): nothing partial.
+   execution leaves only ``monitoring_execution.json`` (status ``Failed`` and the reason): nothing partial;
+   SIGTERM or Ctrl-C ends it the same way with status ``Stopped`` (``Stopped: ...``, exit 2).
    Rerunning a window replaces its outputs, which makes executions idempotent per window.
 
-Exit codes as ``lucent run``: 0 the execution ran (with or without violations), 1 bad input, 2 internal.
+Exit codes as ``lucent run``: 0 the execution ran (with or without violations), 1 bad input, 2 internal
+or stopped.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ from analyzer.redact import redact, redact_url
 from container.job import (
     EXIT_INTERNAL_ERROR,
     EXIT_OK,
+    EXIT_STOPPED,
     EXIT_USER_ERROR,
+    STOP_SIGNALS,
     JobStopped,
     clear_message,
     finish,
@@ -74,7 +78,8 @@ log = logging.getLogger("lucent.monitor")
 EXECUTION_FILE = "monitoring_execution.json"
 PUSHGATEWAY_VARIABLE = "LUCENT_PUSHGATEWAY_URL"
 VIOLATIONS_FILE = "constraint_violations.json"
-COMPLETED, WITH_VIOLATIONS, FAILED = "Completed", "CompletedWithViolations", "Failed"
+# ExecutionStatus values (spec model-monitor.md 5: the API's ExecutionStatus); Stopped: SIGTERM or Ctrl-C
+COMPLETED, WITH_VIOLATIONS, FAILED, STOPPED = "Completed", "CompletedWithViolations", "Failed", "Stopped"
 DEFAULT_CLOUDWATCH_DIR = Path(CLOUDWATCH_FILE)  # a folder: SageMaker's BYOC contract reads every file in it
 CLOUDWATCH_DIR_VARIABLE = "LUCENT_CLOUDWATCH_DIR"  # the folder when --cloudwatch-dir is not given (schedules)
 PUBLISH_MARGIN = timedelta(seconds=60)  # on top of the capture writer's roll interval: clocks, slow uploads
@@ -183,23 +188,24 @@ def run_monitor(execution: Execution) -> int:
                               "EndpointName": definition.endpoint_name,
                               "ScheduledTime": execution.now.isoformat().replace("+00:00", "Z"),
                               "LucentVersion": __version__}
-    previous_handler = signal.signal(signal.SIGTERM, raise_job_stopped)
+    # SIGTERM (a schedule or `docker stop` stopping the execution) and Ctrl-C: status Stopped, not Failed.
+    previous_handlers = {signum: signal.signal(signum, raise_job_stopped) for signum in STOP_SIGNALS}
     published = False
     try:
         log.info("Starting Lucent %s %s monitoring execution for endpoint %s, schedule %s, time %s",
                  __version__, definition.kind, definition.endpoint_name, execution.schedule_name,
                  status["ScheduledTime"])
         with job_environment(definition.environment):
-            code, reason, summary = _execute(execution, root, runner, status)
+            code, reason, summary, stopped = _execute(execution, root, runner, status)
         status.update(summary)
-        status["ExecutionStatus"] = (FAILED if code != EXIT_OK
+        status["ExecutionStatus"] = (STOPPED if stopped else FAILED if code != EXIT_OK
                                      else WITH_VIOLATIONS if summary.get("Violations") else COMPLETED)
         if reason:
             status["FailureReason"] = reason
         output = _output_or_none(execution)
         if output is not None:
             published = _publish(runner, root, status, output)
-        if not published:
+        if not published and not stopped:
             code, reason = EXIT_USER_ERROR, reason or f"cannot publish to {output}"
         if code != EXIT_OK and definition.publish_cloudwatch_metrics:
             _remove_stale_cloudwatch_file(execution)
@@ -208,11 +214,19 @@ def run_monitor(execution: Execution) -> int:
             found = status.get("Violations", 0)
             message = (f"{status['ExecutionStatus']}: window {status.get('Window', '?')}"
                        + (f", {found} violation(s) in {VIOLATIONS_FILE}" if found else ""))
+        elif stopped:
+            message = f"{STOPPED}: {reason}" + ("" if published else f" (its status could not be published to {output})")
         else:
             message = f"{FAILED}: {'ClientError' if code == EXIT_USER_ERROR else 'AlgorithmError'}: {reason}"
         return finish(execution.exit_message_file or root / "message", code, message)
+    except JobStopped as stop:  # a second signal, or one while publishing: the status may not be published
+        log.error("Stopped (%s) while publishing the window's status", stop.signal_name)
+        return finish(execution.exit_message_file or root / "message", EXIT_STOPPED,
+                      f"{STOPPED}: the execution was stopped ({stop.signal_name}) while publishing its results; "
+                      "the window folder may not show this run: rerun the window")
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         if execution.work_dir is None:  # a temporary folder is never kept: the log says what went wrong
             shutil.rmtree(root, ignore_errors=True)
         elif not published:
@@ -232,21 +246,24 @@ def _remove_stale_cloudwatch_file(execution: Execution) -> None:
         log.error("Could not remove the earlier run's CloudWatch metrics %s: %s", path, error.strerror or error)
 
 
-def _execute(execution: Execution, root: Path, runner: Launch, status: dict) -> tuple[int, str, dict]:
-    """Compute the window's results into ``root/output``; returns (exit code, failure reason, summary)."""
+def _execute(execution: Execution, root: Path, runner: Launch, status: dict) -> tuple[int, str, dict, bool]:
+    """Compute the window's results into ``root/output``; returns (exit code, failure reason, summary,
+    whether a stop signal ended it)."""
     output_dir = root / "output"
     try:
         output = execution.output
         runner.check_output(output)  # an output that cannot be written fails before any work
         if execution.definition.publish_cloudwatch_metrics:
             _check_cloudwatch_dir(execution.cloudwatch_dir)
-        return EXIT_OK, "", _compute(execution, root, runner, status)
+        return EXIT_OK, "", _compute(execution, root, runner, status), False
     except UserError as error:
         reason, code = str(error), EXIT_USER_ERROR
     except DependencyError as error:  # the model server died or stopped answering
         reason, code = str(error), EXIT_INTERNAL_ERROR
-    except JobStopped:
-        reason, code = "the execution was stopped (SIGTERM) before it finished", EXIT_INTERNAL_ERROR
+    except JobStopped as stop:
+        log.error("Execution stopped (%s)", stop.signal_name)
+        shutil.rmtree(output_dir, ignore_errors=True)  # nothing half-made is published
+        return EXIT_STOPPED, f"the execution was stopped ({stop.signal_name}) before it finished", {}, True
     except Exception as error:  # noqa: BLE001 - an execution always ends with a status
         if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
             reason, code = f"cannot write {error.filename or output_dir}: {error.strerror}", EXIT_USER_ERROR
@@ -256,7 +273,7 @@ def _execute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
             code = EXIT_INTERNAL_ERROR
     log.error("Execution failed: %s", redact(reason))
     shutil.rmtree(output_dir, ignore_errors=True)  # nothing half-made is published
-    return code, redact(reason), {}
+    return code, redact(reason), {}, False
 
 
 def _check_cloudwatch_dir(folder: Path) -> None:
@@ -351,8 +368,16 @@ def _analyse(execution: Execution, root: Path, config, config_file: Path, captur
             model_dir = execution.model_dir or root / "input" / "model"
             endpoint, identity = open_model(_with_model_url(config, execution.model_url), dataset, model_dir,
                                             model_scope)
-        results = run_analysis(config, dataset, staging, endpoint, base_dir=config_file.parent,
-                               model_identity=identity)
+        try:
+            results = run_analysis(config, dataset, staging, endpoint, base_dir=config_file.parent,
+                                   model_identity=identity)
+        except UserError as error:  # Clarify's label-typing errors, told in the window's terms
+            from analyzer.monitor.diagnose import label_failure_message
+
+            told = label_failure_message(str(error), dataset, config.label_values_or_threshold)
+            if told is None:
+                raise
+            raise UserError(told) from error
         model_scope.close()
         if definition.kind == BIAS:
             add_bootstrap_intervals(results, dataset, config)
@@ -360,11 +385,13 @@ def _analyse(execution: Execution, root: Path, config, config_file: Path, captur
         scores = None  # explainability: NDCG per label against the baseline
         if constraints is not None:
             check_constraints_match(results, constraints, definition.kind, dataset=dataset)
+            source = f"constraints file {redact_url(definition.constraints_uri or '')}"
             if definition.kind == BIAS:
-                violations = bias_violations(results, constraints, use_intervals=bootstrap_violations_enabled())
+                violations = bias_violations(results, constraints, use_intervals=bootstrap_violations_enabled(),
+                                             source=source)
             else:
-                scores = attribution_scores(results, constraints)
-                violations = attribution_violations(results, constraints)
+                scores = attribution_scores(results, constraints, source=source)
+                violations = attribution_violations(results, constraints, source=source)
         else:
             log.warning("No constraints (ConstraintsResource.S3Uri) in the job definition: metrics are computed "
                         "but not checked")
