@@ -196,3 +196,103 @@ def test_server_receives_same_sized_batches_into_buffers_nothing_else_holds(keep
             answer = np.load(io.BytesIO(response.data))
             assert answer[:, 0].tolist() == batch.reshape(len(batch), -1).astype(np.int64).sum(axis=1).tolist()
             assert answer[:, 1].tolist() == np.resize(first, len(batch)).tolist()
+
+
+class SumsClient:
+    """A model client scoring each picture by its byte sum, recording how many pictures each call carried."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def predict(self, images: np.ndarray) -> Predictions:
+        self.sizes.append(len(images))
+        return Predictions(len(images), probability=images.reshape(len(images), -1).astype(np.int64).sum(axis=1,
+                                                                                                         keepdims=True))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_byte_budget_bounds_the_pictures_composed_at_once_and_keeps_the_scores(monkeypatch):
+    """Issue: a 2000 x 1500 JPEG took 5.8 GB (2 buffers x 288 pictures of 9 MB). The buffers now hold at most
+    PICTURE_BUFFER_BYTES of pictures (at least one): same scores with a budget of one picture as with the
+    default, and what is allocated while scoring stays within the budget."""
+    import tracemalloc
+
+    rng = np.random.default_rng(21)
+    cases = [random_case(rng, 60, 80, 7, 1)[:3] for _ in range(2)]  # 14,400 bytes per picture
+    picture_bytes = 60 * 80 * 3
+    source = image_shap.ImageSource(Path("."), ("a.png", "b.png"), 8, 10.0)
+    prepared = [PreparedImage(*case) for case in cases]
+    for image in prepared:
+        image.compose(np.ones((1, 7), dtype=bool))  # its tiles are made once, before the allocations are counted
+    monkeypatch.setattr(image_shap.ImageSource, "prepared", lambda self, index: prepared[index])
+    rows = np.vstack([np.column_stack([np.full(300, i), rng.random((300, 7)) < 0.5]) for i in range(2)]).astype(float)
+    expected = [int(brute_force(*cases[int(row[0])], row[None, 1:] > 0.5).astype(np.int64).sum()) for row in rows]
+    runs = {}
+    for budget in (image_shap.PICTURE_BUFFER_BYTES, picture_bytes + 1, 3 * picture_bytes):  # default, 1, 3 pictures
+        monkeypatch.setattr(image_shap, "PICTURE_BUFFER_BYTES", budget)
+        client = SumsClient()
+        tracemalloc.start()
+        try:
+            scores = image_shap.ImageScorer(client, source).predict(rows).scores[:, 0]
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert scores.tolist() == expected
+        runs[budget] = (client.sizes, peak)
+    default_sizes, default_peak = runs[256 * 1024 * 1024]
+    assert default_sizes == [288, 12, 288, 12]
+    assert default_peak > 2 * 288 * picture_bytes  # two buffers of 288 pictures: 8.3 MB
+    one_sizes, one_peak = runs[picture_bytes + 1]
+    assert one_sizes == [1] * 600
+    three_sizes, three_peak = runs[3 * picture_bytes]
+    assert three_sizes == [3] * 200
+    for peak in (one_peak, three_peak):  # two buffers of at most 3 pictures, the rows, the keep masks, the tiles
+        assert peak < 1_000_000, peak  # two buffers of 1 or 3 pictures (86 kB), rows, masks, scores: not 8.3 MB
+
+
+def test_large_pictures_come_fewer_at_a_time_small_ones_288():
+    source = image_shap.ImageSource(Path("."), ("a.png",), 8, 10.0)
+    scorer = image_shap.ImageScorer(SumsClient(), source)
+    for (height, width), expected in (((224, 224), 288), ((512, 512), 288), ((1500, 2000), 29), ((10_000, 10_000), 1)):
+        picture = np.broadcast_to(np.zeros(1, np.uint8), (height, width, 3))
+        source_prepared = PreparedImage.__new__(PreparedImage)
+        object.__setattr__(source_prepared, "image", picture)
+        scorer.source = type("Source", (), {"prepared": lambda self, index, p=source_prepared: p})()
+        size = scorer._chunk_size(0)
+        assert size == expected
+        assert size == 1 or size * height * width * 3 <= image_shap.PICTURE_BUFFER_BYTES
+
+
+def test_object_detection_pictures_follow_the_byte_budget_too(monkeypatch):
+    """The detection scorer composed up to IMAGES_PER_CHUNK pictures at once as well: same scores with a budget
+    of two pictures, and no call carries more than two."""
+    from types import SimpleNamespace
+
+    from analyzer.explain.image_detection import DetectedObject, DetectionEndpoint, DetectionScorer
+
+    rng = np.random.default_rng(4)
+    case = random_case(rng, 30, 40, 5, 1)[:3]
+    prepared = PreparedImage(*case)
+    monkeypatch.setattr(image_shap.ImageSource, "prepared", lambda self, index: prepared)
+    source = image_shap.ImageSource(Path("."), ("a.png",), 8, 10.0)
+    obj = DetectedObject(0, 1, 0.9, (0.0, 0.0, 1.0, 1.0))
+    endpoint = DetectionEndpoint(None, source, (obj,), 0.5, 1.0)
+
+    class Detector:  # one whole-image detection of class 1, its confidence the picture's mean byte / 255
+        sizes: list[int] = []
+
+        def predict(self, pictures):
+            self.sizes.append(len(pictures))
+            return SimpleNamespace(probability=[np.array([[1, p.mean() / 255, 0, 0, 1, 1]]) for p in pictures])
+
+    rows = np.column_stack([np.zeros(9), np.zeros(9), rng.random((9, 5)) < 0.5]).astype(float)
+    expected = [brute_force(*case, row[None, 2:] > 0.5).mean() / 255 for row in rows]
+    for budget, sizes in ((image_shap.PICTURE_BUFFER_BYTES, [9]), (2 * 30 * 40 * 3, [2, 2, 2, 2, 1])):
+        monkeypatch.setattr(image_shap, "PICTURE_BUFFER_BYTES", budget)
+        detector = Detector()
+        detector.sizes = []
+        scores = DetectionScorer(detector, endpoint).predict(rows).scores[:, 0]
+        np.testing.assert_allclose(scores, expected, rtol=1e-12)
+        assert detector.sizes == sizes

@@ -282,3 +282,36 @@ def test_the_demo_models_scores_are_the_same_for_drawn_and_described_pictures(tm
     exec(compile(IMAGE_INFERENCE_SCRIPT, "inference.py", "exec"), namespace)  # noqa: S102 - our own script
     expected = namespace["predict_fn"](brute_force(image, segments, fill, keep), model)
     np.testing.assert_array_equal(np.load(io.BytesIO(described.data)), expected)
+
+
+def test_an_image_too_large_to_describe_within_the_limit_is_sent_drawn(tmp_path, monkeypatch):
+    """A described body carries the image, its segments and its fill (20 bytes per pixel): for a large image it
+    is over the server's body limit where one drawn picture (3 bytes per pixel) fits. Such an image's pictures
+    go drawn (npy) and are scored; before, the server refused the described body (413) and the job failed."""
+    from container.sidecar.limits import RequestLimits
+
+    rng = np.random.default_rng(8)
+    small, large = random_case(rng, 24, 40, 5, 0)[:3], random_case(rng, 250, 250, 5, 0)[:3]  # 188 kB drawn, 1.25 MB described
+    cases = [small, large]
+    monkeypatch.setattr(ImageSource, "prepared", lambda self, index: PreparedImage(*cases[index]))
+    source = ImageSource(Path("."), ("small.png", "large.png"), 8, 10.0)
+    limit = 512 * 1024
+    folder = tmp_path / "model"
+    (folder / "code").mkdir(parents=True)
+    (folder / "code" / "inference.py").write_text(KEEPING_MODEL)
+    with start_model_server(folder, workers=1, limits=RequestLimits(max_body_bytes=limit)) as server:
+        server.wait_healthy(60)
+        client = ModelClient(server.url, Predictor(content_type=NPY, accept_type=NPY), ["image"],
+                             max_records_per_request=48, max_payload_bytes=limit)
+        sent = []
+        post_request = client._post
+        monkeypatch.setattr(client, "_post", lambda body, batch, *args: sent.append(batch.records.content_type)
+                            or post_request(body, batch, *args))
+        with ImageScorer(client, source, describe=True) as scorer:
+            for index, expected_type in ((0, IMAGE_COALITIONS), (1, NPY)):
+                rows = np.column_stack([np.full(20, index), rng.random((20, 5)) < 0.5]).astype(float)
+                sent.clear()
+                scores = scorer.predict(rows).scores[:, 0]
+                expected = [int(brute_force(*cases[index], row[None, 1:] > 0.5).astype(np.int64).sum()) for row in rows]
+                assert scores.tolist() == expected
+                assert set(sent) == {expected_type}

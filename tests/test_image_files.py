@@ -78,7 +78,7 @@ def test_validate_and_run_name_a_bomb_or_truncated_file(tmp_path, capsys, name):
     assert job.message.startswith("ClientError: ") and name in job.message, job.message
 
 
-@pytest.mark.parametrize("compactness, says", [(0, "must be > 0"), (0.0, "must be > 0"), (-2, "must be >= 0")])
+@pytest.mark.parametrize("compactness, says", [(0, "must be > 0"), (0.0, "must be > 0"), (-2, "must be > 0"), (-1, "must be > 0 (SLIC divides by it), got -1.0")])
 def test_segment_compactness_must_be_positive(compactness, says):
     from analyzer.config import parse_config
     from analyzer.config.parser import ConfigValidationError

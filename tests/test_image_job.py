@@ -272,3 +272,13 @@ def test_a_crashed_image_job_resumes_from_the_checkpoint_store(tmp_path, monkeyp
     theirs = reference.analysis()["explanations"]["lucent_image_shap"]["images"]
     assert ours == theirs
     assert store.names("shap") == [] and not work.exists()
+
+
+def test_num_clusters_and_agg_method_are_logged_as_not_applying_to_images(tmp_path, caplog):
+    """They were accepted silently; each now gets one log line, and the job still runs."""
+    job = _demo_job(tmp_path, n_images=1, num_segments=4, scoring="in_process", num_clusters=3, agg_method="median")
+    with caplog.at_level(logging.WARNING, logger="analyzer.explain.image_job"):
+        assert job.run() == 0, job.message
+    lines = [record.getMessage() for record in caplog.records if record.name == "analyzer.explain.image_job"]
+    assert [line.split(" does not apply")[0] for line in lines if "does not apply to images" in line] == [
+        "methods.shap.num_clusters (3)", "methods.shap.agg_method ('median')"]

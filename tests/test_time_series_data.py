@@ -187,3 +187,61 @@ def test_timestamps_in_order_or_not_comparable_are_kept(tmp_path):
     dataset = load(tmp_path, [{"id": 1, "timestamp": t, "target_ts": 1.0} for t in labels], locators,
                    "timestamp_records")
     assert dataset.items[0].timestamps == labels
+
+
+DAY_FIRST = [{"id": "A", "timestamp": t, "target_ts": float(i)} for i, t in
+             enumerate(["11.01.2021", "12.01.2021", "13.01.2021", "14.01.2021"])] + \
+            [{"id": "B", "timestamp": t, "target_ts": float(i)} for i, t in enumerate(["11.01.2021", "12.01.2021"])]
+STAMP_LOCATORS = {"item_id": "[*].id", "timestamp": "[*].timestamp", "target_time_series": "[*].target_ts"}
+
+
+def test_day_first_timestamps_in_order_are_read_day_first_for_the_whole_column(tmp_path, caplog):
+    """QA ts/data/d31: '12.01.2021' was read alone as 1 December and '13.01.2021' as 13 January, so rows in
+    order were refused. The column is read with one format: '13.01.2021' makes it day-first, for item B too
+    (whose own timestamps would read month-first)."""
+    from analyzer.data.time_series import parse_timestamps
+
+    with caplog.at_level("INFO", logger="analyzer.data.time_series"):
+        dataset = load(tmp_path, DAY_FIRST, STAMP_LOCATORS, "timestamp_records")
+    assert [item.timestamps for item in dataset.items] == [["11.01.2021", "12.01.2021", "13.01.2021", "14.01.2021"],
+                                                           ["11.01.2021", "12.01.2021"]]
+    assert "read day-first (e.g. '14.01.2021' is 2021-01-14)" in caplog.text
+    parsed = parse_timestamps(["11.01.2021", "12.01.2021", "13.01.2021"])
+    assert {key: f"{value:%Y-%m-%d}" for key, value in parsed.items()} == {
+        "11.01.2021": "2021-01-11", "12.01.2021": "2021-01-12", "13.01.2021": "2021-01-13"}
+    backwards = [dict(row, timestamp=t) for row, t in zip(DAY_FIRST, ["12.01.2021", "11.01.2021", "13.01.2021",
+                                                                      "14.01.2021", "11.01.2021", "12.01.2021"],
+                                                           strict=True)]
+    with pytest.raises(DataError, match="item 'A': timestamp '11.01.2021' comes after '12.01.2021' but is not later"):
+        load(tmp_path, backwards, STAMP_LOCATORS, "timestamp_records")
+
+
+def test_ambiguous_but_consistent_timestamps_are_read_month_first_and_logged(tmp_path, caplog):
+    """Every day <= 12: both readings parse every value. Month-first is kept (as before) and the log says so;
+    '05.01.2021' (5 May) then '01.02.2021' (2 January) is out of order that way."""
+    from analyzer.data.time_series import parse_timestamps
+
+    stamps = ["01.02.2021", "02.02.2021", "03.02.2021"]
+    with caplog.at_level("INFO", logger="analyzer.data.time_series"):
+        dataset = load(tmp_path, [{"id": 1, "timestamp": t, "target_ts": 1.0} for t in stamps], STAMP_LOCATORS,
+                       "timestamp_records")
+    assert dataset.items[0].timestamps == stamps
+    assert ("read month-first: every value also reads day-first ('01.02.2021' is 2021-01-02 month-first, "
+            "2021-02-01 day-first)") in caplog.text
+    assert [f"{v:%Y-%m-%d}" for v in parse_timestamps(stamps).values()] == ["2021-01-02", "2021-02-02", "2021-03-02"]
+    with pytest.raises(DataError, match="timestamp '01.02.2021' comes after '05.01.2021' but is not later"):
+        load(tmp_path, [{"id": 1, "timestamp": t, "target_ts": 1.0} for t in ["05.01.2021", "01.02.2021"]],
+             STAMP_LOCATORS, "timestamp_records")
+
+
+def test_iso_timestamps_are_not_read_year_day_month_and_mixed_formats_each_parse_alone(caplog):
+    from analyzer.data.time_series import parse_timestamps
+
+    with caplog.at_level("INFO", logger="analyzer.data.time_series"):
+        iso = parse_timestamps(["2021-01-11", "2021-01-12"])
+        assert "month-first" not in caplog.text and "day-first" not in caplog.text
+        mixed = parse_timestamps(["2021-01-11", "12 Jan 2021", "2021/01/13"])
+    assert [f"{v:%Y-%m-%d}" for v in iso.values()] == ["2021-01-11", "2021-01-12"]
+    assert [f"{v:%Y-%m-%d}" for v in mixed.values()] == ["2021-01-11", "2021-01-12", "2021-01-13"]
+    assert "in several formats: each is parsed on its own" in caplog.text
+    assert parse_timestamps(["week b", "week a"]) is None

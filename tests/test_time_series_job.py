@@ -324,3 +324,61 @@ def test_a_relative_processing_root_publishes_an_absolute_results_path_and_says_
     assert Path(path).is_file()
     assert any(r.levelno == logging.INFO and "methods.report: no report is written for time-series" in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.parametrize("placeholder", ["$features", "$features_kvp", '"${p_mbar}"'])
+def test_a_tabular_placeholder_in_a_time_series_record_template_is_refused(job, placeholder):
+    """QA ts/t22b: $features was filled with [start, target, related, static] and the log then said the related
+    series and static covariates were never seen. Clarify's time-series placeholders are the four tokens."""
+    spec_job(job, predictor__record_template='{"start": $start_time, "target": $target_time_series, "f": '
+                                             + placeholder + "}")
+    assert_fails(job, "predictor.record_template", f"{placeholder} is not a time-series placeholder",
+                 "$start_time, $target_time_series, $related_time_series, $static_covariates")
+
+
+def test_a_failed_model_call_names_the_item_and_which_of_its_requests(job):
+    """QA ts/mfail: "failed on the record at row 7" named a row of the request batch. The item and the request
+    are named: here the model refuses reno's own forecast (its full history)."""
+    spec_job(job)
+    reno = [float(v) for v in SERIES["reno"]["p_mbar"]]
+    refusing = INFERENCE + f'''
+_predict = predict_fn
+
+
+def predict_fn(instances, coef):
+    records = [instances] if isinstance(instances, dict) else instances
+    if any([float(v) for v in r["target"]] == {reno!r} and 0.0 not in r["dynamic_feat"][0] for r in records):
+        raise RuntimeError("boom on the full history")
+    return _predict(instances, coef)
+'''
+    (job.root / "input" / "model" / "code" / "inference.py").write_text(refusing)
+    assert_fails(job, "failed on item 'reno', its own forecast (the full history, no value replaced): ",
+                 "boom on the full history")
+    assert "row" not in job.message
+
+
+def test_a_forecast_that_is_not_a_number_names_the_item_and_request(job):
+    """QA ts/cfgs/t17: "forecast for row 0 is not a number: None"."""
+    spec_job(job, predictor__time_series_predictor_config={"forecast": "predictions.nothing"})
+    assert_fails(job, "predictor.time_series_predictor_config.forecast for item '", "is not a number: None")
+    assert "row" not in job.message
+
+
+def test_records_of_one_forecast_call_are_named_by_item_and_request():
+    from analyzer.explain.asymmetric_shapley import describe_record
+
+    items = [TimeSeriesItem(name, ["t0", "t1"], np.zeros(2), np.zeros((0, 2)), []) for name in ("A", "B")]
+    sizes = np.array([0, 4, 10])  # A: 4 records, B: 6
+    assert describe_record(items, sizes, 0) == "item 'A', the baseline forecast (every value replaced by the baseline)"
+    assert describe_record(items, sizes, 5) == "item 'B', its own forecast (the full history, no value replaced)"
+    assert describe_record(items, sizes, 7) == "item 'B', coalition 3 of 6 (values outside it replaced by the baseline)"
+    assert describe_record(items, sizes, 10) is None
+
+
+def test_a_json_lines_content_template_with_features_is_refused_when_the_job_starts(job):
+    spec_job(job, predictor__content_type="application/jsonlines", predictor__accept_type="application/jsonlines",
+             predictor__content_template='{"start": $start_time, "target": $target_time_series, "x": $features}')
+    del_record = json.loads((job.root / "input" / "config" / "analysis_config.json").read_text())
+    del del_record["predictor"]["record_template"]
+    job.write_config(del_record)
+    assert_fails(job, "predictor.content_template", "$features is not a time-series placeholder")

@@ -138,10 +138,6 @@ def shap_options(tree: Tree) -> Iterator[Finding]:
             yield "methods.shap.features_to_explain", f"cannot include the {key.replace('_', ' ')} {value!r}"
     if has(tree, "methods.shap.image_config") and get(tree, "dataset_type") not in (None, media.IMAGE):
         yield "methods.shap.image_config", "only for dataset_type application/x-image"
-    compactness = get(tree, "methods.shap.image_config.segment_compactness")
-    if isinstance(compactness, int | float) and not isinstance(compactness, bool) and compactness == 0:
-        # The schema refuses negatives (>= 0); SLIC divides by the compactness, so 0 fails mid-job.
-        yield "methods.shap.image_config.segment_compactness", "must be > 0 (SLIC divides by it), got 0"
 
 
 @rule
@@ -389,6 +385,40 @@ def time_series_pieces(tree: Tree) -> Iterator[Finding]:
                 yield f"methods.{method}", "cannot be combined with time series explainability"
         if has(tree, "excluded_columns"):
             yield "excluded_columns", "not supported for time series"
+
+
+@rule
+def time_series_templates(tree: Tree) -> Iterator[Finding]:
+    """A time-series record is written with Clarify's four time-series placeholders only (spec 2.6, [DOC-CFG]):
+    ``$features`` and the other tabular placeholders have no meaning there (``$features`` was filled with
+    ``[start, target, related, static]``, and the log then said the covariates were never seen)."""
+    if not (has(tree, "predictor.time_series_predictor_config") or has(tree, "time_series_data_config")
+            or "asymmetric_shapley_value" in methods(tree)):
+        return
+    # JSON Lines records are written by content_template, which the SDK's own time-series examples give with
+    # $features: checked when the job starts (asymmetric_job.check_templates), not refused here.
+    template = get(tree, "predictor.record_template")
+    if media.media_type(model_content_type(tree)) != media.JSON or not isinstance(template, str):
+        return
+    problem = time_series_template_problem(template)
+    if problem:
+        yield "predictor.record_template", problem
+
+
+def time_series_template_problem(template: str) -> str | None:
+    """Why ``template`` cannot write a time-series record (a placeholder that is not one of Clarify's four
+    time-series placeholders), or None."""
+    allowed = ", ".join(f"${name}" for name in media.TIME_SERIES_PLACEHOLDERS)
+    for slot in media.placeholders(template):
+        if slot.name in (media.FEATURES, media.FEATURES_KVP, media.FEATURE_NAMES):
+            shown = f"${slot.name}"
+        elif slot.feature is not None and slot.feature not in media.TIME_SERIES_PLACEHOLDERS:
+            shown = template[slot.start:slot.end]
+        else:
+            continue
+        return (f"{shown} is not a time-series placeholder: a time-series record is written with {allowed} "
+                "(Clarify's time-series placeholders)")
+    return None
 
 
 @rule

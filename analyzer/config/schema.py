@@ -170,7 +170,9 @@ TEXT_CONFIG = Obj({
 IMAGE_CONFIG = Obj({
     "model_type": Enum(("IMAGE_CLASSIFICATION", "OBJECT_DETECTION")),
     "num_segments": COUNT,
-    "segment_compactness": Typed(("number",), minimum=0, as_float=True),
+    # SLIC divides by it: one bound, > 0 (a minimum of 0 said ">= 0" for -1 while 0 was refused too)
+    "segment_compactness": Where(Typed(("number",), as_float=True),
+                                 ((lambda v: v > 0, "must be > 0 (SLIC divides by it), got {value!r}"),)),
     "feature_extraction_method": STRING,
     "max_objects": COUNT,
     "iou_threshold": FRACTION,

@@ -117,6 +117,7 @@ def load_time_series(config: AnalysisConfig, dataset_path: Path) -> TimeSeriesDa
             items[key], where[key] = item, path
     if not items:
         raise DataError(f"{dataset_path}: the dataset has no items (item_id {ts.item_id!r} found nothing)")
+    _check_chronological_items(list(items.values()), [where[key] for key in items], ts)
     dataset = TimeSeriesDataset(
         source=str(dataset_path), n_rows=len(items),
         headers=["item_id", "timestamp", target_name, *related_names, *static_names],
@@ -284,7 +285,6 @@ def _item(path: Path, ts: TimeSeriesDataConfig, item_id: Any, series: dict[str, 
         if stamp in seen:
             raise DataError(f"{path}: item {item_id!r}: timestamp {stamp!r} appears twice")
         seen.add(stamp)
-    _check_chronological(path, item_id, timestamps)
     for j, value in enumerate(static):
         if isinstance(value, list | dict):
             raise DataError(f"{path}: item {item_id!r}: static_covariates[{j}] must be a number or a string, "
@@ -296,12 +296,25 @@ def _item(path: Path, ts: TimeSeriesDataConfig, item_id: Any, series: dict[str, 
     return TimeSeriesItem(item_id, list(timestamps), target, related, list(static))
 
 
-def _check_chronological(path: Path, item_id: Any, timestamps: list[Any]) -> None:
+def _check_chronological_items(items: list[TimeSeriesItem], paths: list[Path], ts: TimeSeriesDataConfig) -> None:
+    """``_check_chronological`` for every item, the timestamp strings of all items read with one format."""
+    stamps = [t for item in items for t in item.timestamps]
+    parsed = None
+    if len(stamps) > len(items) and all(isinstance(t, str) for t in stamps):  # some item has 2 timestamps or more
+        parsed = parse_timestamps(stamps, f"{KEY}.timestamp {ts.timestamp!r}")  # None: each item on its own
+    for item, path in zip(items, paths, strict=True):
+        _check_chronological(path, item.item_id, item.timestamps, parsed)
+
+
+def _check_chronological(path: Path, item_id: Any, timestamps: list[Any],
+                         parsed: dict[str, Any] | None = None) -> None:
     """Refuse an item whose timestamps go back in time (docs/time-series.md: rows are chronological).
 
     The explainer takes rows in file order, so an unsorted item would be explained in the wrong order
     without a word. Timestamps are compared when they are comparable: all numbers, or all strings that
-    pandas.to_datetime parses; anything else (mixed types, free-form labels) is taken as given.
+    pandas parses; anything else (mixed types, free-form labels) is taken as given. ``parsed``: the
+    column's strings as ``parse_timestamps`` read them (one format for the whole column); None: this
+    item's own strings are parsed so.
     """
     if len(timestamps) < 2:
         return
@@ -309,18 +322,11 @@ def _check_chronological(path: Path, item_id: Any, timestamps: list[Any]) -> Non
     if all(isinstance(t, int | float) and not isinstance(t, bool) for t in timestamps):
         keys = list(timestamps)
     elif all(isinstance(t, str) for t in timestamps):
-        import warnings
-
-        import pandas as pd
-        try:
-            with warnings.catch_warnings():  # pandas warns on mixed time zones: those are taken as given below
-                warnings.simplefilter("ignore")
-                parsed = pd.to_datetime(pd.Series(timestamps), format="mixed", errors="coerce")
-        except (ValueError, TypeError):
-            return  # e.g. mixed time zones: not comparable
-        if parsed.isna().any():
+        if parsed is None:
+            parsed = parse_timestamps(timestamps)
+        if parsed is None or any(t not in parsed for t in timestamps):
             return
-        keys = list(parsed)
+        keys = [parsed[t] for t in timestamps]
     else:
         return
     for i in range(1, len(keys)):
@@ -332,6 +338,71 @@ def _check_chronological(path: Path, item_id: Any, timestamps: list[Any]) -> Non
             raise DataError(f"{path}: item {item_id!r}: timestamp {timestamps[i]!r} comes after "
                             f"{timestamps[i - 1]!r} but is not later; an item's rows must be in "
                             "chronological order (docs/time-series.md)")
+
+
+def parse_timestamps(strings: list[str], where: str = "") -> dict[str, Any] | None:
+    """The timestamp strings of one column parsed with one format for all of them: ``{string: Timestamp}``,
+    or None when they are not all dates (free-form labels, mixed time zones: taken as given).
+
+    pandas infers a format from the values, month-first, then day-first; the first that parses every value
+    is used ('12.01.2021' is 1 December only if no value says otherwise: '13.01.2021' makes the column
+    day-first). When both parse every value and disagree (every day <= 12), month-first is kept and logged.
+    When neither parses every value (values in several formats), each value is parsed on its own
+    (``format="mixed"``). ``where`` names the column in the log."""
+    import warnings
+
+    import pandas as pd
+
+    unique = list(dict.fromkeys(strings))
+    if not unique:
+        return {}
+    series = pd.Series(unique, dtype=object)
+    with warnings.catch_warnings():  # pandas warns when it cannot infer a format, and on mixed time zones
+        warnings.simplefilter("ignore")
+        readings = {}
+        for name, form in _candidate_formats(unique[0]):
+            try:
+                reading = pd.to_datetime(series, format=form, errors="raise")
+            except (ValueError, TypeError, OverflowError):
+                continue
+            if not reading.isna().any():
+                readings[name] = reading
+        if not readings:
+            try:
+                reading = pd.to_datetime(series, format="mixed", errors="coerce")
+            except (ValueError, TypeError):
+                return None  # e.g. mixed time zones: not comparable
+            if reading.isna().any():
+                return None
+            log.info("Timestamps%s are in several formats: each is parsed on its own (e.g. %r)",
+                     f" of {where}" if where else "", unique[0])
+            readings["per value"] = reading
+    name, reading = next(iter(readings.items()))
+    if len(readings) == 2 and not readings["month-first"].equals(readings["day-first"]):
+        example = next(u for u, m, d in zip(unique, readings["month-first"], readings["day-first"], strict=True)
+                       if m != d)
+        log.info("Timestamps%s read month-first: every value also reads day-first (%r is %s month-first, %s "
+                 "day-first); write them as YYYY-MM-DD to remove the doubt", f" of {where}" if where else "",
+                 example, f"{readings['month-first'][unique.index(example)]:%Y-%m-%d}",
+                 f"{readings['day-first'][unique.index(example)]:%Y-%m-%d}")
+    elif name == "day-first":
+        log.info("Timestamps%s read day-first (e.g. %r is %s): month-first does not parse every value",
+                 f" of {where}" if where else "", unique[-1], f"{reading.iloc[-1]:%Y-%m-%d}")
+    return dict(zip(unique, reading.tolist(), strict=True))
+
+
+def _candidate_formats(example: str) -> list[tuple[str, str]]:
+    """The formats pandas infers from ``example`` reading it month-first, then day-first: ``[(name, format)]``.
+    A day-first reading is only a candidate when its day comes before its month and the year is not first
+    (pandas would read an ISO '2021-01-11' day-first as 1 November)."""
+    from pandas.tseries.api import guess_datetime_format
+
+    month_first, day_first = guess_datetime_format(example, dayfirst=False), guess_datetime_format(example, dayfirst=True)
+    formats = [("month-first", month_first)] if month_first else []
+    if day_first and day_first != month_first and "%d" in day_first and "%m" in day_first \
+            and day_first.index("%d") < day_first.index("%m") and not day_first.startswith("%Y"):
+        formats.append(("day-first", day_first))
+    return formats
 
 
 def _numbers(path: Path, item_id: Any, key: str, values: list[Any], timestamps: list[Any]) -> np.ndarray:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from analyzer import media
 from analyzer.config.model import AnalysisConfig, AsymmetricShapleyValueMethod, Predictor
+from analyzer.config.rules import time_series_template_problem
 from analyzer.data.files import resolve_local_path
 from analyzer.data.time_series import TimeSeriesDataset, TimeSeriesItem
 from analyzer.errors import UserError
@@ -103,6 +104,9 @@ def check_templates(predictor: Predictor, dataset: TimeSeriesDataset) -> None:
         return
     used = {slot.name for slot in media.placeholders(template)}
     where = "predictor.record_template" if template is predictor.record_template else "predictor.content_template"
+    problem = time_series_template_problem(template)
+    if problem:
+        raise UserError(f"{where} {template!r}: {problem}")
     if "target_time_series" not in used:
         raise UserError(f"{where} {template!r} must contain $target_time_series (the history to forecast from)")
     for name, names in (("related_time_series", dataset.related_names), ("static_covariates", dataset.static_names)):

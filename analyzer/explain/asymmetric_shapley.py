@@ -24,6 +24,7 @@ and ``offset`` is forecast(baseline) (spec 4.6).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -205,6 +206,49 @@ def _block_terms(block: list[int], num_samples: int | None, rng: np.random.Gener
             before = before | {player}
 
 
+_ROW = re.compile(r"\b(?:on the record at|for) row (\d+)\b")
+
+
+def describe_record(items: Sequence[TimeSeriesItem], sizes: np.ndarray, row: int) -> str | None:
+    """Which item and which of its requests is record ``row`` of one ``forecast`` call (records item by item,
+    ``sizes`` their cumulative counts; each item's coalition 0 is the baseline, 1 its own history)."""
+    if not 0 <= row < sizes[-1]:
+        return None
+    i = int(np.searchsorted(sizes, row, side="right")) - 1
+    local, count = row - int(sizes[i]), int(sizes[i + 1] - sizes[i])
+    if local == 1:
+        which = "its own forecast (the full history, no value replaced)"
+    elif local == 0:
+        which = "the baseline forecast (every value replaced by the baseline)"
+    else:
+        which = f"coalition {local} of {count} (values outside it replaced by the baseline)"
+    return f"item {items[i].item_id!r}, {which}"
+
+
+def _named_record(error: UserError, items: Sequence[TimeSeriesItem], sizes: np.ndarray) -> UserError:
+    """``error`` with the record it names by its row in the call (``row 7``) named by item and request."""
+    row = getattr(error, "row", None)
+    message = str(error)
+    match = _ROW.search(message)
+    if row is None and match is not None:
+        row = int(match.group(1))
+    described = None if row is None else describe_record(items, sizes, int(row))
+    if described is None:
+        return error
+    if match is not None:
+        verb = "on" if match.group(0).startswith("on") else "for"
+        message = message[:match.start()] + f"{verb} {described}" + message[match.end():]
+    else:
+        message = f"{described}: {message}"
+    try:
+        renamed = type(error)(message)
+    except TypeError:
+        renamed = UserError(message)
+    for key, value in vars(error).items():  # e.g. ModelError's row and reason
+        setattr(renamed, key, value)
+    return renamed
+
+
 @dataclass
 class ItemExplanation:
     """One line of ``out.jsonl`` (spec 4.6): ``offset`` is the baseline's forecast, ``explanations`` one
@@ -259,8 +303,11 @@ class AsymmetricShapleyExplainer:
         frames = [self.records(item, plan) for item, plan in zip(items, plans, strict=True)]
         if not frames:
             return []
-        forecasts = np.asarray(forecast(pd.concat(frames, ignore_index=True)), dtype=np.float64)
         sizes = np.cumsum([0, *(len(plan.masks) for plan in plans)])
+        try:
+            forecasts = np.asarray(forecast(pd.concat(frames, ignore_index=True)), dtype=np.float64)
+        except UserError as error:
+            raise _named_record(error, items, sizes) from None
         if forecasts.ndim != 2 or forecasts.shape[0] != sizes[-1]:
             raise ValueError(f"forecast returned shape {forecasts.shape} for {sizes[-1]} records")
         return [self._explanation(item, plan, forecasts[sizes[i]:sizes[i + 1]])

@@ -28,6 +28,7 @@ from analyzer.media import JSON
 from analyzer.predict import ModelEndpoint
 from analyzer.predict.predictions import Predictions
 
+from . import image_shap
 from .image_shap import IMAGES_PER_CHUNK, ImageSource
 
 
@@ -202,10 +203,13 @@ class DetectionScorer:
                 image, index = int(keys[start, 0]), int(keys[start, 1])
                 obj = self.endpoint.objects[index]
                 prepared = self.endpoint.source.prepared(image)
-                pictures = prepared.compose(chunk[start:stop, 2:] > 0.5, context_mask(
-                    prepared.image.shape, obj.box, self.endpoint.context))
-                for j, found in enumerate(self.detections(pictures)):
-                    scores[first + start + j] = match_score(found, obj, self.endpoint.iou_threshold)
+                visible = context_mask(prepared.image.shape, obj.box, self.endpoint.context)
+                # at most PICTURE_BUFFER_BYTES of pictures at once, as for classification (docs/images.md, Memory)
+                step = max(1, min(IMAGES_PER_CHUNK, image_shap.PICTURE_BUFFER_BYTES // max(1, prepared.image.nbytes)))
+                for part in range(start, stop, step):
+                    pictures = prepared.compose(chunk[part:min(stop, part + step), 2:] > 0.5, visible)
+                    for j, found in enumerate(self.detections(pictures)):
+                        scores[first + part + j] = match_score(found, obj, self.endpoint.iou_threshold)
         return Predictions(len(rows), probability=scores[:, None])
 
 

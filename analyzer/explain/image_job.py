@@ -79,6 +79,21 @@ def check_image_config(config: AnalysisConfig, shap: ShapMethod) -> ImageConfig:
     return image_config
 
 
+# methods.shap keys of tabular SHAP that mean nothing for images, and why (docs/images.md): logged, not refused.
+NOT_FOR_IMAGES = {
+    "num_clusters": "the baseline is each image's fill (its mean colour or the mask image), not clustered rows",
+    "agg_method": "images are explained one by one; no global aggregate of the segments is computed",
+}
+
+
+def log_ignored_options(config: AnalysisConfig) -> None:
+    """One line for each ``NOT_FOR_IMAGES`` key the config gives."""
+    given = (config.raw.get("methods") or {}).get("shap") if isinstance(config.raw, dict) else None
+    for key, why in NOT_FOR_IMAGES.items():
+        if isinstance(given, dict) and key in given:
+            log.warning("methods.shap.%s (%r) does not apply to images and is ignored: %s", key, given[key], why)
+
+
 def image_source(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, base_dir: Path | None) -> ImageSource:
     """Where the images are and how they are segmented and filled; the mask image is read here (errors
     name it)."""
@@ -102,6 +117,7 @@ def explain_images(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, e
     ``checkpoint_store``: where the shards' checkpoints are also kept (as for tabular SHAP, ``job.explain``)."""
     started = time.perf_counter()
     source = image_source(config, shap, dataset, base_dir)
+    log_ignored_options(config)
     n = len(source.names)
     stems = output_stems(source.names)
     counts = np.zeros(n, dtype=int)
@@ -384,7 +400,8 @@ def _fingerprint(config: AnalysisConfig, shap: ShapMethod, source: ImageSource, 
                     mask=str(source.mask) if source.mask else None, num_samples=shap.num_samples,
                     use_logit=shap.use_logit, seed=shap.seed, predictor=predictor, model=model_identity,
                     # how the pictures are cut into requests: a model's last bits depend on the batch it scores
-                    batches=(image_shap.IMAGES_PER_CHUNK, image_shap.IMAGES_PER_REQUEST))
+                    batches=(image_shap.IMAGES_PER_CHUNK, image_shap.IMAGES_PER_REQUEST,
+                             image_shap.PICTURE_BUFFER_BYTES))
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=repr).encode())
     for i in range(len(source.names)):
         digest.update(hashlib.sha256(source.path(i).read_bytes()).digest())

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +36,16 @@ from analyzer.predict.predictions import Predictions
 log = logging.getLogger(__name__)
 
 IMAGES_PER_CHUNK = 288  # coalition images built at once (224 x 224: 43 MB), then sent to the model
+# ... but at most this many bytes of pictures per buffer (two buffers take turns), and at least one picture: memory
+# is bounded whatever the image size (288 pictures of 2000 x 1500 would be 2.6 GB per buffer). 224 x 224 and
+# 512 x 512 chunks are still 288 pictures; larger images come in fewer at a time (docs/images.md, Memory).
+PICTURE_BUFFER_BYTES = 256 * 1024 * 1024
 # npy requests of at most this many images: several requests keep model workers busy. 48 rather than 32: the
 # per-request costs (~1 ms on each side) shared by more pictures, 7 % less CPU on bench/image.py; 64 slows
 # the demo model by a third (its cache). The scores' last bits depend on the batch (docs/images.md).
 IMAGES_PER_REQUEST = 48
 CACHED_IMAGES = 256  # prepared images (pixels, segments, fill) kept per process (224 x 224: 0.5 MB each)
+CACHED_BYTES = 512 * 1024 * 1024  # ... and at most this many bytes of them (the last one prepared is always kept)
 
 
 def segment_image(image: np.ndarray, num_segments: int, compactness: float) -> np.ndarray:
@@ -101,9 +106,14 @@ class ImageSource:
         prepared = PreparedImage(image, segments, fill)
         with _CACHE_LOCK:
             _CACHE[key] = prepared
-            while len(_CACHE) > CACHED_IMAGES:
+            while len(_CACHE) > 1 and (len(_CACHE) > CACHED_IMAGES or
+                                       sum(_prepared_bytes(kept) for kept in _CACHE.values()) > CACHED_BYTES):
                 _CACHE.popitem(last=False)
         return prepared
+
+
+def _prepared_bytes(prepared: PreparedImage) -> int:
+    return int(prepared.image.nbytes + prepared.segments.nbytes + prepared.fill.nbytes)
 
 
 _CACHE: OrderedDict[tuple[ImageSource, int], PreparedImage] = OrderedDict()
@@ -176,14 +186,17 @@ class ImageScorer:
         ``progress`` (the ``Scorer`` protocol's) is not advanced: the SHAP step counts images itself.
 
         Two buffers take turns: chunk i + 1 is composed into the one chunk i - 1 used, whose requests
-        have all been answered by then (``client.predict`` returned), while chunk i's are in flight."""
+        have all been answered by then (``client.predict`` returned), while chunk i's are in flight. A
+        chunk is at most ``IMAGES_PER_CHUNK`` pictures and ``PICTURE_BUFFER_BYTES`` of them (at least one)."""
         rows = np.asarray(rows, dtype=float)
-        chunks = list(self._chunks(rows, len(rows) if self.describe else IMAGES_PER_CHUNK))
-        if not chunks:
+        if not len(rows):
             raise ValueError("no rows to score")
-        if self.describe:  # nothing drawn here: each image's rows go at once, the client spreads its requests
+        indices = np.unique(rows[:, 0].astype(np.int64)).tolist()
+        if self.describe and all(self._fits_described(index) for index in indices):
+            # nothing drawn here: each image's rows go at once, the client spreads its requests
             return Predictions.concat([self._scored(self._described(rows, index, first, stop), first)
-                                       for index, first, stop in chunks])
+                                       for index, first, stop in self._chunks(rows, lambda _: len(rows))])
+        chunks = list(self._chunks(rows, self._chunk_size))
         parts = []
         buffers: list[np.ndarray | None] = [None, None]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-compose") as pool:
@@ -205,15 +218,34 @@ class ImageScorer:
             raise ModelError(str(error), row=first + error.row, reason=error.reason) from None
 
     @staticmethod
-    def _chunks(rows: np.ndarray, size: int) -> Iterator[tuple[int, int, int]]:
+    def _chunks(rows: np.ndarray, size: Callable[[int], int]) -> Iterator[tuple[int, int, int]]:
         """``(image index, first row, stop)``: runs of rows made from one image (synthetic rows come record
-        by record, then the records), cut into chunks of ``size``."""
+        by record, then the records), cut into chunks of ``size(image index)``."""
         indices = rows[:, 0].astype(np.int64)
         starts = np.flatnonzero(np.diff(indices, prepend=-1))
         stops = np.append(starts[1:], len(rows))
         for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
-            for first in range(start, stop, size):
-                yield int(indices[start]), first, min(stop, first + size)
+            index = int(indices[start])
+            step = max(1, int(size(index)))
+            for first in range(start, stop, step):
+                yield index, first, min(stop, first + step)
+
+    def _chunk_size(self, index: int) -> int:
+        """Pictures of image ``index`` composed at once: ``IMAGES_PER_CHUNK``, fewer when they would take more
+        than ``PICTURE_BUFFER_BYTES``, at least one."""
+        picture_bytes = max(1, self.source.prepared(index).image.nbytes)
+        return max(1, min(IMAGES_PER_CHUNK, PICTURE_BUFFER_BYTES // picture_bytes))
+
+    def _fits_described(self, index: int) -> bool:
+        """Whether image ``index``'s pictures can go described: a described body carries the image, its
+        segments and its fill whatever the number of pictures (2000 x 1500: 30 MB), so a large image's body
+        may not fit the payload limit that one drawn picture fits (the server would refuse it)."""
+        limit = getattr(self.client, "max_payload_bytes", None)
+        if limit is None:
+            return True
+        prepared = self.source.prepared(index)
+        described = _prepared_bytes(prepared) + 4 * 128 + prepared.n_segments  # four npy headers, one row of keep
+        return described <= limit
 
     def _prepared(self, rows: np.ndarray, index: int) -> PreparedImage:
         prepared = self.source.prepared(index)
@@ -229,12 +261,14 @@ class ImageScorer:
 
     def _compose(self, rows: np.ndarray, index: int, first: int, stop: int, buffers: list[np.ndarray | None],
                  turn: int) -> np.ndarray:
-        """The pictures of ``rows[first:stop]`` (all of image ``index``), in ``buffers[turn]`` (made or
-        grown to hold ``IMAGES_PER_CHUNK`` pictures of this size)."""
+        """The pictures of ``rows[first:stop]`` (all of image ``index``), in ``buffers[turn]`` (made, or made
+        again, to hold one chunk of this image's pictures: ``_chunk_size``)."""
         prepared = self._prepared(rows, index)
         buffer = buffers[turn]
         if buffer is None or buffer.shape[1:] != prepared.image.shape or len(buffer) < stop - first:
-            buffer = buffers[turn] = np.empty((max(IMAGES_PER_CHUNK, stop - first), *prepared.image.shape), np.uint8)
+            buffers[turn] = buffer = None  # the old buffer is freed before the new one is made
+            buffer = buffers[turn] = np.empty((max(self._chunk_size(index), stop - first), *prepared.image.shape),
+                                              np.uint8)
         return prepared.compose(rows[first:stop, 1:] > 0.5, out=buffer[:stop - first])
 
 
