@@ -182,6 +182,17 @@ def test_a_failing_format_does_not_cost_the_others(tmp_path: Path, monkeypatch) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis.json", "report.html", "report.ipynb"]
 
 
+def test_a_format_that_cannot_be_written_does_not_cost_the_others(tmp_path: Path) -> None:
+    """A write that fails (a full disk; here a folder where report.ipynb goes) is that format's failure,
+    named with its OSError, not the whole report's: the formats written are kept and listed."""
+    (tmp_path / "report.ipynb").mkdir()
+    with pytest.raises(ReportError, match="ipynb: IsADirectoryError") as caught:
+        _write(tmp_path, small_analysis(), BIAS_METHODS)
+    assert sorted(p.name for p in caught.value.written) == ["report.html", "report.pdf"]
+    assert set(caught.value.failed) == {"ipynb"} and isinstance(caught.value.failed["ipynb"], OSError)
+    assert (tmp_path / "report.html").stat().st_size > 0 and (tmp_path / "report.pdf").stat().st_size > 0
+
+
 def test_malformed_analysis_raises_report_error_and_writes_nothing(tmp_path: Path) -> None:
     broken = {"version": "1.0", "pre_training_bias_metrics": {"label": "y", "facets": {"f": [{"metrics": 3}]}}}
     with pytest.raises(ReportError):
@@ -448,3 +459,5 @@ def test_long_names_are_shortened_in_the_middle():
     shown = [_shorten(name, 28) for name in names]
     assert len(set(shown)) == 13 and all(len(text) == 28 and "…" in text for text in shown)
     assert _shorten("short", 28) == "short"
+
+

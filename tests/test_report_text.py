@@ -28,6 +28,7 @@ from analyzer.report.views import (
     TextRecord,
     choose_text_records,
     format_value,
+    top_tokens_chart,
     top_tokens_table,
 )
 
@@ -295,6 +296,20 @@ def test_top_tokens_table_and_chart_in_descending_order(text_job: Path) -> None:
     frame = top_tokens_table(shuffled, "label0", TEXT_FEATURE)
     assert frame["Token"].tolist() == ["最悪", "schrecklich", "<b>", "schön", "gut"]
     assert frame.index.tolist() == [1, 2, 3, 4, 5]
+
+
+def test_signed_top_tokens_keep_the_order_of_their_values() -> None:
+    """With agg_method median the values keep their sign; the job keeps the max_top_tokens largest values
+    (docs/text-explanations.md), and the report shows them in that order: negatives after every positive,
+    the strongest lowering unit last, not ranked by magnitude."""
+    analysis = text_analysis()
+    analysis["explanations"]["kernel_shap"]["label0"]["global_top_shap_text"][TEXT_FEATURE] = {
+        "awful": -0.34, "love": 0.31, "okay": 0.0, "bad": -0.23, "great": 0.25}
+    order = ["love", "great", "okay", "bad", "awful"]
+    assert top_tokens_table(analysis, "label0", TEXT_FEATURE)["Token"].tolist() == order
+    chart = top_tokens_chart(analysis, "label0", TEXT_FEATURE)
+    ticks = sorted(chart.axes[0].get_yticklabels(), key=lambda tick: -tick.get_position()[1])  # top first
+    assert [tick.get_text() for tick in ticks] == order
 
 
 def test_text_sections_are_placed_and_named(text_job: Path) -> None:

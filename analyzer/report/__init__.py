@@ -98,7 +98,11 @@ def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: s
                 failed[extension] = exc
                 continue
             target = output_dir / f"{name}.{extension}"
-            write_bytes_atomic(target, data)
+            try:
+                write_bytes_atomic(target, data)
+            except OSError as exc:  # a full disk: the formats that fit are still published
+                failed[extension] = exc
+                continue
             written.append(target)
     finally:
         doc.close()

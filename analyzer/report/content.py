@@ -340,7 +340,9 @@ def _pdp_section(doc: Document, analysis: dict) -> None:
             continue
         figure, code = _call(analysis, views.pdp_chart, ANALYSIS, feature)
         kind = "line" if entry.get("data_type") == "numerical" else "bar"
-        doc.add(Figure(figure, caption="", code=code, width="half",
+        # The chart shortens a long name (views.PDP_NAME_CHARACTERS); the caption has it whole.
+        caption = f"Feature: {feature}" if len(feature) > views.PDP_NAME_CHARACTERS else ""
+        doc.add(Figure(figure, caption=caption, code=code, width="half",
                        alt=f"Partial dependence {kind} chart of {feature}."))
 
 

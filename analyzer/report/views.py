@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import textwrap
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -405,6 +406,13 @@ def _new_figure(width: float, height: float) -> Figure:
 
     # Texts take their font from rcParams when created; every chart starts here, so this is where it is set.
     matplotlib.rcParams["font.family"] = list(_font_families())
+    # Every text of a chart is drawn as written: feature names, category values, label headers and tokens
+    # come from the data, and matplotlib would read a "$" in them as the start of mathtext (a name that
+    # does not parse, e.g. "US$_$", failed the whole report; one that does was drawn as a formula). No
+    # chart uses mathtext, and numbers are formatted without it. Texts read these when created (tick
+    # labels possibly while drawing), so they stay set, like the font.
+    matplotlib.rcParams["text.parse_math"] = False
+    matplotlib.rcParams["axes.formatter.use_mathtext"] = False
     fig = Figure(figsize=(width, height))
     fig.set_layout_engine("constrained", h_pad=0.06, w_pad=0.06)
     return fig
@@ -448,6 +456,8 @@ def bias_chart(analysis: dict, stage: str, facet: str, index: int = 0) -> Figure
     skipped = skipped_metrics(analysis, stage, facet, index)
     if not bars and di is None:
         return None
+    # The list of what is not drawn goes under the chart, in lines that fit its width.
+    not_drawn = textwrap.wrap("Not drawn (no finite value): " + ", ".join(skipped), 120) if skipped else []
 
     # Scale to the values that fit [-1.5, 1.5] (all shares and differences of shares), so a TE of 24
     # does not squash the rest into invisible slivers; anything beyond is cut at the edge.
@@ -456,7 +466,7 @@ def bias_chart(analysis: dict, stage: str, facet: str, index: int = 0) -> Figure
     # Only show the negative side when a value needs it: all-positive charts (distances) use the width.
     left = -limit if any(v < 0 for _, v in bars) else -limit * 0.04
     n = len(bars)
-    height = 0.95 + 0.27 * n + (0.75 if di is not None else 0) + (0.2 if skipped else 0)
+    height = 0.95 + 0.27 * n + (0.75 if di is not None else 0) + 0.14 * len(not_drawn) + (0.06 if skipped else 0)
     fig = _new_figure(7.2, height)
     if bars and di is not None:
         ax, ax_di = fig.subplots(2, 1, height_ratios=[max(n, 1), 1.6])
@@ -514,8 +524,8 @@ def bias_chart(analysis: dict, stage: str, facet: str, index: int = 0) -> Figure
                Patch(color=FOR_GROUP, label="favours the group"),
                Patch(color=NO_DIRECTION, label="no direction (a distance)")]
     fig.legend(handles=handles, loc="outside upper left", ncols=3, frameon=False, fontsize=CHART_FONT_SIZE)
-    if skipped:
-        fig.supxlabel("Not drawn (no finite value): " + ", ".join(skipped), fontsize=CHART_FONT_SIZE - 1,
+    if not_drawn:
+        fig.supxlabel("\n".join(not_drawn), fontsize=CHART_FONT_SIZE - 1,
                       color="#555555", x=0.01, ha="left")
     return fig
 
@@ -595,8 +605,8 @@ def shap_chart(analysis: dict, label: str, top: int = 15) -> Figure:
     fig = _new_figure(7.2, 1.0 + 0.27 * max(n, 1))
     ax = fig.subplots()
     positions = list(range(n))[::-1]
-    values = table["SHAP value"].fillna(0).tolist()
-    errors = table["Standard error"].fillna(0).tolist() if "Standard error" in table else None
+    values = table["SHAP value"].astype(float).fillna(0).tolist()
+    errors = table["Standard error"].astype(float).fillna(0).tolist() if "Standard error" in table else None
     ax.barh(positions, values, height=0.62, color=FOR_GROUP,
             xerr=errors, error_kw={"ecolor": INK, "elinewidth": 1, "capsize": 2.5})
     ax.set_yticks(positions, [_shorten(str(f), 28) for f in table["Feature"]])
@@ -611,12 +621,13 @@ def shap_chart(analysis: dict, label: str, top: int = 15) -> Figure:
     ax.tick_params(axis="y", length=0)
     xlabel = "global SHAP value (how much the feature moves the model output)"
     if errors:
-        xlabel += "; whiskers: ± 1 standard error"
+        # On a line of its own: beside the rest it ran past the figure with names such as "Education-Num".
+        xlabel += "\nwhiskers: ± 1 standard error"
     ax.set_xlabel(xlabel, fontsize=CHART_FONT_SIZE, color=INK)
     total = len(analysis["explanations"]["kernel_shap"][label].get("global_shap_values") or {})
     shown = f"top {n} of {total} features" if total > n else f"all {total} features"
-    fig.suptitle(f"Feature importance for output '{label}' ({shown})", fontsize=CHART_FONT_SIZE + 1, color=INK,
-                 x=0.01, ha="left")
+    fig.suptitle(f"Feature importance for output '{_shorten(str(label), 28)}' ({shown})",
+                 fontsize=CHART_FONT_SIZE + 1, color=INK, x=0.01, ha="left")
     return fig
 
 
@@ -656,11 +667,6 @@ def top_tokens_table(analysis: dict, label: str, feature: str) -> pd.DataFrame:
     return frame.set_index("Rank")
 
 
-def _chart_text(text: str) -> str:
-    """Text drawn by matplotlib as written: ``$`` would otherwise start mathtext."""
-    return text.replace("$", r"\$")
-
-
 def top_tokens_chart(analysis: dict, label: str, feature: str, top: int = TOP_TOKENS_CHARTED) -> Figure:
     """Bars of the ``top`` tokens of one text feature by global SHAP value, for one model output."""
     items = _top_tokens(analysis, label, feature)
@@ -671,7 +677,7 @@ def top_tokens_chart(analysis: dict, label: str, feature: str, top: int = TOP_TO
     positions = list(range(n))[::-1]
     values = [value for _, value in shown]
     ax.barh(positions, values, height=0.62, color=FOR_GROUP)
-    ax.set_yticks(positions, [_chart_text(_shorten(token, 28)) for token, _ in shown])
+    ax.set_yticks(positions, [_shorten(token, 28) for token, _ in shown])
     span = max([abs(v) for v in values] + [1e-12])
     low = min([0.0, *values])
     ax.set_xlim(low * 1.3 if low < 0 else 0, span * 1.3)
@@ -684,7 +690,7 @@ def top_tokens_chart(analysis: dict, label: str, feature: str, top: int = TOP_TO
     ax.tick_params(axis="y", length=0)
     ax.set_xlabel("global SHAP value of the token", fontsize=CHART_FONT_SIZE, color=INK)
     count = f"top {n} of {len(items)} tokens" if len(items) > n else f"all {len(items)} tokens"
-    fig.suptitle(_chart_text(f"Top tokens of '{feature}' for output '{label}' ({count})"),
+    fig.suptitle(f"Top tokens of '{_shorten(feature, 24)}' for output '{_shorten(label, 16)}' ({count})",
                  fontsize=CHART_FONT_SIZE + 1, color=INK, x=0.01, ha="left")
     return fig
 
@@ -896,6 +902,9 @@ def pdp_entries(analysis: dict) -> list[dict]:
     return list((analysis.get("explanations") or {}).get("pdp") or [])
 
 
+PDP_NAME_CHARACTERS = 30  # a feature name in a partial dependence chart: longer ones are shortened
+
+
 def pdp_chart(analysis: dict, feature: str) -> Figure:
     """Mean model output as one feature varies: lines for numerical features, bars for categorical.
 
@@ -919,14 +928,14 @@ def pdp_chart(analysis: dict, feature: str) -> Figure:
             share.bar(xs, distribution, width=step * 0.9, color="#e3e3e3")
         for i, (header, ys) in enumerate(zip(headers, predictions, strict=False)):
             ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.6, color=colours[i % len(colours)],
-                    label=str(header))
+                    label=_shorten(str(header), 20))
     else:
         positions = list(range(len(xs)))
         width = 0.8 / max(len(predictions), 1)
         for i, (header, ys) in enumerate(zip(headers, predictions, strict=False)):
             offset = (i - (len(predictions) - 1) / 2) * width
             ax.bar([p + offset for p in positions], ys, width=width * 0.9, color=colours[i % len(colours)],
-                   label=str(header))
+                   label=_shorten(str(header), 20))
         # Categories have no "nearby" values, so their share of rows goes under each name instead.
         shares = [f"\n{d:.0%}" for d in distribution] if len(distribution) == len(xs) else [""] * len(xs)
         ax.set_xticks(positions, [_shorten(str(x), 12) + s for x, s in zip(xs, shares, strict=True)],
@@ -938,10 +947,15 @@ def pdp_chart(analysis: dict, feature: str) -> Figure:
         share.spines[side].set_visible(False)
     ax.set_ylabel("mean model output", fontsize=CHART_FONT_SIZE, color=INK)
     note = "grey: share of rows" if entry.get("data_type") == "numerical" else "with its share of rows"
-    ax.set_xlabel(f"{feature}  ({note})", fontsize=CHART_FONT_SIZE, color=INK)
+    # The chart is half a page wide: a long name keeps its start and end (the report gives it in full
+    # in the chart's caption, the notebook in the code that draws it), and the note goes under a name
+    # that would not leave it room.
+    name = _shorten(str(feature), PDP_NAME_CHARACTERS)
+    gap = "  " if len(name) + len(note) <= 36 else "\n"
+    ax.set_xlabel(f"{name}{gap}({note})", fontsize=CHART_FONT_SIZE, color=INK)
     if len(predictions) > 1:
         ax.legend(fontsize=CHART_FONT_SIZE - 1, frameon=False)
-    fig.suptitle(str(feature), fontsize=CHART_FONT_SIZE + 1, color=INK, x=0.03, ha="left")
+    fig.suptitle(name, fontsize=CHART_FONT_SIZE + 1, color=INK, x=0.03, ha="left")
     return fig
 
 
