@@ -9,7 +9,9 @@ Publishing replaces Lucent's whole set of outputs, never a user's own files: ``.
 lists what the last job published, and what it lists that the new job does not produce (a report or
 ``explanations_shap/`` of a previous config) is removed. Files Lucent did not publish are never
 touched. A staging folder left by a killed job is removed when the next job starts; each live one
-holds a lock, so two jobs never remove each other's.
+holds a lock, so two jobs never remove each other's. A job also holds a lock on the output folder itself
+for its whole run (``output_folder_lock``), so a second job on the same folder is refused before it
+changes anything.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class OutputStaging:
         self.output_dir = Path(output_dir)
         self._committed, self._lock = False, None
         self.staging_dir: Path | None = None
+        self._writing: Path | None = None  # the staged file handed out last (``path``)
         try:
             # A stop request lands before the staging folder exists or once it is locked: when the held
             # request is handled (leaving this block), the folder exists and is removed below.
@@ -102,9 +105,12 @@ class OutputStaging:
             raise
 
     def path(self, relative: str) -> Path:
-        """Where to write ``relative`` while staging (parent folders are created)."""
+        """Where to write ``relative`` while staging (parent folders are created). The path handed out last
+        is the file the job is writing: a failed ``write`` names no file, and the error is given its name
+        (``__exit__``)."""
         target = self.staging_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
+        self._writing = target
         return target
 
     def write_text(self, relative: str, text: str) -> Path:
@@ -196,6 +202,11 @@ class OutputStaging:
 
     def __exit__(self, exc_type: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         if isinstance(error, OSError):  # say where the user will look, not where the file was staged
+            if (error.filename is None and error.errno in STORAGE_ERRNOS and self._writing is not None
+                    and os.path.lexists(self._writing)):
+                # A full disk or a file-size limit hit by a plain ``write`` (``out.write(...)`` on a file the job
+                # opened): the error names no file. The job was writing the staged file it asked for last.
+                error.filename = str(self._writing)
             error.filename = self.final_path(error.filename)
         if not self._committed:
             self.discard()
@@ -204,15 +215,28 @@ class OutputStaging:
         """Where the staged file ``filename`` is published (``.lucent-staging-x/report.html`` ->
         ``report.html`` in the output folder, ``atomic_writer``'s temporary name included); any other
         value as it is."""
-        if not isinstance(filename, str | os.PathLike):
+        if not isinstance(filename, str | os.PathLike) or not Path(filename).is_relative_to(self.staging_dir):
             return filename
-        path = Path(filename)
-        if not path.is_relative_to(self.staging_dir):
-            return filename
-        temporary = _ATOMIC_TEMPORARY.fullmatch(path.name)
-        if temporary:
-            path = path.with_name(temporary[1])
-        return str(self.output_dir / path.relative_to(self.staging_dir))
+        return published_path(self.output_dir, filename)
+
+
+def published_path(output_dir: Path, filename: Any) -> Any:
+    """The name the user sees for ``filename`` when it is a file in one of ``output_dir``'s staging folders
+    (``output/.lucent-staging-x/a/.report.html.k2j_9x0a.tmp`` -> ``output/a/report.html``); any other value
+    as it is. Also for a staging folder of another process (the report's), whose path reaches the job as
+    text."""
+    if not isinstance(filename, str | os.PathLike):
+        return filename
+    path, output_dir = Path(filename), Path(output_dir)
+    if not path.is_relative_to(output_dir):
+        return filename
+    parts = path.relative_to(output_dir).parts
+    if len(parts) < 2 or not parts[0].startswith(STAGING_PREFIX):
+        return filename
+    temporary = _ATOMIC_TEMPORARY.fullmatch(parts[-1])
+    if temporary:
+        parts = (*parts[:-1], temporary[1])
+    return str(output_dir.joinpath(*parts[1:]))
 
 
 def output_folder_error(output_dir: Path, error: OSError) -> UserError:
@@ -336,15 +360,108 @@ def remove_staging_leftovers(output_dir: Path) -> None:
 
 
 def _lock_folder(folder: Path) -> int | None:
-    """An exclusive lock on ``folder`` (held until the descriptor is closed), or None if another process
-    holds it."""
+    """An exclusive lock on ``folder`` (held until the descriptor is closed, or the process ends however it
+    ends), or None if another process holds it. The one way Lucent locks a folder: a staging folder, and a
+    job's output folder (``output_folder_lock``). The descriptor is not inherited by child processes."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
+
+
+class OutputFolderBusy(UserError):
+    """Another process (another ``lucent run``) holds the output folder's lock: this job must not start."""
+
+    def __init__(self, output_dir: Path, holder: int | None):
+        self.output_dir, self.holder = Path(output_dir), holder
+        who = f"pid {holder}" if holder else "a process whose pid this machine does not show: another host or container"
+        super().__init__(f"another job ({who}) is running on the output folder {self.output_dir}: it holds the "
+                         "folder's lock until it ends")
+
+
+# flock errors that say the filesystem cannot lock (some network and FUSE filesystems), not that the folder is busy
+_NO_LOCKING = frozenset({errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS})
+_LOCK_ATTEMPTS = 5  # the folder removed or replaced between opening and locking it: open it again
+
+
+@contextlib.contextmanager
+def output_folder_lock(output_dir: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on ``output_dir`` while the block runs (``flock`` on the folder itself, as on
+    a staging folder: no lock file to create, write or remove; the kernel releases it when the process
+    ends, SIGKILL included). Raises ``OutputFolderBusy`` at once, naming the holder's pid, when another
+    process holds it: two jobs on one output folder would remove each other's SHAP checkpoints and publish
+    over each other's results.
+
+    The folder is made when missing, and removed again (with the parents made for it) when the block
+    leaves it empty. Yields False, and the block runs unlocked, when the folder cannot be made or opened
+    (``OutputStaging`` then says why, as it does without the lock) or its filesystem does not lock."""
+    output_dir = Path(output_dir)
+    missing = [folder for folder in (output_dir, *output_dir.parents) if not os.path.lexists(folder)]
+    fd = None
+    try:
+        for _attempt in range(_LOCK_ATTEMPTS):
+            try:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                fd = _lock_folder(output_dir)
+            except OSError as error:
+                if error.errno in _NO_LOCKING:
+                    log.warning("Cannot lock the output folder %s (%s): another job started on it meanwhile would "
+                                "not be refused", output_dir, error.strerror or error)
+                break  # not a folder, not writable, ...: the job's staging says so as it always did
+            if fd is None:
+                raise OutputFolderBusy(output_dir, lock_holder(output_dir))
+            if _same_file(fd, output_dir):
+                break
+            os.close(fd)  # locked a folder that was removed (or replaced) meanwhile: not the one the job uses
+            fd = None
+        yield fd is not None
+    finally:
+        for folder in missing:  # innermost first; while the lock is held, so no other job can be using them
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if fd is not None:
+            os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        opened, named = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
+
+
+def lock_holder(path: Path, locks_file: Path = Path("/proc/locks")) -> int | None:
+    """The pid of the process holding a ``flock`` on ``path``, read from ``/proc/locks`` (Linux). None
+    when it cannot be told: no such file, a holder on another host (a network filesystem) or in a pid
+    namespace this process does not see (the kernel shows it as pid 0 there)."""
+    try:
+        stats = os.stat(path)
+        lines = locks_file.read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return None
+    wanted = (os.major(stats.st_dev), os.minor(stats.st_dev), stats.st_ino)
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 11703 fe:00:2777181 0 EOF"; a process waiting for the lock: "1: -> FLOCK ..."
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            pid = int(fields[4])
+            major, minor, inode = fields[5].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == wanted and pid > 0:
+                return pid
+        except ValueError:
+            continue
+    return None
 
 
 def _check_free_space(folder: Path) -> None:

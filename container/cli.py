@@ -65,6 +65,9 @@ it is removed when the job starts:
   ClientError: <what to fix in the inputs>             exit 1
   AlgorithmError: <internal or model failure>          exit 2
   Stopped: the job was stopped (SIGTERM|SIGINT) ...    exit 2 (SageMaker's stop request, or Ctrl-C)
+
+One job at a time per DIR: while a job runs there, another `lucent run` on it exits 1 at once, names
+the running job's pid on stderr, and writes no message (the message file is the running job's).
 """
 
 RUN_EPILOG = """\
@@ -189,6 +192,10 @@ def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
         return finish(paths.message_file, EXIT_USER_ERROR, f"ClientError: {str(problem).removeprefix('lucent: ')}")
     configure_logging(level=level)
     if args.command == "run":
+        from container.job import ignore_stop_signals, keep_stop_signals_until_exit
+
+        if program:  # the process ends with the job: a stop request after the job's first one changes nothing
+            keep_stop_signals_until_exit()
         try:
             from analyzer.engines import engine_arguments
             from container.cluster import run_host  # one host: run_job; several: a Spark cluster over them
@@ -202,6 +209,9 @@ def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
         if program:  # the job is done: no interpreter teardown (analyzer.process_exit)
             from analyzer.process_exit import end_process
 
+            # Not killed now by a late SIGTERM (exit 143 after a message that says otherwise): the job's own
+            # handlers stay (run_job); a several-host job restores the defaults when it ends (container.cluster).
+            ignore_stop_signals()
             return end_process(code)
         return code
     if args.command == "validate":

@@ -10,17 +10,27 @@ Exit codes: 0 success, 1 the user's inputs are wrong (``ClientError: <reason>``)
 for another reason: an internal error or a failing dependency (``AlgorithmError: <reason>``), or a stop request
 (SIGTERM, or SIGINT from Ctrl-C: ``Stopped: <reason>``, as SageMaker's ``Stopped`` status). The exit message
 of an earlier run is removed when a job starts, so it never stands beside this run's outcome.
+
+One job at a time per output folder: a job holds the folder's lock (``analyzer.output.output_folder_lock``)
+from before it removes the earlier message until its own is written. A second job on the same folder
+(a cron run that overran) is refused at once: exit 1, the reason on stderr, and no message written, since
+the message file belongs to the job that is running.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import signal
+import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,9 +47,13 @@ from analyzer.media import CSV, NPY
 from analyzer.output import (
     ANALYSIS_FILE,
     STORAGE_ERRNOS,
+    OutputFolderBusy,
     OutputStaging,
     check_output_folder,
     dumps,
+    held_stop_signals,
+    output_folder_lock,
+    published_path,
     write_text_atomic,
 )
 from analyzer.pipeline import (
@@ -133,16 +147,89 @@ def stopped_message(stop: JobStopped, where: str = "") -> str:
     return f"Stopped: the job was stopped ({stop.signal_name}){where} before it finished"
 
 
+class StopRequests:
+    """The stop requests (signal numbers, in order) a ``stop_on_signals`` block received; its handler.
+
+    The first raises ``JobStopped``. A later one (Ctrl-C pressed again, SageMaker's SIGTERM after the user's
+    SIGINT) is only recorded while that stop is under way, so the cleanup it started (model server, SHAP
+    workers and report process stopped, staging folders removed) is never cut short, and once the job has
+    its outcome (``settle``: its message is being written). It raises again only when no ``JobStopped`` is
+    being handled any more and the job goes on: code that caught the first one without stopping."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.settled = False  # the job's outcome is decided: nothing raises any more
+        self.closing = False  # the block ends: nothing raises, the handlers change
+        self.raised = False
+
+    def settle(self) -> None:
+        self.settled = True
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        if self.settled or self.closing:
+            return
+        if not self.raised or not _stopping():
+            self.raised = True
+            raise JobStopped(signum)
+
+
+def _stopping() -> bool:
+    """A ``JobStopped`` is being handled in this thread (an ``except``, ``finally`` or ``__exit__`` under
+    way), itself or as the cause or context of another error raised meanwhile."""
+    pending, seen = [sys.exc_info()[1]], set()
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        if isinstance(error, JobStopped):
+            return True
+        seen.add(id(error))
+        pending += [error.__cause__, error.__context__]
+    return False
+
+
 @contextlib.contextmanager
-def stop_on_signals():
+def stop_on_signals() -> Iterator[StopRequests]:
     """SIGTERM and SIGINT raise ``JobStopped`` in the main thread while the block runs: the job stops the
-    same way for SageMaker's stop request and for Ctrl-C (no bare ``KeyboardInterrupt`` traceback)."""
-    previous = {signum: signal.signal(signum, raise_job_stopped) for signum in STOP_SIGNALS}
+    same way for SageMaker's stop request and for Ctrl-C (no bare ``KeyboardInterrupt`` traceback). A
+    request stops the job once (``StopRequests``). When the block ends, the handlers that were there are
+    back, unless the process ends with the job (``keep_stop_signals_until_exit``): then stop requests are
+    ignored until it has exited."""
+    requests = StopRequests()
+    previous = {}
     try:
-        yield
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, requests)
+        yield requests
     finally:
+        requests.closing = True
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_IGN if _STOPS_IGNORED_AFTER_JOB else handler)
+        if requests.received and not requests.raised and not _STOPS_IGNORED_AFTER_JOB:
+            # Came once the job had its outcome: the request is for the code around the block (a launch
+            # that publishes the results next), as its restored handler decides.
+            signal.raise_signal(requests.received[0])
+
+
+_STOPS_IGNORED_AFTER_JOB = False  # set by keep_stop_signals_until_exit
+
+
+def keep_stop_signals_until_exit() -> None:
+    """Called by ``lucent run`` as a program, before the job: the process exits right after the job, so
+    a stop request that comes once the job has ended (a second Ctrl-C, SageMaker's SIGTERM after the user's
+    SIGINT) is ignored until then, instead of meeting the default handler again, which would kill the
+    process (exit 143) after its message said ``Stopped``, exit 2."""
+    global _STOPS_IGNORED_AFTER_JOB
+    _STOPS_IGNORED_AFTER_JOB = True
+
+
+def ignore_stop_signals() -> None:
+    """From now on, ignore SIGTERM and SIGINT: the job has ended and the process only exits. ``SIG_IGN``,
+    not a Python handler: the interpreter's own exit puts the default handlers back in place of Python
+    ones (a normal exit, when a thread is still to be joined), and the default kills."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def clear_message(message_file: Path) -> None:
@@ -332,17 +419,59 @@ def _load(paths: JobPaths) -> tuple[AnalysisConfig, Path]:
     return config, config_file
 
 
+@dataclass
+class _Progress:
+    """How far a job got, for the message of however it ends."""
+    locked: bool = False  # past the output folder's lock: the message file is this job's
+    published_analysis: bool = False
+
+
 def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
     """Run the whole job; never raises. Returns the process exit code and writes the exit message.
 
     ``allow_paths_outside_root``: read config paths that lead outside the processing root (see
     ``inputs_outside_root``); without it they fail the job."""
+    progress = _Progress()
+    stop_requests = StopRequests()
+    # Closed last, after the message is written: the output folder's lock, then the stop handlers.
+    with contextlib.ExitStack() as scope:
+        try:
+            stop_requests = scope.enter_context(stop_on_signals())
+            with held_stop_signals():  # a stop request lands once the lock is held, or once the job is refused
+                scope.enter_context(output_folder_lock(paths.output_dir))
+                progress.locked = True
+            return _run_locked(paths, progress, stop_requests, allow_paths_outside_root)
+        except OutputFolderBusy as busy:
+            return _refused(paths, busy)
+        except JobStopped as stop:  # refused meanwhile, or before the job's outcome was settled
+            if isinstance(stop.__context__, OutputFolderBusy) and not progress.locked:
+                return _refused(paths, stop.__context__)
+            return _stopped(paths, stop, stop_requests, progress.published_analysis)
+
+
+def _refused(paths: JobPaths, busy: OutputFolderBusy) -> int:
+    """Exit 1 without a message: the message file is the running job's (it removed the earlier message and
+    writes its own when it ends); this refusal there would stand in for that job's outcome, or be replaced by it."""
+    log.error("Not started: %s. This run changed nothing: no output, and no exit message in %s, which belongs "
+              "to the job that is running. Run again once it has ended, or use another processing root.",
+              busy, paths.message_file)
+    return EXIT_USER_ERROR
+
+
+def _stopped(paths: JobPaths, stop: JobStopped, stop_requests: StopRequests, published_analysis: bool) -> int:
+    stop_requests.settle()
+    log.error("Signal %d received, cleaning up", stop.signum)
+    if later := [signal.Signals(signum).name for signum in stop_requests.received[1:]]:
+        log.warning("Also received %s while stopping: the job stops once", ", ".join(later))
+    return _finish(paths, EXIT_STOPPED, stopped_message(stop) + _outputs_note(paths, published_analysis))
+
+
+def _run_locked(paths: JobPaths, progress: _Progress, stop_requests: StopRequests,
+                allow_paths_outside_root: bool) -> int:
+    """``run_job`` once the output folder is this job's: the work, then the message of its outcome."""
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    stop_scope = contextlib.ExitStack()
-    published_analysis = False
     try:
-        stop_scope.enter_context(stop_on_signals())
         clear_message(paths.message_file)
         log.info("Starting Lucent %s processing job (SageMaker Clarify compatible)", __version__)
         config, config_file = _load(paths)
@@ -380,7 +509,7 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
                 # analysis.json (and explanations_shap/) is the result: published now, the report never
                 # delays it (docs/reports.md, "When the report is written").
                 published = staging.commit()
-            published_analysis = True
+            progress.published_analysis = True
             log.info("Collected analyses:\n%s", dumps(results))
             for path in published:
                 log.info("Wrote %s", path)
@@ -391,35 +520,78 @@ def run_job(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
                     log.info("Wrote %s", path)
         remove_empty_work_area(paths.output_dir)
         log.info("Job finished in %.2f s", time.perf_counter() - started)
+        stop_requests.settle()  # from here on a stop request changes nothing: the job has its outcome
         return _finish(paths, EXIT_OK, SUCCESS_MESSAGE)
     except UserError as error:
+        stop_requests.settle()
         log.error("Job failed: %s", error)
-        return _finish(paths, EXIT_USER_ERROR, f"ClientError: {error}{_outputs_note(paths, published_analysis)}")
+        return _finish(paths, EXIT_USER_ERROR,
+                       f"ClientError: {error}{_outputs_note(paths, progress.published_analysis)}")
     except DependencyError as error:  # the model server died or stopped answering: not the user's inputs
+        stop_requests.settle()
         log.error("Job failed: %s", error)
         return _finish(paths, EXIT_INTERNAL_ERROR,
-                       f"AlgorithmError: {error}{_outputs_note(paths, published_analysis)}")
+                       f"AlgorithmError: {error}{_outputs_note(paths, progress.published_analysis)}")
     except ReportError as error:
+        stop_requests.settle()
+        note = _published_note(progress.published_analysis, error.written)
+        if (full := report_storage_error(error)) is not None:  # the disk, not the report: the user's to fix
+            return _storage_failure(paths, full, note)
         # analysis.json is complete and published; the report the config asked for is not (or only some
         # of its formats are): the job has not done all it was asked, and says exactly what is missing.
         log.error("The report could not be written: %s", error)
-        return _finish(paths, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}{_published_note(published_analysis, error.written)}")
+        return _finish(paths, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}{note}")
     except JobStopped as stop:
-        log.error("Signal %d received, cleaning up", stop.signum)
-        return _finish(paths, EXIT_STOPPED, stopped_message(stop) + _outputs_note(paths, published_analysis))
+        return _stopped(paths, stop, stop_requests, progress.published_analysis)
     except Exception as error:  # noqa: BLE001 - the job must always leave an exit message
+        stop_requests.settle()
+        note = _outputs_note(paths, progress.published_analysis)
         if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:  # full disk, quota, read-only mount
-            where = error.filename or paths.output_dir
-            log.error("Job failed: cannot write %s: %s", where, error.strerror)
-            note = _outputs_note(paths, published_analysis) or "; nothing was published"
-            return _finish(paths, EXIT_USER_ERROR, f"ClientError: cannot write {where}: {error.strerror}. Free "
-                                                   f"some space (or raise the quota) and run the job again{note}")
+            return _storage_failure(paths, error, note or "; nothing was published")
         log.error("Internal error:\n%s", traceback.format_exc())
         return _finish(paths, EXIT_INTERNAL_ERROR,
-                       f"AlgorithmError: internal error in Lucent {__version__}: {type(error).__name__}: {error}"
-                       f"{_outputs_note(paths, published_analysis)}")
-    finally:
-        stop_scope.close()
+                       f"AlgorithmError: internal error in Lucent {__version__}: {type(error).__name__}: {error}{note}")
+
+
+def _storage_failure(paths: JobPaths, error: OSError, note: str) -> int:
+    """Exit 1 for a write the storage refused (full disk, quota, file-size limit, read-only mount), naming the
+    file as the user will find it in the output folder, never its staging copy; the output folder itself
+    when the error names no file."""
+    where = published_path(paths.output_dir, error.filename) or paths.output_dir
+    log.error("Job failed: cannot write %s: %s", where, error.strerror)
+    return _finish(paths, EXIT_USER_ERROR, f"ClientError: cannot write {where}: {error.strerror}. "
+                                           f"{_STORAGE_ADVICE.get(error.errno, _FREE_SPACE)} and run the job again{note}")
+
+
+_FREE_SPACE = "Free some space (or raise the quota)"
+_STORAGE_ADVICE = {errno.EFBIG: "Raise the file-size limit (ulimit -f), or use a filesystem that takes larger files,",
+                   errno.EROFS: "Make the output folder writable"}
+
+
+# How an OSError reads once the report process has sent it as text: "OSError: [Errno 28] No space left on
+# device: '/job/output/.lucent-staging-x/report.html'" (str() of the error; the file name is its repr).
+_OS_ERROR_TEXT = re.compile(r"""\[Errno (\d+)\] ([^:']+)(?:: ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"))?""")
+
+
+def report_storage_error(error: ReportError) -> OSError | None:
+    """The storage error (``STORAGE_ERRNOS``) that made a report format fail, if one did: the report was
+    complete, the disk (or a quota, or a file-size limit) refused it. Found in the exceptions themselves
+    (the report written in this process) or, as the report process sends its failures as text, in their
+    ``[Errno N] ...: 'file'`` wording."""
+    for failure in error.failed.values():
+        seen: BaseException | None = failure
+        while seen is not None:
+            if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
+                return seen
+            seen = seen.__cause__ or seen.__context__
+        match = _OS_ERROR_TEXT.search(str(failure))
+        if match and int(match[1]) in STORAGE_ERRNOS:
+            filename = None
+            if match[3]:
+                with contextlib.suppress(ValueError, SyntaxError):
+                    filename = ast.literal_eval(match[3])
+            return OSError(int(match[1]), match[2], filename)
+    return None
 
 
 def _publish_report(reports: ReportProcess, config: AnalysisConfig, dataset: Dataset, results: dict,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -267,3 +268,50 @@ def test_validate_reports_data_problems(job, capsys):
     assert job.run(command="validate") == 1
     assert "target" in capsys.readouterr().out
     assert job.output_files() == []
+
+
+# ---- a file-size limit (ulimit -f) or a full disk while the results are written ----------------------
+
+def run_with_file_size_limit(job, limit: int, **env: str) -> subprocess.CompletedProcess:
+    """`lucent run` whose writes stop at ``limit`` bytes per file (RLIMIT_FSIZE, as `ulimit -f`): a real write
+    fails with EFBIG ("File too large") once a file would pass it, as on a full disk."""
+    import resource
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "container.cli", "run", "--processing-root", str(job.root)],
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size,
+                          env={**os.environ, **env})
+
+
+def test_a_result_file_over_the_file_size_limit_is_named_as_published(tmp_path):
+    """explanations_shap/out.csv (45 kB here) is written by plain writes, whose error names no file: the
+    message names the file where the user will look for it, not the output folder or its staging copy."""
+    from container.demo import write_demo_job
+    from tests.conftest import JobRoot
+
+    job = JobRoot(write_demo_job(tmp_path / "job", n_rows=300, seed=3, with_model=True))
+    config = json.loads((job.config_dir / "analysis_config.json").read_text())
+    config["methods"] = {"shap": {"num_clusters": 1, "num_samples": 16, "seed": 0}}
+    job.write_config(config)
+    # Shards of 15 records (a few kB each, in .lucent-work): they fit, as do the probe and baseline.csv.
+    result = run_with_file_size_limit(job, 16 * 1024, LUCENT_SHAP_SHARD_ROWS="300")
+    assert result.returncode == 1, result.stderr
+    assert job.message == (f"ClientError: cannot write {job.output_dir / 'explanations_shap' / 'out.csv'}: File too "
+                           "large. Raise the file-size limit (ulimit -f), or use a filesystem that takes larger files, "
+                           "and run the job again; nothing was published"), job.message
+    assert "Traceback" not in result.stderr
+    assert [name for name in job.output_files() if not name.startswith(".lucent-work")] == []
+
+
+def test_a_report_over_the_file_size_limit_is_the_users_error_naming_the_report_file(demo_job):
+    """The report (373 kB of HTML here) is refused by the storage after analysis.json (32 kB) was published:
+    exit 1, ClientError naming the report file as published, like any other output, not an AlgorithmError."""
+    result = run_with_file_size_limit(demo_job, 128 * 1024)
+    assert result.returncode == 1, result.stderr
+    assert demo_job.message == (f"ClientError: cannot write {demo_job.output_dir / 'report.html'}: File too large. "
+                                "Raise the file-size limit (ulimit -f), or use a filesystem that takes larger files, "
+                                "and run the job again; analysis.json and the other results were published"), \
+        demo_job.message
+    assert demo_job.output_files() == [MANIFEST_FILE, "analysis.json"]  # published; no staging copy left

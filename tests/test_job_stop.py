@@ -19,14 +19,17 @@ from container.job import SUCCESS_MESSAGE
 from tests.conftest import JobRoot
 
 # A model whose prediction blocks (until the job is stopped) once LUCENT_TEST_MARKER is set, after saying
-# so by creating that file: the test signals the job at a known point, mid-work.
+# so by creating that file: the test signals the job at a known point, mid-work. It waits in short steps, as
+# a model at work runs Python steps: a signal the kernel hands to another thread (numpy's, when the main
+# thread has one pending already) is handled at the next step, whereas one long wait is not interrupted.
 BLOCKING_SCRIPT = """\
 import os, threading
 def predict_fn(data, model):
     marker = os.environ.get("LUCENT_TEST_MARKER")
     if marker:
         open(marker, "w").close()
-        threading.Event().wait(120)
+        for _ in range(2400):
+            threading.Event().wait(0.05)
     return model.predict_proba(data)
 """
 
@@ -131,3 +134,67 @@ def test_a_successful_shap_run_leaves_no_empty_work_folder(tmp_path):
     (job.output_dir / ".lucent-work" / "mine" / "keep.txt").unlink()
     assert job.run() == 0, job.message
     assert not (job.output_dir / ".lucent-work").exists(), job.output_files()
+
+
+def read_until(process: subprocess.Popen, text: str) -> None:
+    """Read the job's log until a line holds ``text`` (the job got that far); fails if it ended first."""
+    for line in process.stderr:
+        if text in line:
+            return
+    raise AssertionError(f"the job ended (code {process.wait()}) before logging {text!r}")
+
+
+# (log line to wait for, signals then sent to the job's pid), in order: the job is stopped by the first
+# SIGINT, and what follows lands while it stops, while it cleans up, or once it has written its message.
+REPEATED_STOPS = {
+    "at-once": [("", [signal.SIGINT, signal.SIGINT, signal.SIGTERM])],
+    "while-cleaning-up": [("", [signal.SIGINT]), ("Signal 2 received, cleaning up", [signal.SIGINT, signal.SIGTERM])],
+    "after-the-message": [("", [signal.SIGINT]), ("exit_message: ", [signal.SIGTERM, signal.SIGINT, signal.SIGTERM])],
+}
+
+
+@pytest.mark.parametrize("sequence", list(REPEATED_STOPS))
+def test_repeated_stop_requests_stop_the_job_once(blocking_job, tmp_path, sequence):
+    """Ctrl-C pressed again, or SageMaker's SIGTERM after the user's SIGINT: the first request stops the job,
+    the others change nothing; never killed by a later one (exit 143) or a traceback. Several times each."""
+    job = blocking_job
+    before = digest(job.output_dir)
+    for attempt in range(3):
+        process = start_blocked_job(job, tmp_path / f"reached-{attempt}")
+        try:
+            for wait, signals in REPEATED_STOPS[sequence]:
+                if wait:
+                    read_until(process, wait)
+                for signum in signals:
+                    os.kill(process.pid, signum)
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        assert process.returncode == 2, (attempt, stderr)
+        assert "Traceback" not in stderr, stderr
+        assert job.message == (f"Stopped: the job was stopped (SIGINT) before it finished; {job.output_dir} still "
+                               "holds an earlier run's results (analysis.json, ...), not this run's: this run "
+                               "published nothing"), (attempt, job.message)
+        assert digest(job.output_dir) == before
+
+
+def test_a_stop_request_during_the_cleanup_is_recorded_and_one_swallowed_is_raised_again():
+    """In this process, with real signals: a second request while the first one's ``JobStopped`` is handled
+    (a ``finally`` under way) is recorded, not raised; after code that caught the first one and went on,
+    the next request stops again (the job is never left unstoppable). The handlers are restored after."""
+    from container.job import JobStopped, stop_on_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals() as requests:
+        with pytest.raises(JobStopped) as stopped:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)  # while cleaning up: recorded only
+        assert stopped.value.signum == signal.SIGINT
+        assert requests.received == [signal.SIGINT, signal.SIGTERM]
+        with pytest.raises(JobStopped) as again:  # the first was caught above and the block went on
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert again.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
