@@ -9,13 +9,20 @@ that a job quietly run by the local engine cannot pass.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from analyzer.config import parse_config
 from analyzer.engines import ENGINE_ENV, SPARK_MASTER_ENV, SPARK_REMOTE_ENV, adopt_engine, close_engines
+from analyzer.errors import DataError
 from analyzer.explain import shards
 from container.job import SUCCESS_MESSAGE
 from tests.conftest import JobRoot
@@ -29,11 +36,13 @@ MASTER = "local[2]"
 
 
 def spark_engine(master: str, **conf: str):
-    """A Spark engine whose session the jobs of this module share (started once, stopped at the end)."""
+    """A Spark engine whose session the jobs of this module share (started once, stopped at the end).
+    A local master's session is on loopback by the engine's own settings (``LOCAL_CONF``); a cluster's
+    driver is put there too (the tests' masters and workers listen on loopback)."""
     from analyzer.engines.spark import SparkEngine
 
-    engine = SparkEngine(master, conf={"spark.ui.enabled": "false", "spark.driver.host": "127.0.0.1",
-                                       "spark.sql.shuffle.partitions": "4",
+    loopback = {} if master.startswith("local") else {"spark.ui.enabled": "false", "spark.driver.host": "127.0.0.1"}
+    engine = SparkEngine(master, conf={**loopback, "spark.sql.shuffle.partitions": "4",
                                        # several splits per file, in several partitions: the order of first
                                        # appearance must survive Spark's packing of splits by size
                                        "spark.sql.files.maxPartitionBytes": "16k", **conf})
@@ -159,3 +168,114 @@ def test_spark_session_is_the_modules(spark):
     assert spark.session.conf.get("spark.speculation") == "false"
     assert spark.session.conf.get("spark.master") == MASTER
     assert Path(spark.session.conf.get("spark.pyspark.python")).name.startswith("python")
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp* writes them) of the TCP sockets ``pid`` listens on."""
+    fds = Path(f"/proc/{pid}/fd")
+    inodes = set()
+    for fd in fds.iterdir():
+        try:
+            target = fd.readlink().name
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    addresses = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                addresses.add(fields[1].rsplit(":", 1)[0])
+    return addresses
+
+
+def test_a_local_session_listens_on_loopback_only(spark):
+    """The engine's own settings for local[N] (the module's engine is given none): no Spark UI, the driver
+    and its block manager on 127.0.0.1; the JVM listens on no other address."""
+    conf = spark.session.conf
+    assert conf.get("spark.ui.enabled") == "false" and spark.session.sparkContext.uiWebUrl is None
+    assert conf.get("spark.driver.host") == conf.get("spark.driver.bindAddress") == "127.0.0.1"
+    if not Path("/proc/net/tcp").is_file():
+        pytest.skip("no /proc to list the JVM's sockets")
+    from pyspark import SparkContext
+
+    addresses = listening_addresses(SparkContext._gateway.proc.pid)
+    assert addresses, "the driver's JVM listens on nothing?"
+    loopback = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+    assert addresses <= loopback, addresses  # not 00000000 (every interface) nor an external address
+
+
+def test_csv_rows_with_another_number_of_fields_are_refused(spark, job):
+    """A CSV row with more or fewer fields than there are headers fails the job on Spark with the local
+    engine's message (Spark would cut it, or fill it with nulls); empty fields (sex "") are no such rows.
+    Through a URI the file is named with the row itself."""
+    write_bias_job(job, "csv_header", bias_frame(300, seed=2))
+    part = job.data_dir / "part-1.csv"
+    lines = part.read_text().splitlines()
+    lines[4] += ",999"  # line 5: 7 fields
+    lines[9] = lines[9].rsplit(",", 1)[0]  # line 10: 5 fields
+    part.write_text("\n".join(lines) + "\n")
+    assert job.run() == 1
+    local = job.message
+    assert "part-1.csv line 5 has 7 fields; " in local and "part-1.csv line 10 has 5 fields" in local, local
+    assert job.run("--engine", "spark", "--spark-master", MASTER) == 1
+    assert job.message == local
+    with pytest.raises(DataError) as raised:
+        spark.count_table(parse_config(BIAS_CONFIG), job.data_dir.as_uri())
+    message = str(raised.value)
+    assert message.startswith("2 rows have another number of fields than the dataset's 6 columns"), message
+    assert f"part-1.csv: a row has 7 fields: {lines[4]!r}" in message
+    assert f"part-1.csv: a row has 5 fields: {lines[9]!r}" in message
+
+
+class Stopped(BaseException):
+    """The test's stop request (the job's own is ``container.job.JobStopped``, raised by its SIGTERM handler)."""
+
+
+def test_a_stop_request_interrupts_the_running_spark_job(spark):
+    """SIGTERM while a Spark job runs (a wave of shards, the counts): the stop is raised at once and the
+    job's task is interrupted, not handled once the job is over (it was, a whole wave later). The task
+    holds a connection to the test's server; its Python worker ending closes it."""
+    from analyzer.engines.spark_shards import interruptible
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def held(batches):  # a task that runs until it is interrupted (or the test's server gives up)
+            import socket
+
+            with socket.create_connection(("127.0.0.1", port)) as connection:
+                connection.recv(1)
+            yield from batches
+
+        ended: list[bytes] = []
+        sent: list[float] = []
+
+        def stop_once_running() -> None:
+            server.settimeout(120)
+            connection, _ = server.accept()  # the task runs
+            with connection:
+                sent.append(time.monotonic())
+                os.kill(os.getpid(), signal.SIGTERM)  # to the process, as SageMaker's stop does
+                connection.settimeout(30)
+                try:
+                    ended.append(connection.recv(1))  # b"": the task's worker is gone
+                except TimeoutError:
+                    ended.append(b"still running")
+
+        def stop(signum, frame):
+            raise Stopped
+
+        previous = signal.signal(signal.SIGTERM, stop)
+        watcher = threading.Thread(target=stop_once_running, daemon=True)
+        try:
+            watcher.start()
+            frame = spark.session.range(1, numPartitions=1).mapInPandas(held, "id long")
+            with pytest.raises(Stopped):
+                interruptible(spark.session, frame.collect)
+            assert time.monotonic() - sent[0] < 10  # at once (the task would hold the collect 30 s)
+            watcher.join(60)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    assert ended == [b""]

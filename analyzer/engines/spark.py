@@ -25,11 +25,14 @@ twice. A model error comes back as the shard's error message, not as a Spark sta
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import pickle
 import re
+import shlex
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -58,6 +61,7 @@ from .spark_read import (
     DTYPE_SCAN_SCHEMA,
     ERROR,
     KIND,
+    MALFORMED,
     POSITION,
     PREDICTED,
     PREDICTED_DTYPE,
@@ -65,6 +69,7 @@ from .spark_read import (
     Layout,
     RowStage,
     json_values,
+    malformed_rows_error,
     merged_dtype,
     predicted_values,
     read_layout,
@@ -89,12 +94,25 @@ START_TIMEOUT_S = 300.0
 CONNECT_TIMEOUT_S = 10.0  # per address of the master, before the JVM is even started
 DEFAULT_CONNECT_PORT = 15002
 # Always set: speculation would score a shard twice (the model is called twice, and in phase 2 the
-# concurrency cap would be exceeded); Arrow moves the shards and the groups.
-FORCED_CONF = {"spark.speculation": "false", "spark.sql.execution.arrow.pyspark.enabled": "true"}
+# concurrency cap would be exceeded); Arrow moves the shards and the groups; a CSV row's fields are all
+# counted (with column pruning Spark tokenizes only the columns a query reads, and a row with another
+# number of fields than the headers is not seen: it must be refused as locally, _count).
+FORCED_CONF = {"spark.speculation": "false", "spark.sql.execution.arrow.pyspark.enabled": "true",
+               "spark.sql.csv.parser.columnPruning.enabled": "false"}
 # Settings only the cluster's own start can set (a Spark Connect server refuses them from a client).
 STATIC_CONF = frozenset({"spark.speculation", "spark.pyspark.python", "spark.ui.enabled", "spark.driver.host",
                          "spark.ui.showConsoleProgress", "spark.executor.memory", "spark.cores.max"})
 DEFAULT_CONF = {"spark.ui.showConsoleProgress": "false", "spark.sql.session.timeZone": "UTC"}
+# A session on this machine (a local master) listens on loopback only: no Spark UI (it has no authentication
+# and would listen on every interface), the driver and its block manager bound to 127.0.0.1. Each key only
+# where the user's own Spark configuration does not set it (``SparkEngine``'s conf, spark-defaults.conf,
+# PYSPARK_SUBMIT_ARGS; SPARK_LOCAL_IP or SPARK_LOCAL_HOSTNAME choose the driver's address).
+LOCAL_CONF = {"spark.ui.enabled": "false", "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+_ADDRESS_KEYS = ("spark.driver.host", "spark.driver.bindAddress")
+_ADDRESS_VARIABLES = ("SPARK_LOCAL_IP", "SPARK_LOCAL_HOSTNAME")
+_GATEWAY_COMMAND = re.compile(r"spark-submit|org\.apache\.spark\.(deploy\.SparkSubmit|launcher\.Main)")
+STOP_GRACE_S = 5.0  # a gateway JVM given up on: SIGTERM, then SIGKILL after this
+STOP_POLL_S = 0.2  # how often the main thread looks up from a wait (a stop request is handled then)
 SHARDS_PER_JOB = 64  # shards per Spark job (a wave): enough tasks to fill a cluster, bounded driver memory
 _SPARK_TYPES = (media.CSV, media.JSON_LINES, media.PARQUET)
 _UNSUPPORTED_KEYS = ("facet_dataset_uri", "predicted_label_dataset_uri", "time_series_data_config", "segment_config")
@@ -174,6 +192,38 @@ def check_master_reachable(master: str, timeout: float = CONNECT_TIMEOUT_S) -> N
                         "(LUCENT_SPARK_MASTER, SPARK_REMOTE or lucent.spark_master) and that the master is running")
 
 
+def user_spark_conf() -> dict[str, str]:
+    """The Spark settings configured outside Lucent for a session this process starts: spark-defaults.conf
+    (in ``SPARK_CONF_DIR``, else ``$SPARK_HOME/conf``), then ``PYSPARK_SUBMIT_ARGS``'s ``--conf key=value``
+    and ``--master`` (as ``spark.master``)."""
+    conf: dict[str, str] = {}
+    folder = os.environ.get("SPARK_CONF_DIR") or (os.path.join(os.environ["SPARK_HOME"], "conf")
+                                                  if os.environ.get("SPARK_HOME") else None)
+    if folder:
+        try:
+            text = (Path(folder) / "spark-defaults.conf").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            text = ""
+        for line in text.splitlines():  # a Java properties file: key, then '=', ':' or spaces, then value
+            match = re.match(r"\s*([^#!\s=:][^\s=:]*)\s*[=:\s]?\s*(.*)$", line)
+            if match:
+                conf[match.group(1)] = match.group(2).strip()
+    try:
+        words = shlex.split(os.environ.get("PYSPARK_SUBMIT_ARGS", ""))
+    except ValueError:
+        words = []
+    for flag, value in zip(words, [*words[1:], ""][:len(words)], strict=True):
+        if flag in ("--conf", "-c") and "=" in value:
+            key, _, setting = value.partition("=")
+            conf[key] = setting
+        elif flag.startswith("--conf=") and "=" in flag[len("--conf="):]:
+            key, _, setting = flag[len("--conf="):].partition("=")
+            conf[key] = setting
+        elif flag == "--master" and value:
+            conf["spark.master"] = value
+    return conf
+
+
 def start_seconds() -> float:
     """``LUCENT_SPARK_START_SECONDS``, else ``START_TIMEOUT_S``: how long a Spark session may take to start."""
     from analyzer.environment import positive_number
@@ -217,11 +267,9 @@ class SparkEngine:
             builder = builder.remote(self.master)
         elif self.master:
             builder = builder.master(self.master)
-        conf = {**DEFAULT_CONF, **self.conf, **FORCED_CONF}
+        conf = self.session_conf()
         connect = bool(self.master and self.master.startswith("sc://"))
-        if connect:  # a Connect client cannot set the server's static settings: they are checked once started
-            conf = {key: value for key, value in conf.items() if key not in STATIC_CONF}
-        else:
+        if not connect:
             # pyspark marks a process that once opened a Connect session (an environment variable that
             # outlives it), and would then send a classic master to Connect too: this session is classic.
             for name in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
@@ -243,11 +291,22 @@ class SparkEngine:
                 result["error"] = error
 
         thread = threading.Thread(target=start, name="lucent-spark-start", daemon=True)
+        launch = GatewayLaunch()  # the gateway JVM this start launches, ended if the job gives up on it
         thread.start()
         log.info("Starting the Spark session on %s (waiting up to %.0f s: %s)", where, self.start_timeout,
                  START_SECONDS_VARIABLE)
-        thread.join(self.start_timeout)
+        deadline = time.monotonic() + self.start_timeout
+        try:  # short joins: Python runs a stop request's handler (SIGTERM, Ctrl-C) between them
+            while thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+                thread.join(min(left, STOP_POLL_S))
+        except BaseException:  # a stop request while waiting: no JVM left starting behind
+            launch.end()
+            raise
         if thread.is_alive():
+            ended = launch.end()
+            if ended:
+                log.info("Stopped the Spark gateway that was still starting (process %s)",
+                         ", ".join(str(pid) for pid in ended))
             more = f"set {START_SECONDS_VARIABLE} to wait longer"
             if (self.master or "").startswith("local"):  # no master to check: this machine is slow or busy
                 raise DependencyError(f"The local Spark session ({where}) did not start within "
@@ -264,6 +323,29 @@ class SparkEngine:
         log.info("Spark %s session on %s started in %.1f s", session.version, self.master or session.conf.get(
             "spark.master", "?"), time.perf_counter() - started)
         return session
+
+    def session_conf(self) -> dict[str, str]:
+        """The settings the session is started with: Lucent's defaults, loopback only for a local master
+        (``LOCAL_CONF``, where the user's Spark configuration does not set them), the engine's ``conf``,
+        the forced ones; a Connect client's without the server's static settings."""
+        local: dict[str, str] = {}
+        if self.local_master():
+            user = user_spark_conf()
+            own_address = any(os.environ.get(name) for name in _ADDRESS_VARIABLES)
+            local = {key: value for key, value in LOCAL_CONF.items()
+                     if key not in user and not (own_address and key in _ADDRESS_KEYS)}
+        conf = {**DEFAULT_CONF, **local, **self.conf, **FORCED_CONF}
+        if self.master and self.master.startswith("sc://"):  # checked on the server once started
+            conf = {key: value for key, value in conf.items() if key not in STATIC_CONF}
+        return conf
+
+    def local_master(self) -> bool:
+        """Whether the session's master is this machine (``local[N]``, or no master configured anywhere:
+        pyspark's ``local[*]``). Under spark-submit its configuration is the user's: never."""
+        if "PYSPARK_GATEWAY_PORT" in os.environ:
+            return False
+        master = self.master or user_spark_conf().get("spark.master") or os.environ.get("MASTER") or "local[*]"
+        return master.startswith("local")
 
     def close(self) -> None:
         if self._session is not None:
@@ -318,9 +400,10 @@ class SparkEngine:
                ) -> GroupedRows:
         """One GROUP BY over the role columns (and the model's predicted label, with ``endpoint``)."""
         from . import GroupedRows, WeightedColumn
+        from .spark_shards import interruptible
 
         started = time.perf_counter()
-        layout = read_layout(self.session, config, dataset_path)
+        layout = read_layout(lambda: self.session, config, dataset_path)  # no JVM yet for local files
         roles = _locate_roles(config, layout, None, None)  # type: ignore[arg-type] - a Layout reads like a Table
         names = list(dict.fromkeys(ref.name for ref in (roles.label, roles.predicted_label, *roles.facets, roles.group)
                                    if ref is not None))
@@ -330,11 +413,20 @@ class SparkEngine:
                                    if ref is not None}
         feature_names = [h for h in layout.headers if h not in not_features]
         with reading(layout.source) if layout.uri else contextlib.nullcontext():  # Spark resolves the URI here
-            frame = self._read(config, layout.paths, layout.headers)
+            # CSV rows without one field per header are refused as locally: counted in this GROUP BY
+            checked = config.dataset_type == media.CSV and endpoint is None
+            frame = self._read(config, layout.paths, layout.headers, malformed=checked)
         json_lines = config.dataset_type == media.JSON_LINES
         functions = self._sql.functions
         first = functions.struct(*POSITION)  # where a row stands: file, split, position
         aggregates = [functions.count(functions.lit(1)).alias("__rows"), functions.min(first).alias("__first")]
+        extra: list[Any] = []
+        if checked:  # how many, and each group's first (the driver names up to 10)
+            bad = functions.col(MALFORMED).isNotNull()
+            aggregates += [functions.sum(functions.when(bad, 1).otherwise(0)).alias("__bad"),
+                           functions.min(functions.when(bad, functions.struct(*POSITION, MALFORMED))).alias("__first_bad")]
+            # as JSON text: Arrow refuses a null struct whose fields Spark calls non-nullable
+            extra = ["__bad", functions.to_json("__first_bad").alias("__first_bad")]
         if json_lines:  # a role value as its JSON text: a feature of the record, or a role's JMESPath
             slots = [f"r{i}" for i in range(len(names))]
             role_of = {column: role for role, column in layout.role_columns.items()}
@@ -357,14 +449,19 @@ class SparkEngine:
             if endpoint is not None:
                 aggregates.append(functions.collect_set(PREDICTED_DTYPE).alias("__dtypes"))
         grouped = (frame.groupBy(*keys).agg(*aggregates).orderBy("__first")
-                   .select(*keys, "__rows", *(["__dtypes"] if endpoint is not None else [])))
+                   .select(*keys, "__rows", *(["__dtypes"] if endpoint is not None else []), *extra))
         try:
-            groups = grouped.toArrow()
+            groups = interruptible(self.session, grouped.toArrow)  # a stop request interrupts it at once
         except Exception as error:  # noqa: BLE001 - a malformed file: the reason, not the Java trace
             if layout.uri:
                 with reading(layout.source):
                     raise
             raise UserError(f"Spark could not read the dataset {dataset_path}: {_first_line(error)}") from None
+        if extra:
+            malformed = pc.sum(groups.column("__bad")).as_py() or 0
+            if malformed:
+                firsts = [json.loads(row) for row in groups.column("__first_bad").to_pylist() if row is not None]
+                raise malformed_rows_error(layout, int(malformed), firsts)
         if ERROR in groups.column_names:
             failed = groups.filter(pc.is_valid(groups.column(ERROR)))
             if failed.num_rows:  # the first in the data: groups are in order of first appearance
@@ -405,20 +502,27 @@ class SparkEngine:
     def _sql(self) -> Any:
         return import_pyspark()
 
-    def _read(self, config: AnalysisConfig, files: Sequence[Path | str], headers: list[str]) -> Any:
+    def _read(self, config: AnalysisConfig, files: Sequence[Path | str], headers: list[str],
+              malformed: bool = False) -> Any:
         """The dataset as a DataFrame of ``c<i>`` columns (header i; JSON Lines: ``__line``, the raw text
-        lines) and where each row stands. ``files``: local files, or URIs Spark reads recursively."""
+        lines) and where each row stands. ``files``: local files, or URIs Spark reads recursively.
+        ``malformed`` (CSV): also ``MALFORMED``, the raw line of a row with another number of fields than
+        ``headers`` (Spark's corrupt-record column; null for the others). Without it such a row would be
+        cut or filled with nulls: it is what refuses them (``_count``)."""
         sql, spark = self._sql, self.session
         functions, types = sql.functions, sql.types
         paths = [str(path) for path in files]
         # Recursive like the local reader, and no partition columns from folder names (it adds none).
         reader = spark.read.option("recursiveFileLookup", "true")
         if config.dataset_type == media.CSV:
-            schema = types.StructType([types.StructField(f"c{i}", types.StringType()) for i in range(len(headers))])
-            raw = (reader.schema(schema)
-                   .options(header="false", sep=",", quote='"', escape='"', multiLine="false", mode="PERMISSIVE")
+            fields = [types.StructField(f"c{i}", types.StringType()) for i in range(len(headers))]
+            if malformed:  # (asking for it also turns off Spark's column pruning: every field is counted)
+                fields.append(types.StructField(MALFORMED, types.StringType()))
+            raw = (reader.schema(types.StructType(fields))
+                   .options(header="false", sep=",", quote='"', escape='"', multiLine="false", mode="PERMISSIVE",
+                            columnNameOfCorruptRecord=MALFORMED)
                    .csv(paths))
-            columns = [raw[f"c{i}"] for i in range(len(headers))]
+            columns = [raw[f"c{i}"] for i in range(len(headers))] + ([raw[MALFORMED]] if malformed else [])
         elif config.dataset_type == media.JSON_LINES:
             raw = reader.text(paths)
             columns = [raw["value"].alias("__line")]
@@ -482,7 +586,7 @@ class SparkEngine:
         """Each shard a Spark task (one partition each); checkpoints written here as results arrive."""
         from analyzer.explain.shards import max_concurrency, write_checkpoint
 
-        from .spark_shards import wave_plan
+        from .spark_shards import interruptible, wave_plan
 
         del workers  # Spark decides: one task per free executor core
         rows = [(index, first, stop, pickle.dumps(payload, protocol=5)) for index, first, stop, payload in tasks]
@@ -501,7 +605,9 @@ class SparkEngine:
             shards = (self.session.createDataFrame(wave, "shard long, first long, stop long, payload binary")
                       .repartitionByRange(len(wave), "shard"))  # one shard per task
             try:
-                results = shards.mapInPandas(runner, "shard long, checkpoint binary, error string, kind string").collect()
+                # in a thread of its own: a stop request interrupts the wave's Spark job at once
+                results = interruptible(self.session, shards.mapInPandas(
+                    runner, "shard long, checkpoint binary, error string, kind string").collect)
             except Exception as error:  # noqa: BLE001 - a lost executor beyond Spark's retries, a killed job
                 raise DependencyError(f"Spark could not run the SHAP shards: {_first_line(error)}") from None
             failed = None
@@ -519,6 +625,91 @@ class SparkEngine:
         from .spark_shards import spark_predictions
 
         return spark_predictions(self.session, endpoint, frames, _first_line)
+
+
+class GatewayLaunch:
+    """The Spark gateway processes a session start launches (pyspark's ``spark-submit``, which becomes the
+    driver's JVM, and the launcher it runs first): children of this process that were not there when
+    the start began, named by their command line. ``end`` stops them with their own children."""
+
+    def __init__(self) -> None:
+        self.before = set(_children(_process_table(), os.getpid()))
+
+    def processes(self) -> list[int]:
+        table = _process_table()
+        launched = [pid for pid in _children(table, os.getpid())
+                    if pid not in self.before and _GATEWAY_COMMAND.search(_command_line(pid))]
+        tree = list(launched)
+        for pid in tree:  # grows while walked: every descendant
+            tree.extend(child for child in _children(table, pid) if child not in tree)
+        return tree
+
+    def end(self, grace: float = STOP_GRACE_S) -> list[int]:
+        """SIGTERM to the launched processes (a JVM runs its shutdown hooks), SIGKILL to those still running
+        after ``grace`` seconds; the processes ended."""
+        pids = self.processes()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in pids:
+            if _running(pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        return pids
+
+
+def _process_table() -> dict[int, int]:
+    """Each process's parent (Linux's /proc; psutil where it is installed; else nothing known)."""
+    proc = Path("/proc")
+    if (proc / "self" / "stat").is_file():
+        table = {}
+        for entry in proc.iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                table[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+        return table
+    try:
+        import psutil
+    except ImportError:
+        return {}
+    return {process.pid: process.ppid() for process in psutil.process_iter()}
+
+
+def _children(table: dict[int, int], parent: int) -> list[int]:
+    return [pid for pid, ppid in table.items() if ppid == parent]
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        try:
+            import psutil
+
+            return " ".join(psutil.Process(pid).cmdline())
+        except Exception:  # noqa: BLE001 - gone, or no psutil: not a gateway we know of
+            return ""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, ended but not yet reaped by pyspark, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] not in "ZX"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
 
 
 def _shard_runner(settings: ShapSettings | TextShapSettings,

@@ -172,7 +172,7 @@ def _prepare(engine: SparkEngine, config: AnalysisConfig, dataset_path: Path | s
     if config.dataset_type not in (media.CSV, media.PARQUET):
         raise UserError(f"The Flip Test on the Spark engine reads {media.CSV} and {media.PARQUET} datasets, not "
                         f"{config.dataset_type}; run with --engine local")
-    layout = read_layout(engine.session, config, dataset_path)  # the files (or URI) count_table read
+    layout = read_layout(lambda: engine.session, config, dataset_path)  # the files (or URI) count_table read
     roles = _locate_roles(config, layout, None, None)  # type: ignore[arg-type] - a Layout reads like a Table
     names = list(dict.fromkeys(ref.name for ref in (roles.label, roles.predicted_label, *roles.facets, roles.group)
                                if ref is not None))

@@ -28,12 +28,13 @@ import csv
 import functools
 import json
 import logging
+import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -125,19 +126,22 @@ def reading(uri: str) -> Iterator[None]:
         raise UserError(f"dataset_uri {uri}: Spark cannot read it: {reason}") from None
 
 
-def read_layout(spark: Any, config: AnalysisConfig, dataset_path: Path | str) -> Layout:
-    """Headers and files of the dataset (for a URI, through Spark: the driver opens nothing)."""
+def read_layout(session: Callable[[], Any], config: AnalysisConfig, dataset_path: Path | str) -> Layout:
+    """Headers and files of the dataset (for a URI, through Spark: the driver opens nothing).
+    ``session``: the Spark session, called only for a URI (local files: no JVM starts here, so a config
+    that names no column of the data fails at once)."""
     from analyzer.data.loader import _open_table
 
     uri = cluster_uri(dataset_path)
     if config.dataset_type == media.JSON_LINES:
         source = uri or str(dataset_path)
         files = [] if uri else list_data_files(Path(dataset_path))
-        line, where = _first_spark_line(spark, uri) if uri else _first_local_line(files, source)
+        line, where = _first_spark_line(session(), uri) if uri else _first_local_line(files, source)
         return _json_layout(config, source, [uri] if uri else [str(f) for f in files], files, line, where)
     if uri is None:
         table = _open_table(config, Path(dataset_path), config.headers, chunk_rows=1)  # headers only
         return Layout(table.source, [str(path) for path in table.files], list(table.headers), list(table.files))
+    spark = session()
     with reading(uri):
         if config.dataset_type == media.PARQUET:
             columns = list(spark.read.option("recursiveFileLookup", "true").parquet(uri).columns)
@@ -155,6 +159,57 @@ def read_layout(spark: Any, config: AnalysisConfig, dataset_path: Path | str) ->
         log.info("%s is %s: %s (no `headers` in the analysis config; set it if this is wrong)", where,
                  "the header row" if is_header else "data", why)
         return Layout(uri, [uri], pandas_header_names(first) if is_header else generated_names(len(first)))
+
+
+MALFORMED = "__malformed"  # CSV: the raw line of a record without one field per header (else null)
+_LISTED_ROWS = 10  # malformed rows named in the error, as the local reader's
+
+
+def malformed_rows_error(layout: Layout, total: int, firsts: Sequence[dict[str, Any]]) -> DataError:
+    """The local reader's error for ``total`` CSV rows without one field per header. ``firsts``: some of
+    them as Spark found them (``__file``, ``__block``, ``__id`` and the raw line ``MALFORMED``). A local
+    file is read again on the driver for its rows' line numbers, as the local reader counts them; a file
+    below a URI is named with the line itself (Spark knows no line numbers)."""
+    from analyzer.data.csv_format import _rows_with_wrong_width
+
+    width = len(layout.headers)
+    local: dict[str, int] = {}
+    for index, path in enumerate(layout.files):
+        local.setdefault(os.path.abspath(path), index)
+        local.setdefault(os.path.realpath(path), index)
+
+    def local_index(uri: str) -> int | None:
+        path = unquote(urlsplit(uri).path) if "://" in uri or uri.startswith("file:") else uri
+        return local.get(os.path.abspath(path), local.get(os.path.realpath(path)))
+
+    ordered = sorted(firsts, key=lambda row: (local_index(row["__file"]) or 0, row["__file"], row["__block"],
+                                              row["__id"]))
+    named: list[str] = []
+    done: set[str] = set()
+    for row in ordered:
+        if len(named) >= _LISTED_ROWS:
+            break
+        index, line = local_index(row["__file"]), row[MALFORMED] or ""
+        fields = len(next(csv.reader([line]), []))
+        if index is None:
+            named.append(f"{row['__file']}: a row has {fields} fields: {line[:200]!r}")
+            continue
+        path = layout.files[index]
+        if str(path) in done:
+            continue
+        done.add(str(path))
+        found, _ = _rows_with_wrong_width(path, 0, 1, width, total)
+        named += ([f"{path} line {number} has {count} fields" for number, count in found]
+                  or [f"{path}: a row has {fields} fields: {line[:200]!r}"])
+    listed = named[:_LISTED_ROWS]
+    if total == 1:
+        return DataError(f"{listed[0]}, but the dataset has {width} columns (headers: {layout.headers}). "
+                         "Every row needs one field per column: fix or remove that row.")
+    rest = total - len(listed)
+    more = f"; and {rest} more such row(s)" if rest > 0 else ""
+    return DataError(f"{total} rows have another number of fields than the dataset's {width} columns "
+                     f"(headers: {layout.headers}): {'; '.join(listed)}{more}. Every row needs one field per "
+                     "column: fix or remove those rows.")
 
 
 def _first_local_line(files: list[Path], source: str) -> tuple[str, str]:

@@ -25,9 +25,10 @@ from __future__ import annotations
 import itertools
 import logging
 import pickle
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
@@ -44,6 +45,41 @@ TASK_CONCURRENCY = 4
 # PDP frames per Spark job: a frame is up to 2,000 records x the grid (40,000 rows at the default 20), so
 # the driver holds a few hundred MB at most.
 FRAMES_PER_JOB = 8
+
+
+T = TypeVar("T")
+
+
+def interruptible(session: Any, action: Callable[[], T]) -> T:
+    """``action()`` (a Spark action such as ``DataFrame.collect``) run in a thread of its own while this
+    thread waits for it in short joins: a stop request (SIGTERM's ``JobStopped``, Ctrl-C) is raised here at
+    once, and the session's running Spark jobs are interrupted (``interruptAll``: a job runs one action at
+    a time; ``interruptTag`` found no job of a tag added in the thread, on classic pyspark 4.3) before it
+    propagates. Python runs signal handlers in the main thread only, between bytecodes: a JVM call that
+    blocks it would hold a stop back for a whole wave. The action's own errors are raised here as they are."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = action()
+        except BaseException as error:  # noqa: BLE001 - raised in the calling thread below
+            result["error"] = error
+
+    thread = threading.Thread(target=run, name="lucent-spark-action", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)  # Python runs a stop request's handler between joins
+    except BaseException:
+        try:
+            interrupted = session.interruptAll()
+            log.info("Spark: stopping, %d running operation(s) interrupted", len(interrupted))
+        except Exception as error:  # noqa: BLE001 - stopping anyway: the session may be gone already
+            log.info("Spark: stopping; could not interrupt the running jobs: %s", error)
+        raise
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +119,8 @@ def spark_predictions(session: Any, endpoint: ModelEndpoint, frames: Iterator[pd
         log.info("Spark: %d PDP prediction frame(s) as Spark tasks", len(wave))
         tasks = session.createDataFrame(rows, "frame long, rows binary").repartitionByRange(len(wave), "frame")
         try:
-            results = tasks.mapInPandas(runner, "frame long, predictions binary, error string, kind string").collect()
+            results = interruptible(session, tasks.mapInPandas(
+                runner, "frame long, predictions binary, error string, kind string").collect)
         except Exception as error:  # noqa: BLE001 - a lost executor beyond Spark's retries, a killed job
             raise DependencyError(f"Spark could not run the PDP predictions: {first_line(error)}") from None
         done += len(wave)
