@@ -159,8 +159,11 @@ def load_job_dataset(config: AnalysisConfig, dataset_path: Path | str, base_dir:
             dataset = load(need_features=True)
     elif needs_features(config) and not engine_predicts(config):
         if job_engine(config).name == "spark":  # the user asked for Spark: say where the rows are read
+            on_spark = [what for what, method in (("SHAP shards", config.methods.shap),
+                                                  ("PDP predictions", config.methods.pdp)) if method is not None]
             log.info("Spark engine: the dataset is read on this machine (explanations and the Flip Test with "
-                     "model predictions need the feature rows here); SHAP shards run as Spark tasks")
+                     "model predictions need the feature rows here); %s", " and ".join(on_spark) + " run as Spark "
+                     "tasks" if on_spark else "nothing else in this job uses Spark: no Spark session starts")
         dataset = load(need_features=True)
     else:  # role columns only: counted by the job's engine (Spark: one GROUP BY, the rows stay in the cluster;
         # predictions the model must make are made there too, see predicted_label_column)

@@ -172,18 +172,20 @@ def test_max_concurrency_caps_requests_across_spark_tasks(spark, job, model, mon
     reset(model, hold_above=2, hold_s=2.0)
     assert job.run() == 0, job.message
     uncapped, reference = model.peak, outputs(job)
-    assert uncapped > 2  # two tasks, each with several requests in flight: the cap below has work to do
+    # two tasks at once, each with its calls in flight (a call is cut by the record and payload caps alone,
+    # so that the values do not depend on how many requests run at once): the cap below has work to do
+    assert uncapped >= 2
 
-    shap_job(job, model, 48, WIDE_SHAP, predictor={"max_concurrency": 2})
-    reset(model, hold_above=2, hold_s=0.3)
+    shap_job(job, model, 48, WIDE_SHAP, predictor={"max_concurrency": 1})
+    reset(model, hold_above=1, hold_s=0.3)
     assert job.run() == 0, job.message
-    assert model.peak == 2  # the cap is used, and never exceeded
+    assert model.peak == 1  # the cap is used, and never exceeded
     assert outputs(job) == reference  # max_concurrency changes no value
 
-    monkeypatch.delenv(ENGINE_ENV)  # the local engine: 2 worker processes, 1 request in flight each
-    reset(model, hold_above=2, hold_s=0.3)
+    monkeypatch.delenv(ENGINE_ENV)  # the local engine: the cap holds across its worker processes too
+    reset(model, hold_above=1, hold_s=0.3)
     assert job.run() == 0, job.message
-    assert 1 <= model.peak <= 2  # uncapped, this process alone sends 3 requests of a call at once
+    assert model.peak == 1
     assert outputs(job) == reference
 
 

@@ -257,6 +257,9 @@ class ModelClient:
         self.stats = ClientStats()
         self._records_cap = max(1, max_records_per_request)
         self._http = urllib3.PoolManager(num_pools=2, maxsize=self.concurrency, retries=False)
+        # Requests in flight, whichever thread sends them: calls can run side by side (SHAP's groups), and
+        # ``concurrency`` (predictor.max_concurrency's share) bounds them all together.
+        self._in_flight = threading.BoundedSemaphore(self.concurrency)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._logged: set[str] = set()
@@ -370,7 +373,8 @@ class ModelClient:
         if len(batch) > cap:  # cut before the model refused a smaller batch: do not try it whole
             return [part for piece in batch.pieces(cap) for part in self._run(piece, abort, patience)]
         try:
-            return [self._answer(batch, abort, patience)]
+            with self._in_flight:
+                return [self._answer(batch, abort, patience)]
         except _Refused as refusal:
             if len(batch) == 1:
                 raise ModelError(f"The model at {self.shown_url} failed on the record at row {batch.first_row}: "
