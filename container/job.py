@@ -19,13 +19,11 @@ the message file belongs to the job that is running.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import errno
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -568,29 +566,16 @@ _STORAGE_ADVICE = {errno.EFBIG: "Raise the file-size limit (ulimit -f), or use a
                    errno.EROFS: "Make the output folder writable"}
 
 
-# How an OSError reads once the report process has sent it as text: "OSError: [Errno 28] No space left on
-# device: '/job/output/.lucent-staging-x/report.html'" (str() of the error; the file name is its repr).
-_OS_ERROR_TEXT = re.compile(r"""\[Errno (\d+)\] ([^:']+)(?:: ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"))?""")
-
-
 def report_storage_error(error: ReportError) -> OSError | None:
     """The storage error (``STORAGE_ERRNOS``) that made a report format fail, if one did: the report was
-    complete, the disk (or a quota, or a file-size limit) refused it. Found in the exceptions themselves
-    (the report written in this process) or, as the report process sends its failures as text, in their
-    ``[Errno N] ...: 'file'`` wording."""
+    complete, the disk (or a quota, or a file-size limit) refused it (the report process sends an
+    ``OSError``'s errno and file with its failure: ``analyzer.report.process``)."""
     for failure in error.failed.values():
         seen: BaseException | None = failure
         while seen is not None:
             if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
                 return seen
             seen = seen.__cause__ or seen.__context__
-        match = _OS_ERROR_TEXT.search(str(failure))
-        if match and int(match[1]) in STORAGE_ERRNOS:
-            filename = None
-            if match[3]:
-                with contextlib.suppress(ValueError, SyntaxError):
-                    filename = ast.literal_eval(match[3])
-            return OSError(int(match[1]), match[2], filename)
     return None
 
 

@@ -80,9 +80,10 @@ class ReportProcess:
                               [], {"all": RuntimeError("report process died")})
         written, failed = [Path(p) for p in outcome[0]], outcome[1]
         if failed:
-            reasons = "; ".join(f"{ext}: {reason}" for ext, reason in failed.items())
+            reasons = "; ".join(f"{ext}: {reason}" for ext, (reason, _) in failed.items())
             raise ReportError(f"the report could not be written ({reasons})", written,
-                              {ext: RuntimeError(reason) for ext, reason in failed.items()})
+                              {ext: OSError(*os_error) if os_error else RuntimeError(reason)
+                               for ext, (reason, os_error) in failed.items()})
         return written
 
     def _receive(self) -> tuple | None:
@@ -192,10 +193,9 @@ def _serve_report(log_level: int, parent_pid: int, jobs: Connection, results: Co
         log.debug("Report rendered in %.2f s", time.perf_counter() - started)
         results.send(([str(p) for p in written], {}))
     except ReportError as error:
-        results.send(([str(p) for p in error.written],
-                      {ext: f"{type(exc).__name__}: {exc}" for ext, exc in error.failed.items()}))
+        results.send(([str(p) for p in error.written], {ext: _failure(exc) for ext, exc in error.failed.items()}))
     except Exception as error:  # noqa: BLE001 - the job must hear why, not just an exit code
-        results.send(([], {"all": f"{type(error).__name__}: {error}"}))
+        results.send(([], {"all": _failure(error)}))
     finally:
         results.close()
 
@@ -222,6 +222,13 @@ def warm_up() -> None:
     figure.savefig(svg, format="svg")
     # A chart drawn into the PDF, as the report's are (WeasyPrint's SVG renderer has first-use costs of its own).
     render_pdf(f'<p>Lucent</p><img src="data:image/svg+xml;base64,{base64.b64encode(svg.getvalue()).decode()}">')
+
+
+def _failure(error: BaseException) -> tuple[str, tuple | None]:
+    """A format's failure as the job receives it: its text, and for an ``OSError`` (a full disk: the user's to
+    fix, not the report's) the ``(errno, strerror, filename)`` the job rebuilds it from."""
+    os_error = (error.errno, error.strerror, error.filename) if isinstance(error, OSError) else None
+    return f"{type(error).__name__}: {error}", os_error
 
 
 def _ending(code: int | None) -> str:
