@@ -11,14 +11,13 @@ path or ``file://`` URI.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from analyzer.config.parser import read_json_file
-from analyzer.config.spec import INVALID, Context, Enum, Obj, Typed, Where, shown
+from analyzer.config.spec import INVALID, Context, Enum, Obj, Typed, Where, closest, shown
 from analyzer.errors import ConfigError
 from analyzer.media import CSV, JSON_LINES, media_type
 from container.api_spec import api_string, bounded_list, has_invalid, jmespath_expression, object_or_empty
@@ -197,8 +196,8 @@ def _unknown_key(key: str) -> str:
         if key in spec.fields:
             return (f"{key}: not a CreateEndpointConfig key; it belongs inside {section} "
                     f"({{\"{section}\": {{\"{key}\": ...}}}})")
-    close = difflib.get_close_matches(key, (*_READ_KEYS, *_UNUSED_KEYS), n=1)
-    hint = f"did you mean {close[0]}?" if close else f"the keys read are {', '.join(_READ_KEYS)}"
+    close = closest(key, (*_READ_KEYS, *_UNUSED_KEYS))
+    hint = f"did you mean {close}?" if close else f"the keys read are {', '.join(_READ_KEYS)}"
     return f"{key}: not a CreateEndpointConfig key ({hint})"
 
 
