@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import socket
 import time
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from analyzer.config import AnalysisConfig
 from analyzer.config.model import SERVER
+from analyzer.environment import positive_number
 from analyzer.errors import DependencyError, UserError
 from analyzer.predict import ModelRefused, ModelTransportError, wait_until_healthy
 from analyzer.predict.inprocess import forget_model, loaded_model
@@ -50,8 +50,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEALTHY_WITHIN_SECONDS = 240  # SageMaker: /ping must pass within 4 minutes of the container start
-# An endpoint that is "already running" gets less patience than one we start; overridable for slow starts.
-EXISTING_ENDPOINT_WAIT_SECONDS = float(os.environ.get("LUCENT_ENDPOINT_WAIT_SECONDS", "60"))
+# An endpoint that is "already running" gets less patience than one we start; overridable for slow starts
+# (read when a URL is used, through the one parser of LUCENT_* numbers: a bad value is a clear error).
+EXISTING_ENDPOINT_WAIT_VARIABLE = "LUCENT_ENDPOINT_WAIT_SECONDS"
+EXISTING_ENDPOINT_WAIT_SECONDS = 60.0
 MODEL_PORT = 8080
 
 
@@ -215,10 +217,11 @@ def _describe_source(config: AnalysisConfig, model_dir: Path) -> str:
 
 def _existing_endpoint(url: str, setting: str = "predictor.endpoint_url") -> str:
     """``url`` once its ``GET /ping`` answers 200; ``ModelUnavailable`` naming ``setting`` (the config key or
-    the option that gave the URL) when it does not within ``EXISTING_ENDPOINT_WAIT_SECONDS``."""
+    the option that gave the URL) when it does not within ``$LUCENT_ENDPOINT_WAIT_SECONDS`` (default 60)."""
+    patience = positive_number(EXISTING_ENDPOINT_WAIT_VARIABLE, EXISTING_ENDPOINT_WAIT_SECONDS, unit="seconds")
     log.info("Using the model endpoint at %s", redact_url(url))
     try:
-        waited = wait_until_healthy(url, timeout=EXISTING_ENDPOINT_WAIT_SECONDS)
+        waited = wait_until_healthy(url, timeout=patience)
     except ModelTransportError as error:
         raise ModelUnavailable(f"{setting}: {error}") from error
     log.info("Endpoint is in service after %.0f seconds", waited)

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analyzer.errors import ConfigError, UserError
+from analyzer.monitor.window import utc_text
 from container.job import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_USER_ERROR
 
 if TYPE_CHECKING:
@@ -345,14 +346,11 @@ def catch_up(label: str, expression: str, state_dir: Path, now: datetime, run: C
         skipped, ticks = ticks[:-max_windows], ticks[-max_windows:]
         print(f"{label}: {len(skipped)} older missed window(s) not run (--max-windows {max_windows}): "
               f"{skipped[0].strftime(STAMP)} to {skipped[-1].strftime(STAMP)}; run them with --catch-up --since "
-              f"{_iso(skipped[0])} --max-windows {len(skipped) + len(ticks)}", flush=True)
+              f"{utc_text(skipped[0])} --max-windows {len(skipped) + len(ticks)}", flush=True)
     print(f"{label}: catching up {len(ticks)} window(s)"
           + (f": {', '.join(tick.strftime(STAMP) for tick in ticks)}" if ticks else ""), flush=True)
     return max((run(tick) for tick in ticks), default=EXIT_OK)
 
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _mark_installed(state_dir: Path, now: datetime) -> None:
@@ -438,7 +436,7 @@ class MonitoringJob:
         if self.cloudwatch_dir is not None:
             options.append(f"--cloudwatch-dir={self.cloudwatch_dir}")
         return [*monitor_command(), "--job-definition", str(self.definition_file), "--capture-uri", self.capture_uri,
-                "--now", _iso(tick), "--schedule-name", self.name, *options, *self._model_arguments()]
+                "--now", utc_text(tick), "--schedule-name", self.name, *options, *self._model_arguments()]
 
     def unfinished(self, tick: datetime) -> str | None:
         """Why the window of ``tick`` cannot run yet (``lucent monitor`` would refuse it), or None."""

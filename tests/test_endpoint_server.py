@@ -404,6 +404,19 @@ def test_cli_lists_every_problem_and_exits_1(tmp_path: Path, capsys: pytest.Capt
     assert "UseLogit" in err and "InitialSamplingPercentage" in err
 
 
+def test_log_level_options_are_the_other_commands(tmp_path: Path, monkeypatch, capsys) -> None:
+    # --log-level and $LUCENT_LOG_LEVEL, as lucent run has them (the endpoint had only -v).
+    config = tmp_path / "endpoint-config.json"
+    config.write_text(json.dumps({"ProductionVariants": [{"VariantName": "AllTraffic"}]}))
+    argv = ["--config", str(config), "--endpoint-name", NAME, "--model-url", "http://127.0.0.1:9"]
+    monkeypatch.setenv("LUCENT_LOG_LEVEL", "loud")
+    with pytest.raises(SystemExit, match="LUCENT_LOG_LEVEL='loud': choose from debug, info, warning, error"):
+        endpoint_main(argv)
+    with pytest.raises(SystemExit) as refused:
+        endpoint_main([*argv, "--log-level", "chatty"])
+    assert refused.value.code == 2 and "--log-level: invalid choice: 'chatty'" in capsys.readouterr().err
+
+
 # -- explanations and capture ----------------------------------------------------------------------
 
 

@@ -223,6 +223,15 @@ def test_existing_endpoint_that_is_down(model_job, monkeypatch):
     assert_model_error(model_job, "predictor.endpoint_url")
 
 
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_existing_endpoint_wait_setting_that_is_not_a_number(model_job, endpoint, monkeypatch, value):
+    # Read when a URL is used, by the one LUCENT_* parser: a message naming the variable, not a traceback
+    # (it was float()ed when the module was imported).
+    monkeypatch.setenv("LUCENT_ENDPOINT_WAIT_SECONDS", value)
+    use_endpoint(model_job, endpoint)
+    assert_model_error(model_job, "LUCENT_ENDPOINT_WAIT_SECONDS", repr(value), "positive number of seconds")
+
+
 def test_existing_endpoint_label_locator_gives_predicted_labels(model_job, endpoint):
     # label locator: the model's own label is the predicted label (no threshold); all "1" -> DPPL 0 etc.
     endpoint.reply = lambda n: (200, "1,0.3\n" * n)

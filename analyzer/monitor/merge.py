@@ -108,7 +108,7 @@ from analyzer.monitor.capture import (
     payload_bytes,
     record_problem,
 )
-from analyzer.monitor.window import Window
+from analyzer.monitor.window import Window, utc_text
 from analyzer.predict.decode import ResponseParser
 from analyzer.predict.locator import JsonLocator
 from analyzer.predict.predictions import Predictions, predicted_labels_for_bias
@@ -1544,7 +1544,7 @@ def _merge(config: AnalysisConfig, window: Window, attributes: EndpointAttribute
            parsed: _Prefetched, counter: list[int], started: float, jobs: list[_Background],
            ground_truth_where: str | None = None) -> MergedWindow:
     bias = ground_truth_files is not None
-    counts: dict[str, Any] = {"window_start": _text(window.start), "window_end": _text(window.end),
+    counts: dict[str, Any] = {"window_start": utc_text(window.start), "window_end": utc_text(window.end),
                               "capture_files": 0, "captured_lines": 0, "malformed_lines": 0,
                               "malformed_examples": [], "captured_records": 0, "invocations_in_window": 0,
                               "records_in_window": 0, "merged_records": 0}
@@ -1610,10 +1610,6 @@ def _truth_result(job: _Background, counts: dict[str, Any]) -> _Truth:
 
 def _naive_utc(when: datetime) -> datetime:
     return (when if when.tzinfo is None else when.astimezone(UTC)).replace(tzinfo=None)
-
-
-def _text(when: datetime) -> str:
-    return _naive_utc(when).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 __all__ = ["CHUNK_BYTES", "MAX_EXAMPLES", "MAX_LINE_BYTES", "MAX_MALFORMED_FRACTION", "CaptureFile", "MergedWindow", "merge_window"]

@@ -77,7 +77,7 @@ class Window:
         return self.start <= _utc(when) < self.end
 
     def __str__(self) -> str:
-        return f"[{_text(self.start)}, {_text(self.end)})"
+        return f"[{utc_text(self.start)}, {utc_text(self.end)})"
 
 
 def monitoring_window(now: datetime, start_offset: str | None, end_offset: str | None) -> Window:
@@ -90,7 +90,7 @@ def monitoring_window(now: datetime, start_offset: str | None, end_offset: str |
     end = _shift(when, parse_duration(end_text, "EndTimeOffset"), "EndTimeOffset", end_text)
     if start >= end:
         raise UserError(f"StartTimeOffset {start_text!r} must come before EndTimeOffset {end_text!r}: for the "
-                        f"execution at {_text(when)} they give the empty window {_text(start)} to {_text(end)}")
+                        f"execution at {utc_text(when)} they give the empty window {utc_text(start)} to {utc_text(end)}")
     return Window(start, end)
 
 
@@ -102,8 +102,8 @@ def check_window_over(window: Window, publish_delay: timedelta, clock: datetime 
     ready = window.end + publish_delay
     if ready > now:
         raise UserError(f"the window {window} is not over yet: its capture files may be published until "
-                        f"{_text(ready)} ({int(publish_delay.total_seconds())} s after its end), and it is "
-                        f"{_text(now)}; run it after that")
+                        f"{utc_text(ready)} ({int(publish_delay.total_seconds())} s after its end), and it is "
+                        f"{utc_text(now)}; run it after that")
 
 
 def _shift(when: datetime, offset: timedelta, key: str, text: str) -> datetime:
@@ -144,5 +144,6 @@ def _utc(when: datetime) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def _text(when: datetime) -> str:
+def utc_text(when: datetime) -> str:
+    """``when`` as monitoring outputs and messages write times: UTC, to the second, ``Z`` (a naive time is UTC)."""
     return _utc(when).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -24,8 +24,9 @@ import numpy as np
 
 from analyzer.config.model import Predictor
 from analyzer.errors import ConfigError, DependencyError, UserError
+from analyzer.logs import add_log_arguments, configure_logging, level_from_args
 from analyzer.predict import serialize_records
-from analyzer.redact import install_redaction, redact_url
+from analyzer.redact import redact_url
 from container.endpoint.app import EndpointApp, Explanations
 from container.endpoint.auth import ACCESS_KEY_VARIABLE, REGION_VARIABLE, SECRET_KEY_VARIABLE, SigV4Verifier
 from container.endpoint.config import (
@@ -86,7 +87,7 @@ def build_parser(prog: str = "lucent endpoint") -> argparse.ArgumentParser:
                         help=f"connections open at once (default: {DEFAULT_MAX_CONNECTIONS}); past it a new connection "
                              "closes the oldest one without a complete request, and gets 503 only when every "
                              "one is busy with a request")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_log_arguments(parser)
     return parser
 
 
@@ -107,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if not re.fullmatch(ENDPOINT_NAME_PATTERN, args.endpoint_name) or len(args.endpoint_name) > 63:
         parser.error(f"--endpoint-name {args.endpoint_name!r}: 1 to 63 letters, digits and hyphens "
                      "(no leading or trailing hyphen)")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
-    install_redaction()
+    configure_logging(level_from_args(args))  # redacted; other libraries' INFO lines (botocore's) off
     try:
         config = load_endpoint_config(args.config)
         verifier = SigV4Verifier.from_environment()

@@ -294,7 +294,7 @@ def _compute(execution: Execution, root: Path, runner: Launch, status: dict) -> 
     definition = execution.definition
     now = execution_time(execution.now)
     window = execution.window
-    window_text = f"[{_iso(window.start)}, {_iso(window.end)})"
+    window_text = str(window)
     status["Window"] = window_text
     log.info("Window %s; results to %s", window_text, execution.output)
 
@@ -747,7 +747,4 @@ def _publish(runner: Launch, root: Path, status: dict, output: Location) -> bool
     log.info("Results in %s (%s)", output, summary)
     return True
 
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
