@@ -87,3 +87,4 @@ def words(text: str) -> list[str]:
 
 def approx(value: float) -> Any:
     return pytest.approx(value, rel=1e-9, abs=1e-12)
+

@@ -375,3 +375,26 @@ def test_one_vs_all_over_many_distinct_values_stays_linear():
     first = df["id"].iloc[0]
     assert report[0]["value_or_threshold"] == first
     assert metric_values(report[0])["CI"] == approx(1 - 2 * (df["id"] == first).mean())
+
+
+def test_a_facet_of_many_groups_shows_progress(monkeypatch, caplog) -> None:
+    """One-vs-rest over thousands of facet values can take minutes (the Flip Test most): a line every
+    LUCENT_PROGRESS_SECONDS in a log, as the other long steps show; a facet of a few groups shows none."""
+    import logging
+
+    from analyzer.bias.report import PROGRESS_GROUPS
+
+    monkeypatch.setenv("LUCENT_PROGRESS_SECONDS", "1e-9")  # every group's line, whatever the clock says
+    rng = np.random.default_rng(0)
+    n = 100 * PROGRESS_GROUPS  # 1 % distinct values: categorical (Clarify's 5 % rule)
+    df = pd.DataFrame({"city": rng.integers(0, PROGRESS_GROUPS, n), "label": rng.integers(0, 2, n)})
+    with caplog.at_level(logging.INFO):
+        report = lucent_report(df, "city", None, "label", [1], "pre_training", ["CI"])
+    assert len(report) == PROGRESS_GROUPS
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Bias metrics for facet city: ")]
+    assert lines[-1].startswith(f"Bias metrics for facet city: {PROGRESS_GROUPS:,} of {PROGRESS_GROUPS:,} groups (100%)")
+    caplog.clear()
+    few = df.assign(city=df["city"] % 3)
+    with caplog.at_level(logging.INFO):
+        lucent_report(few, "city", None, "label", [1], "pre_training", ["CI"])
+    assert not [r for r in caplog.records if r.getMessage().startswith("Bias metrics for facet city: ")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -47,9 +47,11 @@ from analyzer.config.model import AnalysisConfig
 from analyzer.data.column import Column
 from analyzer.data.dataset import Dataset
 from analyzer.errors import UserError
+from analyzer.progress import progress
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_GROUPS = 50  # facets with at least this many groups show progress (a bar, or a line every few seconds)
 FT_NO_FEATURES = "FT needs the dataset's feature columns, which were not loaded for this analysis"
 
 
@@ -187,16 +189,22 @@ def _facet_report(facet: Column, facet_values: list[Any] | None, data_type: colu
     logger.info("Bias metrics %s for facet %s (%s, %d group(s): %s)", ",".join(names), facet.name,
                 data_type.name, len(facet_groups), ", ".join(g.value_or_threshold for g in facet_groups[:20]))
     report = []
-    for facet_group, split in zip(facet_groups, _splits(facet, facet_groups, outcomes, groups), strict=True):
+    # A facet of thousands of values (one-vs-rest groups) can take minutes, the Flip Test most: show it.
+    shown = progress(f"Bias metrics for facet {facet.name}", len(facet_groups), "groups") \
+        if len(facet_groups) >= PROGRESS_GROUPS else nullcontext()
+    with shown as bar:
+        for facet_group, split in zip(facet_groups, _splits(facet, facet_groups, outcomes, groups), strict=True):
 
-        def flip_test_inputs(facet_group: columns.FacetGroup = facet_group) -> FlipTestInputs:
-            if features is None:
-                raise ValueError(FT_NO_FEATURES)
-            return features, facet_group.row_mask(facet), outcomes.predicted
+            def flip_test_inputs(facet_group: columns.FacetGroup = facet_group) -> FlipTestInputs:
+                if features is None:
+                    raise ValueError(FT_NO_FEATURES)
+                return features, facet_group.row_mask(facet), outcomes.predicted
 
-        entries = [_metric_entry(metric, partial(_metric_value, metric, split, groups, flip_test_inputs))
-                   for metric in (BIAS_METRICS_BY_NAME[name] for name in names)]
-        report.append({"value_or_threshold": facet_group.value_or_threshold, "metrics": entries})
+            entries = [_metric_entry(metric, partial(_metric_value, metric, split, groups, flip_test_inputs))
+                       for metric in (BIAS_METRICS_BY_NAME[name] for name in names)]
+            report.append({"value_or_threshold": facet_group.value_or_threshold, "metrics": entries})
+            if bar is not None:
+                bar.update()
     logger.info("Bias metrics for facet %s computed in %.3f s", facet.name, time.perf_counter() - started)
     return report
 
