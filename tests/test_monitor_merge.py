@@ -643,3 +643,19 @@ def test_a_line_longer_than_any_invocation_is_a_malformed_line():
         f"capture/000.jsonl line 101: a line of {len(huge) - 1:,} bytes, over the {MAX_LINE_BYTES:,} that one "
         "invocation's capture can take"]
     assert len(merged.dataset.label.to_series()) == 200
+
+
+def test_reading_many_files_shows_progress(monkeypatch, caplog):
+    """A day of hourly capture from S3 is thousands of files and tens of seconds of reading: a line every
+    LUCENT_PROGRESS_SECONDS says how far it got (every file's here: the interval is made tiny)."""
+    import logging
+
+    monkeypatch.setenv("LUCENT_PROGRESS_SECONDS", "1e-9")
+    lines, truths, _ = traffic(60, seed=4)
+    capture, truth = files(lines, 3), files(truths, 5, "truth")
+    with caplog.at_level(logging.INFO):
+        merged = merge_window(parse_config(churn_config()), capture, WINDOW, EndpointAttributes(), truth)
+    said = [r.getMessage() for r in caplog.records]
+    assert f"Reading capture files: {len(capture)} files" in " | ".join(said)
+    assert f"Reading ground truth files: {len(truth)} files" in " | ".join(said)
+    assert merged.counts["capture_files"] == len(capture)

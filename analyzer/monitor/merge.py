@@ -112,6 +112,7 @@ from analyzer.monitor.window import Window, utc_text
 from analyzer.predict.decode import ResponseParser
 from analyzer.predict.locator import JsonLocator
 from analyzer.predict.predictions import Predictions, predicted_labels_for_bias
+from analyzer.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -244,19 +245,22 @@ def _chunks(files: Iterable[CaptureFile], chunk_bytes: int, counter: list[int],
             what: str = "capture") -> Iterator[list[CaptureFile]]:
     chunk: list[CaptureFile] = []
     size = 0
-    for name, data in files:
-        counter[0] += 1
-        if bytes(data[:2]) == GZIP_MAGIC:  # every line would be "not UTF-8 text": say what the file is
-            writers = ", as SageMaker's data capture and `lucent endpoint` write them" if what == "capture" else ""
-            raise UserError(f"{name} is gzip-compressed: {what} files are plain JSON Lines (UTF-8 text, one "
-                            f"{what} record per line){writers}; decompress it (gunzip) in place")
-        chunk.append((name, bytes(data)))
-        size += len(data)
-        if size >= chunk_bytes:
+    # Thousands of small files from S3 take a while (tens of seconds for a day of hourly traffic): show it.
+    with progress(f"Reading {what} files", None, "files") as shown:
+        for name, data in files:
+            counter[0] += 1
+            shown.update()
+            if bytes(data[:2]) == GZIP_MAGIC:  # every line would be "not UTF-8 text": say what the file is
+                writers = ", as SageMaker's data capture and `lucent endpoint` write them" if what == "capture" else ""
+                raise UserError(f"{name} is gzip-compressed: {what} files are plain JSON Lines (UTF-8 text, one "
+                                f"{what} record per line){writers}; decompress it (gunzip) in place")
+            chunk.append((name, bytes(data)))
+            size += len(data)
+            if size >= chunk_bytes:
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
             yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
 
 
 def _parsed_chunks(files: Iterable[CaptureFile], chunk_bytes: int,

@@ -24,11 +24,6 @@ IMAGE_REQUEST_TYPES = (JPEG, JPG, PNG, NPY)
 JPEG_QUALITY = 95  # Pillow's default of 75 visibly blurs segment edges; 95 keeps them (~2x the bytes)
 
 
-def is_image_batch(rows: object) -> bool:
-    """Whether ``rows`` is a batch of RGB images: a 4-D uint8 array ``(n, height, width, channels)``."""
-    return isinstance(rows, np.ndarray) and rows.ndim == 4 and rows.dtype == np.uint8
-
-
 def encode_image(image: np.ndarray, content_type: str) -> bytes:
     """One ``(height, width, channels)`` uint8 image as a JPEG or PNG file."""
     from PIL import Image
@@ -95,4 +90,4 @@ class CoalitionRecords(EncodedRecords):
         return SplitBody(*self._fixed, *npy_pieces(np.ascontiguousarray(self.pictures.keep[start:stop], dtype=bool)))
 
 
-__all__ = ["IMAGE_REQUEST_TYPES", "CoalitionRecords", "ImageRecords", "encode_image", "is_image_batch"]
+__all__ = ["IMAGE_REQUEST_TYPES", "CoalitionRecords", "ImageRecords", "encode_image"]
