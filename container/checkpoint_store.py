@@ -11,8 +11,10 @@ tells the job so (``COPIED_BY_LAUNCHER``), which then keeps them in its work are
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,7 @@ from analyzer.explain.checkpoint_store import (
     SHAP_PREFIX,
     CheckpointStore,
     FolderStore,
+    checkpoint_names,
     checkpoint_uri,
     is_checkpoint_name,
 )
@@ -90,7 +93,8 @@ class S3Store:
             self.client.put_object(Bucket=self.location.bucket, Key=self._key(name), Body=data)
 
     def remove(self, names: Iterable[str]) -> None:
-        keys = sorted(self._key(name) for name in names)
+        """Delete the checkpoints ``names``; any other name is left alone (``checkpoint_names``)."""
+        keys = sorted(self._key(name) for name in checkpoint_names(names, self))
         for start in range(0, len(keys), 1000):  # the API's limit per request
             with self._errors("deleting", keys[start].removeprefix(self.location.prefix)):
                 self.client.delete_objects(Bucket=self.location.bucket,
@@ -112,6 +116,21 @@ def open_checkpoint_store(config: AnalysisConfig, output_uri: str | None) -> Che
         return store_at(uri)
     except StorageError as error:
         raise StorageError(f"lucent.{CHECKPOINT_URI_KEY}: {error}") from None
+
+
+def local_checkpoint_folder(config: AnalysisConfig) -> Path | None:
+    """The local folder ``config``'s ``lucent.checkpoint_uri`` names, as ``store_at`` opens it: where the job
+    would write, list and remove SHAP checkpoints (``container.job.inputs_outside_root`` holds it to the
+    processing root, as the datasets). None: no such key, an S3 URI, or a malformed one (reported when the
+    store is opened)."""
+    configured = config.lucent.get(CHECKPOINT_URI_KEY) if isinstance(config.lucent, dict) else None
+    if not configured:
+        return None
+    try:
+        location = Location(str(configured))
+    except StorageError:
+        return None
+    return None if location.is_s3 else location.path
 
 
 def store_at(uri: str, endpoint_url: str | None = None) -> CheckpointStore:
@@ -142,8 +161,34 @@ class WorkAreaCopy:
             return None
         return stat.st_size, stat.st_mtime_ns
 
+    def _work_area_is_real(self) -> bool:
+        """The work area is a folder of its own, not a link the job made to elsewhere on this machine."""
+        if os.path.islink(self.work_area):
+            log.warning("SHAP checkpoints: the job's work area %s is a symbolic link, not followed: nothing is "
+                        "copied from it", self.work_area)
+            return False
+        return True
+
     def _local_names(self) -> list[str]:
+        """The work area's checkpoints, never through a link (``FolderStore.names``)."""
         return [name for name in self.local.names(SHAP_PREFIX) if is_checkpoint_name(name)]
+
+    def _read_local(self, name: str) -> bytes | None:
+        """The work area's file ``name``, opened without following a link (the job, or its image, may have
+        put one there to a file of this machine); None, with a warning naming it, when it is not a plain file."""
+        path = self.work_area / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                log.warning("SHAP checkpoints: %s is a symbolic link, not followed: not copied", path)
+                return None
+            raise
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                log.warning("SHAP checkpoints: %s is not a plain file: not copied", path)
+                return None
+            return handle.read()
 
     def pull(self) -> int:
         """Copy every checkpoint of the store into the work area; returns how many. Names a job never
@@ -161,13 +206,19 @@ class WorkAreaCopy:
         the job removed: every one after a success, and those of other fingerprints once the job has
         made its own folder (as ``CheckpointMirror.pull`` does); returns (copied, removed). A failed job
         that removed its work area (no shard to resume from) leaves the store as it was."""
-        local = self._local_names()
-        changed = [name for name in local if name not in self.pulled or self.pulled[name] != self._stamp(name)]
-        for name in changed:
-            self.store.write(name, (self.work_area / name).read_bytes())
+        real = self._work_area_is_real()
+        local = self._local_names() if real else []
+        changed = []
+        for name in local:
+            if name in self.pulled and self.pulled[name] == self._stamp(name):
+                continue
+            data = self._read_local(name)
+            if data is not None:
+                self.store.write(name, data)
+                changed.append(name)
         shap = self.work_area / SHAP_PREFIX
         folders = ({path.name for path in shap.iterdir() if path.is_dir() and not path.is_symlink()}
-                   if shap.is_dir() and not shap.is_symlink() else set())
+                   if real and shap.is_dir() and not shap.is_symlink() else set())
         removed = [name for name in sorted(self.pulled) if name.split("/")[1] not in folders] \
             if succeeded or folders else []
         if removed:
@@ -178,4 +229,5 @@ class WorkAreaCopy:
         return len(changed), len(removed)
 
 
-__all__ = ["COPIED_BY_LAUNCHER", "S3Store", "WorkAreaCopy", "open_checkpoint_store", "store_at"]
+__all__ = ["COPIED_BY_LAUNCHER", "S3Store", "WorkAreaCopy", "local_checkpoint_folder", "open_checkpoint_store",
+           "store_at"]

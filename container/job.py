@@ -70,7 +70,7 @@ from analyzer.predict.inprocess import ModelLoader
 from analyzer.redact import redact
 from analyzer.report import ReportError, check_report_engines
 from analyzer.report.process import ReportProcess, check_temporary_folder, start_report_process
-from container.checkpoint_store import open_checkpoint_store
+from container.checkpoint_store import local_checkpoint_folder, open_checkpoint_store
 from container.model_endpoint import ServedModel, model_endpoint
 from container.model_identity import model_identity
 from container.sidecar.server import STARTED_SERVER_MAX_BODY_BYTES
@@ -88,6 +88,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # SageMaker's StopProcessingJob;
 # Request size for Lucent's own model server: what the server it starts accepts (several requests per
 # worker balance better than a few huge ones).
 LOCAL_MAX_PAYLOAD_BYTES = STARTED_SERVER_MAX_BODY_BYTES
+LOGGED_ANALYSES_CHARS = 1_000_000  # analysis.json is copied into the log up to this size (see _log_analyses)
 
 
 def local_model(config: AnalysisConfig) -> bool:
@@ -398,6 +399,8 @@ def inputs_outside_root(config: AnalysisConfig, paths: JobPaths, config_file: Pa
             named.append((key, value, resolve_local_path(value, base_dir=config_file.parent)))
         except UserError:
             continue
+    if (checkpoints := local_checkpoint_folder(config)) is not None:  # written, listed and removed there
+        named.append(("lucent.checkpoint_uri", config.lucent["checkpoint_uri"], checkpoints))
     problems = []
     for key, value, path in named:
         outside = first_outside(path, paths.processing_root)
@@ -508,7 +511,7 @@ def _run_locked(paths: JobPaths, progress: _Progress, stop_requests: StopRequest
                 # delays it (docs/reports.md, "When the report is written").
                 published = staging.commit()
             progress.published_analysis = True
-            log.info("Collected analyses:\n%s", dumps(results))
+            _log_analyses(results)
             for path in published:
                 log.info("Wrote %s", path)
             if reports is not None:
@@ -549,6 +552,18 @@ def _run_locked(paths: JobPaths, progress: _Progress, stop_requests: StopRequest
         log.error("Internal error:\n%s", traceback.format_exc())
         return _finish(paths, EXIT_INTERNAL_ERROR,
                        f"AlgorithmError: internal error in Lucent {__version__}: {type(error).__name__}: {error}{note}")
+
+
+def _log_analyses(results: dict) -> None:
+    """The results in the log, as Clarify logs them, when they are a readable size. A large analysis.json (a
+    facet of thousands of values: tens of MB) is not copied into the log: that cost a second log of its
+    size and tens of seconds of redaction before the job's exit message."""
+    text = dumps(results)
+    if len(text) <= LOGGED_ANALYSES_CHARS or log.isEnabledFor(logging.DEBUG):
+        log.info("Collected analyses:\n%s", text)
+    else:
+        log.info("Collected analyses: %s characters, in analysis.json (too large to log; --log-level debug "
+                 "logs them)", f"{len(text):,}")
 
 
 def _storage_failure(paths: JobPaths, error: OSError, note: str) -> int:

@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import unicodedata
@@ -630,6 +632,7 @@ class Launch:
             if new != value:
                 parent[path[-1]] = new
                 changed = True
+        _check_checkpoint_uri(tree)
         if changed:
             write_text_atomic(config_file, json.dumps(tree, indent=2))
 
@@ -640,6 +643,20 @@ class Launch:
         job_path = job_inputs / (staged[0].relative_to(dest.parent) if only_file else dest.name)
         log.info("Staged %s %s as %s", key, location, job_path)
         return str(job_path)
+
+
+def _check_checkpoint_uri(tree: dict[str, Any]) -> None:
+    """A ``lucent.checkpoint_uri`` must be an ``s3://`` URI under ``lucent launch``: a local one names a folder
+    of this machine (or of the container) outside the staged processing root, where the job would write,
+    list and remove files. As for the datasets, a config fetched from elsewhere names no local path;
+    without the key the checkpoints are kept beside ``--output`` (``<output>/.lucent-work``)."""
+    from analyzer.explain.checkpoint_store import CHECKPOINT_URI_KEY
+
+    _, value = _lookup(tree, ("lucent", CHECKPOINT_URI_KEY))
+    if isinstance(value, str) and value.strip() and uri_scheme(value) != "s3":
+        raise LaunchError(f"lucent.{CHECKPOINT_URI_KEY}: {value!r} is not an s3:// URI; under `lucent launch` "
+                          "the SHAP checkpoints are kept on S3 (an s3:// checkpoint_uri), or beside --output when "
+                          "the key is left out, never in another local folder")
 
 
 def check_inputs_given(config_dir: Path, data: Location | None, model: Location | None) -> None:
@@ -803,13 +820,39 @@ def run_in_container(image: str, root: Path, environment: dict[str, str] | None 
         code = container.wait()["StatusCode"]
     finally:
         discard_container(container, "job")
-    message_file = root / "message-dir" / "message"
-    if message_file.is_file():
-        shutil.copy2(message_file, root / "message")
+    keep_container_message(root, code)
+    return code
+
+
+def keep_container_message(root: Path, code: int) -> None:
+    """Write ``root/message`` (what is published) from the message the job container wrote in
+    ``root/message-dir``, or say it left none (``container_message``)."""
+    message = container_message(root / "message-dir" / "message")
+    if message is not None:
+        write_bytes_atomic(root / "message", message)
     else:
         (root / "message").write_text(f"AlgorithmError: the job container exited with code {code} and left no "
                                       "exit message\n", encoding="utf-8")
-    return code
+
+
+def container_message(path: Path) -> bytes | None:
+    """The exit message the job container wrote at ``path``, or None when it wrote none. The file is opened
+    without following a link (as ``result_files`` skips them): the image could otherwise make this
+    launcher publish any file of this machine. A link, or anything but a plain file, is skipped with a
+    warning naming it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        why = "a symbolic link, not followed" if error.errno == errno.ELOOP else error.strerror or str(error)
+        log.warning("The job container's exit message %s is %s: not published", path, why)
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            log.warning("The job container's exit message %s is not a plain file: not published", path)
+            return None
+        return handle.read()
 
 
 ContainerRunner = Callable[[str, Path, dict[str, str]], int]  # run_in_container's signature

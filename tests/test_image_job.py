@@ -251,7 +251,7 @@ def test_a_crashed_image_job_resumes_from_the_checkpoint_store(tmp_path, monkeyp
     reference = _demo_job(tmp_path / "reference", n_images=4)
     assert reference.run() == 0, reference.message
 
-    store = FolderStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "job" / "checkpoints")  # in the processing root: a folder outside it is refused
     config = image_demo_config()
     del config["methods"]["shap"]["seed"]  # drawn, and kept with the checkpoints
     config["lucent"] = {"checkpoint_uri": str(store.root)}

@@ -435,3 +435,21 @@ def test_label_headers_without_a_positive_label_value_are_warned_of(tmp_path, ca
     assert job.run(command="validate") == 0
     warning = f"predictor.label_headers {headers} holds none of label_values_or_threshold [1]"
     assert (warning in caplog.text) is warned
+
+
+def test_a_large_analysis_is_not_copied_into_the_log(tmp_path, caplog, monkeypatch):
+    """The results are logged as Clarify logs them up to a size; a larger analysis.json (thousands of facet
+    values: tens of MB, then tens of seconds of redaction before the exit message) is only named."""
+    import container.job
+
+    config = {**MODEL_DEMO_CONFIG, "methods": {"pre_training_bias": {"methods": ["CI", "DPL"]}}}
+    job = JobRoot(write_demo_job(tmp_path / "job", n_rows=100, seed=5, config=config, with_model=True))
+    assert job.run() == 0
+    logged = json.loads(caplog.text.split("Collected analyses:\n", 1)[1].split("\n}\n", 1)[0] + "\n}")
+    assert logged == job.analysis()
+    caplog.clear()
+    size = len(json.dumps(job.analysis(), indent=4))
+    monkeypatch.setattr(container.job, "LOGGED_ANALYSES_CHARS", size // 2)
+    assert job.run() == 0
+    assert "Collected analyses:\n" not in caplog.text
+    assert "Collected analyses: " in caplog.text and "characters, in analysis.json (too large to log" in caplog.text

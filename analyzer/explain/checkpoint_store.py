@@ -12,6 +12,11 @@ store under the same relative names (``shap/<fingerprint>/shard-000000.npz``, ``
   (the job's main process, or the Spark driver), before the shard is counted as done;
 * on success the store's checkpoints are removed with the work area's.
 
+Only checkpoint-shaped names (``is_checkpoint_name``: ``shap/<fingerprint>/shard-000000.npz``, ``seed.json``,
+image SHAP's ``segments-<m>/`` folders) are ever pulled, pushed or removed: the store's folder or prefix may
+hold the user's own files, under ``shap/`` too, and they stay. A folder store is walked no deeper than a
+checkpoint's name and through no symbolic link.
+
 Where the store is: ``"lucent": {"checkpoint_uri": "s3://bucket/prefix"}`` in ``analysis_config.json``
 (a local path or ``file://`` URI for a shared file system), else ``<published output URI>/.lucent-work``
 when the job's output is published (``LUCENT_OUTPUT_URI`` or SageMaker's processing output), else none.
@@ -29,8 +34,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from analyzer.errors import UserError
@@ -42,6 +48,9 @@ CHECKPOINT_URI_KEY = "checkpoint_uri"  # "lucent": {"checkpoint_uri": ...} in an
 WORK_AREA = f"{INTERNAL_PREFIX}work"  # the output folder's work area, also its name under a published output
 SHAP_PREFIX = "shap"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a file or folder name Lucent writes: no dot first
+_SUB_FOLDER = re.compile(r"segments-[0-9]+")  # image SHAP: a folder per number of segments (image_job.py)
+_FILE = re.compile(r"shard-[0-9]{6,}\.npz|seed\.json")  # shards.shard_path, job._job_seed
+MAX_NAME_PARTS = 4  # shap/<fingerprint>/<sub-folder>/<file>
 
 
 class CheckpointStore(Protocol):
@@ -73,11 +82,35 @@ class FolderStore:
         return str(self.root)
 
     def names(self, prefix: str) -> list[str]:
+        """The files under ``prefix`` as deep as a checkpoint's name goes (``is_checkpoint_name``), never
+        through a symbolic link (``prefix`` itself included): a folder holding the user's own files, or a
+        link a job (an image) made to elsewhere on this machine, is not walked."""
         base = self.root / prefix
-        if not base.is_dir():
-            return []
-        return sorted(path.relative_to(self.root).as_posix() for path in base.rglob("*")
-                      if path.is_file() and not path.is_symlink() and not path.name.endswith(".tmp"))
+        folder = self.root
+        for part in PurePosixPath(prefix).parts:
+            folder = folder / part
+            if not _is_real_folder(folder):
+                if os.path.islink(folder):
+                    log.warning("SHAP checkpoints: %s is a symbolic link, not followed", folder)
+                return []
+        found: list[str] = []
+        self._walk(base, len(PurePosixPath(prefix).parts), found)
+        return sorted(found)
+
+    def _walk(self, folder: Path, depth: int, found: list[str]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.is_symlink():  # neither a checkpoint nor a folder of them: Lucent writes no link there
+                log.warning("SHAP checkpoints: %s is a symbolic link, not followed", entry.path)
+                continue
+            if entry.is_file(follow_symlinks=False):
+                if not entry.name.endswith(".tmp"):
+                    found.append(Path(entry.path).relative_to(self.root).as_posix())
+            elif entry.is_dir(follow_symlinks=False) and depth + 1 < MAX_NAME_PARTS:
+                self._walk(Path(entry.path), depth + 1, found)
 
     def read(self, name: str) -> bytes:
         try:
@@ -95,8 +128,11 @@ class FolderStore:
             raise UserError(f"cannot write the SHAP checkpoint {path}: {error.strerror or error}") from None
 
     def remove(self, names: Iterable[str]) -> None:
-        for name in names:
+        """Remove the checkpoints ``names``; any other name is left alone (``checkpoint_names``)."""
+        for name in checkpoint_names(names, self):
             path = self.root / name
+            if any(os.path.islink(folder) for folder in list(path.parents)[:name.count("/")]):
+                continue  # a link where Lucent writes folders: what lies beyond it is not a checkpoint
             try:
                 path.unlink(missing_ok=True)
             except OSError as error:
@@ -138,13 +174,16 @@ class CheckpointMirror:
     def pull(self) -> int:
         """Remove the store's checkpoints of other fingerprints, then download this fingerprint's files
         the work area lacks; returns how many were downloaded."""
-        stale = [name for name in self.store.names(SHAP_PREFIX) if not name.startswith(self.prefix + "/")]
+        stale = [name for name in self.store.names(SHAP_PREFIX)
+                 if is_checkpoint_name(name) and not name.startswith(self.prefix + "/")]
         if stale:
             log.info("Removing %d stale SHAP checkpoint(s) from %s", len(stale), self.store)
             self.store.remove(stale)
         self.local.mkdir(parents=True, exist_ok=True)
         fetched = 0
         for name in self.store.names(self.prefix):
+            if not is_checkpoint_name(name):
+                continue
             parts = name[len(self.prefix) + 1:].split("/")
             # Only the files Lucent writes there: a plain name, or one in a sub-folder (``child``), never a
             # hidden name, an empty part or a way out of the work area.
@@ -176,23 +215,47 @@ class CheckpointMirror:
         """Upload the work area's files the store lacks (the seed just drawn, shards of an earlier run)."""
         there = set(self.store.names(self.prefix))
         for path in sorted(self.local.iterdir()) if self.local.is_dir() else []:
-            if (path.is_file() and not path.is_symlink() and not path.name.startswith(".")
-                    and f"{self.prefix}/{path.name}" not in there):
+            name = f"{self.prefix}/{path.name}"
+            if path.is_file() and not path.is_symlink() and is_checkpoint_name(name) and name not in there:
                 self.push(path)
 
 
 def is_checkpoint_name(name: str) -> bool:
     """``name`` is one a job writes below its work area and a mirror copies: ``shap/<fingerprint>/<file>``
-    or ``shap/<fingerprint>/<folder>/<file>`` (``CheckpointMirror.child``), every part a plain name: no
-    hidden or temporary file, no empty part, no way out of the work area."""
+    or ``shap/<fingerprint>/segments-<m>/<file>`` (image SHAP's ``CheckpointMirror.child``), the fingerprint
+    a plain name and the file a shard's checkpoint (``shard-000000.npz``) or the drawn seed (``seed.json``):
+    no hidden or temporary file, no empty part, no way out of the work area, and none of the user's own
+    files that a ``checkpoint_uri`` folder (or prefix) may also hold. Only such names are ever pulled,
+    pushed or removed."""
     parts = name.split("/")
-    return parts[0] == SHAP_PREFIX and 3 <= len(parts) <= 4 and all(_PLAIN_NAME.fullmatch(part) for part in parts[1:])
+    return (parts[0] == SHAP_PREFIX and 3 <= len(parts) <= MAX_NAME_PARTS and bool(_PLAIN_NAME.fullmatch(parts[1]))
+            and (len(parts) == 3 or bool(_SUB_FOLDER.fullmatch(parts[2]))) and bool(_FILE.fullmatch(parts[-1])))
+
+
+def checkpoint_names(names: Iterable[str], store: object) -> list[str]:
+    """``names`` that are checkpoints' (``is_checkpoint_name``); the others are named in a warning and
+    left alone: a store never removes what a job did not write."""
+    names = list(names)
+    kept = [name for name in names if is_checkpoint_name(name)]
+    if others := sorted(set(names) - set(kept)):
+        log.warning("SHAP checkpoints: not removing %d name(s) in %s that are not SHAP checkpoints: %s",
+                    len(others), store, ", ".join(others[:5]) + (", ..." if len(others) > 5 else ""))
+    return kept
 
 
 def remove_checkpoints(store: CheckpointStore) -> None:
-    """The job succeeded: its SHAP checkpoints are no longer needed anywhere."""
-    store.remove(store.names(SHAP_PREFIX))
+    """The job succeeded: its SHAP checkpoints are no longer needed anywhere. Only checkpoints are removed
+    (``is_checkpoint_name``): the user's own files beside them stay."""
+    store.remove([name for name in store.names(SHAP_PREFIX) if is_checkpoint_name(name)])
+
+
+def _is_real_folder(path: Path) -> bool:
+    """A folder, not a link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 __all__ = ["CHECKPOINT_URI_KEY", "CheckpointMirror", "CheckpointStore", "FolderStore", "checkpoint_uri",
-           "is_checkpoint_name", "remove_checkpoints"]
+           "checkpoint_names", "is_checkpoint_name", "remove_checkpoints"]

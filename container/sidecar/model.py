@@ -152,9 +152,14 @@ def extract_model_archive(tarball: Path, dest: Path) -> None:
     On every Python version: the check does not depend on ``tarfile``'s extraction filters, which Debian
     bookworm's Python 3.11.2 (the image's base) lacks. Where they exist ``filter="data"`` is used as well;
     where not, the members are given the owner and permission bits that filter would give them (no
-    set-uid bits, no owner taken from the archive when extracting as root)."""
+    set-uid bits, no owner taken from the archive when extracting as root).
+
+    Size: the archive is read through once first, and refused (``check_archive_size``) when its files'
+    declared sizes would not fit in the free space of ``dest``'s file system; while extracting, the bytes
+    written are counted and extraction stops once they would exceed the declared total."""
     data_filter = hasattr(tarfile, "data_filter")
-    with tarfile.open(tarball) as archive:
+    with _SizedTarFile.open(tarball) as archive:
+        archive.label, archive.declared = tarball, check_archive_size(archive.getmembers(), dest, tarball)
 
         def checked():  # lazily: extractall writes each member before taking the next, so each check sees
             for member in archive:  # the folder as the members before it left it
@@ -162,6 +167,52 @@ def extract_model_archive(tarball: Path, dest: Path) -> None:
                 yield member if data_filter else _plain_data(member)
 
         archive.extractall(dest, members=checked(), **({"filter": "data"} if data_filter else {}))
+
+
+FREE_SPACE_MARGIN = 0.05  # of the free space, left free after extracting a model archive
+MIN_FREE_SPACE_MARGIN = 16 * 1024 * 1024  # bytes
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
+def check_archive_size(members: list[tarfile.TarInfo], dest: Path, archive: Path | str) -> int:
+    """The total size the files of the model archive ``archive`` declare (``members``: its member list, read
+    through the archive once); ``ModelLoadError`` naming the archive when it would not fit in the free
+    space of ``dest``'s file system, less a margin (``FREE_SPACE_MARGIN`` of it, at least
+    ``MIN_FREE_SPACE_MARGIN``), so that a small archive of a huge zero-filled file (a "bomb") fails before
+    writing anything instead of filling the disk. Large models are fine wherever there is room for them."""
+    declared = sum(member.size for member in members if member.isreg())
+    free = shutil.disk_usage(dest).free
+    usable = free - max(int(free * FREE_SPACE_MARGIN), MIN_FREE_SPACE_MARGIN)
+    if declared > usable:
+        raise ModelLoadError(
+            f"model archive {archive}: its {sum(m.isreg() for m in members)} file(s) hold {_size(declared)} "
+            f"({declared} bytes) once extracted, and {dest} has {_size(free)} free (extraction keeps "
+            f"{_size(free - max(usable, 0))} of it free); refused. Free some space, or point TMPDIR at a "
+            "larger folder")
+    return declared
+
+
+class _SizedTarFile(tarfile.TarFile):
+    """A ``TarFile`` that counts the bytes it writes into files and stops before they would exceed
+    ``declared`` (the archive's declared total, ``check_archive_size``): a member list that changed since it
+    was read, or a link extracted as a copy of its target, cannot write more than was checked."""
+
+    label: Path | str = ""  # the archive as messages name it
+    declared = 0
+    written = 0
+
+    def makefile(self, tarinfo: tarfile.TarInfo, targetpath: str) -> None:
+        if self.written + tarinfo.size > self.declared:
+            raise ModelLoadError(f"model archive {self.label}: member {tarinfo.name!r} would take the bytes "
+                                 f"extracted past the {self.declared} its files declare; refused")
+        super().makefile(tarinfo, targetpath)
+        self.written += os.lstat(targetpath).st_size
+        if self.written > self.declared:
+            raise ModelLoadError(f"model archive {self.label}: {self.written} bytes extracted, more than the "
+                                 f"{self.declared} its files declare; refused")
 
 
 def check_archive_member(member: tarfile.TarInfo, dest: Path, archive: Path | str) -> None:
