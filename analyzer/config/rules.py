@@ -193,12 +193,14 @@ def _column_references(tree: Tree) -> Iterator[tuple[str, Any, tuple[str, ...]]]
         yield "predicted_label", get(tree, "predicted_label"), (
             ("predicted_label_headers",) if labels_elsewhere else main)
         yield "joinsource_name_or_index", get(tree, "joinsource_name_or_index"), main
-    facets = ("facet_headers",) if has(tree, "facet_dataset_uri") else main
+    # With a facet dataset, a facet index refers to it and a name is looked up there, then in the main dataset
+    # (docs/data-formats.md "Side datasets"); the group variable is looked up in the main dataset first.
+    side = ("facet_headers",) if has(tree, "facet_dataset_uri") else ()
     for i, facet in enumerate(get(tree, "facet") or []):
         if isinstance(facet, dict):
-            yield f"facet[{i}].name_or_index", get(facet, "name_or_index"), facets
-    # The group variable may sit in either dataset (the SDK examples keep it in the main one).
-    yield "group_variable", get(tree, "group_variable"), main + (("facet_headers",) if facets != main else ())
+            locator = get(facet, "name_or_index")
+            yield f"facet[{i}].name_or_index", locator, (side or main) if isinstance(locator, int) else side + main
+    yield "group_variable", get(tree, "group_variable"), main + side
     for key in ("excluded_columns", "methods.shap.features_to_explain", "methods.shap.text_config.text_features",
                 "methods.pdp.features"):
         for i, locator in enumerate(get(tree, key) or []):
@@ -309,6 +311,22 @@ def predictor_formats(tree: Tree) -> Iterator[Finding]:
         for key, value in (("content_type", model_content_type(tree)), ("accept_type", model_accept_type(tree))):
             if value is not None and value not in media.JSON_TYPES:
                 yield f"predictor.{key}", f"``{key}`` must be JSON or JSONLines for time series explainability."
+
+
+@rule
+def label_headers_distinct(tree: Tree) -> Iterator[Finding]:
+    """Each label header names one model output: explanations are keyed by ``str(header)`` (analysis.json's
+    ``kernel_shap`` keys, out.csv's ``<feature>_<header>`` columns), so two headers with the same text (``"x"``
+    twice, or ``"1"`` and ``1``) would lose one output's results."""
+    seen: dict[str, int] = {}
+    for i, header in enumerate(get(tree, "predictor.label_headers") or []):
+        key = str(header)
+        if key in seen:
+            yield f"predictor.label_headers[{i}]", (
+                f"{header!r} names the same output as predictor.label_headers[{seen[key]}] "
+                f"({get(tree, 'predictor.label_headers')[seen[key]]!r}): results are keyed by the header's text, so "
+                "one output's results would be lost; give every output a distinct header")
+        seen.setdefault(key, i)
 
 
 @rule

@@ -9,7 +9,9 @@
 
 The table's headers are the feature names, then the label name, then the predicted label name (spec
 2.1). With ``headers`` in the config: either exactly those, or only the feature names (then the label
-and predicted label columns are named ``label`` and ``predicted_label``). Without: ``column_0``,
+and predicted label columns are named ``label`` and ``predicted_label``), or the feature names and the
+label name with both ``label`` and ``predicted_label`` given (what the SageMaker SDK writes: the predicted
+label column is then named ``predicted_label``). Without: ``column_0``,
 ``column_1``, ... for the features, and ``label`` / ``predicted_label``. Facets and the group variable
 are header names or indices in that table.
 
@@ -23,6 +25,7 @@ request-sized, and a JSON document cannot be parsed in pieces anyway.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,9 @@ _HEADERS_MISMATCH = "Headers in config do not match with the number of columns i
 _NO_FEATURES = "Data must contain features."
 _ROLE_NAMES = {"label": "label", "predicted_label": "predicted label"}
 _ROLE_PREFIX = {"label": "Headers must contain label.", "predicted_label": "Headers must contain predicted label."}
+_SHOWN_RECORDS = 5  # records named in a warning about missing values
+
+logger = logging.getLogger(__name__)
 
 
 class JsonTable:
@@ -130,7 +136,13 @@ class JsonTable:
             self._add_row(row, f"{path} record {i}")
         for role, expression in self._roles.items():
             values = expression.search(document)
-            if not isinstance(values, list) or len(values) != len(rows):
+            if isinstance(values, list) and len(values) != len(rows):
+                raise DataError(
+                    f"The `{role}` JMESPath {expression.expression!r} gives a list of {len(values)} values on "
+                    f"{path} but `features` gives {len(rows)} records there; it must select a list with one "
+                    f"{_ROLE_NAMES[role]} per record ({abs(len(values) - len(rows))} value(s) "
+                    f"{'short' if len(values) < len(rows) else 'too many'}).")
+            if not isinstance(values, list):
                 raise DataError(
                     f"{_ROLE_PREFIX[role]} The `{role}` JMESPath {expression.expression!r} gives "
                     f"{_describe(values)} on {path}; it must select a list with one value per record "
@@ -159,6 +171,15 @@ class JsonTable:
                     f"{_ROLE_PREFIX[role]} The `{role}` JMESPath {self._roles[role].expression!r} matches "
                     f"nothing in any record (first record: {self._origins[0]})."
                 )
+            missing = [i for i, value in enumerate(values) if value is None]
+            if missing:  # a missing value, as an empty CSV cell is; it also changes the column's dtype (int -> float)
+                shown = ", ".join(self._origins[i] for i in missing[:_SHOWN_RECORDS])
+                logger.warning(
+                    "%d record(s) of %s have no %s: the `%s` JMESPath %r matches nothing (or null) on %s%s. Their %s "
+                    "is a missing value, which also makes the column's values floats or mixed (a typing error in "
+                    "the bias stages may follow); give every record its %s.",
+                    len(missing), self.source, _ROLE_NAMES[role], role, self._roles[role].expression, shown,
+                    ", ..." if len(missing) > _SHOWN_RECORDS else "", _ROLE_NAMES[role], _ROLE_NAMES[role])
 
     def _check_flat(self, feature_names: list[str]) -> None:
         for name in feature_names:
@@ -182,13 +203,16 @@ class JsonTable:
             names = [str(h) for h in headers] + roles
         elif len(headers) == n_features + len(roles):
             names = [str(h) for h in headers]
+        elif len(roles) == 2 and len(headers) == n_features + 1:  # features + label (the SDK's headers)
+            names = [str(h) for h in headers] + ["predicted_label"]
         else:
-            expected = f"{n_features}" + (f" or {n_features + len(roles)}" if roles else "")
+            counts = [str(n_features + i) for i in range(len(roles) + 1)]
+            expected = f"{', '.join(counts[:-1])} or {counts[-1]}" if roles else counts[0]
             raise DataError(
                 f"{_HEADERS_MISMATCH} `headers` has {len(headers)} names but the records of {self.source} "
                 f"have {n_features} feature values (first record: {self._origins[0] if self._origins else '-'}); "
                 f"expected {expected} names: the feature names, then the label name, then the predicted "
-                "label name."
+                "label name (the names not given are `label` and `predicted_label`)."
             )
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:

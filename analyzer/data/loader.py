@@ -16,6 +16,10 @@ Where each role is looked up:
 
 Features are the main headers minus the label, predicted label, excluded columns and joinsource; a
 facet that is a main-dataset column stays a feature, as in Clarify.
+
+Side datasets without ``joinsource_name_or_index`` are aligned by row order, which is refused when any
+dataset is split across files (spec 2.1). Predicted labels read from the data that are scores are cut at
+``probability_threshold`` as a model's scores are (``_cut_scores``).
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analyzer import media
 from analyzer.config.model import AnalysisConfig, Locator
-from analyzer.data.column import Column
+from analyzer.data.column import MISSING, Column
 from analyzer.data.csv_format import CsvTable
 from analyzer.data.dataset import Dataset
 from analyzer.data.files import list_data_files, no_data_rows, resolve_local_path
@@ -100,6 +105,8 @@ def load_dataset(config: AnalysisConfig, dataset_path: Path, *, need_features: b
                                    chunk_rows=chunk_rows, base_dir=base_dir)
     prediction_table = _open_side_table(config.predicted_label_dataset_uri, config.predicted_label_headers,
                                         "predicted_label_dataset_uri", chunk_rows=chunk_rows, base_dir=base_dir)
+    _require_joinsource_for_split(config, main, {"facet_dataset_uri": facet_table,
+                                                 "predicted_label_dataset_uri": prediction_table})
 
     roles = _locate_roles(config, main, facet_table, prediction_table)
     excluded = {locate_column(c, main.headers, role="excluded_columns", source=main.source)
@@ -134,6 +141,7 @@ def load_dataset(config: AnalysisConfig, dataset_path: Path, *, need_features: b
         group=column(roles.group),
         joinsource=column(roles.joinsource),
     )
+    _cut_scores(config, dataset)
     if need_features:
         features = {}
         for name in feature_names:
@@ -197,6 +205,38 @@ def _open_side_table(uri: str | None, headers: Sequence[str] | None, key: str, *
                     headers_key=key.replace("dataset_uri", "headers"))
 
 
+def _require_joinsource_for_split(config: AnalysisConfig, main: Table, sides: dict[str, Table | None]) -> None:
+    """Without ``joinsource_name_or_index``, side datasets are paired with the main rows by position; when any
+    of the datasets is split across files, that order is the order of the file paths (``preds_1``,
+    ``preds_10``, ``preds_2``, ...), not necessarily the order the rows were written in, and the numbers
+    would silently be wrong. Clarify requires the joinsource then (spec 2.1: "Required when multiple input
+    datasets and any is split across files"): an error before anything is read."""
+    given = {key: table for key, table in sides.items() if table is not None}
+    if config.joinsource_name_or_index is not None or not given:
+        return
+    split = [(key, table, files) for key, table in (("dataset_uri", main), *given.items())
+             if len(files := _data_files(table)) > 1]
+    if not split:
+        return
+    key, table, files = split[0]
+    shown = ", ".join(file.name for file in files[:4]) + (", ..." if len(files) > 4 else "")
+    others = [side.source for side in given.values()] if key == "dataset_uri" else [f"the dataset {main.source}"]
+    header_keys = ["headers", *(k.replace("dataset_uri", "headers") for k in given)]
+    raise DataError(
+        f"{'The dataset ' if key == 'dataset_uri' else ''}{table.source} is split across {len(files)} files "
+        f"({shown}) and `joinsource_name_or_index` is not set: its rows would be paired with those of "
+        f"{' and '.join(others)} by position, in the order of the file paths, which need not be the order the "
+        "rows were written in. When several datasets are given and any is split across files, "
+        "`joinsource_name_or_index` is required (as in Clarify): add an identifier column to every dataset "
+        f"(and to {' / '.join(f'`{k}`' for k in header_keys)} when given) and set `joinsource_name_or_index` "
+        "to its name, or make each dataset one file.")
+
+
+def _data_files(table: Table) -> list[Path]:
+    """The table's files that hold something (an empty part file adds no row and cannot shift any)."""
+    return [file for file in table.files if file.stat().st_size > 0]
+
+
 def _locate_main_role(main: Table, role: str, locator: Locator) -> str:
     if role in main.role_columns:  # JSON formats: the JMESPath already made the column
         return main.role_columns[role]
@@ -221,6 +261,43 @@ def _align(side: TableData, side_table: Table, main_table: Table, main: TableDat
     rows = rows_by_id(main.columns[joinsource], side.columns[joinsource],
                       main_source=main_table.source, side_source=side_table.source)
     return TableData(main.n_rows, {name: take_rows(column, rows) for name, column in side.columns.items()})
+
+
+def _cut_scores(config: AnalysisConfig, dataset: Dataset) -> None:
+    """Predicted labels read from the data that are scores become labels as the model's scores do:
+    ``1 if score > probability_threshold else 0`` (spec 2.1; example (j) gives ``probability_threshold`` with
+    a predicted label dataset and no model), by the same function (``predicted_labels_for_bias``).
+
+    Scores are told from labels as Clarify's typing would clash on them: the column is float with a value
+    that is not a whole number, and the label column is categorical (Clarify: "Predicted Label Column series
+    datatype is not the same as Label Column series"). Float labels, or whole numbers read as floats
+    because a value is missing, are left as they are; a missing score stays a missing predicted label."""
+    predicted, label = dataset.predicted_label, dataset.label
+    if predicted is None or label is None or not pd.api.types.is_float_dtype(predicted.dtype):
+        return
+    scores = predicted.uniques.to_numpy(dtype=np.float64)
+    finite = np.isfinite(scores)
+    if np.array_equal(scores[finite], np.round(scores[finite])):
+        return
+    from analyzer.bias.columns import DataType, classify
+    from analyzer.predict.predictions import Predictions, predicted_labels_for_bias
+
+    if classify(label, list(config.label_values_or_threshold or [])) is not DataType.CATEGORICAL:
+        return
+    if not finite.all():
+        row = int(np.flatnonzero(np.isin(predicted.codes, np.flatnonzero(~finite)))[0])
+        raise DataError(f"Predicted label column {predicted.name!r} holds scores, cut at probability_threshold "
+                        f"{config.probability_threshold}, but data row {row + 1} has {scores[~finite][0]}; give every "
+                        "row a finite score.")
+    logger.info("Predicted label column %r holds scores (e.g. %s) and the label %r is categorical: the scores are "
+                "cut at probability_threshold %s, as a model's are", predicted.name, scores[~np.equal(scores, np.round(
+                    scores))][0], label.name, config.probability_threshold)
+    labels = predicted_labels_for_bias(Predictions(len(scores), probability=scores), config.probability_threshold,
+                                       name=predicted.name)
+    # uniques are in order of first appearance, so factorizing their labels keeps that order
+    code_of_unique, uniques = pd.factorize(labels, sort=False)
+    codes = np.append(code_of_unique, MISSING).astype(predicted.codes.dtype)[predicted.codes]
+    dataset.predicted_label = Column(predicted.name, pd.Series(uniques, dtype=labels.dtype), codes)
 
 
 def _log_dtypes(dataset: Dataset) -> None:
