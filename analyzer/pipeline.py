@@ -311,6 +311,7 @@ def job_summary(config: AnalysisConfig, dataset: Dataset, results: dict[str, Any
         label_distribution=value_counts(dataset.label, row_weights(dataset)) if dataset.label is not None else None,
         facet_distributions={name: value_counts(column, row_weights(dataset))
                              for name, column in dataset.facets.items()} or None,
+        shap_agg_method=config.methods.shap.agg_method if config.methods.shap is not None else None,
     )
 
 

@@ -25,12 +25,24 @@ from math import comb
 
 import numpy as np
 
-__all__ = ["CoalitionDesign", "Stratum", "default_num_samples", "make_design"]
+__all__ = ["MIN_NUM_SAMPLES", "CoalitionDesign", "Stratum", "default_num_samples", "design_coalitions", "make_design"]
+
+# The smallest budget a design can use: one complementary pair (the sampling unit). A configured
+# ``num_samples`` below it (1) is raised to it (the job logs that): Clarify accepts any positive count.
+MIN_NUM_SAMPLES = 2
 
 
 def default_num_samples(n_features: int) -> int:
     """Clarify's documented default budget: ``min(2 * M + 2048, 2**M - 2)`` coalitions."""
     return min(2 * n_features + 2048, 2**n_features - 2)
+
+
+def design_coalitions(n_features: int, num_samples: int | None) -> int:
+    """Coalitions ``make_design`` evaluates for ``n_features`` players and this budget: complementary pairs
+    (an odd budget loses one, a budget below ``MIN_NUM_SAMPLES`` is raised to it), capped at all
+    ``2**M - 2`` (none for one feature: its value is ``f(x) - E`` without any coalition)."""
+    budget = default_num_samples(n_features) if num_samples is None else max(int(num_samples), MIN_NUM_SAMPLES)
+    return min(2 * (budget // 2), 2**n_features - 2)
 
 
 @dataclass(frozen=True)
@@ -118,7 +130,9 @@ def make_design(n_features: int, num_samples: int | None = None, seed: int | Non
 
     Exact enumeration when all ``2**M - 2`` proper coalitions fit in the budget; otherwise at most
     ``num_samples`` distinct coalitions (rounded down to an even number: pairs), deterministic for a given
-    ``seed`` (``None``: fresh OS entropy).
+    ``seed`` (``None``: fresh OS entropy). A budget of 1 is raised to ``MIN_NUM_SAMPLES`` (one pair): no
+    pair at all would leave every value to the minimum-norm guess ``delta / M``. One feature needs no
+    coalition (an empty design; the efficiency constraint alone gives its exact value).
     """
     if n_features < 1:
         raise ValueError(f"Kernel SHAP needs at least one feature to explain, got {n_features}")
@@ -135,7 +149,7 @@ def make_design(n_features: int, num_samples: int | None = None, seed: int | Non
     # times the C(M,s) coalitions of size s, plus as many of size M-s when that is a different size.
     population = [comb(m, s) if 2 * s < m else comb(m, s) // 2 for s in sizes]
     mass = [(2 if 2 * s < m else 1) * (m - 1) / (s * (m - s)) for s in sizes]
-    units = _allocate(population, mass, int(num_samples) // 2)
+    units = _allocate(population, mass, max(int(num_samples), MIN_NUM_SAMPLES) // 2)
 
     blocks: list[np.ndarray] = []
     weights: list[np.ndarray] = []

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -31,20 +32,20 @@ from analyzer.config import AnalysisConfig
 from analyzer.config.model import Locator, ShapMethod
 from analyzer.data import Dataset, load_dataset, resolve_local_path
 from analyzer.data.csv_format import read_first_record
-from analyzer.data.files import list_data_files
+from analyzer.data.files import list_data_files, open_stream
 from analyzer.engines import engine_choice, job_engine
 from analyzer.errors import DataError, UserError
 from analyzer.output import OutputStaging, write_text_atomic
-from analyzer.predict import ModelEndpoint
+from analyzer.predict import ModelEndpoint, Predictions
 from analyzer.progress import progress
 
 from .aggregate import aggregate
 from .baseline import compute_baseline
 from .checkpoint_store import CheckpointMirror, CheckpointStore, remove_checkpoints
-from .design import make_design
+from .design import MIN_NUM_SAMPLES, make_design
 from .kernel_shap import Explanation, KernelShap, baseline_expected_value, fit_kernel_shap
 from .limits import PY_STRING_BYTES, check_num_clusters, check_pdp_memory, check_shap_memory
-from .pdp import partial_dependence
+from .pdp import free_text_columns, labels_not_scores, partial_dependence
 from .shards import (
     DEFAULT_SHARD_ROWS,
     DEFAULT_TEXT_SHARD_ROWS,
@@ -121,7 +122,7 @@ def _explain(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint, 
              on_local: LocalShapHook | None = None, checkpoint_store: CheckpointStore | None = None) -> dict[str, Any]:
     shap, pdp = config.methods.shap, config.methods.pdp
     if pdp is not None:
-        check_pdp_memory(pdp, dataset)  # before SHAP: not after hours of it
+        check_pdp_memory(pdp, dataset, pdp_grid_columns(config, dataset))  # before SHAP: not after hours of it
     explanations: dict[str, Any] = {}
     global_values: dict[str, dict[str, float]] | None = None
     text_features: frozenset[str] = frozenset()
@@ -142,7 +143,9 @@ def _explain(config: AnalysisConfig, dataset: Dataset, endpoint: ModelEndpoint, 
         explanations["pdp"] = partial_dependence(pdp, dataset, endpoint, global_values,
                                                  seed=shap.seed if shap is not None and shap.seed is not None else 0,
                                                  text_features=text_features, engine=job_engine(config),
-                                                 label_keys=list(explanations["kernel_shap"]) if shap else None)
+                                                 label_keys=list(explanations["kernel_shap"]) if shap else None,
+                                                 text_language=shap.text_config.language
+                                                 if shap is not None and shap.text_config is not None else None)
     return explanations
 
 
@@ -171,18 +174,26 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
     inputs = ShapInputs(baseline=baseline_frame, features=features_to_explain(shap.features_to_explain, dataset),
                         num_samples=shap.num_samples, use_logit=shap.use_logit)
     _check_shap_memory(shap, dataset, inputs.features, text, len(inputs.baseline))
+    _warn_small_budget(inputs.num_samples, len(inputs.features), text is not None)
     write_table(staging.path(f"{SHAP_DIR}/baseline.csv"), inputs.baseline)
     baseline = inputs.baseline.to_numpy()
 
     # The baseline scores name the outputs (label keys) and take part in the fingerprint, beside the
     # model's identity: a checkpoint made with another model is not reused.
+    answer: Predictions | None = None
     try:
         with endpoint.client() as client:
-            predictions = client.predict(inputs.baseline)
-        label_keys = predictions.score_keys()  # reads the scores: a value that is not a number fails here
+            answer = client.predict(inputs.baseline)
+        answer.scores  # noqa: B018 -- reads the scores: a value that is not a number fails here
     except UserError as error:  # its rows are the baseline's, not the dataset's: say so
+        labels = labels_not_scores("methods.shap", error) or labels_not_scores("methods.shap", predictions=answer)
+        if labels is not None:
+            raise labels from None
         raise UserError(f"methods.shap.baseline: scoring the baseline rows failed (rows are numbered within "
                         f"the baseline, 0-based): {error}") from None
+    assert answer is not None
+    predictions = answer
+    label_keys = score_keys(config, predictions)
     fingerprint = _fingerprint(config, shap, dataset, inputs, text, predictions.scores, model_identity)
     checkpoint_dir, seed, mirror = _work_folder(work_dir, fingerprint, shap.seed, checkpoint_store)
 
@@ -200,7 +211,8 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
                                  use_logit=inputs.use_logit, features_to_explain=list(inputs.features))
     explainer = KernelShap.from_fit(fitted, None)  # assembles the shards' checkpoints: never scores
     log.info("SHAP n_samples %d (%d coalitions), %d baseline row(s), %d feature(s) explained, %d output(s) %s",
-             inputs.num_samples or len(explainer.design.masks), len(explainer.design.masks), len(baseline),
+             max(inputs.num_samples, MIN_NUM_SAMPLES) if inputs.num_samples else len(explainer.design.masks),
+             len(explainer.design.masks), len(baseline),
              len(inputs.features), len(label_keys), label_keys)
     settings = ShapSettings(endpoint=endpoint, baseline=baseline, num_samples=inputs.num_samples, seed=seed,
                             use_logit=inputs.use_logit, features=inputs.features, checkpoint_dir=checkpoint_dir,
@@ -228,6 +240,49 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
     result = shap_section(local, shap.agg_method, names, label_keys)
     log.info("Kernel SHAP of %d records done in %.2f s", len(records), time.perf_counter() - started)
     return result
+
+
+def score_keys(config: AnalysisConfig, predictions: Predictions) -> list[str]:
+    """The outputs' names (``Predictions.score_keys``), after checking that ``predictor.label_headers`` names
+    as many outputs as the model returns: a mismatch is that key's error, whichever rows were scored."""
+    predictor = config.predictor
+    headers = predictor.label_headers if predictor is not None else None
+    width = predictions.scores.shape[1]
+    if predictor is not None and headers is not None and len(headers) != width:
+        chosen = next((f" (what predictor.{key} {value!r} selects from the model's answer)"
+                       for key, value in (("probability", predictor.probability), ("label", predictor.label))
+                       if value is not None), "")
+        raise UserError(f"predictor.label_headers: {len(headers)} header(s) {list(headers)} but the model returns "
+                        f"{width} score(s) per record{chosen}; give one header per score, in the scores' order")
+    return predictions.score_keys()
+
+
+def pdp_grid_columns(config: AnalysisConfig, dataset: Dataset) -> list[int] | None:
+    """The ``methods.pdp.features`` that get a grid (not free text, ``pdp.free_text_columns``), for the memory
+    check made before anything runs; None when the features are SHAP's top ones (known after SHAP) or a
+    feature is not found (PDP reports that)."""
+    pdp, shap = config.methods.pdp, config.methods.shap
+    if pdp is None or pdp.features is None or dataset.features is None:
+        return None
+    text_config = shap.text_config if shap is not None else None
+    try:
+        columns = [feature_index(loc, dataset, "methods.pdp.features") for loc in pdp.features]
+        named = [feature_index(loc, dataset, "methods.shap.text_config.text_features")
+                 for loc in (text_config.text_features or [])] if text_config is not None else []
+    except UserError:
+        return None
+    free = free_text_columns(dataset, columns, frozenset(dataset.feature_names[j] for j in named),
+                             text_config.language if text_config is not None else None)
+    return [j for j in columns if j not in free]
+
+
+def _warn_small_budget(num_samples: int | None, n_features: int, text: bool) -> None:
+    """Say so when ``num_samples`` is below the smallest budget a design uses (``MIN_NUM_SAMPLES``, one
+    complementary pair of coalitions) and the design is raised to it. One explained feature needs no
+    coalition: its value is exact whatever the budget."""
+    if num_samples is not None and num_samples < MIN_NUM_SAMPLES and (text or n_features > 1):
+        log.warning("methods.shap.num_samples: %d is below the smallest budget, one complementary pair of "
+                    "coalitions; using num_samples %d", num_samples, MIN_NUM_SAMPLES)
 
 
 def expected_shap_workers(config: AnalysisConfig, dataset: Dataset) -> int:
@@ -286,7 +341,7 @@ def check_explain_inputs(config: AnalysisConfig, dataset: Dataset, base_dir: Pat
     problems = []
     if pdp is not None:
         try:
-            check_pdp_memory(pdp, dataset)
+            check_pdp_memory(pdp, dataset, pdp_grid_columns(config, dataset))
         except UserError as error:
             problems.append(str(error))
     if shap is None:
@@ -464,11 +519,26 @@ def _load_baseline_document(config: AnalysisConfig, given: list | dict, dataset:
         if config.dataset_type not in media.JSON_TYPES:
             raise UserError(f"methods.shap.baseline: rows as JSON objects need a JSON dataset, not {config.dataset_type}; "
                             "give CSV rows as lists of values")
-        return _load_baseline_file(replace(config, dataset_type=doc_type), path, dataset, "the inline baseline")
+        try:
+            return _load_baseline_file(replace(config, dataset_type=doc_type), path, dataset, "the inline baseline",
+                                       first_row_width="row 0" if isinstance(given, list) else None)
+        except UserError as error:
+            raise UserError(_inline_rows(str(error), path)) from None
 
 
-def _load_baseline_file(config: AnalysisConfig, path: Path, dataset: Dataset, what: str) -> pd.DataFrame:
-    """A baseline file in the dataset's format: features only (no label, no other role column)."""
+def _inline_rows(message: str, path: Path) -> str:
+    """``message`` about the temporary file an inline baseline was written to, told about the config's rows
+    instead: ``<file> line N`` -> ``row N-1`` (0-based, as for rows given as lists), the file itself -> "the
+    inline baseline" (the user never saw that file)."""
+    shown = re.sub(re.escape(str(path)) + r" line (\d+)", lambda match: f"row {int(match.group(1)) - 1}", message)
+    return shown.replace(str(path), "the inline baseline")
+
+
+def _load_baseline_file(config: AnalysisConfig, path: Path, dataset: Dataset, what: str,
+                        first_row_width: str | None = None) -> pd.DataFrame:
+    """A baseline file in the dataset's format: features only (no label, no other role column).
+    ``first_row_width``: how a width error names the rows (all of the same width, else the reader says
+    which line differs); default: the file."""
     assert dataset.features is not None
     names = dataset.feature_names
     csv_like = config.dataset_type == media.CSV
@@ -484,10 +554,50 @@ def _load_baseline_file(config: AnalysisConfig, path: Path, dataset: Dataset, wh
     except DataError as error:
         raise UserError(f"methods.shap.baseline ({what}): {error}") from None
     assert table.features is not None
-    _check_width(table.features.shape[1], names, dataset, str(path))
+    _check_width(table.features.shape[1], names, dataset, first_row_width or str(path))
     frame = table.features.set_axis(names, axis=1)
+    if csv_like:
+        frame = _round_trip_floats(frame, path)
     log.info("Read %d baseline row(s) from %s", len(frame), what)
     return _typed_like(frame, dataset.features)
+
+
+def _round_trip_floats(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``frame`` (a CSV baseline as the dataset reader typed it) with each float column's values parsed
+    again with Python's ``float``, which is correctly rounded: the dataset reader copies pandas' default
+    float parser, which can miss the last bits of a 17-digit value (tens of ulps), so ``baseline.csv``
+    (written with ``repr``) given back as the baseline would not give the same numbers. Only baselines are
+    read this way (datasets keep pandas' values, as Clarify has them). A value is replaced only where the
+    two parses agree to 1e-12, and none is when the raw records do not line up with the rows."""
+    floats = [j for j, dtype in enumerate(frame.dtypes) if dtype.kind == "f"]
+    if not floats or len(frame) == 0:
+        return frame
+    names = list(frame.columns)
+    records: list[list[str]] = []
+    try:
+        for file in list_data_files(path):
+            with open_stream(file) as stream:
+                text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+                rows = [row for row in csv.reader(text) if row]
+            if rows and [field.strip() for field in rows[0]] == names:
+                rows = rows[1:]  # the header row the reader skipped
+            records.extend(rows)
+    except (OSError, UnicodeDecodeError, csv.Error, DataError):
+        return frame
+    if len(records) != len(frame) or any(len(row) != len(names) for row in records):
+        return frame
+    out = frame.copy()
+    for j in floats:
+        read = out.iloc[:, j].to_numpy(dtype=float)
+        exact = read.copy()
+        for i, row in enumerate(records):
+            try:
+                exact[i] = float(row[j])
+            except ValueError:
+                continue  # a missing-value word (NA, ...): the reader's NaN stays
+        same = np.isclose(exact, read, rtol=1e-12, atol=0.0) | (np.isnan(exact) & np.isnan(read))
+        out.isetitem(j, np.where(same, exact, read))
+    return out
 
 
 def _check_csv_width(path: Path, names: list[str], dataset: Dataset) -> None:

@@ -356,7 +356,9 @@ def coalition_values(scores: np.ndarray, records: np.ndarray, n_coalitions: int,
     """
     n = len(records)
     synthetic = n * n_coalitions * n_baseline
-    coalitions = scores[:synthetic].reshape(n, n_coalitions, n_baseline, -1)
+    # The output count from the scores' own shape: a design without coalitions (one explained feature)
+    # has no synthetic rows, from which -1 could not be inferred.
+    coalitions = scores[:synthetic].reshape(n, n_coalitions, n_baseline, scores.shape[-1])
     check_finite(coalitions, records, "synthetic rows")
     fx = scores[synthetic:]
     check_finite(fx[:, None, None, :], records, "records")

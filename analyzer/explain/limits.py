@@ -19,14 +19,16 @@ The estimates are of the dominant allocations, measured with ``tracemalloc`` (do
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from analyzer.config.model import PdpMethod, ShapMethod
 from analyzer.data import Dataset
 from analyzer.errors import UserError
 
-from .design import default_num_samples
+from .design import design_coalitions
 from .pdp import MAX_RECORDS as PDP_MAX_RECORDS
+from .pdp import grid_points
 
 # cgroup v2, then v1: a container's memory limit, which is lower than the machine's memory.
 CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
@@ -49,8 +51,7 @@ def memory_limit_bytes() -> int:
 def coalitions(num_samples: int | None, n_players: int) -> int:
     """Coalitions a design of ``n_players`` evaluates (``design.make_design``: complementary pairs, capped
     at all ``2**M - 2``)."""
-    budget = default_num_samples(n_players) if num_samples is None else num_samples
-    return min(2 * (budget // 2), 2**n_players - 2)
+    return design_coalitions(n_players, num_samples)
 
 
 def shap_bytes(n_coalitions: int, n_players: int, n_columns: int, n_baseline: int, n_outputs: int = 1,
@@ -92,17 +93,35 @@ def check_num_clusters(shap: ShapMethod, dataset: Dataset) -> None:
                         f"only {dataset.n_rows:,} rows to cluster; use at most {dataset.n_rows:,}")
 
 
-def check_pdp_memory(pdp: PdpMethod, dataset: Dataset) -> None:
-    """Refuse ``methods.pdp`` when the grid's rows for one feature cannot fit in memory."""
+def check_pdp_memory(pdp: PdpMethod, dataset: Dataset, columns: Sequence[int] | None = None) -> None:
+    """Refuse ``methods.pdp`` when the grid's rows for one feature cannot fit in memory.
+
+    ``columns``: the features PDP computes a grid for (free-text ones left out: they get none); None: not
+    known yet (SHAP's top features): a grid of ``grid_resolution`` values, and PDP checks again with them.
+    A categorical feature's grid has one value per distinct value, not ``grid_resolution``.
+    """
+    features = dataset.features
     n_columns = len(dataset.feature_names)
     records = min(dataset.n_rows, PDP_MAX_RECORDS)
-    need = 3 * 8 * pdp.grid_resolution * records * n_columns
+    if columns is not None and not columns:
+        return  # every feature is free text: no grid at all
+    grid, feature = pdp.grid_resolution, None
+    if columns and features is not None:
+        grid, j = max((grid_points(features.iloc[:, j], pdp.grid_resolution), j) for j in columns)
+        feature = dataset.feature_names[j] if features.iloc[:, j].dtype.kind not in "biuf" else None
+    need = 3 * 8 * grid * records * n_columns
     have = memory_limit_bytes()
     if need > have:
+        fit = max(1, have // (3 * 8 * records * max(1, n_columns)))
+        if feature is not None:
+            raise UserError(
+                f"methods.pdp.features: {feature!r} has {grid:,} distinct values (one grid value each) x {records:,} "
+                f"records x {n_columns} features would need ~{_size(need)} for its model rows; this machine has "
+                f"{_size(have)}. At most ~{fit:,} grid values fit: leave it out of methods.pdp.features")
         raise UserError(
-            f"methods.pdp.grid_resolution: {pdp.grid_resolution:,} grid values x {records:,} records x "
+            f"methods.pdp.grid_resolution: {grid:,} grid values x {records:,} records x "
             f"{n_columns} features would need ~{_size(need)} for one feature's model rows; this machine has "
-            f"{_size(have)}. At most ~{max(1, have // (3 * 8 * records * max(1, n_columns))):,} grid values fit")
+            f"{_size(have)}. At most ~{fit:,} grid values fit")
 
 
 def _size(n_bytes: int) -> str:

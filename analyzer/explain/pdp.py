@@ -15,6 +15,7 @@ taken here, so both engines write the same bytes.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,40 +36,120 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_RECORDS = 2_000
+MULTI_LANGUAGE = "xx"  # spaCy's multi-language tokenizer: free-text detection when no text_config names a language
+
+
+# The in-process client asks the model for application/x-npy itself (not a config value); the model server
+# refuses to encode labels (Python strings) that way with this text (container/sidecar/codecs.py).
+_NPY_OBJECTS = "application/x-npy cannot carry"
+# Without predictor.label / probability the whole answer is read as scores (analyzer/predict/decode.py).
+_SCORE_NOT_A_NUMBER = re.compile(r"Model output score for row \d+ is not a number: (?:np\.str_\((.*?)\)|(.*?))(?:;|$)")
+
+
+def labels_not_scores(method: str, error: Exception | None = None,
+                      predictions: Predictions | None = None) -> UserError | None:
+    """The error to raise when the model answered with labels (strings) where explanations need scores,
+    told from a scoring failure (``error``) or from answers whose scores are not numbers (``predictions``);
+    None when it is not that. The user never asked for npy (the in-process client did): the message names
+    the keys that choose the model's output instead of the codec."""
+    example = ""
+    if error is not None:
+        reason = getattr(error, "reason", None) or str(error)
+        found = _SCORE_NOT_A_NUMBER.search(str(error))
+        if found is not None:
+            example = f" such as {found.group(1) or found.group(2)}"
+        elif _NPY_OBJECTS not in reason:
+            return None
+    elif predictions is not None:
+        label = predictions.label
+        if predictions.probability is not None or label is None or label.dtype.kind not in "OUS":
+            return None
+        values = [v for v in label.ravel().tolist() if not _is_number(v)]
+        if not values:
+            return None
+        example = f" such as {values[0]!r}"
+    else:
+        return None
+    return UserError(f"{method}: the model returns labels{example}, not scores: explanations need a number per "
+                     "output (a probability or score). Point predictor.probability (or predictor.label) at the "
+                     "scores in the model's answer, or serve a model that returns them (e.g. a classifier's "
+                     "predict_proba)")
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 FREE_TEXT_ERROR = ("Detected data type is not supported for PDP. PDP can only be computed for numerical or "
                    "categorical columns")  # Clarify's entry for a text feature (contract 4.4)
 
 
+def free_text_columns(dataset: Dataset, columns: Iterable[int], text_features: frozenset[str] = frozenset(),
+                      language: str | None = None) -> set[int]:
+    """The ``columns`` PDP gives Clarify's free-text entry: the text features of a ``text_config`` job
+    (``text_features``), and any string feature that looks like free text by the rule text jobs use to find
+    them (docs/text-explanations.md), whatever methods.shap says: a grid of one point per distinct text
+    would score every record once per text. ``language``: the shap ``text_config`` language (None: spaCy's
+    multi-language tokenizer)."""
+    from .text_job import looks_like_free_text  # text_job's imports are heavy; PDP of numbers needs none
+
+    features = dataset.features
+    assert features is not None
+    names = dataset.feature_names
+    return {j for j in columns
+            if names[j] in text_features
+            or (features.iloc[:, j].dtype.kind not in "biuf"
+                and looks_like_free_text(features.iloc[:, j], language or MULTI_LANGUAGE))}
+
+
+def grid_points(column: pd.Series, resolution: int) -> int:
+    """The grid values ``feature_grid`` makes for ``column``: ``resolution`` for numbers, else one per
+    distinct value."""
+    return resolution if column.dtype.kind in "biuf" else max(1, int(column.nunique(dropna=True)))
+
+
+def pdp_columns(pdp: PdpMethod, dataset: Dataset, global_shap: dict[str, dict[str, float]] | None) -> list[int]:
+    """The features PDP is computed for, in order: config order, else SHAP rank."""
+    from .job import feature_index  # job imports this module
+
+    if pdp.features is not None:
+        return list(dict.fromkeys(feature_index(loc, dataset, "methods.pdp.features") for loc in pdp.features))
+    if global_shap:
+        return top_features(global_shap, dataset.feature_names, pdp.top_k_features)
+    raise UserError("methods.pdp: `features` is required when methods.shap is not requested")
+
+
 def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint,
                        global_shap: dict[str, dict[str, float]] | None, *, seed: int = 0,
                        text_features: frozenset[str] = frozenset(), engine: Engine | None = None,
-                       label_keys: list[str] | None = None) -> list[dict[str, Any]]:
+                       label_keys: list[str] | None = None, text_language: str | None = None) -> list[dict[str, Any]]:
     """``explanations.pdp``: one entry per feature, in the order chosen (config order, else SHAP rank).
 
-    ``text_features`` (the text features of a ``text_config`` job) get Clarify's error entry instead.
+    Free-text features (``free_text_columns``: the text features of a ``text_config`` job, named in
+    ``text_features``, and string features that look like free text) get Clarify's error entry instead.
+    ``text_language``: the shap ``text_config`` language, if any.
     ``engine`` asks the model for the grids' rows (None: a client in this process). ``label_keys``: the
     outputs' names (``kernel_shap``'s keys when SHAP ran); else those of the first feature's predictions,
     for every feature (predicted values as keys, spec 4.3, would otherwise differ from feature to feature).
     """
-    from .job import feature_index  # job imports this module
+    from .limits import check_pdp_memory  # limits imports this module
 
     features = dataset.features
     assert features is not None
-    if pdp.features is not None:
-        columns = list(dict.fromkeys(feature_index(loc, dataset, "methods.pdp.features") for loc in pdp.features))
-    elif global_shap:
-        columns = top_features(global_shap, dataset.feature_names, pdp.top_k_features)
-    else:
-        raise UserError("methods.pdp: `features` is required when methods.shap is not requested")
+    columns = pdp_columns(pdp, dataset, global_shap)
+    free_text = free_text_columns(dataset, columns, text_features, text_language)
+    # The features are known now (SHAP's top features): their grids, categories counted, must fit.
+    check_pdp_memory(pdp, dataset, [j for j in columns if j not in free_text])
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     sample = features if len(features) <= MAX_RECORDS else features.iloc[
         np.sort(rng.choice(len(features), MAX_RECORDS, replace=False))]
     entries = []
-    grids = {j: feature_grid(features.iloc[:, j], pdp.grid_resolution) for j in columns
-             if dataset.feature_names[j] not in text_features}
+    grids = {j: feature_grid(features.iloc[:, j], pdp.grid_resolution) for j in columns if j not in free_text}
 
     def frames() -> Iterator[pd.DataFrame]:
         for j, (grid, _, data_type) in grids.items():
@@ -88,8 +169,16 @@ def partial_dependence(pdp: PdpMethod, dataset: Dataset, endpoint: ModelEndpoint
                 bar.update()
                 continue
             grid, distribution, data_type = grids[j]
-            predictions = next(answered)
-            scores = predictions.scores.reshape(len(grid), len(sample), -1)
+            answer: Predictions | None = None
+            try:
+                answer = next(answered)
+                scores = answer.scores.reshape(len(grid), len(sample), -1)
+            except UserError as error:
+                labels = labels_not_scores("methods.pdp", error) or labels_not_scores("methods.pdp", predictions=answer)
+                if labels is not None:
+                    raise labels from None
+                raise
+            predictions = answer
             if label_keys is None or len(label_keys) != scores.shape[2]:
                 label_keys = predictions.score_keys()
             if not np.isfinite(scores).all():

@@ -26,7 +26,7 @@ from analyzer.output import atomic_writer
 from analyzer.progress import progress
 
 from .aggregate import aggregate_values
-from .design import default_num_samples
+from .design import design_coalitions
 from .text_shap import TextExplanation
 from .text_units import TextUnit, split_texts
 
@@ -52,7 +52,8 @@ def text_columns(text_config: TextConfig, dataset: Dataset, explicit: Sequence[i
             if frame.iloc[:, j].dtype.kind in "biuf":
                 raise UserError(f"{KEY}.text_features: {names[j]!r} holds numbers, not text")
         return tuple(sorted(explicit))
-    detected = tuple(j for j in range(len(names)) if _looks_like_free_text(frame.iloc[:, j], text_config.language))
+    detected = tuple(j for j in range(len(names))
+                     if looks_like_free_text(frame.iloc[:, j], text_config.language))
     if not detected:
         strings = [n for j, n in enumerate(names) if frame.iloc[:, j].dtype.kind not in "biuf"]
         raise UserError(f"{KEY}: no feature looks like free text (string values of {MIN_TOKENS:g}+ tokens on average, "
@@ -62,7 +63,9 @@ def text_columns(text_config: TextConfig, dataset: Dataset, explicit: Sequence[i
     return detected
 
 
-def _looks_like_free_text(column: pd.Series, language: str) -> bool:
+def looks_like_free_text(column: pd.Series, language: str) -> bool:
+    """Whether a feature holds free text (docs/text-explanations.md, "Which features are text"): string values
+    of ``MIN_TOKENS`` tokens or more on average, at least ``MIN_DISTINCT`` of them distinct."""
     if column.dtype.kind in "biuf" or len(column) == 0:
         return False
     sample = [v for v in column.iloc[:DETECTION_SAMPLE] if isinstance(v, str)]
@@ -128,7 +131,7 @@ def synthetic_rows(units: Sequence[Sequence[TextUnit]], n_columns: int, num_samp
                    n_baseline: int) -> int:
     """Model rows one record costs: (its coalitions + the empty one) x baseline rows, plus the record."""
     m = n_columns - len(units) + sum(len(u) for u in units)
-    coalitions = min(default_num_samples(m) if num_samples is None else num_samples, 2**m - 2)
+    coalitions = design_coalitions(m, num_samples)
     return (coalitions + 1) * n_baseline + 1
 
 
@@ -141,7 +144,7 @@ def warn_thin_budgets(units: Sequence[Sequence[Sequence[TextUnit]]], n_columns: 
     thin = []
     for row, record in enumerate(units):
         m = n_columns - len(record) + sum(len(u) for u in record)
-        coalitions = min(default_num_samples(m) if num_samples is None else num_samples, 2**m - 2)
+        coalitions = design_coalitions(m, num_samples)
         if coalitions < m:
             thin.append((m, row, coalitions))
     if thin:
@@ -251,5 +254,6 @@ def feature_data_types(dataset: Dataset, columns: Sequence[int]) -> list[str]:
             for j, dtype in enumerate(dataset.features.dtypes)]
 
 
-__all__ = ["TEXT_BASELINE", "feature_data_types", "json_line", "record_units", "synthetic_rows", "text_baseline_values",
+__all__ = ["TEXT_BASELINE", "feature_data_types", "json_line", "looks_like_free_text", "record_units",
+           "synthetic_rows", "text_baseline_values",
            "text_columns", "text_section", "warn_thin_budgets", "write_text_local"]

@@ -91,7 +91,7 @@ def build_document(analysis: dict, summary: JobSummary, title: str = "Analysis R
         if analysis.get(stage):
             _bias_section(doc, analysis, stage)
     if views.shap_labels(analysis):
-        _shap_section(doc, analysis)
+        _shap_section(doc, analysis, summary.shap_agg_method)
     if views.has_text_explanations(analysis):
         _text_examples_section(doc, analysis, local_explanations)
     if views.pdp_entries(analysis):
@@ -238,12 +238,13 @@ def _bias_section(doc: Document, analysis: dict, stage: str) -> None:
                                      row_kinds=kinds))
 
 
-def _shap_section(doc: Document, analysis: dict) -> None:
+def _shap_section(doc: Document, analysis: dict, agg_method: str | None = None) -> None:
     doc.add(_heading("What drives the model's output (SHAP)", 2, page_break=True),
             Paragraph("SHAP values measure how much each feature moves the model's output away from its "
-                      "average output (the **expected value**), averaged over the explained rows. A longer bar "
-                      "means more influence. Importance says nothing by itself about fairness, but a sensitive "
-                      "attribute (or a stand-in for one, such as a postcode) near the top deserves a look."))
+                      "average output (the **expected value**), row by row. "
+                      f"{views.agg_method_text(agg_method)[0]} Importance says nothing by itself about fairness, "
+                      "but a sensitive attribute (or a stand-in for one, such as a postcode) near the top deserves "
+                      "a look."))
     for number, label in enumerate(views.shap_labels(analysis)):
         entry = analysis["explanations"]["kernel_shap"][label]
         # One output per page in print: a chart of 15 features does not share a page well.
@@ -255,7 +256,9 @@ def _shap_section(doc: Document, analysis: dict) -> None:
         if not entry.get("global_shap_values"):
             doc.add(Paragraph("No global SHAP values were computed for this output.", "error"))
             continue
-        figure, code = _call(analysis, views.shap_chart, ANALYSIS, label)
+        # The default agg_method is not passed: the notebook's code stays as before for it.
+        agg = () if agg_method in (None, "mean_abs") else (15, agg_method)
+        figure, code = _call(analysis, views.shap_chart, ANALYSIS, label, *agg)
         caption = "Features ranked by their global SHAP value."
         texts = views.text_features(analysis, label)
         if texts:

@@ -29,3 +29,6 @@ class JobSummary:
     # value -> rows, at most DISTRIBUTION_BARS entries, the last one the rest of the values (other_values)
     label_distribution: dict[str, int] | None = None
     facet_distributions: dict[str, dict[str, int]] | None = None  # facet -> the same
+    # methods.shap.agg_method: how global SHAP values were made from the local ones (the report words its
+    # SHAP text and chart axis by it; analysis.json does not say). None: not known, Clarify's default mean_abs.
+    shap_agg_method: str | None = None

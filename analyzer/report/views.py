@@ -598,8 +598,41 @@ def shap_table(analysis: dict, label: str) -> pd.DataFrame:
     return frame.loc[order].reset_index(drop=True)
 
 
-def shap_chart(analysis: dict, label: str, top: int = 15) -> Figure:
-    """The ``top`` features by global SHAP value for one model output, with standard-error whiskers."""
+# Per methods.shap.agg_method: how a feature's global SHAP value is made from its local values (the report's
+# text) and the chart's axis label.
+AGG_METHOD_TEXT = {
+    "mean_abs": ("A feature's global value is the **mean absolute** SHAP value over the explained rows: how far "
+                 "the feature moves the output on average, whatever the direction. A longer bar means more "
+                 "influence.",
+                 "global SHAP value: mean |SHAP value| over the rows"),
+    "median": ("A feature's global value is the **median** SHAP value over the explained rows, with its sign: "
+               "positive when the feature raises the output for most rows, negative when it lowers it. A longer "
+               "bar means a larger typical effect in that direction; a value near 0 can still hide a feature that "
+               "moves some rows strongly one way and others the other way.",
+               "global SHAP value: median SHAP value over the rows (signed)"),
+    "mean_sq": ("A feature's global value is the **mean of the squared** SHAP values over the explained rows (in "
+                "squared output units, so rows the feature moves strongly weigh more than in an average). A longer "
+                "bar means more influence.",
+                "global SHAP value: mean of squared SHAP values over the rows"),
+}
+
+
+# agg_method not known (a summary without it): words true of every method.
+UNKNOWN_AGG_TEXT = ("A feature's global value aggregates its SHAP values over the explained rows, as "
+                    "methods.shap.agg_method says (by default the mean absolute value). A longer bar means more "
+                    "influence.",
+                    "global SHAP value (methods.shap.agg_method over the rows)")
+
+
+def agg_method_text(agg_method: str | None) -> tuple[str, str]:
+    """The report's sentence and the chart's axis label for ``agg_method`` (None or unknown: wording that
+    holds for every method)."""
+    return AGG_METHOD_TEXT.get(agg_method or "", UNKNOWN_AGG_TEXT)
+
+
+def shap_chart(analysis: dict, label: str, top: int = 15, agg_method: str | None = None) -> Figure:
+    """The ``top`` features by global SHAP value for one model output, with standard-error whiskers.
+    ``agg_method``: ``methods.shap.agg_method``, which names the axis (None: ``mean_abs``)."""
     table = shap_table(analysis, label).head(top)
     n = len(table)
     fig = _new_figure(7.2, 1.0 + 0.27 * max(n, 1))
@@ -619,7 +652,7 @@ def shap_chart(analysis: dict, label: str, top: int = 15) -> Figure:
     ax.axvline(0, color=INK, linewidth=1)
     _style_axes(ax)
     ax.tick_params(axis="y", length=0)
-    xlabel = "global SHAP value (how much the feature moves the model output)"
+    xlabel = agg_method_text(agg_method)[1]
     if errors:
         # On a line of its own: beside the rest it ran past the figure with names such as "Education-Num".
         xlabel += "\nwhiskers: ± 1 standard error"
