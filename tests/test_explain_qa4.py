@@ -8,6 +8,7 @@ import copy
 import itertools
 import json
 import math
+import os
 from http.server import BaseHTTPRequestHandler
 
 import joblib
@@ -405,3 +406,31 @@ def test_the_jobs_summary_carries_its_agg_method(tmp_path, agg_method):
     config = parse_config(document)
     dataset = load_dataset(config, root / "input" / "data")
     assert job_summary(config, dataset, {}, "2026-12-07T00:00:00Z").shap_agg_method == agg_method
+
+
+def test_wide_records_make_smaller_shards_and_count_as_more_work(monkeypatch):
+    """Shards and rows per worker hold values, not rows, past NARROW_COLUMNS columns: 200 records of 1,000
+    features were one shard (no progress for the whole step, one core, 1.9 GB)."""
+    from analyzer.explain.shards import (
+        DEFAULT_SHARD_ROWS,
+        IN_PROCESS_ROWS_PER_WORKER,
+        NARROW_COLUMNS,
+        SHARD_ROWS_ENV,
+        planned_workers,
+        shard_size,
+        tabular_shard_rows,
+        wide_rows,
+    )
+
+    monkeypatch.delenv(SHARD_ROWS_ENV, raising=False)
+    monkeypatch.setenv("LUCENT_SHAP_WORKERS", "")  # the default: one per core, by the work there is
+    assert tabular_shard_rows(14) == tabular_shard_rows(NARROW_COLUMNS) == DEFAULT_SHARD_ROWS  # narrow: as before
+    assert tabular_shard_rows(1000) * 1000 == DEFAULT_SHARD_ROWS * NARROW_COLUMNS
+    rows_per_record = 2 * 1000 + 2048 + 1
+    assert DEFAULT_SHARD_ROWS // rows_per_record >= 200  # one shard for every record, by rows alone
+    assert shard_size(rows_per_record, tabular_shard_rows(1000)) == 3
+    rows = 200 * rows_per_record
+    assert planned_workers(67, rows, IN_PROCESS_ROWS_PER_WORKER, None) == 1
+    assert planned_workers(67, rows, wide_rows(IN_PROCESS_ROWS_PER_WORKER, 1000), None) == min(2, os.cpu_count() or 1)
+    monkeypatch.setenv(SHARD_ROWS_ENV, "5000")  # the user's setting is taken as it is
+    assert tabular_shard_rows(1000) == tabular_shard_rows(14) == 5000

@@ -47,7 +47,6 @@ from .kernel_shap import Explanation, KernelShap, baseline_expected_value, fit_k
 from .limits import PY_STRING_BYTES, check_num_clusters, check_pdp_memory, check_shap_memory
 from .pdp import free_text_columns, labels_not_scores, partial_dependence
 from .shards import (
-    DEFAULT_SHARD_ROWS,
     DEFAULT_TEXT_SHARD_ROWS,
     IN_PROCESS_ROWS_PER_WORKER,
     ShapSettings,
@@ -59,6 +58,8 @@ from .shards import (
     run_shards,
     run_text_shards,
     shard_size,
+    tabular_shard_rows,
+    wide_rows,
 )
 from .text_job import (
     TEXT_BASELINE,
@@ -219,7 +220,7 @@ def explain_shap(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, end
                             fitted=fitted, mirror=mirror)
     rows_per_record = (len(explainer.design.masks) + 2) * len(baseline) + 1
     records = dataset.features.to_numpy()
-    size = shard_size(rows_per_record)
+    size = shard_size(rows_per_record, tabular_shard_rows(records.shape[1]))
     with progress("SHAP", total=len(records), unit="records") as bar:
         local = run_shards(settings, records, size, explainer,
                            on_done=lambda i: bar.update(min(size, len(records) - i * size)), engine=job_engine(config))
@@ -307,9 +308,10 @@ def expected_shap_workers(config: AnalysisConfig, dataset: Dataset) -> int:
     except (UserError, ValueError):
         return 1
     n = len(dataset.features)
-    size = shard_size((coalitions + 2) * baseline_rows + 1)
+    n_columns = len(dataset.feature_names)
+    size = shard_size((coalitions + 2) * baseline_rows + 1, tabular_shard_rows(n_columns))
     return max(1, planned_workers(len(even_bounds(n, size)) - 1, n * (coalitions + 1) * baseline_rows,
-                                  IN_PROCESS_ROWS_PER_WORKER, config.predictor.max_concurrency))
+                                  wide_rows(IN_PROCESS_ROWS_PER_WORKER, n_columns), config.predictor.max_concurrency))
 
 
 def _fewest_baseline_rows(shap: ShapMethod) -> int:
@@ -705,7 +707,8 @@ def _fingerprint(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, inp
         import spacy  # the tokenizer decides the units: its version is part of the values
 
         text_settings = (shap.text_config.granularity, shap.text_config.language, text.columns, spacy.__version__)
-    shard_rows = configured_shard_rows(DEFAULT_TEXT_SHARD_ROWS if text is not None else DEFAULT_SHARD_ROWS)
+    shard_rows = (configured_shard_rows(DEFAULT_TEXT_SHARD_ROWS) if text is not None
+                  else tabular_shard_rows(len(dataset.feature_names)))
     settings = dict(version=__version__, features=inputs.features, num_samples=inputs.num_samples,
                     use_logit=inputs.use_logit, seed=shap.seed, text=text_settings, predictor=predictor,
                     shard_rows=shard_rows, feature_names=dataset.feature_names, model=model_identity,

@@ -151,6 +151,26 @@ def configured_shard_rows(default: int = DEFAULT_SHARD_ROWS) -> int:
     return int(positive_number(SHARD_ROWS_ENV, default, int, "synthetic rows per shard"))
 
 
+# The row-based sizes above are for records of up to this many columns. A wider record's synthetic rows
+# cost that much more to build, hold and score, so its shards and its rows per worker hold as many values
+# instead (1,000 features, 200 records: 67 shards of 3 records rather than one shard of all 200, which
+# showed no progress for the whole step, ran on one core and held 1.9 GB).
+NARROW_COLUMNS = 16
+
+
+def wide_rows(rows: int, n_columns: int) -> int:
+    """As many synthetic rows of ``n_columns``-column records as hold the values of ``rows`` narrow ones."""
+    return max(1, rows * NARROW_COLUMNS // max(NARROW_COLUMNS, n_columns))
+
+
+def tabular_shard_rows(n_columns: int) -> int:
+    """Synthetic rows per tabular shard: ``LUCENT_SHAP_SHARD_ROWS`` when set, else ``DEFAULT_SHARD_ROWS`` for
+    narrow records and fewer for wide ones (``wide_rows``). Part of the checkpoints' fingerprint."""
+    if os.environ.get(SHARD_ROWS_ENV, "").strip():
+        return configured_shard_rows()
+    return wide_rows(DEFAULT_SHARD_ROWS, n_columns)
+
+
 def shard_size(records_per_row_cost: int, shard_rows: int | None = None) -> int:
     """Records per shard for a record costing ``records_per_row_cost`` synthetic rows."""
     rows = shard_rows or configured_shard_rows()
@@ -194,8 +214,8 @@ def run_shards(settings: ShapSettings, records: np.ndarray, size: int, explainer
     bounds = even_bounds(len(records), size)
     rows = np.full(len(records), (len(explainer.design.masks) + 1) * len(explainer.baseline))
     parts = _run(settings, bounds, lambda a, b: (records[a:b],), rows, explainer,
-                 None if on_done is None else _BlockCounter(bounds, size, on_done), IN_PROCESS_ROWS_PER_WORKER,
-                 engine)
+                 None if on_done is None else _BlockCounter(bounds, size, on_done),
+                 wide_rows(IN_PROCESS_ROWS_PER_WORKER, records.shape[1]), engine)
     return Explanation.concat(parts)  # one pass: each shard's global terms are folded in as it is loaded
 
 
