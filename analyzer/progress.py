@@ -88,7 +88,7 @@ class Progress:
             _bars.append(self._bar)
 
     def update(self, n: int = 1) -> None:
-        """``n`` more units are done."""
+        """``n`` more units are done (negative: units counted already that are being done again)."""
         self.done += n
         if self._bar is not None:
             self._bar.update(n)

@@ -225,6 +225,23 @@ def test_rows_longer_than_a_parse_block(tmp_path, monkeypatch):
     assert dataset.facets["t"].to_series().str.len().tolist() == [5001] * 5
 
 
+def test_a_file_read_again_for_a_long_row_counts_its_rows_once(tmp_path, monkeypatch, caplog):
+    """A row longer than a parse block makes the file be read again with larger blocks; the progress count
+    (a 1,001-row file showed 4,000 rows) counts each row once."""
+    import logging
+
+    monkeypatch.setattr(csv_format, "_BLOCK_BYTES", 256)
+    monkeypatch.setenv("LUCENT_PROGRESS_SECONDS", "1e-9")  # a line for every count
+    short = "".join(f"s{i},{i % 2}\n" for i in range(300))
+    path = write(tmp_path / "d.csv", "t,y\n" + short + f"{'x' * 5000},1\n" + short)
+    with caplog.at_level(logging.INFO):
+        dataset = load_dataset(csv_config(label="y", facet=[Facet("t")]), path)
+    assert dataset.n_rows == 601
+    counts = [int(r.getMessage().split(": ")[1].split(" rows")[0].replace(",", ""))
+              for r in caplog.records if r.getMessage().startswith("Loading: ")]
+    assert counts and counts[-1] == 601 and max(counts) <= 601, counts
+
+
 # Errors ---------------------------------------------------------------------------------------------
 
 

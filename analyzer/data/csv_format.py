@@ -208,11 +208,14 @@ class CsvTable:
         block_bytes = _BLOCK_BYTES
         while True:
             bad_rows: list[pacsv.InvalidRow] = []
+            shown = [0]  # rows this read has counted in ``progress`` so far
             try:
-                n_rows = self._parse(path, offset, block_bytes, accumulators, bad_rows, progress)
+                n_rows = self._parse(path, offset, block_bytes, accumulators, bad_rows, progress, shown)
             except pa.ArrowInvalid as exc:
                 for name, acc in accumulators.items():
                     acc.truncate(marks[name])
+                if progress is not None and shown[0]:  # read again below (or failed): its rows do not count twice
+                    progress.update(-shown[0])
                 if "Empty CSV file" in str(exc):  # nothing after the header row
                     return 0
                 if "straddl" in str(exc) and block_bytes < _MAX_BLOCK_BYTES:
@@ -227,7 +230,7 @@ class CsvTable:
             return n_rows
 
     def _parse(self, path: Path, offset: int, block_bytes: int, accumulators: dict[str, ColumnAccumulator],
-               bad_rows: list[pacsv.InvalidRow], progress: Progress | None = None) -> int:
+               bad_rows: list[pacsv.InvalidRow], progress: Progress | None = None, shown: list[int] | None = None) -> int:
         multi_column = len(self.headers) > 1
 
         def on_invalid_row(row: pacsv.InvalidRow) -> str:
@@ -253,8 +256,10 @@ class CsvTable:
                     for name, acc in accumulators.items():
                         acc.add(chunk.column(name))
                 n_rows += batch.num_rows
-                if progress is not None:  # a file read again (a row longer than a block) counts again: rare
+                if progress is not None:
                     progress.update(batch.num_rows)
+                    if shown is not None:
+                        shown[0] += batch.num_rows
         return n_rows
 
     def _parse_error(self, path: Path, offset: int, first_line: int, exc: Exception) -> DataError:
