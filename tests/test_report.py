@@ -461,3 +461,25 @@ def test_long_names_are_shortened_in_the_middle():
     assert _shorten("short", 28) == "short"
 
 
+
+
+def test_a_facet_of_many_values_draws_only_the_first_groups(monkeypatch) -> None:
+    """A chart and a table per one-vs-rest group: 10,000 values took over an hour. Past
+    GROUPS_DRAWN_PER_FACET the rest are named in a note, their numbers left to analysis.json."""
+    import analyzer.report.content as content
+    from analyzer.report.html import render_html
+
+    monkeypatch.setattr(content, "GROUPS_DRAWN_PER_FACET", 2)
+    analysis = small_analysis()
+    for stage in ("pre_training_bias_metrics", "post_training_bias_metrics"):
+        one = analysis[stage]["facets"]["Sex"][0]
+        analysis[stage]["facets"]["Sex"] = [{**one, "value_or_threshold": f"v{i}"} for i in range(5)]
+    doc = content.build_document(analysis, job_summary(["pre_training_bias", "post_training_bias"]))
+    page = _Page()
+    page.feed(render_html(doc))
+    doc.close()
+    drawn = [h for h in page.headings if h.endswith("compared with everyone else")]
+    assert len(drawn) == 2 * 2 and all("v0" in h or "v1" in h for h in drawn)
+    text = " ".join(page.text)
+    assert text.count("The other 3 values of Sex are not drawn here") == 2
+    assert "under pre_training_bias_metrics.facets.Sex" in text
