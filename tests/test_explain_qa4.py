@@ -434,3 +434,24 @@ def test_wide_records_make_smaller_shards_and_count_as_more_work(monkeypatch):
     assert planned_workers(67, rows, wide_rows(IN_PROCESS_ROWS_PER_WORKER, 1000), None) == min(2, os.cpu_count() or 1)
     monkeypatch.setenv(SHARD_ROWS_ENV, "5000")  # the user's setting is taken as it is
     assert tabular_shard_rows(1000) == tabular_shard_rows(14) == 5000
+
+
+def test_a_mistyped_feature_name_is_suggested_and_a_long_feature_list_is_cut(tmp_path):
+    """methods.shap.features_to_explain / methods.pdp.features name features as the facets do: a close name is
+    suggested, and a dataset of hundreds of features is not listed whole in the message."""
+    from analyzer.config.model import AnalysisConfig, Methods
+    from analyzer.data import load_dataset
+    from analyzer.errors import UserError
+    from analyzer.explain.job import feature_index
+
+    names = ["income", *(f"f{i}" for i in range(300))]
+    path = tmp_path / "d.csv"
+    path.write_text(",".join(["y", *names]) + "\n" + ",".join(["1"] * (len(names) + 1)) + "\n")
+    dataset = load_dataset(AnalysisConfig(dataset_type="text/csv", label="y", methods=Methods()), path,
+                           need_features=True)
+    assert feature_index("f7", dataset, "methods.pdp.features") == 8
+    with pytest.raises(UserError) as error:
+        feature_index("Income", dataset, "methods.shap.features_to_explain")
+    message = str(error.value)
+    assert message.startswith("methods.shap.features_to_explain: 'Income' is not a feature column; features: ")
+    assert message.endswith("Did you mean 'income'?") and "(271 more)" in message and "'f299'" not in message

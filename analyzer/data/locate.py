@@ -39,13 +39,13 @@ def locate_column(locator: Locator, headers: Sequence[str], *, role: str, source
             return headers[locator]
         raise DataError(
             f"{prefix} `{role}` index {locator} is out of range: {source} has {len(headers)} columns "
-            f"(valid indices 0..{len(headers) - 1}). Headers: {_show(headers)}."
+            f"(valid indices 0..{len(headers) - 1}). Headers: {show_headers(headers)}."
         )
     if locator in headers:
         return locator
     raise DataError(
         f"{prefix} `{role}` {locator!r} is not a column of {source}. "
-        f"Headers: {_show(headers)}.{suggest(locator, headers)}"
+        f"Headers: {show_headers(headers)}.{suggest(locator, headers)}"
     )
 
 
@@ -56,7 +56,8 @@ def suggest(name: str, candidates: Sequence[str]) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
-def _show(headers: Sequence[str], limit: int = 30) -> str:
+def show_headers(headers: Sequence[str], limit: int = 30) -> str:
+    """``['a', 'b', ... (970 more)]``: a list of column names short enough for a message."""
     shown = ", ".join(repr(h) for h in headers[:limit])
     more = f", ... ({len(headers) - limit} more)" if len(headers) > limit else ""
     return f"[{shown}{more}]"

@@ -33,6 +33,7 @@ from analyzer.config.model import Locator, ShapMethod
 from analyzer.data import Dataset, load_dataset, resolve_local_path
 from analyzer.data.csv_format import read_first_record
 from analyzer.data.files import list_data_files, open_stream
+from analyzer.data.locate import show_headers, suggest
 from analyzer.engines import engine_choice, job_engine
 from analyzer.errors import DataError, UserError
 from analyzer.output import OutputStaging, write_text_atomic
@@ -471,7 +472,8 @@ def feature_index(locator: Locator, dataset: Dataset, key: str) -> int:
     role = next((r for r, c in roles.items() if c is not None and c.name == name), None)
     if role is not None:
         raise UserError(f"{key}: {name!r} is the {role} column, not a feature the model sees")
-    raise UserError(f"{key}: {name!r} is not a feature column; features: {dataset.feature_names}")
+    raise UserError(f"{key}: {name!r} is not a feature column; features: {show_headers(dataset.feature_names)}."
+                    f"{suggest(name, dataset.feature_names)}")
 
 
 def shap_baseline(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, base_dir: Path | None,
