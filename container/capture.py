@@ -17,7 +17,11 @@ Why this shape:
   exported in ``/metrics``) and summarised in the log at most every ``DROP_LOG_SECONDS``; bodies are never
   logged.
 * ``close`` (the endpoint's SIGTERM handler calls it; ``atexit`` too, as a last resort) stops
-  accepting records, writes everything queued and publishes every open file.
+  accepting records, writes everything queued and publishes every open file, within a bound (the
+  endpoint's ``$LUCENT_CAPTURE_FLUSH_SECONDS``, 30 s): what is not published by then is counted as
+  dropped (``stop_timeout``) and logged, so that a destination that never answers cannot hold the stop
+  for botocore's timeouts times its retries.
+* A local file that cannot be completed (disk full, its folder gone) leaves no temporary file behind.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import random
 import shutil
 import threading
@@ -50,11 +55,14 @@ DISK_CHECK_SECONDS = 1.0  # how often the writer re-reads the local destination'
 S3_ATTEMPTS = 3  # puts of one file (each with botocore's own retries) before its records are dropped
 S3_BACKOFF_SECONDS = 0.2  # doubled after each failed attempt
 # Why a record was dropped: the keys of ``dropped_by_reason``.
-DROP_REASONS = ("queue_full", "disk_full", "publish_failed", "closed", "error")
+DROP_REASONS = ("queue_full", "disk_full", "publish_failed", "closed", "error", "stop_timeout")
 # A local destination's file system this full (a fraction) or more: records are dropped. 75 % by default (the
 # endpoint spec); a machine whose large disk is fuller than that by design can raise it.
 DISK_LIMIT_ENV = "LUCENT_CAPTURE_DISK_LIMIT"
 DEFAULT_DISK_LIMIT = 0.75
+# How long the endpoint's stop waits for the capture to be written and published.
+FLUSH_SECONDS_ENV = "LUCENT_CAPTURE_FLUSH_SECONDS"
+DEFAULT_FLUSH_SECONDS = 30.0
 
 Body = bytes | bytearray | memoryview | str
 
@@ -68,6 +76,12 @@ def configured_disk_limit() -> float:
     return limit
 
 
+def configured_flush_seconds() -> float:
+    """``$LUCENT_CAPTURE_FLUSH_SECONDS`` (seconds above 0), else ``DEFAULT_FLUSH_SECONDS``; anything else is
+    a ``UserError`` naming the variable."""
+    return positive_number(FLUSH_SECONDS_ENV, DEFAULT_FLUSH_SECONDS, float, "seconds")
+
+
 def disk_fraction_used(folder: Path) -> float:
     """How full ``folder``'s file system is, as ``df`` shows it: used / (used + available)."""
     usage = shutil.disk_usage(folder)
@@ -77,7 +91,7 @@ def disk_fraction_used(folder: Path) -> float:
 class _OpenFile:
     """A capture file being filled: a temporary file in its final folder (local) or bytes (S3)."""
 
-    __slots__ = ("key", "opened_at", "size", "records", "writer", "handle", "chunks")
+    __slots__ = ("key", "opened_at", "size", "records", "writer", "handle", "chunks", "folder_fd")
 
     def __init__(self, key: str, opened_at: float):
         self.key = key
@@ -87,6 +101,7 @@ class _OpenFile:
         self.writer: Any = None  # the atomic_writer context of a local file
         self.handle: Any = None
         self.chunks: list[bytes] = []
+        self.folder_fd: int | None = None  # a local file's folder, to remove its temporary file on failure
 
 
 # A capture file is published once it is this old (or big enough): a record reaches its destination at
@@ -153,6 +168,9 @@ class CaptureWriter:
         self._closed = False
         self._disk_full = False
         self._captured = 0
+        self._accepted = 0  # records queued
+        self._settled = 0  # of which published or dropped by the writer
+        self._abandoned = False  # close() gave up waiting: the rest was counted as dropped
         self._sampled_out = 0
         self._dropped = dict.fromkeys(DROP_REASONS, 0)
         self._logged_dropped = 0
@@ -202,6 +220,7 @@ class CaptureWriter:
                     reason = "queue_full"
                 else:
                     self._pending.append(item)
+                    self._accepted += 1
                     self._pending_bytes += size
                     if self._writer_idle:
                         self._wakeup.notify()
@@ -251,12 +270,21 @@ class CaptureWriter:
         that can interrupt a ``submit`` on the same thread (its lock is held there): call it from the
         handler only when requests are submitted on other threads, or after the serving loop returns."""
         with self._lock:
+            if self._abandoned:
+                return
             self._closed = True
             self._wakeup.notify()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.warning("capture: still writing %d queued records after %ss; they may not be published",
-                        self.queued, timeout)
+            with self._lock:  # the writer counts nothing from now on: what it still had is dropped
+                self._abandoned = True
+                lost = self._accepted - self._settled
+                self._settled = self._accepted
+                self._dropped["stop_timeout"] += lost
+            atexit.unregister(self.close)
+            log.error("capture: not written and published within %g s of the stop (%s): %d record(s) dropped "
+                      "(a put still under way may yet arrive)", timeout, FLUSH_SECONDS_ENV, lost)
+            self._log_drops(self._clock(), force=True)
             return
         atexit.unregister(self.close)
 
@@ -337,6 +365,10 @@ class CaptureWriter:
                 log.error("capture: cannot open a file in %s: %s", self._folder / key.rsplit("/", 1)[0],
                           redact(str(error)))
                 return None
+            # The folder itself, not its path: should the path stop leading to it (the folder moved,
+            # replaced by a file), the temporary file can still be found and removed there.
+            with contextlib.suppress(OSError):
+                file.folder_fd = os.open((self._folder / key).parent, os.O_RDONLY | os.O_DIRECTORY)
         self._open[hour] = file
         return file
 
@@ -354,16 +386,21 @@ class CaptureWriter:
             try:
                 file.writer.__exit__(None, None, None)  # flush, close, rename into place
             except OSError as error:
+                self._remove_temporary(file)
                 self._drop("publish_failed", file.records)
                 log.error("capture: could not write %s (%d records dropped): %s", self._folder / file.key,
                           file.records, redact(str(error)))
                 return
+            finally:
+                self._release_folder(file)
         else:
             self._put(file)
             if not file.records:
                 return
         with self._lock:
-            self._captured += file.records
+            if not self._abandoned:
+                self._captured += file.records
+                self._settled += file.records
 
     def _put(self, file: _OpenFile) -> None:
         """One put of the whole file; retried, then its records are counted as dropped (file.records = 0)."""
@@ -387,9 +424,33 @@ class CaptureWriter:
         file = self._open.pop(hour)
         with contextlib.suppress(OSError):
             file.writer.__exit__(type(error), error, error.__traceback__)
+        self._remove_temporary(file)
+        self._release_folder(file)
         self._drop("publish_failed", file.records)
         log.error("capture: could not write %s (%d records dropped): %s", self._folder / file.key, file.records,
                   redact(str(error)))
+
+    @staticmethod
+    def _remove_temporary(file: _OpenFile) -> None:
+        """Remove what is left of a local file that could not be completed: its temporary file
+        (``.<name>.<random>.tmp``, atomic_writer's name), found in the folder it was opened in. atomic_writer
+        removes it by path, which fails once the path no longer leads to that folder (the folder moved or
+        replaced by a file: ENOTDIR), and the 2,000-line temporary file then stayed forever."""
+        if file.folder_fd is None:
+            return
+        prefix = "." + file.key.rsplit("/", 1)[-1] + "."
+        with contextlib.suppress(OSError):
+            for name in os.listdir(file.folder_fd):
+                if name.startswith(prefix) and name.endswith(".tmp"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=file.folder_fd)
+
+    @staticmethod
+    def _release_folder(file: _OpenFile) -> None:
+        if file.folder_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(file.folder_fd)
+            file.folder_fd = None
 
     def _check_disk(self) -> None:
         self._last_disk_check = self._clock()
@@ -408,8 +469,11 @@ class CaptureWriter:
             self._disk_full = full
 
     def _drop(self, reason: str, count: int) -> None:
+        """Count ``count`` queued records the writer could not publish."""
         with self._lock:
-            self._dropped[reason] += count
+            if not self._abandoned:
+                self._dropped[reason] += count
+                self._settled += count
 
     def _log_drops(self, now: float, force: bool) -> None:
         if not force and now - self._last_drop_log < DROP_LOG_SECONDS:

@@ -231,13 +231,16 @@ class ModelClient:
     one call keeps every worker of the model server busy; False for a caller that runs calls side by side
     itself (the endpoint's shared calls), for which the extra requests are only overhead: a call is then
     cut by ``max_records_per_request`` and ``max_payload_bytes`` alone.
+    ``online``: a client serving online requests (``lucent endpoint``'s explainer), where each call must
+    fare as if it were the first: a batch the model refuses fails the call at once (no halving search for
+    the refused record, and later calls keep their full size), and ``close`` logs no batch-job summary.
     Use as a context manager, or call ``close()``, to release connections and threads.
     """
 
     def __init__(self, endpoint_url: str, predictor: Predictor, feature_names: Sequence[str], *,
                  max_payload_bytes: int = MAX_PAYLOAD_BYTES, max_records_per_request: int = MAX_RECORDS_PER_REQUEST,
                  concurrency: int | None = None, timeout: float | None = None,
-                 retry: RetryPolicy | None = None, spread: bool = True):
+                 retry: RetryPolicy | None = None, spread: bool = True, online: bool = False):
         self.url = model_route(endpoint_url, "invocations")
         self.shown_url = redact_url(self.url)  # for messages and logs: no password from the URL
         self.encoder = RequestEncoder(predictor, feature_names)
@@ -249,6 +252,7 @@ class ModelClient:
             self.headers["X-Amzn-SageMaker-Target-Model"] = predictor.target_model
         self.max_payload_bytes = max_payload_bytes
         self.spread = spread
+        self.online = online
         self.concurrency = max(1, concurrency or 2 * (os.cpu_count() or 1))
         if predictor.max_concurrency:  # the user's cap on in-flight requests (shared out among workers by the caller)
             self.concurrency = min(self.concurrency, predictor.max_concurrency)
@@ -276,7 +280,7 @@ class ModelClient:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
         self._http.clear()
-        if self.stats.requests:
+        if self.stats.requests and not self.online:
             seconds = max(self.stats.seconds, 1e-9)
             log.info("Model endpoint delivered %.5f requests per second and a total of %d requests over %.0f "
                      "seconds", self.stats.requests / seconds, self.stats.requests, seconds)
@@ -376,6 +380,9 @@ class ModelClient:
             with self._in_flight:
                 return [self._answer(batch, abort, patience)]
         except _Refused as refusal:
+            if self.online and len(batch) > 1:  # the call fails; it changes nothing for later calls
+                raise ModelError(f"The model at {self.shown_url} failed on {_rows(batch)}: {refusal}",
+                                 reason=str(refusal)) from None
             if len(batch) == 1:
                 raise ModelError(f"The model at {self.shown_url} failed on the record at row {batch.first_row}: "
                                  f"{refusal}", row=batch.first_row, reason=str(refusal)) from None

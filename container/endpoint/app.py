@@ -123,6 +123,44 @@ def validation_error(message: str, status: int = 400) -> ApiError:
     return ApiError(status, "ValidationError", message)
 
 
+FAILURE_LOG_SECONDS = 10.0  # failed invocations: the first one logged, then one summary line per this at most
+
+
+class FailureLog:
+    """WARNING lines for failed invocations (ModelError, 5xx) without a flood: during a model outage every
+    request fails, and a line each (7,577 in 20 s) buried everything else. The first failure is logged;
+    the next ones are counted, and logged when ``FAILURE_LOG_SECONDS`` have passed since the last line,
+    with the count of those not logged meanwhile (as capture drops are summarised). :meth:`flush` logs the
+    count still held (the endpoint calls it when it stops). Every failure is counted in /metrics all the same."""
+
+    def __init__(self, interval: float = FAILURE_LOG_SECONDS, clock: Any = time.monotonic):
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+        self._held = 0  # failures not logged since the last line
+
+    def failed(self, message: str, *args: Any) -> None:
+        now = self._clock()
+        with self._lock:
+            if now - self._last < self._interval:
+                self._held += 1
+                return
+            held, self._held, self._last = self._held, 0, now
+        if held:
+            log.warning(message + " (and %d more failed invocation(s) since the last such line, not logged)",
+                        *args, held)
+        else:
+            log.warning(message, *args)
+
+    def flush(self) -> None:
+        with self._lock:
+            held, self._held = self._held, 0
+        if held:
+            log.warning("%d more failed invocation(s) since the last such line (counted in /metrics, "
+                        "lucent_endpoint_errors_total)", held)
+
+
 class Metrics:
     """Counters and one latency histogram, rendered in the Prometheus text format (version 0.0.4)."""
 
@@ -412,6 +450,7 @@ class EndpointApp:
         self.capture = capture
         self.verifier = verifier
         self.metrics = Metrics()
+        self.failures = FailureLog()
         self._in_flight = 0  # invocations being answered
         self._in_flight_lock = threading.Lock()
 
@@ -457,7 +496,7 @@ class EndpointApp:
         except ApiError as error:
             outcome["error"] = error.code
             if error.status >= 500 or error.code == "ModelError":
-                log.warning("%s %s: %s %s", request.method, outcome["route"], error.code, error)
+                self.failures.failed("%s %s: %s %s", request.method, outcome["route"], error.code, error)
             return error.response()
         except Exception:  # a bug: answered as the API's InternalFailure, logged with its traceback
             outcome["error"] = "InternalFailure"

@@ -236,18 +236,20 @@ def open_endpoint(config: EndpointConfig, endpoint_name: str, model_url: str, *,
                                              default_io, explainer_inputs)
         capture = None
         if config.capture is not None:
-            from container.capture import CaptureWriter
+            from container.capture import CaptureWriter, configured_flush_seconds
 
+            flush_seconds = configured_flush_seconds()  # a bad value is reported at the start, not at the stop
             settings = config.capture
             capture = CaptureWriter(settings.destination, endpoint_name, config.variant_name,
                                     sampling_percentage=settings.sampling_percentage,
                                     capture_input=settings.capture_input, capture_output=settings.capture_output,
                                     csv_types=settings.csv_types, json_types=settings.json_types)
-            stack.callback(_close_capture, capture)
+            stack.callback(_close_capture, capture, flush_seconds)
             log.info("Capturing %d%% of invocations to %s", settings.sampling_percentage,
                      redact_url(settings.destination))
         app = EndpointApp(endpoint_name, config.variant_name, model, explanations=explanations, capture=capture,
                           verifier=verifier)
+        stack.callback(app.failures.flush)  # the failed invocations not logged yet, counted
         try:
             server = EndpointServer((host, port), app, limits)
         except OSError as error:
@@ -256,8 +258,11 @@ def open_endpoint(config: EndpointConfig, endpoint_name: str, model_url: str, *,
         yield EndpointParts(server, app, capture)
 
 
-def _close_capture(capture: Any) -> None:
-    capture.close()
+def _close_capture(capture: Any, flush_seconds: float | None = None) -> None:
+    """Write and publish what is queued, within ``flush_seconds`` (``$LUCENT_CAPTURE_FLUSH_SECONDS``): a
+    destination that does not answer must not hold the stop for botocore's timeouts times its retries
+    (what is not published by then is counted as dropped and logged)."""
+    capture.close(flush_seconds)
     log.info("Capture flushed: %d record(s) written, %d dropped", capture.captured, capture.dropped)
 
 

@@ -17,6 +17,7 @@ import http.client
 import io
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -156,6 +157,20 @@ class ModelContainer:
         connection.close()
 
 
+def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    """An idle kept-alive connection that has something to read: the server closed it (end of input) or
+    sent what no request asked for. Either way it cannot carry a request."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
 class PendingAnswer:
     """An invocation sent to the container, its answer not read yet."""
 
@@ -164,55 +179,55 @@ class PendingAnswer:
         self._path, self._body, self._headers = path, body, headers
         self._deadline = deadline
         self._connection: http.client.HTTPConnection | None = None
-        self._reused = False
 
     def send(self) -> None:
         """Send on a kept-alive connection, or a new one. A kept-alive connection the container closed
-        while it sat idle (idle timeout, or evicted for a newer one) is expected now and then: the
-        request then goes again on a new connection, once (here, or when its answer does not come)."""
-        connection = self._container._idle_connection()
-        if connection is not None:
+        while it sat idle (idle timeout, evicted for a newer one, its worker gone) is readable: the end
+        of input, or bytes no request asked for. It is checked for that before it is reused (a poll that
+        does not wait), and dropped: the request goes on a new connection. Once a request has been
+        written it is never sent again (:meth:`answer`): a connection that drops before the answer is
+        what a worker dying mid-predict looks like, and SageMaker sends an invocation once."""
+        while (connection := self._container._idle_connection()) is not None:
+            if _closed_by_peer(connection):
+                connection.close()
+                continue
             try:
                 connection.request("POST", self._path, body=self._body, headers=self._headers)
-                self._connection, self._reused = connection, True
-                return
             except (OSError, http.client.HTTPException) as error:
+                # Not all of it was written (the write failed): the container cannot have run it.
                 connection.close()
-                log.debug("model container connection dropped (%s); retrying once", type(error).__name__)
+                log.debug("model container connection dropped while sending (%s); on a new one",
+                          type(error).__name__)
+                break
+            self._connection = connection
+            return
         self._send_new()
 
     def answer(self) -> ModelAnswer:
         """The container's answer (its whole body), within the timeout counted from :meth:`send`."""
-        while True:
-            connection = self._connection
-            assert connection is not None and connection.sock is not None
-            response = None
-            try:
-                connection.sock.settimeout(max(self._left(), 0.001))  # an answer already here is read at once
-                response = connection.getresponse()
-                body = read_by_deadline(response.read1, connection.sock, self._deadline)
-                if response.length:  # the connection ended before the Content-Length's bytes came
-                    raise http.client.IncompleteRead(body, response.length)
-                response.close()  # read to its end: closing it frees the connection (not its socket) for reuse
-            except TimeoutError:
-                connection.close()
-                raise ModelUnreachable(f"no answer within {self._container.timeout:g} s", timed_out=True) from None
-            except (OSError, http.client.HTTPException) as error:
-                connection.close()
-                # Sent again only when nothing came back on a kept-alive connection: an answer that started
-                # means the container ran the invocation, and it must not run twice.
-                if response is not None or not self._reused:
-                    raise ModelUnreachable(f"the model container at {redact_url(self._container.url)} dropped the "
-                                           f"connection: {type(error).__name__}") from None
-                log.debug("model container connection dropped (%s); retrying once", type(error).__name__)
-                self._send_new()
-                continue
-            if response.will_close:
-                connection.close()
-            else:
-                self._container._keep(connection)
-            return ModelAnswer(response.status, body, response.headers.get("Content-Type", ""),
-                               response.headers.get(CUSTOM_ATTRIBUTES))
+        connection = self._connection
+        assert connection is not None and connection.sock is not None
+        response = None
+        try:
+            connection.sock.settimeout(max(self._left(), 0.001))  # an answer already here is read at once
+            response = connection.getresponse()
+            body = read_by_deadline(response.read1, connection.sock, self._deadline)
+            if response.length:  # the connection ended before the Content-Length's bytes came
+                raise http.client.IncompleteRead(body, response.length)
+            response.close()  # read to its end: closing it frees the connection (not its socket) for reuse
+        except TimeoutError:
+            connection.close()
+            raise ModelUnreachable(f"no answer within {self._container.timeout:g} s", timed_out=True) from None
+        except (OSError, http.client.HTTPException) as error:
+            connection.close()
+            raise ModelUnreachable(f"the model container at {redact_url(self._container.url)} dropped the "
+                                   f"connection: {type(error).__name__}") from None
+        if response.will_close:
+            connection.close()
+        else:
+            self._container._keep(connection)
+        return ModelAnswer(response.status, body, response.headers.get("Content-Type", ""),
+                           response.headers.get(CUSTOM_ATTRIBUTES))
 
     def close(self) -> None:
         """Give up on the answer (its connection is closed, not kept)."""
@@ -237,7 +252,7 @@ class PendingAnswer:
             connection.close()
             raise ModelUnreachable(f"the model container at {redact_url(container.url)} dropped the "
                                    f"connection: {type(error).__name__}") from None
-        self._connection, self._reused = connection, False
+        self._connection = connection
 
     def _left(self) -> float:
         return self._deadline - time.monotonic()
@@ -297,14 +312,18 @@ def build_score(url: str, settings: ExplainerSettings, feature_names: Sequence[s
                           content_template=inference.content_template, probability=probability)
     options: dict[str, Any] = {"max_payload_bytes": inference.max_payload_mb * MIB, "timeout": timeout,
                                "concurrency": concurrency,
-                               # An online request cannot wait minutes: one quick retry of what retrying fixes.
-                               "retry": RetryPolicy(attempts=2, backoff_seconds=0.1, max_elapsed_seconds=timeout)}
+                               # One model call per call, as SageMaker sends an invocation once: a call that
+                               # crashed a worker must not crash another, and an online request cannot wait.
+                               "retry": RetryPolicy(attempts=1, max_elapsed_seconds=timeout)}
     if inference.max_record_count is not None:
         options["max_records_per_request"] = inference.max_record_count
     # spread=False: concurrent requests' explanations already run as calls side by side, one per model server
     # worker (app._SharedCalls); cutting each call into more requests only added HTTP round trips (39 % more
     # explained records/s without them, 8 clients sending 10 records per request).
-    client = ContainerClient(url, predictor, list(feature_names), spread=False, **options)
+    # online=True: a call the model refuses fails the request's explanation at once (no halving search for
+    # the record, which online only costs time), and changes nothing for later calls: after a request the
+    # model refused (an inf), every later request's synthetic rows still go in one call.
+    client = ContainerClient(url, predictor, list(feature_names), spread=False, online=True, **options)
 
     def score(rows: np.ndarray) -> np.ndarray:
         try:

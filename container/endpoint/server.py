@@ -25,8 +25,12 @@ waiting for the model container or in numpy, both of which release the GIL. Limi
 * the listen queue holds ``max(LISTEN_BACKLOG, max_connections)`` connections not yet accepted
   (socketserver's default of 5 made a burst of connections wait for SYN retransmits, a second each).
 
-SIGTERM (or SIGINT): stop accepting, let requests in flight finish, then the caller flushes the
-capture writer and stops the model server it started.
+SIGTERM (or SIGINT): stop accepting; close every connection without a request being answered (kept
+alive and idle, or its request still arriving: a request completed after the stop is not started); answer
+each request in progress with ``Connection: close``; wait for those (bounded); only then the caller
+flushes the capture writer and stops the model server it started. Counting requests in progress alone
+was not enough: kept-alive connections went on being served, and one that sent its next request after
+the count reached 0 met a closed capture and a stopped model server.
 """
 
 from __future__ import annotations
@@ -171,7 +175,9 @@ class EndpointHandler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self), 64 * 1024)
 
     def handle_one_request(self) -> None:
-        self.server.waiting(self.connection)  # evictable until its request is complete
+        if not self.server.waiting(self.connection):  # evictable until its request is complete
+            self.close_connection = True  # the endpoint is stopping: no next request on this connection
+            return
         self.deadline = time.monotonic() + self.server.limits.header_timeout
         super().handle_one_request()
 
@@ -227,6 +233,8 @@ class EndpointHandler(BaseHTTPRequestHandler):
         self._send(response)
 
     def _send(self, response: Response) -> None:
+        if self.server.stopping:
+            self.close_connection = True  # answered with Connection: close, and no next request read
         self.connection.settimeout(self.server.limits.body_timeout)  # a client that does not read
         self.log_request(response.status)
         # Headers and body in one write: one segment for a small response, so the client wakes once.
@@ -412,21 +420,23 @@ class EndpointServer(socketserver.ThreadingMixIn, HTTPServer):
             super().shutdown_request(request)
             self._open_changed.notify_all()
 
-    def waiting(self, sock: socket.socket) -> None:
+    def waiting(self, sock: socket.socket) -> bool:
         """The connection waits for a request: evictable; after a response (kept alive), as the newest
-        such. A new connection's place stays its accept time, whenever its thread gets here."""
+        such. A new connection's place stays its accept time, whenever its thread gets here. False when
+        the endpoint is stopping: the connection is to be closed, not read."""
         with self._open_changed:
             conn = self._open.get(sock)
             if conn is not None and conn.busy:
                 conn.busy, conn.since = False, time.monotonic()
                 self._open_changed.notify_all()
+            return not self.stopping
 
     def claim(self, sock: socket.socket) -> bool:
         """The connection's request is complete: not evictable until it waits again. False if it was
         evicted already."""
         with self._open_lock:
             conn = self._open.get(sock)
-            if conn is None:
+            if conn is None or self.stopping:  # evicted, or completed after the stop: not started
                 return False
             conn.busy = True
             return True
@@ -449,8 +459,32 @@ class EndpointServer(socketserver.ThreadingMixIn, HTTPServer):
             if self.stopping:
                 return False
             self.stopping, self.failure = True, failure
-        threading.Thread(target=self.shutdown, name="endpoint-stop").start()  # not from serve_forever's thread
+        # Not from serve_forever's thread (shutdown waits for it), nor from the signal handler (which may
+        # have interrupted a holder of the connections' lock).
+        threading.Thread(target=self._stop_serving, name="endpoint-stop").start()
         return True
+
+    def _stop_serving(self) -> None:
+        self._close_idle()
+        self.shutdown()
+
+    def _close_idle(self) -> None:
+        """Close every connection not busy with a request (``stopping`` is set): kept alive and waiting,
+        or its request still arriving. Their threads read the end of input and end; a busy one ends after
+        its answer (``waiting`` returns False)."""
+        with self._open_changed:
+            idle = [sock for sock, conn in self._open.items() if not conn.busy]
+            for sock in idle:
+                del self._open[sock]
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self._open_changed.notify_all()
+
+    def wait_answered(self, timeout: float) -> bool:
+        """Once stopping: wait until no connection is busy with a request (each has been answered, its
+        capture record submitted); False if some still are after ``timeout``."""
+        with self._open_changed:
+            return self._open_changed.wait_for(lambda: not any(conn.busy for conn in self._open.values()), timeout)
 
     @contextlib.contextmanager
     def in_flight(self) -> Any:
@@ -495,5 +529,11 @@ def serve_until_stopped(server: EndpointServer, drain_seconds: float = 60.0,
         server.serve_forever(poll_interval=0.2)
     finally:
         server.server_close()  # no new connections
-        if not server.wait_idle(drain_seconds):
+        if not server.stopping:  # serve_forever ended otherwise (an exception): stop as on SIGTERM
+            server.stopping = True
+            server._close_idle()
+        started = time.monotonic()
+        # Requests in progress are answered (Connection: close); nothing new is started on any connection.
+        if not (server.wait_answered(drain_seconds)
+                and server.wait_idle(max(0.0, drain_seconds - (time.monotonic() - started)))):
             log.warning("requests still running after %g s; stopping anyway", drain_seconds)
