@@ -19,24 +19,65 @@ from typing import Any
 
 REDACTED = "***"
 
-# scheme://userinfo@host -- the userinfo runs to the last '@' before the next '/', whitespace or quote,
-# so a password with an unencoded '@', '#' or '?' ("p@ss#1") is hidden whole. (A '?' or '#' before an
-# '@' in a URL without userinfo, "http://h?x=a@b", hides a little more than needed: safe side.)
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/'\"<>]+)@")
+# scheme://userinfo@host -- the userinfo runs to the last '@' before the next '/' or whitespace, whatever
+# it holds, so a password with an unencoded '@', '#', '?', quote or angle bracket ("p@ss#1", "s3cr'et") is
+# hidden whole. (A '?' or '#' before an '@' in a URL without userinfo, "http://h?x=a@b", hides a little
+# more than needed: safe side.) A quote followed by , : ; ) } ] or > ends the userinfo: that is a URL
+# closing in compact JSON or an HTML attribute ('"url":"http://h","mail":"a@b"'), and the text after it
+# is not the URL's (a password holding such a pair is not found).
+# Every pattern here is linear in the length of the text (logs carry client-sent text; see
+# tests/test_security_qa4_redaction.py): the scheme starts where a run of scheme characters starts (the
+# lookbehind), so the engine cannot restart inside a long run ('a-a-a-...') and rescan it from each
+# position; a run's leading digits, '+', '.' and '-' are kept as they are ("1.http://..." keeps "1.").
+_URL_USERINFO = re.compile(r"(?<![A-Za-z0-9+.\-])(?P<lead>[0-9+.\-]*)(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)"
+                           r"(?P<userinfo>(?:[^\s/'\"]|['\"](?![,:;)}\]>]))+)@")
 # Header lines, dict reprs, JSON and key=value fields whose value is a credential:
 #   'Authorization': b'AWS4-HMAC-SHA256 ...'   x-amz-security-token:IQo...   "SessionToken": "..."
 #   botocore.auth's "Signature:\n<hex>" (the value may start on the next line).
-_SECRET_FIELDS = (r"authorization|proxy-authorization|x-amz-security-token|x-amz-credential|x-amz-signature|"
-                  r"aws_secret_access_key|aws_session_token|secretaccesskey|secret_access_key|sessiontoken|"
-                  r"session_token|x-api-key|api[_-]?key|set-cookie|cookie|password|passwd|secret|token|"
-                  r"signature|credential")
+_SECRET_FIELD_NAMES = (
+    "authorization", "proxy-authorization", "x-amz-security-token", "x-amz-credential", "x-amz-signature",
+    "aws_secret_access_key", "aws_session_token", "secretaccesskey", "secret_access_key", "sessiontoken",
+    "session_token", "x-api-key", "api_key", "api-key", "apikey", "set-cookie", "cookie", "password", "passwd",
+    "secret", "token", "signature", "credential")
 # Compound names that carry credentials too: access_token, client_secret, x-auth-token, db_password...
-_SECRET_PREFIXES = (r"access|refresh|id|auth|x-auth|client|bearer|private|app|db|admin|user|master|"
-                    r"oauth|jwt|csrf|github|slack|hf|openai|storage|account")
+_SECRET_PREFIX_NAMES = (
+    "access", "refresh", "id", "auth", "x-auth", "client", "bearer", "private", "app", "db", "admin", "user",
+    "master", "oauth", "jwt", "csrf", "github", "slack", "hf", "openai", "storage", "account")
+
+
+def _alternation(words: tuple[str, ...]) -> str:
+    """A regex that matches exactly one of ``words``, factored by common prefixes (``a(?:pp|uth)``):
+    the engine tries each first character once instead of each word in turn, at every position."""
+    tree: dict = {}
+    for word in words:
+        node = tree
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def emit(node: dict) -> str:
+        branches = [re.escape(char) + emit(child) for char, child in sorted(node.items()) if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return emit(tree)
+
+
+_SECRET_FIELDS = _alternation(_SECRET_FIELD_NAMES)
+_SECRET_PREFIXES = _alternation(_SECRET_PREFIX_NAMES)
+# Every field name is at least this long and ends in one of these characters (see the first look below).
+_FIELD_MIN_LENGTH = min(len(name) for name in _SECRET_FIELD_NAMES)
+_FIELD_LAST_CHARS = re.escape("".join(sorted({name[-1] for name in _SECRET_FIELD_NAMES})))
 _FIELD_VALUE = re.compile(
     # The field name starts a word ("top_token: 5" is no credential) or is one of the compound names
     # above, or it follows an escaped line break in a bytes repr ("...\\r\\nAuthorization: ...").
     rf"(?:(?<![\w-])|(?<=\\[rnt]))"
+    # (A cheap first look, the same shape as the key: only a word long enough, ending in a character
+    # that ends a field name and followed by ':' or '=', goes on to the list of names. This keeps the
+    # pattern fast on long text that holds no field: "a:a:a:..." is not tried against every name.)
+    rf"(?=['\"]?[\w-]{{{_FIELD_MIN_LENGTH - 1},}}[{_FIELD_LAST_CHARS}]['\"]?\s*[:=])"
     rf"(?P<key>['\"]?(?:(?:{_SECRET_PREFIXES})[_-])?(?:{_SECRET_FIELDS})['\"]?\s*[:=]\s*)"
     # A quoted value (str or bytes repr), or an unquoted one up to the end of its line or field. A
     # backslash ends it too: in a bytes repr ("...\r\nHost: ...") the next header follows one. A value
@@ -44,14 +85,17 @@ _FIELD_VALUE = re.compile(
     r"(?!\*\*\*(?:[\s,;&}\]\\]|$))(?P<value>b?'[^']*'|b?\"[^\"]*\"|[^\s,;&}\]\\]+[^\n,;&}\]\\]*)",
     re.IGNORECASE)
 # The same fields as XML elements (AWS STS and IMDS answers in botocore's "Response body" lines).
-_XML_SECRET = re.compile(rf"(?P<open><(?P<tag>[\w:-]*(?:{_SECRET_FIELDS})[\w-]*)>)[^<]*(?=</(?P=tag)>)",
+# (The name is one run of name characters that holds a field name somewhere, found by a lookahead that
+# stops at the first one: a long run is scanned a bounded number of times, not once per split.)
+_XML_SECRET = re.compile(rf"(?P<open><(?P<tag>(?=[\w:-]*?(?:{_SECRET_FIELDS}))[\w:-]+)>)[^<]*(?=</(?P=tag)>)",
                          re.IGNORECASE)
 # Query-string credentials: presigned URLs (X-Amz-Signature=..., X-Amz-Credential=..., SigV2's Signature=
 # and AWSAccessKeyId=), and any parameter whose name says it holds a credential (access_token=,
 # client_secret=, x-auth-token=, apiKey=, ...): a query string is no place for prose.
-_QUERY_SECRET = re.compile(r"(?P<key>[?&](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|"
-                           r"AWSAccessKeyId|[\w.\-]*(?:token|secret|passw|pwd|key|auth|credential|signature|"
-                           r"session|sig)[\w.\-]*)=)(?P<value>[^&\s'\"#]+)", re.IGNORECASE)
+# (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, Signature and AWSAccessKeyId all hold one of
+# the words; the name is matched like an XML element's above, in linear time.)
+_QUERY_SECRET = re.compile(r"(?P<key>[?&](?=[\w.\-]*?(?:token|secret|passw|pwd|key|auth|credential|signature|"
+                           r"session|sig))[\w.\-]+=)(?P<value>[^&\s'\"#]+)", re.IGNORECASE)
 # AWS access key ids (long-term AKIA, temporary ASIA, ...) wherever they appear.
 _ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA|ANPA|AGPA|ABIA|ACCA)[A-Z0-9]{12,}\b")
 
@@ -59,7 +103,7 @@ _ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA|ANPA|AGPA|ABIA|ACCA)[A-Z0
 def redact_url(url: str) -> str:
     """``url`` with its userinfo (``user:password@``) replaced by ``***@``; any other text is returned
     unchanged. Use it on every URL or URI Lucent logs or puts in a message."""
-    return _URL_USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", str(url))
+    return _URL_USERINFO.sub(lambda m: f"{m['lead']}{m['scheme']}{REDACTED}@", str(url))
 
 
 def redact(text: str) -> str:

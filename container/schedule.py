@@ -155,6 +155,25 @@ def _refuse_control_characters(values: list[tuple[str, str]]) -> None:
             raise ScheduleError(f"{source}: contains a control character ({name}); a crontab line cannot hold it")
 
 
+def _refuse_credentials_in_pins(pins: list[tuple[str, str]]) -> None:
+    """``ScheduleError`` naming the first pinned variable whose value is a URL with userinfo
+    (``http://user:password@host``): a crontab line is no place for a password (``crontab -l``, backups,
+    the schedule's log), and boto3 does not authenticate with URL userinfo anyway."""
+    from urllib.parse import urlsplit
+
+    from analyzer.redact import redact_url
+
+    for name, value in pins:
+        try:
+            has_userinfo = "@" in urlsplit(value).netloc
+        except ValueError:  # not a URL urllib can split (an unbalanced '['): the redaction pattern decides
+            has_userinfo = False
+        if has_userinfo or redact_url(value) != value:
+            raise ScheduleError(f"${name}: holds credentials in its URL ({redact_url(value)}); boto3 does not "
+                                "authenticate with them and a crontab line must not hold them: set it without "
+                                "user:password@ and give the credentials through ~/.aws or an instance role")
+
+
 def _cron_line(when: str, state_dir: Path, command: list[str], mark: str,
                sources: dict[int, str] | None = None, pin_endpoint: bool = True) -> str:
     """One crontab line: ``command`` at ``when``, from this directory, its output appended to the state's log.
@@ -169,6 +188,7 @@ def _cron_line(when: str, state_dir: Path, command: list[str], mark: str,
             and (pin_endpoint or name not in ENDPOINT_VARIABLES)]
     state_source = ("$LUCENT_STATE_DIR" if os.environ.get("LUCENT_STATE_DIR")
                     else "the state folder (~/.cache/lucent/schedules, from $HOME)")
+    _refuse_credentials_in_pins(pins)
     _refuse_control_characters([
         ("the schedule", when), (state_source, str(state_dir)), ("the current directory", cwd),
         *((f"${name}", value) for name, value in pins),

@@ -12,7 +12,14 @@ region when ``LUCENT_ENDPOINT_REGION`` names the endpoint's: a self-hosted endpo
 own, so without it any region the client signed for is accepted),
 ``X-Amz-Date`` within 15 minutes of now (as AWS allows), and that ``host`` and ``x-amz-date`` are
 signed. A declared ``X-Amz-Content-SHA256`` must be the body's hash: botocore trusts that header over
-the body, so an attacker could otherwise sign a body and send another.
+the body, so an attacker could otherwise sign a body and send another. Every ``X-Amzn-SageMaker-*``
+header in the request must be signed (boto3 signs each one it sends): otherwise a captured request could
+be sent again with an inference id, custom attributes or an explanation expression added, which reach
+data capture and the monitor's ground-truth join.
+
+Not checked: that a request is new. A captured request can be sent again, unchanged, until its
+``X-Amz-Date`` is 15 minutes old (as with AWS); TLS in front of the endpoint keeps requests from being
+captured (docs/endpoint.md).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ SECRET_KEY_VARIABLE = "LUCENT_ENDPOINT_SECRET_ACCESS_KEY"
 REGION_VARIABLE = "LUCENT_ENDPOINT_REGION"
 SERVICE = "sagemaker"  # the runtime API's signing name
 MAX_CLOCK_SKEW = timedelta(minutes=15)
+SAGEMAKER_HEADER_PREFIX = "x-amzn-sagemaker-"  # InferenceId, CustomAttributes, EnableExplanations, ...
+MAX_REASON_LENGTH = 300  # a reason quotes client-sent names: cut, for the endpoint's log
 _AUTHORIZATION = re.compile(r"AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+),\s*"
                             r"SignedHeaders=(?P<signed>[^,\s]+),\s*Signature=(?P<signature>[0-9a-f]{64})\s*")
 
@@ -50,6 +59,13 @@ class AuthenticationError(Exception):
     for the endpoint's log. Neither holds the secret or the signature."""
 
     def __init__(self, reason: str, code: str = INVALID_SIGNATURE, message: str = _MISMATCH):
+        from container.launcher import printable
+
+        # The reason quotes header names the client chose: no terminal escapes or line breaks in the
+        # log, and no 6,000-character name.
+        reason = printable(reason)
+        if len(reason) > MAX_REASON_LENGTH:
+            reason = reason[:MAX_REASON_LENGTH - 3] + "..."
         super().__init__(reason)
         self.code, self.message = code, message
 
@@ -116,6 +132,12 @@ class SigV4Verifier:
         if "host" not in signed or "x-amz-date" not in signed:
             raise AuthenticationError("host and x-amz-date must be signed", INCOMPLETE_SIGNATURE,
                                       "The headers host and x-amz-date must be signed (SignedHeaders).")
+        unsigned = sorted(name for name in received if name.startswith(SAGEMAKER_HEADER_PREFIX) and name not in signed)
+        if unsigned:
+            shown = ", ".join(name[:80] for name in unsigned[:3]) + (", ..." if len(unsigned) > 3 else "")
+            raise AuthenticationError(f"unsigned SageMaker header(s): {shown}", INVALID_SIGNATURE,
+                                      "Every X-Amzn-SageMaker-* header must be signed (SignedHeaders); "
+                                      f"not signed: {shown[:200]}.")
         amz_date = received.get("x-amz-date", [""])[0]
         try:
             signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)

@@ -69,7 +69,7 @@ from container.job import (
     open_model,
     raise_job_stopped,
 )
-from container.launcher import Launch, locate, result_files
+from container.launcher import Launch, locate, printable, result_files
 from container.monitor.definition import JobDefinition
 from container.storage import Location, StorageError
 
@@ -637,14 +637,34 @@ def _list_hour_files(runner: Launch, location: Location, hours: list[str], *, va
                 keys.extend(store.objects(location, f"{base}{hour}/"))
         return [f"s3://{location.bucket}/{key}" for key in sorted(keys)]
     folder = location.path
+    root = folder.resolve()  # the folder itself may be a link; nothing below it may lead out of it
     bases = sorted(p for p in folder.iterdir() if p.is_dir()) if variants and folder.is_dir() else [folder]
     files = []
     for base in bases:
+        if base != folder and not _inside(base, root, folder):  # a variant folder (the folder may not exist)
+            continue
         for hour in hours:
             hour_dir = base / hour
-            if hour_dir.is_dir():
-                files.extend(str(p) for p in hour_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+            if hour_dir.is_dir() and _inside(hour_dir, root, folder):
+                files.extend(str(p) for p in sorted(hour_dir.iterdir())
+                             if p.is_file() and not p.name.startswith(".") and _inside(p, root, folder))
     return sorted(files)
+
+
+def _inside(path: Path, root: Path, folder: Path) -> bool:
+    """Whether ``path`` (below ``folder``, whose real path is ``root``) resolves inside ``root``. A symbolic
+    link that leads out of the capture or ground truth folder (to /etc/shadow, to another endpoint's
+    capture) is skipped with a warning naming it, as ``lucent run`` refuses links out of its inputs:
+    whoever can write into the folder must not make the monitor read any file of this machine."""
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # gone since it was listed, or a loop of links
+        real = None
+    if real is not None and real.is_relative_to(root):
+        return True
+    log.warning("Skipped %s: a link to %s, outside %s (not read)", printable(str(path)),
+                printable(str(real)) if real is not None else "nothing (or a loop of links)", printable(str(folder)))
+    return False
 
 
 def _unpublished_capture_files(location: Location, hours: list[str]) -> list[str]:
@@ -700,7 +720,7 @@ def _input_content_type(runner: Launch, uris: list[str]) -> str | None:
             part = record["captureData"]["endpointInput"]
             payload_bytes(part)
             return part.get("observedContentType")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deeply
             log.debug("Cannot read the content type from the first line of %s", uri)
     return None
 
