@@ -46,6 +46,7 @@ from pathlib import Path
 from analyzer.engines import ENGINE_ENV, SPARK_MASTER_ENV, close_engines
 from analyzer.environment import environment_set, positive_number
 from analyzer.errors import DependencyError, UserError
+from analyzer.output import STORAGE_ERRNOS
 from analyzer.parent import set_parent_death_signal
 from container.job import (
     EXIT_INTERNAL_ERROR,
@@ -61,6 +62,7 @@ from container.job import (
     raise_job_stopped,
     run_job,
     stopped_message,
+    storage_failure,
 )
 
 log = logging.getLogger("lucent.cluster")
@@ -321,6 +323,8 @@ def run_host(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
         log.error("Signal %d received, cleaning up", stop.signum)
         return finish(paths.message_file, EXIT_STOPPED, stopped_message(stop, f" on {cluster.current_host}"))
     except Exception as error:  # noqa: BLE001 - every host leaves an exit message, as run_job does
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:  # a full disk is the user's, as in run_job
+            return storage_failure(paths, error, "")
         log.exception("Internal error on %s", cluster.current_host)
         return finish(paths.message_file, EXIT_INTERNAL_ERROR, f"AlgorithmError: internal error in Lucent on "
                                                                f"{cluster.current_host}: {type(error).__name__}: {error}")

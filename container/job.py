@@ -537,7 +537,7 @@ def _run_locked(paths: JobPaths, progress: _Progress, stop_requests: StopRequest
         stop_requests.settle()
         note = _published_note(progress.published_analysis, error.written)
         if (full := report_storage_error(error)) is not None:  # the disk, not the report: the user's to fix
-            return _storage_failure(paths, full, note)
+            return storage_failure(paths, full, note)
         # analysis.json is complete and published; the report the config asked for is not (or only some
         # of its formats are): the job has not done all it was asked, and says exactly what is missing.
         log.error("The report could not be written: %s", error)
@@ -548,7 +548,7 @@ def _run_locked(paths: JobPaths, progress: _Progress, stop_requests: StopRequest
         stop_requests.settle()
         note = _outputs_note(paths, progress.published_analysis)
         if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:  # full disk, quota, read-only mount
-            return _storage_failure(paths, error, note or "; nothing was published")
+            return storage_failure(paths, error, note or "; nothing was published")
         log.error("Internal error:\n%s", traceback.format_exc())
         return _finish(paths, EXIT_INTERNAL_ERROR,
                        f"AlgorithmError: internal error in Lucent {__version__}: {type(error).__name__}: {error}{note}")
@@ -566,7 +566,7 @@ def _log_analyses(results: dict) -> None:
                  "logs them)", f"{len(text):,}")
 
 
-def _storage_failure(paths: JobPaths, error: OSError, note: str) -> int:
+def storage_failure(paths: JobPaths, error: OSError, note: str) -> int:
     """Exit 1 for a write the storage refused (full disk, quota, file-size limit, read-only mount), naming the
     file as the user will find it in the output folder, never its staging copy; the output folder itself
     when the error names no file."""

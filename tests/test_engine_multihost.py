@@ -175,3 +175,21 @@ def test_spark_submit_runs_the_job_with_its_own_master(job, tmp_path):
     assert job.analysis() == local
     assert "session on local[2] started" in result.stdout  # not the master in LUCENT_SPARK_MASTER
     assert "Spark: counted 3000 rows in " in result.stdout
+
+
+def test_a_full_disk_on_a_host_is_the_users_error_as_on_one_host(job, tmp_path, monkeypatch):
+    """A host of a multi-host job that runs out of disk says so (exit 1, ClientError naming the file), as a
+    one-host job does; it was an internal error (exit 2). The full disk is injected: a real one cannot be
+    made here."""
+    import errno
+
+    from container.job import JobPaths
+
+    monkeypatch.setattr(cluster, "read_cluster", lambda: cluster.Cluster("algo-2", ("algo-1", "algo-2")))
+
+    def out_of_space(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(job.output_dir / "spark" / "block"))
+
+    monkeypatch.setattr(cluster, "_run_member", out_of_space)
+    assert cluster.run_host(JobPaths.for_root(job.root, job.root / "message")) == 1
+    assert job.message.startswith("ClientError: cannot write ") and "No space left on device" in job.message
