@@ -22,18 +22,9 @@ from analyzer.data.files import list_data_files
 from analyzer.data.parquet_format import ParquetTable
 from analyzer.errors import DataError
 from container.job import JobPaths, validate_job
+from tests.test_data_loader import csv_config, write
 
 BIAS_METHODS = {"pre_training_bias": {"methods": ["CI"]}, "post_training_bias": {"methods": ["DPPL", "DI"]}}
-
-
-def csv_config(**kwargs) -> AnalysisConfig:
-    return AnalysisConfig(dataset_type="text/csv", methods=Methods(), **kwargs)
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 def frame(n: int = 300, seed: int = 51) -> pd.DataFrame:

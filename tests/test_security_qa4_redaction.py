@@ -10,7 +10,7 @@ import time
 import pytest
 
 from analyzer.redact import REDACTED, redact, redact_url
-from tests import test_schedule
+from tests import test_endpoint_server, test_schedule
 
 # ---------------------------------------------------------------------------------------------
 # 1. redact() is linear in the length of its text (a model-server client controls logged text)
@@ -113,27 +113,10 @@ def test_a_quoted_url_keeps_its_closing_quote_and_what_follows() -> None:
     assert redact(f"http://{REDACTED}@h/") == f"http://{REDACTED}@h/"
 
 
+model_url = test_endpoint_server.model_url  # the same real model server fixture
+
 # ---------------------------------------------------------------------------------------------
 # 3. SigV4: every X-Amzn-SageMaker-* header must be signed; the log reason is printable and short
-
-
-@pytest.fixture(scope="module")
-def model_url(tmp_path_factory: pytest.TempPathFactory):
-    """A real built-in model server (scikit-learn, trained here), as in tests/test_endpoint_server.py."""
-    import joblib
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
-    from container.sidecar import start_model_server
-
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(200, 4))
-    labels = (features[:, 0] + features[:, 1] > 0).astype(int)
-    folder = tmp_path_factory.mktemp("model")
-    joblib.dump(LogisticRegression().fit(features, labels), folder / "model.joblib")
-    with start_model_server(folder, workers=1) as server:
-        server.wait_healthy(timeout=60)
-        yield server.url
 
 
 def _boto3_signed_request(url: str, **extra: str) -> tuple[str, dict[str, str], bytes]:

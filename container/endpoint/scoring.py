@@ -215,13 +215,8 @@ class PendingAnswer:
             if response.length:  # the connection ended before the Content-Length's bytes came
                 raise http.client.IncompleteRead(body, response.length)
             response.close()  # read to its end: closing it frees the connection (not its socket) for reuse
-        except TimeoutError:
-            connection.close()
-            raise ModelUnreachable(f"no answer within {self._container.timeout:g} s", timed_out=True) from None
         except (OSError, http.client.HTTPException) as error:
-            connection.close()
-            raise ModelUnreachable(f"the model container at {redact_url(self._container.url)} dropped the "
-                                   f"connection: {type(error).__name__}") from None
+            raise self._lost(connection, error) from None
         if response.will_close:
             connection.close()
         else:
@@ -245,17 +240,20 @@ class PendingAnswer:
         try:
             connection.sock.settimeout(max(self._left(), 0.001))
             connection.request("POST", self._path, body=self._body, headers=self._headers)
-        except TimeoutError:
-            connection.close()
-            raise ModelUnreachable(f"no answer within {container.timeout:g} s", timed_out=True) from None
         except (OSError, http.client.HTTPException) as error:
-            connection.close()
-            raise ModelUnreachable(f"the model container at {redact_url(container.url)} dropped the "
-                                   f"connection: {type(error).__name__}") from None
+            raise self._lost(connection, error) from None
         self._connection = connection
 
     def _left(self) -> float:
         return self._deadline - time.monotonic()
+
+    def _lost(self, connection: http.client.HTTPConnection, error: Exception) -> ModelUnreachable:
+        """The error for a request whose connection failed (closed here): its timeout, or a dropped connection."""
+        connection.close()
+        if isinstance(error, TimeoutError):
+            return ModelUnreachable(f"no answer within {self._container.timeout:g} s", timed_out=True)
+        return ModelUnreachable(f"the model container at {redact_url(self._container.url)} dropped the "
+                                f"connection: {type(error).__name__}")
 
 
 class ContainerClient(ModelClient):
