@@ -398,3 +398,22 @@ def test_a_facet_of_many_groups_shows_progress(monkeypatch, caplog) -> None:
     with caplog.at_level(logging.INFO):
         lucent_report(few, "city", None, "label", [1], "pre_training", ["CI"])
     assert not [r for r in caplog.records if r.getMessage().startswith("Bias metrics for facet city: ")]
+
+
+@pytest.mark.parametrize(("predicted", "said"), [
+    ([i / 100 for i in range(100)], "the label 'y' is categorical (ints: 0, 1) and the predicted label 'p' is "
+                                    "continuous (floats: 0.0, 0.01, 0.02, "),
+    ([0] * 100, "none of the predicted labels of 'p' (0) is one of label_values_or_threshold [1], and Clarify "
+                "computes no post-training metric without a positive prediction"),
+])
+def test_clarify_post_training_typing_failures_say_why(predicted, said):
+    """Clarify's two post-training typing failures name neither column nor cause: the batch job adds both
+    (Clarify's words first, kept as the error's ``clarify`` for the monitor, which words them for a window)."""
+    from analyzer.bias.report import LabelTypingError
+
+    df = pd.DataFrame({"g": list("ab") * 50, "y": [1, 0] * 50, "p": predicted})  # 2 % distinct: categorical
+    with pytest.raises(LabelTypingError) as raised:
+        lucent_report(df, "g", None, "y", [1], POST, ["DPPL"], predicted="p")
+    message, clarify = str(raised.value), raised.value.clarify
+    assert clarify.startswith("Predicted label column 'p': ") and message.startswith(f"{clarify} (")
+    assert said in message

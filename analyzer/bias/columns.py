@@ -88,6 +88,29 @@ def _present(column: Column) -> str:
     return f"{shown}, ... ({len(uniques)} in all)" if len(uniques) > _SHOWN_VALUES else shown or "none"
 
 
+def value_kind(column: Column) -> str:
+    """What a column's values are, in a message's words: booleans, ints, floats or strings."""
+    kind = column.dtype.kind
+    return {"b": "booleans", "i": "ints", "u": "ints", "f": "floats"}.get(kind, "strings")
+
+
+def predicted_label_problem(error: str, label: Column, predicted: Column, values: list[Any]) -> str | None:
+    """Why Clarify's post-training typing failed (``PREDICTED_TYPE_MISMATCH`` / ``PREDICTED_ALL_FALSE``, whose
+    own words name neither column nor cause), in a batch job's terms; None for another error."""
+    if PREDICTED_TYPE_MISMATCH in error:
+        label_type, predicted_type = (classify(c, values).name.lower() for c in (label, predicted))
+        return (f"the label {label.name!r} is {label_type} ({value_kind(label)}: {_present(label)}) and the predicted "
+                f"label {predicted.name!r} is {predicted_type} ({value_kind(predicted)}: {_present(predicted)}); "
+                "Clarify types the two columns separately (an integer column with distinct values in 5 % or more "
+                "of its rows is continuous) and they must get the same type: write the predicted labels as the "
+                "labels are written")
+    if PREDICTED_ALL_FALSE in error:
+        return (f"none of the predicted labels of {predicted.name!r} ({_present(predicted)}) is one of "
+                f"label_values_or_threshold {values}, and Clarify computes no post-training metric without a "
+                "positive prediction")
+    return None
+
+
 def _consequence(role: str) -> str:
     if role == _LABEL:
         return "no row has a positive label, so the metrics compare groups without positive outcomes"

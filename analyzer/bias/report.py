@@ -69,6 +69,15 @@ def metric_names(stage: str, methods: list[str]) -> list[str]:
     return sorted(set(methods))
 
 
+class LabelTypingError(UserError):
+    """Clarify's post-training typing failure: its own words (``clarify``, which name neither column nor
+    cause) and why, in a batch job's terms. The monitor tells the why in a window's terms instead."""
+
+    def __init__(self, clarify: str, why: str):
+        super().__init__(f"{clarify} ({why})")
+        self.clarify = clarify
+
+
 @contextmanager
 def _fails_report(role: str, column: Column) -> Iterator[None]:
     """Turn a column problem that fails a Clarify report into a ``UserError`` naming the column."""
@@ -93,7 +102,14 @@ class _Outcomes:
         self.predicted = None
         if stage == POST_TRAINING:
             with _fails_report("Predicted label", predicted_label):
-                self.predicted = predicted_label.row_mask(columns.predicted_positive(predicted_label, typing))
+                try:
+                    positive = columns.predicted_positive(predicted_label, typing)
+                except ValueError as error:
+                    why = columns.predicted_label_problem(str(error), label, predicted_label, list(label_values))
+                    if why is None:
+                        raise
+                    raise LabelTypingError(f"Predicted label column '{predicted_label.name}': {error}", why) from None
+                self.predicted = predicted_label.row_mask(positive)
 
 
 class _Groups:

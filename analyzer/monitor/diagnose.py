@@ -29,22 +29,12 @@ from analyzer.bias.columns import (
     UNIQUENESS_THRESHOLD,
     DataType,
     classify,
+    value_kind,
 )
 from analyzer.data.column import Column
 from analyzer.data.dataset import Dataset
 
 _SHOWN = 5  # distinct values a message lists
-
-
-def _kind(column: Column) -> str:
-    dtype = column.dtype
-    if dtype.kind == "b":
-        return "booleans"
-    if dtype.kind in "iu":
-        return "ints"
-    if dtype.kind == "f":
-        return "floats"
-    return "strings"
 
 
 def _values(column: Column) -> str:
@@ -81,7 +71,7 @@ def label_failure_message(error: str, dataset: Dataset, positives: list[Any] | N
     values = list(positives or [])
     n = dataset.n_rows
     parts = []
-    label_kind, predicted_kind = _kind(label), _kind(predicted)
+    label_kind, predicted_kind = value_kind(label), value_kind(predicted)
     if label_kind != predicted_kind:
         parts.append(f"the ground truth labels are {label_kind} ({_values(label)}), the predicted labels "
                      f"{predicted_kind} ({_values(predicted)}): Clarify types the label and the predicted label "

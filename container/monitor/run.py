@@ -374,7 +374,8 @@ def _analyse(execution: Execution, root: Path, config, config_file: Path, captur
         except UserError as error:  # Clarify's label-typing errors, told in the window's terms
             from analyzer.monitor.diagnose import label_failure_message
 
-            told = label_failure_message(str(error), dataset, config.label_values_or_threshold)
+            clarify = getattr(error, "clarify", str(error))  # Clarify's own words, without the batch job's why
+            told = label_failure_message(clarify, dataset, config.label_values_or_threshold)
             if told is None:
                 raise
             raise UserError(told) from error
