@@ -127,18 +127,6 @@ def _mask_pixels(path: Path) -> np.ndarray:
     return _MASKS[path]
 
 
-def player_records(indices: Sequence[int], n_segments: int) -> np.ndarray:
-    """The records of images ``indices`` in player coordinates: ``[index, 1, ..., 1]``."""
-    records = np.ones((len(indices), 1 + n_segments))
-    records[:, 0] = indices
-    return records
-
-
-def player_baseline(n_segments: int) -> np.ndarray:
-    """The one baseline row in player coordinates: every segment filled (the index column is not explained)."""
-    return np.zeros((1, 1 + n_segments))
-
-
 @dataclass(frozen=True)
 class ImageEndpoint:
     """A ``ModelEndpoint`` for rows in player coordinates: its scorer turns them into images of ``source``
@@ -285,4 +273,4 @@ def score_filled(endpoint: ModelEndpoint, source: ImageSource, indices: Sequence
 
 
 __all__ = ["ImageEndpoint", "ImageScorer", "ImageSource", "mask_image_fill",
-           "mean_colour_fill", "player_baseline", "player_records", "score_filled", "segment_image"]
+           "mean_colour_fill", "score_filled", "segment_image"]
