@@ -27,6 +27,11 @@ from tests.test_data_loader import csv_config, write
 BIAS_METHODS = {"pre_training_bias": {"methods": ["CI"]}, "post_training_bias": {"methods": ["DPPL", "DI"]}}
 
 
+def _tenths(frame: pd.DataFrame) -> list[pd.DataFrame]:
+    """``frame`` cut into 10 consecutive parts (np.array_split on a DataFrame is deprecated)."""
+    bounds = np.linspace(0, len(frame), 11).astype(int)
+    return [frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
 def frame(n: int = 300, seed: int = 51) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     df = pd.DataFrame({"id": np.arange(1000, 1000 + n), "age": rng.integers(18, 80, n),
@@ -49,7 +54,7 @@ def split_prediction_job(root: Path, df: pd.DataFrame, *, joinsource: bool) -> d
     main = df[["id", "age", "gender", "income", "label"]] if joinsource else df[["age", "gender", "income", "label"]]
     write(root / "input" / "data" / "d.csv", main.to_csv(index=False))
     columns = ["id", "pred"] if joinsource else ["pred"]
-    for i, chunk in enumerate(np.array_split(df[columns], 10), start=1):
+    for i, chunk in enumerate(_tenths(df[columns]), start=1):
         write(root / "input" / "pred" / f"preds_{i}.csv", chunk.to_csv(index=False, header=False))
     config = {"dataset_type": "text/csv", "label": "label", "label_values_or_threshold": [1],
               "facet": [{"name_or_index": "gender", "value_or_threshold": [0]}], "methods": BIAS_METHODS,
@@ -79,7 +84,7 @@ def test_split_predicted_label_dataset_without_joinsource_is_an_error(tmp_path):
 def test_split_facet_dataset_without_joinsource_fails_the_run_before_any_output(job):
     df = frame()
     job.write_data(df[["age", "income", "label", "pred"]].to_csv(index=False), "d.csv")
-    for i, chunk in enumerate(np.array_split(df[["gender"]], 10), start=1):
+    for i, chunk in enumerate(_tenths(df[["gender"]]), start=1):
         write(job.root / "input" / "facet" / f"f_{i}.csv", chunk.to_csv(index=False, header=False))
     job.write_config({"dataset_type": "text/csv", "label": "label", "predicted_label": "pred",
                       "label_values_or_threshold": [1], "facet": [{"name_or_index": "gender", "value_or_threshold": [0]}],
