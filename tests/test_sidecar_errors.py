@@ -258,3 +258,25 @@ def test_bad_settings_are_one_error_line_and_exit_1(tmp_path, monkeypatch, capsy
     assert serve_model_main(["--model-dir", str(tmp_path), *options]) == 1
     err = capsys.readouterr().err
     assert err.startswith(expected) and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_log_level_warning_leaves_out_the_info_lines_of_lucent_and_gunicorn(model, tmp_path, monkeypatch):
+    """``LUCENT_LOG_LEVEL=warning`` (or ``serve-model --log-level warning``): the server runs and answers,
+    and its log holds no INFO line (neither Lucent's start line nor gunicorn's 'Booting worker'), which
+    the default level shows. A server a job starts inherits the variable."""
+    logs = {}
+    for level in ("info", "warning"):
+        monkeypatch.setenv("LUCENT_LOG_LEVEL", level)
+        log = tmp_path / f"{level}.log"
+        with start_model_server(model[0], workers=1, log_file=log) as started:
+            started.wait_healthy(HEALTHY_TIMEOUT_S)
+            assert post(started, b"1,2,3")[0] == 200
+        logs[level] = log.read_text()
+    assert "Lucent model server for" in logs["info"] and "Booting worker" in logs["info"], logs["info"]
+    assert "[INFO]" not in logs["warning"], logs["warning"]
+
+
+def test_a_bad_log_level_variable_is_refused_naming_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("LUCENT_LOG_LEVEL", "loud")
+    with pytest.raises(SystemExit, match="LUCENT_LOG_LEVEL='loud'"):
+        serve_model_main(["--model-dir", str(tmp_path), "--port", "0"])

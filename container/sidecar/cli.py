@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from analyzer.errors import UserError
+from analyzer.logs import ThirdPartyFilter, add_log_arguments, level_from_args
 from container.sidecar.errors import ModelServerError
 from container.sidecar.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -84,6 +85,7 @@ def build_parser(prog: str = "lucent serve-model") -> argparse.ArgumentParser:
                              f"oldest incomplete one (default: {DEFAULT_MAX_CONNECTIONS})")
     # Internal: how start_model_server hands over the socket it bound, its own pid and the pipe on which
     # workers report that they have loaded the model.
+    add_log_arguments(parser)
     parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -106,12 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    level = level_from_args(args)  # a bad $LUCENT_LOG_LEVEL exits here with a line naming it
+    # gunicorn's own format (with the worker's pid), at the level asked for; other libraries' lines from
+    # WARNING up, as in every Lucent command (analyzer.logs).
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ThirdPartyFilter(level))
     try:
         return serve(args.model_dir, host=args.host or default_host(), port=port, workers=workers,
                      timeout=timeout, limits=limits, listen_fd=args.listen_fd, parent_pid=args.parent_pid,
-                     ready_fd=args.ready_fd)
+                     ready_fd=args.ready_fd, log_level=level)
     except ModelServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

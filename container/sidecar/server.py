@@ -120,12 +120,13 @@ def bind_listener(host: str, port: int) -> socket.socket:
 
 def serve(model_dir: Path, *, host: str | None = None, port: int | None = None, workers: int | None = None,
           timeout: int | None = None, limits: RequestLimits | None = None, listen_fd: int | None = None,
-          parent_pid: int | None = None, ready_fd: int | None = None) -> int:
+          parent_pid: int | None = None, ready_fd: int | None = None, log_level: int = logging.INFO) -> int:
     """Run the server in this process until SIGTERM/SIGINT; returns the exit code.
 
     ``listen_fd`` is an already-listening socket (how :func:`start_model_server` hands over the
     port it bound); ``parent_pid`` makes the server stop when that process goes away; each worker
-    writes one byte to ``ready_fd`` once it has loaded the model (or failed to).
+    writes one byte to ``ready_fd`` once it has loaded the model (or failed to); ``log_level`` is also
+    gunicorn's own (its workers booting and exiting are INFO).
     """
     from container.sidecar.model import prepare_model_dir
 
@@ -162,7 +163,7 @@ def serve(model_dir: Path, *, host: str | None = None, port: int | None = None, 
         "graceful_timeout": 5,
         "proc_name": "lucent-model-server",
         "errorlog": "-",
-        "loglevel": "info",
+        "loglevel": logging.getLevelName(log_level).lower(),  # gunicorn's own lines (workers booting, ...)
     }
     if os.path.isdir("/dev/shm"):  # worker heartbeat files: tmpfs never blocks on a slow disk
         options["worker_tmp_dir"] = "/dev/shm"
