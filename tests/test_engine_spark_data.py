@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import socket
 from http.server import BaseHTTPRequestHandler
 from io import StringIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from analyzer.bias import bias_analysis
 from analyzer.config import parse_config
 from analyzer.engines import ENGINE_ENV, SPARK_MASTER_ENV, GroupedRows, LocalEngine, counted_rows
 from analyzer.engines.spark_read import merged_dtype
-from analyzer.errors import DependencyError, UserError
+from analyzer.errors import DataError, DependencyError, UserError
 from analyzer.pipeline import load_job_dataset
 from analyzer.predict import ModelEndpoint
 from tests.conftest import JobRoot, csv_scoring_model, http_server
@@ -297,3 +300,96 @@ def test_uri_that_does_not_exist_is_named(spark, tmp_path):
     uri = (tmp_path / "nothing-here").as_uri()
     with pytest.raises(UserError, match="dataset_uri file:.*nothing-here.*(PATH_NOT_FOUND|does not exist)"):
         spark.count_table(parse_config(dict(BIAS_CONFIG, headers=list(bias_frame(1).columns))), uri)
+
+
+# ---- Parquet parts that type or order columns differently; scores in the predicted label column ----------
+
+def analyses(dataset, config) -> str:
+    """Pre- and post-training bias of ``dataset`` as JSON text (the numbers analysis.json holds)."""
+    with counted_rows(dataset):
+        return json.dumps([bias_analysis(dataset, config, stage) for stage in ("pre_training", "post_training")])
+
+
+def test_parquet_parts_typed_and_ordered_differently_read_as_locally(spark, job, caplog):
+    """pandas' int column with a NaN is a double part; columns in another order are read by name; 1.5 where
+    the first part has int64 makes the column double; doubles in a string column are cast as Arrow casts
+    them (1.0 is "1"; Spark's cast says "1.0"): the local reader's rules (data-formats.md). Spark read such
+    parts with one part's schema and failed (PARQUET_COLUMN_DATA_TYPE_MISMATCH)."""
+    frame = bias_frame(1500, seed=7)
+    frame = frame.assign(sex=frame["sex"].replace("", None))
+    first, second, third = frame.iloc[:600], frame.iloc[600:1100].copy(), frame.iloc[1100:].copy()
+    second["age"] = second["age"].where(second.index % 7 != 0)  # int with NaN: pandas writes double
+    second["g"] = second["g"].map({"a": 1.0, "b": 2.0, "c": 2.5})  # the group variable: strings, then doubles
+    second = second.astype({"y": float})[list(reversed(frame.columns))]  # whole doubles, columns reversed
+    third["age"] = third["age"] + 0.5  # does not fit int64: the column is read as double
+    for i, part in enumerate((first, second, third)):
+        part.reset_index(drop=True).to_parquet(job.data_dir / f"part-{i}.parquet", index=False)
+    config = parse_config(dict(BIAS_CONFIG, dataset_type="application/x-parquet"))
+    local = LocalEngine().count_table(config, job.data_dir)
+    with caplog.at_level(logging.INFO, logger="analyzer.engines.spark"):
+        rows = spark.count_table(config, job.data_dir)
+    assert "read in 3 groups of column types" in caplog.text  # part-0 as is, part-1 and part-2 cast
+    assert rows.n_rows == 1500 and len(rows.weights) < 1500
+    assert (rows.label.dtype, rows.facets["age"].dtype, rows.predicted_label.dtype) == (
+        np.dtype(np.int64), np.dtype(np.float64), np.dtype(np.int64))
+    assert (local.label.dtype, local.facets["age"].dtype) == (np.dtype(np.int64), np.dtype(np.float64))
+    ages = pd.Series(np.repeat(rows.facets["age"].to_series().to_numpy(), rows.weights))
+    assert ages.isna().sum() == (second["age"].isna()).sum() > 0
+    assert ages.sum() == pytest.approx(first["age"].sum() + second["age"].sum() + third["age"].sum())
+    assert rows.group.uniques.tolist() == local.group.uniques.tolist() == ["b", "a", "c", "2", "1", "2.5"]
+    assert analyses(rows, config) == analyses(local, config)
+
+
+def test_parquet_parts_without_a_common_type_are_refused_as_locally(spark, job):
+    frame = bias_frame(40, seed=2)
+    frame.iloc[:20].assign(g=np.arange(20)).to_parquet(job.data_dir / "part-0.parquet", index=False)  # int64 g
+    frame.iloc[20:].to_parquet(job.data_dir / "part-1.parquet", index=False)  # strings "a", "b", "c"
+    config = parse_config(dict(BIAS_CONFIG, dataset_type="application/x-parquet"))
+    with pytest.raises(DataError) as local:
+        LocalEngine().count_table(config, job.data_dir)
+    with pytest.raises(DataError) as on_spark:
+        spark.count_table(config, job.data_dir)
+    assert str(on_spark.value) == str(local.value)
+    assert "Column 'g' of the Parquet dataset" in str(local.value) and "no type holds both" in str(local.value)
+    # below a URI the driver opens nothing: Spark's reason, named, and what to do
+    with pytest.raises(UserError) as uri:
+        spark.count_table(config, job.data_dir.as_uri())
+    part = (job.data_dir / "part-1.parquet").as_uri()
+    assert (f"the Parquet part {part} has column 'g' as BINARY, but Spark reads the parts of a URI with one schema, "
+            "where it is bigint (another part's type). Write every part with the same column types") in str(uri.value)
+    assert not any(trace in str(uri.value) for trace in TRACES), str(uri.value)
+    # 1.5 makes the column double, which 2**53 + 1 in the int64 part does not fit: refused on the driver too
+    folder = job.root / "input" / "wide"
+    folder.mkdir()
+    pq.write_table(pa.table({"age": [2**53 + 1, 30], "y": [0, 1]}), folder / "part-0.parquet")
+    pq.write_table(pa.table({"age": [1.5, 60.0], "y": [1, 0]}), folder / "part-1.parquet")
+    config = parse_config(dict(BIAS_CONFIG, dataset_type="application/x-parquet", predicted_label=None,
+                               group_variable=None, facet=[{"name_or_index": "age", "value_or_threshold": [40]}],
+                               methods={"pre_training_bias": {"methods": ["CI"]}}))
+    with pytest.raises(DataError) as local:
+        LocalEngine().count_table(config, folder)
+    with pytest.raises(DataError) as on_spark:
+        spark.count_table(config, folder)
+    assert str(on_spark.value) == str(local.value)
+    assert str(local.value).startswith(f"{folder / 'part-0.parquet'}: column 'age' is int64 there and cannot be read "
+                                       "as double")
+
+
+def test_scores_in_the_predicted_label_column_are_cut_as_locally(spark, job, caplog):
+    """Contract example (j) without a side dataset: a predicted label column of scores and a categorical
+    label; the scores are cut at probability_threshold (0.6: a score equal to it is negative)."""
+    frame = bias_frame(1200, seed=11)
+    rng = np.random.default_rng(11)
+    frame["yhat"] = np.round(rng.random(len(frame)), 3)
+    frame.loc[:9, "yhat"] = 0.6
+    job.write_data(frame.iloc[:500].to_csv(index=False), "part-0.csv")
+    job.write_data(frame.iloc[500:].to_csv(index=False), "part-1.csv")
+    job.write_config(dict(BIAS_CONFIG, probability_threshold=0.6,
+                          methods={"post_training_bias": {"methods": ["DPPL", "DI"]}}))
+    run_both(job, MASTER, ["analysis.json"], caplog)
+    assert any(r.getMessage().startswith("Spark: counted 1200 rows in ") for r in caplog.records)
+    facet = job.analysis()["post_training_bias_metrics"]["facets"]["age"][0]
+    metrics = {m["name"]: m["value"] for m in facet["metrics"]}
+    predicted, d = frame["yhat"] > 0.6, frame["age"] > 40
+    assert metrics["DPPL"] == pytest.approx(predicted[~d].mean() - predicted[d].mean(), abs=1e-12)
+    assert metrics["DI"] == pytest.approx(predicted[d].mean() / predicted[~d].mean(), abs=1e-12)

@@ -139,19 +139,21 @@ def test_rerun_after_a_lost_driver_resumes_from_the_s3_checkpoints(spark, job, m
 
 
 def test_folder_store_mirror_round_trip(tmp_path):
+    fingerprint, old = "5d41402abc4b2a76b9719d91", "7e240de74fb1ed08fa08d38c"  # as a job makes them
     store = FolderStore(tmp_path / "store")
-    local = tmp_path / "work" / "abc"
+    local = tmp_path / "work" / fingerprint
     local.mkdir(parents=True)
     (local / "shard-000000.npz").write_bytes(b"zero")
     (local / ".shard-000001.npz.x.tmp").write_bytes(b"half-written")
-    store.write("shap/old/shard-000000.npz", b"stale")
-    mirror = CheckpointMirror(store, "abc", local)
+    store.write(f"shap/{old}/shard-000000.npz", b"stale")
+    mirror = CheckpointMirror(store, fingerprint, local)
     mirror.push_missing()
-    assert store.names("shap/abc") == ["shap/abc/shard-000000.npz"]  # not the half-written file
-    assert (store.root / "shap" / "old" / "shard-000000.npz").exists()
-    store.write("shap/abc/shard-000002.npz", b"two")
+    assert store.names(f"shap/{fingerprint}") == [f"shap/{fingerprint}/shard-000000.npz"]  # not the half-written
+    assert (store.root / "shap" / old / "shard-000000.npz").exists()
+    store.write(f"shap/{fingerprint}/shard-000002.npz", b"two")
     assert mirror.pull() == 1
-    assert store.names("shap") == ["shap/abc/shard-000000.npz", "shap/abc/shard-000002.npz"]  # the stale one is gone
+    assert store.names("shap") == [f"shap/{fingerprint}/shard-000000.npz",
+                                   f"shap/{fingerprint}/shard-000002.npz"]  # the stale one is gone
     assert (local / "shard-000002.npz").read_bytes() == b"two"
     assert checkpoint_uri({"checkpoint_uri": "s3://b/c"}, "s3://out/x/") == "s3://b/c"
     assert checkpoint_uri(None, "s3://out/x/") == "s3://out/x/.lucent-work"
@@ -324,12 +326,14 @@ def test_s3_store_round_trip_and_a_missing_bucket_named(monkeypatch):
         config = parse_config({**PLAIN, "lucent": {"checkpoint_uri": "s3://bkt/p/"}})
         store = open_checkpoint_store(config, None)
         assert isinstance(store, S3Store)
-        store.write("shap/f/shard-000001.npz", b"one")
-        store.write("shap/f/shard-000000.npz", b"zero")
+        fingerprint = "5d41402abc4b2a76b9719d91"  # as a job makes it
+        store.write(f"shap/{fingerprint}/shard-000001.npz", b"one")
+        store.write(f"shap/{fingerprint}/shard-000000.npz", b"zero")
         store.write("shapx/other", b"not a checkpoint")
-        assert store.names("shap") == ["shap/f/shard-000000.npz", "shap/f/shard-000001.npz"]
-        assert store.read("shap/f/shard-000001.npz") == b"one"
-        assert pickle.loads(pickle.dumps(store)).names("shap/f") == store.names("shap/f")  # the client is remade
+        assert store.names("shap") == [f"shap/{fingerprint}/shard-000000.npz", f"shap/{fingerprint}/shard-000001.npz"]
+        assert store.read(f"shap/{fingerprint}/shard-000001.npz") == b"one"
+        # the client is remade
+        assert pickle.loads(pickle.dumps(store)).names(f"shap/{fingerprint}") == store.names(f"shap/{fingerprint}")
         store.remove(store.names("shap"))
         assert store.names("shap") == [] and store.names("shapx") == ["shapx/other"]
         with pytest.raises(StorageError, match=r"SHAP checkpoints: listing s3://missing/q/shap/: NoSuchBucket"):

@@ -19,14 +19,15 @@ facet that is a main-dataset column stays a feature, as in Clarify.
 
 Side datasets without ``joinsource_name_or_index`` are aligned by row order, which is refused when any
 dataset is split across files (spec 2.1). Predicted labels read from the data that are scores are cut at
-``probability_threshold`` as a model's scores are (``_cut_scores``).
+``probability_threshold`` as a model's scores are (``cut_scores``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def load_dataset(config: AnalysisConfig, dataset_path: Path, *, need_features: b
     logger.info("Loading dataset...")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
-    main = _open_table(config, dataset_path, config.headers, chunk_rows=chunk_rows)
+    main = open_table(config, dataset_path, config.headers, chunk_rows=chunk_rows)
     facet_table = _open_side_table(config.facet_dataset_uri, config.facet_headers, "facet_dataset_uri",
                                    chunk_rows=chunk_rows, base_dir=base_dir)
     prediction_table = _open_side_table(config.predicted_label_dataset_uri, config.predicted_label_headers,
@@ -108,7 +109,7 @@ def load_dataset(config: AnalysisConfig, dataset_path: Path, *, need_features: b
     _require_joinsource_for_split(config, main, {"facet_dataset_uri": facet_table,
                                                  "predicted_label_dataset_uri": prediction_table})
 
-    roles = _locate_roles(config, main, facet_table, prediction_table)
+    roles = locate_roles(config, main, facet_table, prediction_table)
     excluded = {locate_column(c, main.headers, role="excluded_columns", source=main.source)
                 for c in config.excluded_columns or []}
     not_features = excluded | {ref.name for ref in (roles.label, roles.predicted_label, roles.joinsource)
@@ -141,7 +142,7 @@ def load_dataset(config: AnalysisConfig, dataset_path: Path, *, need_features: b
         group=column(roles.group),
         joinsource=column(roles.joinsource),
     )
-    _cut_scores(config, dataset)
+    cut_scores(config, dataset)
     if need_features:
         features = {}
         for name in feature_names:
@@ -154,9 +155,10 @@ def load_dataset(config: AnalysisConfig, dataset_path: Path, *, need_features: b
     return dataset
 
 
-def _locate_roles(config: AnalysisConfig, main: Table, facet_table: Table | None,
-                  prediction_table: Table | None) -> _Roles:
-    """Which table and header holds each role."""
+def locate_roles(config: AnalysisConfig, main: Table, facet_table: Table | None,
+                 prediction_table: Table | None) -> _Roles:
+    """Which table and header holds each role (both engines: the Spark engine passes its ``Layout``, which
+    reads like a ``Table``)."""
     roles = _Roles()
     if config.label is not None:
         roles.label = _Ref(main, _locate_main_role(main, "label", config.label))
@@ -181,7 +183,9 @@ def _locate_roles(config: AnalysisConfig, main: Table, facet_table: Table | None
     return roles
 
 
-def _open_table(config: AnalysisConfig, path: Path, headers: Sequence[str] | None, *, chunk_rows: int) -> Table:
+def open_table(config: AnalysisConfig, path: Path, headers: Sequence[str] | None, *, chunk_rows: int) -> Table:
+    """The dataset at ``path`` (a file or a folder) as a ``Table`` of ``config.dataset_type``: its files and
+    headers, nothing read yet but what decides the headers (the Spark engine's layout of a local path)."""
     files = list_data_files(path)
     source = str(path)
     dataset_type = config.dataset_type
@@ -263,7 +267,8 @@ def _align(side: TableData, side_table: Table, main_table: Table, main: TableDat
     return TableData(main.n_rows, {name: take_rows(column, rows) for name, column in side.columns.items()})
 
 
-def _cut_scores(config: AnalysisConfig, dataset: Dataset) -> None:
+def cut_scores(config: AnalysisConfig, dataset: Dataset,
+               row_name: Callable[[int], str] = lambda row: f"data row {row + 1}") -> None:
     """Predicted labels read from the data that are scores become labels as the model's scores do:
     ``1 if score > probability_threshold else 0`` (spec 2.1; example (j) gives ``probability_threshold`` with
     a predicted label dataset and no model), by the same function (``predicted_labels_for_bias``).
@@ -271,7 +276,11 @@ def _cut_scores(config: AnalysisConfig, dataset: Dataset) -> None:
     Scores are told from labels as Clarify's typing would clash on them: the column is float with a value
     that is not a whole number, and the label column is categorical (Clarify: "Predicted Label Column series
     datatype is not the same as Label Column series"). Float labels, or whole numbers read as floats
-    because a value is missing, are left as they are; a missing score stays a missing predicted label."""
+    because a value is missing, are left as they are; a missing score stays a missing predicted label.
+
+    Both engines call it on the dataset they read (Spark's ``GroupedRows``: one row per combination of role
+    values; its column keeps its class and weights). ``row_name(i)``: how an error names row ``i`` of
+    ``dataset``."""
     predicted, label = dataset.predicted_label, dataset.label
     if predicted is None or label is None or not pd.api.types.is_float_dtype(predicted.dtype):
         return
@@ -287,7 +296,7 @@ def _cut_scores(config: AnalysisConfig, dataset: Dataset) -> None:
     if not finite.all():
         row = int(np.flatnonzero(np.isin(predicted.codes, np.flatnonzero(~finite)))[0])
         raise DataError(f"Predicted label column {predicted.name!r} holds scores, cut at probability_threshold "
-                        f"{config.probability_threshold}, but data row {row + 1} has {scores[~finite][0]}; give every "
+                        f"{config.probability_threshold}, but {row_name(row)} has {scores[~finite][0]}; give every "
                         "row a finite score.")
     logger.info("Predicted label column %r holds scores (e.g. %s) and the label %r is categorical: the scores are "
                 "cut at probability_threshold %s, as a model's are", predicted.name, scores[~np.equal(scores, np.round(
@@ -297,7 +306,8 @@ def _cut_scores(config: AnalysisConfig, dataset: Dataset) -> None:
     # uniques are in order of first appearance, so factorizing their labels keeps that order
     code_of_unique, uniques = pd.factorize(labels, sort=False)
     codes = np.append(code_of_unique, MISSING).astype(predicted.codes.dtype)[predicted.codes]
-    dataset.predicted_label = Column(predicted.name, pd.Series(uniques, dtype=labels.dtype), codes)
+    dataset.predicted_label = dataclasses.replace(predicted, uniques=pd.Series(uniques, dtype=labels.dtype),
+                                                  codes=codes)
 
 
 def _log_dtypes(dataset: Dataset) -> None:

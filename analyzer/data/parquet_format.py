@@ -68,7 +68,7 @@ class ParquetTable:
     def read(self, columns: Sequence[str], values: Sequence[str] = (), progress: Progress | None = None) -> TableData:
         """Read ``columns`` as ``Column`` objects and ``values`` as Series, one row group at a time."""
         names = [*columns, *values]
-        types = {name: self._target_type(self._file_column_of[name]) for name in names}
+        types = {name: self.read_type(name) for name in names}
         accumulators = {name: ColumnAccumulator(name, _value_type(types[name])) for name in names}
         categories: dict[str, list[pa.Array]] = {n: [] for n, t in types.items() if _is_dictionary(t)}
         file_columns = [self._file_column_of[name] for name in names] or self._file_columns[:1]
@@ -77,8 +77,8 @@ class ParquetTable:
             try:
                 for batch in _open(path).iter_batches(batch_size=self.chunk_rows, columns=file_columns):
                     for name, acc in accumulators.items():
-                        array = _cast(batch.column(self._file_column_of[name]), types[name], path,
-                                      self._file_column_of[name])
+                        array = cast_part(batch.column(self._file_column_of[name]), types[name], path,
+                                          self._file_column_of[name])
                         if name in categories:
                             categories[name].append(array.dictionary)
                             array = array.dictionary_decode()
@@ -103,11 +103,23 @@ class ParquetTable:
         return data
 
 
-    def _target_type(self, column: str) -> pa.DataType:
-        """The Arrow type every part's ``column`` is read as: the type all parts have; when they differ, the
-        first part's type, which ``pandas.read_parquet`` on the folder casts the others to (an int64 part and
-        a double one holding only whole numbers and nulls read as int64, i.e. float64 with nulls), or, when a
-        part's values do not fit it (1.5 in an int64 column: pandas fails), the type promoting all of them."""
+    def file_column(self, header: str) -> str:
+        """The Parquet column that ``header`` names (``headers`` in the config renames them, in the first
+        file's order)."""
+        return self._file_column_of[header]
+
+    def part_type(self, path: Path, header: str) -> pa.DataType:
+        """The Arrow type of ``header``'s column in the part file ``path`` (one of ``files``)."""
+        return self._schemas[path].field(self._file_column_of[header]).type
+
+    def read_type(self, header: str) -> pa.DataType:
+        """The Arrow type every part's column ``header`` is read as: the type all parts have; when they
+        differ, the first part's type, which ``pandas.read_parquet`` on the folder casts the others to (an int64
+        part and a double one holding only whole numbers and nulls read as int64, i.e. float64 with nulls), or,
+        when a part's values do not fit it (1.5 in an int64 column: pandas fails), the type promoting all of
+        them. Every part's values fit the type returned (else a ``DataError`` naming the part), so a cast to it
+        loses nothing (the Spark engine casts its parts to it)."""
+        column = self._file_column_of[header]
         if column in self._targets:
             return self._targets[column]
         first = self.files[0]
@@ -119,6 +131,7 @@ class ParquetTable:
                 pq.read_table(path, columns=[column]).column(column).cast(first_type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
                 target = self._promoted_type(column)
+                self._check_fit(column, target)
                 break
             except _CORRUPT as exc:
                 raise _unreadable(path, exc) from exc
@@ -127,6 +140,17 @@ class ParquetTable:
                         first_type, first, self._schemas[others[0]].field(column).type, others[0], target)
         self._targets[column] = target
         return target
+
+    def _check_fit(self, column: str, target: pa.DataType) -> None:
+        """Every part's ``column`` casts to ``target`` (``cast_part``'s error otherwise: 2**53 + 1 in an int64 part
+        does not fit a double). Only the parts of another type are read."""
+        for path in self.files:
+            if self._schemas[path].field(column).type != target:
+                try:
+                    values = pq.read_table(path, columns=[column]).column(column)
+                except _CORRUPT as exc:
+                    raise _unreadable(path, exc) from exc
+                cast_part(values, target, path, column)
 
     def _promoted_type(self, column: str) -> pa.DataType:
         fields = [self._schemas[path].field(column) for path in self.files]
@@ -165,8 +189,9 @@ def _check_same_columns(path: Path, columns: list[str], first: Path, first_colum
         "a Parquet dataset need the same columns (their order may differ); rewrite or remove that part file.")
 
 
-def _cast(values: pa.Array, target: pa.DataType, path: Path, column: str) -> pa.Array:
-    """``values`` (a part's column) as ``target`` (safe cast: no truncation, no overflow)."""
+def cast_part(values: pa.Array, target: pa.DataType, path: Path | str, column: str) -> pa.Array:
+    """``values`` (a part's column) as ``target`` (safe cast: no truncation, no overflow). The Spark engine
+    casts its parts with it too (``analyzer.engines.spark_read.PartCast``)."""
     if values.type == target:
         return values
     try:

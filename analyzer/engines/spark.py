@@ -25,6 +25,7 @@ twice. A model error comes back as the shard's error message, not as a Spark sta
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -53,7 +54,7 @@ from analyzer.data import Column
 from analyzer.data.accumulate import arrow_to_pandas
 from analyzer.data.csv_format import infer_csv_values
 from analyzer.data.files import no_data_rows
-from analyzer.data.loader import _locate_roles
+from analyzer.data.loader import cut_scores, locate_roles
 from analyzer.data.locate import locate_column
 from analyzer.errors import DataError, DependencyError, UserError
 
@@ -67,10 +68,12 @@ from .spark_read import (
     PREDICTED_DTYPE,
     DtypeScan,
     Layout,
+    PartCast,
     RowStage,
     json_values,
     malformed_rows_error,
     merged_dtype,
+    parquet_parts,
     predicted_values,
     read_layout,
     reading,
@@ -404,7 +407,7 @@ class SparkEngine:
 
         started = time.perf_counter()
         layout = read_layout(lambda: self.session, config, dataset_path)  # no JVM yet for local files
-        roles = _locate_roles(config, layout, None, None)  # type: ignore[arg-type] - a Layout reads like a Table
+        roles = locate_roles(config, layout, None, None)  # type: ignore[arg-type] - a Layout reads like a Table
         names = list(dict.fromkeys(ref.name for ref in (roles.label, roles.predicted_label, *roles.facets, roles.group)
                                    if ref is not None))
         excluded = {locate_column(c, layout.headers, role="excluded_columns", source=layout.source)
@@ -415,7 +418,8 @@ class SparkEngine:
         with reading(layout.source) if layout.uri else contextlib.nullcontext():  # Spark resolves the URI here
             # CSV rows without one field per header are refused as locally: counted in this GROUP BY
             checked = config.dataset_type == media.CSV and endpoint is None
-            frame = self._read(config, layout.paths, layout.headers, malformed=checked)
+            frame = self._read(config, layout, malformed=checked,
+                               names=[*names, *(feature_names if endpoint is not None else [])])
         json_lines = config.dataset_type == media.JSON_LINES
         functions = self._sql.functions
         first = functions.struct(*POSITION)  # where a row stands: file, split, position
@@ -449,7 +453,7 @@ class SparkEngine:
             if endpoint is not None:
                 aggregates.append(functions.collect_set(PREDICTED_DTYPE).alias("__dtypes"))
         grouped = (frame.groupBy(*keys).agg(*aggregates).orderBy("__first")
-                   .select(*keys, "__rows", *(["__dtypes"] if endpoint is not None else []), *extra))
+                   .select(*keys, "__rows", "__first", *(["__dtypes"] if endpoint is not None else []), *extra))
         try:
             groups = interruptible(self.session, grouped.toArrow)  # a stop request interrupts it at once
         except Exception as error:  # noqa: BLE001 - a malformed file: the reason, not the Java trace
@@ -489,6 +493,9 @@ class SparkEngine:
             predicted_label=(WeightedColumn.weighted(predicted, weights) if predicted is not None
                              else column(roles.predicted_label)),
             facets={ref.name: weighted[ref.name] for ref in roles.facets}, group=column(roles.group), weights=weights)
+        if endpoint is None:  # scores read from the data are cut at probability_threshold, by the local code
+            firsts = groups.column("__first")
+            cut_scores(config, dataset, lambda row: f"a row of {firsts[row].as_py()['__file']}")
         where = f"{len(layout.files)} files" if layout.files else layout.source
         if endpoint is not None:
             log.info("Spark: %d predictions from the model in a Spark stage, counted in %d groups (%.1f s)",
@@ -502,18 +509,25 @@ class SparkEngine:
     def _sql(self) -> Any:
         return import_pyspark()
 
-    def _read(self, config: AnalysisConfig, files: Sequence[Path | str], headers: list[str],
-              malformed: bool = False) -> Any:
+    def _read(self, config: AnalysisConfig, layout: Layout, malformed: bool = False,
+              names: Sequence[str] | None = None) -> Any:
         """The dataset as a DataFrame of ``c<i>`` columns (header i; JSON Lines: ``__line``, the raw text
-        lines) and where each row stands. ``files``: local files, or URIs Spark reads recursively.
+        lines) and where each row stands. ``layout.paths``: local files, or URIs Spark reads recursively.
         ``malformed`` (CSV): also ``MALFORMED``, the raw line of a row with another number of fields than
         ``headers`` (Spark's corrupt-record column; null for the others). Without it such a row would be
-        cut or filled with nulls: it is what refuses them (``_count``)."""
+        cut or filled with nulls: it is what refuses them (``_count``). ``names`` (Parquet): the headers
+        read (default: all), each typed as the local reader types it (``_parquet``)."""
+        headers = layout.headers
+        parts = parquet_parts(layout, headers if names is None else names) if config.dataset_type == media.PARQUET \
+            else []  # (the local reader's refusals of part types, before Spark starts)
         sql, spark = self._sql, self.session
         functions, types = sql.functions, sql.types
-        paths = [str(path) for path in files]
+        paths = list(layout.paths)
         # Recursive like the local reader, and no partition columns from folder names (it adds none).
         reader = spark.read.option("recursiveFileLookup", "true")
+        position = [functions.col("_metadata.file_path").alias("__file"),
+                    functions.col("_metadata.file_block_start").alias("__block"),
+                    functions.monotonically_increasing_id().alias("__id")]
         if config.dataset_type == media.CSV:
             fields = [types.StructField(f"c{i}", types.StringType()) for i in range(len(headers))]
             if malformed:  # (asking for it also turns off Spark's column pruning: every field is counted)
@@ -527,11 +541,8 @@ class SparkEngine:
             raw = reader.text(paths)
             columns = [raw["value"].alias("__line")]
         else:
-            raw = reader.parquet(*paths)
-            columns = [raw[f"`{name.replace('`', '``')}`"].alias(f"c{i}") for i, name in enumerate(raw.columns)]
-        frame = raw.select(*columns, functions.col("_metadata.file_path").alias("__file"),
-                           functions.col("_metadata.file_block_start").alias("__block"),
-                           functions.monotonically_increasing_id().alias("__id"))
+            return self._parquet(reader, layout, headers if names is None else names, parts, position)
+        frame = raw.select(*columns, *position)
         if config.dataset_type == media.CSV:
             # Lucent's header rule: a record equal to the headers (spaces, case and a BOM aside) is not data.
             # Cheap tests only (no regexp per row); the first column first, so data rows stop there.
@@ -542,6 +553,51 @@ class SparkEngine:
                 header_row = header_row & (functions.lower(functions.trim(functions.col(f"c{i}"))) == name.strip().lower())
             frame = frame.where(~functions.coalesce(header_row, functions.lit(False)))
         return frame
+
+    def _parquet(self, reader: Any, layout: Layout, names: Sequence[str],
+                 parts: list[tuple[list[str], dict[str, pa.DataType]]], position: list[Any]) -> Any:
+        """Parquet parts as the local reader reads them: columns by name (``layout.file_columns``: parts may
+        order them differently), and parts that type a column otherwise read in groups (Spark reads a
+        group with one schema), cast to the type the local reader gives every part by its own cast
+        (``parquet_parts``; ``PartCast``, a Python stage over those parts' rows only)."""
+        from pyspark.sql.pandas.types import from_arrow_type, to_arrow_type
+
+        types = self._sql.types
+        wanted = {f"c{layout.headers.index(name)}": name for name in names}  # slot -> header
+        file_column = {slot: layout.file_columns[layout.headers.index(name)] for slot, name in wanted.items()}
+        read = [(reader.parquet(*paths), casts) for paths, casts in parts]
+        spark_type = {}  # header -> its Spark type in a group whose parts have the type it is read as
+        for raw, casts in read:
+            for slot, name in wanted.items():
+                if name not in casts:
+                    spark_type.setdefault(name, raw.schema[file_column[slot]].dataType)
+        frames = []
+        for raw, casts in read:
+            frame = raw.select(*[raw[f"`{column.replace('`', '``')}`"].alias(slot) for slot, column in file_column.items()],
+                               *position)
+            if casts:
+                targets, as_spark, fields = {}, {}, []
+                for slot, name in wanted.items():
+                    field = frame.schema[slot]
+                    if name in casts:
+                        target = targets[slot] = casts[name]
+                        try:
+                            field = types.StructField(slot, spark_type.get(name) or from_arrow_type(
+                                target.value_type if pa.types.is_dictionary(target) else target))
+                            as_spark[slot] = to_arrow_type(field.dataType, timezone="UTC")
+                        except Exception as error:  # noqa: BLE001 - a type pyspark does not map
+                            raise UserError(f"Column {name!r} of the Parquet dataset {layout.source} is read as "
+                                            f"{target}, which the Spark engine cannot cast its parts to ({error}); "
+                                            "write every part file with the same column types, or run with "
+                                            "--engine local") from None
+                    fields.append(field)
+                schema = types.StructType([*fields, *(frame.schema[name] for name in POSITION)])
+                frame = frame.mapInArrow(PartCast(targets, as_spark, file_column, layout.source), schema)
+            frames.append(frame)
+        if len(frames) > 1:
+            log.info("Spark: the Parquet parts of %s read in %d groups of column types, cast to the local reader's",
+                     layout.source, len(frames))
+        return functools.reduce(lambda a, b: a.union(b), frames)
 
     def _feature_dtypes(self, frame: Any, stage: RowStage, layout: Layout) -> dict[str, str]:
         """Each feature's dtype over the whole column, merged from every batch's (a ``DtypeScan`` pass:

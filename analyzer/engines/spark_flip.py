@@ -58,7 +58,7 @@ from analyzer.data.csv_format import (
     _NA_STRINGS,
     infer_csv_values,
 )
-from analyzer.data.loader import _locate_roles
+from analyzer.data.loader import locate_roles
 from analyzer.environment import positive_number
 from analyzer.errors import UserError
 
@@ -173,11 +173,11 @@ def _prepare(engine: SparkEngine, config: AnalysisConfig, dataset_path: Path | s
         raise UserError(f"The Flip Test on the Spark engine reads {media.CSV} and {media.PARQUET} datasets, not "
                         f"{config.dataset_type}; run with --engine local")
     layout = read_layout(lambda: engine.session, config, dataset_path)  # the files (or URI) count_table read
-    roles = _locate_roles(config, layout, None, None)  # type: ignore[arg-type] - a Layout reads like a Table
+    roles = locate_roles(config, layout, None, None)  # type: ignore[arg-type] - a Layout reads like a Table
     names = list(dict.fromkeys(ref.name for ref in (roles.label, roles.predicted_label, *roles.facets, roles.group)
                                if ref is not None))
     slots = [f"c{layout.headers.index(name)}" for name in names]
-    frame = engine._read(config, layout.paths, layout.headers)
+    frame = engine._read(config, layout, names=[*names, *dataset.feature_names])
     functions = engine._sql.functions
     first = functions.struct(*ORDER)
     groups = (frame.groupBy(*slots)

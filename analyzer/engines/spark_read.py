@@ -6,6 +6,10 @@ name). A URI with a scheme (``s3a://``, ``hdfs://``, ``file://``, ``gs://``, ...
 unchanged, read recursively like a local folder, and never opened by the driver: its headers come
 from Spark too (the first non-blank line of the first file in name order, or the Parquet schema).
 
+Parquet parts. Read by name, and typed as the local reader types them: parts that type a column otherwise
+are read in groups (``parquet_parts``, from ``ParquetTable.read_type``'s decision) and cast by the local
+reader's cast in a stage over those parts' rows only (``PartCast``).
+
 Rows as a stage. JSON Lines records and model predictions need Python: ``RowStage`` runs in each task
 over Arrow batches (``mapInArrow``). For JSON Lines it applies the config's JMESPath to every line with
 the local reader's own functions (``analyzer.data.json_format``) and returns each role value as its
@@ -69,6 +73,10 @@ FILESYSTEM_PACKAGES = {
     "gs": "the Google Cloud Storage connector (gcs-connector)",
     "abfs": "hadoop-azure", "abfss": "hadoop-azure", "wasb": "hadoop-azure", "wasbs": "hadoop-azure",
 }
+# Spark's error for a Parquet part that types a column otherwise than the schema it reads the parts with
+_PARQUET_TYPE_MISMATCH = re.compile(r"PARQUET_COLUMN_DATA_TYPE_MISMATCH\] Encountered error while reading file (\S+?)\. "
+                                    r"Data type mismatches when reading Parquet column \[?(.+?)\]?\. Expected Spark "
+                                    r"type (\S+), actual Parquet type (\S+?)\.")
 _MISSING_FILESYSTEM = re.compile(r"No FileSystem for scheme|ClassNotFoundException: Class \S+FileSystem not found")
 
 
@@ -91,6 +99,10 @@ class Layout:
     files: list[Path] = field(default_factory=list)  # local files (messages); [] for a URI
     role_columns: dict[str, str] = field(default_factory=dict)  # JSON Lines: label / predicted_label columns
     n_features: int = 0  # JSON Lines: feature values per record
+    # Parquet: the file's column each header names (read by name: parts may order them differently, and
+    # ``headers`` in the config renames them in the first file's order)
+    file_columns: list[str] = field(default_factory=list)
+    table: Any = None  # Parquet of local files: the local reader's ``ParquetTable`` (``parquet_parts``)
 
     @property
     def uri(self) -> bool:
@@ -123,6 +135,13 @@ def reading(uri: str) -> Iterator[None]:
             raise UserError(f"dataset_uri {uri}: this Spark cluster cannot read {scheme}:// URIs ({reason}). Put "
                             f"{package} on the cluster's classpath (driver and executors), or copy the data to "
                             "a filesystem the cluster reads") from None
+        mismatch = _PARQUET_TYPE_MISMATCH.search(str(error))
+        if mismatch:
+            part, column, spark_type, part_type = mismatch.groups()
+            raise UserError(f"dataset_uri {uri}: the Parquet part {part} has column {column!r} as {part_type}, but "
+                            f"Spark reads the parts of a URI with one schema, where it is {spark_type} (another "
+                            "part's type). Write every part with the same column types, or give a local path (its "
+                            "parts are cast to one type, as pandas.read_parquet casts them)") from None
         raise UserError(f"dataset_uri {uri}: Spark cannot read it: {reason}") from None
 
 
@@ -130,7 +149,7 @@ def read_layout(session: Callable[[], Any], config: AnalysisConfig, dataset_path
     """Headers and files of the dataset (for a URI, through Spark: the driver opens nothing).
     ``session``: the Spark session, called only for a URI (local files: no JVM starts here, so a config
     that names no column of the data fails at once)."""
-    from analyzer.data.loader import _open_table
+    from analyzer.data.loader import open_table
 
     uri = cluster_uri(dataset_path)
     if config.dataset_type == media.JSON_LINES:
@@ -139,17 +158,22 @@ def read_layout(session: Callable[[], Any], config: AnalysisConfig, dataset_path
         line, where = _first_spark_line(session(), uri) if uri else _first_local_line(files, source)
         return _json_layout(config, source, [uri] if uri else [str(f) for f in files], files, line, where)
     if uri is None:
-        table = _open_table(config, Path(dataset_path), config.headers, chunk_rows=1)  # headers only
-        return Layout(table.source, [str(path) for path in table.files], list(table.headers), list(table.files))
+        table = open_table(config, Path(dataset_path), config.headers, chunk_rows=1)  # headers only
+        layout = Layout(table.source, [str(path) for path in table.files], list(table.headers), list(table.files))
+        if config.dataset_type == media.PARQUET:
+            layout.file_columns, layout.table = [table.file_column(h) for h in table.headers], table
+        return layout
     spark = session()
     with reading(uri):
         if config.dataset_type == media.PARQUET:
-            columns = list(spark.read.option("recursiveFileLookup", "true").parquet(uri).columns)
+            # the columns of the first file in name order, as locally (Spark's own schema is any part's)
+            parts = sorted(spark.read.option("recursiveFileLookup", "true").parquet(uri).inputFiles())
+            columns = list(spark.read.parquet(parts[0]).columns)
             headers = [str(h) for h in config.headers] if config.headers is not None else columns
             if len(headers) != len(columns):
                 raise DataError(f"Headers in config do not match with the number of columns in the dataset. "
                                 f"`headers` names {len(headers)} columns but {uri} has {len(columns)}: {columns}.")
-            return Layout(uri, [uri], headers)
+            return Layout(uri, [uri], headers, file_columns=columns)
         if config.headers is not None:
             return Layout(uri, [uri], [str(h) for h in config.headers])
         lines, where = _first_spark_lines(spark, uri, 1 + HEADER_SAMPLE_RECORDS)
@@ -159,6 +183,53 @@ def read_layout(session: Callable[[], Any], config: AnalysisConfig, dataset_path
         log.info("%s is %s: %s (no `headers` in the analysis config; set it if this is wrong)", where,
                  "the header row" if is_header else "data", why)
         return Layout(uri, [uri], pandas_header_names(first) if is_header else generated_names(len(first)))
+
+
+def parquet_parts(layout: Layout, names: Sequence[str]) -> list[tuple[list[str], dict[str, pa.DataType]]]:
+    """The Parquet files Spark reads, in groups it can read together (``names``, the headers read, typed
+    alike in a group's files: Spark reads a group with one schema, and fails on a part that types a column
+    otherwise), each with the Arrow type to cast a header to where the group's differs from the one the
+    local reader reads every part as (``ParquetTable.read_type``: the first part's type, or the type
+    promoting all; its refusals, such as int64 and string parts, are raised here, before Spark starts).
+    Below a URI the driver opens nothing: one group, no cast."""
+    table = layout.table
+    if table is None:
+        return [(list(layout.paths), {})]
+    targets = {name: table.read_type(name) for name in names}
+    groups: dict[tuple[pa.DataType, ...], tuple[list[str], dict[str, pa.DataType]]] = {}
+    for path in table.files:
+        types = tuple(table.part_type(path, name) for name in names)
+        casts = {name: targets[name] for name, part in zip(names, types, strict=True) if part != targets[name]}
+        groups.setdefault(types, ([], casts))[0].append(str(path))
+    return list(groups.values())
+
+
+@dataclass
+class PartCast:
+    """A Spark stage (``mapInArrow``) over the rows of Parquet parts that type columns otherwise than the
+    dataset: each such column (``slot`` -> Arrow type) cast by the local reader's own cast (``cast_part``:
+    Spark's casts differ, e.g. a double 1.0 as a string is "1.0" in Spark, "1" in Arrow), then given as
+    the Arrow type Spark takes for the column's Spark type (``spark``, same values). Other columns pass."""
+
+    targets: dict[str, pa.DataType]
+    spark: dict[str, pa.DataType]
+    columns: dict[str, str]  # slot -> the Parquet column (messages)
+    source: str
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from analyzer.data.parquet_format import cast_part
+
+        for batch in batches:
+            arrays = []
+            for name, values in zip(batch.schema.names, batch.columns, strict=True):
+                if name in self.targets:
+                    values = cast_part(values, self.targets[name], self.source, self.columns[name])
+                    if pa.types.is_dictionary(values.type):
+                        values = values.dictionary_decode()
+                    if values.type != self.spark[name]:
+                        values = values.cast(self.spark[name])
+                arrays.append(values)
+            yield pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
 MALFORMED = "__malformed"  # CSV: the raw line of a record without one field per header (else null)
