@@ -276,8 +276,10 @@ def test_a_model_returning_labels_over_http_is_told_so(job, methods, keys):
 
 @pytest.mark.parametrize("methods", [{"shap": {"baseline": [[0.0, 0.0]], "seed": 1}},
                                      {"pdp": {"features": ["x0"], "grid_resolution": 3}}])
-@pytest.mark.parametrize("dtype", [object, str])  # object labels cannot be npy; numpy strings can
-def test_an_in_process_model_returning_labels_is_not_told_about_npy(job, methods, dtype):
+# object labels cannot be npy (the answer is asked again as CSV); numpy strings can. Through the built-in server
+# (lucent_scoring "server") the npy refusal is its 500.
+@pytest.mark.parametrize(("dtype", "scoring"), [(object, "in_process"), (str, "in_process"), (object, "server")])
+def test_an_in_process_model_returning_labels_is_not_told_about_npy(job, methods, dtype, scoring):
     from sklearn.svm import LinearSVC
 
     rng = np.random.default_rng(2)
@@ -288,11 +290,34 @@ def test_an_in_process_model_returning_labels_is_not_told_about_npy(job, methods
     data = pd.DataFrame({"y": labels, "x0": x[:, 0].round(3), "x1": x[:, 1].round(3)})
     job.write_data(data.to_csv(index=False, header=False))
     job.write_config({"dataset_type": "text/csv", "headers": ["y", "x0", "x1"], "label": "y", "methods": methods,
-                      "predictor": {"content_type": "text/csv", "accept_type": "text/csv"}})
+                      "predictor": {"content_type": "text/csv", "accept_type": "text/csv", "lucent_scoring": scoring}})
     assert job.run() == 1
-    assert f"methods.{next(iter(methods))}: the model returns labels" in job.message, job.message
+    assert any(f"methods.{next(iter(methods))}: the model returns labels such as {label!r}, not scores" in job.message
+               for label in ("yes", "no")), job.message
     assert "not scores" in job.message and "npy" not in job.message and "predictor.probability" in job.message
     assert "baseline" not in job.message
+
+
+def test_pdp_frames_worded_where_they_are_scored_and_labels_told_by_type_not_text():
+    """``predict_frames`` (each Spark task's scoring, whose errors travel on as text) words a model answering
+    labels as PDP's message; an error that only reads like the parser's is not taken for labels."""
+    from analyzer.config.model import Predictor
+    from analyzer.errors import UserError
+    from analyzer.explain.pdp import labels_not_scores, predict_frames
+    from analyzer.predict import ModelEndpoint
+    from analyzer.predict.decode import LabelsNotScores
+
+    with http_server(_LabelModel) as server:
+        endpoint = ModelEndpoint(f"http://127.0.0.1:{server.server_port}", Predictor(content_type="text/csv"),
+                                 ("x0", "x1"))
+        frame = pd.DataFrame({"x0": [1.0, -1.0], "x1": [0.0, 0.0]})
+        with pytest.raises(UserError) as caught:
+            list(predict_frames(endpoint, [frame]))
+    assert not isinstance(caught.value, LabelsNotScores)  # already PDP's words
+    assert str(caught.value).startswith("methods.pdp: the model returns labels such as 'yes', not scores: ")
+    lookalike = UserError("Model output score for row 0 is not a number: 'yes'; if the model returns predicted "
+                          "labels, set predictor.label")
+    assert labels_not_scores("methods.pdp", lookalike) is None
 
 
 # -- 5. JSON Lines inline baseline rows ---------------------------------------------------------------

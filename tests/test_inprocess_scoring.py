@@ -354,3 +354,96 @@ def test_the_handle_names_the_folder_absolutely(tmp_path, monkeypatch):
     with in_process_model(config, Path("job/input/model")) as (model, _):
         assert Path(model.folder).is_absolute() and Path(model.folder) == folder.resolve()
     forget_model(model)
+
+
+# -- a prediction npy cannot carry (Python objects: text labels) --------------------------------------------
+
+LABELLED_PREDICT = '''
+import os
+import joblib
+import numpy as np
+
+def model_fn(model_dir):
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+
+def predict_fn(data, model):
+    p = model.predict_proba(data)[:, 1]
+    out = np.empty((len(p), 2), dtype=object)  # [label, score]: Python objects, which npy cannot carry
+    out[:, 0] = np.where(p > 0.5, "yes", "no")
+    out[:, 1] = p
+    return out
+'''
+
+
+def _labels_model(folder: Path, with_scores: bool) -> None:
+    """Default input_fn / output_fn (so the job asks npy), a prediction of Python objects: text labels only
+    (a LinearSVC fitted on object labels), or [label, score] rows (code/inference.py's predict_fn)."""
+    x, y = _data(300)
+    if with_scores:
+        _sklearn_joblib(folder)
+        (folder / "code").mkdir()
+        (folder / "code" / "inference.py").write_text(LABELLED_PREDICT)
+    else:
+        from sklearn.svm import LinearSVC
+
+        joblib.dump(LinearSVC(random_state=0).fit(x, np.where(y == 1, "yes", "no").astype(object)),
+                    folder / "model.joblib")
+
+
+def _scored_both_ways(folder: Path, predictor: Predictor, rows: np.ndarray, **options):
+    """(outcome, requests, the answer type the client ended with) in process, then through the built-in server;
+    an outcome is the scores or the exception raised. ``options``: the clients'."""
+    results = []
+    loader = InProcessModel(str(folder), str(folder))
+    try:
+        with InProcessClient(loader, predictor, NAMES, **options) as local:
+            results.append(_outcome(local, rows))
+    finally:
+        forget_model(loader)
+    with start_model_server(folder, workers=1) as server:
+        server.wait_healthy(timeout=120)
+        assert server.info()["default_io"]
+        with ModelClient(server.url, predictor, NAMES, **options) as served:
+            results.append(_outcome(served, rows))
+    return results
+
+
+def _outcome(client: ModelClient, rows: np.ndarray):
+    try:
+        outcome = client.predict(rows).scores
+    except Exception as error:  # noqa: BLE001 -- the test reads it
+        outcome = error
+    return outcome, client.stats.requests, client.parser.accept_type
+
+
+def test_text_labels_asked_as_npy_are_told_as_labels_in_process_and_through_the_server(tmp_path):
+    """npy is the client's choice: the answer npy refuses is asked as CSV once, and the parser says what it is."""
+    from analyzer.predict.decode import LabelsNotScores
+
+    _labels_model(tmp_path, with_scores=False)
+    rows, _ = _data(40, seed=4)
+    results = _scored_both_ways(tmp_path, NPY_BOTH_WAYS, rows)
+    for outcome, _, accept in results:
+        assert isinstance(outcome, LabelsNotScores), outcome
+        assert outcome.label in ("yes", "no")
+        assert accept == NPY  # CSV was answered but unusable: the client did not switch
+    # The whole batch asked twice: npy (refused: in process no answer is counted, the server answered 500), then
+    # CSV. Not halved down to a record, as a refusal otherwise is.
+    assert [requests for _, requests, _ in results] == [1, 2]
+
+
+def test_a_prediction_npy_cannot_carry_is_read_as_csv_in_process_and_through_the_server(tmp_path):
+    """[label, score] objects with predictor.probability 1: the scores, by the same column index, and later
+    batches ask CSV at once."""
+    _labels_model(tmp_path, with_scores=True)
+    rows, _ = _data(40, seed=5)
+    expected = joblib.load(tmp_path / "model.joblib").predict_proba(rows)[:, 1:]
+    predictor = Predictor(content_type=NPY, accept_type=NPY, probability=1)
+    results = _scored_both_ways(tmp_path, predictor, rows, max_records_per_request=10, concurrency=1)
+    for outcome, _, accept in results:
+        assert isinstance(outcome, np.ndarray), outcome
+        np.testing.assert_allclose(outcome, expected, rtol=1e-15)
+        assert accept == CSV
+    # Four batches of 10: the first asked as npy (refused: the server's 500 is counted) then CSV, the other three
+    # as CSV at once.
+    assert [requests for _, requests, _ in results] == [4, 5]

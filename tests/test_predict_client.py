@@ -34,6 +34,7 @@ from analyzer.predict import (
     predicted_labels_for_bias,
     wait_until_healthy,
 )
+from analyzer.predict.client import retry_after_seconds
 from analyzer.progress import Progress
 
 WEIGHTS = np.array([0.5, -0.25, 1.0, 0.75])
@@ -48,7 +49,7 @@ class Request:
     body: bytes
 
 
-Reply = tuple[int, bytes] | None  # None: drop the connection without answering
+Reply = tuple[int, bytes] | tuple[int, bytes, dict[str, str]] | None  # None: drop the connection without answering
 
 
 class ModelServer:
@@ -76,8 +77,10 @@ class ModelServer:
             def do_GET(self) -> None:
                 self._send(ping(), b"")
 
-            def _send(self, status: int, payload: bytes) -> None:
+            def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -480,6 +483,34 @@ def test_transient_failures_are_retried(serve, failure, failures):
         out = model.predict(rows)
     assert np.array_equal(out.scores[:, 0], score(rows))
     assert server.record_counts() == [20] * (failures + 1)  # the failures, then the same batch again
+
+
+def test_the_batch_client_waits_what_retry_after_says_within_its_cap(serve):
+    # With a 60 s backoff the retry would pass the 5 s wait for an answer: it is sent at once, as "Retry-After: 0"
+    # says. The batch job and the endpoint's explainer share this code (RetryPolicy, ModelClient._post).
+    server = serve(failing_first(1, lambda request: (503, b"busy", {"Retry-After": "0"})))
+    waits_long = RetryPolicy(attempts=3, backoff_seconds=60, max_backoff_seconds=60)
+    rows = data(5)
+    with client(server, retry=waits_long) as model:
+        assert np.array_equal(model.predict(rows).scores[:, 0], score(rows))
+    assert server.record_counts() == [5, 5]
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("0", 0.0), ("2", 2.0), (" 1.5 ", 1.5), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date past: now
+    (None, None), ("", None), ("-3", None), ("soon", None), ("nan", None), ("inf", None),
+])
+def test_retry_after_values(header, seconds):
+    assert retry_after_seconds(header) == seconds
+    policy = RetryPolicy(max_backoff_seconds=1.0)
+    assert policy.delay(1, 3600.0) == 1.0 and policy.delay(3, 0.25) == 0.25  # capped; else as sent
+
+
+def test_retry_after_as_a_date_to_come():
+    from email.utils import formatdate
+
+    waited = retry_after_seconds(formatdate(time.time() + 120, usegmt=True))
+    assert waited is not None and 118 <= waited <= 120
 
 
 def test_server_error_for_one_record_is_retried(serve):

@@ -312,3 +312,28 @@ def test_npy_answers_read_like_csv_columns():
         assert np.array_equal(from_npy.scores, from_csv.scores)
     with pytest.raises(UserError, match="exactly one prediction per record"):
         ResponseParser(Predictor(probability=1), "application/x-npy").parse(buffer.getvalue(), 4)
+
+
+def test_text_where_the_whole_output_is_read_as_scores_is_labels_not_scores_by_type():
+    """The parser tells labels from scores by type (``LabelsNotScores`` and its ``label``), its message as before."""
+    import io
+
+    from analyzer.predict.decode import LabelsNotScores, ResponseParser
+
+    with pytest.raises(LabelsNotScores, match=r"^Model output score for row 1 is not a number: 'dog'; if the model "
+                                              r"returns predicted labels, set predictor.label$") as caught:
+        parse(b"0.5\ndog\ncat", CSV, 3)
+    assert caught.value.label == "dog"
+    with pytest.raises(LabelsNotScores) as caught:
+        parse(b'["yes", "no"]', JSON, 2)
+    assert caught.value.label == "yes"
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(["no", "yes"]))  # numpy strings: an npy answer can carry them
+    with pytest.raises(LabelsNotScores, match=r"not a number: np.str_\('no'\)") as caught:
+        ResponseParser(Predictor(), "application/x-npy").parse(buffer.getvalue(), 2)
+    assert caught.value.label == "no" and type(caught.value.label) is str
+    # Not text: a null is no label, and labels that predictor.label locates are read as labels
+    with pytest.raises(UserError, match="is not a number: None") as caught:
+        parse(b"[0.5, null]", JSON, 2)
+    assert not isinstance(caught.value, LabelsNotScores)
+    assert parse(b"cat\ndog", CSV, 2, label=0).label.tolist() == ["cat", "dog"]

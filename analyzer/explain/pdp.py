@@ -15,7 +15,6 @@ taken here, so both engines write the same bytes.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from analyzer.config.model import PdpMethod
 from analyzer.data import Dataset
 from analyzer.errors import UserError
 from analyzer.predict import ModelEndpoint, Predictions
+from analyzer.predict.decode import LabelsNotScores
 from analyzer.progress import progress
 
 if TYPE_CHECKING:
@@ -39,27 +39,18 @@ MAX_RECORDS = 2_000
 MULTI_LANGUAGE = "xx"  # spaCy's multi-language tokenizer: free-text detection when no text_config names a language
 
 
-# The in-process client asks the model for application/x-npy itself (not a config value); the model server
-# refuses to encode labels (Python strings) that way with this text (container/sidecar/codecs.py).
-_NPY_OBJECTS = "application/x-npy cannot carry"
-# Without predictor.label / probability the whole answer is read as scores (analyzer/predict/decode.py).
-_SCORE_NOT_A_NUMBER = re.compile(r"Model output score for row \d+ is not a number: (?:np\.str_\((.*?)\)|(.*?))(?:;|$)")
-
-
 def labels_not_scores(method: str, error: Exception | None = None,
                       predictions: Predictions | None = None) -> UserError | None:
     """The error to raise when the model answered with labels (strings) where explanations need scores,
-    told from a scoring failure (``error``) or from answers whose scores are not numbers (``predictions``);
-    None when it is not that. The user never asked for npy (the in-process client did): the message names
-    the keys that choose the model's output instead of the codec."""
+    told from a scoring failure (``error``: the parser's ``LabelsNotScores``, whichever way the answer
+    came: HTTP or in process, asked as npy or not) or from answers whose scores are not numbers
+    (``predictions``: labels located by ``predictor.label``); None when it is not that. The message names
+    the keys that choose the model's output."""
     example = ""
     if error is not None:
-        reason = getattr(error, "reason", None) or str(error)
-        found = _SCORE_NOT_A_NUMBER.search(str(error))
-        if found is not None:
-            example = f" such as {found.group(1) or found.group(2)}"
-        elif _NPY_OBJECTS not in reason:
+        if not isinstance(error, LabelsNotScores):
             return None
+        example = f" such as {error.label!r}"
     elif predictions is not None:
         label = predictions.label
         if predictions.probability is not None or label is None or label.dtype.kind not in "OUS":
@@ -213,11 +204,16 @@ def predict_frames(endpoint: ModelEndpoint, frames: Iterable[pd.DataFrame],
                    concurrency: int | None = None) -> Iterator[Predictions]:
     """Each frame's predictions from one client in this process (``LocalEngine.map_predictions``, and
     each Spark task's frames), with at most ``concurrency`` requests in flight (None:
-    ``predictor.max_concurrency``, else the client's default)."""
+    ``predictor.max_concurrency``, else the client's default). A model answering labels where scores are
+    read fails with PDP's message (``labels_not_scores``)."""
     cap = concurrency or getattr(endpoint.predictor, "max_concurrency", None)
     with endpoint.client(**({} if cap is None else {"concurrency": int(cap)})) as client:
         for frame in frames:
-            yield client.predict(frame)
+            try:
+                predictions = client.predict(frame)
+            except LabelsNotScores as error:  # worded here: a Spark task hands its errors on as text
+                raise labels_not_scores("methods.pdp", error) or error from None
+            yield predictions
 
 
 def top_features(global_shap: dict[str, dict[str, float]], names: list[str], k: int) -> list[int]:

@@ -8,7 +8,12 @@ predictions in input order. Model failures are handled the way Clarify users exp
   one record) is re-sent as two halves, down to one record per request, and later batches start at
   the smaller size (log ``Fallback to per-record prediction because of model error.``);
 * connection failures, HTTP 429/503 and, for single records, 5xx answers are retried with exponential
-  backoff, bounded in count and time (``RetryPolicy``);
+  backoff (or after the answer's ``Retry-After``, within the backoff's cap), bounded in count and time
+  (``RetryPolicy``); ``RetryPolicy(busy_only=True)`` retries 429/503 alone, the answers of a model that
+  refused the request before running it (``lucent endpoint``'s explainer: nothing it sent is sent again);
+* an answer asked as ``application/x-npy`` (Lucent's own choice for its model server, never the user's)
+  that the model refuses is asked once more as CSV: npy carries numbers only, and a prediction holding
+  text (predicted labels) can only come as text. The parser then says what it is (``LabelsNotScores``);
 * the job waits at most ``timeout`` seconds (``LUCENT_MODEL_TIMEOUT_SECONDS``, default 10 minutes) for
   the model to answer any part of a batch, retries and smaller batches included. The limit covers the
   whole answer, body included: a model that sends its answer a byte at a time is cut off at the same
@@ -29,6 +34,7 @@ an async stack this thread-pool client does not use.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
@@ -37,7 +43,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from itertools import chain
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import urllib3
@@ -91,6 +99,33 @@ class CannotConnect(Exception):
 
 class ConnectionBroken(Exception):
     """The connection broke before a whole answer came (reset, closed); the message is the reason."""
+
+
+class Reply(NamedTuple):
+    """What ``ModelClient._exchange`` returns: the model's whole answer."""
+
+    status: int
+    body: bytes
+    retry_after: str | None = None  # the answer's Retry-After header, as sent
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header's wait in seconds (RFC 9110: a number of seconds, or an HTTP date); None
+    when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            date = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if date.tzinfo is None:  # an HTTP date is GMT
+            return None
+        return max(0.0, date.timestamp() - time.time())  # a date past is now
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def read_by_deadline(read1: Callable[[int], bytes], sock: socket.socket | None, deadline: float) -> bytes:
@@ -161,11 +196,17 @@ class RetryPolicy:
 
     attempts: int = 5  # tries per request, the first one included
     backoff_seconds: float = 0.5  # wait before the first retry; doubles with every retry
-    max_backoff_seconds: float = 10.0
+    max_backoff_seconds: float = 10.0  # and no longer than this, whatever a Retry-After says
     max_elapsed_seconds: float = 300.0  # no retry starts later than this after the first try
+    # Retry only HTTP 429 and 503: the model refused the request before running it. A request that may have
+    # run (a connection dropped after it was written, any other status) or could not be sent is not retried.
+    busy_only: bool = False
 
-    def delay(self, retry: int) -> float:
-        """Wait before retry number ``retry`` (1-based), with +-20% jitter so parallel retries spread."""
+    def delay(self, retry: int, retry_after: float | None = None) -> float:
+        """Wait before retry number ``retry`` (1-based), with +-20% jitter so parallel retries spread;
+        ``retry_after`` (the model's ``Retry-After``, seconds) instead when given, within the same cap."""
+        if retry_after is not None:
+            return min(self.max_backoff_seconds, retry_after)
         base = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (retry - 1))
         return base * random.uniform(0.8, 1.2)
 
@@ -201,7 +242,12 @@ class _Batch:
 
 
 class _Refused(Exception):
-    """The model failed this batch in a way that a smaller batch may not."""
+    """The model failed this batch in a way that a smaller batch may not. ``status``: the HTTP status it
+    answered, 0 when the connection dropped, None when there is no HTTP (in process)."""
+
+    def __init__(self, reason: str, status: int | None = None):
+        super().__init__(reason)
+        self.status = status
 
 
 class _Aborted(Exception):
@@ -243,6 +289,7 @@ class ModelClient:
                  retry: RetryPolicy | None = None, spread: bool = True, online: bool = False):
         self.url = model_route(endpoint_url, "invocations")
         self.shown_url = redact_url(self.url)  # for messages and logs: no password from the URL
+        self.predictor = predictor
         self.encoder = RequestEncoder(predictor, feature_names)
         self.parser = ResponseParser(predictor, predictor.accept_type or predictor.content_type)
         self.headers = {"Content-Type": predictor.content_type or CSV, "Accept": self.parser.accept_type}
@@ -267,6 +314,7 @@ class ModelClient:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._logged: set[str] = set()
+        self._npy_doubted = False  # an npy answer was refused and asked again as CSV
 
     def __enter__(self) -> ModelClient:
         return self
@@ -376,10 +424,13 @@ class ModelClient:
         cap = self._records_cap
         if len(batch) > cap:  # cut before the model refused a smaller batch: do not try it whole
             return [part for piece in batch.pieces(cap) for part in self._run(piece, abort, patience)]
+        parser = self.parser
         try:
             with self._in_flight:
-                return [self._answer(batch, abort, patience)]
+                return [self._answer(batch, abort, patience, parser)]
         except _Refused as refusal:
+            if (answer := self._answer_as_csv(batch, abort, patience, parser, refusal)) is not None:
+                return [answer]
             if self.online and len(batch) > 1:  # the call fails; it changes nothing for later calls
                 raise ModelError(f"The model at {self.shown_url} failed on {_rows(batch)}: {refusal}",
                                  reason=str(refusal)) from None
@@ -397,23 +448,62 @@ class ModelClient:
                     log.info("Prediction batch size is reduced to %d after a model error.", self._records_cap)
             return [part for half in halves for part in self._run(half, abort, patience)]
 
-    def _answer(self, batch: _Batch, abort: threading.Event, patience: _Patience) -> Predictions:
-        """The model's predictions for one batch: the seam between batching (splitting, ordering,
-        concurrency, finding the refused record) and how a batch reaches the model. Raises ``_Refused``
-        when a smaller batch may fare better. Here: one HTTP request; ``InProcessClient`` calls the
-        model in this process instead."""
-        body = self._post(batch.records.body(batch.start, batch.stop), batch, abort, patience)
-        return self.parser.parse(body, len(batch), batch.first_row)
+    def _answer(self, batch: _Batch, abort: threading.Event, patience: _Patience,
+                parser: ResponseParser) -> Predictions:
+        """The model's predictions for one batch, its answer asked in ``parser.accept_type`` and read by
+        ``parser``: the seam between batching (splitting, ordering, concurrency, finding the refused record)
+        and how a batch reaches the model. Raises ``_Refused`` when a smaller batch may fare better. Here:
+        one HTTP request; ``InProcessClient`` calls the model in this process instead."""
+        body = self._post(batch.records.body(batch.start, batch.stop), batch, abort, patience, parser.accept_type)
+        return parser.parse(body, len(batch), batch.first_row)
+
+    def _answer_as_csv(self, batch: _Batch, abort: threading.Event, patience: _Patience,
+                       refused: ResponseParser, refusal: _Refused) -> Predictions | None:
+        """The batch's predictions asked as CSV after the model refused them as npy (``refused``'s type),
+        or None (the model refuses it as CSV too, or it is not an npy refusal to doubt).
+
+        npy is Lucent's choice for its own model server, never a config value, and carries numbers only:
+        the server's default output_fn refuses to write a prediction holding text (predicted labels) as
+        npy, with a 500 (in process: a refusal). CSV is read by the same column indexes
+        (``predictor.label`` / ``probability``), so its answer is what the npy one would have been; the
+        parser then reads it, and says so if the scores are labels (``LabelsNotScores``). Asked once per
+        client (a model that refuses a record refuses it in any type): when CSV is answered, later batches
+        ask CSV at once. Not online: nothing is sent twice."""
+        if refused.accept_type != NPY or self.online or refusal.status not in (None, 500):
+            return None
+        with self._lock:
+            if self.parser is not refused:  # another batch found CSV answered already
+                parser = self.parser
+            elif self._npy_doubted:
+                return None
+            else:
+                self._npy_doubted = True
+                parser = ResponseParser(self.predictor, CSV)
+        try:
+            with self._in_flight:
+                answer = self._answer(batch, abort, patience, parser)
+        except _Refused:
+            return None
+        with self._lock:
+            if self.parser is refused:
+                self.parser = parser
+                self.headers = {**self.headers, "Accept": CSV}
+                log.info("The model's predictions cannot come as %s (it carries numbers only): asking for %s",
+                         NPY, CSV)
+        return answer
 
     def _thread_started(self) -> None:
         """Runs in each of the client's threads when it starts (the in-process client caps the model's
         own threads there)."""
 
-    def _post(self, body: Body, batch: _Batch, abort: threading.Event, patience: _Patience) -> bytes:
-        """The response body of one request; retries what retrying can fix, raises ``_Refused`` when a
-        smaller batch may fare better and ``ModelTransportError`` when no answer came."""
+    def _post(self, body: Body, batch: _Batch, abort: threading.Event, patience: _Patience, accept: str) -> bytes:
+        """The response body of one request, asked as ``accept``; retries what retrying can fix (what
+        ``self.retry`` allows), raises ``_Refused`` when a smaller batch may fare better and
+        ``ModelTransportError`` when no answer came."""
         multiple = len(batch) > 1
         headers = self.headers
+        if accept != headers["Accept"]:
+            headers = {**headers, "Accept": accept}
         if batch.records.content_type:  # records of their own kind (coalition pictures described)
             headers = {**headers, "Content-Type": batch.records.content_type}
         if isinstance(body, SplitBody):  # sent piece by piece: urllib3 would otherwise send it chunked
@@ -426,9 +516,10 @@ class ModelClient:
             remaining = patience.remaining()
             if remaining <= 0:
                 raise self._no_answer(batch, reason)
-            no_answer = split_now = False
+            no_answer = split_now = busy = False
+            retry_after = None
             try:
-                status, data = self._exchange(body, headers, remaining, patience.deadline)
+                status, data, retry_after = self._exchange(body, headers, remaining, patience.deadline)
             except AnswerLate:  # no answer (or not all of it) in time: the same as no answer
                 # The whole wait is spent. Not split: a model that does not answer a batch in time would
                 # not answer its halves either, and the halves would wait as long again, level by level.
@@ -450,29 +541,31 @@ class ModelClient:
                     return data
                 reason = f"HTTP {status}: {excerpt(data)}"
                 if status in _BUSY_STATUSES:
-                    no_answer = True  # the same batch will do once the model has capacity; a smaller one no sooner
+                    # the same batch will do once the model has capacity; a smaller one no sooner
+                    no_answer = busy = True
                 elif status < 500:
-                    raise _Refused(reason)  # a client error will not go away by itself
+                    raise _Refused(reason, status)  # a client error will not go away by itself
                 else:
                     split_now = multiple
             if split_now:
-                raise _Refused(reason)
-            wait_seconds = self.retry.delay(attempt)
+                raise _Refused(reason, 0 if no_answer else status)
+            wait_seconds = self.retry.delay(attempt, retry_after_seconds(retry_after) if busy else None)
             resume_at = time.monotonic() + wait_seconds
             if resume_at >= patience.deadline:
                 raise self._no_answer(batch, reason)
-            if attempt == self.retry.attempts or resume_at > retry_deadline:
+            final = attempt == self.retry.attempts or (self.retry.busy_only and not busy)
+            if final or resume_at > retry_deadline:
                 if no_answer:
                     raise ModelTransportError(f"The model at {self.shown_url} gave no answer for {_rows(batch)} "
                                               f"after {attempt} attempt(s): {reason}")
-                raise _Refused(f"{reason} (after {attempt} attempts)")
+                raise _Refused(f"{reason} (after {attempt} attempts)", status)
             log.debug("Retrying %s in %.1f s: %s", _rows(batch), wait_seconds, reason)
             if abort.wait(wait_seconds):
                 raise _Aborted
         raise AssertionError("unreachable")
 
-    def _exchange(self, body: Body, headers: dict[str, str], timeout: float, deadline: float) -> tuple[int, bytes]:
-        """One POST of ``body`` to the model and its whole answer (status, body), by ``deadline``: how a
+    def _exchange(self, body: Body, headers: dict[str, str], timeout: float, deadline: float) -> Reply:
+        """One POST of ``body`` to the model and its whole answer (a ``Reply``), by ``deadline``: how a
         request travels, apart from what its answer means (``_post``). Raises ``AnswerLate`` when no complete
         answer came in time, ``CannotConnect`` and ``ConnectionBroken`` with the reason otherwise.
         Here urllib3's pool; the endpoint sends over keep-alive ``http.client`` connections instead
@@ -481,7 +574,7 @@ class ModelClient:
             response = self._http.request(
                 "POST", self.url, body=body, headers=headers, preload_content=False,
                 timeout=urllib3.Timeout(connect=min(CONNECT_TIMEOUT_SECONDS, timeout), read=timeout))
-            return response.status, read_body(response, deadline)
+            return Reply(response.status, read_body(response, deadline), response.headers.get("Retry-After"))
         except ConnectTimeoutError as error:  # includes NewConnectionError (refused, unknown host)
             raise CannotConnect(_reason(error)) from None
         except ReadTimeoutError:

@@ -46,6 +46,17 @@ _CSV_COLUMN_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_bool
 
 
 Extract = Callable[[Any, str], np.ndarray]  # (locator, or None for the whole output; config key) -> values
+LABELS_HINT = "; if the model returns predicted labels, set predictor.label"  # ends LabelsNotScores' message
+
+
+class LabelsNotScores(UserError):
+    """The model answered text where its whole output is read as scores (no ``predictor.label`` or
+    ``probability`` set): predicted labels, most likely. ``label`` is the first such value (a ``str``);
+    explanations name it in their own words (``analyzer.explain.pdp.labels_not_scores``)."""
+
+    def __init__(self, message: str, *, label: str):
+        super().__init__(message)
+        self.label = label
 
 
 class ResponseParser:
@@ -84,8 +95,15 @@ class ResponseParser:
     def _predictions(self, extract: Extract, n_records: int, first_row: int) -> Predictions:
         label = probability = None
         if self._label is None and self._probability is None:  # the whole output is the score(s)
-            probability = as_numbers(extract(None, "output"), "score", first_row,
-                                     hint="; if the model returns predicted labels, set predictor.label")
+            output = extract(None, "output")
+            try:
+                probability = as_numbers(output, "score", first_row, hint=LABELS_HINT)
+            except UserError as error:
+                label = _first_non_number(output)
+                if not isinstance(label, str | bytes):  # None (JSON null), ...: not a label
+                    raise
+                text = label.decode("utf-8", errors="replace") if isinstance(label, bytes) else str(label)
+                raise LabelsNotScores(str(error), label=text) from None
         if self._label is not None:  # labels may be anything; scores must be numbers
             label = extract(self._label, "predictor.label")
         if self._probability is not None:
@@ -294,6 +312,16 @@ def _values_field(values: list[Any], key: str, first_row: int) -> np.ndarray:
             array[row, :] = list(value)
         _reject_objects(values, key, first_row)
     return array
+
+
+def _first_non_number(values: np.ndarray) -> Any:
+    """The first value (in ``as_numbers``' order, so the one its error quotes) that is not a number."""
+    for value in values.flat:
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return value
+    return None
 
 
 def _reject_objects(values: list[Any], key: str, first_row: int) -> None:

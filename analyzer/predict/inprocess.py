@@ -28,6 +28,7 @@ import numpy as np
 
 from analyzer.config.model import Predictor
 from analyzer.predict.client import ModelClient, _Aborted, _Batch, _Patience, _Refused
+from analyzer.predict.decode import ResponseParser
 from analyzer.predict.encode import NpyRecords, SplitBody
 from analyzer.predict.predictions import Predictions
 
@@ -106,7 +107,9 @@ class InProcessClient(ModelClient):
     ``scoring_threads(processes)`` batches at once, each on one thread, with the model's OpenMP/BLAS
     threads held to one in each. Retries, timeouts and payload limits do not apply: there is no
     transport to fail. A batch the model refuses is halved down to the record that fails, as with the
-    server, and that record is named in the ``ModelError``.
+    server, and that record is named in the ``ModelError``. A prediction the server would refuse to
+    write as npy (text: predicted labels) is asked as CSV, as from the server (``ModelClient``), and the
+    parser says what it is.
     """
 
     def __init__(self, loader: ModelLoader, predictor: Predictor, feature_names: Sequence[str], *,
@@ -116,7 +119,6 @@ class InProcessClient(ModelClient):
         self.model = loaded_model(loader)
         self.shown_url = f"{loader.shown} (in process)"
         self.content_type = self.headers["Content-Type"]
-        self.accept = self.headers["Accept"]
         # What the server's handlers see of a request: its headers, lower-case (Content-Type is not one).
         self.request_headers = {name.lower(): value for name, value in self.headers.items()
                                 if name != "Content-Type"}
@@ -128,27 +130,31 @@ class InProcessClient(ModelClient):
 
         threadpool_limits(limits=1, user_api="openmp")
 
-    def _answer(self, batch: _Batch, abort: threading.Event, patience: _Patience) -> Predictions:
+    def _answer(self, batch: _Batch, abort: threading.Event, patience: _Patience,
+                parser: ResponseParser) -> Predictions:
         if abort.is_set():
             raise _Aborted
         records = batch.records
+        accept, headers = parser.accept_type, self.request_headers
+        if headers.get("accept") != accept:  # asked in another type than the client's (ModelClient._answer_as_csv)
+            headers = {**headers, "accept": accept}
         try:
             if self.model.default_io and isinstance(records, NpyRecords):
-                answer = self.model.score(records.matrix[batch.start:batch.stop], self.accept, self.request_headers)
+                answer = self.model.score(records.matrix[batch.start:batch.stop], accept, headers)
             else:
                 body = records.body(batch.start, batch.stop)
                 # A bytearray, as the server receives it (its default input_fn reads npy bodies in place).
                 # .pieces, not the body: join() would pre-allocate len(body) slots, its size in bytes.
                 data = bytearray().join(body.pieces) if isinstance(body, SplitBody) else bytearray(body)
-                answer = self.model.invoke(data, self.content_type, self.accept, self.request_headers)
+                answer = self.model.invoke(data, self.content_type, accept, headers)
         except ModelRefused as refusal:
             raise _Refused(str(refusal)) from None
         with self._lock:
             self.stats.requests += 1
             self.stats.records += len(batch)
         if isinstance(answer, np.ndarray):
-            return self.parser.parse_array(answer, len(batch), batch.first_row)
-        return self.parser.parse(answer, len(batch), batch.first_row)
+            return parser.parse_array(answer, len(batch), batch.first_row)
+        return parser.parse(answer, len(batch), batch.first_row)
 
 
 __all__ = ["InProcessClient", "LoadedModel", "ModelLoader", "ModelRefused", "forget_model",

@@ -38,8 +38,10 @@ from analyzer.predict.client import (
     AnswerLate,
     CannotConnect,
     ConnectionBroken,
+    Reply,
     read_by_deadline,
 )
+from analyzer.predict.decode import LABELS_HINT
 from analyzer.redact import redact_url
 from container.endpoint.config import ExplainerSettings
 
@@ -52,7 +54,6 @@ MIB = 1024 * 1024
 # Lucent's built-in model server keeps a connection open only for clients that ask (container/sidecar/worker.py);
 # a new connection per call would cost about as much as a small prediction. Other servers ignore it.
 KEEP_ALIVE = {"Connection": "keep-alive"}
-LABELS_HINT = "; if the model returns predicted labels, set predictor.label"  # analyzer.predict.decode's hint
 
 
 class RecordError(UserError):
@@ -76,6 +77,7 @@ class ModelAnswer:
     body: bytes
     content_type: str
     custom_attributes: str | None
+    retry_after: str | None = None  # the container's Retry-After header (with a 429 or 503)
 
 
 class ModelContainer:
@@ -221,8 +223,9 @@ class PendingAnswer:
             connection.close()
         else:
             self._container._keep(connection)
-        return ModelAnswer(response.status, body, response.headers.get("Content-Type", ""),
-                           response.headers.get(CUSTOM_ATTRIBUTES))
+        headers = response.headers
+        return ModelAnswer(response.status, body, headers.get("Content-Type", ""), headers.get(CUSTOM_ATTRIBUTES),
+                           headers.get("Retry-After"))
 
     def close(self) -> None:
         """Give up on the answer (its connection is closed, not kept)."""
@@ -272,14 +275,21 @@ class ContainerClient(ModelClient):
         super().close()
         self._container.close()
 
-    def _exchange(self, body: Any, headers: dict[str, str], timeout: float, deadline: float) -> tuple[int, bytes]:
+    def _exchange(self, body: Any, headers: dict[str, str], timeout: float, deadline: float) -> Reply:
         try:
             answer = self._container.post(body, {**headers, **KEEP_ALIVE}, deadline).answer()
         except ModelUnreachable as error:
             if error.timed_out:
                 raise AnswerLate from None
             raise (ConnectionBroken if error.connected else CannotConnect)(str(error)) from None
-        return answer.status, answer.body
+        return Reply(answer.status, answer.body, answer.retry_after)
+
+
+# The explainer's synthetic-rows calls: a call the container answered 429 or 503 (it refused the request before
+# running it: busy, starting) is sent once more, after the answer's Retry-After (at most 2 s) or 0.2-0.3 s. Nothing
+# else is sent twice: a call that crashed a worker must not crash another (a connection dropped once the request
+# was written), a refusal (any other status) would come again, and an online request cannot wait.
+EXPLAINER_RETRY = RetryPolicy(attempts=2, busy_only=True, backoff_seconds=0.25, max_backoff_seconds=2.0)
 
 
 def build_score(url: str, settings: ExplainerSettings, feature_names: Sequence[str], response_type: str,
@@ -309,10 +319,7 @@ def build_score(url: str, settings: ExplainerSettings, feature_names: Sequence[s
     predictor = Predictor(content_type=content_type, accept_type=accept_type,
                           content_template=inference.content_template, probability=probability)
     options: dict[str, Any] = {"max_payload_bytes": inference.max_payload_mb * MIB, "timeout": timeout,
-                               "concurrency": concurrency,
-                               # One model call per call, as SageMaker sends an invocation once: a call that
-                               # crashed a worker must not crash another, and an online request cannot wait.
-                               "retry": RetryPolicy(attempts=1, max_elapsed_seconds=timeout)}
+                               "concurrency": concurrency, "retry": EXPLAINER_RETRY}
     if inference.max_record_count is not None:
         options["max_records_per_request"] = inference.max_record_count
     # spread=False: concurrent requests' explanations already run as calls side by side, one per model server
