@@ -89,7 +89,7 @@ def test_a_container_busy_for_good_fails_the_request_and_the_endpoint_serves_on(
         received = server.received[before:]
         error = caught.value.response
         assert error["ResponseMetadata"]["HTTPStatusCode"] == 424
-        assert error["OriginalStatusCode"] == 0  # no usable answer for the synthetic rows
+        assert error["OriginalStatusCode"] == 503  # the container's last answer to the synthetic rows
         assert "after 2 attempt(s): HTTP 503: 'busy: try again'" in error["OriginalMessage"]
         assert sorted(received) == ["record", "synthetic", "synthetic"]  # one retry, not more
         # still up: pinged healthy, and an invocation without explanations is answered

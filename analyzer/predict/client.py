@@ -181,7 +181,12 @@ class ModelTransportError(DependencyError):
     """No answer came from the model: connection refused or broken, or nothing within the timeout.
 
     Not the user's input's fault, so it carries no ``row`` (callers map a ``row`` to a refused record).
+    ``status``: the HTTP status of the last answer when the model kept answering 429/503 (busy), else 0.
     """
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
 
 
 def model_timeout_seconds() -> float:
@@ -557,7 +562,7 @@ class ModelClient:
             if final or resume_at > retry_deadline:
                 if no_answer:
                     raise ModelTransportError(f"The model at {self.shown_url} gave no answer for {_rows(batch)} "
-                                              f"after {attempt} attempt(s): {reason}")
+                                              f"after {attempt} attempt(s): {reason}", status if busy else 0)
                 raise _Refused(f"{reason} (after {attempt} attempts)", status)
             log.debug("Retrying %s in %.1f s: %s", _rows(batch), wait_seconds, reason)
             if abort.wait(wait_seconds):

@@ -397,7 +397,8 @@ class Explanations:
                 return list(shared.explain(records))
             return list(self.explainer.explain(records))
         except ModelTransportError as error:
-            raise model_error(0, f"the model container gave no answer for the synthetic records: {error}") from None
+            # a container that kept answering 503/429 is named by that status, as the caller's own call would be
+            raise model_error(error.status, f"the model container gave no answer for the synthetic records: {error}") from None
         except ValueError as error:  # records that do not fit the fitted explainer (width, text cells)
             raise validation_error(f"the request's records cannot be explained: {error}") from None
         except UserError as error:  # the container refused synthetic records, or answered unusably
