@@ -835,11 +835,19 @@ def keep_container_message(root: Path, code: int) -> None:
                                       "exit message\n", encoding="utf-8")
 
 
+# The most of a job container's exit message that is read and published. SageMaker itself cuts a job's exit
+# message at 1 KB (its FailureReason), and Lucent's own are a few lines; 1 MiB keeps whole any message a job
+# means to leave, while an image that writes gigabytes there fills neither this machine's memory nor --output.
+MAX_CONTAINER_MESSAGE_BYTES = 2**20
+
+
 def container_message(path: Path) -> bytes | None:
     """The exit message the job container wrote at ``path``, or None when it wrote none. The file is opened
     without following a link (as ``result_files`` skips them): the image could otherwise make this
     launcher publish any file of this machine. A link, or anything but a plain file, is skipped with a
-    warning naming it."""
+    warning naming it. At most ``MAX_CONTAINER_MESSAGE_BYTES`` are read: a longer message is published cut
+    there, with a note saying so. It is published as UTF-8 text: bytes that are not (a character the cut
+    split, an image's other encoding) are replaced by U+FFFD."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -852,7 +860,15 @@ def container_message(path: Path) -> bytes | None:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             log.warning("The job container's exit message %s is not a plain file: not published", path)
             return None
-        return handle.read()
+        message = handle.read(MAX_CONTAINER_MESSAGE_BYTES + 1)
+        size = max(os.fstat(handle.fileno()).st_size, len(message))  # for the note: the rest is never read
+    text = message[:MAX_CONTAINER_MESSAGE_BYTES].decode("utf-8", "replace")
+    if len(message) > MAX_CONTAINER_MESSAGE_BYTES:
+        log.warning("The job container's exit message %s holds %d bytes: only its first %d are published", path,
+                    size, MAX_CONTAINER_MESSAGE_BYTES)
+        text = (f"{text.rstrip()}\n[the job container's exit message was cut here: it holds {size} bytes, only "
+                f"the first {MAX_CONTAINER_MESSAGE_BYTES} are published]\n")
+    return text.encode()
 
 
 ContainerRunner = Callable[[str, Path, dict[str, str]], int]  # run_in_container's signature

@@ -155,23 +155,43 @@ def _refuse_control_characters(values: list[tuple[str, str]]) -> None:
             raise ScheduleError(f"{source}: contains a control character ({name}); a crontab line cannot hold it")
 
 
-def _refuse_credentials_in_pins(pins: list[tuple[str, str]]) -> None:
-    """``ScheduleError`` naming the first pinned variable whose value is a URL with userinfo
-    (``http://user:password@host``): a crontab line is no place for a password (``crontab -l``, backups,
-    the schedule's log), and boto3 does not authenticate with URL userinfo anyway."""
+def _url_credentials(value: str) -> str | None:
+    """``value`` shown without its credentials when it is (or holds) a URL with userinfo
+    (``http://user:password@host`` -> `` (http://***@host)``, or ``""`` when it cannot be shown without them),
+    else None."""
     from urllib.parse import urlsplit
 
     from analyzer.redact import redact_url
 
+    try:
+        has_userinfo = "@" in urlsplit(value).netloc
+    except ValueError:  # not a URL urllib can split (an unbalanced '['): the redaction pattern decides
+        has_userinfo = False
+    shown = redact_url(value)
+    if not has_userinfo and shown == value:
+        return None
+    return f" ({shown})" if shown != value else ""  # a '//user:password@host' without a scheme is not shown
+
+
+def _refuse_credentials_in_pins(pins: list[tuple[str, str]]) -> None:
+    """``ScheduleError`` naming the first pinned variable whose value is a URL with userinfo
+    (``http://user:password@host``): a crontab line is no place for a password (``crontab -l``, backups,
+    the schedule's log), and boto3 does not authenticate with URL userinfo anyway."""
     for name, value in pins:
-        try:
-            has_userinfo = "@" in urlsplit(value).netloc
-        except ValueError:  # not a URL urllib can split (an unbalanced '['): the redaction pattern decides
-            has_userinfo = False
-        if has_userinfo or redact_url(value) != value:
-            raise ScheduleError(f"${name}: holds credentials in its URL ({redact_url(value)}); boto3 does not "
+        if (shown := _url_credentials(value)) is not None:
+            raise ScheduleError(f"${name}: holds credentials in its URL{shown}; boto3 does not "
                                 "authenticate with them and a crontab line must not hold them: set it without "
                                 "user:password@ and give the credentials through ~/.aws or an instance role")
+
+
+def _refuse_credentials_in_arguments(values: list[tuple[str, str]]) -> None:
+    """``ScheduleError`` naming the first ``(source, value)`` of the command whose value is a URL with userinfo
+    (``--model-url http://user:password@host``), shown without it: the user typed it, but a crontab line is no
+    place for a password (``crontab -l``, backups, the schedule's log), as for the pinned variables."""
+    for source, value in values:
+        if (shown := _url_credentials(value)) is not None:
+            raise ScheduleError(f"{source}: holds credentials in its URL{shown}; a crontab line must not hold "
+                                "them: give the URL without user:password@")
 
 
 def _cron_line(when: str, state_dir: Path, command: list[str], mark: str,
@@ -179,7 +199,8 @@ def _cron_line(when: str, state_dir: Path, command: list[str], mark: str,
     """One crontab line: ``command`` at ``when``, from this directory, its output appended to the state's log.
 
     Every value that reaches the line is checked here (the one place lines are made) for control characters,
-    a newline above all: ``ScheduleError`` naming where the value came from, before anything is installed.
+    a newline above all, and for URL credentials (``--model-url http://user:password@host``, a pinned
+    ``$AWS_ENDPOINT_URL``): ``ScheduleError`` naming where the value came from, before anything is installed.
     ``sources``: what the user calls ``command[i]`` where its preceding ``--option`` does not say it.
     ``pin_endpoint`` False: ``$AWS_ENDPOINT_URL`` / ``$AWS_ENDPOINT_URL_S3`` are not pinned (the job gives one)."""
     cwd = str(Path.cwd())
@@ -188,12 +209,12 @@ def _cron_line(when: str, state_dir: Path, command: list[str], mark: str,
             and (pin_endpoint or name not in ENDPOINT_VARIABLES)]
     state_source = ("$LUCENT_STATE_DIR" if os.environ.get("LUCENT_STATE_DIR")
                     else "the state folder (~/.cache/lucent/schedules, from $HOME)")
+    arguments = [(_argument_source(command, i, sources or {}), arg) for i, arg in enumerate(command)]
     _refuse_credentials_in_pins(pins)
+    _refuse_credentials_in_arguments(arguments)
     _refuse_control_characters([
         ("the schedule", when), (state_source, str(state_dir)), ("the current directory", cwd),
-        *((f"${name}", value) for name, value in pins),
-        *((_argument_source(command, i, sources or {}), arg) for i, arg in enumerate(command)),
-        ("the entry's name", mark)])
+        *((f"${name}", value) for name, value in pins), *arguments, ("the entry's name", mark)])
     log = state_dir / "cron.log"
     pinned = "".join(f"{name}={shlex.quote(value)} " for name, value in pins)
     # mkdir first: the shell opens the log before the command could create its folder. `%` escaped:

@@ -537,24 +537,25 @@ class _ListedStore:
 def test_a_mirror_pulls_one_level_of_sub_folders_and_nothing_that_leaves_the_work_area(tmp_path):
     from analyzer.explain.checkpoint_store import CheckpointMirror
 
+    fingerprint, other = "5d41402abc4b2a76b9719d91", "7e240de74fb1ed08fa08d38c"  # as a job makes them
     store = _ListedStore({
-        "shap/abc/seed.json": b"7",
-        "shap/abc/segments-8/shard-000001.npz": b"one",  # image SHAP: a folder per segment count
-        "shap/abc/../../escaped": b"x", "shap/abc/segments-8/../../../escaped": b"x",
-        "shap/abc/.hidden/shard-000000.npz": b"x", "shap/abc/a/b/shard-000000.npz": b"x",
-        "shap/abc//shard-000000.npz": b"x", "shap/other/shard-000000.npz": b"stale",
+        f"shap/{fingerprint}/seed.json": b"7",
+        f"shap/{fingerprint}/segments-8/shard-000001.npz": b"one",  # image SHAP: a folder per segment count
+        f"shap/{fingerprint}/../../escaped": b"x", f"shap/{fingerprint}/segments-8/../../../escaped": b"x",
+        f"shap/{fingerprint}/.hidden/shard-000000.npz": b"x", f"shap/{fingerprint}/a/b/shard-000000.npz": b"x",
+        f"shap/{fingerprint}//shard-000000.npz": b"x", f"shap/{other}/shard-000000.npz": b"stale",
     })
-    local = tmp_path / "work" / "abc"
-    mirror = CheckpointMirror(store, "abc", local)
+    local = tmp_path / "work" / fingerprint
+    mirror = CheckpointMirror(store, fingerprint, local)
     assert mirror.pull() == 2
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
-        "work/abc/seed.json", "work/abc/segments-8/shard-000001.npz"]
-    assert "shap/other/shard-000000.npz" not in store.objects  # another fingerprint's: removed
+        f"work/{fingerprint}/seed.json", f"work/{fingerprint}/segments-8/shard-000001.npz"]
+    assert f"shap/{other}/shard-000000.npz" not in store.objects  # another fingerprint's: removed
 
     child = mirror.child("segments-8")
     (local / "segments-8" / "shard-000002.npz").write_bytes(b"two")
     child.push_missing()
-    assert store.objects["shap/abc/segments-8/shard-000002.npz"] == b"two"
+    assert store.objects[f"shap/{fingerprint}/segments-8/shard-000002.npz"] == b"two"
     for bad in ("..", ".hidden", "a/b", ""):
         with pytest.raises(ValueError):
             mirror.child(bad)

@@ -134,24 +134,25 @@ def test_checkpoints_of_another_fingerprint_are_removed_once_the_job_has_its_own
     of its own (it failed before SHAP) and a job that succeeded without SHAP leave the store alone."""
     from container.checkpoint_store import store_at
 
+    old, new = "7e240de74fb1ed08fa08d38c", "5d41402abc4b2a76b9719d91"  # fingerprints as a job makes them
     store = store_at("s3://jobs/ckpt")
-    store.write("shap/old/shard-000000.npz", b"stale")
-    store.write("shap/old/.hidden", b"not a checkpoint")  # never copied, never removed
+    store.write(f"shap/{old}/shard-000000.npz", b"stale")
+    store.write(f"shap/{old}/.hidden", b"not a checkpoint")  # never copied, never removed
     work = tmp_path / "work"
 
     copy = WorkAreaCopy(store, work)
-    assert copy.pull() == 1 and (work / "shap" / "old" / "shard-000000.npz").read_bytes() == b"stale"
+    assert copy.pull() == 1 and (work / "shap" / old / "shard-000000.npz").read_bytes() == b"stale"
     assert copy.push(succeeded=False) == (0, 0)  # the job did not get to SHAP: nothing changes
     assert copy.push(succeeded=True) == (0, 0)  # a job without SHAP leaves the work area as it was
 
     copy = WorkAreaCopy(store, work)
     copy.pull()
-    (work / "shap" / "old" / "shard-000000.npz").unlink()  # the job's _drop_stale
-    (work / "shap" / "old").rmdir()
-    (work / "shap" / "new").mkdir()
-    (work / "shap" / "new" / "shard-000000.npz").write_bytes(b"fresh")
+    (work / "shap" / old / "shard-000000.npz").unlink()  # the job's _drop_stale
+    (work / "shap" / old).rmdir()
+    (work / "shap" / new).mkdir()
+    (work / "shap" / new / "shard-000000.npz").write_bytes(b"fresh")
     assert copy.push(succeeded=False) == (1, 1)
-    assert keys(s3, "ckpt/") == ["ckpt/shap/new/shard-000000.npz", "ckpt/shap/old/.hidden"]
+    assert keys(s3, "ckpt/") == [f"ckpt/shap/{new}/shard-000000.npz", f"ckpt/shap/{old}/.hidden"]
 
 
 @pytest.mark.slow

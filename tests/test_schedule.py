@@ -280,6 +280,26 @@ def test_every_n_hours_with_a_model(monitoring, tmp_path):
                      "http://127.0.0.1:8080")]
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://lucent:S3cr3t@127.0.0.1:8080", "http://***@127.0.0.1:8080"),
+    ("http://lucent:S3c@r3t'@127.0.0.1:8080/m", "http://***@127.0.0.1:8080/m"),  # '@' and a quote in the password
+])
+def test_a_model_url_with_credentials_is_not_written_into_the_crontab(monitoring, crontab_lines, capsys, url, shown):
+    """As a pinned $AWS_ENDPOINT_URL with userinfo is refused: the crontab (crontab -l, backups) and the
+    schedule's log are no place for a password, even one the user typed. Named, never echoed."""
+    for action in ("--print", "--install"):
+        assert schedule(monitoring, "--model-url", url, action, kind="explain") == 1
+        out, err = capsys.readouterr()
+        assert (f"error: --model-url: holds credentials in its URL ({shown}); a crontab line must not hold them: "
+                "give the URL without user:password@\n") in err, err
+        assert "S3c" not in out + err and "lucent:" not in out + err
+    assert crontab_lines() == ["# kept by lucent tests"]
+    assert not monitoring["state"].exists()  # not even the --install time
+
+    assert schedule(monitoring, "--model-url", "http://127.0.0.1:8080", "--print", kind="explain") == 0
+    assert " --model-url http://127.0.0.1:8080 --run >> " in capsys.readouterr().out  # without them: written
+
+
 def test_catch_up_runs_the_missed_windows_oldest_first(monitoring):
     assert schedule(monitoring, "--run", "--now", "2024-05-01T09:10Z") == 0
     assert schedule(monitoring, "--catch-up", "--now", "2024-05-01T13:20Z") == 0

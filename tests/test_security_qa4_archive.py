@@ -1,7 +1,9 @@
 """QA4 security finding F8 (/work/qa4/security/REPRO.md): a 1 MB ``model.tar.gz`` wrote 1 GiB to /tmp. The
 archive is now read through once before anything is written, and refused, naming it, when its files'
 declared sizes would not fit in the free space of the extraction folder (less a margin); while extracting,
-the bytes written are counted and extraction stops past the declared total.
+the bytes written are counted and extraction stops past the declared total. An archive of more members than
+``MAX_ARCHIVE_MEMBERS`` (millions of empty files: no free space, an inode each) is refused too, before anything
+is written.
 
 Real archives of zero-filled members (a few kB compressed). The free space of the extraction folder is
 the one fault injected (``shutil.disk_usage``): no small file system is at hand here. So is a file system
@@ -11,6 +13,7 @@ real archive writes more than its files declare.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tarfile
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from container.sidecar import model
 from container.sidecar.errors import ModelLoadError
 from container.sidecar.model import (
     EXTRACTED_DIR_PREFIX,
@@ -129,3 +133,68 @@ def test_extraction_stops_past_the_declared_total(filters, tmp_path, monkeypatch
                                              f"extracted past the {4 * MiB} its files declare"):
         extract_model_archive(tarball, dest)
     assert sorted(p.name for p in dest.iterdir()) == ["file-0"]  # the copy was never written
+
+
+def many_members(path: Path, count: int, then: int = 0) -> Path:
+    """A ``model.tar.gz`` of ``count`` empty members, a folder, a link and files after it (then ``then`` more
+    empty files, of 100 random bytes each, so that they do not compress away)."""
+    with tarfile.open(path, "w:gz") as tar:
+        for i in range(count + then):
+            info = tarfile.TarInfo("sub" if i == 0 else "link" if i == 1 else f"sub/file-{i}")
+            if i == 0:
+                info.type = tarfile.DIRTYPE
+            elif i == 1:
+                info.type, info.linkname = tarfile.SYMTYPE, "sub"
+            body = os.urandom(100) if i >= count else b""
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return path
+
+
+def test_an_archive_of_too_many_members_is_refused_before_anything_is_written(filters, tmp_path,  # noqa: F811
+                                                                              monkeypatch):
+    """Empty files take no free space but an inode each: an archive of millions of them (a few MB) would fill
+    the inode table. One holding more than ``MAX_ARCHIVE_MEMBERS`` members (files, folders and links) is refused,
+    naming it and the cap, before anything is extracted. Real archives; the cap is lowered to 20 (one of
+    100,000 empty files takes some 13 s to write and read here)."""
+    monkeypatch.setattr(model, "MAX_ARCHIVE_MEMBERS", 20)
+    at_cap = many_members(tmp_path / "at-cap.tar.gz", 20)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    extract_model_archive(at_cap, dest)
+    assert len(list(dest.rglob("*"))) == 20 and (dest / "link").is_symlink()
+
+    over = many_members(tmp_path / "model.tar.gz", 21)
+    dest = tmp_path / "dest-over"
+    dest.mkdir()
+    with pytest.raises(ModelLoadError) as error:
+        extract_model_archive(over, dest)
+    assert str(error.value) == (
+        f"model archive {over}: it holds more than 20 members (files, folders and links), far more than a model "
+        "folder needs, each taking an inode however small; refused. Leave out of the archive what the model does "
+        "not load (caches, a whole Python environment)")
+    assert list(dest.iterdir()) == []  # nothing written
+
+
+def test_the_member_count_stops_reading_at_the_cap(tmp_path, monkeypatch):
+    """The members past the cap are not even read: an archive cut short after them (the rest of its millions
+    of members, in the attack) is refused for its member count, not for the cut."""
+    monkeypatch.setattr(model, "MAX_ARCHIVE_MEMBERS", 20)
+    tarball = many_members(tmp_path / "model.tar.gz", 21, then=3000)
+    data = tarball.read_bytes()
+    tarball.write_bytes(data[:len(data) // 2])  # the gzip stream ends long after the 21st member's header
+    with pytest.raises(ModelLoadError, match=f"model archive {tarball}: it holds more than 20 members"):
+        extract_model_archive(tarball, tmp_path)
+
+
+def test_the_server_refuses_too_many_members_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(model, "MAX_ARCHIVE_MEMBERS", 20)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    tarball = many_members(folder / "model.tar.gz", 21)
+    with pytest.raises(ModelLoadError, match=f"model archive {tarball}: it holds more than 20 members"):
+        prepare_model_dir(folder)
+    assert list(temp.iterdir()) == []

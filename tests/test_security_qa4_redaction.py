@@ -5,6 +5,7 @@ the monitor's folders, deeply nested capture lines."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -301,6 +302,71 @@ def test_monitor_skips_links_out_of_the_capture_and_ground_truth_folders(tmp_pat
     for link in ("00-shadow.jsonl", "01-valid.jsonl", "00-truth.jsonl", "OtherVariant"):
         assert sum(link in message for message in skipped) == 1, skipped
     assert all("outside" in message and "(not read)" in message for message in skipped)
+
+
+@pytest.fixture
+def listed_capture(tmp_path):
+    """A local capture folder's two hour folders as ``lucent monitor`` lists them (``_list_hour_files``), and a
+    folder outside it holding a secret and a capture-like file: to swap files for links once they are listed."""
+    from container.monitor.run import _list_hour_files
+    from container.storage import Location
+
+    folder = tmp_path / "capture" / "churn-endpoint"
+    hours = [folder / "AllTraffic" / "2024" / "05" / "01" / hour for hour in ("13", "14")]
+    for hour in hours:
+        hour.mkdir(parents=True)
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+        (hours[0] / name).write_text(f"{name}\n", encoding="utf-8")
+    (hours[0] / "d.jsonl").symlink_to(hours[0] / "a.jsonl")  # a link inside the folder: read, as before
+    (hours[1] / "e.jsonl").write_text("e.jsonl\n", encoding="utf-8")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "shadow").write_text("root:$6$secret-hash:19000:0:99999:7:::\n", encoding="utf-8")
+    (outside / "e.jsonl").write_text("outside\n", encoding="utf-8")
+    listed = _list_hour_files(None, Location(str(folder)), ["2024/05/01/13", "2024/05/01/14"], variants=True)
+    assert listed == [str(hours[0] / name) for name in ("a.jsonl", "b.jsonl", "c.jsonl", "d.jsonl")] + [
+        str(hours[1] / "e.jsonl")]
+    return hours, outside, listed
+
+
+def test_a_capture_file_swapped_for_a_link_after_the_listing_is_not_read(listed_capture, caplog) -> None:
+    """The listing checks where each file leads; the merge reads it later. A file, or a folder on its way,
+    swapped for a link out of the folder in between (a TOCTOU) is not followed: the reader opens the real
+    path the listing checked, part by part, following no link, and skips the file with a warning. Driven
+    through the listing and the reader directly, to swap between them."""
+    import logging
+    import shutil
+
+    from container.monitor.run import _read_files
+
+    hours, outside, listed = listed_capture
+    (hours[0] / "b.jsonl").unlink()
+    (hours[0] / "b.jsonl").symlink_to(outside / "shadow")  # the file itself
+    shutil.rmtree(hours[1])
+    hours[1].symlink_to(outside, target_is_directory=True)  # the hour folder holding it
+    caplog.set_level(logging.WARNING)
+    read = list(_read_files(None, listed))
+    assert read == [(str(hours[0] / "a.jsonl"), b"a.jsonl\n"), (str(hours[0] / "c.jsonl"), b"c.jsonl\n"),
+                    (str(hours[0] / "d.jsonl"), b"a.jsonl\n")]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Skipped {hours[0] / 'b.jsonl'}: a symbolic link now lies on its path, since it was listed (not read)",
+        f"Skipped {hours[1] / 'e.jsonl'}: a symbolic link now lies on its path, since it was listed (not read)"]
+
+
+def test_a_capture_file_swapped_for_a_pipe_after_the_listing_is_not_read(listed_capture, caplog) -> None:
+    """A FIFO swapped in: opened without waiting for a writer, and skipped (a plain read would block)."""
+    import logging
+
+    from container.monitor.run import _read_files
+
+    hours, _, listed = listed_capture
+    (hours[0] / "c.jsonl").unlink()
+    os.mkfifo(hours[0] / "c.jsonl")
+    caplog.set_level(logging.WARNING)
+    assert [uri for uri, _ in _read_files(None, listed)] == [str(hours[0] / name) for name in (
+        "a.jsonl", "b.jsonl", "d.jsonl")] + [str(hours[1] / "e.jsonl")]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Skipped {hours[0] / 'c.jsonl'}: not a plain file any more, since it was listed (not read)"]
 
 
 def test_a_deeply_nested_first_capture_line_is_a_malformed_line(tmp_path, churn_records) -> None:

@@ -13,9 +13,9 @@ store under the same relative names (``shap/<fingerprint>/shard-000000.npz``, ``
 * on success the store's checkpoints are removed with the work area's.
 
 Only checkpoint-shaped names (``is_checkpoint_name``: ``shap/<fingerprint>/shard-000000.npz``, ``seed.json``,
-image SHAP's ``segments-<m>/`` folders) are ever pulled, pushed or removed: the store's folder or prefix may
-hold the user's own files, under ``shap/`` too, and they stay. A folder store is walked no deeper than a
-checkpoint's name and through no symbolic link.
+image SHAP's ``segments-<m>/`` folders, the fingerprint 24 lowercase hex digits) are ever pulled, pushed or
+removed: the store's folder or prefix may hold the user's own files, under ``shap/`` too, and they stay. A
+folder store is walked no deeper than a checkpoint's name and through no symbolic link.
 
 Where the store is: ``"lucent": {"checkpoint_uri": "s3://bucket/prefix"}`` in ``analysis_config.json``
 (a local path or ``file://`` URI for a shared file system), else ``<published output URI>/.lucent-work``
@@ -48,6 +48,9 @@ CHECKPOINT_URI_KEY = "checkpoint_uri"  # "lucent": {"checkpoint_uri": ...} in an
 WORK_AREA = f"{INTERNAL_PREFIX}work"  # the output folder's work area, also its name under a published output
 SHAP_PREFIX = "shap"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a file or folder name Lucent writes: no dot first
+# A fingerprint as the job writes it (job._fingerprint, image_job._fingerprint: a SHA-256 hex digest cut to 24
+# characters), so that a user's folder of another name (``shap/photos/seed.json``) is never taken for one.
+_FINGERPRINT = re.compile(r"[0-9a-f]{24}")
 _SUB_FOLDER = re.compile(r"segments-[0-9]+")  # image SHAP: a folder per number of segments (image_job.py)
 _FILE = re.compile(r"shard-[0-9]{6,}\.npz|seed\.json")  # shards.shard_path, job._job_seed
 MAX_NAME_PARTS = 4  # shap/<fingerprint>/<sub-folder>/<file>
@@ -223,12 +226,12 @@ class CheckpointMirror:
 def is_checkpoint_name(name: str) -> bool:
     """``name`` is one a job writes below its work area and a mirror copies: ``shap/<fingerprint>/<file>``
     or ``shap/<fingerprint>/segments-<m>/<file>`` (image SHAP's ``CheckpointMirror.child``), the fingerprint
-    a plain name and the file a shard's checkpoint (``shard-000000.npz``) or the drawn seed (``seed.json``):
-    no hidden or temporary file, no empty part, no way out of the work area, and none of the user's own
-    files that a ``checkpoint_uri`` folder (or prefix) may also hold. Only such names are ever pulled,
-    pushed or removed."""
+    24 lowercase hex digits as the job makes it (``_FINGERPRINT``) and the file a shard's checkpoint
+    (``shard-000000.npz``) or the drawn seed (``seed.json``): no hidden or temporary file, no empty part, no way
+    out of the work area, and none of the user's own files that a ``checkpoint_uri`` folder (or prefix) may
+    also hold. Only such names are ever pulled, pushed or removed."""
     parts = name.split("/")
-    return (parts[0] == SHAP_PREFIX and 3 <= len(parts) <= MAX_NAME_PARTS and bool(_PLAIN_NAME.fullmatch(parts[1]))
+    return (parts[0] == SHAP_PREFIX and 3 <= len(parts) <= MAX_NAME_PARTS and bool(_FINGERPRINT.fullmatch(parts[1]))
             and (len(parts) == 3 or bool(_SUB_FOLDER.fullmatch(parts[2]))) and bool(_FILE.fullmatch(parts[-1])))
 
 

@@ -29,11 +29,13 @@ or stopped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import time
 import traceback
@@ -640,32 +642,48 @@ def _list_hour_files(runner: Launch, location: Location, hours: list[str], *, va
     folder = location.path
     root = folder.resolve()  # the folder itself may be a link; nothing below it may lead out of it
     bases = sorted(p for p in folder.iterdir() if p.is_dir()) if variants and folder.is_dir() else [folder]
-    files = []
+    files: list[str] = []
     for base in bases:
-        if base != folder and not _inside(base, root, folder):  # a variant folder (the folder may not exist)
+        if base != folder and _real_inside(base, root, folder) is None:  # a variant folder (may not exist)
             continue
         for hour in hours:
             hour_dir = base / hour
-            if hour_dir.is_dir() and _inside(hour_dir, root, folder):
-                files.extend(str(p) for p in sorted(hour_dir.iterdir())
-                             if p.is_file() and not p.name.startswith(".") and _inside(p, root, folder))
+            if hour_dir.is_dir() and _real_inside(hour_dir, root, folder) is not None:
+                files.extend(_ListedFile(p, root, real) for p in sorted(hour_dir.iterdir())
+                             if p.is_file() and not p.name.startswith(".")
+                             and (real := _real_inside(p, root, folder)) is not None)
     return sorted(files)
 
 
-def _inside(path: Path, root: Path, folder: Path) -> bool:
-    """Whether ``path`` (below ``folder``, whose real path is ``root``) resolves inside ``root``. A symbolic
-    link that leads out of the capture or ground truth folder (to /etc/shadow, to another endpoint's
-    capture) is skipped with a warning naming it, as ``lucent run`` refuses links out of its inputs:
-    whoever can write into the folder must not make the monitor read any file of this machine."""
+def _real_inside(path: Path, root: Path, folder: Path) -> Path | None:
+    """The real path of ``path`` (below ``folder``, whose real path is ``root``) if it lies inside ``root``,
+    else None. A symbolic link that leads out of the capture or ground truth folder (to /etc/shadow, to
+    another endpoint's capture) is skipped with a warning naming it, as ``lucent run`` refuses links out of
+    its inputs: whoever can write into the folder must not make the monitor read any file of this machine."""
     try:
         real = path.resolve(strict=True)
     except (OSError, RuntimeError):  # gone since it was listed, or a loop of links
         real = None
     if real is not None and real.is_relative_to(root):
-        return True
+        return real
     log.warning("Skipped %s: a link to %s, outside %s (not read)", printable(str(path)),
                 printable(str(real)) if real is not None else "nothing (or a loop of links)", printable(str(folder)))
-    return False
+    return None
+
+
+class _ListedFile(str):
+    """A local capture or ground truth file as ``_list_hour_files`` listed it: its path as the merge and its
+    messages name it, with the real path the listing checked to lie inside the folder's real path ``root``.
+    ``_read_local`` opens that real path, not the listed one, following no link: a file (or folder on its way)
+    swapped for a link after the listing is not followed out of the folder."""
+
+    root: Path
+    real: Path
+
+    def __new__(cls, path: Path, root: Path, real: Path) -> _ListedFile:
+        listed = super().__new__(cls, str(path))
+        listed.root, listed.real = root, real
+        return listed
 
 
 def _unpublished_capture_files(location: Location, hours: list[str]) -> list[str]:
@@ -678,19 +696,54 @@ def _unpublished_capture_files(location: Location, hours: list[str]) -> list[str
 
 
 def _read_files(runner: Launch, uris: list[str]) -> Iterator[tuple[str, bytes]]:
-    """(URI, content) of each file in order; S3 objects are fetched ``READ_AHEAD`` at a time."""
+    """(URI, content) of each file in order; S3 objects are fetched ``READ_AHEAD`` at a time. A local file
+    that changed into a link since it was listed is left out (``_read_local``)."""
     if not uris:
         return iter(())
     if not uris[0].startswith("s3://"):
-        return ((uri, _read_local(uri)) for uri in uris)
+        return ((uri, data) for uri in uris if (data := _read_local(uri)) is not None)
     return _read_s3(runner, uris)
 
 
-def _read_local(path: str) -> bytes:
+# Opening a folder on the way to a listed file: no link followed (O_NOFOLLOW with O_DIRECTORY refuses one),
+# and search permission enough where there is O_PATH (Linux), as when the listing resolved the path.
+_FOLDER_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+# The file itself: no link followed, and a FIFO swapped in does not block the open (it is then refused).
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def _read_local(path: str) -> bytes | None:
+    """The content of the local file ``path``. A capture or ground truth file (``_ListedFile``) is opened at
+    the real path its listing checked, one part at a time from the folder's real path down, following no
+    symbolic link: a part swapped for a link since the listing (a TOCTOU) is not followed, and the file is
+    skipped with a warning naming it (None). Any other path (a constraints file the user names) is read as
+    given."""
     try:
-        return Path(path).read_bytes()
+        if not isinstance(path, _ListedFile):
+            return Path(path).read_bytes()
+        fd = os.open(path.root, _FOLDER_FLAGS)
+        try:
+            for part in path.real.relative_to(path.root).parts[:-1]:
+                inner = os.open(part, _FOLDER_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+            file = os.open(path.real.name, _FILE_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
     except OSError as error:
+        if isinstance(path, _ListedFile) and error.errno in (errno.ELOOP, errno.ENOTDIR):
+            log.warning("Skipped %s: a symbolic link now lies on its path, since it was listed (not read)",
+                        printable(str(path)))
+            return None
         raise StorageError(f"cannot read {path}: {error.strerror or error}") from None
+    with os.fdopen(file, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            log.warning("Skipped %s: not a plain file any more, since it was listed (not read)", printable(str(path)))
+            return None
+        try:
+            return handle.read()
+        except OSError as error:
+            raise StorageError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def _read_s3(runner: Launch, uris: list[str]) -> Iterator[tuple[str, bytes]]:

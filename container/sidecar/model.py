@@ -29,7 +29,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -154,11 +154,13 @@ def extract_model_archive(tarball: Path, dest: Path) -> None:
     where not, the members are given the owner and permission bits that filter would give them (no
     set-uid bits, no owner taken from the archive when extracting as root).
 
-    Size: the archive is read through once first, and refused (``check_archive_size``) when its files'
-    declared sizes would not fit in the free space of ``dest``'s file system; while extracting, the bytes
+    Size: the archive is read through once first, and refused when it holds more than ``MAX_ARCHIVE_MEMBERS``
+    members (``check_archive_member_count``, which stops reading there) or when its files' declared sizes would
+    not fit in the free space of ``dest``'s file system (``check_archive_size``); while extracting, the bytes
     written are counted and extraction stops once they would exceed the declared total."""
     data_filter = hasattr(tarfile, "data_filter")
     with _SizedTarFile.open(tarball) as archive:
+        check_archive_member_count(archive, tarball)
         archive.label, archive.declared = tarball, check_archive_size(archive.getmembers(), dest, tarball)
 
         def checked():  # lazily: extractall writes each member before taking the next, so each check sees
@@ -171,10 +173,29 @@ def extract_model_archive(tarball: Path, dest: Path) -> None:
 
 FREE_SPACE_MARGIN = 0.05  # of the free space, left free after extracting a model archive
 MIN_FREE_SPACE_MARGIN = 16 * 1024 * 1024  # bytes
+# Members (files, folders, links) a model archive may hold. A model folder holds a few files (a model file,
+# code/inference.py, requirements.txt; a Hugging Face folder a few dozen), a few thousand with Python packages
+# vendored in code/ (scikit-learn, SciPy, NumPy and pandas together: about 9,400); this project's whole
+# development environment, some hundred packages, is 57,000. Empty members cost no free space
+# (check_archive_size) but an inode each, and gzip to under 1 MB per 100,000: a small archive of millions
+# of them would fill the file system's inode table, and take minutes to extract.
+MAX_ARCHIVE_MEMBERS = 100_000
 
 
 def _size(count: int) -> str:
     return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
+def check_archive_member_count(members: Iterable[tarfile.TarInfo], archive: Path | str) -> None:
+    """``ModelLoadError`` naming the model archive ``archive`` when it holds more than ``MAX_ARCHIVE_MEMBERS``
+    ``members`` (the open ``TarFile``, which reads a member's header as it is iterated): an archive of millions
+    of members is refused once the cap is passed, before the rest is read and before anything is extracted."""
+    for count, _ in enumerate(members, 1):
+        if count > MAX_ARCHIVE_MEMBERS:
+            raise ModelLoadError(
+                f"model archive {archive}: it holds more than {MAX_ARCHIVE_MEMBERS} members (files, folders and "
+                "links), far more than a model folder needs, each taking an inode however small; refused. Leave "
+                "out of the archive what the model does not load (caches, a whole Python environment)")
 
 
 def check_archive_size(members: list[tarfile.TarInfo], dest: Path, archive: Path | str) -> int:
