@@ -214,3 +214,31 @@ def test_an_archive_made_by_tarfile_add_extracts(filters, tmp_path):
     extract_model_archive(tarball, dest)
     assert every_path(dest) == {dest / "code", dest / "code" / "inference.py", dest / "model.joblib"}
     assert (dest / "code" / "inference.py").read_bytes() == INFERENCE
+
+
+@pytest.mark.parametrize("damage", ["cut", "broken deflate"])
+def test_a_cut_or_corrupt_archive_is_a_model_load_error_naming_it(damage, tmp_path):
+    """A model.tar.gz cut short in transfer (gzip's EOFError) or with a broken deflate stream (zlib.error)
+    is the server's ModelLoadError naming the archive, not a traceback; no extraction folder is left."""
+    import gzip
+    import zlib
+
+    payload = os.urandom(300_000)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        member = tarfile.TarInfo("model.joblib")
+        member.size = len(payload)
+        archive.addfile(member, io.BytesIO(payload))
+    plain = buffer.getvalue()
+    if damage == "cut":
+        data = gzip.compress(plain)
+        data = data[: len(data) // 2]
+    else:  # the member's header and first bytes deflate well, then the stream breaks
+        deflate = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: with gzip's header
+        data = deflate.compress(plain[:200_000]) + deflate.flush(zlib.Z_FULL_FLUSH) + b"\xff" * 5000
+    tarball = tmp_path / "model.tar.gz"
+    tarball.write_bytes(data)
+    before = set(Path(tempfile.gettempdir()).glob(f"{EXTRACTED_DIR_PREFIX}{os.getpid()}-*"))
+    with pytest.raises(ModelLoadError, match=r"cannot extract .*model\.tar\.gz: the archive is cut short or corrupt"):
+        prepare_model_dir(tarball)
+    assert set(Path(tempfile.gettempdir()).glob(f"{EXTRACTED_DIR_PREFIX}{os.getpid()}-*")) == before

@@ -29,6 +29,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,9 @@ def prepare_model_dir(path: Path) -> tuple[Path, tempfile.TemporaryDirectory | N
     except (tarfile.TarError, OSError) as exc:
         tmp.cleanup()
         raise ModelLoadError(f"cannot extract {tarball}: {exc}") from None
+    except (EOFError, zlib.error) as exc:  # gzip's own errors, which tarfile passes through
+        tmp.cleanup()
+        raise ModelLoadError(f"cannot extract {tarball}: the archive is cut short or corrupt ({exc})") from None
     return Path(tmp.name), tmp
 
 
