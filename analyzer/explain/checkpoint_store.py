@@ -31,6 +31,8 @@ implementation (``container.checkpoint_store``), as it hands down the model load
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -48,9 +50,10 @@ CHECKPOINT_URI_KEY = "checkpoint_uri"  # "lucent": {"checkpoint_uri": ...} in an
 WORK_AREA = f"{INTERNAL_PREFIX}work"  # the output folder's work area, also its name under a published output
 SHAP_PREFIX = "shap"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a file or folder name Lucent writes: no dot first
-# A fingerprint as the job writes it (job._fingerprint, image_job._fingerprint: a SHA-256 hex digest cut to 24
-# characters), so that a user's folder of another name (``shap/photos/seed.json``) is never taken for one.
-_FINGERPRINT = re.compile(r"[0-9a-f]{24}")
+# A fingerprint as the jobs make it (``fingerprint``: a SHA-256 hex digest cut to FINGERPRINT_CHARS), so that a
+# user's folder of another name (``shap/photos/seed.json``) is never taken for one.
+FINGERPRINT_CHARS = 24
+_FINGERPRINT = re.compile(rf"[0-9a-f]{{{FINGERPRINT_CHARS}}}")
 _SUB_FOLDER = re.compile(r"segments-[0-9]+")  # image SHAP: a folder per number of segments (image_job.py)
 _FILE = re.compile(r"shard-[0-9]{6,}\.npz|seed\.json")  # shards.shard_path, job._job_seed
 MAX_NAME_PARTS = 4  # shap/<fingerprint>/<sub-folder>/<file>
@@ -221,6 +224,16 @@ class CheckpointMirror:
             name = f"{self.prefix}/{path.name}"
             if path.is_file() and not path.is_symlink() and is_checkpoint_name(name) and name not in there:
                 self.push(path)
+
+
+def fingerprint(settings: dict, data: Iterable[bytes]) -> str:
+    """The name of a job's checkpoint folder (``shap/<fingerprint>/``): a digest of ``settings`` (JSON, keys
+    sorted, other objects by ``repr``) and of ``data`` (bytes, in order), ``FINGERPRINT_CHARS`` hex digits.
+    What goes in is the caller's: everything the checkpointed values depend on, and nothing else."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=repr).encode())
+    for part in data:
+        digest.update(part)
+    return digest.hexdigest()[:FINGERPRINT_CHARS]
 
 
 def is_checkpoint_name(name: str) -> bool:

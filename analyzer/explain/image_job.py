@@ -14,7 +14,6 @@ and ``shap_<stem>.jpeg`` (the heatmap of the predicted label: blue = positive, r
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -37,10 +36,10 @@ from analyzer.predict.image_requests import IMAGE_REQUEST_TYPES
 from analyzer.progress import progress
 
 from . import image_shap
-from .checkpoint_store import CheckpointMirror, CheckpointStore
+from .checkpoint_store import CheckpointMirror, CheckpointStore, fingerprint
 from .image_detection import DetectedObject, DetectionEndpoint, check_detections, top_objects
 from .image_shap import ImageEndpoint, ImageSource, score_filled
-from .job import _PREDICTOR_KEYS_NOT_IN_VALUES, _check_finite_baseline, _work_folder
+from .job import _check_finite_baseline, _work_folder, predictor_settings
 from .kernel_shap import KernelShap, fit_kernel_shap, link
 from .shards import ShapSettings, run_shards, shard_size
 
@@ -390,25 +389,19 @@ def _fingerprint(config: AnalysisConfig, shap: ShapMethod, source: ImageSource, 
     """Digest of what the checkpointed values depend on: Lucent's version, the images' bytes and names, the
     segmentation and fill, ``num_samples`` / ``use_logit`` / ``seed``, the predictor's format, the model,
     how the pictures are cut into requests."""
-    predictor = {} if config.predictor is None else {
-        key: value for key, value in asdict(config.predictor).items() if key not in _PREDICTOR_KEYS_NOT_IN_VALUES}
     import skimage
 
     settings = dict(version=__version__, skimage=skimage.__version__, names=source.names, image=asdict(
                         shap.image_config) if shap.image_config else None, threshold=config.probability_threshold,
                     segments=source.num_segments, compactness=source.compactness,
                     mask=str(source.mask) if source.mask else None, num_samples=shap.num_samples,
-                    use_logit=shap.use_logit, seed=shap.seed, predictor=predictor, model=model_identity,
+                    use_logit=shap.use_logit, seed=shap.seed, predictor=predictor_settings(config), model=model_identity,
                     # how the pictures are cut into requests: a model's last bits depend on the batch it scores
                     batches=(image_shap.IMAGES_PER_CHUNK, image_shap.IMAGES_PER_REQUEST,
                              image_shap.PICTURE_BUFFER_BYTES))
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=repr).encode())
-    for i in range(len(source.names)):
-        digest.update(hashlib.sha256(source.path(i).read_bytes()).digest())
-    if source.mask is not None:
-        digest.update(hashlib.sha256(source.mask.read_bytes()).digest())
-    digest.update(np.ascontiguousarray(filled_scores, dtype=float).tobytes())
-    return digest.hexdigest()[:24]
+    files = [source.path(i) for i in range(len(source.names))] + ([source.mask] if source.mask is not None else [])
+    return fingerprint(settings, [*(hashlib.sha256(path.read_bytes()).digest() for path in files),
+                                  np.ascontiguousarray(filled_scores, dtype=float).tobytes()])
 
 
 __all__ = ["SECTION", "check_image_config", "explain_images", "heatmap", "image_section", "image_source",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -42,7 +41,7 @@ from analyzer.progress import progress
 
 from .aggregate import aggregate
 from .baseline import compute_baseline
-from .checkpoint_store import CheckpointMirror, CheckpointStore, remove_checkpoints
+from .checkpoint_store import CheckpointMirror, CheckpointStore, fingerprint, remove_checkpoints
 from .design import MIN_NUM_SAMPLES, make_design
 from .kernel_shap import Explanation, KernelShap, baseline_expected_value, fit_kernel_shap
 from .limits import PY_STRING_BYTES, check_num_clusters, check_pdp_memory, check_shap_memory
@@ -689,6 +688,13 @@ _PREDICTOR_KEYS_NOT_IN_VALUES = frozenset({"label_headers", "instance_type", "in
                                            "accelerator_type", "endpoint_name_prefix", "max_concurrency"})
 
 
+def predictor_settings(config: AnalysisConfig) -> dict:
+    """The predictor's keys that can change a score (its format, locators, model), for a fingerprint."""
+    if config.predictor is None:
+        return {}
+    return {key: value for key, value in asdict(config.predictor).items() if key not in _PREDICTOR_KEYS_NOT_IN_VALUES}
+
+
 def _fingerprint(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, inputs: ShapInputs,
                  text: _TextInputs | None, baseline_scores: np.ndarray, model_identity: str) -> str:
     """A digest of everything the checkpointed values and the shard boundaries depend on, and nothing else.
@@ -702,8 +708,7 @@ def _fingerprint(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, inp
     shards.
     """
     assert dataset.features is not None
-    predictor = {} if config.predictor is None else {
-        key: value for key, value in asdict(config.predictor).items() if key not in _PREDICTOR_KEYS_NOT_IN_VALUES}
+    predictor = predictor_settings(config)
     text_settings = None
     if text is not None and shap.text_config is not None:
         import spacy  # the tokenizer decides the units: its version is part of the values
@@ -715,11 +720,9 @@ def _fingerprint(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, inp
                     use_logit=inputs.use_logit, seed=shap.seed, text=text_settings, predictor=predictor,
                     shard_rows=shard_rows, feature_names=dataset.feature_names, model=model_identity,
                     dtypes=[str(dtype) for dtype in dataset.features.dtypes])
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=repr).encode())
-    digest.update(pd.util.hash_pandas_object(dataset.features, index=False).to_numpy().tobytes())
-    digest.update(pd.util.hash_pandas_object(inputs.baseline, index=False).to_numpy().tobytes())
-    digest.update(np.ascontiguousarray(baseline_scores, dtype=float).tobytes())
-    return digest.hexdigest()[:24]
+    return fingerprint(settings, (pd.util.hash_pandas_object(dataset.features, index=False).to_numpy().tobytes(),
+                                  pd.util.hash_pandas_object(inputs.baseline, index=False).to_numpy().tobytes(),
+                                  np.ascontiguousarray(baseline_scores, dtype=float).tobytes()))
 
 
 def _work_folder(work_dir: Path, fingerprint: str, seed: int | None, checkpoint_store: CheckpointStore | None,
