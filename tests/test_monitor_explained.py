@@ -27,7 +27,8 @@ from analyzer.config import parse_config
 from analyzer.errors import UserError
 from analyzer.monitor.attributes import EndpointAttributes
 from analyzer.monitor.capture import read_capture_lines
-from analyzer.monitor.merge import explanation_answer, merge_window
+from analyzer.monitor.merge import merge_window
+from analyzer.monitor.payloads import explanation_answer
 from container.cli import main as lucent
 from container.monitor.demo import (
     ENDPOINT,

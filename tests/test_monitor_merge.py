@@ -474,7 +474,7 @@ def test_record_counts_match_a_brute_force_count():
 
     import pyarrow as pa
 
-    from analyzer.monitor.merge import _record_counts
+    from analyzer.monitor.records import record_counts
 
     rng = random.Random(1)
     for trial in range(300):
@@ -484,7 +484,7 @@ def test_record_counts_match_a_brute_force_count():
         if len(texts) > 2 and trial % 3 == 0:
             array, texts = array.slice(1), texts[1:]
         expected = [t.count("\n") + (1 if t and not t.endswith("\n") else 0) for t in texts]
-        assert _record_counts(array).tolist() == expected
+        assert record_counts(array).tolist() == expected
 
 
 @pytest.mark.parametrize(("text", "blank"), [
@@ -493,9 +493,9 @@ def test_record_counts_match_a_brute_force_count():
 def test_blank_line_detection(text, blank):
     import pyarrow as pa
 
-    from analyzer.monitor.merge import _has_blank_line
+    from analyzer.monitor.window_builder import has_blank_line
 
-    assert _has_blank_line(pa.array(["x", text])) is blank
+    assert has_blank_line(pa.array(["x", text])) is blank
 
 
 def test_a_bias_window_needs_the_captured_output():
@@ -533,11 +533,11 @@ def test_records_without_ground_truth_leave_no_trace_in_the_columns(tmp_path):
 
 
 def test_a_held_chunk_is_cut_to_what_dictionary_encode_gives_for_the_rows_kept():
-    """``_compacted`` against ``dictionary_encode`` of the kept values themselves (brute force)."""
+    """``compacted`` against ``dictionary_encode`` of the kept values themselves (brute force)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from analyzer.monitor.merge import _compacted
+    from analyzer.monitor.held_columns import compacted
 
     rng = np.random.default_rng(5)
     for _ in range(200):
@@ -546,7 +546,7 @@ def test_a_held_chunk_is_cut_to_what_dictionary_encode_gives_for_the_rows_kept()
         keep = rng.random(len(values)) < rng.random()
         if not keep.any():
             continue
-        ours = _compacted(encoded.indices.to_numpy().astype(np.uint8)[keep], encoded.dictionary)
+        ours = compacted(encoded.indices.to_numpy().astype(np.uint8)[keep], encoded.dictionary)
         expected = pc.dictionary_encode(values.filter(pa.array(keep)))
         assert ours.dictionary.equals(expected.dictionary)
         assert ours.indices.equals(expected.indices)

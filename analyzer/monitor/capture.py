@@ -172,7 +172,7 @@ def record_problem(record: Any) -> str | None:
     """Why a parsed capture line is not a capture record of the spec-2.3 shape, or None when it is.
 
     Public because two readers apply it: ``read_capture_lines`` here, and the window merge's line by line
-    path (``analyzer.monitor.merge``), which must reject exactly the lines this rejects."""
+    path (``analyzer.monitor.capture_lines``), which must reject exactly the lines this rejects."""
     if not isinstance(record, dict):
         return "not a JSON object"
     capture = record.get("captureData")
