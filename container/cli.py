@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
         from container.schedule import run_schedule
 
         return run_schedule(args)
-    from container.job import EXIT_USER_ERROR, JobPaths, configure_logging, finish
+    from container.job import JobPaths, configure_logging, finish
+    from container.outcome import JobStopped, outcome_of
 
     paths = JobPaths.for_root(args.processing_root, args.message_file)
     try:
@@ -189,7 +190,10 @@ def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
         if args.command != "run":
             raise
         print(problem, file=sys.stderr)
-        return finish(paths.message_file, EXIT_USER_ERROR, f"ClientError: {str(problem).removeprefix('lucent: ')}")
+        from analyzer.errors import UserError
+
+        refused = outcome_of(UserError(str(problem).removeprefix("lucent: ")))
+        return finish(paths.message_file, refused.code, refused.message)
     configure_logging(level=level)
     if args.command == "run":
         from container.job import ignore_stop_signals, keep_stop_signals_until_exit
@@ -203,9 +207,8 @@ def main(argv: list[str] | None = None, *, program: bool | None = None) -> int:
             with engine_arguments(args.engine, args.spark_master):
                 code = run_host(paths, allow_paths_outside_root=args.allow_paths_outside_root)
         except KeyboardInterrupt:  # Ctrl-C before the job's own handler (container.job.stop_on_signals) is set
-            from container.job import EXIT_STOPPED, JobStopped, finish, stopped_message
-
-            code = finish(paths.message_file, EXIT_STOPPED, stopped_message(JobStopped(signal.SIGINT)))
+            stopped = outcome_of(JobStopped(signal.SIGINT))
+            code = finish(paths.message_file, stopped.code, stopped.message)
         if program:  # the job is done: no interpreter teardown (analyzer.process_exit)
             from analyzer.process_exit import end_process
 

@@ -46,24 +46,18 @@ from pathlib import Path
 from analyzer.engines import ENGINE_ENV, SPARK_MASTER_ENV, close_engines
 from analyzer.environment import environment_set, positive_number
 from analyzer.errors import DependencyError, UserError
-from analyzer.output import STORAGE_ERRNOS
 from analyzer.parent import set_parent_death_signal
 from container.job import (
-    EXIT_INTERNAL_ERROR,
-    EXIT_OK,
-    EXIT_STOPPED,
-    EXIT_USER_ERROR,
     STOP_SIGNALS,
     SUCCESS_MESSAGE,
     JobPaths,
-    JobStopped,
     clear_message,
     finish,
     raise_job_stopped,
     run_job,
-    stopped_message,
     storage_failure,
 )
+from container.outcome import EXIT_OK, JobStopped, outcome_of, storage_error
 
 log = logging.getLogger("lucent.cluster")
 
@@ -313,21 +307,17 @@ def run_host(paths: JobPaths, *, allow_paths_outside_root: bool = False) -> int:
         if cluster.is_leader:
             return _run_leader(cluster, paths, allow_paths_outside_root)
         return _run_member(cluster, paths)
-    except UserError as error:
-        log.error("Job failed: %s", error)
-        return finish(paths.message_file, EXIT_USER_ERROR, f"ClientError: {error}")
-    except DependencyError as error:
-        log.error("Job failed: %s", error)
-        return finish(paths.message_file, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}")
-    except JobStopped as stop:
-        log.error("Signal %d received, cleaning up", stop.signum)
-        return finish(paths.message_file, EXIT_STOPPED, stopped_message(stop, f" on {cluster.current_host}"))
-    except Exception as error:  # noqa: BLE001 - every host leaves an exit message, as run_job does
-        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:  # a full disk is the user's, as in run_job
-            return storage_failure(paths, error, "")
-        log.exception("Internal error on %s", cluster.current_host)
-        return finish(paths.message_file, EXIT_INTERNAL_ERROR, f"AlgorithmError: internal error in Lucent on "
-                                                               f"{cluster.current_host}: {type(error).__name__}: {error}")
+    except (Exception, JobStopped) as error:  # noqa: BLE001 - every host leaves an exit message, as run_job does
+        if (full := storage_error(error)) is not None:  # a full disk is the user's, as in run_job
+            return storage_failure(paths, full, "")
+        ended = outcome_of(error, where=f" on {cluster.current_host}")
+        if isinstance(error, JobStopped):
+            log.error("Signal %d received, cleaning up", error.signum)
+        elif ended.internal:
+            log.exception("Internal error on %s", cluster.current_host)
+        else:
+            log.error("Job failed: %s", ended.reason)
+        return finish(paths.message_file, ended.code, ended.message)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -6,10 +6,11 @@ unless the config's ``dataset_uri`` names another one, and results go to ``<root
 The exit message goes to ``/opt/ml/output/message`` (where SageMaker Processing reads it), or to
 ``<root>/message`` when the processing root is not the default one.
 
-Exit codes: 0 success, 1 the user's inputs are wrong (``ClientError: <reason>``), 2 the job did not complete
-for another reason: an internal error or a failing dependency (``AlgorithmError: <reason>``), or a stop request
-(SIGTERM, or SIGINT from Ctrl-C: ``Stopped: <reason>``, as SageMaker's ``Stopped`` status). The exit message
-of an earlier run is removed when a job starts, so it never stands beside this run's outcome.
+Exit codes (``container.outcome``, the one mapping for every command): 0 success, 1 the user's inputs are
+wrong (``ClientError: <reason>``), 2 the job did not complete for another reason: an internal error or a failing
+dependency (``AlgorithmError: <reason>``), or a stop request (SIGTERM, or SIGINT from Ctrl-C: ``Stopped:
+<reason>``, as SageMaker's ``Stopped`` status). The exit message of an earlier run is removed when a job
+starts, so it never stands beside this run's outcome.
 
 One job at a time per output folder: a job holds the folder's lock (``analyzer.output.output_folder_lock``)
 from before it removes the earlier message until its own is written. A second job on the same folder
@@ -39,19 +40,17 @@ from analyzer.data import Dataset, resolve_local_path
 from analyzer.data.files import first_outside, s3_refusal
 from analyzer.engines import engine_choice
 from analyzer.engines.spark_read import cluster_uri
-from analyzer.errors import ConfigError, DependencyError, UserError
+from analyzer.errors import ConfigError, UserError
 from analyzer.logs import configure_logging as configure_log_handler
 from analyzer.media import CSV, NPY
 from analyzer.output import (
     ANALYSIS_FILE,
-    STORAGE_ERRNOS,
     OutputFolderBusy,
     OutputStaging,
     check_output_folder,
     dumps,
     held_stop_signals,
     output_folder_lock,
-    published_path,
     write_text_atomic,
 )
 from analyzer.pipeline import (
@@ -73,6 +72,7 @@ from analyzer.report.process import ReportProcess, check_temporary_folder, start
 from container.checkpoint_store import local_checkpoint_folder, open_checkpoint_store
 from container.model_endpoint import ServedModel, model_endpoint
 from container.model_identity import model_identity
+from container.outcome import EXIT_OK, EXIT_USER_ERROR, JobStopped, outcome_of, storage_error
 from container.sidecar.server import STARTED_SERVER_MAX_BODY_BYTES
 
 log = logging.getLogger("lucent")
@@ -80,10 +80,6 @@ log = logging.getLogger("lucent")
 DEFAULT_PROCESSING_ROOT = Path("/opt/ml/processing")
 DEFAULT_MESSAGE_FILE = Path("/opt/ml/output/message")
 SUCCESS_MESSAGE = "Completed: SageMaker XAI Analyzer ran successfully"
-EXIT_OK, EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 0, 1, 2
-# A stopped job did not complete and its inputs are not at fault: exit 2, as an internal or dependency error,
-# with its own prefix (SageMaker's ProcessingJobStatus for a stopped job is "Stopped", not "Failed").
-EXIT_STOPPED = EXIT_INTERNAL_ERROR
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # SageMaker's StopProcessingJob; Ctrl-C on a terminal
 # Request size for Lucent's own model server: what the server it starts accepts (several requests per
 # worker balance better than a few huge ones).
@@ -124,26 +120,6 @@ class JobPaths:
     @property
     def output_dir(self) -> Path:
         return self.processing_root / "output"
-
-
-class JobStopped(BaseException):
-    """Raised in the main thread when the job receives SIGTERM (SageMaker's stop request) or SIGINT (Ctrl-C).
-
-    A ``BaseException``, as ``KeyboardInterrupt`` is: the signal may land in any code, and handlers that
-    catch ``Exception`` (a log handler's ``emit``, one report format's failure) must not swallow it."""
-
-    def __init__(self, signum: int = signal.SIGTERM):
-        super().__init__(signum)
-        self.signum = signum
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
-
-
-def stopped_message(stop: JobStopped, where: str = "") -> str:
-    """The exit message of a stopped job (``where``: " on algo-2", for one host of several)."""
-    return f"Stopped: the job was stopped ({stop.signal_name}){where} before it finished"
 
 
 class StopRequests:
@@ -464,7 +440,8 @@ def _stopped(paths: JobPaths, stop: JobStopped, stop_requests: StopRequests, pub
     log.error("Signal %d received, cleaning up", stop.signum)
     if later := [signal.Signals(signum).name for signum in stop_requests.received[1:]]:
         log.warning("Also received %s while stopping: the job stops once", ", ".join(later))
-    return _finish(paths, EXIT_STOPPED, stopped_message(stop) + _outputs_note(paths, published_analysis))
+    stopped = outcome_of(stop)
+    return _finish(paths, stopped.code, stopped.message + _outputs_note(paths, published_analysis))
 
 
 def _run_locked(paths: JobPaths, progress: _Progress, stop_requests: StopRequests,
@@ -523,35 +500,27 @@ def _run_locked(paths: JobPaths, progress: _Progress, stop_requests: StopRequest
         log.info("Job finished in %.2f s", time.perf_counter() - started)
         stop_requests.settle()  # from here on a stop request changes nothing: the job has its outcome
         return _finish(paths, EXIT_OK, SUCCESS_MESSAGE)
-    except UserError as error:
-        stop_requests.settle()
-        log.error("Job failed: %s", error)
-        return _finish(paths, EXIT_USER_ERROR,
-                       f"ClientError: {error}{_outputs_note(paths, progress.published_analysis)}")
-    except DependencyError as error:  # the model server died or stopped answering: not the user's inputs
-        stop_requests.settle()
-        log.error("Job failed: %s", error)
-        return _finish(paths, EXIT_INTERNAL_ERROR,
-                       f"AlgorithmError: {error}{_outputs_note(paths, progress.published_analysis)}")
-    except ReportError as error:
-        stop_requests.settle()
-        note = _published_note(progress.published_analysis, error.written)
-        if (full := report_storage_error(error)) is not None:  # the disk, not the report: the user's to fix
-            return storage_failure(paths, full, note)
-        # analysis.json is complete and published; the report the config asked for is not (or only some
-        # of its formats are): the job has not done all it was asked, and says exactly what is missing.
-        log.error("The report could not be written: %s", error)
-        return _finish(paths, EXIT_INTERNAL_ERROR, f"AlgorithmError: {error}{note}")
     except JobStopped as stop:
         return _stopped(paths, stop, stop_requests, progress.published_analysis)
     except Exception as error:  # noqa: BLE001 - the job must always leave an exit message
         stop_requests.settle()
-        note = _outputs_note(paths, progress.published_analysis)
-        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:  # full disk, quota, read-only mount
-            return storage_failure(paths, error, note or "; nothing was published")
+        return _failed(paths, error, progress.published_analysis)
+
+
+def _failed(paths: JobPaths, error: Exception, published_analysis: bool) -> int:
+    """The message of a job that failed with ``error`` (``container.outcome``), with what it published."""
+    if isinstance(error, ReportError):  # a report format failed: the note names the files that were published
+        note = _published_note(published_analysis, error.written)
+    else:
+        note = _outputs_note(paths, published_analysis)
+    if (full := storage_error(error)) is not None:  # the disk, not the job (nor the report): the user's to fix
+        return storage_failure(paths, full, note or "; nothing was published")
+    failed = outcome_of(error)
+    if failed.internal:
         log.error("Internal error:\n%s", traceback.format_exc())
-        return _finish(paths, EXIT_INTERNAL_ERROR,
-                       f"AlgorithmError: internal error in Lucent {__version__}: {type(error).__name__}: {error}{note}")
+    else:
+        log.error("Job failed: %s", failed.reason)
+    return _finish(paths, failed.code, failed.message + note)
 
 
 def _log_analyses(results: dict) -> None:
@@ -570,28 +539,15 @@ def storage_failure(paths: JobPaths, error: OSError, note: str) -> int:
     """Exit 1 for a write the storage refused (full disk, quota, file-size limit, read-only mount), naming the
     file as the user will find it in the output folder, never its staging copy; the output folder itself
     when the error names no file."""
-    where = published_path(paths.output_dir, error.filename) or paths.output_dir
-    log.error("Job failed: cannot write %s: %s", where, error.strerror)
-    return _finish(paths, EXIT_USER_ERROR, f"ClientError: cannot write {where}: {error.strerror}. "
-                                           f"{_STORAGE_ADVICE.get(error.errno, _FREE_SPACE)} and run the job again{note}")
+    failed = outcome_of(error, output_dir=paths.output_dir)
+    log.error("Job failed: %s", failed.reason)
+    return _finish(paths, failed.code, f"{failed.message}. {_STORAGE_ADVICE.get(error.errno, _FREE_SPACE)} and run "
+                                       f"the job again{note}")
 
 
 _FREE_SPACE = "Free some space (or raise the quota)"
 _STORAGE_ADVICE = {errno.EFBIG: "Raise the file-size limit (ulimit -f), or use a filesystem that takes larger files,",
                    errno.EROFS: "Make the output folder writable"}
-
-
-def report_storage_error(error: ReportError) -> OSError | None:
-    """The storage error (``STORAGE_ERRNOS``) that made a report format fail, if one did: the report was
-    complete, the disk (or a quota, or a file-size limit) refused it (the report process sends an
-    ``OSError``'s errno and file with its failure: ``analyzer.report.process``)."""
-    for failure in error.failed.values():
-        seen: BaseException | None = failure
-        while seen is not None:
-            if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
-                return seen
-            seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def _publish_report(reports: ReportProcess, config: AnalysisConfig, dataset: Dataset, results: dict,

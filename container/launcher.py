@@ -73,18 +73,21 @@ from analyzer.output import (
 from analyzer.redact import install_redaction, redact, redact_url
 from container.engine import EngineUnavailable, connect_engine, discard_container
 from container.job import (
-    EXIT_INTERNAL_ERROR,
-    EXIT_STOPPED,
-    EXIT_USER_ERROR,
     OUTPUT_URI_VARIABLE,
     JobPaths,
-    JobStopped,
     configure_logging,
     earlier_results_note,
     remove_empty_work_area,
     run_job,
     stop_on_signals,
-    stopped_message,
+)
+from container.outcome import (
+    ALGORITHM_ERROR,
+    CLIENT_ERROR,
+    EXIT_STOPPED,
+    EXIT_USER_ERROR,
+    JobStopped,
+    outcome_of,
 )
 from container.storage import Location, StorageError, boto_problem, s3_client, uri_scheme
 
@@ -831,7 +834,7 @@ def keep_container_message(root: Path, code: int) -> None:
     if message is not None:
         write_bytes_atomic(root / "message", message)
     else:
-        (root / "message").write_text(f"AlgorithmError: the job container exited with code {code} and left no "
+        (root / "message").write_text(f"{ALGORITHM_ERROR}: the job container exited with code {code} and left no "
                                       "exit message\n", encoding="utf-8")
 
 
@@ -931,14 +934,14 @@ def _run(runner: Launch, root: Path, inputs: tuple[Location, Location | None, Lo
             with environment_set(told):
                 code = run_job(JobPaths.for_root(root))
         message = (root / MESSAGE_FILE).read_text(encoding="utf-8").strip()
-    except StorageError as error:
-        code, message = EXIT_USER_ERROR, f"ClientError: {error}"
+    except (StorageError, JobStopped) as error:  # while staging or starting (the job writes its own message)
+        failed = outcome_of(error)
+        code, message = failed.code, failed.message
+        if isinstance(error, JobStopped):
+            log.error("Signal %d received, cleaning up", error.signum)
+        else:
+            log.error("%s", message)
         shutil.rmtree(root / "output", ignore_errors=True)  # nothing half-made gets published
-        log.error("%s", message)
-    except JobStopped as stop:  # while staging or starting (the job itself writes its own message)
-        log.error("Signal %d received, cleaning up", stop.signum)
-        code, message = EXIT_STOPPED, stopped_message(stop)
-        shutil.rmtree(root / "output", ignore_errors=True)
     return code, redact(runner.user_names(message, root, job_root))
 
 
@@ -1005,18 +1008,24 @@ def run_launch(args: argparse.Namespace) -> int:
     try:
         code, message = launch(args.config, args.output, args.data, args.model, args.image, args.endpoint_url,
                                args.work_dir)
-    except StorageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.code if isinstance(error, LaunchError) else EXIT_USER_ERROR
-    except JobStopped as stop:  # before anything was staged (checking --output)
-        print(f"error: {stopped_message(stop)}", file=sys.stderr)
-        return EXIT_STOPPED
-    except Exception as error:  # noqa: BLE001 - an unexpected failure must still end with a clear line
-        log.exception("launch failed")
-        print(redact(f"error: internal error: {type(error).__name__}: {error}"), file=sys.stderr)
-        return EXIT_INTERNAL_ERROR
+    except (Exception, JobStopped) as error:  # noqa: BLE001 - a launch that fails must still end with a clear line
+        code, said = launch_failure(error)
+        print(f"error: {said}", file=sys.stderr)
+        return code
     print(f"results: {redact_url(args.output)}\nmessage: {message}")
     return code
+
+
+def launch_failure(error: BaseException) -> tuple[int, str]:
+    """The exit code and the ``error: ...`` line of a ``launch`` that raised ``error`` (and so published no
+    message), by ``container.outcome``: the user's error prints its reason, any other its exit message. A
+    ``LaunchError`` keeps its own code (2 when the launch was stopped while publishing)."""
+    failed = outcome_of(error)
+    if failed.internal:
+        log.exception("launch failed", exc_info=error)
+    if isinstance(error, LaunchError):
+        return error.code, failed.reason
+    return failed.code, redact(failed.reason if failed.prefix == CLIENT_ERROR else failed.message)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING
 
 from analyzer.errors import ConfigError, UserError
 from analyzer.monitor.window import utc_text
-from container.job import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_USER_ERROR
+from container.outcome import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_STOPPED, EXIT_USER_ERROR, JobStopped
 
 if TYPE_CHECKING:
     from container.monitor.definition import JobDefinition, MonitoringSchedule
@@ -319,7 +319,7 @@ def run_once(state_dir: Path, label: str, tick: datetime, force: bool, action: C
 
 def run_window(job: Job, now: datetime | None = None, force: bool = False) -> int:
     """Run the window ``now`` falls in, unless it is running elsewhere or already completed."""
-    from container.launcher import LaunchError, launch
+    from container.launcher import launch, launch_failure
 
     window = window_of(crontab_expression(job.schedule), now or datetime.now(UTC))
     output = f"{job.output.rstrip('/')}/{job.name}/{window.strftime(STAMP)}"
@@ -328,8 +328,9 @@ def run_window(job: Job, now: datetime | None = None, force: bool = False) -> in
         print(f"{job.name} {window.strftime(STAMP)}: launching, results in {output}", flush=True)
         try:
             code, message = launch(job.config, output, job.data, job.model, job.image, job.endpoint_url)
-        except LaunchError as error:
-            code, message = EXIT_USER_ERROR, f"error: {error}"
+        except (Exception, JobStopped) as error:  # noqa: BLE001 - as `lucent launch` ends: the window failed
+            code, said = launch_failure(error)
+            message = f"error: {said}"
         print(f"{job.name} {window.strftime(STAMP)}: exit code {code}: {message}", flush=True)
         return code, output
 
@@ -785,7 +786,7 @@ def run_schedule(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     except ScheduleStopped as error:
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_INTERNAL_ERROR
+        return EXIT_STOPPED
 
 
 def _remove(target: str, exact: bool, about: str) -> int:

@@ -104,16 +104,17 @@ def _refuse_bad_arguments_as_bad_input(parser: argparse.ArgumentParser) -> None:
         return namespace, extras
 
     def error(message: str):
+        from container.outcome import EXIT_USER_ERROR
+
         parser.print_usage(sys.stderr)
         target = _message_file_in(given[-1] if given else [])
         if target is not None:
-            from container.job import EXIT_USER_ERROR, clear_message
+            from container.job import clear_message
             from container.monitor.run import refuse
 
             clear_message(target)
             refuse(target, f"lucent monitor: {message}")
-            parser.exit(EXIT_USER_ERROR, f"{parser.prog}: error: {message}\n")
-        parser.exit(1, f"{parser.prog}: error: {message}\n")
+        parser.exit(EXIT_USER_ERROR, f"{parser.prog}: error: {message}\n")
 
     parser.parse_known_args = remembering  # type: ignore[method-assign]
     parser.error = error  # type: ignore[method-assign]
@@ -150,10 +151,10 @@ def run_monitor_command(args: argparse.Namespace) -> int:
     import logging
     import traceback
 
-    from analyzer import __version__
     from analyzer.redact import install_redaction
-    from container.job import EXIT_INTERNAL_ERROR, clear_message, configure_logging
-    from container.monitor.run import exit_with
+    from container.job import clear_message, configure_logging
+    from container.monitor.run import FAILED, exit_with
+    from container.outcome import outcome_of
 
     configure_logging(level=level_from_args(args))
     install_redaction()
@@ -163,9 +164,10 @@ def run_monitor_command(args: argparse.Namespace) -> int:
     try:
         return _run(args, message_file)
     except Exception as error:  # noqa: BLE001 - every exit leaves its message
-        logging.getLogger("lucent.monitor").error("Internal error:\n%s", traceback.format_exc())
-        return exit_with(message_file, EXIT_INTERNAL_ERROR, f"Failed: AlgorithmError: internal error in Lucent "
-                                                            f"{__version__}: {type(error).__name__}: {error}")
+        failed = outcome_of(error)
+        if failed.internal:
+            logging.getLogger("lucent.monitor").error("Internal error:\n%s", traceback.format_exc())
+        return exit_with(message_file, failed.code, f"{FAILED}: {failed.message}")
 
 
 def _run(args: argparse.Namespace, message_file: Path | None) -> int:

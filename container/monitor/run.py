@@ -56,23 +56,13 @@ from analyzer.monitor.capture import check_name, payload_bytes
 from analyzer.monitor.config import monitoring_config
 from analyzer.monitor.metrics import CLOUDWATCH_FILE, PROMETHEUS_FILE
 from analyzer.monitor.window import Window, check_window_over, execution_time, monitoring_window
-from analyzer.output import STORAGE_ERRNOS, OutputStaging, dumps, write_text_atomic
+from analyzer.output import OutputStaging, dumps, write_text_atomic
 from analyzer.pipeline import needs_model, run_analysis, write_outputs
 from analyzer.redact import redact, redact_url
-from container.job import (
-    EXIT_INTERNAL_ERROR,
-    EXIT_OK,
-    EXIT_STOPPED,
-    EXIT_USER_ERROR,
-    STOP_SIGNALS,
-    JobStopped,
-    clear_message,
-    finish,
-    open_model,
-    raise_job_stopped,
-)
+from container.job import STOP_SIGNALS, clear_message, finish, open_model, raise_job_stopped
 from container.launcher import Launch, locate, printable, result_files
 from container.monitor.definition import JobDefinition
+from container.outcome import EXIT_OK, STOPPED, JobStopped, Outcome, outcome_of
 from container.storage import Location, StorageError
 
 log = logging.getLogger("lucent.monitor")
@@ -81,7 +71,8 @@ EXECUTION_FILE = "monitoring_execution.json"
 PUSHGATEWAY_VARIABLE = "LUCENT_PUSHGATEWAY_URL"
 VIOLATIONS_FILE = "constraint_violations.json"
 # ExecutionStatus values (spec model-monitor.md 5: the API's ExecutionStatus); Stopped: SIGTERM or Ctrl-C
-COMPLETED, WITH_VIOLATIONS, FAILED, STOPPED = "Completed", "CompletedWithViolations", "Failed", "Stopped"
+# (Stopped, container.outcome.STOPPED, is also the prefix of a stopped execution's exit message)
+COMPLETED, WITH_VIOLATIONS, FAILED = "Completed", "CompletedWithViolations", "Failed"
 DEFAULT_CLOUDWATCH_DIR = Path(CLOUDWATCH_FILE)  # a folder: SageMaker's BYOC contract reads every file in it
 CLOUDWATCH_DIR_VARIABLE = "LUCENT_CLOUDWATCH_DIR"  # the folder when --cloudwatch-dir is not given (schedules)
 PUBLISH_MARGIN = timedelta(seconds=60)  # on top of the capture writer's roll interval: clocks, slow uploads
@@ -167,7 +158,8 @@ def exit_with(message_file: Path | None, code: int, message: str) -> int:
 
 def refuse(message_file: Path | None, reason: str) -> int:
     """An execution refused before it started (bad input, exit 1): ``Failed: ClientError: <reason>``."""
-    return exit_with(message_file, EXIT_USER_ERROR, f"{FAILED}: ClientError: {reason}")
+    refused = outcome_of(UserError(reason))
+    return exit_with(message_file, refused.code, f"{FAILED}: {refused.message}")
 
 
 def run_monitor(execution: Execution) -> int:
@@ -198,34 +190,37 @@ def run_monitor(execution: Execution) -> int:
                  __version__, definition.kind, definition.endpoint_name, execution.schedule_name,
                  status["ScheduledTime"])
         with job_environment(definition.environment):
-            code, reason, summary, stopped = _execute(execution, root, runner, status)
+            failed, summary = _execute(execution, root, runner, status)  # failed: None when it ran
+        stopped = failed is not None and failed.prefix == STOPPED
         status.update(summary)
-        status["ExecutionStatus"] = (STOPPED if stopped else FAILED if code != EXIT_OK
+        status["ExecutionStatus"] = (STOPPED if stopped else FAILED if failed is not None
                                      else WITH_VIOLATIONS if summary.get("Violations") else COMPLETED)
-        if reason:
-            status["FailureReason"] = reason
+        if failed is not None:
+            status["FailureReason"] = failed.reason
         output = _output_or_none(execution)
         if output is not None:
             published = _publish(runner, root, status, output)
-        if not published and not stopped:
-            code, reason = EXIT_USER_ERROR, reason or f"cannot publish to {output}"
-        if code != EXIT_OK and definition.publish_cloudwatch_metrics:
+        if not published and not stopped:  # the output's fault: the user's to fix, whatever the execution did
+            failed = outcome_of(UserError(failed.reason if failed is not None else f"cannot publish to {output}"))
+        if failed is not None and definition.publish_cloudwatch_metrics:
             _remove_stale_cloudwatch_file(execution)
         log.info("Execution %s in %.2f s", status["ExecutionStatus"], time.perf_counter() - started)
-        if code == EXIT_OK:
+        if failed is None:
             found = status.get("Violations", 0)
             message = (f"{status['ExecutionStatus']}: window {status.get('Window', '?')}"
                        + (f", {found} violation(s) in {VIOLATIONS_FILE}" if found else ""))
         elif stopped:
-            message = f"{STOPPED}: {reason}" + ("" if published else f" (its status could not be published to {output})")
+            message = failed.message + ("" if published else f" (its status could not be published to {output})")
         else:
-            message = f"{FAILED}: {'ClientError' if code == EXIT_USER_ERROR else 'AlgorithmError'}: {reason}"
-        return finish(execution.exit_message_file or root / "message", code, message)
+            message = f"{FAILED}: {failed.message}"
+        return finish(execution.exit_message_file or root / "message", EXIT_OK if failed is None else failed.code,
+                      message)
     except JobStopped as stop:  # a second signal, or one while publishing: the status may not be published
         log.error("Stopped (%s) while publishing the window's status", stop.signal_name)
-        return finish(execution.exit_message_file or root / "message", EXIT_STOPPED,
-                      f"{STOPPED}: the execution was stopped ({stop.signal_name}) while publishing its results; "
-                      "the window folder may not show this run: rerun the window")
+        stopped_late = outcome_of(stop)
+        return finish(execution.exit_message_file or root / "message", stopped_late.code,
+                      f"{stopped_late.prefix}: the execution was stopped ({stop.signal_name}) while publishing its "
+                      "results; the window folder may not show this run: rerun the window")
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
@@ -248,34 +243,26 @@ def _remove_stale_cloudwatch_file(execution: Execution) -> None:
         log.error("Could not remove the earlier run's CloudWatch metrics %s: %s", path, error.strerror or error)
 
 
-def _execute(execution: Execution, root: Path, runner: Launch, status: dict) -> tuple[int, str, dict, bool]:
-    """Compute the window's results into ``root/output``; returns (exit code, failure reason, summary,
-    whether a stop signal ended it)."""
+def _execute(execution: Execution, root: Path, runner: Launch, status: dict) -> tuple[Outcome | None, dict]:
+    """Compute the window's results into ``root/output``; returns (how it failed, or None when it ran;
+    the summary)."""
     output_dir = root / "output"
     try:
         output = execution.output
         runner.check_output(output)  # an output that cannot be written fails before any work
         if execution.definition.publish_cloudwatch_metrics:
             _check_cloudwatch_dir(execution.cloudwatch_dir)
-        return EXIT_OK, "", _compute(execution, root, runner, status), False
-    except UserError as error:
-        reason, code = str(error), EXIT_USER_ERROR
-    except DependencyError as error:  # the model server died or stopped answering
-        reason, code = str(error), EXIT_INTERNAL_ERROR
-    except JobStopped as stop:
-        log.error("Execution stopped (%s)", stop.signal_name)
-        shutil.rmtree(output_dir, ignore_errors=True)  # nothing half-made is published
-        return EXIT_STOPPED, f"the execution was stopped ({stop.signal_name}) before it finished", {}, True
-    except Exception as error:  # noqa: BLE001 - an execution always ends with a status
-        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
-            reason, code = f"cannot write {error.filename or output_dir}: {error.strerror}", EXIT_USER_ERROR
+        return None, _compute(execution, root, runner, status)
+    except (Exception, JobStopped) as error:  # noqa: BLE001 - an execution always ends with a status
+        failed = outcome_of(error, subject="execution", output_dir=output_dir)
+        if isinstance(error, JobStopped):
+            log.error("Execution stopped (%s)", error.signal_name)
         else:
-            log.error("Internal error:\n%s", traceback.format_exc())
-            reason = f"internal error in Lucent {__version__}: {type(error).__name__}: {error}"
-            code = EXIT_INTERNAL_ERROR
-    log.error("Execution failed: %s", redact(reason))
-    shutil.rmtree(output_dir, ignore_errors=True)  # nothing half-made is published
-    return code, redact(reason), {}, False
+            if failed.internal:
+                log.error("Internal error:\n%s", traceback.format_exc())
+            log.error("Execution failed: %s", redact(failed.reason))
+        shutil.rmtree(output_dir, ignore_errors=True)  # nothing half-made is published
+        return replace(failed, reason=redact(failed.reason)), {}
 
 
 def _check_cloudwatch_dir(folder: Path) -> None:
