@@ -115,7 +115,7 @@ def test_plain_number_fast_path_matches_pandas_parser_bit_for_bit(tmp_path, kind
 
     text = [decimal() if kind == "decimals" else integer() for _ in range(20_000)]
     values = pa.array(text)
-    missing = pc.is_in(values, value_set=csv_format._NA_STRINGS)
+    missing = pc.is_in(values, value_set=csv_format.NA_STRINGS)
     assert csv_format._plain_numbers(values, missing) is not None  # the fast path is taken
     path = write(tmp_path / "numbers.csv", "x\n" + "\n".join(text) + "\n")
     dataset = load_dataset(csv_config(label="x"), path)

@@ -225,7 +225,7 @@ class CsvTable:
             except OSError as exc:
                 raise read_error(path, exc) from exc
             if bad_rows:
-                rows, total = _rows_with_wrong_width(path, offset, first_line, len(self.headers), len(bad_rows))
+                rows, total = rows_with_wrong_width(path, offset, first_line, len(self.headers), len(bad_rows))
                 found.append(_BadRows(path, rows, max(total, len(bad_rows)), bad_rows[0]))
             return n_rows
 
@@ -310,7 +310,7 @@ def infer_csv_values(values: pa.Array, has_null: bool = False) -> pd.Series:
     as a one-column CSV (every field quoted, which pandas ignores for typing) and parsed by pandas.
     """
     del has_null  # CSV columns have no nulls: missing values are strings such as "" or "NA"
-    missing = pc.is_in(values, value_set=_NA_STRINGS)
+    missing = pc.is_in(values, value_set=NA_STRINGS)
     for shortcut in (_plain_numbers, _plain_strings):
         typed = shortcut(values, missing)
         if typed is not None:
@@ -327,16 +327,16 @@ def infer_csv_values(values: pa.Array, has_null: bool = False) -> pd.Series:
     return typed
 
 
-_NA_STRINGS = pa.array(sorted(STR_NA_VALUES))  # pandas' default na_values (keep_default_na=True)
-_INT18 = r"^-?[0-9]{1,18}$"
+NA_STRINGS = pa.array(sorted(STR_NA_VALUES))  # pandas' default na_values (keep_default_na=True)
+INT18 = r"^-?[0-9]{1,18}$"  # an integer of at most 18 digits: int64 for pandas, exact in an Arrow cast
 _INT18_LONGEST = 19  # bytes: a sign and 18 digits
 # A decimal with at most 15 digits in all: d{1,15}, or i digits, a point and 1..15-i digits.
-_DECIMAL15 = "^-?(?:[0-9]{1,15}|" + "|".join(f"[0-9]{{{i}}}\\.[0-9]{{1,{15 - i}}}" for i in range(1, 15)) + ")$"
+DECIMAL15 = "^-?(?:[0-9]{1,15}|" + "|".join(f"[0-9]{{{i}}}\\.[0-9]{{1,{15 - i}}}" for i in range(1, 15)) + ")$"
 _DECIMAL15_LONGEST = 17  # bytes: a sign, 15 digits and a point
 # Everything pandas' C parser might read as a number (a superset: int, float with exponent, inf,
 # surrounding whitespace), and its default bool words.
-_MAYBE_NUMBER = r"^[\t\n\v\f\r ]*[+-]?(?:inf|infinity|[0-9]*\.?[0-9]*(?:e[+-]?[0-9]*)?)[\t\n\v\f\r ]*$"
-_BOOL_WORDS = pa.array(["True", "TRUE", "true", "False", "FALSE", "false"])
+MAYBE_NUMBER = r"^[\t\n\v\f\r ]*[+-]?(?:inf|infinity|[0-9]*\.?[0-9]*(?:e[+-]?[0-9]*)?)[\t\n\v\f\r ]*$"
+BOOL_WORDS = pa.array(["True", "TRUE", "true", "False", "FALSE", "false"])
 
 
 def _plain_numbers(values: pa.Array, missing: pa.BooleanArray) -> pd.Series | None:
@@ -353,11 +353,11 @@ def _plain_numbers(values: pa.Array, missing: pa.BooleanArray) -> pd.Series | No
     # A field longer than a pattern's longest match fails it: the pattern is not run (full-precision floats,
     # such as numpy's and pandas' CSV writers make, would otherwise go through both for nothing).
     longest = pc.max(pc.if_else(missing, 0, pc.binary_length(values))).as_py()
-    if longest <= _DECIMAL15_LONGEST and pc.all(pc.or_(missing, pc.match_substring_regex(values, _DECIMAL15))).as_py():
+    if longest <= _DECIMAL15_LONGEST and pc.all(pc.or_(missing, pc.match_substring_regex(values, DECIMAL15))).as_py():
         if n_missing == 0 and not pc.any(pc.match_substring(values, ".")).as_py():
             return values.cast(pa.int64()).to_pandas()
         return pc.if_else(missing, pa.scalar(None, values.type), values).cast(pa.float64()).to_pandas()
-    if n_missing == 0 and longest <= _INT18_LONGEST and pc.all(pc.match_substring_regex(values, _INT18)).as_py():
+    if n_missing == 0 and longest <= _INT18_LONGEST and pc.all(pc.match_substring_regex(values, INT18)).as_py():
         return values.cast(pa.int64()).to_pandas()  # integers of 16 to 18 digits
     return None
 
@@ -365,8 +365,8 @@ def _plain_numbers(values: pa.Array, missing: pa.BooleanArray) -> pd.Series | No
 def _plain_strings(values: pa.Array, missing: pa.BooleanArray) -> pd.Series | None:
     """The fields as strings (NaN where missing) when one of them can be neither a number nor a bool
     for pandas, which then reads the column as object without converting any value; else None."""
-    could_be_typed = pc.or_(pc.or_(missing, pc.is_in(values, value_set=_BOOL_WORDS)),
-                            pc.match_substring_regex(values, _MAYBE_NUMBER, ignore_case=True))
+    could_be_typed = pc.or_(pc.or_(missing, pc.is_in(values, value_set=BOOL_WORDS)),
+                            pc.match_substring_regex(values, MAYBE_NUMBER, ignore_case=True))
     if pc.all(could_be_typed).as_py():
         return None
     strings = values.to_numpy(zero_copy_only=False)  # one str object per entry: entries are distinct per chunk
@@ -543,8 +543,8 @@ def _first_non_utf8_line(path: Path, offset: int, first_line: int) -> int | None
     return None
 
 
-def _rows_with_wrong_width(path: Path, offset: int, first_line: int, width: int,
-                           expected: int) -> tuple[list[tuple[int, int]], int]:
+def rows_with_wrong_width(path: Path, offset: int, first_line: int, width: int,
+                          expected: int) -> tuple[list[tuple[int, int]], int]:
     """(line, number of fields) of the first ``_LISTED_BAD_ROWS`` records without ``width`` fields, found
     with Python's csv module (which counts lines), and how many there are; reading stops after the
     ``expected``-th (what pyarrow counted), so a bad row near the start of a big file is found fast."""

@@ -811,12 +811,12 @@ def refuse_unsupported(config: AnalysisConfig) -> None:
 
 def _check_roles_found(layout: Layout, typed: dict[str, Column], config: AnalysisConfig) -> None:
     """JSON Lines: a label / predicted label JMESPath that matches no record fails as locally."""
-    from analyzer.data.json_format import _ROLE_PREFIX
+    from analyzer.data.json_format import ROLE_PREFIX
 
     for role, name in layout.role_columns.items():
         column = typed.get(name)
         if column is not None and column.nunique == 0:
-            raise DataError(f"{_ROLE_PREFIX[role]} The `{role}` JMESPath {getattr(config, role)!r} matches nothing "
+            raise DataError(f"{ROLE_PREFIX[role]} The `{role}` JMESPath {getattr(config, role)!r} matches nothing "
                             f"in any record of {layout.source}.")
 
 

@@ -51,11 +51,11 @@ from analyzer.bias.metrics import divide
 from analyzer.config import AnalysisConfig
 from analyzer.data.accumulate import arrow_to_pandas
 from analyzer.data.csv_format import (
-    _BOOL_WORDS,
-    _DECIMAL15,
-    _INT18,
-    _MAYBE_NUMBER,
-    _NA_STRINGS,
+    BOOL_WORDS,
+    DECIMAL15,
+    INT18,
+    MAYBE_NUMBER,
+    NA_STRINGS,
     infer_csv_values,
 )
 from analyzer.data.loader import locate_roles
@@ -231,8 +231,8 @@ def feature_types(engine: SparkEngine, config: AnalysisConfig, frame: Any, names
         return [FeatureType(name, slot, "arrow", arrow_to_pandas(pa.nulls(0, arrow.field(slot).type),
                                                                  nulls[slot] > 0).dtype, has_null=nulls[slot] > 0)
                 for name, slot in zip(names, slots, strict=True)]
-    na_values = _NA_STRINGS.to_pylist()
-    bools = _BOOL_WORDS.to_pylist()
+    na_values = NA_STRINGS.to_pylist()
+    bools = BOOL_WORDS.to_pylist()
     count = functions.count
 
     def when(condition: Any) -> Any:  # the rows where ``condition`` holds
@@ -243,10 +243,10 @@ def feature_types(engine: SparkEngine, config: AnalysisConfig, frame: Any, names
         field = functions.col(slot)
         missing = field.isNull() | field.isin(na_values)
         aggregates += [when(missing).alias(f"{slot}_missing"),
-                       when(~missing & ~field.rlike(_java(_DECIMAL15))).alias(f"{slot}_not_decimal"),
-                       when(missing | ~field.rlike(_java(_INT18))).alias(f"{slot}_not_int"),
+                       when(~missing & ~field.rlike(_java(DECIMAL15))).alias(f"{slot}_not_decimal"),
+                       when(missing | ~field.rlike(_java(INT18))).alias(f"{slot}_not_int"),
                        when(field.contains(".")).alias(f"{slot}_dot"),
-                       when(~(missing | field.isin(bools) | field.rlike("(?i)" + _java(_MAYBE_NUMBER))))
+                       when(~(missing | field.isin(bools) | field.rlike("(?i)" + _java(MAYBE_NUMBER))))
                        .alias(f"{slot}_text")]
     totals = frame.agg(count(functions.lit(1)).alias("__n"), *aggregates).collect()[0]
     types = []
@@ -284,7 +284,7 @@ def feature_frame(batch: pa.Table | pa.RecordBatch, types: list[FeatureType]) ->
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         if t.kind == "plain":
-            missing = pc.or_(pc.is_null(column), pc.is_in(column, value_set=_NA_STRINGS))
+            missing = pc.or_(pc.is_null(column), pc.is_in(column, value_set=NA_STRINGS))
             cast = pc.if_else(missing, pa.scalar(None, column.type), column).cast(pa.from_numpy_dtype(t.dtype))
             columns[t.name] = cast.to_numpy(zero_copy_only=False)
         elif t.kind == "mapped":

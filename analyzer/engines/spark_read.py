@@ -49,15 +49,23 @@ from analyzer import media
 from analyzer.config import AnalysisConfig
 from analyzer.data.accumulate import arrow_to_pandas
 from analyzer.data.csv_format import (
-    _NA_STRINGS,
     HEADER_SAMPLE_RECORDS,
+    NA_STRINGS,
     generated_names,
     header_row_decision,
     infer_csv_values,
     pandas_header_names,
 )
 from analyzer.data.files import list_data_files, no_data_rows, open_stream
-from analyzer.data.json_format import _NO_FEATURES, _ROLE_PREFIX, JsonTable, _compile, _describe, _loads
+from analyzer.data.json_format import (
+    NO_FEATURES,
+    ROLE_PREFIX,
+    JsonTable,
+    column_names,
+    compile_jmespath,
+    describe_value,
+    parse_json,
+)
 from analyzer.errors import DataError, DependencyError, UserError
 
 log = logging.getLogger(__name__)
@@ -241,7 +249,7 @@ def malformed_rows_error(layout: Layout, total: int, firsts: Sequence[dict[str, 
     them as Spark found them (``__file``, ``__block``, ``__id`` and the raw line ``MALFORMED``). A local
     file is read again on the driver for its rows' line numbers, as the local reader counts them; a file
     below a URI is named with the line itself (Spark knows no line numbers)."""
-    from analyzer.data.csv_format import _rows_with_wrong_width
+    from analyzer.data.csv_format import rows_with_wrong_width
 
     width = len(layout.headers)
     local: dict[str, int] = {}
@@ -269,7 +277,7 @@ def malformed_rows_error(layout: Layout, total: int, firsts: Sequence[dict[str, 
         if str(path) in done:
             continue
         done.add(str(path))
-        found, _ = _rows_with_wrong_width(path, 0, 1, width, total)
+        found, _ = rows_with_wrong_width(path, 0, 1, width, total)
         named += ([f"{path} line {number} has {count} fields" for number, count in found]
                   or [f"{path}: a row has {fields} fields: {line[:200]!r}"])
     listed = named[:_LISTED_ROWS]
@@ -328,43 +336,32 @@ def _first_spark_lines(spark: Any, uri: str, n: int) -> tuple[list[str], str]:
 def _json_layout(config: AnalysisConfig, source: str, paths: list[str], files: list[Path], line: str,
                  where: str) -> Layout:
     """The JSON Lines table's headers, named from the first record as ``JsonTable`` names them."""
-    features = _compile("features", config.features) if config.features else None
+    features = compile_jmespath("features", config.features) if config.features else None
     if features is None:
         JsonTable([], source, config, json_lines=True)  # raises the local reader's "features required"
-    roles = {role: _compile(role, getattr(config, role)) for role in ("label", "predicted_label")
+    roles = {role: compile_jmespath(role, getattr(config, role)) for role in ("label", "predicted_label")
              if getattr(config, role) is not None}
     row = _json_record(line, where, features, roles)[0]
-    namer = _Namer(_rows=[row], _roles=roles, source=source, _origins=[where])
-    feature_names, role_columns = JsonTable._names(namer, config.headers)  # type: ignore[arg-type]
+    feature_names, role_columns = column_names(len(row), list(roles), config.headers, source, where)
     return Layout(source, paths, feature_names + list(role_columns.values()), files, role_columns, len(row))
-
-
-@dataclass
-class _Namer:
-    """The attributes ``JsonTable._names`` reads, from the first record only (the one naming rule)."""
-
-    _rows: list[list[Any]]
-    _roles: dict[str, Any]
-    source: str
-    _origins: list[str]
 
 
 def _json_record(line: str, where: str, features: Any, roles: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     """One JSON Lines record's feature values and role values, checked as ``JsonTable`` checks them."""
     try:
-        record = _loads(line.lstrip("\ufeff"), where)
+        record = parse_json(line.lstrip("\ufeff"), where)
     except json.JSONDecodeError as exc:
         raise DataError(f"{where} is not valid JSON ({exc.msg}, column {exc.colno}). Each line of a "
                         "JSON Lines file must hold one JSON record.") from None
     row = features.search(record)
     if not isinstance(row, list):
-        raise DataError(f"{_NO_FEATURES} The `features` JMESPath {features.expression!r} gives {_describe(row)} "
+        raise DataError(f"{NO_FEATURES} The `features` JMESPath {features.expression!r} gives {describe_value(row)} "
                         f"on {where}; it must select a list of feature values.")
     values = {}
     for role, expression in roles.items():
         value = expression.search(record)
         if isinstance(value, list | dict):
-            raise DataError(f"{_ROLE_PREFIX[role]} The `{role}` JMESPath {expression.expression!r} "
+            raise DataError(f"{ROLE_PREFIX[role]} The `{role}` JMESPath {expression.expression!r} "
                             f"gives a {type(value).__name__} on {where}; it must select one value.")
         values[role] = value
     return row, values
@@ -459,8 +456,8 @@ class RowStage:
         return pa.RecordBatch.from_pydict(columns)
 
     def _json_records(self, batch: pa.RecordBatch) -> tuple[list[tuple[list[Any], dict[str, Any]]], pd.DataFrame | None]:
-        features = _compile("features", self.features)
-        roles = {role: _compile(role, expression) for role, expression in self.roles.items()}
+        features = compile_jmespath("features", self.features)
+        roles = {role: compile_jmespath(role, expression) for role, expression in self.roles.items()}
         records = []
         for line, path in zip(batch.column("__line").to_pylist(), batch.column("__file").to_pylist(), strict=True):
             if not line.strip():
@@ -468,11 +465,11 @@ class RowStage:
             where = f"{path} record {line.strip()[:60]!r}"
             row, values = _json_record(line, where, features, roles)
             if len(row) != self.n_features:
-                raise DataError(f"{_NO_FEATURES} {where} has {len(row)} feature values but the first record has "
+                raise DataError(f"{NO_FEATURES} {where} has {len(row)} feature values but the first record has "
                                 f"{self.n_features}. Every record needs the same features.")
             nested = next((v for v in row if isinstance(v, list | dict)), None)
             if nested is not None:
-                raise DataError(f"{_NO_FEATURES} A feature is a {type(nested).__name__} on {where}; `features` must "
+                raise DataError(f"{NO_FEATURES} A feature is a {type(nested).__name__} on {where}; `features` must "
                                 "select a flat list of values.")
             records.append((row, values))
         frame = None
@@ -587,5 +584,5 @@ def _coerce(series: pd.Series, dtype: str | None, as_text: Any) -> pd.Series:
 def _csv_strings(fields: pa.Array) -> pd.Series:
     """A CSV column read as text: the fields as in the file, NaN where pandas sees a missing value."""
     strings = fields.to_numpy(zero_copy_only=False).astype(object)
-    strings[pc.is_in(fields, value_set=_NA_STRINGS).to_numpy(zero_copy_only=False)] = np.nan
+    strings[pc.is_in(fields, value_set=NA_STRINGS).to_numpy(zero_copy_only=False)] = np.nan
     return pd.Series(strings, dtype=object)
