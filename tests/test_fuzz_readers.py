@@ -210,3 +210,13 @@ def test_parquet_footer_metadata_that_is_not_utf8(tmp_path):
     error = load("application/x-parquet", path, False, facet=[Facet(0)])
     assert isinstance(error, UserError), error
     assert str(error).startswith(f"{path}: cannot read this file as Parquet")
+
+
+def test_parquet_headers_repeating_a_name_are_refused_as_for_csv(tmp_path):
+    """Found by ``test_parquet_reader``: ``headers`` ['', '0', '0'] for a Parquet file made the loader fail with
+    a KeyError while it built the features (two columns looked up by one name); CSV refused it already."""
+    table = pa.table({"a": [1, 2, 3], "b": [4, 5, 6], "c": [7, 8, 9]})
+    pq.write_table(table, tmp_path / "data.parquet")
+    error = load("application/x-parquet", tmp_path / "data.parquet", True, headers=["", "0", "0"], facet=[Facet(0)])
+    assert isinstance(error, UserError)
+    assert "`headers` in the analysis config repeats ['0']" in str(error)

@@ -67,6 +67,7 @@ from pandas._libs.parsers import STR_NA_VALUES
 from analyzer.config.spec import short_repr
 from analyzer.data.accumulate import ColumnAccumulator
 from analyzer.data.files import is_gzip, no_data_rows, open_stream, read_error
+from analyzer.data.locate import check_distinct_headers
 from analyzer.data.table import TableData
 from analyzer.errors import DataError
 from analyzer.progress import Progress
@@ -105,10 +106,7 @@ class CsvTable:
         self._first = {path: read_first_record(path) for path in self.files}
         first_file = next((path for path in self.files if self._first[path] is not None), None)
         if headers is not None:
-            duplicated = sorted({h for h in headers if list(headers).count(h) > 1})
-            if duplicated:
-                raise DataError(f"`{headers_key}` in the analysis config repeats {duplicated}; "
-                                "every column needs a distinct name.")
+            check_distinct_headers(headers, headers_key)
             self.headers = [str(h) for h in headers]
             header_fields = self.headers
             origin = f"`{headers_key}` in the analysis config"

@@ -61,3 +61,12 @@ def show_headers(headers: Sequence[str], limit: int = 30) -> str:
     shown = ", ".join(repr(h) for h in headers[:limit])
     more = f", ... ({len(headers) - limit} more)" if len(headers) > limit else ""
     return f"[{shown}{more}]"
+
+
+def check_distinct_headers(headers: Sequence[str], key: str = "headers") -> None:
+    """``DataError`` when the config's ``key`` (``headers``, ``facet_headers``, ...) names a column twice: each
+    column is then looked up by a name that two columns hold."""
+    duplicated = sorted({h for h in headers if list(headers).count(h) > 1})
+    if duplicated:
+        raise DataError(f"`{key}` in the analysis config repeats {duplicated}; every column needs a distinct name.")
+

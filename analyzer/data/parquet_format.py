@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from analyzer.data.accumulate import ColumnAccumulator, ToPandas, arrow_to_pandas
+from analyzer.data.locate import check_distinct_headers
 from analyzer.data.table import TableData
 from analyzer.errors import DataError
 from analyzer.progress import Progress
@@ -58,6 +59,7 @@ class ParquetTable:
                 "the Parquet column names, or list every column."
             )
         else:
+            check_distinct_headers(headers)
             self.headers = [str(h) for h in headers]
         self._file_column_of = dict(zip(self.headers, self._file_columns, strict=True))
 
