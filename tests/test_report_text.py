@@ -382,6 +382,94 @@ def test_colours_follow_the_sign_and_the_largest_unit_of_the_record(text_job: Pa
     assert first['"<'][0] in (green, red) and first['"<'][1] < 0.1
 
 
+class _ColouredText(HTMLParser):
+    """Each div.text of a page as (character, background colour) pairs, the colour None where the character has
+    none: the colour comes from the span's own style or from its class's rule in the page's style sheet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[list[tuple[str, str | None]]] = []
+        self.rules: dict[str, str] = {}
+        self._style: list[str] | None = None
+        self._depth = 0  # elements open inside the current div.text (0: not inside one)
+        self._colours: list[str | None] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "style":
+            self._style = []
+        if self._depth:
+            self._depth += 1
+            own = re.search(r"background-color:\s*([^;]+)", attrs.get("style") or "")
+            classes = [self.rules[c] for c in (attrs.get("class") or "").split() if c in self.rules]
+            self._colours.append(own.group(1).strip() if own else classes[-1] if classes else self._colours[-1])
+        elif tag == "div" and attrs.get("class") == "text":
+            self._depth = 1
+            self._colours = [None]
+            self.texts.append([])
+
+    def handle_endtag(self, tag):
+        if tag == "style" and self._style is not None:
+            self.rules = dict(re.findall(r"\.([\w-]+)\s*\{\s*background-color:\s*([^;}]+?)\s*\}", "".join(self._style)))
+            self._style = None
+        if self._depth:
+            self._depth -= 1
+            self._colours.pop()
+
+    def handle_data(self, data):
+        if self._style is not None:
+            self._style.append(data)
+        if self._depth:
+            self.texts[-1].extend((char, self._colours[-1]) for char in data)
+
+
+def coloured_texts(markup: str) -> list[list[tuple[str, str | None]]]:
+    parser = _ColouredText()
+    parser.feed(markup)
+    parser.close()
+    return parser.texts
+
+
+def test_the_pdf_page_shows_every_unit_with_its_colour(text_job: Path) -> None:
+    """The PDF is laid out from the page ``render_html(for_print=True)`` makes (colours by class, no tooltips):
+    every character of every record must be there, in order, with the colour its unit's value gives it, no
+    unit lost, merged with a neighbour of another colour, or coloured where the HTML page does not colour."""
+    from analyzer.report.content import build_document
+    from analyzer.report.html import render_html
+
+    doc = build_document(text_analysis(), summary(), "Review sentiment",
+                         local_explanations=text_job / "explanations_shap" / "out.jsonl")
+    try:
+        screen, printed = render_html(doc), render_html(doc, for_print=True)
+    finally:
+        doc.close()
+    assert screen == (text_job / "report.html").read_text(encoding="utf-8")  # the HTML report is unchanged
+    expected = coloured_texts(screen)
+    shown = coloured_texts(printed)
+    assert len(shown) == len(expected) == 6
+    assert shown == expected
+    # And against the records themselves: the characters of each unit carry the colour of its value.
+    lines = local_records()
+    raises, lowers = expected_choice(lines)
+    for text, row in zip(shown, raises + lowers, strict=True):
+        units = lines[row]["explanations"][0]["attributions"]
+        largest = max(abs(u["attribution"][0]) for u in units)
+        assert "".join(char for char, _ in text) == re.sub(r"\s", " ", REVIEWS[row][0])
+        position = 0
+        for unit in units:
+            word, value = unit["description"]["partial_text"], unit["attribution"][0]
+            position = "".join(char for char, _ in text).index(word, position)
+            colours = {colour for _, colour in text[position:position + len(word)]}
+            assert len(colours) == 1, word
+            colour, alpha = _rgba(colours.pop())
+            assert colour == ((0, 158, 115) if value > 0 else (214, 39, 40))
+            assert alpha == pytest.approx(0.75 * abs(value) / largest, abs=1e-3)
+            position += len(word)
+        gaps = [colour for char, colour in text if char == " "]
+        assert gaps == [None] * len(gaps)  # the spaces between units are never coloured
+    assert 'title="' not in printed.split('<div class="text-example">', 1)[1]  # no tooltips on paper
+
+
 def test_each_example_has_a_legend_its_largest_units_and_the_other_features(text_job: Path) -> None:
     source, _ = page(text_job)
     examples = re.findall(r'<div class="text-example">.*?</div></div>(?=\n|$)', source, re.S)

@@ -79,17 +79,12 @@ def write_reports(analysis: dict, summary: JobSummary, output_dir: Path, name: s
     written: list[Path] = []
     failed: dict[str, BaseException] = {}
     try:
-        page: dict[str, str] = {}
-
-        def html_bytes() -> bytes:
-            page["html"] = render_html(doc)
-            return page["html"].encode("utf-8")
-
         producers: list[tuple[str, Callable[[], bytes]]] = [
-            ("html", html_bytes),
+            ("html", lambda: render_html(doc).encode("utf-8")),
             ("ipynb", lambda: notebook_bytes(doc)),
-            # PDF last: it needs the HTML, and its engine is the most likely to be missing.
-            ("pdf", lambda: render_pdf(page["html"] if "html" in page else render_html(doc))),
+            # PDF last: its engine is the most likely to be missing. It is laid out from the page for print,
+            # which shows what the HTML page shows (html.render_html).
+            ("pdf", lambda: render_pdf(render_html(doc, for_print=True))),
         ]
         for extension, produce in producers:
             try:

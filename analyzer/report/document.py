@@ -124,10 +124,12 @@ class Document:
         self.blocks.extend(blocks)
 
     def close(self) -> None:
-        """Free the matplotlib figures (they hold most of the memory of a document)."""
+        """Let go of the matplotlib figures (they hold most of the memory of a document); their SVG stays. Not
+        ``Figure.clear()``: it rebuilds each axes it empties, 11 ms of CPU a chart (a report waited for them before
+        its process answered), and a figure the document no longer holds is freed as well."""
         for block in self.blocks:
             if isinstance(block, Figure):
-                block.figure.clear()
+                block.figure = None  # type: ignore[assignment]
 
 
 def slug(text: str) -> str:

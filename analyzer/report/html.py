@@ -7,9 +7,11 @@ the page opens offline and from an e-mail attachment. The same stylesheet carrie
 
 from __future__ import annotations
 
+import base64
 import html
 
 from analyzer.report.document import BOLD, BulletList, Document, Figure, Fragment, Heading, Paragraph, Table
+from analyzer.report.pdf import svg_for_print
 
 CSS = """
 :root { --ink: #222; --muted: #5f6368; --rule: #d9dce1; --band: #f4f6f8; --accent: #0072b2; --error: #b3261e; }
@@ -106,14 +108,15 @@ def _table(block: Table) -> str:
     return "".join(parts)
 
 
-def _figure(block: Figure) -> str:
+def _figure(block: Figure, for_print: bool = False) -> str:
     caption = f"<figcaption>{inline(block.caption)}</figcaption>" if block.caption else ""
     css = ' class="half"' if block.width == "half" else ""
-    return (f'<figure{css}><img src="{block.data_uri()}" alt="{html.escape(block.alt)}">'
-            f"{caption}</figure>")
+    source = ("data:image/svg+xml;base64," + base64.b64encode(svg_for_print(block.svg)).decode("ascii")
+              if for_print else block.data_uri())
+    return f'<figure{css}><img src="{source}" alt="{html.escape(block.alt)}">{caption}</figure>'
 
 
-def _block(block) -> str:
+def _block(block, colours: dict | None = None) -> str:
     if isinstance(block, Heading):
         css = ' class="page-break"' if block.page_break else ""
         return f'<h{block.level} id="{block.anchor}"{css}>{inline(block.text)}</h{block.level}>'
@@ -125,17 +128,25 @@ def _block(block) -> str:
     if isinstance(block, Table):
         return _table(block)
     if isinstance(block, Figure):
-        return _figure(block)
+        return _figure(block, colours is not None)
     if isinstance(block, Fragment):  # markup from views, which escapes the text it holds
+        if colours is not None and hasattr(block.view, "print_html"):
+            return block.view.print_html(colours)
         return block.html
     raise TypeError(f"unknown block {type(block).__name__}")
 
 
-def render_html(doc: Document) -> str:
-    """The document as one HTML page."""
+def render_html(doc: Document, *, for_print: bool = False) -> str:
+    """The document as one HTML page. ``for_print``: the page the PDF is laid out from, which shows the same
+    things with markup WeasyPrint lays out faster: the texts coloured by SHAP value carry no tooltips and
+    take their colours from classes (``views.TextHighlight.print_html``), and the charts' SVG has no style
+    attributes (``pdf.svg_for_print``)."""
     sections = [b for b in doc.blocks if isinstance(b, Heading) and b.level == 2]
     toc = "".join(f'<li><a href="#{h.anchor}">{inline(h.text)}</a></li>' for h in sections)
-    body = "\n".join(_block(b) for b in doc.blocks)
+    colours: dict | None = {} if for_print else None
+    body = "\n".join(_block(b, colours) for b in doc.blocks)
+    # Class names and colours come from views (``shapN``, ``rgba(...)``), never from the data.
+    css = CSS + "".join(f".{name}{{background-color:{colour}}}\n" for colour, name in (colours or {}).items())
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -143,7 +154,7 @@ def render_html(doc: Document) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="Lucent">
 <title>{html.escape(doc.title)}</title>
-<style>{CSS}</style>
+<style>{css}</style>
 </head>
 <body>
 <header class="cover"><h1>{html.escape(doc.title)}</h1><p class="subtitle">{html.escape(doc.subtitle)}</p></header>

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes.util
 import importlib
+import re
 import sys
 from collections.abc import Iterator
 from types import ModuleType
@@ -70,3 +71,54 @@ def render_pdf(html: str) -> bytes:
     # even if a future change slipped in a link to a resource.
     fetcher = weasyprint.URLFetcher(allowed_protocols={"data"}) if hasattr(weasyprint, "URLFetcher") else None
     return weasyprint.HTML(string=html, url_fetcher=fetcher).write_pdf()
+
+
+# --- Charts for print ---------------------------------------------------------------------------------------
+
+_TAG = re.compile(rb"<[^<>]*>")  # matplotlib escapes < and > in texts and attribute values: this finds tags only
+_ATTRIBUTE = re.compile(rb"""\s([\w:.-]+)=("[^"]*"|'[^']*')""")
+_STYLE_SHEET = re.compile(rb"<style[^>]*>(.*?)</style>", re.S)
+_PROPERTY = re.compile(rb"([a-z-]+)\s*:")
+# Properties matplotlib puts in style attributes that WeasyPrint's SVG renderer reads as well from presentation
+# attributes; anything else keeps its style attribute.
+_PRESENTATION = frozenset(name.encode() for name in (
+    "fill", "fill-opacity", "fill-rule", "font-family", "font-size", "font-stretch", "font-style", "font-weight",
+    "opacity", "stroke", "stroke-dasharray", "stroke-dashoffset", "stroke-linecap", "stroke-linejoin",
+    "stroke-miterlimit", "stroke-opacity", "stroke-width", "text-anchor"))
+
+
+def svg_for_print(svg: bytes) -> bytes:
+    """A matplotlib SVG that WeasyPrint draws in less time, and the same: each ``style`` attribute becomes
+    presentation attributes (``style="fill: #fff; stroke: none"`` -> ``fill="#fff" stroke="none"``).
+
+    WeasyPrint parses every style attribute with its CSS parser, 10-20 % of the time it spends drawing a
+    chart (0.1 s of CPU for the text demo's five charts, paired measurements). Its SVG renderer merges a
+    style attribute into the element's attributes (a style beats a style sheet rule, a rule beats an
+    attribute), so the drawing is the same whenever the SVG's own style sheet sets none of the properties
+    moved (matplotlib's sets ``stroke-linejoin`` and ``stroke-linecap`` on every element: those stay styles).
+    An element keeps its whole style attribute when it holds any other property, a property twice, or one
+    that the element also has as an attribute. Tested: the pages come out pixel for pixel the same.
+    """
+    sheet = {name for rules in _STYLE_SHEET.findall(svg) for name in _PROPERTY.findall(rules)}
+    movable = _PRESENTATION - sheet
+
+    def tag(match: re.Match) -> bytes:
+        text = match[0]
+        attributes = {m[1]: m for m in _ATTRIBUTE.finditer(text)}
+        style = attributes.get(b"style")
+        if style is None or not style[2].startswith(b'"'):
+            return text
+        moved: dict[bytes, bytes] = {}
+        for declaration in style[2][1:-1].split(b";"):
+            if not declaration.strip():
+                continue
+            name, colon, value = declaration.partition(b":")
+            name, value = name.strip(), value.strip()
+            if not colon or name not in movable or name in moved or name in attributes or b'"' in value:
+                return text
+            moved[name] = value
+        replacement = b"".join(b" " + name + b'="' + value + b'"' for name, value in moved.items())
+        return text[:style.start()] + replacement + text[style.end():]
+
+    return _TAG.sub(tag, svg)
+

@@ -876,10 +876,15 @@ class TextHighlight:
             return values[0]
         return " · ".join(f"{name}: {value}" for name, value in zip(self.labels, values, strict=False))
 
-    def _html_text(self, units: list) -> str:
+    def _html_text(self, units: list, colours: dict | None = None) -> str:
         parts = []
         for gap, text, attribution in units[:self.max_units]:
             value = float(attribution[self.label_index])
+            if colours is not None:  # print: the colour's class, no tooltip; a unit without colour is plain text
+                name = colours.setdefault(_rgba(value, self.scale), f"shap{len(colours)}") if value else None
+                parts.append(f'{gap}<span class="{name}">{html.escape(text)}</span>' if name
+                             else gap + html.escape(text))
+                continue
             style = f' style="background-color:{_rgba(value, self.scale)}"' if value else ""
             parts.append(f'{gap}<span class="unit"{style} title="{html.escape(self._tooltip(attribution))}">'
                          f"{html.escape(text)}</span>")
@@ -889,6 +894,18 @@ class TextHighlight:
         return "".join(parts)
 
     def _repr_html_(self) -> str:
+        return self._markup()
+
+    def print_html(self, colours: dict) -> str:
+        """The markup of ``_repr_html_`` for print (the PDF): the same texts and colours, without the tooltips
+        (a printed page has none), and each unit's colour a class of the page's style sheet instead of a style
+        of its own. ``colours`` maps each colour to its class name and is filled here; the page declares
+        ``.name{background-color:colour}`` for each. Why: WeasyPrint parses every ``style`` and ``title``
+        attribute on its own, and cascades each style apart: about a third of the PDF time of the coloured
+        texts (0.4-0.5 s of CPU for the text demo's six records of 80 units)."""
+        return self._markup(colours)
+
+    def _markup(self, colours: dict | None = None) -> str:
         muted = "color:#5f6368;font-size:0.88em"
         swatch = "padding:0 5px;border-radius:3px;color:#222"
         label = html.escape(self.label)
@@ -902,7 +919,7 @@ class TextHighlight:
             blocks.append(f'<div class="feature" style="{muted};font-weight:600">{html.escape(feature)}</div>'
                           '<div class="text" style="white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.9;'
                           'border:1px solid #d9dce1;border-radius:4px;padding:4px 9px;margin:2px 0 6px">'
-                          f"{self._html_text(units)}</div>")
+                          f"{self._html_text(units, colours)}</div>")
         largest = " · ".join(f"“{html.escape(text)}” {format_signed(value)}" for text, value in self.largest())
         blocks.append(f'<div class="largest" style="{muted}">Largest units: {largest}</div>')
         if self.others:
