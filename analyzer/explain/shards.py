@@ -2,14 +2,16 @@
 
 Why shards: the synthetic rows of all records do not fit in memory (``records x coalitions x baseline
 rows``), and a long job that dies should not start over. Each shard is a fixed, contiguous range of
-records; its size depends only on the work per record, never on the number of workers, so the output
-is bit-identical whatever the worker count and whether the run was interrupted.
+records (tabular: in dataset order; text: in the order of their number of players, ``run_text_shards``);
+its size depends only on the work per record, never on the number of workers, so the output is
+bit-identical whatever the worker count and whether the run was interrupted. A shard carries the dataset
+row of each of its records (``ShardPayload``), which errors name.
 
 Each worker process opens its own client (``ModelEndpoint`` is plain picklable data; a model folder
 scored in process is loaded once in each worker) and
 explains with the main process's ``KernelShapFit`` (the job's coalition design, solver and expected
 value, sent once to each worker). A finished shard is written atomically to ``<checkpoint_dir>/shard-<i>.npz``, together
-with the records it holds (first and stop index, a digest of their values) and the coalition seed. A
+with the records it holds (first and stop position, a digest of their values) and the coalition seed. A
 run that finds a shard file there checks it against the records that shard must hold, the arrays'
 shapes and their values (finite, and each record's values adding up to its prediction minus its
 reference, as the solver makes them), and skips the shard only when everything matches; a checkpoint
@@ -213,7 +215,7 @@ def run_shards(settings: ShapSettings, records: np.ndarray, size: int, explainer
     """
     bounds = even_bounds(len(records), size)
     rows = np.full(len(records), (len(explainer.design.masks) + 1) * len(explainer.baseline))
-    parts = _run(settings, bounds, lambda a, b: (records[a:b],), rows, explainer,
+    parts = _run(settings, bounds, lambda a, b: ShardPayload((records[a:b],), range(a, b)), rows, explainer,
                  None if on_done is None else _BlockCounter(bounds, size, on_done),
                  wide_rows(IN_PROCESS_ROWS_PER_WORKER, records.shape[1]), engine)
     return Explanation.concat(parts)  # one pass: each shard's global terms are folded in as it is loaded
@@ -250,17 +252,46 @@ def run_text_shards(settings: TextShapSettings, records: np.ndarray, units: Sequ
                     explainer: TextKernelShap, shard_rows: int | None = None,
                     engine: Engine | None = None,
                     on_records: Callable[[int], None] | None = None) -> TextExplanation:
-    """Text records (``units[i]``: record i's units per text column) explained shard by shard.
+    """Text records (``units[i]``: record i's units per text column) explained shard by shard; the result
+    is in dataset order.
 
-    Records cost different numbers of synthetic rows (``rows``), so a shard is a run of consecutive
-    records worth about ``shard_rows`` rows; the cut depends on the data alone, never on the workers.
-    ``on_records(n)`` is called in this process as each shard's ``n`` records are done.
+    The records are explained in the order of their number of players (a stable sort: ties keep dataset
+    order), and records cost different numbers of synthetic rows (``rows``), so a shard is a run of
+    consecutive records of that order worth about ``shard_rows`` rows: it holds records of one or a few
+    player counts, whose coalition design and solver each worker builds about once (in dataset order,
+    reviews of mixed lengths made every shard build dozens). A record's values depend on its number of
+    players and its own values, not on the records beside it (save the last bits of a model whose scores
+    depend on the rows scored with them, as a BLAS product over the call can). The order and the cut depend
+    on the data alone, never on the workers. ``on_records(n)`` is called in this process as each shard's
+    ``n`` records are done.
     """
+    order = np.argsort(player_counts(units, records.shape[1]), kind="stable")
+    costs = np.asarray(rows)[order]
+    bounds = text_shard_bounds(costs, shard_rows)
+
+    def payload(a: int, b: int) -> ShardPayload:
+        picked = order[a:b]
+        return ShardPayload((records[picked], [units[i] for i in picked]), picked)
+
+    done = None if on_records is None else (lambda i: on_records(bounds[i + 1] - bounds[i]))
+    parts = _run(settings, bounds, payload, costs, explainer, done, IN_PROCESS_TEXT_ROWS_PER_WORKER, engine)
+    explained = TextExplanation.concat(list(parts))
+    return explained.take(np.argsort(order))  # back in dataset order
+
+
+def text_shard_bounds(rows: np.ndarray, shard_rows: int | None = None) -> list[int]:
+    """The text shards' boundaries (positions; ``[0, 0]`` for no record) over ``rows``, the synthetic rows of
+    each record in the order they are explained (ascending player count, ``run_text_shards``; a record's
+    rows never decrease with its player count, so that is also ``np.sort`` of them): a shard is a run of
+    consecutive records worth about ``shard_rows`` rows (``LUCENT_SHAP_SHARD_ROWS``, else
+    ``DEFAULT_TEXT_SHARD_ROWS``). The data's cut alone, never the workers'."""
     limit = shard_rows or configured_shard_rows(DEFAULT_TEXT_SHARD_ROWS)
     # At least ~16 shards when the job is large enough (shards of 20,000 rows or more): text records cost
     # very different numbers of rows, and with 4 shards for 2 workers one worker ran the last one alone
     # for a third of the job. Still the data's cut alone (the rows), never the workers'.
     limit = min(limit, max(MIN_TEXT_SHARD_ROWS, int(np.sum(rows)) // 16))
+    if len(rows) == 0:
+        return [0, 0]
     bounds = [0]
     total = 0
     for i, cost in enumerate(rows):
@@ -268,21 +299,16 @@ def run_text_shards(settings: TextShapSettings, records: np.ndarray, units: Sequ
             bounds.append(i)
             total = 0
         total += cost
-    bounds.append(len(records))
-    if len(records) == 0:
-        bounds = [0, 0]
-    done = None if on_records is None else (lambda i: on_records(bounds[i + 1] - bounds[i]))
-    parts = _run(settings, bounds, lambda a, b: (records[a:b], units[a:b]), rows, explainer, done,
-                 IN_PROCESS_TEXT_ROWS_PER_WORKER, engine)
-    return TextExplanation.concat(list(parts))
+    return [*bounds, len(rows)]
 
 
-def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: Callable[[int, int], tuple],
+def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: Callable[[int, int], ShardPayload],
          rows: np.ndarray, explainer: KernelShap | TextKernelShap, on_done: Callable[[int], None] | None,
          in_process_rows_per_worker: int,
          engine: Engine | None = None) -> Iterator[Explanation] | Iterator[TextExplanation]:
     """Run the shards ``bounds[i]:bounds[i + 1]`` not checkpointed yet; return every shard's result, in
-    order, loaded one at a time from its checkpoint (so that the caller can fold them as they come)."""
+    order, loaded one at a time from its checkpoint (so that the caller can fold them as they come).
+    ``payload(a, b)``: the records at positions ``a:b`` (``rows``: the synthetic rows of each position)."""
     n_shards = len(bounds) - 1 if bounds[-1] > 0 else 0
     if settings.mirror is not None:  # the store holds every shard done (pulled already: job.py)
         settings.mirror.push_missing()
@@ -300,7 +326,7 @@ def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: 
     log.info("SHAP: %d records in %d shards of up to %d records, %d worker process(es)", bounds[-1], n_shards,
              max(np.diff(bounds), default=0), workers)
 
-    def shard(i: int) -> tuple[int, int, int, tuple]:
+    def shard(i: int) -> ShardTask:
         return i, bounds[i], bounds[i + 1], payload(bounds[i], bounds[i + 1])
 
     def finished(i: int) -> None:
@@ -317,11 +343,26 @@ def _run(settings: ShapSettings | TextShapSettings, bounds: list[int], payload: 
         else:
             engine.map_shards(settings, tasks, workers, finished)
     if n_shards == 0:
-        return iter([explainer.explain(*payload(0, 0))])
+        return iter([explainer.explain(*payload(0, 0).arguments)])
     return (checkpoints.load(i) for i in range(n_shards))
 
 
-ShardTask = tuple[int, int, int, tuple]  # shard index, first record, stop record, explainer.explain(*payload)
+@dataclass(frozen=True)
+class ShardPayload:
+    """What one shard explains: ``explainer.explain(*arguments)``, whose first argument holds the records;
+    ``dataset_rows``: the dataset row (0-based) of each record, the row that errors name. Tabular shards
+    hold records ``first:stop`` (``dataset_rows`` is that range), text shards the records at positions
+    ``first:stop`` of the order of their number of players (``run_text_shards``)."""
+
+    arguments: tuple
+    dataset_rows: Sequence[int]
+
+    @property
+    def records(self) -> np.ndarray:
+        return self.arguments[0]
+
+
+ShardTask = tuple[int, int, int, ShardPayload]  # shard index, first and stop position, its records
 
 
 def max_concurrency(settings: ShapSettings | TextShapSettings) -> int | None:
@@ -496,7 +537,7 @@ class _Setup:
         return cls(uuid.uuid4().hex, pickle.dumps((settings, workers, concurrency), pickle.HIGHEST_PROTOCOL))
 
 
-def _run_shard_set_up(setup: _Setup, index: int, first: int, stop: int, payload: tuple) -> int:
+def _run_shard_set_up(setup: _Setup, index: int, first: int, stop: int, payload: ShardPayload) -> int:
     """``_run_shard`` in a spare worker, set up for ``setup`` first if it is not yet."""
     if _worker.get("setup") != setup.token:
         _close_worker()
@@ -591,21 +632,21 @@ def close_worker() -> None:
     _close_worker()
 
 
-def _run_shard(index: int, first: int, stop: int, payload: tuple) -> int:
-    """Explain one shard (``explainer.explain(*payload)``) and checkpoint it; returns ``index``."""
+def _run_shard(index: int, first: int, stop: int, payload: ShardPayload) -> int:
+    """Explain one shard (``explainer.explain(*payload.arguments)``) and checkpoint it; returns ``index``."""
     settings: ShapSettings | TextShapSettings = _worker["settings"]
-    explanation = _explain_shard(first, payload)
+    explanation = _explain_shard(payload)
     _save(shard_path(settings.checkpoint_dir, index), explanation,
-          _ShardKey(first, stop, records_digest(payload[0]), settings.seed))
+          _ShardKey(first, stop, records_digest(payload.records), settings.seed))
     return index
 
 
-def shard_checkpoint(first: int, stop: int, payload: tuple) -> bytes:
+def shard_checkpoint(first: int, stop: int, payload: ShardPayload) -> bytes:
     """Explain one shard in a process set up by ``init_worker`` and return its checkpoint file's bytes,
     for an engine whose workers cannot write the job's work area (the job writes them: ``write_checkpoint``)."""
     settings: ShapSettings | TextShapSettings = _worker["settings"]
     buffer = io.BytesIO()
-    _write_npz(buffer, _explain_shard(first, payload), _ShardKey(first, stop, records_digest(payload[0]), settings.seed))
+    _write_npz(buffer, _explain_shard(payload), _ShardKey(first, stop, records_digest(payload.records), settings.seed))
     return buffer.getvalue()
 
 
@@ -615,28 +656,29 @@ def write_checkpoint(settings: ShapSettings | TextShapSettings, index: int, data
         handle.write(data)
 
 
-def _explain_shard(first: int, payload: tuple) -> Explanation | TextExplanation:
-    """``explainer.explain(*payload)`` in this worker, with the model's failures as ``UserError``."""
+def _explain_shard(payload: ShardPayload) -> Explanation | TextExplanation:
+    """``explainer.explain(*payload.arguments)`` in this worker, with the model's failures as ``UserError``
+    naming the records' dataset rows (``payload.dataset_rows``)."""
     explainer: KernelShap | TextKernelShap = _worker["explainer"]
     try:
-        return explainer.explain(*payload)
+        return explainer.explain(*payload.arguments)
     except ModelOutputError as error:
-        rows = ", ".join(str(first + r) for r in error.records[:5]) + (", ..." if len(error.records) > 5 else "")
-        raise UserError(f"methods.shap: {_renumber(str(error), first)} (dataset rows {rows}). Kernel SHAP needs a "
+        rows = ", ".join(str(payload.dataset_rows[r]) for r in error.records[:5]) + (", ..." if len(error.records) > 5 else "")
+        raise UserError(f"methods.shap: {_renumber(str(error), payload.dataset_rows)} (dataset rows {rows}). Kernel SHAP needs a "
                         "finite score for every synthetic row: make the model handle the baseline values "
                         "mixed into each record") from None
     except ModelCallError as error:
         what = ("a synthetic row made from it (some features or text units replaced by the baseline's)"
                 if error.synthetic else "the record itself")
-        raise UserError(f"methods.shap: the model failed on dataset row {first + (error.record or 0)} (0-based), on {what}: "
+        raise UserError(f"methods.shap: the model failed on dataset row {payload.dataset_rows[error.record or 0]} (0-based), on {what}: "
                         f"{error.reason}") from None
     except ValueError as error:  # wrong output shape, scores outside [0, 1] with use_logit
         raise UserError(f"methods.shap: {error}") from None
 
 
-def _renumber(message: str, first: int) -> str:
-    """The explainer numbers records within the shard; name the dataset row instead."""
-    return re.sub(r"for record (\d+)", lambda m: f"for dataset row {first + int(m.group(1))} (0-based)", message)
+def _renumber(message: str, dataset_rows: Sequence[int]) -> str:
+    """The explainer numbers records within the shard; name their dataset rows instead."""
+    return re.sub(r"for record (\d+)", lambda m: f"for dataset row {dataset_rows[int(m.group(1))]} (0-based)", message)
 
 
 def records_digest(records: np.ndarray) -> str:
@@ -651,7 +693,8 @@ def records_digest(records: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class _ShardKey:
-    """What a checkpoint must have been made for: records ``first:stop`` with these values, this seed."""
+    """What a checkpoint must have been made for: the records at positions ``first:stop`` (``ShardPayload``),
+    with these values, this seed."""
 
     first: int
     stop: int
@@ -684,7 +727,7 @@ class _Checkpoints:
     """The job's shard checkpoints, each checked against the records its shard must hold."""
 
     def __init__(self, settings: ShapSettings | TextShapSettings, bounds: list[int],
-                 payload: Callable[[int, int], tuple], explainer: KernelShap | TextKernelShap):
+                 payload: Callable[[int, int], ShardPayload], explainer: KernelShap | TextKernelShap):
         self.settings, self.bounds, self.payload, self.explainer = settings, bounds, payload, explainer
         # Half-written files of a run that was killed while writing (atomic_writer's temporary names).
         for leftover in settings.checkpoint_dir.glob(".shard-*.tmp"):
@@ -713,7 +756,7 @@ class _Checkpoints:
     def _read(self, index: int) -> Explanation | TextExplanation:
         first, stop = self.bounds[index], self.bounds[index + 1]
         payload = self.payload(first, stop)
-        key = _ShardKey(first, stop, records_digest(payload[0]), self.settings.seed)
+        key = _ShardKey(first, stop, records_digest(payload.records), self.settings.seed)
         arrays = _read_arrays(shard_path(self.settings.checkpoint_dir, index))
         return _explanation(arrays, key, payload, self.explainer)
 
@@ -749,7 +792,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"unreadable: {type(error).__name__}: {error}") from None
 
 
-def _explanation(arrays: dict[str, np.ndarray], key: _ShardKey, payload: tuple,
+def _explanation(arrays: dict[str, np.ndarray], key: _ShardKey, payload: ShardPayload,
                  explainer: KernelShap | TextKernelShap) -> Explanation | TextExplanation:
     """The shard's explanation from its checkpoint's arrays, after checking them against ``key``."""
 
@@ -776,7 +819,7 @@ def _explanation(arrays: dict[str, np.ndarray], key: _ShardKey, payload: tuple,
         raise CheckpointError("it was made with another coalition seed")
     n, k = key.stop - key.first, len(explainer.expected_value)
     if isinstance(explainer, TextKernelShap):
-        records_in, units = payload
+        records_in, units = payload.arguments
         offsets = np.concatenate([[0], np.cumsum(player_counts(units, records_in.shape[1]))])
         if not np.array_equal(array("offsets", offsets.shape), offsets):
             raise CheckpointError("its records have other numbers of text units")

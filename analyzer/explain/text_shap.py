@@ -58,6 +58,16 @@ class TextExplanation:
         a, b = self.offsets[i], self.offsets[i + 1]
         return self.values[a:b], self.stderr[a:b]
 
+    def take(self, indices: Sequence[int] | np.ndarray) -> TextExplanation:
+        """Records ``indices``, in that order: record ``j`` of the result is record ``indices[j]`` here."""
+        picked = np.asarray(indices, dtype=np.intp)
+        counts = np.diff(self.offsets)[picked]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(self.offsets.dtype, copy=False)
+        rows = np.repeat(self.offsets[picked] - offsets[:-1], counts) + np.arange(offsets[-1])
+        return TextExplanation(values=self.values[rows], stderr=self.stderr[rows], offsets=offsets,
+                               expected_value=self.expected_value, reference=self.reference[picked],
+                               prediction=self.prediction[picked])
+
     @classmethod
     def concat(cls, parts: Sequence[TextExplanation]) -> TextExplanation:
         if not parts:
