@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from analyzer.explain.text_shap import SOLVERS_KEPT, TextKernelShap, player_counts
-from analyzer.explain.text_units import TextUnit, language_code, masked_texts, split_text, split_texts
+from analyzer.explain.text_units import (
+    TextUnit,
+    language_code,
+    masked_texts,
+    rough_unit_count,
+    split_text,
+    split_texts,
+)
 
 WEIGHTS = {"love": 1.0, "great": 0.8, "bad": -1.2, "not": -0.3, "dress": 0.1, "fits": 0.4}
 
@@ -201,3 +208,18 @@ def test_nan_scores_name_the_records_they_came_from():
         TextKernelShap(nan_on_bad, np.array([["<PAD>"]], dtype=object), [0], seed=0).explain(
             np.array([[t] for t in texts], dtype=object), units)
     assert error.value.records == [2]
+
+
+def test_rough_unit_counts_are_close_to_spacys_without_spacy():
+    """``rough_unit_count`` (a job's early guess of its work, before spaCy is loaded): paragraphs exactly,
+    tokens and sentences of the demo's reviews within a token or so of spaCy's split; not text: 0."""
+    from container.demo import make_review_dataset
+
+    texts = make_review_dataset(200, seed=3, length=60)["review_body"].tolist()
+    texts += ["First paragraph. Two sentences!\n\n  Second one?\n \nThird", "Don't stop-believing, e.g. now..."]
+    for granularity, slack in (("paragraph", 0), ("sentence", 1), ("token", 4)):
+        exact = np.array([len(units) for units in split_texts(texts, "en", granularity)])
+        rough = np.array([rough_unit_count(text, granularity) for text in texts])
+        assert np.abs(exact - rough).max() <= slack, (granularity, exact[:5], rough[:5])
+        assert abs(exact.sum() - rough.sum()) <= 0.02 * exact.sum(), granularity
+    assert [rough_unit_count(value, "token") for value in (None, 3.5, "", "  ")] == [0, 0, 0, 0]

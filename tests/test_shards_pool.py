@@ -186,3 +186,53 @@ def test_the_pool_is_stopped_once_every_shard_is_reported(tmp_path, monkeypatch)
     for process in processes:
         assert _ended(process)
         assert process.exitcode in (-signal.SIGKILL, None)  # None: reaped by the pool's thread, gone
+
+
+def _text_job(root: Path, n_rows: int = 24) -> JobRoot:
+    from container.demo import TEXT_DEMO_CONFIG, write_text_demo_job
+
+    config = {**TEXT_DEMO_CONFIG, "methods": {"shap": {**TEXT_DEMO_CONFIG["methods"]["shap"], "num_samples": 64}}}
+    return JobRoot(write_text_demo_job(root, n_rows=n_rows, seed=5, length=12, config=config))
+
+
+def test_a_text_job_starts_its_shap_workers_while_it_loads_the_model(tmp_path) -> None:
+    """A text job's worker is started before the model is loaded and spaCy splits the texts (its units are
+    guessed without spaCy, ``_expected_text_workers``), runs shards, and the values are one worker's."""
+    pool = _text_job(tmp_path / "pool")
+    # Shards of about 1,000 synthetic rows (a few records): several shards for the two workers.
+    code, log = _run_program(pool, tmp_path, {"LUCENT_SHAP_WORKERS": "2", "LUCENT_SHAP_SHARD_ROWS": "1000"})
+    assert code == 0, log
+    assert "SHAP: 1 of the worker processes started while the job loaded the model" in log
+    assert "2 worker process(es)" in log
+    alone = _text_job(tmp_path / "alone")
+    code, log = _run_program(alone, tmp_path, {"LUCENT_SHAP_WORKERS": "1", "LUCENT_SHAP_SHARD_ROWS": "1000"})
+    assert code == 0, log
+    assert "started while the job loaded the model" not in log
+    out = "explanations_shap/out.jsonl"
+    assert (pool.output_dir / out).read_bytes() == (alone.output_dir / out).read_bytes()
+
+
+@pytest.mark.parametrize("shard_rows", ["1000", "200000"], ids=["several-shards", "one-shard"])
+def test_the_text_workers_guessed_early_are_the_workers_the_text_step_plans(tmp_path, monkeypatch, shard_rows) -> None:
+    """The guess made before spaCy (``expected_shap_workers`` of a text job) plans the shards and workers the
+    text SHAP step plans with the real units; its row count is within a few percent of the step's."""
+    from analyzer.explain import job as explain_job
+    from analyzer.explain import shards
+    from container.job import JobPaths, run_job
+
+    calls = []
+
+    def spy(n_shards: int, rows: int, rows_per_worker: int | None, cap: int | None) -> int:
+        calls.append((n_shards, rows, rows_per_worker, cap))
+        return 1
+
+    monkeypatch.setattr(explain_job, "planned_workers", spy)
+    monkeypatch.setattr(shards, "planned_workers", spy)
+    monkeypatch.setenv("LUCENT_SHAP_SHARD_ROWS", shard_rows)
+    job = _text_job(tmp_path / "job", n_rows=40)
+    assert run_job(JobPaths.for_root(job.root)) == 0, job.message
+    assert len(calls) == 2, calls
+    (guessed_shards, guessed_rows, *guessed_rest), (shards_, rows, *rest) = calls
+    assert (guessed_shards, guessed_rest) == (shards_, rest)
+    assert shards_ > 1 if shard_rows == "1000" else shards_ == 1
+    assert abs(guessed_rows - rows) <= 0.05 * rows, (guessed_rows, rows)

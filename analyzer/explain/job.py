@@ -42,13 +42,14 @@ from analyzer.progress import progress
 from .aggregate import aggregate
 from .baseline import compute_baseline
 from .checkpoint_store import CheckpointMirror, CheckpointStore, fingerprint, remove_checkpoints
-from .design import MIN_NUM_SAMPLES, make_design
+from .design import MIN_NUM_SAMPLES, design_coalitions, make_design
 from .kernel_shap import Explanation, KernelShap, baseline_expected_value, fit_kernel_shap
 from .limits import PY_STRING_BYTES, check_num_clusters, check_pdp_memory, check_shap_memory
 from .pdp import free_text_columns, labels_not_scores, partial_dependence
 from .shards import (
     DEFAULT_TEXT_SHARD_ROWS,
     IN_PROCESS_ROWS_PER_WORKER,
+    IN_PROCESS_TEXT_ROWS_PER_WORKER,
     ShapSettings,
     TextShapSettings,
     configured_shard_rows,
@@ -59,6 +60,7 @@ from .shards import (
     run_text_shards,
     shard_size,
     tabular_shard_rows,
+    text_shard_bounds,
     wide_rows,
 )
 from .text_job import (
@@ -73,6 +75,7 @@ from .text_job import (
     write_text_local,
 )
 from .text_shap import TextKernelShap, player_counts
+from .text_units import rough_unit_count
 
 log = logging.getLogger(__name__)
 
@@ -287,19 +290,22 @@ def _warn_small_budget(num_samples: int | None, n_features: int, text: bool) -> 
 
 
 def expected_shap_workers(config: AnalysisConfig, dataset: Dataset) -> int:
-    """The worker processes ``methods.shap`` on tabular data will most likely run on this machine with the
-    model scored in process, told before the model is loaded (``shards.spare_workers`` starts them then).
+    """The worker processes ``methods.shap`` will most likely run on this machine with the model scored
+    in process, told before the model is loaded (``shards.spare_workers`` starts them then).
 
     Counted as ``explain_shap`` counts them, from the records and the coalition budget, with the fewest
-    baseline rows the config allows (a computed baseline has one at least) and no checkpoint done: a job
-    that turns out to need another number runs its own pool. 1 for anything else (no SHAP, text, images,
-    the Spark engine, features the config names wrongly: the SHAP step reports those).
+    baseline rows the config allows (a computed baseline has one at least) and no checkpoint done (text:
+    from a rough count of each record's units, ``_expected_text_workers``): a job that turns out to need
+    another number runs its own pool. 1 for anything else (no SHAP, images, the Spark engine, features the
+    config names wrongly: the SHAP step reports those).
     """
     shap = config.methods.shap
-    if (shap is None or shap.text_config is not None or config.dataset_type == media.IMAGE
-            or dataset.features is None or engine_choice(config).name != "local"):
+    if (shap is None or config.dataset_type == media.IMAGE or dataset.features is None
+            or engine_choice(config).name != "local"):
         return 1
     baseline_rows = _fewest_baseline_rows(shap)
+    if shap.text_config is not None:
+        return _expected_text_workers(config, shap, dataset, baseline_rows)
     try:
         features = features_to_explain(shap.features_to_explain, dataset)
         # A design too large for the memory is the SHAP step's error to report, not to be built here.
@@ -312,6 +318,33 @@ def expected_shap_workers(config: AnalysisConfig, dataset: Dataset) -> int:
     size = shard_size((coalitions + 2) * baseline_rows + 1, tabular_shard_rows(n_columns))
     return max(1, planned_workers(len(even_bounds(n, size)) - 1, n * (coalitions + 1) * baseline_rows,
                                   wide_rows(IN_PROCESS_ROWS_PER_WORKER, n_columns), config.predictor.max_concurrency))
+
+
+def _expected_text_workers(config: AnalysisConfig, shap: ShapMethod, dataset: Dataset, baseline_rows: int) -> int:
+    """``expected_shap_workers`` of a text job, estimated without spaCy (its import and the split cost ~1 s,
+    which the workers would wait for): the text features' units counted by ``rough_unit_count``, the rest
+    as the text SHAP step counts them. A wrong guess costs little: a pool of another size is started anew."""
+    assert dataset.features is not None and shap.text_config is not None
+    names = dataset.feature_names
+    if shap.text_config.text_features is not None:
+        try:
+            columns = sorted({feature_index(locator, dataset, "methods.shap.text_config.text_features")
+                              for locator in shap.text_config.text_features})
+        except UserError:
+            return 1
+    else:  # the string features: the free-text ones among them are found later, with spaCy
+        columns = [j for j in range(len(names)) if dataset.features.iloc[:, j].dtype.kind not in "biuf"]
+    if not columns:
+        return 1
+    granularity = shap.text_config.granularity
+    players = np.full(len(dataset.features), len(names) - len(columns))
+    for j in columns:
+        players += np.fromiter((rough_unit_count(value, granularity) for value in dataset.features.iloc[:, j]),
+                               dtype=int, count=len(dataset.features))
+    per_record = np.array([(design_coalitions(int(m), shap.num_samples) + 1) * baseline_rows + 1 for m in players])
+    rows = int(per_record.sum())
+    shards = len(text_shard_bounds(np.sort(per_record))) - 1  # ascending player count, as run_text_shards
+    return max(1, planned_workers(shards, rows, IN_PROCESS_TEXT_ROWS_PER_WORKER, config.predictor.max_concurrency))
 
 
 def _fewest_baseline_rows(shap: ShapMethod) -> int:
