@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from analyzer.report import pdf
 from analyzer.report.content import build_document
 from analyzer.report.document import Document, Figure
-from analyzer.report.html import render_html
-from analyzer.report.pdf import render_pdf, svg_for_print
+from analyzer.report.html import CSS, render_html
+from analyzer.report.pdf import render_pdf, require_pdf_engine, svg_for_print
 from tests.test_report import ALL_METHODS, full_analysis, job_summary
 from tests.test_report_text import local_records, summary, text_analysis
 
@@ -80,3 +81,56 @@ def test_the_print_page_prints_the_pixels_of_the_html_page(kind: str, tmp_path: 
     expected = _pixels(render_pdf(screen), tmp_path / "screen")
     assert len(expected) >= 2
     assert _pixels(render_pdf(printed), tmp_path / "print") == expected
+
+
+def _text_report(folder: Path) -> Document:
+    local = folder / "out.jsonl"
+    local.write_text("".join(json.dumps(line) + "\n" for line in local_records()), encoding="utf-8")
+    return build_document(text_analysis(), summary(), "Review sentiment", local_explanations=local)
+
+
+def _printed_pixels(pdf_bytes: bytes, folder: Path, dpi: int) -> list[bytes]:
+    folder.mkdir()
+    (folder / "report.pdf").write_bytes(pdf_bytes)
+    subprocess.run([PDFTOPPM, "-r", str(dpi), str(folder / "report.pdf"), str(folder / "page")], check=True,
+                   timeout=120)
+    return [page.read_bytes() for page in sorted(folder.glob("page-*.ppm"))]
+
+
+@pytest.mark.skipif(PDFTOPPM is None, reason="pdftoppm (Debian poppler-utils) is not installed")
+def test_the_printed_contents_list_is_a_plain_block_with_the_pixels_of_one_column(tmp_path: Path) -> None:
+    # In print the contents list is one column: a block formatting context (flow-root), which WeasyPrint lays out
+    # once, rather than a one-column multicol container (columns: 1), which it lays out through column balancing.
+    print_rules = CSS[CSS.index("@media print"):]
+    assert "nav.toc ol { columns: auto; display: flow-root; }" in print_rules
+    assert "columns: 1" not in CSS
+    doc = build_document(full_analysis(), job_summary(ALL_METHODS), "Analysis Report")
+    try:
+        printed = render_html(doc, for_print=True)
+    finally:
+        doc.close()
+    assert printed.count('<li><a href="#') == 8  # every section of a report of every analysis, on the first page
+    multicol = printed.replace("nav.toc ol { columns: auto; display: flow-root; }", "nav.toc ol { columns: 1; }")
+    assert multicol != printed
+    new, old = render_pdf(printed), render_pdf(multicol)
+    for dpi in (60, 150):
+        expected = _printed_pixels(old, tmp_path / f"multicol-{dpi}", dpi)
+        assert len(expected) >= 2
+        assert _printed_pixels(new, tmp_path / f"flow-root-{dpi}", dpi) == expected
+
+
+def test_the_pdfs_of_a_process_share_one_font_configuration_and_are_the_bytes_of_a_fresh_one(tmp_path: Path) -> None:
+    weasyprint = require_pdf_engine()
+    doc = _text_report(tmp_path)
+    try:
+        printed = render_html(doc, for_print=True)
+    finally:
+        doc.close()
+    # What WeasyPrint writes when it makes a FontConfiguration of its own for the page (as render_pdf did).
+    fresh = weasyprint.HTML(string=printed, url_fetcher=weasyprint.URLFetcher(allowed_protocols={"data"})).write_pdf()
+    render_pdf("<p>Another page first: <b>bold</b>, <i>italic</i>, 日本語</p>")  # the shared one has served others
+    shared = pdf._font_config(weasyprint)
+    assert isinstance(shared, weasyprint.text.fonts.FontConfiguration)
+    assert pdf._font_config(weasyprint) is shared and pdf._font_configs == [shared]
+    assert render_pdf(printed) == fresh
+    assert render_pdf(printed) == fresh

@@ -37,7 +37,8 @@ class HTML:
     def __init__(self, **kwargs):
         pass
 
-    def write_pdf(self):
+    def write_pdf(self, font_config=None):
+        assert type(font_config).__name__ == "FontConfiguration"  # the process's one (pdf.render_pdf)
         output = Path(os.environ["LUCENT_TEST_OUTPUT"])
         seen = sorted(p.name for p in output.iterdir() if not p.name.startswith(".lucent-staging"))
         Path(os.environ["LUCENT_TEST_SEEN"]).write_text(json.dumps(seen))
@@ -56,6 +57,9 @@ def broken_pdf(tmp_path, monkeypatch):
     shadow = tmp_path / "shadow"
     (shadow / "weasyprint").mkdir(parents=True)
     (shadow / "weasyprint" / "__init__.py").write_text(STAND_IN, encoding="utf-8")
+    (shadow / "weasyprint" / "text").mkdir()
+    (shadow / "weasyprint" / "text" / "__init__.py").write_text("", encoding="utf-8")
+    (shadow / "weasyprint" / "text" / "fonts.py").write_text("class FontConfiguration:\n    pass\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(shadow))
     seen = tmp_path / "seen.json"
     monkeypatch.setenv("LUCENT_TEST_OUTPUT", str(job.output_dir))
