@@ -456,7 +456,7 @@ def main() -> None:
                                    scoring_error, head, args.repeat or (1 if args.quick else 3)))
         if "small" in sections:
             try_line(lambda: small(Path(tmp), clf, baseline, 300 if args.quick else 2_000, args.quick,
-                                   scoring_error, head, args.repeat or (1 if args.quick else 3)))
+                                   scoring_error, head))
         if "text" in sections:  # before / after is the point of the text lines: HEAD too, unless --quick
             text(Path(tmp), args.quick, head or (None if args.quick else head_copy(Path(tmp), args.base)),
                  f"git {args.base}")
