@@ -42,7 +42,7 @@ from analyzer.progress import progress
 from .aggregate import aggregate
 from .baseline import compute_baseline
 from .checkpoint_store import CheckpointMirror, CheckpointStore, fingerprint, remove_checkpoints
-from .design import MIN_NUM_SAMPLES, design_coalitions, make_design
+from .design import MIN_NUM_SAMPLES, make_design
 from .kernel_shap import Explanation, KernelShap, baseline_expected_value, fit_kernel_shap
 from .limits import PY_STRING_BYTES, check_num_clusters, check_pdp_memory, check_shap_memory
 from .pdp import free_text_columns, labels_not_scores, partial_dependence
@@ -67,6 +67,7 @@ from .text_job import (
     TEXT_BASELINE,
     feature_data_types,
     record_units,
+    rows_for_players,
     synthetic_rows,
     text_baseline_values,
     text_columns,
@@ -341,7 +342,7 @@ def _expected_text_workers(config: AnalysisConfig, shap: ShapMethod, dataset: Da
     for j in columns:
         players += np.fromiter((rough_unit_count(value, granularity) for value in dataset.features.iloc[:, j]),
                                dtype=int, count=len(dataset.features))
-    per_record = np.array([(design_coalitions(int(m), shap.num_samples) + 1) * baseline_rows + 1 for m in players])
+    per_record = np.array([rows_for_players(int(m), shap.num_samples, baseline_rows) for m in players])
     rows = int(per_record.sum())
     shards = len(text_shard_bounds(np.sort(per_record))) - 1  # ascending player count, as run_text_shards
     return max(1, planned_workers(shards, rows, IN_PROCESS_TEXT_ROWS_PER_WORKER, config.predictor.max_concurrency))

@@ -130,9 +130,13 @@ def text_baseline_values(baseline: pd.DataFrame, columns: Sequence[int]) -> pd.D
 def synthetic_rows(units: Sequence[Sequence[TextUnit]], n_columns: int, num_samples: int | None,
                    n_baseline: int) -> int:
     """Model rows one record costs: (its coalitions + the empty one) x baseline rows, plus the record."""
-    m = n_columns - len(units) + sum(len(u) for u in units)
-    coalitions = design_coalitions(m, num_samples)
-    return (coalitions + 1) * n_baseline + 1
+    return rows_for_players(n_columns - len(units) + sum(len(u) for u in units), num_samples, n_baseline)
+
+
+def rows_for_players(players: int, num_samples: int | None, n_baseline: int) -> int:
+    """Model rows a record of ``players`` players (text units and other features) costs: ``synthetic_rows``
+    from the count alone (a job's early guess counts units without spaCy)."""
+    return (design_coalitions(players, num_samples) + 1) * n_baseline + 1
 
 
 def warn_thin_budgets(units: Sequence[Sequence[Sequence[TextUnit]]], n_columns: int, num_samples: int | None) -> None:
@@ -255,5 +259,5 @@ def feature_data_types(dataset: Dataset, columns: Sequence[int]) -> list[str]:
 
 
 __all__ = ["TEXT_BASELINE", "feature_data_types", "json_line", "looks_like_free_text", "record_units",
-           "synthetic_rows", "text_baseline_values",
-           "text_columns", "text_section", "warn_thin_budgets", "write_text_local"]
+           "rows_for_players", "synthetic_rows", "text_baseline_values", "text_columns", "text_section",
+           "warn_thin_budgets", "write_text_local"]
