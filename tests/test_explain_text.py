@@ -223,3 +223,14 @@ def test_rough_unit_counts_are_close_to_spacys_without_spacy():
         assert np.abs(exact - rough).max() <= slack, (granularity, exact[:5], rough[:5])
         assert abs(exact.sum() - rough.sum()) <= 0.02 * exact.sum(), granularity
     assert [rough_unit_count(value, "token") for value in (None, 3.5, "", "  ")] == [0, 0, 0, 0]
+
+
+def test_rough_unit_counts_of_hostile_texts_are_linear_and_right():
+    """Texts read before anything checks them (``expected_shap_workers``): a megabyte of one punctuation
+    mark, of sentence ends, of whitespace after a newline. A backtracking pattern ("[.!?]+\\s+\\S") took
+    0.8 s for 8,000 "!" and grows with the square of the run: these would not finish."""
+    n = 1_000_000
+    assert [rough_unit_count("!" * n, g) for g in ("token", "sentence", "paragraph")] == [1, 1, 1]
+    assert [rough_unit_count("x. " * n, g) for g in ("token", "sentence", "paragraph")] == [2 * n, n, 1]
+    assert [rough_unit_count("\n" + " \t" * n, g) for g in ("token", "sentence", "paragraph")] == [0, 0, 0]
+    assert rough_unit_count("?" * n + " " + "." * n + " end", "sentence") == 3
